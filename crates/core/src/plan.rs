@@ -1,0 +1,652 @@
+use std::collections::BTreeSet;
+use std::fmt;
+
+use crate::chain::{Chain, MigrationFile};
+use crate::target::Target;
+use crate::version::Version;
+
+/// A migration a database says it has applied, with what this tool recorded about it (nothing,
+/// when another tool such as diesel_cli applied it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub version: Version,
+    /// The folder name recorded at apply time.
+    pub name: Option<String>,
+    /// The checksum of `up.sql` recorded at apply time.
+    pub checksum: Option<String>,
+    /// The `down.sql` recorded at apply time.
+    pub down_sql: Option<String>,
+}
+
+impl Applied {
+    /// A bare record, as diesel's own table holds it.
+    pub fn bare(version: &str) -> Applied {
+        Applied {
+            version: Version::from_stored(version),
+            name: None,
+            checksum: None,
+            down_sql: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Up,
+    Down,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        })
+    }
+}
+
+/// Where a downgrade step's SQL comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DownSqlSource {
+    /// The migration folder's `down.sql`, identical to the copy stored at apply time (or none
+    /// was stored).
+    File,
+    /// The folder's `down.sql`, which differs from the copy stored at apply time.
+    FileDiffersFromStored,
+    /// The copy stored at apply time; the folder or its `down.sql` is gone.
+    Stored,
+}
+
+/// One migration to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub version: Version,
+    pub name: String,
+    /// The SQL to run: `up.sql` for an upgrade, the down SQL for a downgrade.
+    pub sql: String,
+    /// For an upgrade: the checksum of `up.sql`, recorded with the migration.
+    pub checksum: Option<String>,
+    /// For an upgrade: the `down.sql` to record with the migration.
+    pub down_sql: Option<String>,
+    /// For a downgrade: where `sql` came from.
+    pub down_source: Option<DownSqlSource>,
+}
+
+/// What must run on one bind to reach its target. An empty plan means the bind is there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub bind: String,
+    pub direction: Direction,
+    pub steps: Vec<Step>,
+}
+
+/// Something wrong between a chain and what its database has applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// An applied migration's `up.sql` changed since it ran.
+    ChecksumMismatch { version: Version, name: String },
+    /// An applied migration has no folder any more.
+    MissingFolder { version: Version },
+    /// A pending migration is older than the newest applied one.
+    OutOfOrder {
+        version: Version,
+        name: String,
+        newest_applied: Version,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::ChecksumMismatch { name, .. } => write!(
+                f,
+                "applied migration {name} was edited after it ran (its up.sql checksum changed); \
+                 restore the original file and put the change in a new migration"
+            ),
+            Problem::MissingFolder { version } => write!(
+                f,
+                "applied migration {version} has no folder any more; restore the folder, or \
+                 downgrade it first (its stored down SQL is used)"
+            ),
+            Problem::OutOfOrder {
+                name,
+                newest_applied,
+                ..
+            } => write!(
+                f,
+                "pending migration {name} is older than the newest applied migration \
+                 {newest_applied} (another branch's work?); give it a newer version"
+            ),
+        }
+    }
+}
+
+/// Why no plan can be made for a bind. Each names the bind.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("bind `{bind}`: target `{target}` matches no {what} migration")]
+    TargetNotFound {
+        bind: String,
+        target: String,
+        what: &'static str,
+    },
+    #[error("bind `{bind}`: target `{target}` is ambiguous; it matches {}", candidates.join(", "))]
+    AmbiguousTarget {
+        bind: String,
+        target: String,
+        candidates: Vec<String>,
+    },
+    #[error("bind `{bind}`: `{target}` is not a target for {direction}; {hint}")]
+    WrongDirection {
+        bind: String,
+        target: String,
+        direction: &'static str,
+        hint: &'static str,
+    },
+    #[error("bind `{bind}`: `+{requested}` asks for more migrations than are pending ({pending})")]
+    BeyondHead {
+        bind: String,
+        requested: usize,
+        pending: usize,
+    },
+    #[error("bind `{bind}`: `-{requested}` goes below base; only {applied} migration(s) are applied")]
+    BelowBase {
+        bind: String,
+        requested: usize,
+        applied: usize,
+    },
+    #[error("bind `{bind}`: target {target} is already applied and the bind is further on, at {current}; use `orchestrate downgrade` to go back")]
+    TargetBehind {
+        bind: String,
+        target: String,
+        current: String,
+    },
+    #[error("bind `{bind}`: target {target} is not applied, so a downgrade cannot keep it; see `orchestrate history --bind {bind}`")]
+    NotApplied { bind: String, target: String },
+    #[error("bind `{bind}`: migration {name} cannot be reverted: it has no down.sql and none was stored when it was applied")]
+    NoDownSql { bind: String, name: String },
+    #[error("bind `{bind}`: migration {name} sets `run_in_transaction = false` in metadata.toml; it cannot be part of an atomic batch. Run it by other means, or remove that setting")]
+    NonTransactional { bind: String, name: String },
+    #[error("bind `{bind}`: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+    Drift { bind: String, problems: Vec<Problem> },
+}
+
+/// The newest applied version, if any.
+pub fn current(applied: &[Applied]) -> Option<&Applied> {
+    applied.iter().max_by(|a, b| a.version.cmp(&b.version))
+}
+
+/// The migrations of a chain that are not applied, in order.
+pub fn pending<'c>(chain: &'c Chain, applied: &[Applied]) -> Vec<&'c MigrationFile> {
+    let done: BTreeSet<&str> = applied.iter().map(|a| a.version.as_str()).collect();
+    chain
+        .migrations
+        .iter()
+        .filter(|m| !done.contains(m.version.as_str()))
+        .collect()
+}
+
+/// Drift between a chain and what its database has applied.
+pub fn problems(chain: &Chain, applied: &[Applied]) -> Vec<Problem> {
+    let mut found = Vec::new();
+    let mut sorted: Vec<&Applied> = applied.iter().collect();
+    sorted.sort_by(|a, b| a.version.cmp(&b.version));
+    for record in &sorted {
+        match chain.find(&record.version) {
+            None => found.push(Problem::MissingFolder {
+                version: record.version.clone(),
+            }),
+            Some(file) => {
+                if let Some(sum) = &record.checksum {
+                    if sum != &file.checksum {
+                        found.push(Problem::ChecksumMismatch {
+                            version: record.version.clone(),
+                            name: file.name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if let Some(newest) = current(applied) {
+        for file in pending(chain, applied) {
+            if file.version < newest.version {
+                found.push(Problem::OutOfOrder {
+                    version: file.version.clone(),
+                    name: file.name.clone(),
+                    newest_applied: newest.version.clone(),
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Finds the one candidate a revision spec names: an exact version or name first, then a
+/// unique prefix of either.
+fn resolve<'a>(
+    spec: &str,
+    candidates: impl Iterator<Item = (&'a Version, &'a str)> + Clone,
+) -> Result<&'a Version, Vec<String>> {
+    let exact: Vec<_> = candidates
+        .clone()
+        .filter(|(v, n)| v.as_str() == spec || *n == spec)
+        .collect();
+    if exact.len() == 1 {
+        return Ok(exact[0].0);
+    }
+    let digits: String = spec.chars().filter(|c| *c != '-').collect();
+    let by_prefix: Vec<_> = candidates
+        .filter(|(v, n)| {
+            n.starts_with(spec) || (!digits.is_empty() && v.as_str().starts_with(&digits))
+        })
+        .collect();
+    match by_prefix.len() {
+        1 => Ok(by_prefix[0].0),
+        _ => Err(by_prefix.iter().map(|(_, n)| n.to_string()).collect()),
+    }
+}
+
+/// What must run on `chain`'s bind to bring it from `applied` up to `target`.
+pub fn plan_upgrade(chain: &Chain, applied: &[Applied], target: &Target) -> Result<Plan, PlanError> {
+    let bind = chain.bind.clone();
+    let drift = problems(chain, applied);
+    if !drift.is_empty() {
+        return Err(PlanError::Drift {
+            bind,
+            problems: drift,
+        });
+    }
+    let pending = pending(chain, applied);
+    let chosen: Vec<&MigrationFile> = match target {
+        Target::Head => pending,
+        Target::Forward(n) => {
+            if *n > pending.len() {
+                return Err(PlanError::BeyondHead {
+                    bind,
+                    requested: *n,
+                    pending: pending.len(),
+                });
+            }
+            pending.into_iter().take(*n).collect()
+        }
+        Target::Revision(spec) => {
+            let candidates = chain
+                .migrations
+                .iter()
+                .map(|m| (&m.version, m.name.as_str()));
+            let version = resolve(spec, candidates).map_err(|candidates| {
+                if candidates.is_empty() {
+                    PlanError::TargetNotFound {
+                        bind: bind.clone(),
+                        target: spec.clone(),
+                        what: "of its",
+                    }
+                } else {
+                    PlanError::AmbiguousTarget {
+                        bind: bind.clone(),
+                        target: spec.clone(),
+                        candidates,
+                    }
+                }
+            })?;
+            if let Some(newest) = current(applied) {
+                if version < &newest.version {
+                    return Err(PlanError::TargetBehind {
+                        bind,
+                        target: version.to_string(),
+                        current: newest.version.to_string(),
+                    });
+                }
+            }
+            pending
+                .into_iter()
+                .filter(|m| &m.version <= version)
+                .collect()
+        }
+        Target::Base | Target::Back(_) => {
+            return Err(PlanError::WrongDirection {
+                bind,
+                target: target.to_string(),
+                direction: "upgrade",
+                hint: "use `orchestrate downgrade` to go back",
+            })
+        }
+    };
+    let mut steps = Vec::with_capacity(chosen.len());
+    for file in chosen {
+        if !file.run_in_transaction {
+            return Err(PlanError::NonTransactional {
+                bind,
+                name: file.name.clone(),
+            });
+        }
+        steps.push(Step {
+            version: file.version.clone(),
+            name: file.name.clone(),
+            sql: file.up_sql.clone(),
+            checksum: Some(file.checksum.clone()),
+            down_sql: file.down_sql.clone(),
+            down_source: None,
+        });
+    }
+    Ok(Plan {
+        bind,
+        direction: Direction::Up,
+        steps,
+    })
+}
+
+/// What must run on `chain`'s bind to bring it from `applied` down to `target`, newest first.
+/// Applied migrations whose folder is gone are reverted with the down SQL stored when they
+/// were applied.
+pub fn plan_downgrade(
+    chain: &Chain,
+    applied: &[Applied],
+    target: &Target,
+) -> Result<Plan, PlanError> {
+    let bind = chain.bind.clone();
+    let mut newest_first: Vec<&Applied> = applied.iter().collect();
+    newest_first.sort_by(|a, b| b.version.cmp(&a.version));
+    let name_of = |a: &Applied| -> String {
+        chain
+            .find(&a.version)
+            .map(|f| f.name.clone())
+            .or_else(|| a.name.clone())
+            .unwrap_or_else(|| a.version.to_string())
+    };
+    let count = match target {
+        Target::Base => newest_first.len(),
+        Target::Back(n) => {
+            if *n > newest_first.len() {
+                return Err(PlanError::BelowBase {
+                    bind,
+                    requested: *n,
+                    applied: newest_first.len(),
+                });
+            }
+            *n
+        }
+        Target::Revision(spec) => {
+            let names: Vec<(Version, String)> = newest_first
+                .iter()
+                .map(|a| (a.version.clone(), name_of(a)))
+                .collect();
+            let keep = resolve(spec, names.iter().map(|(v, n)| (v, n.as_str()))).map_err(
+                |candidates| {
+                    if candidates.is_empty() {
+                        let in_chain = chain.migrations.iter().any(|m| {
+                            m.version.as_str() == spec || m.name == *spec || m.name.starts_with(spec)
+                        });
+                        if in_chain {
+                            PlanError::NotApplied {
+                                bind: bind.clone(),
+                                target: spec.clone(),
+                            }
+                        } else {
+                            PlanError::TargetNotFound {
+                                bind: bind.clone(),
+                                target: spec.clone(),
+                                what: "applied",
+                            }
+                        }
+                    } else {
+                        PlanError::AmbiguousTarget {
+                            bind: bind.clone(),
+                            target: spec.clone(),
+                            candidates,
+                        }
+                    }
+                },
+            )?;
+            newest_first.iter().filter(|a| &a.version > keep).count()
+        }
+        Target::Head | Target::Forward(_) => {
+            return Err(PlanError::WrongDirection {
+                bind,
+                target: target.to_string(),
+                direction: "downgrade",
+                hint: "use `orchestrate upgrade` to go forward",
+            })
+        }
+    };
+    let mut steps = Vec::with_capacity(count);
+    for record in newest_first.into_iter().take(count) {
+        let name = name_of(record);
+        let file = chain.find(&record.version);
+        if let Some(file) = file {
+            if !file.run_in_transaction {
+                return Err(PlanError::NonTransactional { bind, name });
+            }
+        }
+        let file_down = file.and_then(|f| f.down_sql.clone());
+        let (sql, source) = match (file_down, &record.down_sql) {
+            (Some(f), Some(stored)) if &f != stored => (f, DownSqlSource::FileDiffersFromStored),
+            (Some(f), _) => (f, DownSqlSource::File),
+            (None, Some(stored)) => (stored.clone(), DownSqlSource::Stored),
+            (None, None) => return Err(PlanError::NoDownSql { bind, name }),
+        };
+        steps.push(Step {
+            version: record.version.clone(),
+            name,
+            sql,
+            checksum: record.checksum.clone(),
+            down_sql: None,
+            down_source: Some(source),
+        });
+    }
+    Ok(Plan {
+        bind,
+        direction: Direction::Down,
+        steps,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{checksum, MigrationSource};
+
+    fn chain(folders: &[&str]) -> Chain {
+        Chain::new(
+            "app",
+            folders
+                .iter()
+                .map(|f| MigrationSource {
+                    folder: f.to_string(),
+                    location: format!("migrations/app/{f}"),
+                    up_sql: Some(format!("-- {f}\nselect 1;")),
+                    down_sql: Some(format!("-- undo {f}\nselect 0;")),
+                    run_in_transaction: true,
+                })
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn applied_from(chain: &Chain, n: usize) -> Vec<Applied> {
+        chain.migrations[..n]
+            .iter()
+            .map(|m| Applied {
+                version: m.version.clone(),
+                name: Some(m.name.clone()),
+                checksum: Some(m.checksum.clone()),
+                down_sql: m.down_sql.clone(),
+            })
+            .collect()
+    }
+
+    fn names(plan: &Plan) -> Vec<&str> {
+        plan.steps.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn four() -> Chain {
+        chain(&["1_one", "2_two", "3_three", "10_ten"])
+    }
+
+    #[test]
+    fn upgrade_to_head_plus_n_and_revision() {
+        let c = four();
+        let p = plan_upgrade(&c, &[], &Target::Head).unwrap();
+        assert_eq!(names(&p), ["1_one", "2_two", "3_three", "10_ten"]);
+        let p = plan_upgrade(&c, &applied_from(&c, 1), &Target::Forward(2)).unwrap();
+        assert_eq!(names(&p), ["2_two", "3_three"]);
+        let p = plan_upgrade(&c, &applied_from(&c, 1), &"3".parse().unwrap()).unwrap();
+        assert_eq!(names(&p), ["2_two", "3_three"]);
+        let p = plan_upgrade(&c, &[], &"2_two".parse().unwrap()).unwrap();
+        assert_eq!(names(&p), ["1_one", "2_two"]);
+        let p = plan_upgrade(&c, &[], &"3_th".parse().unwrap()).unwrap();
+        assert_eq!(names(&p), ["1_one", "2_two", "3_three"]);
+        let p = plan_upgrade(&c, &applied_from(&c, 4), &Target::Head).unwrap();
+        assert!(p.steps.is_empty());
+        let p = plan_upgrade(&c, &applied_from(&c, 2), &"2".parse().unwrap()).unwrap();
+        assert!(p.steps.is_empty());
+    }
+
+    #[test]
+    fn upgrade_errors() {
+        let c = four();
+        assert!(matches!(
+            plan_upgrade(&c, &applied_from(&c, 3), &Target::Forward(2)),
+            Err(PlanError::BeyondHead { requested: 2, pending: 1, .. })
+        ));
+        assert!(matches!(
+            plan_upgrade(&c, &[], &"77".parse().unwrap()),
+            Err(PlanError::TargetNotFound { .. })
+        ));
+        // `1` is the version of 1_one exactly, so it is not ambiguous with 10_ten.
+        assert_eq!(
+            names(&plan_upgrade(&c, &[], &"1".parse().unwrap()).unwrap()),
+            ["1_one"]
+        );
+        let c2 = chain(&["11_a", "12_b"]);
+        assert!(matches!(
+            plan_upgrade(&c2, &[], &"1".parse().unwrap()),
+            Err(PlanError::AmbiguousTarget { .. })
+        ));
+        assert!(matches!(
+            plan_upgrade(&c, &applied_from(&c, 3), &"1".parse().unwrap()),
+            Err(PlanError::TargetBehind { .. })
+        ));
+        assert!(matches!(
+            plan_upgrade(&c, &[], &Target::Base),
+            Err(PlanError::WrongDirection { .. })
+        ));
+        assert!(matches!(
+            plan_upgrade(&c, &[], &Target::Back(1)),
+            Err(PlanError::WrongDirection { .. })
+        ));
+    }
+
+    #[test]
+    fn upgrade_refuses_drift() {
+        let c = four();
+        // Edited after it ran.
+        let mut applied = applied_from(&c, 2);
+        applied[0].checksum = Some(checksum("something else"));
+        let err = plan_upgrade(&c, &applied, &Target::Head).unwrap_err();
+        assert!(matches!(&err, PlanError::Drift { problems, .. }
+            if matches!(problems[..], [Problem::ChecksumMismatch { .. }])));
+        // Folder deleted.
+        let mut applied = applied_from(&c, 2);
+        applied.push(Applied::bare("5"));
+        let err = plan_upgrade(&c, &applied, &Target::Head).unwrap_err();
+        assert!(matches!(&err, PlanError::Drift { problems, .. }
+            if problems.iter().any(|p| matches!(p, Problem::MissingFolder { .. }))));
+        // Out of order: 10 applied, 2 and 3 pending.
+        let mut applied = applied_from(&c, 1);
+        applied.push(Applied::bare("10"));
+        let found = problems(&c, &applied);
+        assert_eq!(
+            found
+                .iter()
+                .filter(|p| matches!(p, Problem::OutOfOrder { .. }))
+                .count(),
+            2
+        );
+        // Records without checksums (applied by diesel_cli) are not drift.
+        let applied = vec![Applied::bare("1")];
+        assert_eq!(names(&plan_upgrade(&c, &applied, &Target::Forward(1)).unwrap()), ["2_two"]);
+    }
+
+    #[test]
+    fn upgrade_refuses_non_transactional() {
+        let mut c = four();
+        c.migrations[1].run_in_transaction = false;
+        assert!(matches!(
+            plan_upgrade(&c, &[], &Target::Head),
+            Err(PlanError::NonTransactional { .. })
+        ));
+        assert_eq!(names(&plan_upgrade(&c, &[], &Target::Forward(1)).unwrap()), ["1_one"]);
+    }
+
+    #[test]
+    fn downgrade_keeps_the_named_revision() {
+        let c = four();
+        let applied = applied_from(&c, 4);
+        let p = plan_downgrade(&c, &applied, &"2".parse().unwrap()).unwrap();
+        assert_eq!(names(&p), ["10_ten", "3_three"]);
+        assert_eq!(p.direction, Direction::Down);
+        assert_eq!(p.steps[0].sql, "-- undo 10_ten\nselect 0;");
+        let p = plan_downgrade(&c, &applied, &Target::Back(1)).unwrap();
+        assert_eq!(names(&p), ["10_ten"]);
+        let p = plan_downgrade(&c, &applied, &Target::Base).unwrap();
+        assert_eq!(names(&p), ["10_ten", "3_three", "2_two", "1_one"]);
+        let p = plan_downgrade(&c, &applied, &"10".parse().unwrap()).unwrap();
+        assert!(p.steps.is_empty());
+    }
+
+    #[test]
+    fn downgrade_errors() {
+        let c = four();
+        let applied = applied_from(&c, 2);
+        assert!(matches!(
+            plan_downgrade(&c, &applied, &Target::Back(3)),
+            Err(PlanError::BelowBase { requested: 3, applied: 2, .. })
+        ));
+        assert!(matches!(
+            plan_downgrade(&c, &applied, &"3".parse().unwrap()),
+            Err(PlanError::NotApplied { .. })
+        ));
+        assert!(matches!(
+            plan_downgrade(&c, &applied, &"99".parse().unwrap()),
+            Err(PlanError::TargetNotFound { .. })
+        ));
+        assert!(matches!(
+            plan_downgrade(&c, &applied, &Target::Head),
+            Err(PlanError::WrongDirection { .. })
+        ));
+        let mut c2 = four();
+        c2.migrations[1].down_sql = None;
+        let mut applied = applied_from(&c2, 2);
+        applied[1].down_sql = None;
+        assert!(matches!(
+            plan_downgrade(&c2, &applied, &Target::Back(1)),
+            Err(PlanError::NoDownSql { .. })
+        ));
+    }
+
+    #[test]
+    fn downgrade_uses_stored_sql_when_the_folder_is_gone() {
+        let c = four();
+        let mut applied = applied_from(&c, 2);
+        applied.push(Applied {
+            version: Version::from_stored("7"),
+            name: Some("7_gone".into()),
+            checksum: Some(checksum("create table gone();")),
+            down_sql: Some("drop table gone;".into()),
+        });
+        let p = plan_downgrade(&c, &applied, &Target::Back(1)).unwrap();
+        assert_eq!(names(&p), ["7_gone"]);
+        assert_eq!(p.steps[0].sql, "drop table gone;");
+        assert_eq!(p.steps[0].down_source, Some(DownSqlSource::Stored));
+        // And the file wins, visibly, when it differs from the stored copy.
+        let mut applied = applied_from(&c, 2);
+        applied[1].down_sql = Some("select 'old';".into());
+        let p = plan_downgrade(&c, &applied, &Target::Back(1)).unwrap();
+        assert_eq!(
+            p.steps[0].down_source,
+            Some(DownSqlSource::FileDiffersFromStored)
+        );
+    }
+}
