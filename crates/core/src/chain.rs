@@ -51,7 +51,9 @@ pub enum ChainError {
     },
     #[error("migration folder `{location}` has no up.sql; every migration needs one (down.sql is optional)")]
     MissingUp { location: String },
-    #[error("migration `{location}/up.sql` is empty; write the migration's SQL or remove the folder")]
+    #[error(
+        "migration `{location}/up.sql` is empty; write the migration's SQL or remove the folder"
+    )]
     EmptyUp { location: String },
     #[error("migration folders `{first}` and `{second}` have the same version {version}; give one of them a new version (diesel would silently ignore one of them)")]
     DuplicateVersion {
@@ -185,9 +187,15 @@ mod tests {
     fn rejects_duplicates_missing_and_empty() {
         let dup = Chain::new(
             "app",
-            vec![src("1_a", Some("select 1;")), src("01_b", Some("select 1;"))],
+            vec![
+                src("1_a", Some("select 1;")),
+                src("01_b", Some("select 1;")),
+            ],
         );
-        assert!(matches!(dup, Err(ChainError::DuplicateVersion { .. })), "{dup:?}");
+        assert!(
+            matches!(dup, Err(ChainError::DuplicateVersion { .. })),
+            "{dup:?}"
+        );
         let same = Chain::new(
             "app",
             vec![
@@ -201,7 +209,10 @@ mod tests {
             Err(ChainError::MissingUp { .. })
         ));
         assert!(matches!(
-            Chain::new("app", vec![src("1_a", Some("  \n-- nothing yet\n/* no */\n"))]),
+            Chain::new(
+                "app",
+                vec![src("1_a", Some("  \n-- nothing yet\n/* no */\n"))]
+            ),
             Err(ChainError::EmptyUp { .. })
         ));
         assert!(matches!(

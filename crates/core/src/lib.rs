@@ -22,9 +22,9 @@ mod target;
 mod version;
 
 pub use chain::{checksum, Chain, ChainError, MigrationFile, MigrationSource};
-pub use plan::{current, pending,
-    plan_downgrade, plan_upgrade, problems, Applied, Direction, DownSqlSource, Plan, PlanError,
-    Problem, Step,
+pub use plan::{
+    current, pending, plan_downgrade, plan_upgrade, problems, Applied, Direction, DownSqlSource,
+    Plan, PlanError, Problem, Step,
 };
 pub use target::{Target, TargetError};
 pub use version::{Version, VersionError};

@@ -149,7 +149,9 @@ pub enum PlanError {
         requested: usize,
         pending: usize,
     },
-    #[error("bind `{bind}`: `-{requested}` goes below base; only {applied} migration(s) are applied")]
+    #[error(
+        "bind `{bind}`: `-{requested}` goes below base; only {applied} migration(s) are applied"
+    )]
     BelowBase {
         bind: String,
         requested: usize,
@@ -168,7 +170,10 @@ pub enum PlanError {
     #[error("bind `{bind}`: migration {name} sets `run_in_transaction = false` in metadata.toml; it cannot be part of an atomic batch. Run it by other means, or remove that setting")]
     NonTransactional { bind: String, name: String },
     #[error("bind `{bind}`: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
-    Drift { bind: String, problems: Vec<Problem> },
+    Drift {
+        bind: String,
+        problems: Vec<Problem>,
+    },
 }
 
 /// The newest applied version, if any.
@@ -248,7 +253,11 @@ fn resolve<'a>(
 }
 
 /// What must run on `chain`'s bind to bring it from `applied` up to `target`.
-pub fn plan_upgrade(chain: &Chain, applied: &[Applied], target: &Target) -> Result<Plan, PlanError> {
+pub fn plan_upgrade(
+    chain: &Chain,
+    applied: &[Applied],
+    target: &Target,
+) -> Result<Plan, PlanError> {
     let bind = chain.bind.clone();
     let drift = problems(chain, applied);
     if !drift.is_empty() {
@@ -376,7 +385,9 @@ pub fn plan_downgrade(
                 |candidates| {
                     if candidates.is_empty() {
                         let in_chain = chain.migrations.iter().any(|m| {
-                            m.version.as_str() == spec || m.name == *spec || m.name.starts_with(spec)
+                            m.version.as_str() == spec
+                                || m.name == *spec
+                                || m.name.starts_with(spec)
                         });
                         if in_chain {
                             PlanError::NotApplied {
@@ -508,7 +519,11 @@ mod tests {
         let c = four();
         assert!(matches!(
             plan_upgrade(&c, &applied_from(&c, 3), &Target::Forward(2)),
-            Err(PlanError::BeyondHead { requested: 2, pending: 1, .. })
+            Err(PlanError::BeyondHead {
+                requested: 2,
+                pending: 1,
+                ..
+            })
         ));
         assert!(matches!(
             plan_upgrade(&c, &[], &"77".parse().unwrap()),
@@ -566,7 +581,10 @@ mod tests {
         );
         // Records without checksums (applied by diesel_cli) are not drift.
         let applied = vec![Applied::bare("1")];
-        assert_eq!(names(&plan_upgrade(&c, &applied, &Target::Forward(1)).unwrap()), ["2_two"]);
+        assert_eq!(
+            names(&plan_upgrade(&c, &applied, &Target::Forward(1)).unwrap()),
+            ["2_two"]
+        );
     }
 
     #[test]
@@ -577,7 +595,10 @@ mod tests {
             plan_upgrade(&c, &[], &Target::Head),
             Err(PlanError::NonTransactional { .. })
         ));
-        assert_eq!(names(&plan_upgrade(&c, &[], &Target::Forward(1)).unwrap()), ["1_one"]);
+        assert_eq!(
+            names(&plan_upgrade(&c, &[], &Target::Forward(1)).unwrap()),
+            ["1_one"]
+        );
     }
 
     #[test]
@@ -602,7 +623,11 @@ mod tests {
         let applied = applied_from(&c, 2);
         assert!(matches!(
             plan_downgrade(&c, &applied, &Target::Back(3)),
-            Err(PlanError::BelowBase { requested: 3, applied: 2, .. })
+            Err(PlanError::BelowBase {
+                requested: 3,
+                applied: 2,
+                ..
+            })
         ));
         assert!(matches!(
             plan_downgrade(&c, &applied, &"3".parse().unwrap()),

@@ -22,7 +22,9 @@ pub enum Target {
 pub enum TargetError {
     #[error("the target is empty; use `head`, `base`, `+N`, `-N` or a revision")]
     Empty,
-    #[error("`{0}` is not a valid relative target; write `+N` or `-N` with N a whole number above 0")]
+    #[error(
+        "`{0}` is not a valid relative target; write `+N` or `-N` with N a whole number above 0"
+    )]
     BadRelative(String),
 }
 
@@ -81,8 +83,17 @@ mod tests {
             Ok(Target::Revision("2024-01-01-000000_x".into()))
         );
         assert_eq!("".parse::<Target>(), Err(TargetError::Empty));
-        assert!(matches!("+0".parse::<Target>(), Err(TargetError::BadRelative(_))));
-        assert!(matches!("-x".parse::<Target>(), Err(TargetError::BadRelative(_))));
-        assert!(matches!("+-1".parse::<Target>(), Err(TargetError::BadRelative(_))));
+        assert!(matches!(
+            "+0".parse::<Target>(),
+            Err(TargetError::BadRelative(_))
+        ));
+        assert!(matches!(
+            "-x".parse::<Target>(),
+            Err(TargetError::BadRelative(_))
+        ));
+        assert!(matches!(
+            "+-1".parse::<Target>(),
+            Err(TargetError::BadRelative(_))
+        ));
     }
 }

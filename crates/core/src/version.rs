@@ -14,7 +14,9 @@ pub enum VersionError {
     Empty,
     #[error("the version `{0}` is not made of digits (dashes are allowed and removed)")]
     NotDigits(String),
-    #[error("the version `{0}` is longer than 50 digits, which diesel's version table cannot store")]
+    #[error(
+        "the version `{0}` is longer than 50 digits, which diesel's version table cannot store"
+    )]
     TooLong(String),
 }
 

@@ -1,1 +1,31 @@
-//! placeholder
+//! # orchestrate-driver
+//!
+//! Everything `orchestrate` does to one database, one bind at a time, through diesel:
+//!
+//! - [`Endpoint`]: a bind's URL parsed into a backend (PostgreSQL or SQLite), with a redacted
+//!   form that is the only one ever printed;
+//! - [`read_chain`]: a bind's migration folders (diesel's layout) read from disk into a
+//!   validated [`orchestrate_core::Chain`];
+//! - [`BindConnection`]: the version tables (diesel's `__diesel_schema_migrations` plus this
+//!   project's `orchestrate_history` and `orchestrate_decisions`), the per-database lock, one
+//!   transaction per batch, `PREPARE TRANSACTION` with a check that it really happened,
+//!   `COMMIT PREPARED` / `ROLLBACK PREPARED`, and the decision record.
+//! - [`Capabilities`]: what a backend can do, as data the coordinator reads.
+//!
+//! It deliberately knows nothing of other binds: deciding, ordering and recovering across
+//! binds is the orchestrator's job. No function here prints.
+
+mod conn;
+mod endpoint;
+mod error;
+mod record;
+mod schema;
+mod script;
+mod source;
+
+pub use conn::{BindConnection, BindState, PreparedXact, LOCK_KEY};
+pub use endpoint::{Backend, Capabilities, Endpoint};
+pub use error::DriverError;
+pub use record::{gid_for, quote_literal, DecisionRecord, Participant, RedoStep, GID_PREFIX};
+pub use script::{script, Ending};
+pub use source::{read_chain, SourceError};

@@ -1,1 +1,16 @@
-//! placeholder
+//! # orchestrate
+//!
+//! Atomic migrations across several databases ("binds"). This crate owns:
+//!
+//! - [`settings`]: the layered configuration (TOML files, then environment variables);
+//! - [`coordinator`]: one batch across binds, committed everywhere or nowhere, with the
+//!   decision recorded durably before any bind commits;
+//! - [`cli`]: the `orchestrate` commands, their output and their exit codes ([`exit`]).
+//!
+//! What a single database does (version tables, locks, prepare, commit) is
+//! `orchestrate-driver`'s; what a chain and a plan are is `orchestrate-core`'s.
+
+pub mod cli;
+pub mod coordinator;
+pub mod exit;
+pub mod settings;

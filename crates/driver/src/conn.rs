@@ -1,0 +1,513 @@
+use std::collections::HashMap;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::{PgConnection, SqliteConnection};
+use orchestrate_core::{Applied, Direction, Step, Version};
+
+use crate::endpoint::{Backend, Endpoint};
+use crate::error::DriverError;
+use crate::record::{quote_literal, DecisionRecord, GID_PREFIX};
+use crate::schema::{self, __diesel_schema_migrations, orchestrate_decisions, orchestrate_history};
+
+/// The key of the transaction-scoped advisory lock every PostgreSQL batch takes first. It is
+/// released by COMMIT, ROLLBACK, COMMIT PREPARED, ROLLBACK PREPARED or the end of the session,
+/// never left behind by a crash; a prepared batch keeps it until it is resolved.
+pub const LOCK_KEY: i64 = 0x6f72_6368_6573_7472; // "orchestr"
+
+enum Conn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+/// Runs the same diesel code on whichever backend the connection is.
+macro_rules! on_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Pg($c) => $body,
+            Conn::Sqlite($c) => $body,
+        }
+    };
+}
+
+/// What a database says about itself.
+#[derive(Clone, Debug, Default)]
+pub struct BindState {
+    /// Whether the database (SQLite: the file) exists. A missing one has applied nothing.
+    pub exists: bool,
+    pub applied: Vec<Applied>,
+    /// This tool's prepared transactions on this database: batches in doubt.
+    pub in_doubt: Vec<PreparedXact>,
+}
+
+/// A prepared transaction of this tool, found in `pg_prepared_xacts`.
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
+pub struct PreparedXact {
+    #[diesel(sql_type = Text)]
+    pub gid: String,
+    #[diesel(sql_type = Text)]
+    pub prepared_at: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    ok: bool,
+}
+
+/// One open connection to one bind.
+pub struct BindConnection {
+    endpoint: Endpoint,
+    conn: Conn,
+    lock_timeout: Duration,
+}
+
+impl BindConnection {
+    /// Connects. With `create` a SQLite file (and its folder) is created when missing;
+    /// without it a missing file is [`DriverError::NoSuchFile`], so that reading the state of
+    /// a bind never creates anything. `lock_timeout` bounds every wait for a lock.
+    pub fn connect(
+        endpoint: &Endpoint,
+        create: bool,
+        lock_timeout: Duration,
+    ) -> Result<BindConnection, DriverError> {
+        let bind = endpoint.bind.clone();
+        let connect_err = |source| DriverError::Connect {
+            bind: bind.clone(),
+            url: endpoint.redacted().to_string(),
+            source,
+        };
+        let conn = match endpoint.backend {
+            Backend::Postgres => {
+                Conn::Pg(PgConnection::establish(endpoint.connect_url()).map_err(connect_err)?)
+            }
+            Backend::Sqlite => {
+                let path = endpoint
+                    .sqlite_path()
+                    .expect("sqlite endpoints have a path");
+                if !path.exists() {
+                    if !create {
+                        return Err(DriverError::NoSuchFile {
+                            bind,
+                            path: path.display().to_string(),
+                        });
+                    }
+                    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        fs::create_dir_all(parent).map_err(|e| DriverError::Other {
+                            bind: bind.clone(),
+                            detail: format!("cannot create folder {}: {e}", parent.display()),
+                        })?;
+                    }
+                }
+                Conn::Sqlite(
+                    SqliteConnection::establish(endpoint.connect_url()).map_err(connect_err)?,
+                )
+            }
+        };
+        let mut this = BindConnection {
+            endpoint: endpoint.clone(),
+            conn,
+            lock_timeout,
+        };
+        let ms = lock_timeout.as_millis();
+        match &mut this.conn {
+            // Reads never hang on locks held by a prepared (in-doubt) batch.
+            Conn::Pg(c) => c.batch_execute(&format!("SET lock_timeout = {ms}")),
+            Conn::Sqlite(c) => c.batch_execute(&format!("PRAGMA busy_timeout = {ms}")),
+        }
+        .map_err(|source| this.query_err("cannot set the lock timeout", source))?;
+        Ok(this)
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.endpoint.backend
+    }
+
+    fn bind(&self) -> String {
+        self.endpoint.bind.clone()
+    }
+
+    fn query_err(&self, what: &str, source: diesel::result::Error) -> DriverError {
+        DriverError::Query {
+            bind: self.bind(),
+            what: what.into(),
+            source,
+        }
+    }
+
+    fn table_exists(&mut self, table: &str) -> Result<bool, DriverError> {
+        // `table` is one of this crate's constant names, never user input.
+        let sql = match self.conn {
+            Conn::Pg(_) => format!(
+                "SELECT CAST(CASE WHEN to_regclass('{table}') IS NULL THEN 0 ELSE 1 END AS BIGINT) AS n"
+            ),
+            Conn::Sqlite(_) => {
+                format!("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '{table}'")
+            }
+        };
+        let query = diesel::sql_query(sql);
+        let row: Result<Count, _> = on_conn!(&mut self.conn, c => query.get_result(c));
+        row.map(|r| r.n > 0)
+            .map_err(|e| self.query_err("cannot read the catalog", e))
+    }
+
+    /// Reads what the database has applied, and this tool's prepared transactions on it.
+    /// Creates nothing.
+    pub fn read_state(&mut self) -> Result<BindState, DriverError> {
+        let mut state = BindState {
+            exists: true,
+            ..BindState::default()
+        };
+        if self.table_exists("__diesel_schema_migrations")? {
+            let versions: Vec<String> =
+                on_conn!(&mut self.conn, c => __diesel_schema_migrations::table
+                .select(__diesel_schema_migrations::version)
+                .load(c))
+                .map_err(|e| self.query_err("cannot read __diesel_schema_migrations", e))?;
+            let mut recorded: HashMap<String, (String, Option<String>, Option<String>)> =
+                HashMap::new();
+            if self.table_exists("orchestrate_history")? {
+                use schema::orchestrate_history::dsl as h;
+                let rows: Vec<(String, String, Option<String>, Option<String>)> =
+                    on_conn!(&mut self.conn, c => h::orchestrate_history
+                        .filter(h::direction.eq("up"))
+                        .order(h::id.asc())
+                        .select((h::version, h::name, h::checksum, h::down_sql))
+                        .load(c))
+                    .map_err(|e| self.query_err("cannot read orchestrate_history", e))?;
+                for (version, name, checksum, down_sql) in rows {
+                    recorded.insert(version, (name, checksum, down_sql));
+                }
+            }
+            state.applied = versions
+                .into_iter()
+                .map(|v| {
+                    let (name, checksum, down_sql) = match recorded.remove(&v) {
+                        Some((n, c, d)) => (Some(n), c, d),
+                        None => (None, None, None),
+                    };
+                    Applied {
+                        version: Version::from_stored(&v),
+                        name,
+                        checksum,
+                        down_sql,
+                    }
+                })
+                .collect();
+            state.applied.sort_by(|a, b| a.version.cmp(&b.version));
+        }
+        state.in_doubt = self.prepared()?;
+        Ok(state)
+    }
+
+    /// This tool's prepared transactions on this database (none on SQLite).
+    pub fn prepared(&mut self) -> Result<Vec<PreparedXact>, DriverError> {
+        match &mut self.conn {
+            Conn::Pg(c) => diesel::sql_query(
+                "SELECT gid, CAST(prepared AS TEXT) AS prepared_at FROM pg_prepared_xacts \
+                 WHERE database = current_database() AND starts_with(gid, $1) ORDER BY prepared",
+            )
+            .bind::<Text, _>(GID_PREFIX)
+            .load(c)
+            .map_err(|e| self.query_err("cannot read pg_prepared_xacts", e)),
+            Conn::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Whether this bind's history carries rows of `batch_id`: the batch's work is committed
+    /// here.
+    pub fn has_batch(&mut self, batch_id: &str) -> Result<bool, DriverError> {
+        if !self.table_exists("orchestrate_history")? {
+            return Ok(false);
+        }
+        let n: i64 = on_conn!(&mut self.conn, c => orchestrate_history::table
+            .filter(orchestrate_history::batch_id.eq(batch_id))
+            .count()
+            .get_result(c))
+        .map_err(|e| self.query_err("cannot read orchestrate_history", e))?;
+        Ok(n > 0)
+    }
+
+    /// Reads the decision of a batch this bind decided, if it was committed.
+    pub fn read_decision(&mut self, batch_id: &str) -> Result<Option<DecisionRecord>, DriverError> {
+        if !self.table_exists("orchestrate_decisions")? {
+            return Ok(None);
+        }
+        let text: Option<String> = on_conn!(&mut self.conn, c => orchestrate_decisions::table
+            .filter(orchestrate_decisions::batch_id.eq(batch_id))
+            .select(orchestrate_decisions::record)
+            .first(c)
+            .optional())
+        .map_err(|e| self.query_err("cannot read orchestrate_decisions", e))?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| DriverError::Other {
+                bind: self.bind(),
+                detail: format!("the decision record of batch {batch_id} is unreadable: {e}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// Opens the batch's transaction, takes the migration lock (waiting at most the lock
+    /// timeout) and makes sure the version tables exist.
+    pub fn begin_batch(&mut self) -> Result<(), DriverError> {
+        let started = Instant::now();
+        let busy = |this: &Self| DriverError::Busy {
+            bind: this.bind(),
+            waited_ms: started.elapsed().as_millis() as u64,
+        };
+        match &mut self.conn {
+            Conn::Pg(c) => {
+                AnsiTransactionManager::begin_transaction(c)
+                    .map_err(|e| self.query_err("cannot begin the batch transaction", e))?;
+                loop {
+                    let got: Result<Flag, _> =
+                        diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS ok")
+                            .bind::<BigInt, _>(LOCK_KEY)
+                            .get_result(self.pg());
+                    match got {
+                        Ok(Flag { ok: true }) => break,
+                        Ok(Flag { ok: false }) if started.elapsed() < self.lock_timeout => {
+                            std::thread::sleep(Duration::from_millis(50))
+                        }
+                        Ok(Flag { ok: false }) => {
+                            let err = busy(self);
+                            self.rollback();
+                            return Err(err);
+                        }
+                        Err(e) => return Err(self.query_err("cannot take the migration lock", e)),
+                    }
+                }
+            }
+            Conn::Sqlite(c) => {
+                // IMMEDIATE takes the write lock now (waiting up to busy_timeout), so two
+                // runs cannot both plan against the same state.
+                if let Err(e) = AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
+                {
+                    if e.to_string().contains("locked") || e.to_string().contains("busy") {
+                        return Err(busy(self));
+                    }
+                    return Err(self.query_err("cannot begin the batch transaction", e));
+                }
+            }
+        }
+        let history_ddl = match self.conn {
+            Conn::Pg(_) => schema::HISTORY_DDL_PG,
+            Conn::Sqlite(_) => schema::HISTORY_DDL_SQLITE,
+        };
+        for ddl in [schema::DIESEL_TABLE_DDL, history_ddl] {
+            on_conn!(&mut self.conn, c => c.batch_execute(ddl))
+                .map_err(|e| self.query_err("cannot create the version tables", e))?;
+        }
+        Ok(())
+    }
+
+    fn pg(&mut self) -> &mut PgConnection {
+        match &mut self.conn {
+            Conn::Pg(c) => c,
+            Conn::Sqlite(_) => unreachable!("only called on PostgreSQL connections"),
+        }
+    }
+
+    /// Checks, inside the batch transaction, that the database is still where the plan
+    /// started from: every version the plan reverts is applied, every version it applies is
+    /// not. Another run that got there first makes this fail, so nothing runs twice.
+    pub fn check_plan_still_valid(
+        &mut self,
+        direction: Direction,
+        steps: &[Step],
+    ) -> Result<(), DriverError> {
+        let applied: Vec<String> = on_conn!(&mut self.conn, c => __diesel_schema_migrations::table
+            .select(__diesel_schema_migrations::version)
+            .load(c))
+        .map_err(|e| self.query_err("cannot read __diesel_schema_migrations", e))?;
+        for step in steps {
+            let is_applied = applied.iter().any(|v| v == step.version.as_str());
+            let expected = direction == Direction::Down;
+            if is_applied != expected {
+                return Err(DriverError::Moved {
+                    bind: self.bind(),
+                    detail: format!(
+                        "{} is {} now",
+                        step.name,
+                        if is_applied { "applied" } else { "not applied" }
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step of the batch and records it, inside the batch transaction.
+    pub fn run_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        step: &Step,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        on_conn!(&mut self.conn, c => c.batch_execute(&step.sql)).map_err(|source| {
+            DriverError::Migration {
+                bind: self.bind(),
+                name: step.name.clone(),
+                source,
+            }
+        })?;
+        self.ensure_still_in_transaction(&step.name)?;
+        let version = step.version.as_str();
+        match direction {
+            Direction::Up => on_conn!(&mut self.conn, c => diesel::insert_into(__diesel_schema_migrations::table)
+                .values(__diesel_schema_migrations::version.eq(version))
+                .execute(c)),
+            Direction::Down => on_conn!(&mut self.conn, c => diesel::delete(
+                __diesel_schema_migrations::table.filter(__diesel_schema_migrations::version.eq(version)))
+                .execute(c)),
+        }
+        .map_err(|e| self.query_err("cannot record the migration in __diesel_schema_migrations", e))?;
+        use schema::orchestrate_history::dsl as h;
+        let row = (
+            h::batch_id.eq(batch_id),
+            h::version.eq(version),
+            h::name.eq(&step.name),
+            h::direction.eq(direction.to_string()),
+            h::checksum.eq(step.checksum.as_deref()),
+            h::down_sql.eq(step.down_sql.as_deref()),
+            h::at.eq(at),
+        );
+        on_conn!(&mut self.conn, c => diesel::insert_into(h::orchestrate_history).values(row.clone()).execute(c))
+            .map_err(|e| self.query_err("cannot record the migration in orchestrate_history", e))?;
+        Ok(())
+    }
+
+    /// Fails when a migration's own SQL ended the batch transaction (COMMIT, ROLLBACK, END):
+    /// what ran before it on this bind may then be committed, and the batch is not atomic.
+    fn ensure_still_in_transaction(&mut self, name: &str) -> Result<(), DriverError> {
+        let inside = match &mut self.conn {
+            // diesel follows libpq's transaction status after every statement.
+            Conn::Pg(c) => matches!(
+                AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth(),
+                Ok(Some(_))
+            ),
+            // SQLite refuses BEGIN inside a transaction; success means we were outside.
+            Conn::Sqlite(c) => match c.batch_execute("BEGIN") {
+                Err(e) if e.to_string().contains("within a transaction") => true,
+                Err(e) => return Err(self.query_err("cannot check the transaction", e)),
+                Ok(()) => {
+                    let _ = c.batch_execute("ROLLBACK");
+                    false
+                }
+            },
+        };
+        if inside {
+            Ok(())
+        } else {
+            Err(DriverError::LeftTransaction {
+                bind: self.bind(),
+                name: name.into(),
+            })
+        }
+    }
+
+    /// Writes the decision record in the batch transaction (on the decider).
+    pub fn write_decision(&mut self, record: &DecisionRecord, at: &str) -> Result<(), DriverError> {
+        on_conn!(&mut self.conn, c => c.batch_execute(schema::DECISIONS_DDL))
+            .map_err(|e| self.query_err("cannot create orchestrate_decisions", e))?;
+        let text = serde_json::to_string(record).expect("decision records serialise");
+        use schema::orchestrate_decisions::dsl as d;
+        let row = (
+            d::batch_id.eq(&record.batch_id),
+            d::decided_at.eq(at),
+            d::record.eq(&text),
+        );
+        on_conn!(&mut self.conn, c => diesel::insert_into(d::orchestrate_decisions).values(row.clone()).execute(c))
+            .map_err(|e| self.query_err("cannot write the decision record", e))?;
+        Ok(())
+    }
+
+    /// Makes deferred constraints fail now rather than as an ambiguous COMMIT error.
+    pub fn check_deferred(&mut self) -> Result<(), DriverError> {
+        if let Conn::Pg(c) = &mut self.conn {
+            c.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
+                .map_err(|e| self.query_err("a deferred constraint failed", e))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the batch transaction with `PREPARE TRANSACTION` and checks that it really was
+    /// prepared: PostgreSQL answers success and prepares nothing when the transaction had
+    /// already failed or ended.
+    pub fn prepare(&mut self, gid: &str) -> Result<(), DriverError> {
+        let Conn::Pg(c) = &mut self.conn else {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: "SQLite cannot prepare a transaction".into(),
+            });
+        };
+        c.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gid)))
+            .map_err(|e| self.query_err("PREPARE TRANSACTION failed", e))?;
+        let found: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()",
+        )
+        .bind::<Text, _>(gid)
+        .get_result(self.pg())
+        .map_err(|e| self.query_err("cannot verify the prepared transaction", e))?;
+        if found.n != 1 {
+            return Err(DriverError::PrepareNotRecorded {
+                bind: self.bind(),
+                gid: gid.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits the batch transaction.
+    pub fn commit(&mut self) -> Result<(), DriverError> {
+        on_conn!(&mut self.conn, c => AnsiTransactionManager::commit_transaction(c))
+            .map_err(|e| self.query_err("COMMIT failed", e))
+    }
+
+    /// Rolls back the batch transaction if one is open; errors are ignored because dropping
+    /// the connection rolls back too.
+    pub fn rollback(&mut self) {
+        let open = on_conn!(&mut self.conn, c => matches!(
+            AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth(),
+            Ok(Some(_))
+        ));
+        if open {
+            if let Err(e) =
+                on_conn!(&mut self.conn, c => AnsiTransactionManager::rollback_transaction(c))
+            {
+                tracing::warn!(bind = %self.endpoint.bind, error = %e, "rollback failed; the connection is dropped instead");
+            }
+        }
+    }
+
+    /// `COMMIT PREPARED` (outside any transaction).
+    pub fn commit_prepared(&mut self, gid: &str) -> Result<(), DriverError> {
+        let sql = format!("COMMIT PREPARED {}", quote_literal(gid));
+        self.pg()
+            .batch_execute(&sql)
+            .map_err(|e| self.query_err(&format!("COMMIT PREPARED of {gid} failed"), e))
+    }
+
+    /// `ROLLBACK PREPARED` (outside any transaction).
+    pub fn rollback_prepared(&mut self, gid: &str) -> Result<(), DriverError> {
+        let sql = format!("ROLLBACK PREPARED {}", quote_literal(gid));
+        self.pg()
+            .batch_execute(&sql)
+            .map_err(|e| self.query_err(&format!("ROLLBACK PREPARED of {gid} failed"), e))
+    }
+}

@@ -1,0 +1,69 @@
+/// What can go wrong on one bind. Every variant names the bind; none carries a password.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("bind `{bind}`: invalid url: {reason}")]
+    BadUrl { bind: String, reason: String },
+    #[error("bind `{bind}`: cannot connect to {url}: {source}")]
+    Connect {
+        bind: String,
+        url: String,
+        #[source]
+        source: diesel::ConnectionError,
+    },
+    #[error("bind `{bind}`: the SQLite database {path} does not exist yet")]
+    NoSuchFile { bind: String, path: String },
+    #[error("bind `{bind}`: {what}: {source}")]
+    Query {
+        bind: String,
+        what: String,
+        #[source]
+        source: diesel::result::Error,
+    },
+    #[error("bind `{bind}`: migration {name} failed: {source}")]
+    Migration {
+        bind: String,
+        name: String,
+        #[source]
+        source: diesel::result::Error,
+    },
+    #[error("bind `{bind}`: migration {name} ended the batch's transaction itself (a COMMIT, ROLLBACK or END in its SQL?); migrations must not control transactions")]
+    LeftTransaction { bind: String, name: String },
+    #[error("bind `{bind}`: another orchestrate run holds this database's migration lock; waited {waited_ms} ms. Try again when it has finished (raise `lock_timeout_ms` to wait longer)")]
+    Busy { bind: String, waited_ms: u64 },
+    #[error("bind `{bind}`: PREPARE TRANSACTION reported success but no prepared transaction `{gid}` exists; the batch was not prepared")]
+    PrepareNotRecorded { bind: String, gid: String },
+    #[error("bind `{bind}`: the database changed while the batch was being planned ({detail}); nothing was applied, run the command again")]
+    Moved { bind: String, detail: String },
+    #[error("bind `{bind}`: {detail}")]
+    Other { bind: String, detail: String },
+}
+
+impl DriverError {
+    /// The database's own error, when there is one.
+    pub fn database_error(&self) -> Option<&diesel::result::Error> {
+        match self {
+            DriverError::Query { source, .. } | DriverError::Migration { source, .. } => {
+                Some(source)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the error means the connection was lost, so the outcome of the statement that
+    /// was running is unknown.
+    pub fn is_connection_lost(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match self.database_error() {
+            Some(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => true,
+            Some(Error::DatabaseError(_, info)) => {
+                let m = info.message();
+                m.contains("server closed the connection")
+                    || m.contains("terminating connection")
+                    || m.contains("no connection to the server")
+                    || m.contains("connection to server")
+            }
+            Some(Error::BrokenTransactionManager) => true,
+            _ => false,
+        }
+    }
+}

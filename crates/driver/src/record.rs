@@ -1,0 +1,93 @@
+use orchestrate_core::Direction;
+
+use crate::endpoint::Backend;
+
+/// Every transaction id this tool prepares starts with this, so that `recover` and `status`
+/// can find them in `pg_prepared_xacts` and never touch anyone else's.
+pub const GID_PREFIX: &str = "orchestrate:";
+
+/// The id of a bind's prepared transaction: `orchestrate:<batch>:<decider>:<bind>`. It carries
+/// the batch, the bind whose `orchestrate_decisions` table holds the decision, and the bind
+/// itself, so it is unique per server even when several binds share one. Bind names are
+/// `[a-z0-9_]{1,63}` and batch ids are `[0-9A-Za-z-]`, so it stays under PostgreSQL's 200 bytes
+/// and needs no escaping.
+pub fn gid_for(batch_id: &str, decider: &str, bind: &str) -> String {
+    format!("{GID_PREFIX}{batch_id}:{decider}:{bind}")
+}
+
+/// Quotes a text as an SQL string literal. The one place where a value is inlined into SQL:
+/// `PREPARE TRANSACTION` and `COMMIT PREPARED` take no bind parameters.
+pub fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// A step to re-run on a SQLite bind that lost its open transaction after the decision.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RedoStep {
+    pub version: String,
+    pub name: String,
+    pub sql: String,
+    pub checksum: Option<String>,
+    pub down_sql: Option<String>,
+}
+
+/// One bind of a batch as the decision record knows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Participant {
+    pub bind: String,
+    pub backend: Backend,
+    /// The prepared transaction's id (PostgreSQL binds other than the decider).
+    pub gid: Option<String>,
+    /// The exact steps of the bind's batch (SQLite binds other than the decider), so that
+    /// a SQLite bind whose open transaction was lost after the decision can be brought
+    /// forward.
+    pub redo: Option<Vec<RedoStep>>,
+}
+
+/// The decision to commit a batch, written in the decider's own batch transaction: that
+/// transaction's COMMIT is the decision. No record means the batch was not committed
+/// (presumed abort).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DecisionRecord {
+    pub batch_id: String,
+    pub direction: String,
+    pub decider: String,
+    pub participants: Vec<Participant>,
+}
+
+impl DecisionRecord {
+    pub fn direction(&self) -> Direction {
+        if self.direction == "down" {
+            Direction::Down
+        } else {
+            Direction::Up
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gids_and_literals() {
+        assert_eq!(
+            gid_for("20261124T220000Z-0a1b2c3d", "users", "billing"),
+            "orchestrate:20261124T220000Z-0a1b2c3d:users:billing"
+        );
+        assert!(
+            gid_for(
+                "20261124T220000Z-0a1b2c3d",
+                &"a".repeat(63),
+                &"b".repeat(63)
+            )
+            .len()
+                < 200
+        );
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(
+            quote_literal("'; drop table x; --"),
+            "'''; drop table x; --'"
+        );
+    }
+}

@@ -1,0 +1,51 @@
+//! The tables this tool reads and writes. Their layout is a format: other versions of this
+//! tool, and diesel_cli, read them.
+
+diesel::table! {
+    /// diesel's own version table, so that `diesel migration list` agrees with us.
+    __diesel_schema_migrations (version) {
+        version -> VarChar,
+        run_on -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// One row per migration applied or reverted, never updated or deleted: which batch did
+    /// it, the checksum of `up.sql` and the `down.sql` as they were when it ran.
+    orchestrate_history (id) {
+        id -> BigInt,
+        batch_id -> Text,
+        version -> Text,
+        name -> Text,
+        direction -> Text,
+        checksum -> Nullable<Text>,
+        down_sql -> Nullable<Text>,
+        at -> Text,
+    }
+}
+
+diesel::table! {
+    /// Decisions of the batches this bind decided (see `DecisionRecord`).
+    orchestrate_decisions (batch_id) {
+        batch_id -> Text,
+        decided_at -> Text,
+        record -> Text,
+    }
+}
+
+pub const DIESEL_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (\
+       version VARCHAR(50) PRIMARY KEY NOT NULL, \
+       run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)";
+
+pub const HISTORY_DDL_PG: &str = "CREATE TABLE IF NOT EXISTS orchestrate_history (\
+       id BIGSERIAL PRIMARY KEY, batch_id TEXT NOT NULL, version TEXT NOT NULL, \
+       name TEXT NOT NULL, direction TEXT NOT NULL, checksum TEXT, down_sql TEXT, \
+       at TEXT NOT NULL)";
+
+pub const HISTORY_DDL_SQLITE: &str = "CREATE TABLE IF NOT EXISTS orchestrate_history (\
+       id INTEGER PRIMARY KEY AUTOINCREMENT, batch_id TEXT NOT NULL, version TEXT NOT NULL, \
+       name TEXT NOT NULL, direction TEXT NOT NULL, checksum TEXT, down_sql TEXT, \
+       at TEXT NOT NULL)";
+
+pub const DECISIONS_DDL: &str = "CREATE TABLE IF NOT EXISTS orchestrate_decisions (\
+       batch_id TEXT PRIMARY KEY NOT NULL, decided_at TEXT NOT NULL, record TEXT NOT NULL)";

@@ -1,0 +1,98 @@
+//! The text of what a batch runs on one bind, for `--sql`. Built from the same constants and
+//! statements [`crate::BindConnection`] executes; values are shown as SQL literals.
+
+use orchestrate_core::{Direction, Plan};
+
+use crate::conn::LOCK_KEY;
+use crate::endpoint::Backend;
+use crate::record::quote_literal;
+use crate::schema;
+
+/// How a bind ends its part of a batch.
+pub enum Ending<'a> {
+    /// PostgreSQL participant: prepared, then committed after the decision.
+    Prepare { gid: &'a str },
+    /// SQLite participant: the transaction stays open until the decision, then commits.
+    HoldOpen,
+    /// The decider: writes the decision record and commits; that COMMIT is the decision.
+    Decide { batch_id: &'a str },
+}
+
+fn nullable(text: Option<&str>) -> String {
+    text.map(quote_literal).unwrap_or_else(|| "NULL".into())
+}
+
+/// The script of one bind's part of a batch.
+pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>) -> String {
+    let mut out = String::new();
+    let mut line = |s: &str| {
+        out.push_str(s);
+        out.push('\n');
+    };
+    match backend {
+        Backend::Postgres => {
+            line("BEGIN;");
+            line(&format!(
+                "SELECT pg_try_advisory_xact_lock({LOCK_KEY}); -- repeated until it returns true, for at most lock_timeout_ms"
+            ));
+        }
+        Backend::Sqlite => {
+            line("BEGIN IMMEDIATE; -- waits at most lock_timeout_ms for the write lock")
+        }
+    }
+    line(&format!("{};", schema::DIESEL_TABLE_DDL));
+    line(&format!(
+        "{};",
+        match backend {
+            Backend::Postgres => schema::HISTORY_DDL_PG,
+            Backend::Sqlite => schema::HISTORY_DDL_SQLITE,
+        }
+    ));
+    for step in &plan.steps {
+        line(&format!("-- {} {}", plan.direction, step.name));
+        line(step.sql.trim_end());
+        match plan.direction {
+            Direction::Up => line(&format!(
+                "INSERT INTO __diesel_schema_migrations (version) VALUES ({});",
+                quote_literal(step.version.as_str())
+            )),
+            Direction::Down => line(&format!(
+                "DELETE FROM __diesel_schema_migrations WHERE version = {};",
+                quote_literal(step.version.as_str())
+            )),
+        }
+        line(&format!(
+            "INSERT INTO orchestrate_history (batch_id, version, name, direction, checksum, down_sql, at) VALUES ({}, {}, {}, '{}', {}, {}, <now>);",
+            quote_literal(batch_id),
+            quote_literal(step.version.as_str()),
+            quote_literal(&step.name),
+            plan.direction,
+            nullable(step.checksum.as_deref()),
+            nullable(step.down_sql.as_deref()),
+        ));
+    }
+    match ending {
+        Ending::Prepare { gid } => {
+            line(&format!("PREPARE TRANSACTION {};", quote_literal(gid)));
+            line("SELECT count(*) FROM pg_prepared_xacts WHERE gid = <the id above> AND database = current_database(); -- must be 1");
+            line("-- once every bind is prepared and the decider has committed:");
+            line(&format!("COMMIT PREPARED {};", quote_literal(gid)));
+        }
+        Ending::HoldOpen => {
+            line("-- the transaction stays open until the decider has committed, then:");
+            line("COMMIT;");
+        }
+        Ending::Decide { batch_id } => {
+            line(&format!("{};", schema::DECISIONS_DDL));
+            line(&format!(
+                "INSERT INTO orchestrate_decisions (batch_id, decided_at, record) VALUES ({}, <now>, <the batch's participants and the SQL of its SQLite binds, as JSON>);",
+                quote_literal(batch_id)
+            ));
+            if backend == Backend::Postgres {
+                line("SET CONSTRAINTS ALL IMMEDIATE;");
+            }
+            line("COMMIT; -- the decision: the batch commits everywhere from here on");
+        }
+    }
+    out
+}

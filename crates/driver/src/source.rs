@@ -1,0 +1,191 @@
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use orchestrate_core::{Chain, ChainError, MigrationSource};
+
+/// Why a bind's migrations folder cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("bind `{bind}`: the migrations folder {} does not exist; create it or set `migrations` for this bind in the config", path.display())]
+    DirMissing { bind: String, path: PathBuf },
+    #[error("bind `{bind}`: cannot read {}: {source}", path.display())]
+    Io {
+        bind: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("bind `{bind}`: {}: {message}", path.display())]
+    BadMetadata {
+        bind: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("bind `{bind}`: {source}")]
+    Chain {
+        bind: String,
+        #[source]
+        source: ChainError,
+    },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    run_in_transaction: Option<bool>,
+}
+
+/// Reads `dir/<version>_<name>/{up.sql,down.sql,metadata.toml}` into a validated chain.
+/// Plain files and hidden entries in `dir` are ignored, as diesel does; every folder is a
+/// migration and must be a valid one.
+pub fn read_chain(bind: &str, dir: &Path) -> Result<Chain, SourceError> {
+    let io_err = |path: &Path| {
+        let bind = bind.to_string();
+        let path = path.to_path_buf();
+        move |source| SourceError::Io { bind, path, source }
+    };
+    if !dir.is_dir() {
+        return Err(SourceError::DirMissing {
+            bind: bind.into(),
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut sources = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let path = entry.path();
+        let folder = entry.file_name().to_string_lossy().into_owned();
+        if folder.starts_with('.') || !path.is_dir() {
+            continue;
+        }
+        let read_optional = |name: &str| -> Result<Option<String>, SourceError> {
+            let file = path.join(name);
+            match fs::read_to_string(&file) {
+                Ok(text) => Ok(Some(text)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_err(&file)(e)),
+            }
+        };
+        let up_sql = read_optional("up.sql")?;
+        let down_sql = read_optional("down.sql")?;
+        // diesel reads a metadata.toml without the key as `run_in_transaction = false`; here
+        // an absent key means the default, true, and unknown keys are errors.
+        let run_in_transaction = match read_optional("metadata.toml")? {
+            None => true,
+            Some(text) => {
+                let meta: Metadata =
+                    toml::from_str(&text).map_err(|e| SourceError::BadMetadata {
+                        bind: bind.into(),
+                        path: path.join("metadata.toml"),
+                        message: e.message().to_string(),
+                    })?;
+                meta.run_in_transaction.unwrap_or(true)
+            }
+        };
+        sources.push(MigrationSource {
+            folder,
+            location: path.display().to_string(),
+            up_sql,
+            down_sql,
+            run_in_transaction,
+        });
+    }
+    Chain::new(bind, sources).map_err(|source| SourceError::Chain {
+        bind: bind.into(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, folder: &str, file: &str, text: &str) {
+        fs::create_dir_all(dir.join(folder)).unwrap();
+        fs::write(dir.join(folder).join(file), text).unwrap();
+    }
+
+    #[test]
+    fn reads_a_diesel_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        write(
+            d,
+            "00000000000000_diesel_initial_setup",
+            "up.sql",
+            "select 1;",
+        );
+        write(
+            d,
+            "2024-01-02-000000_b",
+            "up.sql",
+            "create table b(id int);",
+        );
+        write(d, "2024-01-02-000000_b", "down.sql", "drop table b;");
+        write(
+            d,
+            "2024-01-01-000000_a",
+            "up.sql",
+            "create table a(id int);",
+        );
+        write(
+            d,
+            "2024-01-01-000000_a",
+            "metadata.toml",
+            "run_in_transaction = false\n",
+        );
+        fs::write(d.join("README.md"), "not a migration").unwrap();
+        fs::create_dir_all(d.join(".hidden")).unwrap();
+        let chain = read_chain("app", d).unwrap();
+        let names: Vec<_> = chain.migrations.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "00000000000000_diesel_initial_setup",
+                "2024-01-01-000000_a",
+                "2024-01-02-000000_b"
+            ]
+        );
+        assert!(!chain.migrations[1].run_in_transaction);
+        assert_eq!(
+            chain.migrations[2].down_sql.as_deref(),
+            Some("drop table b;")
+        );
+    }
+
+    #[test]
+    fn metadata_without_the_key_means_in_transaction() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(tmp.path(), "1_a", "up.sql", "select 1;");
+        write(tmp.path(), "1_a", "metadata.toml", "# nothing\n");
+        assert!(read_chain("app", tmp.path()).unwrap().migrations[0].run_in_transaction);
+        write(
+            tmp.path(),
+            "1_a",
+            "metadata.toml",
+            "run_in_transaction = 'no'\n",
+        );
+        assert!(matches!(
+            read_chain("app", tmp.path()),
+            Err(SourceError::BadMetadata { .. })
+        ));
+        write(tmp.path(), "1_a", "metadata.toml", "typo = true\n");
+        assert!(matches!(
+            read_chain("app", tmp.path()),
+            Err(SourceError::BadMetadata { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_chain("app", &tmp.path().join("nope")),
+            Err(SourceError::DirMissing { .. })
+        ));
+        fs::create_dir_all(tmp.path().join("1_a")).unwrap();
+        let err = read_chain("app", tmp.path()).unwrap_err().to_string();
+        assert!(err.contains("1_a") && err.contains("no up.sql"), "{err}");
+    }
+}

@@ -1,0 +1,596 @@
+//! The `orchestrate` commands: parse, load settings, call the driver and the coordinator,
+//! print, return an exit code. Output goes to the writers given, so tests can capture it.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use orchestrate_core::{
+    current, pending, plan_downgrade, plan_upgrade, problems, Chain, Direction, DownSqlSource,
+    Plan, Target,
+};
+use orchestrate_driver::{
+    gid_for, read_chain, script, Backend, BindConnection, BindState, DriverError, Ending,
+};
+use serde_json::json;
+
+use crate::coordinator::{choose_decider, run_batch, BindOutcome, BindWork, Verdict};
+use crate::exit;
+use crate::settings::{BindSettings, Settings, Sources};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orchestrate",
+    version,
+    about = "Migrate several databases as one atomic step.",
+    long_about = "Migrate several databases (\"binds\") as one atomic step: every bind reaches its \
+target, or every bind stays exactly where it was.\n\n\
+Each bind has its own chain of migrations in diesel's folder layout \
+(migrations/<bind>/<version>_<name>/up.sql, down.sql). PostgreSQL binds end their batch with \
+PREPARE TRANSACTION; one bind, the decider, records the decision and commits; then every \
+other bind commits.\n\n\
+Configuration: config/default.toml, then config/$ORCHESTRATE_ENV.toml, then --config FILE, \
+then environment variables such as ORCHESTRATE__BINDS__USERS__URL.",
+    after_help = "Exit codes: 0 done; 1 failed and every bind is as it was; 2 invalid input, \
+configuration or migration files, nothing touched; 3 needs attention (run `orchestrate recover`)."
+)]
+pub struct Cli {
+    /// A TOML file read after config/default.toml and config/$ORCHESTRATE_ENV.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The folder holding default.toml and <env>.toml.
+    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
+    pub config_dir: PathBuf,
+    /// The environment whose config/<ENV>.toml is layered over config/default.toml.
+    #[arg(long, global = true, env = "ORCHESTRATE_ENV", value_name = "ENV")]
+    pub env: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show each bind: backend, current revision, head, pending migrations, problems.
+    Status {
+        /// Only this bind (repeatable). Default: every bind.
+        #[arg(long = "bind", value_name = "NAME")]
+        binds: Vec<String>,
+        /// Print JSON: {"binds":[{"bind","backend","current","head","pending","problems",...}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply pending migrations on the selected binds as one atomic batch.
+    ///
+    /// TARGET is `head` (the default), `+N` (N more), or a revision: a version, a full folder
+    /// name, or a unique prefix of either; it is applied up to and including that revision.
+    Upgrade(MigrateArgs),
+    /// Revert migrations on the selected binds as one atomic batch.
+    ///
+    /// TARGET is `-1` (the default), `-N`, `base` (revert everything), or a revision: it is
+    /// kept and everything applied after it is reverted.
+    Downgrade(MigrateArgs),
+    /// List a bind's migrations in order: applied, pending, or applied with no folder.
+    History {
+        #[arg(long = "bind", value_name = "NAME", required = true)]
+        bind: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("selection").required(true).args(["all_binds", "binds"])))]
+pub struct MigrateArgs {
+    /// Every configured bind.
+    #[arg(long)]
+    pub all_binds: bool,
+    /// This bind (repeatable).
+    #[arg(long = "bind", value_name = "NAME")]
+    pub binds: Vec<String>,
+    /// The target of every selected bind (see above).
+    #[arg(value_name = "TARGET")]
+    pub target: Option<String>,
+    /// One bind's own target, overriding TARGET for it (repeatable).
+    #[arg(long = "target", value_name = "NAME=TARGET")]
+    pub targets: Vec<String>,
+    /// Print, per bind, exactly what would run (transaction statements and version-table
+    /// writes included) and touch nothing.
+    #[arg(long)]
+    pub sql: bool,
+}
+
+/// Runs a parsed command line and returns the exit code.
+pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let sources = Sources {
+        config_dir: cli.config_dir.clone(),
+        env_name: cli.env.clone(),
+        extra_file: cli.config.clone(),
+        environment: None,
+    };
+    let settings = match Settings::load(&sources) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return exit::INVALID;
+        }
+    };
+    match cli.command {
+        Command::Status { binds, json } => status(&settings, &binds, json, out, err),
+        Command::Upgrade(args) => migrate(&settings, Direction::Up, &args, out, err),
+        Command::Downgrade(args) => migrate(&settings, Direction::Down, &args, out, err),
+        Command::History { bind, json } => history(&settings, &bind, json, out, err),
+    }
+}
+
+/// The configured binds a command names, in configuration order.
+fn select<'s>(
+    settings: &'s Settings,
+    names: &[String],
+    all: bool,
+) -> Result<Vec<&'s BindSettings>, String> {
+    if all || names.is_empty() {
+        return Ok(settings.binds.iter().collect());
+    }
+    for name in names {
+        if settings.bind(name).is_none() {
+            let known: Vec<_> = settings.binds.iter().map(|b| b.name.as_str()).collect();
+            return Err(format!(
+                "no bind is named `{name}`; configured binds: {}",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(settings
+        .binds
+        .iter()
+        .filter(|b| names.contains(&b.name))
+        .collect())
+}
+
+/// Reads a bind's state without creating anything: a SQLite file that does not exist yet has
+/// applied nothing.
+fn read_state(bind: &BindSettings, settings: &Settings) -> Result<BindState, DriverError> {
+    match BindConnection::connect(&bind.endpoint, false, settings.lock_timeout) {
+        Ok(mut conn) => conn.read_state(),
+        Err(DriverError::NoSuchFile { .. }) => Ok(BindState::default()),
+        Err(e) => Err(e),
+    }
+}
+
+fn in_doubt_message(bind: &str, state: &BindState) -> Vec<String> {
+    state
+        .in_doubt
+        .iter()
+        .map(|p| {
+            format!(
+                "in-doubt batch: prepared transaction {} (since {}) holds this database's locks; run `orchestrate recover`",
+                p.gid, p.prepared_at
+            )
+        })
+        .map(|m| format!("bind `{bind}`: {m}"))
+        .collect()
+}
+
+fn status(
+    settings: &Settings,
+    names: &[String],
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let binds = match select(settings, names, false) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let mut code = exit::OK;
+    let mut rows = Vec::new();
+    for bind in binds {
+        let chain = read_chain(&bind.name, &bind.migrations);
+        let state = read_state(bind, settings);
+        let mut problem_texts = Vec::new();
+        let (mut current_v, mut head, mut pending_v) = (None, None, Vec::new());
+        let mut in_doubt = Vec::new();
+        match (&chain, &state) {
+            (Ok(chain), Ok(state)) => {
+                current_v = current(&state.applied).map(|a| a.version.to_string());
+                head = chain.head().map(|m| m.version.to_string());
+                pending_v = pending(chain, &state.applied)
+                    .iter()
+                    .map(|m| m.version.to_string())
+                    .collect();
+                problem_texts.extend(
+                    problems(chain, &state.applied)
+                        .iter()
+                        .map(|p| p.to_string()),
+                );
+            }
+            _ => {
+                if let Err(e) = &chain {
+                    problem_texts.push(e.to_string());
+                }
+                code = exit::INVALID;
+            }
+        }
+        match &state {
+            Ok(state) => {
+                if !state.in_doubt.is_empty() && code == exit::OK {
+                    code = exit::ATTENTION;
+                }
+                problem_texts.extend(in_doubt_message(&bind.name, state));
+                in_doubt = state
+                    .in_doubt
+                    .iter()
+                    .map(|p| json!({"gid": p.gid, "prepared_at": p.prepared_at}))
+                    .collect();
+                if let Ok(chain) = &chain {
+                    let _ = chain;
+                }
+                if current_v.is_none() {
+                    current_v = current(&state.applied).map(|a| a.version.to_string());
+                }
+            }
+            Err(e) => problem_texts.push(e.to_string()),
+        }
+        rows.push(json!({
+            "bind": bind.name,
+            "backend": bind.endpoint.backend.to_string(),
+            "url": bind.endpoint.redacted(),
+            "current": current_v,
+            "head": head,
+            "pending": pending_v,
+            "problems": problem_texts,
+            "in_doubt": in_doubt,
+        }));
+    }
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({ "binds": rows })).unwrap()
+        );
+    } else {
+        for row in &rows {
+            let text = |v: &serde_json::Value| {
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| "none".into())
+            };
+            let pending: Vec<_> = row["pending"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            let _ = writeln!(
+                out,
+                "{} ({}, {})\n  current: {}\n  head:    {}\n  pending: {}",
+                row["bind"].as_str().unwrap(),
+                row["backend"].as_str().unwrap(),
+                row["url"].as_str().unwrap(),
+                text(&row["current"]),
+                text(&row["head"]),
+                if pending.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{} ({})", pending.len(), pending.join(", "))
+                },
+            );
+            for p in row["problems"].as_array().unwrap() {
+                let _ = writeln!(out, "  problem: {}", p.as_str().unwrap());
+            }
+        }
+    }
+    code
+}
+
+fn history(
+    settings: &Settings,
+    name: &str,
+    json: bool,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let bind = match select(settings, &[name.to_string()], false) {
+        Ok(b) => b[0],
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let chain = match read_chain(&bind.name, &bind.migrations) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let state = match read_state(bind, settings) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let mut entries: BTreeMap<orchestrate_core::Version, (String, &'static str)> = BTreeMap::new();
+    for m in &chain.migrations {
+        entries.insert(m.version.clone(), (m.name.clone(), "pending"));
+    }
+    for a in &state.applied {
+        let name = chain
+            .find(&a.version)
+            .map(|m| m.name.clone())
+            .or_else(|| a.name.clone())
+            .unwrap_or_else(|| a.version.to_string());
+        let st = if chain.find(&a.version).is_some() {
+            "applied"
+        } else {
+            "applied, folder missing"
+        };
+        entries.insert(a.version.clone(), (name, st));
+    }
+    if json {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|(v, (n, s))| json!({"version": v.to_string(), "name": n, "state": s}))
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({"bind": bind.name, "migrations": list})).unwrap()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{} ({}, {})",
+            bind.name,
+            bind.endpoint.backend,
+            bind.endpoint.redacted()
+        );
+        if entries.is_empty() {
+            let _ = writeln!(out, "  no migrations");
+        }
+        for (_, (n, s)) in &entries {
+            let _ = writeln!(out, "  {s:<8} {n}");
+        }
+    }
+    exit::OK
+}
+
+fn migrate(
+    settings: &Settings,
+    direction: Direction,
+    args: &MigrateArgs,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    let mut errors: Vec<String> = Vec::new();
+    let binds = match select(settings, &args.binds, args.all_binds) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let default_target = args.target.clone().unwrap_or_else(|| {
+        if direction == Direction::Up {
+            "head"
+        } else {
+            "-1"
+        }
+        .to_string()
+    });
+    let parse_target = |text: &str| {
+        text.parse::<Target>()
+            .map_err(|e| format!("target `{text}`: {e}"))
+    };
+    let mut targets: BTreeMap<String, Target> = BTreeMap::new();
+    match parse_target(&default_target) {
+        Ok(t) => {
+            for b in &binds {
+                targets.insert(b.name.clone(), t.clone());
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    for spec in &args.targets {
+        let Some((name, text)) = spec.split_once('=') else {
+            errors.push(format!(
+                "--target `{spec}`: write it as NAME=TARGET, such as users=+1"
+            ));
+            continue;
+        };
+        if !binds.iter().any(|b| b.name == name) {
+            errors.push(format!(
+                "--target `{spec}`: bind `{name}` is not selected; add --bind {name} or use --all-binds"
+            ));
+            continue;
+        }
+        match parse_target(text) {
+            Ok(t) => {
+                targets.insert(name.to_string(), t);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let mut chains: Vec<(&BindSettings, Chain)> = Vec::new();
+    for b in &binds {
+        match read_chain(&b.name, &b.migrations) {
+            Ok(c) => chains.push((b, c)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        for e in errors {
+            let _ = writeln!(err, "error: {e}");
+        }
+        let _ = writeln!(err, "nothing was changed");
+        return exit::INVALID;
+    }
+    // Read every bind's state before touching any.
+    let mut plans: Vec<(&BindSettings, Plan)> = Vec::new();
+    let mut in_doubt = Vec::new();
+    for (b, chain) in &chains {
+        let state = match read_state(b, settings) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        in_doubt.extend(in_doubt_message(&b.name, &state));
+        let target = &targets[&b.name];
+        let planned = match direction {
+            Direction::Up => plan_upgrade(chain, &state.applied, target),
+            Direction::Down => plan_downgrade(chain, &state.applied, target),
+        };
+        match planned {
+            Ok(p) => plans.push((b, p)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        for e in errors {
+            let _ = writeln!(err, "error: {e}");
+        }
+        let _ = writeln!(err, "nothing was changed");
+        return exit::INVALID;
+    }
+    if !in_doubt.is_empty() {
+        for e in in_doubt {
+            let _ = writeln!(err, "error: {e}");
+        }
+        let _ = writeln!(
+            err,
+            "nothing was changed; an earlier batch must be resolved first"
+        );
+        return exit::ATTENTION;
+    }
+    for (b, p) in &plans {
+        for step in &p.steps {
+            match step.down_source {
+                Some(DownSqlSource::Stored) => {
+                    let _ = writeln!(out, "note: {}: {} has no down.sql on disk; using the copy stored when it was applied", b.name, step.name);
+                }
+                Some(DownSqlSource::FileDiffersFromStored) => {
+                    let _ = writeln!(out, "note: {}: {}/down.sql differs from the copy stored when it was applied; using the file", b.name, step.name);
+                }
+                _ => {}
+            }
+        }
+    }
+    let works: Vec<BindWork> = plans
+        .iter()
+        .filter(|(_, p)| !p.steps.is_empty())
+        .map(|(b, p)| BindWork {
+            endpoint: b.endpoint.clone(),
+            plan: p.clone(),
+        })
+        .collect();
+    if works.is_empty() {
+        let _ = writeln!(out, "Nothing to do: every selected bind is at its target.");
+        return exit::OK;
+    }
+    if args.sql {
+        print_sql(settings, &works, out);
+        return exit::OK;
+    }
+    let report = run_batch(
+        works,
+        direction,
+        settings.decider.as_deref(),
+        settings.lock_timeout,
+        out,
+    );
+    for (bind, outcome) in &report.binds {
+        let text = match outcome {
+            BindOutcome::Committed => "committed".to_string(),
+            BindOutcome::RolledBack => "rolled back, unchanged".to_string(),
+            BindOutcome::LeftPrepared { gid } => {
+                format!("left prepared as {gid}; run `orchestrate recover`")
+            }
+            BindOutcome::Attention { detail } => detail.clone(),
+        };
+        let _ = writeln!(out, "  {bind}: {text}");
+    }
+    match report.verdict {
+        Verdict::Committed => {
+            let _ = writeln!(out, "batch {} committed on every bind", report.batch_id);
+            exit::OK
+        }
+        Verdict::RolledBack { error } => {
+            let _ = writeln!(err, "error: {}", error_chain(&error));
+            let _ = writeln!(
+                err,
+                "batch {} rolled back: every bind is as it was before",
+                report.batch_id
+            );
+            exit::FAILED
+        }
+        Verdict::NeedsAttention { error, detail } => {
+            if let Some(e) = error {
+                let _ = writeln!(err, "error: {}", error_chain(&e));
+            }
+            let _ = writeln!(err, "attention: {detail}");
+            exit::ATTENTION
+        }
+    }
+}
+
+/// An error and its sources, once each.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
+    let batch_id = "<batch-id>";
+    let decider_index = choose_decider(works, settings.decider.as_deref());
+    let decider = works[decider_index].endpoint.bind.clone();
+    let mut order: Vec<usize> = (0..works.len()).filter(|i| *i != decider_index).collect();
+    order.push(decider_index);
+    let _ = writeln!(
+        out,
+        "-- {} bind(s) in one batch; `{decider}` decides. Binds run in this order; nothing commits until the decider has.",
+        works.len()
+    );
+    for i in order {
+        let w = &works[i];
+        let gid = gid_for(batch_id, &decider, &w.endpoint.bind);
+        let ending = if i == decider_index {
+            Ending::Decide { batch_id }
+        } else if w.endpoint.backend == Backend::Postgres {
+            Ending::Prepare { gid: &gid }
+        } else {
+            Ending::HoldOpen
+        };
+        let _ = writeln!(
+            out,
+            "\n-- bind {} ({}, {}): {} migration(s) {}{}",
+            w.endpoint.bind,
+            w.endpoint.backend,
+            w.endpoint.redacted(),
+            w.plan.steps.len(),
+            w.plan.direction,
+            if i == decider_index { ", decider" } else { "" }
+        );
+        let _ = write!(
+            out,
+            "{}",
+            script(w.endpoint.backend, &w.plan, batch_id, ending)
+        );
+    }
+}

@@ -1,0 +1,1 @@
+CREATE INDEX invoices_user_id ON invoices (user_id);
