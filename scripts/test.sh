@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs every test of the project, installing and starting what it needs:
+# - the Rust toolchain must be there (cargo); C compiler and libpq headers are installed with
+#   apt-get when missing (root only);
+# - a throwaway PostgreSQL cluster with prepared transactions enabled is started in a temporary
+#   folder and stopped afterwards, unless ORCHESTRATE_TEST_PG_URL names a server already.
+# With CI=true nothing is skipped: a database that cannot be had fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "test.sh: $*" >&2; }
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+if ! pkg-config --exists libpq 2>/dev/null && [ ! -f /usr/include/postgresql/libpq-fe.h ]; then
+  need_apt+=(libpq-dev)
+fi
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { say "missing packages: ${need_apt[*]}; install them and run again"; exit 1; }
+  say "installing ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { say "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
+
+cluster_dir=""
+cleanup() {
+  if [ -n "$cluster_dir" ]; then
+    scripts/pg-cluster.sh stop "$cluster_dir" || true
+    rm -rf "$cluster_dir"
+  fi
+}
+trap cleanup EXIT
+
+if [ -z "${ORCHESTRATE_TEST_PG_URL:-}" ]; then
+  cluster_dir=$(mktemp -d /tmp/orchestrate-test-pg.XXXXXX)
+  if ! ORCHESTRATE_TEST_PG_URL=$(scripts/pg-cluster.sh start "$cluster_dir"); then
+    say "could not start a PostgreSQL cluster; the PostgreSQL tests will fail"
+    [ "${CI:-}" = true ] && exit 1
+  fi
+  export ORCHESTRATE_TEST_PG_URL
+  say "PostgreSQL for tests: $ORCHESTRATE_TEST_PG_URL"
+fi
+
+cargo test --workspace --locked "$@"
