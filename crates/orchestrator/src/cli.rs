@@ -90,7 +90,7 @@ pub struct MigrateArgs {
     #[arg(long = "bind", value_name = "NAME")]
     pub binds: Vec<String>,
     /// The target of every selected bind (see above).
-    #[arg(value_name = "TARGET")]
+    #[arg(value_name = "TARGET", allow_hyphen_values = true)]
     pub target: Option<String>,
     /// One bind's own target, overriding TARGET for it (repeatable).
     #[arg(long = "target", value_name = "NAME=TARGET")]

@@ -1,0 +1,286 @@
+//! The commands as a user meets them: the shipped example, --sql, status, bad input.
+
+use std::fs;
+use std::path::Path;
+
+use diesel::prelude::*;
+use diesel_migrations::MigrationHarness;
+
+use crate::support::{state, Db, Project};
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The README's first command, on the shipped config and migrations (SQLite files).
+#[test]
+fn the_shipped_example_upgrades_and_downgrades() {
+    let p = Project::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    copy_dir(&repo.join("config"), &p.path().join("config"));
+    copy_dir(&repo.join("migrations"), &p.path().join("migrations"));
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(0);
+    assert!(
+        run.stdout.contains("committed on every bind"),
+        "{}",
+        run.stdout
+    );
+    let users = Db::Sqlite(p.path().join("var/users.sqlite3"));
+    assert_eq!(
+        users.state(),
+        state(&["users"], &["20240101000000", "20240201000000"])
+    );
+    let run = p.run(&["status", "--json"]);
+    run.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let binds = v["binds"].as_array().unwrap();
+    assert_eq!(binds.len(), 3);
+    for b in binds {
+        assert_eq!(b["backend"], "sqlite");
+        assert_eq!(b["current"], b["head"]);
+        assert_eq!(b["pending"].as_array().unwrap().len(), 0);
+        assert_eq!(b["problems"].as_array().unwrap().len(), 0);
+    }
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    p.run(&["downgrade", "--all-binds", "base"]).expect(0);
+    assert_eq!(users.state(), state(&[], &[]));
+}
+
+#[test]
+fn sql_prints_the_batch_and_touches_nothing() {
+    let mut p = Project::new();
+    p.add_pg("main").add_sqlite("side");
+    p.migration(
+        "main",
+        "1_a",
+        "CREATE TABLE a (id INT);",
+        Some("DROP TABLE a;"),
+    );
+    p.migration(
+        "side",
+        "1_s",
+        "CREATE TABLE s (id INT);",
+        Some("DROP TABLE s;"),
+    );
+    let run = p.run(&["upgrade", "--all-binds", "--sql"]);
+    run.expect(0);
+    for needle in [
+        "BEGIN;",
+        "pg_try_advisory_xact_lock",
+        "CREATE TABLE a (id INT);",
+        "INSERT INTO __diesel_schema_migrations (version) VALUES ('1');",
+        "PREPARE TRANSACTION 'orchestrate:<batch-id>:side:main';",
+        "COMMIT PREPARED 'orchestrate:<batch-id>:side:main';",
+        "BEGIN IMMEDIATE;",
+        "INSERT INTO orchestrate_decisions",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "missing {needle:?} in\n{}",
+            run.stdout
+        );
+    }
+    assert_eq!(p.db("main").state(), state(&[], &[]));
+    assert!(
+        !p.path().join("var/side.sqlite3").exists(),
+        "--sql created the SQLite file"
+    );
+}
+
+#[test]
+fn diesel_sees_what_orchestrate_applied() {
+    let mut p = Project::new();
+    p.add_pg("main");
+    p.migration(
+        "main",
+        "2024-01-01-000000_a",
+        "CREATE TABLE a (id INT);",
+        Some("DROP TABLE a;"),
+    );
+    p.migration(
+        "main",
+        "2024-01-02-000000_b",
+        "CREATE TABLE b (id INT);",
+        Some("DROP TABLE b;"),
+    );
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    let Db::Pg(db) = p.db("main") else {
+        unreachable!()
+    };
+    let mut conn: diesel::PgConnection = db.conn();
+    let mut applied: Vec<String> = conn
+        .applied_migrations()
+        .unwrap()
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect();
+    applied.sort();
+    assert_eq!(applied, ["20240101000000", "20240102000000"]);
+    let _ = conn.begin_test_transaction();
+}
+
+#[test]
+fn numeric_order_and_targets() {
+    let mut p = Project::new();
+    p.add_sqlite("app");
+    for v in [1, 2, 9, 10, 11] {
+        p.migration(
+            "app",
+            &format!("{v}_m{v}"),
+            &format!("CREATE TABLE t{v} (id INT);"),
+            Some(&format!("DROP TABLE t{v};")),
+        );
+    }
+    p.run(&["upgrade", "--bind", "app", "9"]).expect(0);
+    assert_eq!(
+        p.db("app").state(),
+        state(&["t1", "t2", "t9"], &["1", "2", "9"])
+    );
+    p.run(&["upgrade", "--bind", "app", "+1"]).expect(0);
+    assert_eq!(p.db("app").state().versions, ["1", "10", "2", "9"]);
+    p.run(&["upgrade", "--bind", "app", "11_m"]).expect(0);
+    p.run(&["downgrade", "--bind", "app", "-2"]).expect(0);
+    assert_eq!(
+        p.db("app").state(),
+        state(&["t1", "t2", "t9"], &["1", "2", "9"])
+    );
+    let run = p.run(&["downgrade", "--bind", "app", "-4"]);
+    run.expect(2);
+    assert!(run.stderr.contains("below base"), "{}", run.stderr);
+    let run = p.run(&["upgrade", "--bind", "app", "1"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("ambiguous") || run.stderr.contains("already applied"),
+        "{}",
+        run.stderr
+    );
+    p.run(&["downgrade", "--bind", "app", "base"]).expect(0);
+    assert_eq!(p.db("app").state(), state(&[], &[]));
+}
+
+#[test]
+fn several_binds_with_their_own_targets() {
+    let mut p = Project::new();
+    p.add_pg("one").add_pg("two");
+    for bind in ["one", "two"] {
+        for v in 1..=3 {
+            p.migration(
+                bind,
+                &format!("{v}_x"),
+                &format!("CREATE TABLE {bind}_{v} (id INT);"),
+                Some(&format!("DROP TABLE {bind}_{v};")),
+            );
+        }
+    }
+    p.run(&["upgrade", "--all-binds", "--target", "two=1"])
+        .expect(0);
+    assert_eq!(
+        p.db("one").state(),
+        state(&["one_1", "one_2", "one_3"], &["1", "2", "3"])
+    );
+    assert_eq!(p.db("two").state(), state(&["two_1"], &["1"]));
+    let run = p.run(&["upgrade", "--bind", "one", "--target", "two=2"]);
+    run.expect(2);
+    assert!(run.stderr.contains("not selected"), "{}", run.stderr);
+    p.run(&["downgrade", "--all-binds", "--target", "one=1", "base"])
+        .expect(0);
+    assert_eq!(p.db("one").state(), state(&["one_1"], &["1"]));
+    assert_eq!(p.db("two").state(), state(&[], &[]));
+}
+
+/// Invalid input: exit 2, a message naming what is wrong, nothing changed.
+#[test]
+fn bad_input_exits_2_and_changes_nothing() {
+    let mut p = Project::new();
+    p.add_pg("main").add_sqlite("side");
+    p.migration("main", "1_a", "CREATE TABLE a (id INT);", None);
+    p.migration("side", "1_s", "CREATE TABLE s (id INT);", None);
+    let check = |p: &Project, args: &[&str], needle: &str| {
+        let run = p.run(args);
+        run.expect(2);
+        assert!(
+            run.stderr.contains(needle),
+            "{args:?}: expected {needle:?} in\n{}",
+            run.stderr
+        );
+        assert_eq!(p.db("main").state(), state(&[], &[]), "{args:?}");
+        assert_eq!(p.db("side").state(), state(&[], &[]), "{args:?}");
+    };
+    check(&p, &["upgrade", "--all-binds", "nope"], "matches no");
+    check(
+        &p,
+        &["upgrade", "--bind", "ghost"],
+        "no bind is named `ghost`",
+    );
+    check(
+        &p,
+        &["upgrade", "--all-binds", "--target", "main"],
+        "NAME=TARGET",
+    );
+    p.migration("side", "01_dup", "CREATE TABLE dup (id INT);", None);
+    check(&p, &["upgrade", "--all-binds"], "same version");
+    fs::remove_dir_all(p.path().join("migrations/side/01_dup")).unwrap();
+    fs::create_dir_all(p.path().join("migrations/side/2_empty")).unwrap();
+    fs::write(p.path().join("migrations/side/2_empty/up.sql"), "-- todo\n").unwrap();
+    check(&p, &["upgrade", "--all-binds"], "is empty");
+    fs::remove_file(p.path().join("migrations/side/2_empty/up.sql")).unwrap();
+    check(&p, &["upgrade", "--all-binds"], "has no up.sql");
+    fs::remove_dir_all(p.path().join("migrations/side/2_empty")).unwrap();
+    let config = p.path().join("config/default.toml");
+    let good = fs::read_to_string(&config).unwrap();
+    fs::write(&config, good.replace("sqlite://", "sqlight://")).unwrap();
+    check(&p, &["upgrade", "--all-binds"], "sqlight");
+    fs::write(&config, format!("{good}\nunknown_key = 1\n")).unwrap();
+    check(&p, &["upgrade", "--all-binds"], "unknown_key");
+    fs::write(&config, good.replace("[binds.main]", "[binds.Main]")).unwrap();
+    check(&p, &["status"], "Main");
+    fs::write(&config, good.replace("[binds.main]", "[binds.main")).unwrap();
+    check(&p, &["status"], "default.toml");
+    fs::write(
+        &config,
+        format!("{good}\n[binds.down]\nurl = \"postgres://postgres@127.0.0.1:1/x\"\n"),
+    )
+    .unwrap();
+    fs::create_dir_all(p.path().join("migrations/down/1_x")).unwrap();
+    fs::write(p.path().join("migrations/down/1_x/up.sql"), "SELECT 1;").unwrap();
+    check(&p, &["upgrade", "--all-binds"], "cannot connect");
+    fs::write(&config, good).unwrap();
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+}
+
+/// A migration that commits by itself breaks atomicity; the tool must notice and say so.
+#[test]
+fn a_migration_that_ends_the_transaction_is_reported() {
+    let mut p = Project::new();
+    p.add_pg("main").add_sqlite("side");
+    p.migration(
+        "main",
+        "1_a",
+        "CREATE TABLE a (id INT);\nCOMMIT;\nCREATE TABLE a2 (id INT);",
+        None,
+    );
+    p.migration("side", "1_s", "CREATE TABLE s (id INT);", None);
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("ended the batch's transaction"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db("side").state(), state(&[], &[]));
+    let main = p.db("main").state();
+    assert!(
+        main.versions.is_empty() && main.prepared.is_empty(),
+        "{main:?}"
+    );
+}

@@ -1,0 +1,318 @@
+//! Test support: a fresh PostgreSQL database per bind (dropped afterwards), SQLite files in a
+//! temporary project, the real `orchestrate` binary, and a look at every database afterwards.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel::{PgConnection, SqliteConnection};
+
+/// The PostgreSQL server the tests use. Never skipped: without one, the tests fail and say how
+/// to get one.
+pub fn pg_admin_url() -> String {
+    std::env::var("ORCHESTRATE_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!(
+            "ORCHESTRATE_TEST_PG_URL is not set. Run the tests with scripts/test.sh, which starts \
+             a throwaway PostgreSQL cluster, or point the variable at a server with \
+             max_prepared_transactions > 0"
+        )
+    })
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let (server, _) = base.rsplit_once('/').expect("a database URL has a path");
+    format!("{server}/{db}{query}")
+}
+
+/// A fresh database on the test server, dropped (with any prepared transaction left in it)
+/// when the value is dropped.
+pub struct PgDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDb {
+    pub fn new() -> PgDb {
+        let admin = pg_admin_url();
+        let name = format!("orch_test_{:016x}", rand::random::<u64>());
+        let mut conn = PgConnection::establish(&admin).expect("connect to the test server");
+        conn.batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create a test database");
+        PgDb {
+            url: with_database(&admin, &name),
+            name,
+        }
+    }
+
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connect to the test database")
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = PgConnection::establish(&self.url) {
+            for gid in prepared_in(&mut conn) {
+                let _ = conn.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"));
+            }
+        }
+        if let Ok(mut admin) = PgConnection::establish(&pg_admin_url()) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+fn prepared_in(conn: &mut PgConnection) -> Vec<String> {
+    diesel::sql_query(
+        "SELECT gid AS name FROM pg_prepared_xacts WHERE database = current_database()",
+    )
+    .load::<Name>(conn)
+    .expect("read pg_prepared_xacts")
+    .into_iter()
+    .map(|n| n.name)
+    .collect()
+}
+
+/// One bind of a test project.
+pub enum Db {
+    Pg(PgDb),
+    Sqlite(PathBuf),
+}
+
+/// What a database holds, as the tests compare it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DbState {
+    /// User tables, without the tool's own bookkeeping tables.
+    pub tables: BTreeSet<String>,
+    /// Rows of `__diesel_schema_migrations`, sorted.
+    pub versions: Vec<String>,
+    /// Prepared transactions in this database (always empty on SQLite).
+    pub prepared: Vec<String>,
+}
+
+const BOOKKEEPING: [&str; 3] = [
+    "__diesel_schema_migrations",
+    "orchestrate_history",
+    "orchestrate_decisions",
+];
+
+impl Db {
+    pub fn url(&self) -> String {
+        match self {
+            Db::Pg(db) => db.url.clone(),
+            Db::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+
+    pub fn state(&self) -> DbState {
+        match self {
+            Db::Pg(db) => {
+                let mut c = db.conn();
+                c.batch_execute("SET lock_timeout = '5s'").unwrap();
+                let tables: BTreeSet<String> = diesel::sql_query(
+                    "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .load::<Name>(&mut c)
+                .unwrap()
+                .into_iter()
+                .map(|n| n.name)
+                .collect();
+                let versions = if tables.contains("__diesel_schema_migrations") {
+                    diesel::sql_query(
+                        "SELECT version AS name FROM __diesel_schema_migrations ORDER BY version",
+                    )
+                    .load::<Name>(&mut c)
+                    .unwrap()
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect()
+                } else {
+                    Vec::new()
+                };
+                DbState {
+                    tables: tables
+                        .into_iter()
+                        .filter(|t| !BOOKKEEPING.contains(&t.as_str()))
+                        .collect(),
+                    versions,
+                    prepared: prepared_in(&mut c),
+                }
+            }
+            Db::Sqlite(path) => {
+                if !path.exists() {
+                    return DbState {
+                        tables: BTreeSet::new(),
+                        versions: Vec::new(),
+                        prepared: Vec::new(),
+                    };
+                }
+                let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+                let tables: BTreeSet<String> = diesel::sql_query(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                )
+                .load::<Name>(&mut c)
+                .unwrap()
+                .into_iter()
+                .map(|n| n.name)
+                .collect();
+                let versions = if tables.contains("__diesel_schema_migrations") {
+                    diesel::sql_query(
+                        "SELECT version AS name FROM __diesel_schema_migrations ORDER BY version",
+                    )
+                    .load::<Name>(&mut c)
+                    .unwrap()
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect()
+                } else {
+                    Vec::new()
+                };
+                DbState {
+                    tables: tables
+                        .into_iter()
+                        .filter(|t| !BOOKKEEPING.contains(&t.as_str()))
+                        .collect(),
+                    versions,
+                    prepared: Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+pub fn state(tables: &[&str], versions: &[&str]) -> DbState {
+    DbState {
+        tables: tables.iter().map(|t| t.to_string()).collect(),
+        versions: versions.iter().map(|v| v.to_string()).collect(),
+        prepared: Vec::new(),
+    }
+}
+
+/// The output of one run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn expect(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A temporary project: config/default.toml, migrations/<bind>/..., and its databases.
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub binds: Vec<(String, Db)>,
+}
+
+impl Project {
+    pub fn new() -> Project {
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+            binds: Vec::new(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn add_pg(&mut self, bind: &str) -> &mut Project {
+        self.binds.push((bind.into(), Db::Pg(PgDb::new())));
+        self.write_config();
+        self
+    }
+
+    pub fn add_sqlite(&mut self, bind: &str) -> &mut Project {
+        let path = self.path().join("var").join(format!("{bind}.sqlite3"));
+        self.binds.push((bind.into(), Db::Sqlite(path)));
+        self.write_config();
+        self
+    }
+
+    fn write_config(&self) {
+        let mut text = String::from("lock_timeout_ms = 5000\n");
+        for (bind, db) in &self.binds {
+            text.push_str(&format!("[binds.{bind}]\nurl = \"{}\"\n", db.url()));
+            fs::create_dir_all(self.path().join("migrations").join(bind)).unwrap();
+        }
+        fs::create_dir_all(self.path().join("config")).unwrap();
+        fs::write(self.path().join("config/default.toml"), text).unwrap();
+    }
+
+    /// Writes `migrations/<bind>/<folder>/up.sql` (and `down.sql` when given).
+    pub fn migration(
+        &mut self,
+        bind: &str,
+        folder: &str,
+        up: &str,
+        down: Option<&str>,
+    ) -> &mut Project {
+        let dir = self.path().join("migrations").join(bind).join(folder);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("up.sql"), up).unwrap();
+        if let Some(down) = down {
+            fs::write(dir.join("down.sql"), down).unwrap();
+        }
+        self
+    }
+
+    pub fn db(&self, bind: &str) -> &Db {
+        &self
+            .binds
+            .iter()
+            .find(|(b, _)| b == bind)
+            .expect("a bind of this project")
+            .1
+    }
+
+    /// Every bind's state, in bind order.
+    pub fn states(&self) -> Vec<(String, DbState)> {
+        self.binds
+            .iter()
+            .map(|(b, db)| (b.clone(), db.state()))
+            .collect()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrate"));
+        cmd.current_dir(self.path()).args(args);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("ORCHESTRATE") {
+                cmd.env_remove(key);
+            }
+        }
+        let output = cmd.output().expect("run orchestrate");
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
