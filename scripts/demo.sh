@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: builds orchestrate and brings the three SQLite binds of
+# config/default.toml (files under var/) to head as one atomic batch, then shows their status.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
+if ! pkg-config --exists libpq 2>/dev/null && [ ! -f /usr/include/postgresql/libpq-fe.h ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev pkg-config >/dev/null
+  else
+    echo "libpq headers not found: install libpq-dev (Debian/Ubuntu) or libpq (Homebrew)" >&2; exit 1
+  fi
+fi
+cargo build --release --locked --quiet
+target/release/orchestrate upgrade --all-binds
+target/release/orchestrate status
