@@ -5,5 +5,6 @@
 //! throwaway cluster). Without it these tests fail; they never skip.
 
 mod cli;
+mod recover;
 mod seed;
 mod support;

@@ -128,7 +128,7 @@ mod tests {
         assert!(v("2") < v("10"));
         assert!(v("099") < v("100"));
         assert!(v("20240101000000") < v("20240101000001"));
-        let mut all = vec![v("10"), v("9"), v("100"), v("1")];
+        let mut all = [v("10"), v("9"), v("100"), v("1")];
         all.sort();
         let texts: Vec<_> = all.iter().map(|v| v.as_str()).collect();
         assert_eq!(texts, ["1", "9", "10", "100"]);

@@ -64,6 +64,11 @@ struct Flag {
     ok: bool,
 }
 
+/// The `application_name` of a batch's decider session.
+fn decider_tag(batch_id: &str) -> String {
+    format!("orchestrate-decider:{batch_id}")
+}
+
 /// One open connection to one bind.
 pub struct BindConnection {
     endpoint: Endpoint,
@@ -261,6 +266,68 @@ impl BindConnection {
         .transpose()
     }
 
+    /// Names this session after the batch it decides, so that `recover` can tell a batch
+    /// whose coordinator is still running from one whose coordinator is gone.
+    pub fn tag_as_decider(&mut self, batch_id: &str) -> Result<(), DriverError> {
+        if let Conn::Pg(c) = &mut self.conn {
+            let sql = format!(
+                "SET application_name = {}",
+                quote_literal(&decider_tag(batch_id))
+            );
+            c.batch_execute(&sql)
+                .map_err(|e| self.query_err("cannot set application_name", e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the decider of `batch_id` may still commit: on PostgreSQL its tagged session is
+    /// alive; on SQLite someone holds the write lock (waiting at most the lock timeout).
+    pub fn decider_alive(&mut self, batch_id: &str) -> Result<bool, DriverError> {
+        match &mut self.conn {
+            Conn::Pg(c) => {
+                let found: Count = diesel::sql_query(
+                    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind::<Text, _>(decider_tag(batch_id))
+                .get_result(c)
+                .map_err(|e| self.query_err("cannot read pg_stat_activity", e))?;
+                Ok(found.n > 0)
+            }
+            Conn::Sqlite(c) => match c.batch_execute("BEGIN IMMEDIATE") {
+                Ok(()) => {
+                    c.batch_execute("ROLLBACK")
+                        .map_err(|e| self.query_err("cannot release the write lock", e))?;
+                    Ok(false)
+                }
+                Err(e) if e.to_string().contains("locked") || e.to_string().contains("busy") => {
+                    Ok(true)
+                }
+                Err(e) => Err(self.query_err("cannot take the write lock", e)),
+            },
+        }
+    }
+
+    /// Every decision this bind recorded.
+    pub fn decisions(&mut self) -> Result<Vec<DecisionRecord>, DriverError> {
+        if !self.table_exists("orchestrate_decisions")? {
+            return Ok(Vec::new());
+        }
+        let texts: Vec<String> = on_conn!(&mut self.conn, c => orchestrate_decisions::table
+            .order(orchestrate_decisions::batch_id.asc())
+            .select(orchestrate_decisions::record)
+            .load(c))
+        .map_err(|e| self.query_err("cannot read orchestrate_decisions", e))?;
+        texts
+            .iter()
+            .map(|t| {
+                serde_json::from_str(t).map_err(|e| DriverError::Other {
+                    bind: self.bind(),
+                    detail: format!("a decision record is unreadable: {e}"),
+                })
+            })
+            .collect()
+    }
+
     /// Opens the batch's transaction, takes the migration lock (waiting at most the lock
     /// timeout) and makes sure the version tables exist.
     pub fn begin_batch(&mut self) -> Result<(), DriverError> {
@@ -387,7 +454,7 @@ impl BindConnection {
             h::down_sql.eq(step.down_sql.as_deref()),
             h::at.eq(at),
         );
-        on_conn!(&mut self.conn, c => diesel::insert_into(h::orchestrate_history).values(row.clone()).execute(c))
+        on_conn!(&mut self.conn, c => diesel::insert_into(h::orchestrate_history).values(row).execute(c))
             .map_err(|e| self.query_err("cannot record the migration in orchestrate_history", e))?;
         Ok(())
     }
@@ -432,7 +499,7 @@ impl BindConnection {
             d::decided_at.eq(at),
             d::record.eq(&text),
         );
-        on_conn!(&mut self.conn, c => diesel::insert_into(d::orchestrate_decisions).values(row.clone()).execute(c))
+        on_conn!(&mut self.conn, c => diesel::insert_into(d::orchestrate_decisions).values(row).execute(c))
             .map_err(|e| self.query_err("cannot write the decision record", e))?;
         Ok(())
     }

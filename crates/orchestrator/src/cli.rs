@@ -70,6 +70,20 @@ pub enum Command {
     /// TARGET is `-1` (the default), `-N`, `base` (revert everything), or a revision: it is
     /// kept and everything applied after it is reverted.
     Downgrade(MigrateArgs),
+    /// Finish batches a crash or a lost connection left behind.
+    ///
+    /// Commits every prepared transaction of this tool whose batch was decided, rolls back
+    /// those whose batch was not (presumed abort) once their coordinator can no longer decide,
+    /// and re-applies a decided batch to any SQLite bind that lost it. Safe to run at any time,
+    /// any number of times; a batch whose coordinator is still running is left alone.
+    Recover {
+        /// Report what would be done and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON: {"actions":[{"bind","batch_id","action","detail"}],"errors":[..]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// List a bind's migrations in order: applied, pending, or applied with no folder.
     History {
         #[arg(long = "bind", value_name = "NAME", required = true)]
@@ -121,6 +135,34 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Command::Upgrade(args) => migrate(&settings, Direction::Up, &args, out, err),
         Command::Downgrade(args) => migrate(&settings, Direction::Down, &args, out, err),
         Command::History { bind, json } => history(&settings, &bind, json, out, err),
+        Command::Recover { dry_run, json } => {
+            let report = crate::recover::recover(&settings, dry_run);
+            if json {
+                let _ = writeln!(out, "{}", serde_json::to_string_pretty(&report).unwrap());
+            } else {
+                if report.actions.is_empty() && report.errors.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "Nothing to recover: no prepared or unfinished batch was found."
+                    );
+                }
+                for a in &report.actions {
+                    let _ = writeln!(
+                        out,
+                        "{}: batch {}: {}: {}",
+                        a.bind, a.batch_id, a.action, a.detail
+                    );
+                }
+                for e in &report.errors {
+                    let _ = writeln!(err, "error: {e}");
+                }
+            }
+            if report.needs_attention() {
+                exit::ATTENTION
+            } else {
+                exit::OK
+            }
+        }
     }
 }
 
@@ -227,9 +269,6 @@ fn status(
                     .iter()
                     .map(|p| json!({"gid": p.gid, "prepared_at": p.prepared_at}))
                     .collect();
-                if let Ok(chain) = &chain {
-                    let _ = chain;
-                }
                 if current_v.is_none() {
                     current_v = current(&state.applied).map(|a| a.version.to_string());
                 }
@@ -354,7 +393,7 @@ fn history(
         if entries.is_empty() {
             let _ = writeln!(out, "  no migrations");
         }
-        for (_, (n, s)) in &entries {
+        for (n, s) in entries.values() {
             let _ = writeln!(out, "  {s:<8} {n}");
         }
     }

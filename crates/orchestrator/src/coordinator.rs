@@ -126,6 +126,20 @@ pub fn run_batch(
         works.len()
     );
 
+    // The decider's transaction opens first and its session carries the batch id, so that
+    // `recover` can never presume abort while this coordinator could still decide: a
+    // prepared bind of this batch always has a live decider or a finished one.
+    let decider = &works[decider_index];
+    let mut decider_conn = match BindConnection::connect(&decider.endpoint, true, lock_timeout)
+        .and_then(|mut conn| {
+            conn.tag_as_decider(&batch_id)?;
+            conn.begin_batch()?;
+            Ok(conn)
+        }) {
+        Ok(conn) => conn,
+        Err(error) => return abort(report, Vec::new(), &works, error, progress),
+    };
+
     // Phase 1: every participant but the decider.
     let mut live: Vec<Live> = Vec::new();
     let mut order: Vec<usize> = (0..works.len()).filter(|i| *i != decider_index).collect();
@@ -157,13 +171,13 @@ pub fn run_batch(
                 );
             }
             Err(error) => {
+                decider_conn.rollback();
                 return abort(report, live, &works, error, progress);
             }
         }
     }
 
     // Phase 2: the decider.
-    let decider = &works[decider_index];
     let record = DecisionRecord {
         batch_id: batch_id.clone(),
         direction: direction.to_string(),
@@ -194,16 +208,13 @@ pub fn run_batch(
             })
             .collect(),
     };
-    let mut decider_conn = match BindConnection::connect(&decider.endpoint, true, lock_timeout)
-        .and_then(|mut conn| {
-            run_steps(&mut conn, decider, &batch_id, direction, &at)?;
-            conn.write_decision(&record, &now_text())?;
-            conn.check_deferred()?;
-            Ok(conn)
-        }) {
-        Ok(conn) => conn,
-        Err(error) => return abort(report, live, &works, error, progress),
-    };
+    let decided = run_steps(&mut decider_conn, decider, &batch_id, direction, &at)
+        .and_then(|()| decider_conn.write_decision(&record, &now_text()))
+        .and_then(|()| decider_conn.check_deferred());
+    if let Err(error) = decided {
+        decider_conn.rollback();
+        return abort(report, live, &works, error, progress);
+    }
     if let Err(error) = decider_conn.commit() {
         if error.is_connection_lost() {
             drop(decider_conn);
@@ -291,14 +302,14 @@ fn direction_past(direction: Direction) -> &'static str {
     }
 }
 
-fn run_steps(
+/// Runs a bind's steps in its open batch transaction.
+pub(crate) fn run_steps(
     conn: &mut BindConnection,
     work: &BindWork,
     batch_id: &str,
     direction: Direction,
     at: &str,
 ) -> Result<(), DriverError> {
-    conn.begin_batch()?;
     conn.check_plan_still_valid(direction, &work.plan.steps)?;
     for step in &work.plan.steps {
         conn.run_step(batch_id, direction, step, at)?;
@@ -323,6 +334,7 @@ fn phase_one(
         stage: Stage::Open,
     });
     let l = live.last_mut().expect("just pushed");
+    l.conn.begin_batch()?;
     run_steps(&mut l.conn, work, batch_id, direction, at)?;
     if work.endpoint.backend == Backend::Postgres {
         let gid = gid_for(batch_id, decider, &work.endpoint.bind);

@@ -5,6 +5,7 @@
 //! - [`settings`]: the layered configuration (TOML files, then environment variables);
 //! - [`coordinator`]: one batch across binds, committed everywhere or nowhere, with the
 //!   decision recorded durably before any bind commits;
+//! - [`recover`]: finishing batches a crash left behind (presumed abort, SQLite redo);
 //! - [`cli`]: the `orchestrate` commands, their output and their exit codes ([`exit`]).
 //!
 //! What a single database does (version tables, locks, prepare, commit) is
@@ -13,4 +14,5 @@
 pub mod cli;
 pub mod coordinator;
 pub mod exit;
+pub mod recover;
 pub mod settings;
