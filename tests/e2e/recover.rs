@@ -90,7 +90,7 @@ fn undecided_batch_is_reported_refused_and_rolled_back() {
     assert!(run.stdout.contains("would roll back"), "{}", run.stdout);
     assert_eq!(
         p.db("side").state().prepared,
-        [gid.clone()],
+        std::slice::from_ref(&gid),
         "--dry-run changed something"
     );
 
