@@ -26,7 +26,7 @@ pub enum DriverError {
         #[source]
         source: diesel::result::Error,
     },
-    #[error("bind `{bind}`: migration {name} ended the batch's transaction itself (a COMMIT, ROLLBACK or END in its SQL?); migrations must not control transactions")]
+    #[error("bind `{bind}`: migration {name} ended the batch's transaction itself (a COMMIT, ROLLBACK or END in its SQL?), so what ran before that statement on this bind may be committed and cannot be rolled back; check this bind by hand. Migrations must not control transactions")]
     LeftTransaction { bind: String, name: String },
     #[error("bind `{bind}`: another orchestrate run holds this database's migration lock; waited {waited_ms} ms. Try again when it has finished (raise `lock_timeout_ms` to wait longer)")]
     Busy { bind: String, waited_ms: u64 },
