@@ -4,6 +4,7 @@
 #   scripts/pg-cluster.sh start DIR   initdb in DIR (as an unprivileged user, PostgreSQL refuses
 #                                     root), start it on a free port of 127.0.0.1 with prepared
 #                                     transactions enabled, print its URL on stdout
+#   scripts/pg-cluster.sh restart DIR restart it on the same port (fast shutdown)
 #   scripts/pg-cluster.sh stop DIR    stop it (DIR is left for the caller to remove)
 #
 # Installs Debian's postgresql package when no server binaries are found.
@@ -79,6 +80,10 @@ case "$cmd" in
       start >"$dir/pg_ctl.log" 2>&1 || { cat "$dir/pg_ctl.log" "$dir/server.log" >&2; die "the server did not start"; }
     echo "$port" >"$dir/port"
     echo "postgres://postgres@127.0.0.1:$port/postgres"
+    ;;
+  restart)
+    as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart >"$dir/pg_ctl.log" 2>&1 \
+      || { cat "$dir/pg_ctl.log" >&2; die "restart failed"; }
     ;;
   stop)
     [ -d "$dir/data" ] || exit 0

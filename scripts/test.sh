@@ -42,4 +42,6 @@ if [ -z "${ORCHESTRATE_TEST_PG_URL:-}" ]; then
   say "PostgreSQL for tests: $ORCHESTRATE_TEST_PG_URL"
 fi
 
-cargo test --workspace --locked "$@"
+# The failpoints feature compiles the crash points the crash tests use (inert without FAILPOINTS).
+# ORCHESTRATE_KILL_LOOPS sets how many random kills the kill-loop test makes (default 5).
+cargo test --workspace --locked --features orchestrate/failpoints "$@"

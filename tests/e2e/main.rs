@@ -5,6 +5,7 @@
 //! throwaway cluster). Without it these tests fail; they never skip.
 
 mod cli;
+mod crash;
 mod recover;
 mod seed;
 mod support;

@@ -37,11 +37,17 @@ fn with_database(url: &str, db: &str) -> String {
 pub struct PgDb {
     pub name: String,
     pub url: String,
+    admin: String,
 }
 
 impl PgDb {
     pub fn new() -> PgDb {
-        let admin = pg_admin_url();
+        PgDb::on(&pg_admin_url())
+    }
+
+    /// A fresh database on the server `admin` points at.
+    pub fn on(admin: &str) -> PgDb {
+        let admin = admin.to_string();
         let name = format!("orch_test_{:016x}", rand::random::<u64>());
         let mut conn = PgConnection::establish(&admin).expect("connect to the test server");
         conn.batch_execute(&format!("CREATE DATABASE {name}"))
@@ -49,6 +55,7 @@ impl PgDb {
         PgDb {
             url: with_database(&admin, &name),
             name,
+            admin,
         }
     }
 
@@ -64,7 +71,7 @@ impl Drop for PgDb {
                 let _ = conn.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"));
             }
         }
-        if let Ok(mut admin) = PgConnection::establish(&pg_admin_url()) {
+        if let Ok(mut admin) = PgConnection::establish(&self.admin) {
             let _ = admin.batch_execute(&format!(
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
@@ -197,6 +204,24 @@ impl Db {
     }
 }
 
+impl Db {
+    /// How many `up` rows `orchestrate_history` holds (0 when it does not exist).
+    pub fn history_ups(&self) -> i64 {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let sql = "SELECT count(*) AS n FROM orchestrate_history WHERE direction = 'up'";
+        let found = match self {
+            Db::Pg(db) => diesel::sql_query(sql).get_result::<N>(&mut db.conn()),
+            Db::Sqlite(path) => diesel::sql_query(sql)
+                .get_result::<N>(&mut SqliteConnection::establish(path.to_str().unwrap()).unwrap()),
+        };
+        found.map(|n| n.n).unwrap_or(0)
+    }
+}
+
 pub fn state(tables: &[&str], versions: &[&str]) -> DbState {
     DbState {
         tables: tables.iter().map(|t| t.to_string()).collect(),
@@ -229,6 +254,8 @@ impl Run {
 pub struct Project {
     pub dir: tempfile::TempDir,
     pub binds: Vec<(String, Db)>,
+    /// Extra top-level lines of config/default.toml, such as `decider = "x"`.
+    pub extra_config: String,
 }
 
 impl Project {
@@ -236,6 +263,7 @@ impl Project {
         Project {
             dir: tempfile::tempdir().unwrap(),
             binds: Vec::new(),
+            extra_config: String::new(),
         }
     }
 
@@ -256,8 +284,23 @@ impl Project {
         self
     }
 
+    /// Adds top-level configuration lines.
+    pub fn config(&mut self, lines: &str) -> &mut Project {
+        self.extra_config.push_str(lines);
+        self.extra_config.push('\n');
+        self.write_config();
+        self
+    }
+
+    /// Adds a PostgreSQL bind on another server.
+    pub fn add_pg_at(&mut self, bind: &str, admin_url: &str) -> &mut Project {
+        self.binds.push((bind.into(), Db::Pg(PgDb::on(admin_url))));
+        self.write_config();
+        self
+    }
+
     fn write_config(&self) {
-        let mut text = String::from("lock_timeout_ms = 5000\n");
+        let mut text = format!("lock_timeout_ms = 5000\n{}\n", self.extra_config);
         for (bind, db) in &self.binds {
             text.push_str(&format!("[binds.{bind}]\nurl = \"{}\"\n", db.url()));
             fs::create_dir_all(self.path().join("migrations").join(bind)).unwrap();
@@ -301,13 +344,26 @@ impl Project {
     }
 
     pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[])
+    }
+
+    /// The binary, set up to run in this project, without the test's ORCHESTRATE variables.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrate"));
-        cmd.current_dir(self.path()).args(args);
+        cmd.current_dir(self.path())
+            .args(args)
+            .env_remove("FAILPOINTS");
         for (key, _) in std::env::vars() {
             if key.starts_with("ORCHESTRATE") {
                 cmd.env_remove(key);
             }
         }
+        cmd
+    }
+
+    pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
         let output = cmd.output().expect("run orchestrate");
         Run {
             code: output.status.code().unwrap_or(-1),

@@ -14,6 +14,39 @@
 use std::io::Write;
 use std::time::Duration;
 
+use crate::signals;
+
+/// A named point where a test can stop or crash the coordinator (cargo feature `failpoints`,
+/// set with `FAILPOINTS=name=action;...` in the `fail` crate's syntax). The action `return`
+/// aborts the process on the spot, like a crash; `sleep(ms)`, `pause` and `panic` work as the
+/// `fail` crate defines them. Without the feature this is nothing.
+macro_rules! crash_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, |_| {
+            eprintln!("failpoint {}: crashing", $name);
+            std::process::abort()
+        });
+    };
+}
+
+/// Why a batch failed before its decision.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Bind(#[from] DriverError),
+    #[error("interrupted by a signal before the decision")]
+    Interrupted,
+}
+
+fn check_signal() -> Result<(), BatchError> {
+    if signals::interrupted() {
+        Err(BatchError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
 use orchestrate_core::{Direction, Plan};
 use orchestrate_driver::{
     gid_for, Backend, BindConnection, DecisionRecord, DriverError, Endpoint, Participant, RedoStep,
@@ -47,10 +80,10 @@ pub enum Verdict {
     /// Every bind committed.
     Committed,
     /// The batch failed before the decision and every bind is as it was.
-    RolledBack { error: DriverError },
+    RolledBack { error: BatchError },
     /// Something needs a person or `orchestrate recover`.
     NeedsAttention {
-        error: Option<DriverError>,
+        error: Option<BatchError>,
         detail: String,
     },
 }
@@ -137,7 +170,7 @@ pub fn run_batch(
             Ok(conn)
         }) {
         Ok(conn) => conn,
-        Err(error) => return abort(report, Vec::new(), &works, error, progress),
+        Err(error) => return abort(report, Vec::new(), &works, error.into(), progress),
     };
 
     // Phase 1: every participant but the decider.
@@ -208,9 +241,11 @@ pub fn run_batch(
             })
             .collect(),
     };
+    crash_point!("before-decision");
     let decided = run_steps(&mut decider_conn, decider, &batch_id, direction, &at)
-        .and_then(|()| decider_conn.write_decision(&record, &now_text()))
-        .and_then(|()| decider_conn.check_deferred());
+        .and_then(|()| Ok(decider_conn.write_decision(&record, &now_text())?))
+        .and_then(|()| Ok(decider_conn.check_deferred()?))
+        .and_then(|()| check_signal());
     if let Err(error) = decided {
         decider_conn.rollback();
         return abort(report, live, &works, error, progress);
@@ -240,13 +275,14 @@ pub fn run_batch(
                 detail: format!(
                     "the connection to the decider `{decider_name}` was lost during its COMMIT, so whether batch {batch_id} committed is unknown. Nothing was rolled back. Run `orchestrate recover` to finish it either way"
                 ),
-                error: Some(error),
+                error: Some(error.into()),
             };
             return report;
         }
         decider_conn.rollback();
-        return abort(report, live, &works, error, progress);
+        return abort(report, live, &works, error.into(), progress);
     }
+    crash_point!("after-decision");
     let _ = writeln!(
         progress,
         "  {decider_name}: {} migration(s) {}, decision committed",
@@ -279,10 +315,17 @@ pub fn run_batch(
             },
         };
         report.binds.push((l.endpoint.bind.clone(), outcome));
+        crash_point!("after-first-commit");
     }
     report
         .binds
         .push((decider_name.clone(), BindOutcome::Committed));
+    if signals::interrupted() {
+        let _ = writeln!(
+            progress,
+            "  interrupted after the decision: finished committing every bind before stopping"
+        );
+    }
     if !attention.is_empty() {
         report.verdict = Verdict::NeedsAttention {
             error: None,
@@ -309,9 +352,10 @@ pub(crate) fn run_steps(
     batch_id: &str,
     direction: Direction,
     at: &str,
-) -> Result<(), DriverError> {
+) -> Result<(), BatchError> {
     conn.check_plan_still_valid(direction, &work.plan.steps)?;
     for step in &work.plan.steps {
+        check_signal()?;
         conn.run_step(batch_id, direction, step, at)?;
     }
     Ok(())
@@ -325,7 +369,8 @@ fn phase_one(
     lock_timeout: Duration,
     at: &str,
     live: &mut Vec<Live>,
-) -> Result<(), DriverError> {
+) -> Result<(), BatchError> {
+    check_signal()?;
     let conn = BindConnection::connect(&work.endpoint, true, lock_timeout)?;
     live.push(Live {
         endpoint: work.endpoint.clone(),
@@ -340,8 +385,10 @@ fn phase_one(
         let gid = gid_for(batch_id, decider, &work.endpoint.bind);
         l.gid = Some(gid.clone());
         l.stage = Stage::Preparing;
+        crash_point!("before-prepare");
         l.conn.prepare(&gid)?;
         l.stage = Stage::Prepared;
+        crash_point!("after-prepare");
     }
     Ok(())
 }
@@ -351,7 +398,7 @@ fn abort(
     mut report: BatchReport,
     live: Vec<Live>,
     works: &[BindWork],
-    error: DriverError,
+    error: BatchError,
     progress: &mut dyn Write,
 ) -> BatchReport {
     let _ = writeln!(progress, "  failed: {error}");

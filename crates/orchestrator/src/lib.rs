@@ -6,6 +6,7 @@
 //! - [`coordinator`]: one batch across binds, committed everywhere or nowhere, with the
 //!   decision recorded durably before any bind commits;
 //! - [`recover`]: finishing batches a crash left behind (presumed abort, SQLite redo);
+//! - [`signals`]: Ctrl-C and SIGTERM, honoured between steps;
 //! - [`cli`]: the `orchestrate` commands, their output and their exit codes ([`exit`]).
 //!
 //! What a single database does (version tables, locks, prepare, commit) is
@@ -16,3 +17,4 @@ pub mod coordinator;
 pub mod exit;
 pub mod recover;
 pub mod settings;
+pub mod signals;

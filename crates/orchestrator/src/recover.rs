@@ -271,7 +271,13 @@ fn redo(
         if conn.has_batch(&record.batch_id)? {
             return Ok(false);
         }
-        run_steps(&mut conn, &work, &record.batch_id, direction, &at)?;
+        run_steps(&mut conn, &work, &record.batch_id, direction, &at).map_err(|e| match e {
+            crate::coordinator::BatchError::Bind(e) => e,
+            other => DriverError::Other {
+                bind: bind.name.clone(),
+                detail: other.to_string(),
+            },
+        })?;
         conn.commit()?;
         Ok(true)
     });
