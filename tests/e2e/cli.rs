@@ -284,3 +284,64 @@ fn a_migration_that_ends_the_transaction_is_reported() {
         "{main:?}"
     );
 }
+
+/// `check` as a CI gate: 0 when clean, 1 on drift or (with --no-pending) pending work, 2 when a
+/// bind cannot be read. The database is never changed by it.
+#[test]
+fn check_exit_codes() {
+    let mut p = Project::new();
+    p.add_pg("main").add_sqlite("side");
+    p.migration(
+        "main",
+        "1_a",
+        "CREATE TABLE a (id INT);",
+        Some("DROP TABLE a;"),
+    );
+    p.migration(
+        "side",
+        "1_s",
+        "CREATE TABLE s (id INT);",
+        Some("DROP TABLE s;"),
+    );
+    p.run(&["check"]).expect(0);
+    let run = p.run(&["check", "--no-pending"]);
+    run.expect(1);
+    assert!(run.stdout.contains("pending migrations"), "{}", run.stdout);
+    assert_eq!(p.db("main").state(), state(&[], &[]));
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    p.run(&["check", "--no-pending"]).expect(0);
+    // An applied migration edited afterwards.
+    fs::write(
+        p.path().join("migrations/main/1_a/up.sql"),
+        "CREATE TABLE a (id BIGINT);",
+    )
+    .unwrap();
+    let run = p.run(&["check", "--json"]);
+    run.expect(1);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let main = &v["binds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bind"] == "main")
+        .unwrap()["problems"];
+    assert!(main[0].as_str().unwrap().contains("edited"), "{main}");
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("1_a") && run.stderr.contains("edited"),
+        "{}",
+        run.stderr
+    );
+    fs::write(
+        p.path().join("migrations/main/1_a/up.sql"),
+        "CREATE TABLE a (id INT);",
+    )
+    .unwrap();
+    p.run(&["check"]).expect(0);
+    // A migrations folder that cannot be read.
+    fs::create_dir_all(p.path().join("migrations/side/2_broken")).unwrap();
+    let run = p.run(&["check"]);
+    run.expect(2);
+    assert!(run.stdout.contains("no up.sql"), "{}", run.stdout);
+}

@@ -8,7 +8,11 @@ use orchestrate_driver::{gid_for, Backend, DecisionRecord, Participant, RedoStep
 
 use crate::support::{state, Db, Project};
 
-const BATCH: &str = "20260101T000000Z-0badf00d";
+/// A batch id of this test's own: prepared transaction ids are unique per server, and tests
+/// run in parallel on one server.
+fn new_batch() -> String {
+    format!("20260101T000000Z-{:08x}", rand::random::<u32>())
+}
 
 fn pg(p: &Project, bind: &str) -> diesel::PgConnection {
     match p.db(bind) {
@@ -18,8 +22,8 @@ fn pg(p: &Project, bind: &str) -> diesel::PgConnection {
 }
 
 /// What a coordinator killed after preparing `side` leaves behind.
-fn prepare_by_hand(p: &Project, bind: &str, decider: &str) -> String {
-    let gid = gid_for(BATCH, decider, bind);
+fn prepare_by_hand(p: &Project, bind: &str, decider: &str, batch: &str) -> String {
+    let gid = gid_for(batch, decider, bind);
     pg(p, bind)
         .batch_execute(&format!(
             "BEGIN; CREATE TABLE x (id INT); \
@@ -30,9 +34,9 @@ fn prepare_by_hand(p: &Project, bind: &str, decider: &str) -> String {
     gid
 }
 
-fn record_decision(p: &Project, decider: &str, participants: Vec<Participant>) {
+fn record_decision(p: &Project, decider: &str, batch: &str, participants: Vec<Participant>) {
     let record = DecisionRecord {
-        batch_id: BATCH.into(),
+        batch_id: batch.into(),
         direction: "up".into(),
         decider: decider.into(),
         participants,
@@ -41,7 +45,7 @@ fn record_decision(p: &Project, decider: &str, participants: Vec<Participant>) {
     pg(p, decider)
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS orchestrate_decisions (batch_id TEXT PRIMARY KEY NOT NULL, decided_at TEXT NOT NULL, record TEXT NOT NULL); \
-             INSERT INTO orchestrate_decisions VALUES ('{BATCH}', 'now', '{json}');"
+             INSERT INTO orchestrate_decisions VALUES ('{batch}', 'now', '{json}');"
         ))
         .unwrap();
 }
@@ -66,8 +70,9 @@ fn two_pg() -> Project {
 
 #[test]
 fn undecided_batch_is_reported_refused_and_rolled_back() {
+    let batch = new_batch();
     let p = two_pg();
-    let gid = prepare_by_hand(&p, "side", "main");
+    let gid = prepare_by_hand(&p, "side", "main", &batch);
 
     let run = p.run(&["status"]);
     run.expect(3);
@@ -106,11 +111,13 @@ fn undecided_batch_is_reported_refused_and_rolled_back() {
 
 #[test]
 fn decided_batch_is_committed() {
+    let batch = new_batch();
     let p = two_pg();
-    let gid = prepare_by_hand(&p, "side", "main");
+    let gid = prepare_by_hand(&p, "side", "main", &batch);
     record_decision(
         &p,
         "main",
+        &batch,
         vec![Participant {
             bind: "side".into(),
             backend: Backend::Postgres,
@@ -126,12 +133,13 @@ fn decided_batch_is_committed() {
 
 #[test]
 fn a_batch_whose_decider_is_alive_is_left_alone() {
+    let batch = new_batch();
     let p = two_pg();
-    let gid = prepare_by_hand(&p, "side", "main");
+    let gid = prepare_by_hand(&p, "side", "main", &batch);
     let mut coordinator = pg(&p, "main");
     coordinator
         .batch_execute(&format!(
-            "SET application_name = 'orchestrate-decider:{BATCH}'; BEGIN;"
+            "SET application_name = 'orchestrate-decider:{batch}'; BEGIN;"
         ))
         .unwrap();
     let run = p.run(&["recover"]);
@@ -161,6 +169,7 @@ fn a_batch_whose_decider_is_alive_is_left_alone() {
 
 #[test]
 fn a_sqlite_bind_that_lost_a_decided_batch_is_redone_once() {
+    let batch = new_batch();
     let mut p = Project::new();
     p.add_pg("main").add_sqlite("side");
     p.migration(
@@ -172,6 +181,7 @@ fn a_sqlite_bind_that_lost_a_decided_batch_is_redone_once() {
     record_decision(
         &p,
         "main",
+        &batch,
         vec![Participant {
             bind: "side".into(),
             backend: Backend::Sqlite,
@@ -252,4 +262,51 @@ fn killed_after_a_prepare_recovers_to_nothing_applied() {
     p.run(&["upgrade", "--all-binds"]).expect(0);
     assert_eq!(p.db("c_slow").state(), state(&["c"], &["1"]));
     assert_eq!(p.db("b_fast").state(), state(&["b"], &["1"]));
+}
+
+/// A prepared batch that locks the version table: status reports it without hanging, and says
+/// what is known of the decision.
+#[test]
+fn status_does_not_hang_on_a_locking_in_doubt_batch() {
+    let batch = new_batch();
+    let p = two_pg();
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    let gid = gid_for(&batch, "main", "side");
+    pg(&p, "side")
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE __diesel_schema_migrations IN ACCESS EXCLUSIVE MODE; PREPARE TRANSACTION '{gid}';"
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let run = p.run(&["status", "--json"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "status took {:?}",
+        started.elapsed()
+    );
+    run.expect(3);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let side = v["binds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["bind"] == "side")
+        .unwrap();
+    assert_eq!(side["in_doubt"][0]["gid"], gid.as_str());
+    assert_eq!(side["in_doubt"][0]["batch_id"], batch.as_str());
+    assert_eq!(side["in_doubt"][0]["decision"], "none");
+    assert!(
+        side["errors"][0].as_str().unwrap().contains("locked"),
+        "{side}"
+    );
+    let run = p.run(&["check"]);
+    run.expect(3);
+    assert!(run.stdout.contains("in doubt"), "{}", run.stdout);
+    // Once a decision is recorded, status says recover will commit it.
+    record_decision(&p, "main", &batch, vec![]);
+    let run = p.run(&["status"]);
+    run.expect(3);
+    assert!(run.stdout.contains("decided to commit"), "{}", run.stdout);
+    p.run(&["recover"]).expect(0);
+    p.run(&["check"]).expect(0);
 }

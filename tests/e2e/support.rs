@@ -170,7 +170,7 @@ impl Db {
                         prepared: Vec::new(),
                     };
                 }
-                let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+                let mut c = sqlite(path);
                 let tables: BTreeSet<String> = diesel::sql_query(
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
                 )
@@ -215,11 +215,17 @@ impl Db {
         let sql = "SELECT count(*) AS n FROM orchestrate_history WHERE direction = 'up'";
         let found = match self {
             Db::Pg(db) => diesel::sql_query(sql).get_result::<N>(&mut db.conn()),
-            Db::Sqlite(path) => diesel::sql_query(sql)
-                .get_result::<N>(&mut SqliteConnection::establish(path.to_str().unwrap()).unwrap()),
+            Db::Sqlite(path) => diesel::sql_query(sql).get_result::<N>(&mut sqlite(path)),
         };
         found.map(|n| n.n).unwrap_or(0)
     }
+}
+
+/// A SQLite connection that waits for a writer's lock instead of failing at once.
+fn sqlite(path: &Path) -> SqliteConnection {
+    let mut c = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    c.batch_execute("PRAGMA busy_timeout = 10000").unwrap();
+    c
 }
 
 pub fn state(tables: &[&str], versions: &[&str]) -> DbState {

@@ -50,6 +50,9 @@ pub struct PreparedXact {
     pub gid: String,
     #[diesel(sql_type = Text)]
     pub prepared_at: String,
+    /// How long it has been prepared (`HH:MM:SS`, PostgreSQL's interval text).
+    #[diesel(sql_type = Text)]
+    pub age: String,
 }
 
 #[derive(QueryableByName)]
@@ -222,7 +225,8 @@ impl BindConnection {
     pub fn prepared(&mut self) -> Result<Vec<PreparedXact>, DriverError> {
         match &mut self.conn {
             Conn::Pg(c) => diesel::sql_query(
-                "SELECT gid, CAST(prepared AS TEXT) AS prepared_at FROM pg_prepared_xacts \
+                "SELECT gid, CAST(prepared AS TEXT) AS prepared_at, \
+                 CAST(date_trunc('second', now() - prepared) AS TEXT) AS age FROM pg_prepared_xacts \
                  WHERE database = current_database() AND starts_with(gid, $1) ORDER BY prepared",
             )
             .bind::<Text, _>(GID_PREFIX)

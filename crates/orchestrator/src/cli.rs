@@ -7,8 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use orchestrate_core::{
-    current, pending, plan_downgrade, plan_upgrade, problems, Chain, Direction, DownSqlSource,
-    Plan, Target,
+    plan_downgrade, plan_upgrade, Chain, Direction, DownSqlSource, Plan, Target,
 };
 use orchestrate_driver::{
     gid_for, read_chain, script, Backend, BindConnection, BindState, DriverError, Ending,
@@ -17,6 +16,7 @@ use serde_json::json;
 
 use crate::coordinator::{choose_decider, run_batch, BindOutcome, BindWork, Verdict};
 use crate::exit;
+use crate::inspect::{inspect, BindReport};
 use crate::settings::{BindSettings, Settings, Sources};
 
 #[derive(Debug, Parser)]
@@ -51,12 +51,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show each bind: backend, current revision, head, pending migrations, problems.
+    /// Show each bind: backend, current revision, head, pending migrations, problems, batches
+    /// in doubt. Exits 3 while a batch is in doubt, 2 when a bind cannot be read.
     Status {
         /// Only this bind (repeatable). Default: every bind.
         #[arg(long = "bind", value_name = "NAME")]
         binds: Vec<String>,
-        /// Print JSON: {"binds":[{"bind","backend","current","head","pending","problems",...}]}.
+        /// Print JSON: {"binds":[{"bind","backend","url","current","head","pending","problems",
+        /// "errors","in_doubt","elapsed_ms"}]}.
         #[arg(long)]
         json: bool,
     },
@@ -70,6 +72,20 @@ pub enum Command {
     /// TARGET is `-1` (the default), `-N`, `base` (revert everything), or a revision: it is
     /// kept and everything applied after it is reverted.
     Downgrade(MigrateArgs),
+    /// Validate configuration, chains, drift and in-doubt batches on every bind: a CI gate.
+    ///
+    /// Exits 0 when all is well; 1 on migration history problems (an applied migration
+    /// edited or deleted, a pending one out of order) or, with --no-pending, pending
+    /// migrations; 2 when a bind cannot be read (invalid migrations, unreachable, locked); 3
+    /// while a batch is in doubt.
+    Check {
+        /// Print JSON, as `status --json`.
+        #[arg(long)]
+        json: bool,
+        /// Count pending migrations as a problem (for a gate after a deploy).
+        #[arg(long)]
+        no_pending: bool,
+    },
     /// Finish batches a crash or a lost connection left behind.
     ///
     /// Commits every prepared transaction of this tool whose batch was decided, rolls back
@@ -135,6 +151,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         Command::Upgrade(args) => migrate(&settings, Direction::Up, &args, out, err),
         Command::Downgrade(args) => migrate(&settings, Direction::Down, &args, out, err),
         Command::History { bind, json } => history(&settings, &bind, json, out, err),
+        Command::Check { json, no_pending } => check(&settings, json, no_pending, out),
         Command::Recover { dry_run, json } => {
             let report = crate::recover::recover(&settings, dry_run);
             if json {
@@ -215,6 +232,69 @@ fn in_doubt_message(bind: &str, state: &BindState) -> Vec<String> {
         .collect()
 }
 
+/// The exit code of `status` (`strict` false) or `check` (`strict` true) for these reports.
+fn verdict(reports: &[BindReport], strict: bool, no_pending: bool) -> i32 {
+    if reports.iter().any(|r| !r.in_doubt.is_empty()) {
+        exit::ATTENTION
+    } else if reports.iter().any(|r| !r.errors.is_empty()) {
+        exit::INVALID
+    } else if strict
+        && reports
+            .iter()
+            .any(|r| !r.problems.is_empty() || (no_pending && !r.pending.is_empty()))
+    {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
+}
+
+fn print_reports(reports: &[BindReport], json: bool, out: &mut dyn Write) {
+    if json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({ "binds": reports })).unwrap()
+        );
+        return;
+    }
+    for r in reports {
+        let none = || "none".to_string();
+        let _ = writeln!(
+            out,
+            "{} ({}, {})\n  current: {}\n  head:    {}\n  pending: {}",
+            r.bind,
+            r.backend,
+            r.url,
+            r.current.clone().unwrap_or_else(none),
+            r.head.clone().unwrap_or_else(none),
+            if r.pending.is_empty() {
+                none()
+            } else {
+                format!("{} ({})", r.pending.len(), r.pending.join(", "))
+            },
+        );
+        for d in &r.in_doubt {
+            let known = match d.decision.as_str() {
+                "commit" => "decided to commit; `orchestrate recover` commits it".to_string(),
+                "none" => "no decision recorded; `orchestrate recover` rolls it back once its coordinator is gone".to_string(),
+                other => other.to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  in doubt: batch {} (prepared transaction {}, for {}, decider `{}`): {known}",
+                d.batch_id, d.gid, d.age, d.decider
+            );
+        }
+        for p in &r.problems {
+            let _ = writeln!(out, "  problem: {p}");
+        }
+        for e in &r.errors {
+            let _ = writeln!(out, "  error:   {e}");
+        }
+    }
+}
+
 fn status(
     settings: &Settings,
     names: &[String],
@@ -229,100 +309,35 @@ fn status(
             return exit::INVALID;
         }
     };
-    let mut code = exit::OK;
-    let mut rows = Vec::new();
-    for bind in binds {
-        let chain = read_chain(&bind.name, &bind.migrations);
-        let state = read_state(bind, settings);
-        let mut problem_texts = Vec::new();
-        let (mut current_v, mut head, mut pending_v) = (None, None, Vec::new());
-        let mut in_doubt = Vec::new();
-        match (&chain, &state) {
-            (Ok(chain), Ok(state)) => {
-                current_v = current(&state.applied).map(|a| a.version.to_string());
-                head = chain.head().map(|m| m.version.to_string());
-                pending_v = pending(chain, &state.applied)
-                    .iter()
-                    .map(|m| m.version.to_string())
-                    .collect();
-                problem_texts.extend(
-                    problems(chain, &state.applied)
-                        .iter()
-                        .map(|p| p.to_string()),
-                );
+    let reports = inspect(settings, &binds);
+    print_reports(&reports, json, out);
+    verdict(&reports, false, false)
+}
+
+fn check(settings: &Settings, json: bool, no_pending: bool, out: &mut dyn Write) -> i32 {
+    let binds: Vec<&BindSettings> = settings.binds.iter().collect();
+    let reports = inspect(settings, &binds);
+    print_reports(&reports, json, out);
+    let code = verdict(&reports, true, no_pending);
+    if !json {
+        let summary = match code {
+            exit::OK => "check passed".to_string(),
+            exit::ATTENTION => {
+                "check failed: a batch is in doubt; run `orchestrate recover`".to_string()
             }
-            _ => {
-                if let Err(e) = &chain {
-                    problem_texts.push(e.to_string());
-                }
-                code = exit::INVALID;
+            exit::INVALID => {
+                "check failed: a bind could not be read (see the errors above)".to_string()
             }
-        }
-        match &state {
-            Ok(state) => {
-                if !state.in_doubt.is_empty() && code == exit::OK {
-                    code = exit::ATTENTION;
-                }
-                problem_texts.extend(in_doubt_message(&bind.name, state));
-                in_doubt = state
-                    .in_doubt
-                    .iter()
-                    .map(|p| json!({"gid": p.gid, "prepared_at": p.prepared_at}))
-                    .collect();
-                if current_v.is_none() {
-                    current_v = current(&state.applied).map(|a| a.version.to_string());
-                }
-            }
-            Err(e) => problem_texts.push(e.to_string()),
-        }
-        rows.push(json!({
-            "bind": bind.name,
-            "backend": bind.endpoint.backend.to_string(),
-            "url": bind.endpoint.redacted(),
-            "current": current_v,
-            "head": head,
-            "pending": pending_v,
-            "problems": problem_texts,
-            "in_doubt": in_doubt,
-        }));
-    }
-    if json {
-        let _ = writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&json!({ "binds": rows })).unwrap()
-        );
-    } else {
-        for row in &rows {
-            let text = |v: &serde_json::Value| {
-                v.as_str()
-                    .map(String::from)
-                    .unwrap_or_else(|| "none".into())
-            };
-            let pending: Vec<_> = row["pending"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_string())
-                .collect();
-            let _ = writeln!(
-                out,
-                "{} ({}, {})\n  current: {}\n  head:    {}\n  pending: {}",
-                row["bind"].as_str().unwrap(),
-                row["backend"].as_str().unwrap(),
-                row["url"].as_str().unwrap(),
-                text(&row["current"]),
-                text(&row["head"]),
-                if pending.is_empty() {
-                    "none".to_string()
+            _ => format!(
+                "check failed: {}",
+                if reports.iter().any(|r| !r.problems.is_empty()) {
+                    "migration history problems (see above)"
                 } else {
-                    format!("{} ({})", pending.len(), pending.join(", "))
-                },
-            );
-            for p in row["problems"].as_array().unwrap() {
-                let _ = writeln!(out, "  problem: {}", p.as_str().unwrap());
-            }
-        }
+                    "pending migrations (--no-pending)"
+                }
+            ),
+        };
+        let _ = writeln!(out, "{summary}");
     }
     code
 }

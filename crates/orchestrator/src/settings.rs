@@ -30,6 +30,7 @@ struct RawSettings {
     binds: BTreeMap<String, RawBind>,
     decider: Option<String>,
     lock_timeout_ms: Option<u64>,
+    parallelism: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +57,8 @@ pub struct Settings {
     pub decider: Option<String>,
     /// How long to wait for another run's lock, and for locks when reading.
     pub lock_timeout: Duration,
+    /// How many binds are read or worked on at once.
+    pub parallelism: usize,
 }
 
 /// Where the configuration comes from.
@@ -132,7 +135,14 @@ impl Settings {
                 )));
             }
         }
+        let parallelism = raw.parallelism.unwrap_or(8);
+        if parallelism == 0 {
+            return Err(SettingsError::Invalid(
+                "`parallelism` must be at least 1".into(),
+            ));
+        }
         Ok(Settings {
+            parallelism,
             binds,
             decider: raw.decider,
             lock_timeout: Duration::from_millis(raw.lock_timeout_ms.unwrap_or(10_000)),
