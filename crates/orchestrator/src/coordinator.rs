@@ -18,13 +18,15 @@ use crate::signals;
 
 /// A named point where a test can stop or crash the coordinator (cargo feature `failpoints`,
 /// set with `FAILPOINTS=name=action;...` in the `fail` crate's syntax). The action `return`
-/// aborts the process on the spot, like a crash; `sleep(ms)`, `pause` and `panic` work as the
-/// `fail` crate defines them. Without the feature this is nothing.
+/// sends the process SIGKILL on the spot: no destructor, rollback or flush runs, as in a real
+/// crash. `sleep(ms)`, `pause` and `panic` work as the `fail` crate defines them. Without the
+/// feature this is nothing.
 macro_rules! crash_point {
     ($name:literal) => {
         #[cfg(feature = "failpoints")]
         fail::fail_point!($name, |_| {
-            eprintln!("failpoint {}: crashing", $name);
+            eprintln!("failpoint {}: crashing with SIGKILL", $name);
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGKILL);
             std::process::abort()
         });
     };
