@@ -28,7 +28,10 @@ fn prepare_by_hand(p: &Project, bind: &str, decider: &str, batch: &str) -> Strin
         .batch_execute(&format!(
             "BEGIN; CREATE TABLE x (id INT); \
              CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
-             INSERT INTO __diesel_schema_migrations (version) VALUES ('1'); PREPARE TRANSACTION '{gid}';"
+             INSERT INTO __diesel_schema_migrations (version) VALUES ('1'); \
+             CREATE TABLE IF NOT EXISTS orchestrate_history (id BIGSERIAL PRIMARY KEY, batch_id TEXT NOT NULL, version TEXT NOT NULL, name TEXT NOT NULL, direction TEXT NOT NULL, checksum TEXT, down_sql TEXT, at TEXT NOT NULL); \
+             INSERT INTO orchestrate_history (batch_id, version, name, direction, at) VALUES ('{batch}', '1', '1_x', 'up', 'now'); \
+             PREPARE TRANSACTION '{gid}';"
         ))
         .unwrap();
     gid
@@ -309,4 +312,42 @@ fn status_does_not_hang_on_a_locking_in_doubt_batch() {
     assert!(run.stdout.contains("decided to commit"), "{}", run.stdout);
     p.run(&["recover"]).expect(0);
     p.run(&["check"]).expect(0);
+}
+
+/// Someone ran ROLLBACK PREPARED by hand although the batch was decided: recover says so once,
+/// records it, and does not loop on it.
+#[test]
+fn a_prepared_transaction_rolled_back_by_hand_is_a_heuristic_outcome() {
+    let batch = new_batch();
+    let p = two_pg();
+    let gid = prepare_by_hand(&p, "side", "main", &batch);
+    record_decision(
+        &p,
+        "main",
+        &batch,
+        vec![Participant {
+            bind: "side".into(),
+            backend: Backend::Postgres,
+            gid: Some(gid.clone()),
+            redo: None,
+        }],
+    );
+    pg(&p, "side")
+        .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+        .unwrap();
+    let run = p.run(&["recover"]);
+    run.expect(3);
+    assert!(
+        run.stdout.contains("heuristic outcome") && run.stdout.contains(&gid),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(p.db("side").state(), state(&[], &[]));
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(
+        !run.stdout.contains("heuristic"),
+        "reported twice: {}",
+        run.stdout
+    );
 }

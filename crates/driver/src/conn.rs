@@ -244,10 +244,52 @@ impl BindConnection {
         }
         let n: i64 = on_conn!(&mut self.conn, c => orchestrate_history::table
             .filter(orchestrate_history::batch_id.eq(batch_id))
+            .filter(orchestrate_history::direction.eq_any(["up", "down"]))
             .count()
             .get_result(c))
         .map_err(|e| self.query_err("cannot read orchestrate_history", e))?;
         Ok(n > 0)
+    }
+
+    /// Whether a heuristic outcome of `batch_id` was already recorded here.
+    pub fn has_heuristic(&mut self, batch_id: &str) -> Result<bool, DriverError> {
+        if !self.table_exists("orchestrate_history")? {
+            return Ok(false);
+        }
+        let n: i64 = on_conn!(&mut self.conn, c => orchestrate_history::table
+            .filter(orchestrate_history::batch_id.eq(batch_id))
+            .filter(orchestrate_history::direction.eq("heuristic"))
+            .count()
+            .get_result(c))
+        .map_err(|e| self.query_err("cannot read orchestrate_history", e))?;
+        Ok(n > 0)
+    }
+
+    /// Records, once, that this bind's part of a decided batch was ended against the decision
+    /// by someone else (a heuristic outcome), so that it is reported once and not retried.
+    pub fn record_heuristic(
+        &mut self,
+        batch_id: &str,
+        detail: &str,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        let ddl = match self.conn {
+            Conn::Pg(_) => schema::HISTORY_DDL_PG,
+            Conn::Sqlite(_) => schema::HISTORY_DDL_SQLITE,
+        };
+        on_conn!(&mut self.conn, c => c.batch_execute(ddl))
+            .map_err(|e| self.query_err("cannot create orchestrate_history", e))?;
+        use schema::orchestrate_history::dsl as h;
+        let row = (
+            h::batch_id.eq(batch_id),
+            h::version.eq("-"),
+            h::name.eq(detail),
+            h::direction.eq("heuristic"),
+            h::at.eq(at),
+        );
+        on_conn!(&mut self.conn, c => diesel::insert_into(h::orchestrate_history).values(row).execute(c))
+            .map_err(|e| self.query_err("cannot record the heuristic outcome", e))?;
+        Ok(())
     }
 
     /// Reads the decision of a batch this bind decided, if it was committed.

@@ -192,6 +192,14 @@ pub fn recover(settings: &Settings, dry_run: bool) -> RecoverReport {
     }
     for record in records {
         for participant in &record.participants {
+            if let Some(gid) = &participant.gid {
+                if let Some(action) =
+                    check_committed(settings, &record, &participant.bind, gid, dry_run)
+                {
+                    report.actions.push(action);
+                }
+                continue;
+            }
             let Some(steps) = &participant.redo else {
                 continue;
             };
@@ -211,6 +219,56 @@ pub fn recover(settings: &Settings, dry_run: bool) -> RecoverReport {
         }
     }
     report
+}
+
+/// For a PostgreSQL participant of a decided batch: its prepared transaction is gone (step 1
+/// committed what it found), so its history must carry the batch. If it does not, someone
+/// rolled the transaction back by hand against the decision: a heuristic outcome, reported once
+/// and recorded on the bind so that it is not reported or retried again.
+fn check_committed(
+    settings: &Settings,
+    record: &DecisionRecord,
+    bind_name: &str,
+    gid: &str,
+    dry_run: bool,
+) -> Option<Action> {
+    let bind = settings.bind(bind_name)?;
+    let action = |action: &str, detail: String| Action {
+        bind: bind_name.into(),
+        batch_id: record.batch_id.clone(),
+        action: action.into(),
+        detail,
+    };
+    let look = || -> Result<Option<Action>, DriverError> {
+        let mut conn = BindConnection::connect(&bind.endpoint, false, settings.lock_timeout)?;
+        if conn.prepared()?.iter().any(|p| p.gid == gid)
+            || conn.has_batch(&record.batch_id)?
+            || conn.has_heuristic(&record.batch_id)?
+        {
+            return Ok(None);
+        }
+        let detail = format!(
+            "heuristic outcome: prepared transaction {gid} was rolled back by someone else although batch {} was decided to commit; this bind does not have the batch's migrations (see `orchestrate status`). Recorded; it will not be reported again",
+            record.batch_id
+        );
+        if !dry_run {
+            let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            conn.record_heuristic(
+                &record.batch_id,
+                "rolled back by hand against the commit decision",
+                &at,
+            )?;
+        }
+        Ok(Some(action("attention", detail)))
+    };
+    match look() {
+        Ok(a) => a,
+        Err(DriverError::NoSuchFile { .. }) => None,
+        Err(e) => Some(action(
+            "attention",
+            format!("cannot check prepared transaction {gid}: {e}"),
+        )),
+    }
 }
 
 /// Brings one SQLite participant forward, unless its history already carries the batch.
