@@ -5,11 +5,10 @@
 //! The crash points need the `failpoints` feature (scripts/test.sh enables it); without it
 //! those tests are reported as ignored, never as passed.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{state, DbState, Project};
+use crate::support::{state, DbState, OwnCluster, Project};
 
 /// Decider on PostgreSQL (configured), a PostgreSQL participant and a SQLite participant.
 fn pg_decider() -> Project {
@@ -323,58 +322,6 @@ fn two_concurrent_upgrades() {
 #[test]
 fn four_concurrent_upgrades() {
     concurrent_runs(4);
-}
-
-/// A second PostgreSQL server of the test's own, stopped when dropped.
-struct OwnCluster {
-    dir: tempfile::TempDir,
-    url: String,
-}
-
-impl OwnCluster {
-    fn script() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg-cluster.sh")
-    }
-
-    fn start() -> OwnCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(Self::script())
-            .arg("start")
-            .arg(dir.path().join("pg"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cannot start a cluster: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        OwnCluster {
-            url: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            dir,
-        }
-    }
-
-    fn restart(&self) {
-        let out = Command::new(Self::script())
-            .arg("restart")
-            .arg(self.dir.path().join("pg"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "restart failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let _ = Command::new(Self::script())
-            .arg("stop")
-            .arg(self.dir.path().join("pg"))
-            .output();
-    }
 }
 
 /// The server restarts between the prepares and the commits: the batch ends committed, or

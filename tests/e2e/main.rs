@@ -6,6 +6,7 @@
 
 mod cli;
 mod crash;
+mod drift;
 mod recover;
 mod seed;
 mod support;

@@ -205,6 +205,36 @@ impl Db {
 }
 
 impl Db {
+    /// Runs SQL directly against the database (set-up that imitates another tool).
+    pub fn execute(&self, sql: &str) {
+        match self {
+            Db::Pg(db) => db.conn().batch_execute(sql).unwrap(),
+            Db::Sqlite(path) => sqlite(path).batch_execute(sql).unwrap(),
+        }
+    }
+
+    /// Every row of these tables as text (PostgreSQL; tables that do not exist are skipped).
+    pub fn all_text(&self, tables: &[&str]) -> String {
+        let Db::Pg(db) = self else {
+            panic!("PostgreSQL only")
+        };
+        let mut c = db.conn();
+        let mut text = String::new();
+        for t in tables {
+            let rows = diesel::sql_query(format!(
+                "SELECT coalesce(string_agg(r::text, ' '), '') AS name FROM {t} r"
+            ))
+            .load::<Name>(&mut c);
+            if let Ok(rows) = rows {
+                for r in rows {
+                    text.push_str(&r.name);
+                    text.push(' ');
+                }
+            }
+        }
+        text
+    }
+
     /// How many `up` rows `orchestrate_history` holds (0 when it does not exist).
     pub fn history_ups(&self) -> i64 {
         #[derive(QueryableByName)]
@@ -376,5 +406,63 @@ impl Project {
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         }
+    }
+}
+
+/// A second PostgreSQL server of the test's own, stopped when dropped.
+pub struct OwnCluster {
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl OwnCluster {
+    fn script() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/pg-cluster.sh")
+    }
+
+    pub fn start() -> OwnCluster {
+        OwnCluster::start_with(&[])
+    }
+
+    /// Starts one with environment for scripts/pg-cluster.sh, such as PG_MAX_PREPARED.
+    pub fn start_with(env: &[(&str, &str)]) -> OwnCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(Self::script())
+            .arg("start")
+            .arg(dir.path().join("pg"))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot start a cluster: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        OwnCluster {
+            url: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            dir,
+        }
+    }
+
+    pub fn restart(&self) {
+        let out = Command::new(Self::script())
+            .arg("restart")
+            .arg(self.dir.path().join("pg"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restart failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .arg("stop")
+            .arg(self.dir.path().join("pg"))
+            .output();
     }
 }

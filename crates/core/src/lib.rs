@@ -21,10 +21,12 @@ mod plan;
 mod target;
 mod version;
 
-pub use chain::{checksum, Chain, ChainError, MigrationFile, MigrationSource};
+pub use chain::{
+    checksum, outside_transaction_statement, Chain, ChainError, MigrationFile, MigrationSource,
+};
 pub use plan::{
-    current, pending, plan_downgrade, plan_upgrade, problems, Applied, Direction, DownSqlSource,
-    Plan, PlanError, Problem, Step,
+    current, pending, plan_downgrade, plan_upgrade, problems, Allow, Applied, Direction,
+    DownSqlSource, Plan, PlanError, Problem, Step,
 };
 pub use target::{Target, TargetError};
 pub use version::{Version, VersionError};

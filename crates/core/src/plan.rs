@@ -80,6 +80,17 @@ pub struct Plan {
     pub steps: Vec<Step>,
 }
 
+/// Drift the user accepts for one upgrade.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// Apply pending migrations older than the newest applied one (in version order).
+    pub out_of_order: bool,
+    /// Go on although an applied migration's `up.sql` changed since it ran.
+    pub edited: bool,
+    /// Go on although an applied migration's folder is gone.
+    pub missing: bool,
+}
+
 /// Something wrong between a chain and what its database has applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
@@ -95,18 +106,31 @@ pub enum Problem {
     },
 }
 
+impl Problem {
+    /// Whether `allow` accepts this problem.
+    pub fn allowed_by(&self, allow: Allow) -> bool {
+        match self {
+            Problem::ChecksumMismatch { .. } => allow.edited,
+            Problem::MissingFolder { .. } => allow.missing,
+            Problem::OutOfOrder { .. } => allow.out_of_order,
+        }
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::ChecksumMismatch { name, .. } => write!(
                 f,
                 "applied migration {name} was edited after it ran (its up.sql checksum changed); \
-                 restore the original file and put the change in a new migration"
+                 restore the original file and put the change in a new migration \
+                 (`upgrade --allow-edited` goes on regardless)"
             ),
             Problem::MissingFolder { version } => write!(
                 f,
                 "applied migration {version} has no folder any more; restore the folder, or \
-                 downgrade it first (its stored down SQL is used)"
+                 downgrade it (its stored down SQL is used) \
+                 (`upgrade --allow-missing` goes on regardless)"
             ),
             Problem::OutOfOrder {
                 name,
@@ -115,7 +139,8 @@ impl fmt::Display for Problem {
             } => write!(
                 f,
                 "pending migration {name} is older than the newest applied migration \
-                 {newest_applied} (another branch's work?); give it a newer version"
+                 {newest_applied} (another branch's work?); give it a newer version, or apply \
+                 it anyway with `upgrade --allow-out-of-order`"
             ),
         }
     }
@@ -167,8 +192,12 @@ pub enum PlanError {
     NotApplied { bind: String, target: String },
     #[error("bind `{bind}`: migration {name} cannot be reverted: it has no down.sql and none was stored when it was applied")]
     NoDownSql { bind: String, name: String },
-    #[error("bind `{bind}`: migration {name} sets `run_in_transaction = false` in metadata.toml; it cannot be part of an atomic batch. Run it by other means, or remove that setting")]
-    NonTransactional { bind: String, name: String },
+    #[error("bind `{bind}`: migration {name} {reason}, so it cannot be part of an atomic batch; nothing was run. Run it by other means (and `orchestrate stamp` the bind), or change the migration")]
+    NonTransactional {
+        bind: String,
+        name: String,
+        reason: String,
+    },
     #[error("bind `{bind}`: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Drift {
         bind: String,
@@ -257,9 +286,13 @@ pub fn plan_upgrade(
     chain: &Chain,
     applied: &[Applied],
     target: &Target,
+    allow: Allow,
 ) -> Result<Plan, PlanError> {
     let bind = chain.bind.clone();
-    let drift = problems(chain, applied);
+    let drift: Vec<Problem> = problems(chain, applied)
+        .into_iter()
+        .filter(|p| !p.allowed_by(allow))
+        .collect();
     if !drift.is_empty() {
         return Err(PlanError::Drift {
             bind,
@@ -299,8 +332,12 @@ pub fn plan_upgrade(
                     }
                 }
             })?;
+            let chosen: Vec<&MigrationFile> = pending
+                .into_iter()
+                .filter(|m| &m.version <= version)
+                .collect();
             if let Some(newest) = current(applied) {
-                if version < &newest.version {
+                if chosen.is_empty() && version < &newest.version {
                     return Err(PlanError::TargetBehind {
                         bind,
                         target: version.to_string(),
@@ -308,10 +345,7 @@ pub fn plan_upgrade(
                     });
                 }
             }
-            pending
-                .into_iter()
-                .filter(|m| &m.version <= version)
-                .collect()
+            chosen
         }
         Target::Base | Target::Back(_) => {
             return Err(PlanError::WrongDirection {
@@ -324,10 +358,11 @@ pub fn plan_upgrade(
     };
     let mut steps = Vec::with_capacity(chosen.len());
     for file in chosen {
-        if !file.run_in_transaction {
+        if let Some(reason) = file.transaction_blocker() {
             return Err(PlanError::NonTransactional {
                 bind,
                 name: file.name.clone(),
+                reason,
             });
         }
         steps.push(Step {
@@ -427,7 +462,11 @@ pub fn plan_downgrade(
         let file = chain.find(&record.version);
         if let Some(file) = file {
             if !file.run_in_transaction {
-                return Err(PlanError::NonTransactional { bind, name });
+                return Err(PlanError::NonTransactional {
+                    bind,
+                    name,
+                    reason: "sets `run_in_transaction = false` in metadata.toml".into(),
+                });
             }
         }
         let file_down = file.and_then(|f| f.down_sql.clone());
@@ -457,6 +496,10 @@ pub fn plan_downgrade(
 mod tests {
     use super::*;
     use crate::chain::{checksum, MigrationSource};
+
+    fn up(chain: &Chain, applied: &[Applied], target: &Target) -> Result<Plan, PlanError> {
+        plan_upgrade(chain, applied, target, Allow::default())
+    }
 
     fn chain(folders: &[&str]) -> Chain {
         Chain::new(
@@ -498,19 +541,19 @@ mod tests {
     #[test]
     fn upgrade_to_head_plus_n_and_revision() {
         let c = four();
-        let p = plan_upgrade(&c, &[], &Target::Head).unwrap();
+        let p = up(&c, &[], &Target::Head).unwrap();
         assert_eq!(names(&p), ["1_one", "2_two", "3_three", "10_ten"]);
-        let p = plan_upgrade(&c, &applied_from(&c, 1), &Target::Forward(2)).unwrap();
+        let p = up(&c, &applied_from(&c, 1), &Target::Forward(2)).unwrap();
         assert_eq!(names(&p), ["2_two", "3_three"]);
-        let p = plan_upgrade(&c, &applied_from(&c, 1), &"3".parse().unwrap()).unwrap();
+        let p = up(&c, &applied_from(&c, 1), &"3".parse().unwrap()).unwrap();
         assert_eq!(names(&p), ["2_two", "3_three"]);
-        let p = plan_upgrade(&c, &[], &"2_two".parse().unwrap()).unwrap();
+        let p = up(&c, &[], &"2_two".parse().unwrap()).unwrap();
         assert_eq!(names(&p), ["1_one", "2_two"]);
-        let p = plan_upgrade(&c, &[], &"3_th".parse().unwrap()).unwrap();
+        let p = up(&c, &[], &"3_th".parse().unwrap()).unwrap();
         assert_eq!(names(&p), ["1_one", "2_two", "3_three"]);
-        let p = plan_upgrade(&c, &applied_from(&c, 4), &Target::Head).unwrap();
+        let p = up(&c, &applied_from(&c, 4), &Target::Head).unwrap();
         assert!(p.steps.is_empty());
-        let p = plan_upgrade(&c, &applied_from(&c, 2), &"2".parse().unwrap()).unwrap();
+        let p = up(&c, &applied_from(&c, 2), &"2".parse().unwrap()).unwrap();
         assert!(p.steps.is_empty());
     }
 
@@ -518,7 +561,7 @@ mod tests {
     fn upgrade_errors() {
         let c = four();
         assert!(matches!(
-            plan_upgrade(&c, &applied_from(&c, 3), &Target::Forward(2)),
+            up(&c, &applied_from(&c, 3), &Target::Forward(2)),
             Err(PlanError::BeyondHead {
                 requested: 2,
                 pending: 1,
@@ -526,29 +569,29 @@ mod tests {
             })
         ));
         assert!(matches!(
-            plan_upgrade(&c, &[], &"77".parse().unwrap()),
+            up(&c, &[], &"77".parse().unwrap()),
             Err(PlanError::TargetNotFound { .. })
         ));
         // `1` is the version of 1_one exactly, so it is not ambiguous with 10_ten.
         assert_eq!(
-            names(&plan_upgrade(&c, &[], &"1".parse().unwrap()).unwrap()),
+            names(&up(&c, &[], &"1".parse().unwrap()).unwrap()),
             ["1_one"]
         );
         let c2 = chain(&["11_a", "12_b"]);
         assert!(matches!(
-            plan_upgrade(&c2, &[], &"1".parse().unwrap()),
+            up(&c2, &[], &"1".parse().unwrap()),
             Err(PlanError::AmbiguousTarget { .. })
         ));
         assert!(matches!(
-            plan_upgrade(&c, &applied_from(&c, 3), &"1".parse().unwrap()),
+            up(&c, &applied_from(&c, 3), &"1".parse().unwrap()),
             Err(PlanError::TargetBehind { .. })
         ));
         assert!(matches!(
-            plan_upgrade(&c, &[], &Target::Base),
+            up(&c, &[], &Target::Base),
             Err(PlanError::WrongDirection { .. })
         ));
         assert!(matches!(
-            plan_upgrade(&c, &[], &Target::Back(1)),
+            up(&c, &[], &Target::Back(1)),
             Err(PlanError::WrongDirection { .. })
         ));
     }
@@ -559,13 +602,13 @@ mod tests {
         // Edited after it ran.
         let mut applied = applied_from(&c, 2);
         applied[0].checksum = Some(checksum("something else"));
-        let err = plan_upgrade(&c, &applied, &Target::Head).unwrap_err();
+        let err = up(&c, &applied, &Target::Head).unwrap_err();
         assert!(matches!(&err, PlanError::Drift { problems, .. }
             if matches!(problems[..], [Problem::ChecksumMismatch { .. }])));
         // Folder deleted.
         let mut applied = applied_from(&c, 2);
         applied.push(Applied::bare("5"));
-        let err = plan_upgrade(&c, &applied, &Target::Head).unwrap_err();
+        let err = up(&c, &applied, &Target::Head).unwrap_err();
         assert!(matches!(&err, PlanError::Drift { problems, .. }
             if problems.iter().any(|p| matches!(p, Problem::MissingFolder { .. }))));
         // Out of order: 10 applied, 2 and 3 pending.
@@ -579,10 +622,32 @@ mod tests {
                 .count(),
             2
         );
+        // Allowed drift: the out-of-order migrations are applied, in version order.
+        let mut applied = applied_from(&c, 1);
+        applied.push(Applied::bare("10"));
+        assert!(up(&c, &applied, &Target::Head).is_err());
+        let allow = Allow {
+            out_of_order: true,
+            ..Allow::default()
+        };
+        let p = plan_upgrade(&c, &applied, &Target::Head, allow).unwrap();
+        assert_eq!(names(&p), ["2_two", "3_three"]);
+        let p = plan_upgrade(&c, &applied, &"2".parse().unwrap(), allow).unwrap();
+        assert_eq!(names(&p), ["2_two"]);
+        let mut applied = applied_from(&c, 2);
+        applied[0].checksum = Some(checksum("edited"));
+        let allow = Allow {
+            edited: true,
+            ..Allow::default()
+        };
+        assert_eq!(
+            names(&plan_upgrade(&c, &applied, &Target::Head, allow).unwrap()),
+            ["3_three", "10_ten"]
+        );
         // Records without checksums (applied by diesel_cli) are not drift.
         let applied = vec![Applied::bare("1")];
         assert_eq!(
-            names(&plan_upgrade(&c, &applied, &Target::Forward(1)).unwrap()),
+            names(&up(&c, &applied, &Target::Forward(1)).unwrap()),
             ["2_two"]
         );
     }
@@ -592,13 +657,10 @@ mod tests {
         let mut c = four();
         c.migrations[1].run_in_transaction = false;
         assert!(matches!(
-            plan_upgrade(&c, &[], &Target::Head),
+            up(&c, &[], &Target::Head),
             Err(PlanError::NonTransactional { .. })
         ));
-        assert_eq!(
-            names(&plan_upgrade(&c, &[], &Target::Forward(1)).unwrap()),
-            ["1_one"]
-        );
+        assert_eq!(names(&up(&c, &[], &Target::Forward(1)).unwrap()), ["1_one"]);
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl BindConnection {
                 use schema::orchestrate_history::dsl as h;
                 let rows: Vec<(String, String, Option<String>, Option<String>)> =
                     on_conn!(&mut self.conn, c => h::orchestrate_history
-                        .filter(h::direction.eq("up"))
+                        .filter(h::direction.eq_any(["up", "stamp"]))
                         .order(h::id.asc())
                         .select((h::version, h::name, h::checksum, h::down_sql))
                         .load(c))
@@ -234,6 +234,19 @@ impl BindConnection {
             .map_err(|e| self.query_err("cannot read pg_prepared_xacts", e)),
             Conn::Sqlite(_) => Ok(Vec::new()),
         }
+    }
+
+    /// The server's `max_prepared_transactions` (PostgreSQL only).
+    pub fn max_prepared_transactions(&mut self) -> Result<Option<i64>, DriverError> {
+        let Conn::Pg(c) = &mut self.conn else {
+            return Ok(None);
+        };
+        let found: Count = diesel::sql_query(
+            "SELECT CAST(setting AS BIGINT) AS n FROM pg_settings WHERE name = 'max_prepared_transactions'",
+        )
+        .get_result(c)
+        .map_err(|e| self.query_err("cannot read max_prepared_transactions", e))?;
+        Ok(Some(found.n))
     }
 
     /// Whether this bind's history carries rows of `batch_id`: the batch's work is committed
@@ -480,6 +493,20 @@ impl BindConnection {
             }
         })?;
         self.ensure_still_in_transaction(&step.name)?;
+        self.record_step(batch_id, direction, &direction.to_string(), step, at)
+    }
+
+    /// Records a step in the version tables without running it: `up` adds the version to
+    /// diesel's table, `down` removes it, and a history row with `label` (`up`, `down`, or
+    /// `stamp` / `unstamp` for `orchestrate stamp`) keeps the batch, checksum and down SQL.
+    pub fn record_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        label: &str,
+        step: &Step,
+        at: &str,
+    ) -> Result<(), DriverError> {
         let version = step.version.as_str();
         match direction {
             Direction::Up => on_conn!(&mut self.conn, c => diesel::insert_into(__diesel_schema_migrations::table)
@@ -495,7 +522,7 @@ impl BindConnection {
             h::batch_id.eq(batch_id),
             h::version.eq(version),
             h::name.eq(&step.name),
-            h::direction.eq(direction.to_string()),
+            h::direction.eq(label),
             h::checksum.eq(step.checksum.as_deref()),
             h::down_sql.eq(step.down_sql.as_deref()),
             h::at.eq(at),
@@ -570,7 +597,11 @@ impl BindConnection {
             });
         };
         c.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gid)))
-            .map_err(|e| self.query_err("PREPARE TRANSACTION failed", e))?;
+            .map_err(|source| DriverError::Prepare {
+                bind: self.bind(),
+                hint: crate::error::prepare_hint(&source.to_string()),
+                source,
+            })?;
         let found: Count = diesel::sql_query(
             "SELECT count(*) AS n FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()",
         )

@@ -138,6 +138,20 @@ impl Endpoint {
         }
     }
 
+    /// The server a PostgreSQL bind lives on (`host:port`), to count the prepared transactions
+    /// a batch needs there. `None` for SQLite.
+    pub fn server(&self) -> Option<String> {
+        if self.backend != Backend::Postgres {
+            return None;
+        }
+        let url = url::Url::parse(&self.url).ok()?;
+        Some(format!(
+            "{}:{}",
+            url.host_str().unwrap_or("localhost"),
+            url.port().unwrap_or(5432)
+        ))
+    }
+
     /// The URL with any password replaced by `***`: the only form that may be shown.
     pub fn redacted(&self) -> &str {
         &self.redacted

@@ -30,6 +30,13 @@ pub enum DriverError {
     LeftTransaction { bind: String, name: String },
     #[error("bind `{bind}`: another orchestrate run holds this database's migration lock; waited {waited_ms} ms. Try again when it has finished (raise `lock_timeout_ms` to wait longer)")]
     Busy { bind: String, waited_ms: u64 },
+    #[error("bind `{bind}`: PREPARE TRANSACTION failed: {source}{}", hint.map(|h| format!(" ({h})")).unwrap_or_default())]
+    Prepare {
+        bind: String,
+        hint: Option<&'static str>,
+        #[source]
+        source: diesel::result::Error,
+    },
     #[error("bind `{bind}`: PREPARE TRANSACTION reported success but no prepared transaction `{gid}` exists; the batch was not prepared")]
     PrepareNotRecorded { bind: String, gid: String },
     #[error("bind `{bind}`: the database changed while the batch was being planned ({detail}); nothing was applied, run the command again")]
@@ -42,9 +49,9 @@ impl DriverError {
     /// The database's own error, when there is one.
     pub fn database_error(&self) -> Option<&diesel::result::Error> {
         match self {
-            DriverError::Query { source, .. } | DriverError::Migration { source, .. } => {
-                Some(source)
-            }
+            DriverError::Query { source, .. }
+            | DriverError::Migration { source, .. }
+            | DriverError::Prepare { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -65,5 +72,20 @@ impl DriverError {
             Some(Error::BrokenTransactionManager) => true,
             _ => false,
         }
+    }
+}
+
+/// What to do about a PREPARE TRANSACTION that PostgreSQL refused, by its message.
+pub fn prepare_hint(message: &str) -> Option<&'static str> {
+    if message.contains("temporary objects") {
+        Some("a migration of this bind used a temporary table or other temporary object, which a prepared transaction cannot hold; use a regular table and drop it in the same migration")
+    } else if message.contains("LISTEN") || message.contains("NOTIFY") {
+        Some("a migration of this bind ran LISTEN, UNLISTEN or NOTIFY, which a prepared transaction cannot carry; send notifications after the deploy")
+    } else if message.contains("prepared transactions are disabled") {
+        Some("this server has max_prepared_transactions = 0; set it above the number of binds it serves and restart it")
+    } else if message.contains("maximum number of prepared transactions") {
+        Some("this server's max_prepared_transactions is too small for the batch, or old prepared transactions fill it; run `orchestrate recover`, or raise the setting and restart the server")
+    } else {
+        None
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use orchestrate_core::{
-    plan_downgrade, plan_upgrade, Chain, Direction, DownSqlSource, Plan, Target,
+    plan_downgrade, plan_upgrade, Allow, Chain, Direction, DownSqlSource, Plan, Target,
 };
 use orchestrate_driver::{
     gid_for, read_chain, script, Backend, BindConnection, BindState, DriverError, Ending,
@@ -66,7 +66,7 @@ pub enum Command {
     ///
     /// TARGET is `head` (the default), `+N` (N more), or a revision: a version, a full folder
     /// name, or a unique prefix of either; it is applied up to and including that revision.
-    Upgrade(MigrateArgs),
+    Upgrade(UpgradeArgs),
     /// Revert migrations on the selected binds as one atomic batch.
     ///
     /// TARGET is `-1` (the default), `-N`, `base` (revert everything), or a revision: it is
@@ -86,6 +86,25 @@ pub enum Command {
         #[arg(long)]
         no_pending: bool,
     },
+    /// Record a bind as being at REV without running anything (`base`: nothing applied), for
+    /// adopting a database that was migrated by other means.
+    Stamp {
+        #[arg(long = "bind", value_name = "NAME", required = true)]
+        bind: String,
+        /// A version, a full folder name, a unique prefix of either, or `base`.
+        #[arg(value_name = "REV", allow_hyphen_values = true)]
+        revision: String,
+    },
+    /// Create the next migration folder of a bind, with empty up.sql and down.sql.
+    New {
+        #[arg(long = "bind", value_name = "NAME", required = true)]
+        bind: String,
+        /// What the migration does, such as "create users"; becomes the folder's name.
+        #[arg(value_name = "DESCRIPTION", num_args = 1.., required = true)]
+        description: Vec<String>,
+    },
+    /// Start a project: config/default.toml with one SQLite bind, and migrations/main/.
+    Init,
     /// Finish batches a crash or a lost connection left behind.
     ///
     /// Commits every prepared transaction of this tool whose batch was decided, rolls back
@@ -111,6 +130,23 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub common: MigrateArgs,
+    /// Apply pending migrations older than the newest applied one (another branch's work),
+    /// in version order, instead of refusing.
+    #[arg(long)]
+    pub allow_out_of_order: bool,
+    /// Go on although an applied migration's up.sql changed since it ran (the stored
+    /// checksum is kept).
+    #[arg(long)]
+    pub allow_edited: bool,
+    /// Go on although an applied migration's folder is gone.
+    #[arg(long)]
+    pub allow_missing: bool,
+}
+
+#[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("selection").required(true).args(["all_binds", "binds"])))]
 pub struct MigrateArgs {
     /// Every configured bind.
@@ -133,6 +169,9 @@ pub struct MigrateArgs {
 
 /// Runs a parsed command line and returns the exit code.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    if let Command::Init = cli.command {
+        return report(crate::manage::init(&cli.config_dir), out, err);
+    }
     let sources = Sources {
         config_dir: cli.config_dir.clone(),
         env_name: cli.env.clone(),
@@ -148,10 +187,37 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     };
     match cli.command {
         Command::Status { binds, json } => status(&settings, &binds, json, out, err),
-        Command::Upgrade(args) => migrate(&settings, Direction::Up, &args, out, err),
-        Command::Downgrade(args) => migrate(&settings, Direction::Down, &args, out, err),
+        Command::Upgrade(args) => {
+            let allow = Allow {
+                out_of_order: args.allow_out_of_order,
+                edited: args.allow_edited,
+                missing: args.allow_missing,
+            };
+            migrate(&settings, Direction::Up, &args.common, allow, out, err)
+        }
+        Command::Downgrade(args) => migrate(
+            &settings,
+            Direction::Down,
+            &args,
+            Allow::default(),
+            out,
+            err,
+        ),
         Command::History { bind, json } => history(&settings, &bind, json, out, err),
         Command::Check { json, no_pending } => check(&settings, json, no_pending, out),
+        Command::Init => unreachable!("handled before the settings are loaded"),
+        Command::New { bind, description } => match select(&settings, &[bind], false) {
+            Ok(b) => report(
+                crate::manage::new_migration(b[0], &description.join(" ")),
+                out,
+                err,
+            ),
+            Err(e) => report(Err((exit::INVALID, e)), out, err),
+        },
+        Command::Stamp { bind, revision } => match select(&settings, &[bind], false) {
+            Ok(b) => report(crate::manage::stamp(&settings, b[0], &revision), out, err),
+            Err(e) => report(Err((exit::INVALID, e)), out, err),
+        },
         Command::Recover { dry_run, json } => {
             let report = crate::recover::recover(&settings, dry_run);
             if json {
@@ -179,6 +245,24 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             } else {
                 exit::OK
             }
+        }
+    }
+}
+
+/// Prints a command's result and returns its exit code.
+fn report(
+    result: Result<String, crate::manage::Failure>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    match result {
+        Ok(text) => {
+            let _ = writeln!(out, "{text}");
+            exit::OK
+        }
+        Err((code, text)) => {
+            let _ = writeln!(err, "error: {text}");
+            code
         }
     }
 }
@@ -380,10 +464,12 @@ fn history(
             .map(|m| m.name.clone())
             .or_else(|| a.name.clone())
             .unwrap_or_else(|| a.version.to_string());
-        let st = if chain.find(&a.version).is_some() {
-            "applied"
-        } else {
-            "applied, folder missing"
+        let st = match chain.find(&a.version) {
+            None => "applied, folder missing",
+            Some(m) if a.checksum.as_ref().is_some_and(|c| c != &m.checksum) => {
+                "applied, edited since"
+            }
+            Some(_) => "applied",
         };
         entries.insert(a.version.clone(), (name, st));
     }
@@ -419,6 +505,7 @@ fn migrate(
     settings: &Settings,
     direction: Direction,
     args: &MigrateArgs,
+    allow: Allow,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
@@ -499,7 +586,7 @@ fn migrate(
         in_doubt.extend(in_doubt_message(&b.name, &state));
         let target = &targets[&b.name];
         let planned = match direction {
-            Direction::Up => plan_upgrade(chain, &state.applied, target),
+            Direction::Up => plan_upgrade(chain, &state.applied, target, allow),
             Direction::Down => plan_downgrade(chain, &state.applied, target),
         };
         match planned {
@@ -553,6 +640,13 @@ fn migrate(
         print_sql(settings, &works, out);
         return exit::OK;
     }
+    if let Err(problems) = check_prepared_capacity(settings, &works) {
+        for p in problems {
+            let _ = writeln!(err, "error: {p}");
+        }
+        let _ = writeln!(err, "nothing was changed");
+        return exit::INVALID;
+    }
     let report = run_batch(
         works,
         direction,
@@ -592,6 +686,42 @@ fn migrate(
             let _ = writeln!(err, "attention: {detail}");
             exit::ATTENTION
         }
+    }
+}
+
+/// Fails early, before anything is touched, when a server cannot hold the prepared
+/// transactions the batch needs there (PostgreSQL's default max_prepared_transactions is 0).
+fn check_prepared_capacity(settings: &Settings, works: &[BindWork]) -> Result<(), Vec<String>> {
+    let decider = choose_decider(works, settings.decider.as_deref());
+    let mut servers: BTreeMap<String, Vec<&BindWork>> = BTreeMap::new();
+    for (i, w) in works.iter().enumerate() {
+        if i == decider {
+            continue;
+        }
+        if let Some(server) = w.endpoint.server() {
+            servers.entry(server).or_default().push(w);
+        }
+    }
+    let mut problems = Vec::new();
+    for (server, binds) in servers {
+        let names: Vec<&str> = binds.iter().map(|w| w.endpoint.bind.as_str()).collect();
+        let max = BindConnection::connect(&binds[0].endpoint, false, settings.lock_timeout)
+            .and_then(|mut c| c.max_prepared_transactions());
+        match max {
+            Ok(Some(max)) if (names.len() as i64) > max => problems.push(format!(
+                "the batch prepares {} transaction(s) on server {server} (bind(s) {}), but its max_prepared_transactions is {max}; set it to at least {} and restart that server",
+                names.len(),
+                names.join(", "),
+                names.len()
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`coordinator`]: one batch across binds, committed everywhere or nowhere, with the
 //!   decision recorded durably before any bind commits;
 //! - [`inspect`]: what `status` and `check` read of each bind, concurrently;
+//! - [`manage`]: `init`, `new` and `stamp`, which run no migration;
 //! - [`recover`]: finishing batches a crash left behind (presumed abort, SQLite redo);
 //! - [`signals`]: Ctrl-C and SIGTERM, honoured between steps;
 //! - [`cli`]: the `orchestrate` commands, their output and their exit codes ([`exit`]).
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod coordinator;
 pub mod exit;
 pub mod inspect;
+pub mod manage;
 pub mod recover;
 pub mod settings;
 pub mod signals;

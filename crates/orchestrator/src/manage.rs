@@ -1,0 +1,264 @@
+//! Commands that write files or bookkeeping but run no migration: `init`, `new`, `stamp`.
+
+use std::fs;
+use std::path::Path;
+use std::time::SystemTime;
+
+use orchestrate_core::{current, Direction, Step, Target, Version};
+use orchestrate_driver::{read_chain, BindConnection, DriverError};
+
+use crate::coordinator::new_batch_id;
+use crate::exit;
+use crate::settings::{BindSettings, Settings};
+
+/// A command's failure: its exit code and message.
+pub type Failure = (i32, String);
+
+fn invalid(message: impl Into<String>) -> Failure {
+    (exit::INVALID, message.into())
+}
+
+const STARTER_CONFIG: &str = r#"# orchestrate configuration. Later layers override earlier ones:
+#   config/default.toml, config/$ORCHESTRATE_ENV.toml, --config FILE, then environment
+#   variables such as ORCHESTRATE__BINDS__MAIN__URL=postgres://user:password@host/db
+lock_timeout_ms = 10000
+
+# One table per database ("bind"); names are lowercase letters, digits and `_`.
+[binds.main]
+url = "sqlite://var/main.sqlite3"
+# migrations = "migrations/main"   # the default
+"#;
+
+/// `orchestrate init`: a starter `config/default.toml` and `migrations/main/`.
+pub fn init(config_dir: &Path) -> Result<String, Failure> {
+    let config = config_dir.join("default.toml");
+    if config.exists() {
+        return Err(invalid(format!(
+            "{} already exists; `init` only starts new projects and changes nothing here",
+            config.display()
+        )));
+    }
+    let migrations = Path::new("migrations").join("main");
+    let io =
+        |what: &Path, e: std::io::Error| invalid(format!("cannot create {}: {e}", what.display()));
+    fs::create_dir_all(config_dir).map_err(|e| io(config_dir, e))?;
+    fs::write(&config, STARTER_CONFIG).map_err(|e| io(&config, e))?;
+    fs::create_dir_all(&migrations).map_err(|e| io(&migrations, e))?;
+    Ok(format!(
+        "created {} (one SQLite bind, `main`) and {}/\nnext: orchestrate new --bind main \"create users\", write its up.sql and down.sql, then orchestrate upgrade --all-binds",
+        config.display(),
+        migrations.display()
+    ))
+}
+
+/// The description of a migration as a folder-name slug: `Create users!` -> `create_users`.
+fn slug(description: &str) -> String {
+    let mut out = String::new();
+    for c in description.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    out.trim_matches('_').to_string()
+}
+
+/// Adds one to a string of digits.
+fn increment(digits: &str) -> String {
+    let mut bytes: Vec<u8> = digits.bytes().collect();
+    for b in bytes.iter_mut().rev() {
+        if *b == b'9' {
+            *b = b'0';
+        } else {
+            *b += 1;
+            return String::from_utf8(bytes).expect("digits");
+        }
+    }
+    format!("1{}", String::from_utf8(bytes).expect("digits"))
+}
+
+/// `orchestrate new --bind NAME DESCRIPTION`: the next migration folder, versioned by the UTC
+/// time in diesel's style (`2026-11-24-223000`), always after the chain's head.
+pub fn new_migration(bind: &BindSettings, description: &str) -> Result<String, Failure> {
+    let name = slug(description);
+    if name.is_empty() {
+        return Err(invalid(
+            "the description needs at least one letter or digit, such as \"create users\"",
+        ));
+    }
+    let dir = &bind.migrations;
+    // The newest version among the folder names; folders still being written (an empty
+    // up.sql) do not stop the next one from being created.
+    let head = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (version, _) = name.split_once('_')?;
+            Version::parse(version).ok()
+        })
+        .max();
+    let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    // 2026-11-24T22:30:00Z -> 2026-11-24-223000
+    let (date, time) = now.trim_end_matches('Z').split_once('T').expect("rfc3339");
+    let mut version_text = format!("{date}-{}", time.replace(':', ""));
+    if let Some(head) = head {
+        let now_version = Version::parse(&version_text).expect("digits and dashes");
+        if now_version <= head {
+            let next = increment(head.as_str());
+            // Keep diesel's dashed style for 14-digit timestamps.
+            version_text = if next.len() == 14 {
+                format!(
+                    "{}-{}-{}-{}",
+                    &next[..4],
+                    &next[4..6],
+                    &next[6..8],
+                    &next[8..]
+                )
+            } else {
+                next
+            };
+        }
+    }
+    let folder = dir.join(format!("{version_text}_{name}"));
+    if folder.exists() {
+        return Err(invalid(format!("{} already exists", folder.display())));
+    }
+    let io = |e: std::io::Error| invalid(format!("cannot create {}: {e}", folder.display()));
+    fs::create_dir_all(&folder).map_err(io)?;
+    fs::write(folder.join("up.sql"), "").map_err(io)?;
+    fs::write(folder.join("down.sql"), "").map_err(io)?;
+    Ok(format!(
+        "created {}/up.sql and down.sql; write the migration's SQL in up.sql (an empty up.sql is refused) and how to undo it in down.sql",
+        folder.display()
+    ))
+}
+
+/// `orchestrate stamp --bind NAME REV`: records the bind as being at REV (`base`: nothing
+/// applied) without running any migration, in one transaction under the migration lock.
+pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result<String, Failure> {
+    let chain = read_chain(&bind.name, &bind.migrations).map_err(|e| invalid(e.to_string()))?;
+    let target: Target = revision
+        .parse()
+        .map_err(|e| invalid(format!("revision `{revision}`: {e}")))?;
+    let keep_up_to: Option<Version> = match &target {
+        Target::Base => None,
+        Target::Revision(_) => {
+            // Resolve the revision exactly as upgrade does, against the whole chain.
+            let plan = orchestrate_core::plan_upgrade(
+                &chain,
+                &[],
+                &target,
+                orchestrate_core::Allow::default(),
+            );
+            match plan {
+                Ok(p) => p.steps.last().map(|s| s.version.clone()),
+                Err(orchestrate_core::PlanError::NonTransactional { .. }) => {
+                    // Stamping runs nothing, so a migration that cannot run in a
+                    // transaction is no obstacle: find the revision by name.
+                    chain
+                        .migrations
+                        .iter()
+                        .find(|m| m.version.as_str() == revision || m.name == revision)
+                        .map(|m| m.version.clone())
+                }
+                Err(e) => return Err(invalid(e.to_string())),
+            }
+        }
+        other => {
+            return Err(invalid(format!(
+                "`{other}` is not a revision to stamp; give a version, a folder name, a unique prefix, or `base`"
+            )))
+        }
+    };
+    let want: Vec<_> = chain
+        .migrations
+        .iter()
+        .filter(|m| keep_up_to.as_ref().is_some_and(|k| &m.version <= k))
+        .collect();
+    let unreachable = |e: DriverError| invalid(e.to_string());
+    let mut conn = BindConnection::connect(&bind.endpoint, true, settings.lock_timeout)
+        .map_err(unreachable)?;
+    let state = conn.read_state().map_err(unreachable)?;
+    if !state.in_doubt.is_empty() {
+        return Err((
+            exit::ATTENTION,
+            format!(
+                "bind `{}` has a batch in doubt ({}); run `orchestrate recover` first",
+                bind.name, state.in_doubt[0].gid
+            ),
+        ));
+    }
+    let batch = format!("stamp-{}", new_batch_id());
+    let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let result = (|| -> Result<(usize, usize), DriverError> {
+        conn.begin_batch()?;
+        let applied = conn.read_state()?.applied;
+        let is_applied = |v: &Version| applied.iter().any(|a| &a.version == v);
+        let mut added = 0;
+        for m in &want {
+            if !is_applied(&m.version) {
+                let step = Step {
+                    version: m.version.clone(),
+                    name: m.name.clone(),
+                    sql: String::new(),
+                    checksum: Some(m.checksum.clone()),
+                    down_sql: m.down_sql.clone(),
+                    down_source: None,
+                };
+                conn.record_step(&batch, Direction::Up, "stamp", &step, &at)?;
+                added += 1;
+            }
+        }
+        let mut removed = 0;
+        for a in &applied {
+            if !want.iter().any(|m| m.version == a.version) {
+                let step = Step {
+                    version: a.version.clone(),
+                    name: a.name.clone().unwrap_or_else(|| a.version.to_string()),
+                    sql: String::new(),
+                    checksum: a.checksum.clone(),
+                    down_sql: None,
+                    down_source: None,
+                };
+                conn.record_step(&batch, Direction::Down, "unstamp", &step, &at)?;
+                removed += 1;
+            }
+        }
+        conn.commit()?;
+        Ok((added, removed))
+    })();
+    match result {
+        Ok((added, removed)) => {
+            let now_at = current(&conn.read_state().map_err(unreachable)?.applied)
+                .map(|a| a.version.to_string())
+                .unwrap_or_else(|| "base".into());
+            Ok(format!(
+                "bind `{}` is now recorded at {now_at}: {added} migration(s) marked applied, {removed} marked not applied; no migration was run",
+                bind.name
+            ))
+        }
+        Err(e) => {
+            conn.rollback();
+            Err(invalid(format!("{e}; nothing was changed")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_and_increments() {
+        assert_eq!(slug("Create users!"), "create_users");
+        assert_eq!(slug("  add  e-mail index "), "add_e_mail_index");
+        assert_eq!(slug("!!"), "");
+        assert_eq!(increment("19"), "20");
+        assert_eq!(increment("99"), "100");
+        assert_eq!(increment("20261124223000"), "20261124223001");
+    }
+}
