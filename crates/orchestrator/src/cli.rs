@@ -2,7 +2,7 @@
 //! print, return an exit code. Output goes to the writers given, so tests can capture it.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -14,7 +14,9 @@ use orchestrate_driver::{
 };
 use serde_json::json;
 
-use crate::coordinator::{choose_decider, run_batch, BindOutcome, BindWork, Verdict};
+use crate::coordinator::{
+    choose_decider, run_batch, BindOutcome, BindWork, Progress, RunOptions, Verdict,
+};
 use crate::exit;
 use crate::inspect::{inspect, BindReport};
 use crate::settings::{BindSettings, Settings, Sources};
@@ -165,10 +167,14 @@ pub struct MigrateArgs {
     /// writes included) and touch nothing.
     #[arg(long)]
     pub sql: bool,
+    /// Print the result as JSON (no progress): {"batch_id","decider","direction","result",
+    /// "error","binds":[{"bind","outcome","migrations","elapsed_ms"}]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs a parsed command line and returns the exit code.
-pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
     if let Command::Init = cli.command {
         return report(crate::manage::init(&cli.config_dir), out, err);
     }
@@ -506,7 +512,7 @@ fn migrate(
     direction: Direction,
     args: &MigrateArgs,
     allow: Allow,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
     err: &mut dyn Write,
 ) -> i32 {
     let mut errors: Vec<String> = Vec::new();
@@ -575,8 +581,19 @@ fn migrate(
     // Read every bind's state before touching any.
     let mut plans: Vec<(&BindSettings, Plan)> = Vec::new();
     let mut in_doubt = Vec::new();
-    for (b, chain) in &chains {
-        let state = match read_state(b, settings) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(settings.parallelism)
+        .build()
+        .expect("a thread pool");
+    let states: Vec<Result<BindState, DriverError>> = pool.install(|| {
+        use rayon::prelude::*;
+        chains
+            .par_iter()
+            .map(|(b, _)| read_state(b, settings))
+            .collect()
+    });
+    for ((b, chain), state) in chains.iter().zip(states) {
+        let state = match state {
             Ok(s) => s,
             Err(e) => {
                 errors.push(e.to_string());
@@ -633,7 +650,11 @@ fn migrate(
         })
         .collect();
     if works.is_empty() {
-        let _ = writeln!(out, "Nothing to do: every selected bind is at its target.");
+        if args.json {
+            let _ = writeln!(out, "{}", json!({"result": "nothing to do", "binds": []}));
+        } else {
+            let _ = writeln!(out, "Nothing to do: every selected bind is at its target.");
+        }
         return exit::OK;
     }
     if args.sql {
@@ -647,13 +668,71 @@ fn migrate(
         let _ = writeln!(err, "nothing was changed");
         return exit::INVALID;
     }
-    let report = run_batch(
-        works,
-        direction,
-        settings.decider.as_deref(),
-        settings.lock_timeout,
-        out,
-    );
+    let migrations: BTreeMap<String, usize> = works
+        .iter()
+        .map(|w| (w.endpoint.bind.clone(), w.plan.steps.len()))
+        .collect();
+    let options = RunOptions {
+        preferred_decider: settings.decider.clone(),
+        lock_timeout: settings.lock_timeout,
+        parallelism: settings.parallelism,
+    };
+    let report = if args.json {
+        run_batch(works, direction, &options, &Quiet)
+    } else if std::io::stderr().is_terminal() {
+        run_batch(works, direction, &options, &Bars::default())
+    } else {
+        let lines = Lines(std::sync::Mutex::new(&mut *out));
+        run_batch(works, direction, &options, &lines)
+    };
+    let (code, result, error_text) = match &report.verdict {
+        Verdict::Committed => (exit::OK, "committed", None),
+        Verdict::RolledBack { error } => (exit::FAILED, "rolled back", Some(error_chain(error))),
+        Verdict::NeedsAttention { error, detail } => (
+            exit::ATTENTION,
+            "needs attention",
+            Some(match error {
+                Some(e) => format!("{}; {detail}", error_chain(e)),
+                None => detail.clone(),
+            }),
+        ),
+    };
+    if args.json {
+        let binds: Vec<_> = report
+            .binds
+            .iter()
+            .map(|(bind, outcome)| {
+                let (state, detail) = match outcome {
+                    BindOutcome::Committed => ("committed", None),
+                    BindOutcome::RolledBack => ("rolled back", None),
+                    BindOutcome::LeftPrepared { gid } => ("prepared", Some(gid.clone())),
+                    BindOutcome::Attention { detail } => ("attention", Some(detail.clone())),
+                };
+                json!({
+                    "bind": bind,
+                    "outcome": state,
+                    "detail": detail,
+                    "migrations": migrations.get(bind),
+                    "elapsed_ms": report.timings.get(bind),
+                })
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "batch_id": report.batch_id,
+                "decider": report.decider,
+                "direction": report.direction.to_string(),
+                "result": result,
+                "error": error_text,
+                "other_errors": report.other_errors,
+                "binds": binds,
+            }))
+            .unwrap()
+        );
+        return code;
+    }
     for (bind, outcome) in &report.binds {
         let text = match outcome {
             BindOutcome::Committed => "committed".to_string(),
@@ -668,23 +747,81 @@ fn migrate(
     match report.verdict {
         Verdict::Committed => {
             let _ = writeln!(out, "batch {} committed on every bind", report.batch_id);
-            exit::OK
         }
-        Verdict::RolledBack { error } => {
-            let _ = writeln!(err, "error: {}", error_chain(&error));
+        Verdict::RolledBack { .. } => {
+            let _ = writeln!(err, "error: {}", error_text.unwrap_or_default());
             let _ = writeln!(
                 err,
                 "batch {} rolled back: every bind is as it was before",
                 report.batch_id
             );
-            exit::FAILED
         }
         Verdict::NeedsAttention { error, detail } => {
             if let Some(e) = error {
                 let _ = writeln!(err, "error: {}", error_chain(&e));
             }
             let _ = writeln!(err, "attention: {detail}");
-            exit::ATTENTION
+        }
+    }
+    code
+}
+
+/// Progress as plain lines (not a terminal).
+struct Lines<'a>(std::sync::Mutex<&'a mut (dyn Write + Send)>);
+
+impl Progress for Lines<'_> {
+    fn line(&self, text: &str) {
+        let mut out = self.0.lock().unwrap();
+        let _ = writeln!(out, "{text}");
+    }
+    fn phase(&self, _name: &str, _total: usize) {}
+    fn tick(&self) {}
+}
+
+/// No progress (`--json`).
+struct Quiet;
+
+impl Progress for Quiet {
+    fn line(&self, _text: &str) {}
+    fn phase(&self, _name: &str, _total: usize) {}
+    fn tick(&self) {}
+}
+
+/// A bar per phase on the terminal (stderr); lines print above it.
+#[derive(Default)]
+struct Bars(std::sync::Mutex<Option<indicatif::ProgressBar>>);
+
+impl Progress for Bars {
+    fn line(&self, text: &str) {
+        match &*self.0.lock().unwrap() {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+    fn phase(&self, name: &str, total: usize) {
+        let bar = indicatif::ProgressBar::new(total as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix:>8} [{bar:30}] {pos}/{len} binds {elapsed}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(name.to_string());
+        if let Some(old) = self.0.lock().unwrap().replace(bar) {
+            old.finish();
+        }
+    }
+    fn tick(&self) {
+        if let Some(bar) = &*self.0.lock().unwrap() {
+            bar.inc(1);
+        }
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        if let Some(bar) = self.0.lock().unwrap().take() {
+            bar.finish();
         }
     }
 }

@@ -1,18 +1,30 @@
 //! One atomic batch across binds.
 //!
-//! 1. Every participant but the decider: open the batch transaction, take the lock, check the
-//!    plan still holds, run its steps. PostgreSQL binds then `PREPARE TRANSACTION` (verified);
+//! 0. The decider opens its transaction first (its PostgreSQL session tagged with the batch),
+//!    so that `recover` can never presume abort while this coordinator could still decide.
+//! 1. Every other participant, in parallel (at most `parallelism` at once): open the batch
+//!    transaction, take the lock, check the plan still holds, run its steps. PostgreSQL binds
+//!    then `PREPARE TRANSACTION` (verified) and release their connection: a prepared
+//!    transaction needs none, so a batch can span more binds than the server has connections.
 //!    SQLite binds keep their transaction, and write lock, open.
-//! 2. The decider runs its own steps in its own transaction, writes the decision record (with
-//!    the steps of every SQLite participant, for redo) and commits. That COMMIT is the
-//!    decision. Any failure before it rolls every bind back.
-//! 3. `COMMIT PREPARED` on every PostgreSQL participant, `COMMIT` on every SQLite one.
+//! 2. The decider runs its own steps, writes the decision record (with the steps of every
+//!    SQLite participant, for redo) and commits. That COMMIT is the decision. Any failure
+//!    before it rolls every bind back.
+//! 3. In parallel: `COMMIT PREPARED` on every PostgreSQL participant (over a new connection),
+//!    `COMMIT` on every SQLite one.
 //!
 //! A decider COMMIT that fails because the connection was lost leaves the batch in doubt: the
 //! others are never rolled back on that error; `orchestrate recover` reads the decision later.
 
-use std::io::Write;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use orchestrate_core::{Direction, Plan};
+use orchestrate_driver::{
+    gid_for, Backend, BindConnection, DecisionRecord, DriverError, Endpoint, Participant, RedoStep,
+};
+use rayon::prelude::*;
 
 use crate::signals;
 
@@ -48,11 +60,6 @@ fn check_signal() -> Result<(), BatchError> {
         Ok(())
     }
 }
-
-use orchestrate_core::{Direction, Plan};
-use orchestrate_driver::{
-    gid_for, Backend, BindConnection, DecisionRecord, DriverError, Endpoint, Participant, RedoStep,
-};
 
 /// One bind's share of a batch.
 #[derive(Clone, Debug)]
@@ -95,8 +102,32 @@ pub struct BatchReport {
     pub batch_id: String,
     pub decider: String,
     pub direction: Direction,
+    /// Every bind of the batch, in the order of the works given.
     pub binds: Vec<(String, BindOutcome)>,
+    /// Milliseconds each bind spent in its phases (connect, run, prepare, commit).
+    pub timings: BTreeMap<String, u64>,
+    /// Further failures of the first phase beyond the one in the verdict.
+    pub other_errors: Vec<String>,
     pub verdict: Verdict,
+}
+
+/// Where progress goes: lines, a bar per phase, or nowhere.
+pub trait Progress: Sync {
+    /// A line worth showing.
+    fn line(&self, text: &str);
+    /// A phase over `total` binds begins.
+    fn phase(&self, name: &str, total: usize);
+    /// One bind of the current phase is done.
+    fn tick(&self);
+}
+
+/// How a batch runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub preferred_decider: Option<String>,
+    pub lock_timeout: Duration,
+    /// How many binds work at once in the first and last phases.
+    pub parallelism: usize,
 }
 
 /// A new batch id: UTC time and 32 random bits, `20261124T221000Z-0a1b2c3d`.
@@ -123,109 +154,47 @@ pub fn choose_decider(works: &[BindWork], preferred: Option<&str>) -> usize {
         .unwrap_or(0)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stage {
-    Open,
-    Preparing,
-    Prepared,
+/// What a participant holds after the first phase.
+enum Held {
+    /// A SQLite bind's open transaction.
+    Open(BindConnection),
+    /// A PostgreSQL bind's prepared transaction; its connection is released.
+    Prepared { gid: String },
 }
 
-struct Live {
-    endpoint: Endpoint,
-    conn: BindConnection,
-    gid: Option<String>,
-    stage: Stage,
+/// A participant's first phase that failed, with what may need undoing.
+struct Failed {
+    error: BatchError,
+    /// The transaction id, when the failure came at or after PREPARE was sent.
+    maybe_prepared: Option<String>,
 }
 
-/// Runs one batch. `progress` receives one line per notable step.
-pub fn run_batch(
-    works: Vec<BindWork>,
-    direction: Direction,
-    preferred_decider: Option<&str>,
-    lock_timeout: Duration,
-    progress: &mut dyn Write,
-) -> BatchReport {
-    let batch_id = new_batch_id();
-    let decider_index = choose_decider(&works, preferred_decider);
-    let decider_name = works[decider_index].endpoint.bind.clone();
-    let mut report = BatchReport {
-        batch_id: batch_id.clone(),
-        decider: decider_name.clone(),
-        direction,
-        binds: Vec::new(),
-        verdict: Verdict::Committed,
-    };
-    let _ = writeln!(
-        progress,
-        "batch {batch_id}: {} bind(s), decider `{decider_name}`",
-        works.len()
-    );
-
-    // The decider's transaction opens first and its session carries the batch id, so that
-    // `recover` can never presume abort while this coordinator could still decide: a
-    // prepared bind of this batch always has a live decider or a finished one.
-    let decider = &works[decider_index];
-    let mut decider_conn = match BindConnection::connect(&decider.endpoint, true, lock_timeout)
-        .and_then(|mut conn| {
-            conn.tag_as_decider(&batch_id)?;
-            conn.begin_batch()?;
-            Ok(conn)
-        }) {
-        Ok(conn) => conn,
-        Err(error) => return abort(report, Vec::new(), &works, error.into(), progress),
-    };
-
-    // Phase 1: every participant but the decider.
-    let mut live: Vec<Live> = Vec::new();
-    let mut order: Vec<usize> = (0..works.len()).filter(|i| *i != decider_index).collect();
-    order.push(decider_index);
-    let at = now_text();
-    for &i in &order[..order.len() - 1] {
-        let work = &works[i];
-        match phase_one(
-            work,
-            &batch_id,
-            &decider_name,
-            direction,
-            lock_timeout,
-            &at,
-            &mut live,
-        ) {
-            Ok(()) => {
-                let _ = writeln!(
-                    progress,
-                    "  {}: {} migration(s) {}, {}",
-                    work.endpoint.bind,
-                    work.plan.steps.len(),
-                    direction_past(direction),
-                    if work.endpoint.backend == Backend::Postgres {
-                        "prepared"
-                    } else {
-                        "holding its transaction open"
-                    }
-                );
-            }
-            Err(error) => {
-                decider_conn.rollback();
-                return abort(report, live, &works, error, progress);
-            }
-        }
+fn direction_past(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Up => "applied",
+        Direction::Down => "reverted",
     }
+}
 
-    // Phase 2: the decider.
-    let record = DecisionRecord {
-        batch_id: batch_id.clone(),
+fn decision_record(
+    works: &[BindWork],
+    batch_id: &str,
+    decider: &str,
+    direction: Direction,
+) -> DecisionRecord {
+    DecisionRecord {
+        batch_id: batch_id.into(),
         direction: direction.to_string(),
-        decider: decider_name.clone(),
+        decider: decider.into(),
         participants: works
             .iter()
             .map(|w| {
-                let is_decider = w.endpoint.bind == decider_name;
+                let is_decider = w.endpoint.bind == decider;
                 Participant {
                     bind: w.endpoint.bind.clone(),
                     backend: w.endpoint.backend,
                     gid: (!is_decider && w.endpoint.backend == Backend::Postgres)
-                        .then(|| gid_for(&batch_id, &decider_name, &w.endpoint.bind)),
+                        .then(|| gid_for(batch_id, decider, &w.endpoint.bind)),
                     redo: (!is_decider && w.endpoint.backend == Backend::Sqlite).then(|| {
                         w.plan
                             .steps
@@ -242,7 +211,140 @@ pub fn run_batch(
                 }
             })
             .collect(),
+    }
+}
+
+/// Runs one batch.
+pub fn run_batch(
+    works: Vec<BindWork>,
+    direction: Direction,
+    options: &RunOptions,
+    progress: &dyn Progress,
+) -> BatchReport {
+    let batch_id = new_batch_id();
+    let decider_index = choose_decider(&works, options.preferred_decider.as_deref());
+    let decider_name = works[decider_index].endpoint.bind.clone();
+    let mut report = BatchReport {
+        batch_id: batch_id.clone(),
+        decider: decider_name.clone(),
+        direction,
+        binds: Vec::new(),
+        timings: BTreeMap::new(),
+        other_errors: Vec::new(),
+        verdict: Verdict::Committed,
     };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.parallelism.max(1))
+        .build()
+        .expect("a thread pool");
+    progress.line(&format!(
+        "batch {batch_id}: {} bind(s), decider `{decider_name}`",
+        works.len()
+    ));
+
+    // 0. The decider's transaction opens first.
+    let decider = &works[decider_index];
+    let decider_started = Instant::now();
+    let mut decider_conn =
+        match BindConnection::connect(&decider.endpoint, true, options.lock_timeout).and_then(
+            |mut conn| {
+                conn.tag_as_decider(&batch_id)?;
+                conn.begin_batch()?;
+                Ok(conn)
+            },
+        ) {
+            Ok(conn) => conn,
+            Err(error) => {
+                return abort(
+                    report,
+                    Vec::new(),
+                    Vec::new(),
+                    &works,
+                    error.into(),
+                    options,
+                    progress,
+                    &pool,
+                )
+            }
+        };
+
+    // 1. Every other participant, in parallel.
+    let at = now_text();
+    let participants: Vec<usize> = (0..works.len()).filter(|i| *i != decider_index).collect();
+    let failed_flag = AtomicBool::new(false);
+    progress.phase("prepare", participants.len());
+    let results: Vec<(usize, Option<Result<Held, Failed>>, u64)> = pool.install(|| {
+        participants
+            .par_iter()
+            .map(|&i| {
+                if failed_flag.load(Ordering::SeqCst) || signals::interrupted() {
+                    return (i, None, 0);
+                }
+                let started = Instant::now();
+                let result = phase_one(
+                    &works[i],
+                    &batch_id,
+                    &decider_name,
+                    direction,
+                    options.lock_timeout,
+                    &at,
+                );
+                match &result {
+                    Ok(_) => progress.line(&format!(
+                        "  {}: {} migration(s) {}, {}",
+                        works[i].endpoint.bind,
+                        works[i].plan.steps.len(),
+                        direction_past(direction),
+                        if works[i].endpoint.backend == Backend::Postgres {
+                            "prepared"
+                        } else {
+                            "holding its transaction open"
+                        }
+                    )),
+                    Err(_) => failed_flag.store(true, Ordering::SeqCst),
+                }
+                progress.tick();
+                (i, Some(result), started.elapsed().as_millis() as u64)
+            })
+            .collect()
+    });
+    let mut held: Vec<(usize, Held)> = Vec::new();
+    let mut maybe_prepared: Vec<(usize, String)> = Vec::new();
+    let mut errors: Vec<BatchError> = Vec::new();
+    for (i, result, ms) in results {
+        report.timings.insert(works[i].endpoint.bind.clone(), ms);
+        match result {
+            Some(Ok(h)) => held.push((i, h)),
+            Some(Err(f)) => {
+                if let Some(gid) = f.maybe_prepared {
+                    maybe_prepared.push((i, gid));
+                }
+                errors.push(f.error);
+            }
+            None => {}
+        }
+    }
+    if errors.is_empty() && signals::interrupted() {
+        errors.push(BatchError::Interrupted);
+    }
+    if !errors.is_empty() {
+        decider_conn.rollback();
+        let first = errors.remove(0);
+        report.other_errors = errors.iter().map(|e| e.to_string()).collect();
+        return abort(
+            report,
+            held,
+            maybe_prepared,
+            &works,
+            first,
+            options,
+            progress,
+            &pool,
+        );
+    }
+
+    // 2. The decider.
+    let record = decision_record(&works, &batch_id, &decider_name, direction);
     crash_point!("before-decision");
     let decided = run_steps(&mut decider_conn, decider, &batch_id, direction, &at)
         .and_then(|()| Ok(decider_conn.write_decision(&record, &now_text())?))
@@ -250,28 +352,38 @@ pub fn run_batch(
         .and_then(|()| check_signal());
     if let Err(error) = decided {
         decider_conn.rollback();
-        return abort(report, live, &works, error, progress);
+        return abort(
+            report,
+            held,
+            Vec::new(),
+            &works,
+            error,
+            options,
+            progress,
+            &pool,
+        );
     }
     if let Err(error) = decider_conn.commit() {
         if error.is_connection_lost() {
             drop(decider_conn);
-            report.binds = live
+            report.binds = works
                 .iter()
-                .map(|l| {
-                    let outcome = match &l.gid {
-                        Some(gid) => BindOutcome::LeftPrepared { gid: gid.clone() },
-                        None => BindOutcome::Attention {
-                            detail: "its open transaction was dropped; recover re-applies it if the batch was decided".into(),
-                        },
+                .enumerate()
+                .map(|(i, w)| {
+                    let outcome = if i == decider_index {
+                        BindOutcome::Attention {
+                            detail: "the decider's COMMIT may or may not have happened".into(),
+                        }
+                    } else {
+                        match held.iter().find(|(j, _)| *j == i) {
+                            Some((_, Held::Prepared { gid })) => BindOutcome::LeftPrepared { gid: gid.clone() },
+                            _ => BindOutcome::Attention {
+                                detail: "its open transaction was dropped; `orchestrate recover` re-applies it if the batch was decided".into(),
+                            },
+                        }
                     };
-                    (l.endpoint.bind.clone(), outcome)
+                    (w.endpoint.bind.clone(), outcome)
                 })
-                .chain(std::iter::once((
-                    decider_name.clone(),
-                    BindOutcome::Attention {
-                        detail: "the decider's COMMIT may or may not have happened".into(),
-                    },
-                )))
                 .collect();
             report.verdict = Verdict::NeedsAttention {
                 detail: format!(
@@ -282,50 +394,92 @@ pub fn run_batch(
             return report;
         }
         decider_conn.rollback();
-        return abort(report, live, &works, error.into(), progress);
+        return abort(
+            report,
+            held,
+            Vec::new(),
+            &works,
+            error.into(),
+            options,
+            progress,
+            &pool,
+        );
     }
+    drop(decider_conn);
+    report.timings.insert(
+        decider_name.clone(),
+        decider_started.elapsed().as_millis() as u64,
+    );
     crash_point!("after-decision");
-    let _ = writeln!(
-        progress,
+    progress.line(&format!(
         "  {decider_name}: {} migration(s) {}, decision committed",
         decider.plan.steps.len(),
         direction_past(direction)
-    );
+    ));
 
-    // Phase 3: commit everyone else.
+    // 3. Commit everyone else, in parallel.
+    progress.phase("commit", held.len());
+    let first_commit = AtomicBool::new(true);
+    let committed: Vec<(usize, BindOutcome, Option<String>, u64)> = pool.install(|| {
+        held.into_par_iter()
+            .map(|(i, h)| {
+                let started = Instant::now();
+                let endpoint = &works[i].endpoint;
+                let (outcome, problem) = match h {
+                    Held::Prepared { gid } => {
+                        let first = BindConnection::connect(endpoint, false, options.lock_timeout)
+                            .and_then(|mut c| c.commit_prepared(&gid));
+                        match first {
+                            Ok(()) => (BindOutcome::Committed, None),
+                            Err(e) => {
+                                let outcome = resolve_prepared(endpoint, &gid, &batch_id, true, options.lock_timeout);
+                                let problem = (outcome != BindOutcome::Committed).then(|| format!("{}: {e}", endpoint.bind));
+                                (outcome, problem)
+                            }
+                        }
+                    }
+                    Held::Open(mut conn) => match conn.commit() {
+                        Ok(()) => (BindOutcome::Committed, None),
+                        Err(e) => (
+                            BindOutcome::Attention {
+                                detail: format!("COMMIT failed after the decision ({e}); run `orchestrate recover` to re-apply it"),
+                            },
+                            Some(format!("{}: {e}", endpoint.bind)),
+                        ),
+                    },
+                };
+                if outcome == BindOutcome::Committed && first_commit.swap(false, Ordering::SeqCst) {
+                    crash_point!("after-first-commit");
+                }
+                progress.tick();
+                (i, outcome, problem, started.elapsed().as_millis() as u64)
+            })
+            .collect()
+    });
     let mut attention = Vec::new();
-    for mut l in live {
-        let outcome = match (l.stage, &l.gid) {
-            (Stage::Prepared, Some(gid)) => match l.conn.commit_prepared(gid) {
-                Ok(()) => BindOutcome::Committed,
-                Err(first) => {
-                    let outcome = resolve_prepared(&l.endpoint, gid, &batch_id, true, lock_timeout);
-                    if outcome != BindOutcome::Committed {
-                        attention.push(format!("{}: {first}", l.endpoint.bind));
-                    }
-                    outcome
-                }
-            },
-            _ => match l.conn.commit() {
-                Ok(()) => BindOutcome::Committed,
-                Err(e) => {
-                    attention.push(format!("{}: {e}", l.endpoint.bind));
-                    BindOutcome::Attention {
-                        detail: format!("COMMIT failed after the decision ({e}); run `orchestrate recover` to re-apply it"),
-                    }
-                }
-            },
-        };
-        report.binds.push((l.endpoint.bind.clone(), outcome));
-        crash_point!("after-first-commit");
+    let mut outcomes: BTreeMap<usize, BindOutcome> = BTreeMap::new();
+    for (i, outcome, problem, ms) in committed {
+        *report
+            .timings
+            .entry(works[i].endpoint.bind.clone())
+            .or_default() += ms;
+        outcomes.insert(i, outcome);
+        attention.extend(problem);
     }
-    report
-        .binds
-        .push((decider_name.clone(), BindOutcome::Committed));
+    outcomes.insert(decider_index, BindOutcome::Committed);
+    report.binds = works
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            (
+                w.endpoint.bind.clone(),
+                outcomes.remove(&i).unwrap_or(BindOutcome::Committed),
+            )
+        })
+        .collect();
     if signals::interrupted() {
-        let _ = writeln!(
-            progress,
-            "  interrupted after the decision: finished committing every bind before stopping"
+        progress.line(
+            "  interrupted after the decision: finished committing every bind before stopping",
         );
     }
     if !attention.is_empty() {
@@ -338,13 +492,6 @@ pub fn run_batch(
         };
     }
     report
-}
-
-fn direction_past(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Up => "applied",
-        Direction::Down => "reverted",
-    }
 }
 
 /// Runs a bind's steps in its open batch transaction.
@@ -363,6 +510,8 @@ pub(crate) fn run_steps(
     Ok(())
 }
 
+/// A participant's first phase: everything up to PREPARE (PostgreSQL) or up to holding its
+/// transaction open (SQLite).
 fn phase_one(
     work: &BindWork,
     batch_id: &str,
@@ -370,81 +519,110 @@ fn phase_one(
     direction: Direction,
     lock_timeout: Duration,
     at: &str,
-    live: &mut Vec<Live>,
-) -> Result<(), BatchError> {
-    check_signal()?;
-    let conn = BindConnection::connect(&work.endpoint, true, lock_timeout)?;
-    live.push(Live {
-        endpoint: work.endpoint.clone(),
-        conn,
-        gid: None,
-        stage: Stage::Open,
-    });
-    let l = live.last_mut().expect("just pushed");
-    l.conn.begin_batch()?;
-    run_steps(&mut l.conn, work, batch_id, direction, at)?;
-    if work.endpoint.backend == Backend::Postgres {
-        let gid = gid_for(batch_id, decider, &work.endpoint.bind);
-        l.gid = Some(gid.clone());
-        l.stage = Stage::Preparing;
-        crash_point!("before-prepare");
-        l.conn.prepare(&gid)?;
-        l.stage = Stage::Prepared;
-        crash_point!("after-prepare");
+) -> Result<Held, Failed> {
+    let early = |error: BatchError| Failed {
+        error,
+        maybe_prepared: None,
+    };
+    check_signal().map_err(early)?;
+    let mut conn =
+        BindConnection::connect(&work.endpoint, true, lock_timeout).map_err(|e| early(e.into()))?;
+    let ran = conn
+        .begin_batch()
+        .map_err(BatchError::from)
+        .and_then(|()| run_steps(&mut conn, work, batch_id, direction, at));
+    if let Err(error) = ran {
+        conn.rollback();
+        return Err(early(error));
     }
-    Ok(())
+    if work.endpoint.backend != Backend::Postgres {
+        return Ok(Held::Open(conn));
+    }
+    let gid = gid_for(batch_id, decider, &work.endpoint.bind);
+    crash_point!("before-prepare");
+    if let Err(e) = conn.prepare(&gid) {
+        conn.rollback();
+        return Err(Failed {
+            error: e.into(),
+            maybe_prepared: Some(gid),
+        });
+    }
+    crash_point!("after-prepare");
+    // The prepared transaction needs no connection: release it now.
+    drop(conn);
+    Ok(Held::Prepared { gid })
 }
 
 /// Rolls back every participant after a failure before the decision.
+#[allow(clippy::too_many_arguments)]
 fn abort(
     mut report: BatchReport,
-    live: Vec<Live>,
+    held: Vec<(usize, Held)>,
+    maybe_prepared: Vec<(usize, String)>,
     works: &[BindWork],
     error: BatchError,
-    progress: &mut dyn Write,
+    options: &RunOptions,
+    progress: &dyn Progress,
+    pool: &rayon::ThreadPool,
 ) -> BatchReport {
-    let _ = writeln!(progress, "  failed: {error}");
-    let _ = writeln!(progress, "  rolling back every bind");
-    let mut left = Vec::new();
-    for mut l in live {
-        let outcome = match (l.stage, l.gid.clone()) {
-            (Stage::Open, _) => {
-                l.conn.rollback();
-                BindOutcome::RolledBack
-            }
-            (_, Some(gid)) => match l.conn.rollback_prepared(&gid) {
-                Ok(()) => BindOutcome::RolledBack,
-                Err(_) => {
-                    drop(l.conn);
-                    resolve_prepared(
-                        &l.endpoint,
+    progress.line(&format!("  failed: {error}"));
+    for other in &report.other_errors {
+        progress.line(&format!("  failed too: {other}"));
+    }
+    progress.line("  rolling back every bind");
+    let mut todo: Vec<(usize, Held)> = held;
+    todo.extend(
+        maybe_prepared
+            .into_iter()
+            .map(|(i, gid)| (i, Held::Prepared { gid })),
+    );
+    let batch_id = report.batch_id.clone();
+    let undone: Vec<(usize, BindOutcome)> = pool.install(|| {
+        todo.into_par_iter()
+            .map(|(i, h)| {
+                let outcome = match h {
+                    Held::Open(mut conn) => {
+                        conn.rollback();
+                        BindOutcome::RolledBack
+                    }
+                    Held::Prepared { gid } => resolve_prepared(
+                        &works[i].endpoint,
                         &gid,
-                        &report.batch_id,
+                        &batch_id,
                         false,
-                        Duration::from_secs(10),
-                    )
-                }
-            },
-            (_, None) => BindOutcome::RolledBack,
-        };
-        if let BindOutcome::LeftPrepared { gid } = &outcome {
-            left.push(format!("{} ({gid})", l.endpoint.bind));
-        }
-        report.binds.push((l.endpoint.bind.clone(), outcome));
-    }
-    for w in works {
-        if !report.binds.iter().any(|(b, _)| b == &w.endpoint.bind) {
-            report
-                .binds
-                .push((w.endpoint.bind.clone(), BindOutcome::RolledBack));
-        }
-    }
+                        options.lock_timeout,
+                    ),
+                };
+                (i, outcome)
+            })
+            .collect()
+    });
+    let mut outcomes: BTreeMap<usize, BindOutcome> = undone.into_iter().collect();
+    report.binds = works
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            (
+                w.endpoint.bind.clone(),
+                outcomes.remove(&i).unwrap_or(BindOutcome::RolledBack),
+            )
+        })
+        .collect();
+    let left: Vec<String> = report
+        .binds
+        .iter()
+        .filter_map(|(b, o)| match o {
+            BindOutcome::LeftPrepared { gid } => Some(format!("{b} ({gid})")),
+            BindOutcome::Attention { detail } => Some(format!("{b}: {detail}")),
+            _ => None,
+        })
+        .collect();
     report.verdict = if left.is_empty() {
         Verdict::RolledBack { error }
     } else {
         Verdict::NeedsAttention {
             detail: format!(
-                "the batch failed before its decision, but these prepared transactions could not be rolled back: {}. Run `orchestrate recover`",
+                "the batch failed before its decision, but these binds could not be rolled back for sure: {}. Run `orchestrate recover`",
                 left.join(", ")
             ),
             error: Some(error),
@@ -453,9 +631,8 @@ fn abort(
     report
 }
 
-/// Ends a prepared transaction over a fresh connection, after the first attempt failed (a lost
-/// reply, a lost connection). Resolved by looking: a transaction that is gone and whose batch
-/// left history rows on the bind was committed.
+/// Ends a prepared transaction over a fresh connection. Resolved by looking: a transaction
+/// that is gone and whose batch left history rows on the bind was committed.
 pub fn resolve_prepared(
     endpoint: &Endpoint,
     gid: &str,
