@@ -8,5 +8,6 @@ mod cli;
 mod crash;
 mod drift;
 mod recover;
+mod scale;
 mod seed;
 mod support;

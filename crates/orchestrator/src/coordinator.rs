@@ -162,6 +162,10 @@ enum Held {
     Prepared { gid: String },
 }
 
+/// One participant after the first phase: its index, its result (`None`: skipped because
+/// another bind had failed), and the milliseconds it took.
+type PhaseOne = (usize, Option<Result<Held, Failed>>, u64);
+
 /// A participant's first phase that failed, with what may need undoing.
 struct Failed {
     error: BatchError,
@@ -273,7 +277,7 @@ pub fn run_batch(
     let participants: Vec<usize> = (0..works.len()).filter(|i| *i != decider_index).collect();
     let failed_flag = AtomicBool::new(false);
     progress.phase("prepare", participants.len());
-    let results: Vec<(usize, Option<Result<Held, Failed>>, u64)> = pool.install(|| {
+    let results: Vec<PhaseOne> = pool.install(|| {
         participants
             .par_iter()
             .map(|&i| {

@@ -1,0 +1,71 @@
+//! More binds than the server accepts connections, in one atomic batch.
+
+use crate::support::{state, OwnCluster, Project};
+
+const MAX_CONNECTIONS: &str = "20";
+
+fn many_binds(cluster: &OwnCluster, n: usize) -> Project {
+    let mut p = Project::new();
+    p.config("parallelism = 4");
+    for i in 0..n {
+        let bind = format!("tenant_{i:03}");
+        p.add_pg_at(&bind, &cluster.url);
+        for v in 1..=2 {
+            p.migration(
+                &bind,
+                &format!("{v}_m{v}"),
+                &format!("CREATE TABLE t{v} (id INT);"),
+                Some(&format!("DROP TABLE t{v};")),
+            );
+        }
+    }
+    p
+}
+
+/// 40 binds on a server with max_connections = 20: the batch commits everywhere, and a
+/// failure on one bind rolls back all forty.
+#[test]
+fn one_batch_over_more_binds_than_connections() {
+    let cluster = OwnCluster::start_with(&[("PG_MAX_CONNECTIONS", MAX_CONNECTIONS)]);
+    let n = 40;
+    let mut p = many_binds(&cluster, n);
+    // A broken second migration on one bind in the middle.
+    p.migration(
+        "tenant_023",
+        "2_m2",
+        "CREATE TABLE t2 (id INT);\nSELECT * FROM no_such_table;",
+        None,
+    );
+    let run = p.run(&["upgrade", "--all-binds", "--json"]);
+    run.expect(1);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["result"], "rolled back");
+    assert!(v["error"].as_str().unwrap().contains("tenant_023"), "{v}");
+    for (bind, st) in p.states() {
+        assert_eq!(st, state(&[], &[]), "{bind}");
+    }
+    p.migration("tenant_023", "2_m2", "CREATE TABLE t2 (id INT);", None);
+    let run = p.run(&["upgrade", "--all-binds", "--json"]);
+    run.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["result"], "committed");
+    let binds = v["binds"].as_array().unwrap();
+    assert_eq!(binds.len(), n);
+    for b in binds {
+        assert_eq!(b["outcome"], "committed", "{b}");
+        assert_eq!(b["migrations"], 2, "{b}");
+        assert!(b["elapsed_ms"].is_u64(), "{b}");
+    }
+    for (bind, st) in p.states() {
+        assert_eq!(st, state(&["t1", "t2"], &["1", "2"]), "{bind}");
+    }
+    let run = p.run(&["status", "--json"]);
+    run.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["binds"].as_array().unwrap().len(), n);
+    p.run(&["downgrade", "--all-binds", "base"]).expect(0);
+    for (bind, st) in p.states() {
+        assert_eq!(st, state(&[], &[]), "{bind}");
+    }
+    drop(p);
+}
