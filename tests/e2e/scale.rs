@@ -69,3 +69,46 @@ fn one_batch_over_more_binds_than_connections() {
     }
     drop(p);
 }
+
+/// A template discovers every database matching a pattern; each becomes a bind with its own
+/// history, migrated together in one batch.
+#[test]
+fn a_template_discovers_tenant_databases() {
+    use crate::support::{pg_admin_url, Db, PgDb};
+    let prefix = format!("orchtpl_{:08x}", rand::random::<u32>());
+    let dbs: Vec<PgDb> = ["a", "b", "c"]
+        .iter()
+        .map(|t| PgDb::named(&pg_admin_url(), &format!("{prefix}_{t}")))
+        .collect();
+    let p = Project::new();
+    let url = dbs[0].admin_url_with("{name}");
+    std::fs::create_dir_all(p.path().join("config")).unwrap();
+    std::fs::write(
+        p.path().join("config/default.toml"),
+        format!("[templates.tenant]\nurl = \"{url}\"\ndiscover = \"{prefix}\\\\_%\"\n"),
+    )
+    .unwrap();
+    let dir = p.path().join("migrations/tenant/1_accounts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("up.sql"), "CREATE TABLE accounts (id INT);").unwrap();
+    std::fs::write(dir.join("down.sql"), "DROP TABLE accounts;").unwrap();
+    let run = p.run(&["status", "--json"]);
+    run.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let names: Vec<&str> = v["binds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["bind"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|t| format!("tenant_{prefix}_{t}"))
+        .collect();
+    assert_eq!(names, expected);
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    for db in dbs {
+        let db = Db::Pg(db);
+        assert_eq!(db.state(), state(&["accounts"], &["1"]));
+    }
+}

@@ -47,8 +47,13 @@ impl PgDb {
 
     /// A fresh database on the server `admin` points at.
     pub fn on(admin: &str) -> PgDb {
+        PgDb::named(admin, &format!("orch_test_{:016x}", rand::random::<u64>()))
+    }
+
+    /// A fresh database of this name.
+    pub fn named(admin: &str, name: &str) -> PgDb {
         let admin = admin.to_string();
-        let name = format!("orch_test_{:016x}", rand::random::<u64>());
+        let name = name.to_string();
         let mut conn = PgConnection::establish(&admin).expect("connect to the test server");
         conn.batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create a test database");
@@ -57,6 +62,10 @@ impl PgDb {
             name,
             admin,
         }
+    }
+
+    pub fn admin_url_with(&self, db: &str) -> String {
+        with_database(&self.admin, db)
     }
 
     pub fn conn(&self) -> PgConnection {

@@ -236,6 +236,29 @@ impl BindConnection {
         }
     }
 
+    /// The databases of this PostgreSQL server whose name matches `pattern` (SQL `LIKE`), in
+    /// name order; templates and databases that refuse connections are left out.
+    pub fn databases_like(&mut self, pattern: &str) -> Result<Vec<String>, DriverError> {
+        #[derive(QueryableByName)]
+        struct Db {
+            #[diesel(sql_type = Text)]
+            datname: String,
+        }
+        let Conn::Pg(c) = &mut self.conn else {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: "only PostgreSQL servers can list their databases".into(),
+            });
+        };
+        let rows: Vec<Db> = diesel::sql_query(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1 AND datallowconn AND NOT datistemplate ORDER BY datname",
+        )
+        .bind::<Text, _>(pattern)
+        .load(c)
+        .map_err(|e| self.query_err("cannot list the server's databases", e))?;
+        Ok(rows.into_iter().map(|r| r.datname).collect())
+    }
+
     /// The server's `max_prepared_transactions` (PostgreSQL only).
     pub fn max_prepared_transactions(&mut self) -> Result<Option<i64>, DriverError> {
         let Conn::Pg(c) = &mut self.conn else {

@@ -28,6 +28,8 @@ pub enum SettingsError {
 struct RawSettings {
     #[serde(default)]
     binds: BTreeMap<String, RawBind>,
+    #[serde(default)]
+    templates: BTreeMap<String, RawTemplate>,
     decider: Option<String>,
     lock_timeout_ms: Option<u64>,
     parallelism: Option<usize>,
@@ -38,6 +40,22 @@ struct RawSettings {
 struct RawBind {
     url: String,
     migrations: Option<PathBuf>,
+}
+
+/// Many binds sharing one chain: one per database name, listed or discovered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    /// A URL with `{name}` where each database's name goes.
+    url: String,
+    /// Default `migrations/<template>`.
+    migrations: Option<PathBuf>,
+    /// The database names, listed.
+    names: Option<Vec<String>>,
+    /// Or: every database on the server whose name matches this SQL `LIKE` pattern.
+    discover: Option<String>,
+    /// The database to connect to for discovery (default `postgres`).
+    discover_database: Option<String>,
 }
 
 /// One configured bind.
@@ -72,6 +90,60 @@ pub struct Sources {
     pub extra_file: Option<PathBuf>,
     /// The environment variables to read; `None` reads the process environment.
     pub environment: Option<HashMap<String, String>>,
+}
+
+/// A template's binds: `<template>_<database name>`, each with the template's chain.
+fn expand_template(
+    template: &str,
+    t: &RawTemplate,
+    lock_timeout_ms: Option<u64>,
+) -> Result<Vec<BindSettings>, SettingsError> {
+    let invalid = |m: String| SettingsError::Invalid(format!("template `{template}`: {m}"));
+    validate_bind_name(template).map_err(invalid)?;
+    if !t.url.contains("{name}") {
+        return Err(invalid(
+            "its url needs `{name}` where each database's name goes".into(),
+        ));
+    }
+    let names: Vec<String> = match (&t.names, &t.discover) {
+        (Some(names), None) => names.clone(),
+        (None, Some(pattern)) => {
+            let database = t.discover_database.as_deref().unwrap_or("postgres");
+            let endpoint = Endpoint::parse(template, &t.url.replace("{name}", database))?;
+            let timeout = Duration::from_millis(lock_timeout_ms.unwrap_or(10_000));
+            let found = orchestrate_driver::BindConnection::connect(&endpoint, false, timeout)
+                .and_then(|mut c| c.databases_like(pattern))
+                .map_err(|e| invalid(format!("cannot discover its databases: {e}")))?;
+            if found.is_empty() {
+                return Err(invalid(format!(
+                    "no database on {} matches `{pattern}`",
+                    endpoint.redacted()
+                )));
+            }
+            found
+        }
+        _ => {
+            return Err(invalid(
+                "give exactly one of `names = [...]` or `discover = \"PATTERN\"`".into(),
+            ))
+        }
+    };
+    let migrations = t
+        .migrations
+        .clone()
+        .unwrap_or_else(|| Path::new("migrations").join(template));
+    names
+        .iter()
+        .map(|db| {
+            let name = format!("{template}_{db}");
+            validate_bind_name(&name).map_err(|e| invalid(format!("database `{db}` gives {e}")))?;
+            Ok(BindSettings {
+                endpoint: Endpoint::parse(&name, &t.url.replace("{name}", db))?,
+                name,
+                migrations: migrations.clone(),
+            })
+        })
+        .collect()
 }
 
 impl Settings {
@@ -112,22 +184,31 @@ impl Settings {
     }
 
     fn validate(raw: RawSettings) -> Result<Settings, SettingsError> {
-        if raw.binds.is_empty() {
-            return Err(SettingsError::NoBinds);
-        }
         let mut binds = Vec::with_capacity(raw.binds.len());
+        for (template, t) in &raw.templates {
+            binds.extend(expand_template(template, t, raw.lock_timeout_ms)?);
+        }
         for (name, bind) in raw.binds {
             validate_bind_name(&name).map_err(SettingsError::Invalid)?;
             let endpoint = Endpoint::parse(&name, &bind.url)?;
             let migrations = bind
                 .migrations
                 .unwrap_or_else(|| Path::new("migrations").join(&name));
+            if binds.iter().any(|b: &BindSettings| b.name == name) {
+                return Err(SettingsError::Invalid(format!(
+                    "bind `{name}` is configured twice (a template expands to the same name)"
+                )));
+            }
             binds.push(BindSettings {
                 name,
                 endpoint,
                 migrations,
             });
         }
+        if binds.is_empty() {
+            return Err(SettingsError::NoBinds);
+        }
+        binds.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(decider) = &raw.decider {
             if !binds.iter().any(|b| &b.name == decider) {
                 return Err(SettingsError::Invalid(format!(
@@ -226,6 +307,22 @@ mod tests {
     }
 
     #[test]
+    fn templates_expand_over_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(
+            tmp.path().join("default.toml"),
+            "[templates.tenant]\nurl = \"sqlite://var/{name}.sqlite3\"\nnames = [\"acme\", \"globex\"]\n[binds.main]\nurl = \"sqlite://var/main.sqlite3\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load(&sources(tmp.path(), &[])).unwrap();
+        let names: Vec<_> = settings.binds.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["main", "tenant_acme", "tenant_globex"]);
+        let acme = settings.bind("tenant_acme").unwrap();
+        assert_eq!(acme.migrations, PathBuf::from("migrations/tenant"));
+        assert_eq!(acme.endpoint.redacted(), "sqlite://var/acme.sqlite3");
+    }
+
+    #[test]
     fn rejects_bad_configuration() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
@@ -243,6 +340,10 @@ mod tests {
                 "nope",
             ),
             ("", "no binds"),
+            ("[templates.t]\nurl = \"sqlite://{name}.db\"\n", "exactly one of"),
+            ("[templates.t]\nurl = \"sqlite://x.db\"\nnames = [\"a\"]\n", "{name}"),
+            ("[templates.t]\nurl = \"sqlite://{name}.db\"\nnames = [\"A-1\"]\n", "A-1"),
+            ("[binds.t_a]\nurl = \"sqlite://a\"\n[templates.t]\nurl = \"sqlite://{name}.db\"\nnames = [\"a\"]\n", "twice"),
         ];
         for (text, needle) in cases {
             fs::write(d.join("default.toml"), text).unwrap();
