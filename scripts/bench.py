@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Benchmark: orchestrate against the floor, on a throwaway PostgreSQL cluster.
+
+For each size (M databases, N migrations each) it measures, in one run:
+  atomic      orchestrate upgrade --all-binds (one atomic batch over all M binds)
+  one-by-one  the same tool applying the binds one at a time (M separate runs)
+  floor       the same migration SQL sent by psql: one transaction per database ended by
+              PREPARE TRANSACTION, then COMMIT PREPARED, with the same parallelism
+  status      orchestrate status --json over all M binds, after the upgrade
+  peak RSS    the largest resident set of the atomic upgrade and of status (ru_maxrss)
+
+Usage:
+  scripts/bench.py                       # the sizes of BENCHMARKS.md: 64x20 and 1000x5
+  scripts/bench.py --sizes 4x2 --repeat 1 --binary target/debug/orchestrate   # CI smoke run
+It starts its own cluster (scripts/pg-cluster.sh) unless --pg-url names a server whose
+max_prepared_transactions covers M. Prints a Markdown table.
+"""
+
+import argparse
+import concurrent.futures as cf
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def timed_child(cmd, cwd, env=None):
+    """Runs a command; returns (seconds, peak RSS in MiB of exactly that process, from wait4)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            out.seek(0)
+            err.seek(0)
+            sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{out.read().decode()}\n{err.read().decode()}")
+    return seconds, usage.ru_maxrss / 1024.0
+
+
+def psql(url, sql):
+    return run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+
+
+def migration_sql(v):
+    return (
+        f"CREATE TABLE t{v} (id INT PRIMARY KEY, a INT NOT NULL, b TEXT);\n"
+        f"CREATE INDEX t{v}_a ON t{v} (a);\n"
+        f"INSERT INTO t{v} SELECT g, g % 7, md5(g::text) FROM generate_series(1, 50) g;\n"
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="64x20,1000x5", help="MxN,... (databases x migrations)")
+    ap.add_argument("--parallelism", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept")
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/orchestrate"))
+    ap.add_argument("--pg-url", help="an admin URL of a server to use instead of a throwaway cluster")
+    args = ap.parse_args()
+    binary = os.path.abspath(args.binary)
+    if not os.path.exists(binary):
+        sys.exit(f"bench: {binary} not found; run `cargo build --release` (or pass --binary)")
+    if not shutil.which("psql"):
+        sys.exit("bench: psql not found (Debian: postgresql-client)")
+
+    cluster = None
+    admin = args.pg_url
+    if not admin:
+        cluster = tempfile.mkdtemp(prefix="orchestrate-bench-pg.")
+        env = dict(os.environ, PG_MAX_PREPARED="1100", PG_MAX_CONNECTIONS="200")
+        admin = run([os.path.join(ROOT, "scripts/pg-cluster.sh"), "start", cluster], env=env).stdout.strip()
+    base = admin.rsplit("/", 1)[0]
+    rows = []
+    try:
+        for size in args.sizes.split(","):
+            m, n = (int(x) for x in size.split("x"))
+            rows.append(bench_size(m, n, args, binary, admin, base))
+    finally:
+        if cluster:
+            subprocess.run([os.path.join(ROOT, "scripts/pg-cluster.sh"), "stop", cluster])
+            shutil.rmtree(cluster, ignore_errors=True)
+
+    print()
+    print("| binds x migrations | atomic upgrade | one bind at a time | psql floor (PREPARE + COMMIT PREPARED) | atomic / floor | status (all binds) | peak RSS upgrade | peak RSS status |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['m']} x {r['n']} | {r['atomic']:.2f} s | {r['serial']:.2f} s | {r['floor']:.2f} s | "
+            f"{r['atomic'] / r['floor']:.2f}x | {r['status']:.3f} s | {r['rss_up']:.1f} MiB | {r['rss_status']:.1f} MiB |"
+        )
+
+
+def bench_size(m, n, args, binary, admin, base):
+    tag = f"b{os.getpid()}_{m}x{n}"
+    names = [f"{tag}_{i:04d}" for i in range(m)]
+    urls = [f"{base}/{name}" for name in names]
+    print(f"bench: {m} databases x {n} migrations: creating databases", file=sys.stderr)
+    pool = cf.ThreadPoolExecutor(max_workers=args.parallelism)
+    list(pool.map(lambda name: psql(admin, f"CREATE DATABASE {name}"), names))
+
+    project = tempfile.mkdtemp(prefix="orchestrate-bench.")
+    os.makedirs(os.path.join(project, "config"))
+    with open(os.path.join(project, "config/default.toml"), "w") as f:
+        f.write(f"parallelism = {args.parallelism}\nlock_timeout_ms = 60000\n")
+        f.write(f'[templates.db]\nurl = "{base}/{{name}}"\nmigrations = "migrations/db"\nnames = [{", ".join(repr(x).replace(chr(39), chr(34)) for x in names)}]\n')
+    for v in range(1, n + 1):
+        d = os.path.join(project, "migrations/db", f"{v}_m{v}")
+        os.makedirs(d)
+        with open(os.path.join(d, "up.sql"), "w") as f:
+            f.write(migration_sql(v))
+        with open(os.path.join(d, "down.sql"), "w") as f:
+            f.write(f"DROP TABLE t{v};\n")
+    floor_sql = "BEGIN;\n" + "".join(migration_sql(v) for v in range(1, n + 1))
+
+    def reset():
+        list(pool.map(lambda u: psql(u, "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"), urls))
+
+    def floor_once():
+        start = time.perf_counter()
+
+        def prepare(i):
+            sql = floor_sql + f"PREPARE TRANSACTION 'floor_{names[i]}';\n"
+            run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", urls[i]], input=sql)
+
+        list(pool.map(prepare, range(m)))
+        list(pool.map(lambda i: psql(urls[i], f"COMMIT PREPARED 'floor_{names[i]}'"), range(m)))
+        return time.perf_counter() - start
+
+    results = {"atomic": [], "serial": [], "floor": [], "status": []}
+    rss_up = rss_status = 0.0
+    for r in range(args.repeat):
+        print(f"bench: {m}x{n} run {r + 1}/{args.repeat}", file=sys.stderr)
+        reset()
+        t, rss = timed_child([binary, "upgrade", "--all-binds", "--json"], project)
+        results["atomic"].append(t)
+        rss_up = max(rss_up, rss)
+        t, rss = timed_child([binary, "status", "--json"], project)
+        results["status"].append(t)
+        rss_status = max(rss_status, rss)
+        reset()
+        start = time.perf_counter()
+        for i in range(m):
+            timed_child([binary, "upgrade", "--bind", f"db_{names[i]}"], project)
+        results["serial"].append(time.perf_counter() - start)
+        reset()
+        results["floor"].append(floor_once())
+    list(pool.map(lambda name: psql(admin, f"DROP DATABASE {name} WITH (FORCE)"), names))
+    shutil.rmtree(project, ignore_errors=True)
+
+    def median(xs):
+        xs = sorted(xs)
+        return xs[len(xs) // 2]
+
+    row = {k: median(v) for k, v in results.items()}
+    row.update(m=m, n=n, rss_up=rss_up, rss_status=rss_status)
+    print(f"bench: {row}", file=sys.stderr)
+    return row
+
+
+if __name__ == "__main__":
+    main()
