@@ -26,6 +26,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIME = "/usr/bin/time"
 
 
 def run(cmd, **kw):
@@ -33,18 +34,22 @@ def run(cmd, **kw):
 
 
 def timed_child(cmd, cwd, env=None):
-    """Runs a command; returns (seconds, peak RSS in MiB of exactly that process, from wait4)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Runs a command; returns (seconds, peak RSS in MiB of that process).
+
+    The peak comes from GNU time, which forks the command from its own small process: a
+    child forked from this Python process would report Python's resident set as its own
+    (Linux keeps ru_maxrss across fork and exec).
+    """
+    with tempfile.NamedTemporaryFile("r") as rss, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run([TIME, "-f", "%M", "-o", rss.name] + cmd, cwd=cwd, env=env, stdout=out, stderr=err)
         seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
             out.seek(0)
             err.seek(0)
             sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{out.read().decode()}\n{err.read().decode()}")
-    return seconds, usage.ru_maxrss / 1024.0
+        kib = int(rss.read().strip().splitlines()[-1])
+    return seconds, kib / 1024.0
 
 
 def psql(url, sql):
@@ -70,6 +75,11 @@ def main():
     binary = os.path.abspath(args.binary)
     if not os.path.exists(binary):
         sys.exit(f"bench: {binary} not found; run `cargo build --release` (or pass --binary)")
+    if not os.path.exists(TIME):
+        if os.geteuid() != 0:
+            sys.exit("bench: GNU time (/usr/bin/time) is needed to measure peak memory; install the `time` package")
+        run(["apt-get", "update", "-qq"])
+        run(["apt-get", "install", "-y", "-qq", "time"])
     if not shutil.which("psql"):
         sys.exit("bench: psql not found (Debian: postgresql-client)")
 

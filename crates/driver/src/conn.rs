@@ -94,10 +94,16 @@ impl BindConnection {
             url: endpoint.redacted().to_string(),
             source,
         };
+        let ms = lock_timeout.as_millis();
         let conn = match endpoint.backend {
-            Backend::Postgres => {
-                Conn::Pg(PgConnection::establish(endpoint.connect_url()).map_err(connect_err)?)
-            }
+            // The lock timeout travels in the startup packet: no extra round trip, and reads
+            // never hang on locks held by a prepared (in-doubt) batch.
+            Backend::Postgres => Conn::Pg(
+                PgConnection::establish(
+                    &endpoint.connect_url_with_options(&format!("-c lock_timeout={ms}")),
+                )
+                .map_err(connect_err)?,
+            ),
             Backend::Sqlite => {
                 let path = endpoint
                     .sqlite_path()
@@ -126,13 +132,10 @@ impl BindConnection {
             conn,
             lock_timeout,
         };
-        let ms = lock_timeout.as_millis();
-        match &mut this.conn {
-            // Reads never hang on locks held by a prepared (in-doubt) batch.
-            Conn::Pg(c) => c.batch_execute(&format!("SET lock_timeout = {ms}")),
-            Conn::Sqlite(c) => c.batch_execute(&format!("PRAGMA busy_timeout = {ms}")),
+        if let Conn::Sqlite(c) = &mut this.conn {
+            c.batch_execute(&format!("PRAGMA busy_timeout = {ms}"))
+                .map_err(|source| this.query_err("cannot set the lock timeout", source))?;
         }
-        .map_err(|source| this.query_err("cannot set the lock timeout", source))?;
         Ok(this)
     }
 
@@ -172,14 +175,36 @@ impl BindConnection {
             .map_err(|e| self.query_err("cannot read the catalog", e))
     }
 
+    /// Which of diesel's version table and `orchestrate_history` exist, in one round trip.
+    fn bookkeeping_tables(&mut self) -> Result<(bool, bool), DriverError> {
+        let sql = match self.conn {
+            Conn::Pg(_) => "SELECT CAST(CASE WHEN to_regclass('__diesel_schema_migrations') IS NULL THEN 0 ELSE 1 END \
+                 + CASE WHEN to_regclass('orchestrate_history') IS NULL THEN 0 ELSE 2 END AS BIGINT) AS n",
+            Conn::Sqlite(_) => "SELECT coalesce(sum(CASE name WHEN '__diesel_schema_migrations' THEN 1 \
+                 WHEN 'orchestrate_history' THEN 2 ELSE 0 END), 0) AS n FROM sqlite_master WHERE type = 'table'",
+        };
+        let query = diesel::sql_query(sql);
+        let row: Result<Count, _> = on_conn!(&mut self.conn, c => query.get_result(c));
+        row.map(|r| (r.n & 1 != 0, r.n & 2 != 0))
+            .map_err(|e| self.query_err("cannot read the catalog", e))
+    }
+
     /// Reads what the database has applied, and this tool's prepared transactions on it.
     /// Creates nothing.
     pub fn read_state(&mut self) -> Result<BindState, DriverError> {
+        let mut state = self.read_applied()?;
+        state.in_doubt = self.prepared()?;
+        Ok(state)
+    }
+
+    /// Reads what the database has applied (not its prepared transactions). Creates nothing.
+    pub fn read_applied(&mut self) -> Result<BindState, DriverError> {
         let mut state = BindState {
             exists: true,
             ..BindState::default()
         };
-        if self.table_exists("__diesel_schema_migrations")? {
+        let (has_versions, has_history) = self.bookkeeping_tables()?;
+        if has_versions {
             let versions: Vec<String> =
                 on_conn!(&mut self.conn, c => __diesel_schema_migrations::table
                 .select(__diesel_schema_migrations::version)
@@ -187,7 +212,7 @@ impl BindConnection {
                 .map_err(|e| self.query_err("cannot read __diesel_schema_migrations", e))?;
             let mut recorded: HashMap<String, (String, Option<String>, Option<String>)> =
                 HashMap::new();
-            if self.table_exists("orchestrate_history")? {
+            if has_history {
                 use schema::orchestrate_history::dsl as h;
                 let rows: Vec<(String, String, Option<String>, Option<String>)> =
                     on_conn!(&mut self.conn, c => h::orchestrate_history
@@ -217,7 +242,6 @@ impl BindConnection {
                 .collect();
             state.applied.sort_by(|a, b| a.version.cmp(&b.version));
         }
-        state.in_doubt = self.prepared()?;
         Ok(state)
     }
 

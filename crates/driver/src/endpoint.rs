@@ -161,6 +161,31 @@ impl Endpoint {
         &self.url
     }
 
+    /// The PostgreSQL URL with `extra` added to libpq's `options` (server settings sent in
+    /// the startup packet), after any the user gave.
+    pub(crate) fn connect_url_with_options(&self, extra: &str) -> String {
+        let Ok(mut url) = url::Url::parse(&self.url) else {
+            return self.url.clone();
+        };
+        let mut pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        match pairs.iter_mut().find(|(k, _)| k == "options") {
+            Some((_, v)) => {
+                v.push(' ');
+                v.push_str(extra);
+            }
+            None => pairs.push(("options".into(), extra.into())),
+        }
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+        // Form encoding writes a space as `+`, which libpq does not decode; a literal `+` is
+        // already `%2B`, so every `+` here is a space.
+        let query = url.query().unwrap_or_default().replace('+', "%20");
+        url.set_query(Some(&query));
+        url.into()
+    }
+
     pub fn sqlite_path(&self) -> Option<&PathBuf> {
         self.sqlite_path.as_ref()
     }
@@ -186,6 +211,19 @@ mod tests {
         assert_eq!(e.sqlite_path().unwrap(), &PathBuf::from("var/a.sqlite3"));
         let e = Endpoint::parse("a", "sqlite:///tmp/a.db").unwrap();
         assert_eq!(e.sqlite_path().unwrap(), &PathBuf::from("/tmp/a.db"));
+    }
+
+    #[test]
+    fn adds_startup_options() {
+        let e = Endpoint::parse("a", "postgres://h/db").unwrap();
+        let url = e.connect_url_with_options("-c lock_timeout=5");
+        assert!(url.contains("options=-c%20lock_timeout%3D5"), "{url}");
+        let e = Endpoint::parse("a", "postgres://h/db?options=-c%20search_path%3Dapp").unwrap();
+        let url = e.connect_url_with_options("-c lock_timeout=5");
+        assert!(
+            url.contains("search_path%3Dapp%20-c%20lock_timeout%3D5"),
+            "{url}"
+        );
     }
 
     #[test]

@@ -100,7 +100,7 @@ fn inspect_one(
                 }
                 Err(e) => report.errors.push(e.to_string()),
             }
-            conn.read_state().map(Some)
+            conn.read_applied().map(Some)
         }
         Err(DriverError::NoSuchFile { .. }) => Ok(None),
         Err(e) => Err(e),
