@@ -18,6 +18,7 @@ max_prepared_transactions covers M. Prints a Markdown table.
 
 import argparse
 import concurrent.futures as cf
+import glob
 import os
 import shutil
 import subprocess
@@ -101,12 +102,12 @@ def main():
             shutil.rmtree(cluster, ignore_errors=True)
 
     print()
-    print("| binds x migrations | atomic upgrade | one bind at a time | psql floor (PREPARE + COMMIT PREPARED) | atomic / floor | status (all binds) | peak RSS upgrade | peak RSS status |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| binds x migrations | atomic upgrade | one bind at a time | psql floor (PREPARE + COMMIT PREPARED) | atomic / floor | status (all binds) | status floor (connections alone) | peak RSS upgrade | peak RSS status |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['m']} x {r['n']} | {r['atomic']:.2f} s | {r['serial']:.2f} s | {r['floor']:.2f} s | "
-            f"{r['atomic'] / r['floor']:.2f}x | {r['status']:.3f} s | {r['rss_up']:.1f} MiB | {r['rss_status']:.1f} MiB |"
+            f"{r['atomic'] / r['floor']:.2f}x | {r['status']:.3f} s | {r['status_floor']:.3f} s | {r['rss_up']:.1f} MiB | {r['rss_status']:.1f} MiB |"
         )
 
 
@@ -146,6 +147,23 @@ def bench_size(m, n, args, binary, admin, base):
         list(pool.map(lambda i: psql(urls[i], f"COMMIT PREPARED 'floor_{names[i]}'"), range(m)))
         return time.perf_counter() - start
 
+    # The status floor: new connections per second this server accepts at this parallelism
+    # (pgbench -C running `SELECT 1`), since reading a database needs a connection to it.
+    pgbench = shutil.which("pgbench") or next(
+        (p for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"), reverse=True)), None
+    )
+    connect_rate = None
+    if pgbench:
+        with tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
+            script.write("SELECT 1;\n")
+            script.flush()
+            per_client = max(1, -(-m // args.parallelism))
+            out = run([pgbench, "-n", "-C", "-c", str(args.parallelism), "-j", str(min(args.parallelism, os.cpu_count() or 1)),
+                       "-t", str(per_client), "-f", script.name, urls[0]]).stdout
+            for line in out.splitlines():
+                if line.startswith("tps"):
+                    connect_rate = float(line.split("=")[1].split()[0])
+
     results = {"atomic": [], "serial": [], "floor": [], "status": []}
     rss_up = rss_status = 0.0
     for r in range(args.repeat):
@@ -172,7 +190,8 @@ def bench_size(m, n, args, binary, admin, base):
         return xs[len(xs) // 2]
 
     row = {k: median(v) for k, v in results.items()}
-    row.update(m=m, n=n, rss_up=rss_up, rss_status=rss_status)
+    row.update(m=m, n=n, rss_up=rss_up, rss_status=rss_status,
+               status_floor=(m / connect_rate) if connect_rate else float("nan"))
     print(f"bench: {row}", file=sys.stderr)
     return row
 
