@@ -18,6 +18,7 @@
 
 mod chain;
 mod plan;
+mod statements;
 mod target;
 mod version;
 
@@ -28,6 +29,7 @@ pub use plan::{
     current, pending, plan_downgrade, plan_upgrade, problems, Allow, Applied, Direction,
     DownSqlSource, Plan, PlanError, Problem, Step,
 };
+pub use statements::{has_compound_body, split_statements};
 pub use target::{Target, TargetError};
 pub use version::{Version, VersionError};
 

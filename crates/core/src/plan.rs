@@ -70,6 +70,10 @@ pub struct Step {
     pub down_sql: Option<String>,
     /// For a downgrade: where `sql` came from.
     pub down_source: Option<DownSqlSource>,
+    /// What undoes this step once it has committed, for backends that cannot roll back DDL
+    /// (MySQL): the down SQL of an upgrade step, the `up.sql` of a downgrade step (when its
+    /// folder is still there).
+    pub undo_sql: Option<String>,
 }
 
 /// What must run on one bind to reach its target. An empty plan means the bind is there.
@@ -372,6 +376,7 @@ pub fn plan_upgrade(
             checksum: Some(file.checksum.clone()),
             down_sql: file.down_sql.clone(),
             down_source: None,
+            undo_sql: file.down_sql.clone(),
         });
     }
     Ok(Plan {
@@ -483,6 +488,7 @@ pub fn plan_downgrade(
             checksum: record.checksum.clone(),
             down_sql: None,
             down_source: Some(source),
+            undo_sql: file.map(|f| f.up_sql.clone()),
         });
     }
     Ok(Plan {
