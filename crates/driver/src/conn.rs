@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Text};
-use diesel::{PgConnection, SqliteConnection};
+use diesel::{MysqlConnection, PgConnection, SqliteConnection};
 use orchestrate_core::{Applied, Direction, Step, Version};
 
 use crate::endpoint::{Backend, Endpoint};
@@ -18,9 +18,16 @@ use crate::schema::{self, __diesel_schema_migrations, orchestrate_decisions, orc
 /// never left behind by a crash; a prepared batch keeps it until it is resolved.
 pub const LOCK_KEY: i64 = 0x6f72_6368_6573_7472; // "orchestr"
 
+/// The name of the session-level lock a MySQL batch holds on its bind from start to end, as an
+/// SQL expression: named locks are server-wide, so the name carries the database (hashed, to
+/// stay within MySQL's 64 characters). A crashed coordinator's session ends, and the server
+/// releases the lock with it, so a free lock proves no coordinator is still working on the bind.
+pub const MYSQL_LOCK_NAME: &str = "CONCAT('orchestrate:', SHA1(DATABASE()))";
+
 enum Conn {
     Pg(PgConnection),
     Sqlite(SqliteConnection),
+    Mysql(MysqlConnection),
 }
 
 /// Runs the same diesel code on whichever backend the connection is.
@@ -29,6 +36,7 @@ macro_rules! on_conn {
         match $conn {
             Conn::Pg($c) => $body,
             Conn::Sqlite($c) => $body,
+            Conn::Mysql($c) => $body,
         }
     };
 }
@@ -41,6 +49,72 @@ pub struct BindState {
     pub applied: Vec<Applied>,
     /// This tool's prepared transactions on this database: batches in doubt.
     pub in_doubt: Vec<PreparedXact>,
+    /// MySQL: batches and migrations under way and not settled (see [`Mark`]).
+    pub marks: Vec<Mark>,
+}
+
+/// A row of `orchestrate_in_progress` (MySQL binds): something started and not settled.
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, serde::Serialize)]
+pub struct Mark {
+    /// `batch`: a batch touched this bind and its outcome is not settled here; `migration`:
+    /// a migration (or, with direction `undo-up`/`undo-down`, its undo) started and did not
+    /// finish.
+    pub kind: String,
+    pub batch_id: String,
+    /// The migration's version (`-` for a batch mark).
+    pub version: String,
+    /// The bind whose `orchestrate_decisions` decides the batch; empty when no bind of the
+    /// batch could decide (only MySQL binds).
+    pub decider: String,
+    /// `up`, `down`, `undo-up` (reverting an applied migration) or `undo-down`.
+    pub direction: String,
+    pub name: String,
+    pub statements_done: i64,
+    pub statements_total: i64,
+    pub started_at: String,
+}
+
+impl Mark {
+    pub fn is_batch(&self) -> bool {
+        self.kind == "batch"
+    }
+
+    /// What the mark means, for people.
+    pub fn describe(&self) -> String {
+        if self.is_batch() {
+            return format!(
+                "batch {} (decider `{}`) started here at {} and its outcome is not settled on this bind; run `orchestrate recover`",
+                self.batch_id,
+                if self.decider.is_empty() { "none" } else { &self.decider },
+                self.started_at
+            );
+        }
+        let what = match self.direction.as_str() {
+            "up" => "applying",
+            "down" => "reverting",
+            "undo-up" => "undoing (reverting) the applied",
+            _ => "undoing (re-applying) the reverted",
+        };
+        format!(
+            "interrupted while {what} migration {} (batch {}, started {}): {} of its {} statement(s) committed, the rest did not run. Look at the database, finish or undo it by hand, then run `orchestrate resolve --bind <bind> {} --applied` (its changes are all there) or `--reverted` (none are)",
+            self.name,
+            self.batch_id,
+            self.started_at,
+            self.statements_done,
+            self.statements_total,
+            self.version
+        )
+    }
+}
+
+/// A history row of one batch on one bind, newest first (for undoing a batch on MySQL).
+#[derive(Clone, Debug)]
+pub struct BatchStep {
+    pub version: String,
+    pub name: String,
+    pub direction: String,
+    pub down_sql: Option<String>,
+    pub checksum: Option<String>,
 }
 
 /// A prepared transaction of this tool, found in `pg_prepared_xacts`.
@@ -104,6 +178,9 @@ impl BindConnection {
                 )
                 .map_err(connect_err)?,
             ),
+            Backend::Mysql => Conn::Mysql(
+                MysqlConnection::establish(endpoint.connect_url()).map_err(connect_err)?,
+            ),
             Backend::Sqlite => {
                 let path = endpoint
                     .sqlite_path()
@@ -132,10 +209,15 @@ impl BindConnection {
             conn,
             lock_timeout,
         };
-        if let Conn::Sqlite(c) = &mut this.conn {
-            c.batch_execute(&format!("PRAGMA busy_timeout = {ms}"))
-                .map_err(|source| this.query_err("cannot set the lock timeout", source))?;
-        }
+        let seconds = ms.div_ceil(1000).max(1);
+        let set_timeout = match &mut this.conn {
+            Conn::Sqlite(c) => c.batch_execute(&format!("PRAGMA busy_timeout = {ms}")),
+            Conn::Mysql(c) => c.batch_execute(&format!(
+                "SET SESSION innodb_lock_wait_timeout = {seconds}, SESSION lock_wait_timeout = {seconds}"
+            )),
+            Conn::Pg(_) => Ok(()),
+        };
+        set_timeout.map_err(|source| this.query_err("cannot set the lock timeout", source))?;
         Ok(this)
     }
 
@@ -168,6 +250,9 @@ impl BindConnection {
             Conn::Sqlite(_) => {
                 format!("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '{table}'")
             }
+            Conn::Mysql(_) => format!(
+                "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '{table}'"
+            ),
         };
         let query = diesel::sql_query(sql);
         let row: Result<Count, _> = on_conn!(&mut self.conn, c => query.get_result(c));
@@ -175,17 +260,21 @@ impl BindConnection {
             .map_err(|e| self.query_err("cannot read the catalog", e))
     }
 
-    /// Which of diesel's version table and `orchestrate_history` exist, in one round trip.
-    fn bookkeeping_tables(&mut self) -> Result<(bool, bool), DriverError> {
+    /// Which of diesel's version table, `orchestrate_history` and (MySQL)
+    /// `orchestrate_in_progress` exist, in one round trip.
+    fn bookkeeping_tables(&mut self) -> Result<(bool, bool, bool), DriverError> {
         let sql = match self.conn {
             Conn::Pg(_) => "SELECT CAST(CASE WHEN to_regclass('__diesel_schema_migrations') IS NULL THEN 0 ELSE 1 END \
                  + CASE WHEN to_regclass('orchestrate_history') IS NULL THEN 0 ELSE 2 END AS BIGINT) AS n",
             Conn::Sqlite(_) => "SELECT coalesce(sum(CASE name WHEN '__diesel_schema_migrations' THEN 1 \
                  WHEN 'orchestrate_history' THEN 2 ELSE 0 END), 0) AS n FROM sqlite_master WHERE type = 'table'",
+            Conn::Mysql(_) => "SELECT CAST(coalesce(sum(CASE table_name WHEN '__diesel_schema_migrations' THEN 1 \
+                 WHEN 'orchestrate_history' THEN 2 WHEN 'orchestrate_in_progress' THEN 4 ELSE 0 END), 0) AS SIGNED) AS n \
+                 FROM information_schema.tables WHERE table_schema = DATABASE()",
         };
         let query = diesel::sql_query(sql);
         let row: Result<Count, _> = on_conn!(&mut self.conn, c => query.get_result(c));
-        row.map(|r| (r.n & 1 != 0, r.n & 2 != 0))
+        row.map(|r| (r.n & 1 != 0, r.n & 2 != 0, r.n & 4 != 0))
             .map_err(|e| self.query_err("cannot read the catalog", e))
     }
 
@@ -203,7 +292,10 @@ impl BindConnection {
             exists: true,
             ..BindState::default()
         };
-        let (has_versions, has_history) = self.bookkeeping_tables()?;
+        let (has_versions, has_history, has_marks) = self.bookkeeping_tables()?;
+        if has_marks {
+            state.marks = self.load_marks()?;
+        }
         if has_versions {
             let versions: Vec<String> =
                 on_conn!(&mut self.conn, c => __diesel_schema_migrations::table
@@ -256,7 +348,7 @@ impl BindConnection {
             .bind::<Text, _>(GID_PREFIX)
             .load(c)
             .map_err(|e| self.query_err("cannot read pg_prepared_xacts", e)),
-            Conn::Sqlite(_) => Ok(Vec::new()),
+            Conn::Sqlite(_) | Conn::Mysql(_) => Ok(Vec::new()),
         }
     }
 
@@ -333,10 +425,7 @@ impl BindConnection {
         detail: &str,
         at: &str,
     ) -> Result<(), DriverError> {
-        let ddl = match self.conn {
-            Conn::Pg(_) => schema::HISTORY_DDL_PG,
-            Conn::Sqlite(_) => schema::HISTORY_DDL_SQLITE,
-        };
+        let ddl = self.history_ddl();
         on_conn!(&mut self.conn, c => c.batch_execute(ddl))
             .map_err(|e| self.query_err("cannot create orchestrate_history", e))?;
         use schema::orchestrate_history::dsl as h;
@@ -410,6 +499,8 @@ impl BindConnection {
                 }
                 Err(e) => Err(self.query_err("cannot take the write lock", e)),
             },
+            // MySQL binds never decide.
+            Conn::Mysql(_) => Ok(false),
         }
     }
 
@@ -476,11 +567,18 @@ impl BindConnection {
                     return Err(self.query_err("cannot begin the batch transaction", e));
                 }
             }
+            Conn::Mysql(_) => {
+                // DDL commits on MySQL: the tables are made before the transaction opens.
+                self.begin_nonatomic()?;
+                let Conn::Mysql(c) = &mut self.conn else {
+                    unreachable!()
+                };
+                AnsiTransactionManager::begin_transaction(c)
+                    .map_err(|e| self.query_err("cannot begin the batch transaction", e))?;
+                return Ok(());
+            }
         }
-        let history_ddl = match self.conn {
-            Conn::Pg(_) => schema::HISTORY_DDL_PG,
-            Conn::Sqlite(_) => schema::HISTORY_DDL_SQLITE,
-        };
+        let history_ddl = self.history_ddl();
         for ddl in [schema::DIESEL_TABLE_DDL, history_ddl] {
             on_conn!(&mut self.conn, c => c.batch_execute(ddl))
                 .map_err(|e| self.query_err("cannot create the version tables", e))?;
@@ -491,7 +589,15 @@ impl BindConnection {
     fn pg(&mut self) -> &mut PgConnection {
         match &mut self.conn {
             Conn::Pg(c) => c,
-            Conn::Sqlite(_) => unreachable!("only called on PostgreSQL connections"),
+            _ => unreachable!("only called on PostgreSQL connections"),
+        }
+    }
+
+    fn history_ddl(&self) -> &'static str {
+        match self.conn {
+            Conn::Pg(_) => schema::HISTORY_DDL_PG,
+            Conn::Sqlite(_) => schema::HISTORY_DDL_SQLITE,
+            Conn::Mysql(_) => schema::HISTORY_DDL_MYSQL,
         }
     }
 
@@ -532,6 +638,12 @@ impl BindConnection {
         step: &Step,
         at: &str,
     ) -> Result<(), DriverError> {
+        if let Conn::Mysql(_) = self.conn {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: "MySQL migrations cannot run inside a batch transaction".into(),
+            });
+        }
         on_conn!(&mut self.conn, c => c.batch_execute(&step.sql)).map_err(|source| {
             DriverError::Migration {
                 bind: self.bind(),
@@ -597,6 +709,7 @@ impl BindConnection {
                     false
                 }
             },
+            Conn::Mysql(_) => true,
         };
         if inside {
             Ok(())
@@ -640,7 +753,7 @@ impl BindConnection {
         let Conn::Pg(c) = &mut self.conn else {
             return Err(DriverError::Other {
                 bind: self.bind(),
-                detail: "SQLite cannot prepare a transaction".into(),
+                detail: format!("{} cannot prepare a transaction", self.backend()),
             });
         };
         c.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gid)))
@@ -700,5 +813,197 @@ impl BindConnection {
         self.pg()
             .batch_execute(&sql)
             .map_err(|e| self.query_err(&format!("ROLLBACK PREPARED of {gid} failed"), e))
+    }
+}
+
+/// MySQL and MariaDB binds: their DDL commits statement by statement, so a batch cannot be
+/// rolled back there. Each migration is run one statement at a time between a mark written
+/// before it and cleared (in the same transaction as the version-table rows) after it, so that
+/// a crash leaves the exact migration, and how far it got, on record.
+impl BindConnection {
+    fn mysql(&mut self) -> Result<&mut MysqlConnection, DriverError> {
+        let bind = self.bind();
+        match &mut self.conn {
+            Conn::Mysql(c) => Ok(c),
+            _ => Err(DriverError::Other {
+                bind,
+                detail: "only MySQL binds run migrations outside a transaction".into(),
+            }),
+        }
+    }
+
+    /// Takes the bind's session lock (waiting at most the lock timeout) and creates the
+    /// version tables and `orchestrate_in_progress`. The lock stays until the connection
+    /// closes, so a crash releases it.
+    pub fn begin_nonatomic(&mut self) -> Result<(), DriverError> {
+        let started = Instant::now();
+        let seconds = self.lock_timeout.as_millis().div_ceil(1000).max(1);
+        let got: Result<Count, _> = diesel::sql_query(format!(
+            "SELECT CAST(coalesce(GET_LOCK({MYSQL_LOCK_NAME}, {seconds}), 0) AS SIGNED) AS n"
+        ))
+        .get_result(self.mysql()?);
+        match got {
+            Ok(Count { n: 1 }) => {}
+            Ok(_) => {
+                return Err(DriverError::Busy {
+                    bind: self.bind(),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                })
+            }
+            Err(e) => return Err(self.query_err("cannot take the migration lock", e)),
+        }
+        for ddl in [
+            schema::DIESEL_TABLE_DDL,
+            schema::HISTORY_DDL_MYSQL,
+            schema::IN_PROGRESS_DDL_MYSQL,
+        ] {
+            let done = self.mysql()?.batch_execute(ddl);
+            done.map_err(|e| self.query_err("cannot create the version tables", e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether no session holds this bind's migration lock: no coordinator is working on it.
+    pub fn session_lock_free(&mut self) -> Result<bool, DriverError> {
+        let found: Result<Count, _> = diesel::sql_query(format!(
+            "SELECT CAST(coalesce(IS_FREE_LOCK({MYSQL_LOCK_NAME}), 0) AS SIGNED) AS n"
+        ))
+        .get_result(self.mysql()?);
+        found
+            .map(|c| c.n == 1)
+            .map_err(|e| self.query_err("cannot read the migration lock", e))
+    }
+
+    fn load_marks(&mut self) -> Result<Vec<Mark>, DriverError> {
+        use schema::orchestrate_in_progress::dsl as m;
+        let rows = m::orchestrate_in_progress
+            .order((m::started_at.asc(), m::kind.asc()))
+            .load::<Mark>(self.mysql()?);
+        rows.map_err(|e| self.query_err("cannot read orchestrate_in_progress", e))
+    }
+
+    /// What is under way and not settled on this bind (MySQL; nothing elsewhere).
+    pub fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
+        if !matches!(self.conn, Conn::Mysql(_)) || !self.table_exists("orchestrate_in_progress")? {
+            return Ok(Vec::new());
+        }
+        self.load_marks()
+    }
+
+    /// Writes a mark (committed at once).
+    pub fn put_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
+        use schema::orchestrate_in_progress::dsl as m;
+        let row = (
+            m::kind.eq(&mark.kind),
+            m::batch_id.eq(&mark.batch_id),
+            m::version.eq(&mark.version),
+            m::decider.eq(&mark.decider),
+            m::direction.eq(&mark.direction),
+            m::name.eq(&mark.name),
+            m::statements_done.eq(mark.statements_done),
+            m::statements_total.eq(mark.statements_total),
+            m::started_at.eq(&mark.started_at),
+        );
+        let done = diesel::insert_into(m::orchestrate_in_progress)
+            .values(row)
+            .execute(self.mysql()?);
+        done.map(|_| ())
+            .map_err(|e| self.query_err("cannot write to orchestrate_in_progress", e))
+    }
+
+    /// Records how many statements of a marked migration have committed.
+    pub fn set_mark_progress(&mut self, mark: &Mark, done: i64) -> Result<(), DriverError> {
+        use schema::orchestrate_in_progress::dsl as m;
+        let updated = diesel::update(
+            m::orchestrate_in_progress
+                .filter(m::kind.eq(&mark.kind))
+                .filter(m::batch_id.eq(&mark.batch_id))
+                .filter(m::version.eq(&mark.version)),
+        )
+        .set(m::statements_done.eq(done))
+        .execute(self.mysql()?);
+        updated
+            .map(|_| ())
+            .map_err(|e| self.query_err("cannot write to orchestrate_in_progress", e))
+    }
+
+    /// Removes a mark (committed at once, or with the open transaction).
+    pub fn clear_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
+        use schema::orchestrate_in_progress::dsl as m;
+        let deleted = diesel::delete(
+            m::orchestrate_in_progress
+                .filter(m::kind.eq(&mark.kind))
+                .filter(m::batch_id.eq(&mark.batch_id))
+                .filter(m::version.eq(&mark.version)),
+        )
+        .execute(self.mysql()?);
+        deleted
+            .map(|_| ())
+            .map_err(|e| self.query_err("cannot write to orchestrate_in_progress", e))
+    }
+
+    /// Runs one statement of a migration, outside any transaction (it commits by itself).
+    pub fn run_statement(&mut self, name: &str, sql: &str) -> Result<(), DriverError> {
+        let done = self.mysql()?.batch_execute(sql);
+        done.map_err(|source| DriverError::Migration {
+            bind: self.bind(),
+            name: name.into(),
+            source,
+        })
+    }
+
+    /// Records a finished step in the version tables and clears its mark, in one
+    /// transaction: either the step is recorded and unmarked, or still marked.
+    pub fn finish_marked_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        label: &str,
+        step: &Step,
+        mark: &Mark,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        AnsiTransactionManager::begin_transaction(self.mysql()?)
+            .map_err(|e| self.query_err("cannot begin a transaction", e))?;
+        let done = self
+            .record_step(batch_id, direction, label, step, at)
+            .and_then(|()| self.clear_mark(mark))
+            .and_then(|()| self.commit());
+        if done.is_err() {
+            self.rollback();
+        }
+        done
+    }
+
+    /// The steps `batch_id` applied or reverted on this bind and that no undo has reverted
+    /// since, newest first.
+    pub fn batch_steps(&mut self, batch_id: &str) -> Result<Vec<BatchStep>, DriverError> {
+        if !self.table_exists("orchestrate_history")? {
+            return Ok(Vec::new());
+        }
+        use schema::orchestrate_history::dsl as h;
+        type Row = (String, String, String, Option<String>, Option<String>);
+        let rows: Vec<Row> = on_conn!(&mut self.conn, c => h::orchestrate_history
+                .filter(h::batch_id.eq(batch_id))
+                .order(h::id.asc())
+                .select((h::version, h::name, h::direction, h::down_sql, h::checksum))
+                .load(c))
+        .map_err(|e| self.query_err("cannot read orchestrate_history", e))?;
+        let mut steps: Vec<BatchStep> = Vec::new();
+        for (version, name, direction, down_sql, checksum) in rows {
+            match direction.as_str() {
+                "up" | "down" => steps.push(BatchStep {
+                    version,
+                    name,
+                    direction,
+                    down_sql,
+                    checksum,
+                }),
+                "undo" => steps.retain(|s| s.version != version),
+                _ => {}
+            }
+        }
+        steps.reverse();
+        Ok(steps)
     }
 }

@@ -9,6 +9,7 @@ use crate::error::DriverError;
 pub enum Backend {
     Postgres,
     Sqlite,
+    Mysql,
 }
 
 /// What a backend can do, read by the coordinator rather than assumed.
@@ -31,7 +32,18 @@ impl Backend {
                 transactional_ddl: true,
                 two_phase: false,
             },
+            // MySQL and MariaDB commit every DDL statement on the spot, and refuse DDL inside
+            // XA transactions.
+            Backend::Mysql => Capabilities {
+                transactional_ddl: false,
+                two_phase: false,
+            },
         }
+    }
+
+    /// Whether this backend's batches can be rolled back as a whole before the decision.
+    pub fn is_atomic(self) -> bool {
+        self.capabilities().transactional_ddl
     }
 }
 
@@ -40,6 +52,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Postgres => "postgres",
             Backend::Sqlite => "sqlite",
+            Backend::Mysql => "mysql",
         })
     }
 }
@@ -73,6 +86,29 @@ impl Endpoint {
         let url = url.trim();
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
+            Some("mysql") => {
+                let parsed = url::Url::parse(url).map_err(|e| DriverError::BadUrl {
+                    bind: bind.into(),
+                    reason: format!("not a valid MySQL URL: {e}"),
+                })?;
+                if parsed.path().trim_matches('/').is_empty() {
+                    return Err(DriverError::BadUrl {
+                        bind: bind.into(),
+                        reason: "a MySQL URL must name its database: mysql://USER:PASSWORD@HOST:3306/DB".into(),
+                    });
+                }
+                let mut shown = parsed.clone();
+                if shown.password().is_some() {
+                    let _ = shown.set_password(Some("***"));
+                }
+                Ok(Endpoint {
+                    bind: bind.into(),
+                    backend: Backend::Mysql,
+                    url: parsed.into(),
+                    redacted: shown.into(),
+                    sqlite_path: None,
+                })
+            }
             Some("postgres") | Some("postgresql") => {
                 let parsed = url::Url::parse(url).map_err(|e| DriverError::BadUrl {
                     bind: bind.into(),
@@ -127,12 +163,12 @@ impl Endpoint {
             Some(other) => Err(DriverError::BadUrl {
                 bind: bind.into(),
                 reason: format!(
-                    "the scheme `{other}://` is not supported; use postgres://USER@HOST/DB or sqlite://PATH"
+                    "the scheme `{other}://` is not supported; use postgres://USER@HOST/DB, mysql://USER@HOST/DB or sqlite://PATH"
                 ),
             }),
             None => Err(DriverError::BadUrl {
                 bind: bind.into(),
-                reason: "the URL has no scheme; use postgres://USER@HOST/DB or sqlite://PATH"
+                reason: "the URL has no scheme; use postgres://USER@HOST/DB, mysql://USER@HOST/DB or sqlite://PATH"
                     .into(),
             }),
         }
@@ -209,6 +245,9 @@ mod tests {
         let e = Endpoint::parse("a", "sqlite://var/a.sqlite3").unwrap();
         assert_eq!(e.backend, Backend::Sqlite);
         assert_eq!(e.sqlite_path().unwrap(), &PathBuf::from("var/a.sqlite3"));
+        let e = Endpoint::parse("shop", "mysql://app:s3cret@127.0.0.1:3306/shop").unwrap();
+        assert_eq!(e.backend, Backend::Mysql);
+        assert!(!e.redacted().contains("s3cret"), "{}", e.redacted());
         let e = Endpoint::parse("a", "sqlite:///tmp/a.db").unwrap();
         assert_eq!(e.sqlite_path().unwrap(), &PathBuf::from("/tmp/a.db"));
     }
@@ -229,7 +268,7 @@ mod tests {
     #[test]
     fn refuses_unknown_schemes() {
         for url in [
-            "mysql://root@localhost/x",
+            "mysql://root@localhost",
             "mongodb://x",
             "var/a.db",
             "sqlite://",

@@ -2,7 +2,7 @@
 //!
 //! Everything `orchestrate` does to one database, one bind at a time, through diesel:
 //!
-//! - [`Endpoint`]: a bind's URL parsed into a backend (PostgreSQL or SQLite), with a redacted
+//! - [`Endpoint`]: a bind's URL parsed into a backend (PostgreSQL, SQLite or MySQL/MariaDB), with a redacted
 //!   form that is the only one ever printed;
 //! - [`read_chain`]: a bind's migration folders (diesel's layout) read from disk into a
 //!   validated [`orchestrate_core::Chain`];
@@ -23,9 +23,11 @@ mod schema;
 mod script;
 mod source;
 
-pub use conn::{BindConnection, BindState, PreparedXact, LOCK_KEY};
+pub use conn::{
+    BatchStep, BindConnection, BindState, Mark, PreparedXact, LOCK_KEY, MYSQL_LOCK_NAME,
+};
 pub use endpoint::{Backend, Capabilities, Endpoint};
 pub use error::DriverError;
 pub use record::{gid_for, quote_literal, DecisionRecord, Participant, RedoStep, GID_PREFIX};
-pub use script::{script, Ending};
+pub use script::{nonatomic_script, script, Ending};
 pub use source::{read_chain, SourceError};

@@ -33,6 +33,35 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// MySQL binds only: what is under way and not settled. A `batch` row (version `-`) says
+    /// a batch touched this bind and its outcome is not settled here yet; a `migration` row
+    /// says a migration (or its undo) started and did not finish: how many of its statements
+    /// committed is in `statements_done`.
+    orchestrate_in_progress (kind, batch_id, version) {
+        kind -> Text,
+        batch_id -> Text,
+        version -> Text,
+        decider -> Text,
+        direction -> Text,
+        name -> Text,
+        statements_done -> BigInt,
+        statements_total -> BigInt,
+        started_at -> Text,
+    }
+}
+
+pub const IN_PROGRESS_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS orchestrate_in_progress (\
+       kind VARCHAR(16) NOT NULL, batch_id VARCHAR(64) NOT NULL, version VARCHAR(50) NOT NULL, \
+       decider VARCHAR(64) NOT NULL, direction VARCHAR(8) NOT NULL, name TEXT NOT NULL, \
+       statements_done BIGINT NOT NULL, statements_total BIGINT NOT NULL, \
+       started_at VARCHAR(40) NOT NULL, PRIMARY KEY (kind, batch_id, version)) ENGINE=InnoDB";
+
+pub const HISTORY_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS orchestrate_history (\
+       id BIGINT AUTO_INCREMENT PRIMARY KEY, batch_id TEXT NOT NULL, version TEXT NOT NULL, \
+       name TEXT NOT NULL, direction TEXT NOT NULL, checksum TEXT, down_sql LONGTEXT, \
+       at TEXT NOT NULL) ENGINE=InnoDB";
+
 pub const DIESEL_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (\
        version VARCHAR(50) PRIMARY KEY NOT NULL, \
        run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)";

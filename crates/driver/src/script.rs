@@ -18,6 +18,91 @@ pub enum Ending<'a> {
     Decide { batch_id: &'a str },
 }
 
+/// The script of a MySQL bind's part of a batch: not atomic. Each statement commits as it
+/// runs; marks in `orchestrate_in_progress` record what is under way.
+pub fn nonatomic_script(plan: &Plan, batch_id: &str, decider: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut line = |s: &str| {
+        out.push_str(s);
+        out.push('\n');
+    };
+    line("-- NOT ATOMIC: every statement below commits as it runs.");
+    line(&format!(
+        "SELECT GET_LOCK({}, <lock_timeout_ms in seconds>); -- held for the whole batch",
+        crate::conn::MYSQL_LOCK_NAME
+    ));
+    for ddl in [
+        schema::DIESEL_TABLE_DDL,
+        schema::HISTORY_DDL_MYSQL,
+        schema::IN_PROGRESS_DDL_MYSQL,
+    ] {
+        line(&format!("{ddl};"));
+    }
+    let insert_mark = |kind: &str, version: &str, name: &str, total: usize| {
+        format!(
+            "INSERT INTO orchestrate_in_progress (kind, batch_id, version, decider, direction, name, statements_done, statements_total, started_at) VALUES ('{kind}', {}, {}, {}, '{}', {}, 0, {total}, <now>);",
+            quote_literal(batch_id),
+            quote_literal(version),
+            quote_literal(decider.unwrap_or("")),
+            plan.direction,
+            quote_literal(name),
+        )
+    };
+    line(&insert_mark("batch", "-", "", 0));
+    for step in &plan.steps {
+        let statements = orchestrate_core::split_statements(&step.sql);
+        line(&format!("-- {} {}", plan.direction, step.name));
+        line(&insert_mark(
+            "migration",
+            step.version.as_str(),
+            &step.name,
+            statements.len(),
+        ));
+        for (i, statement) in statements.iter().enumerate() {
+            line(&format!("{statement};"));
+            line(&format!(
+                "UPDATE orchestrate_in_progress SET statements_done = {} WHERE kind = 'migration' AND batch_id = {} AND version = {};",
+                i + 1,
+                quote_literal(batch_id),
+                quote_literal(step.version.as_str())
+            ));
+        }
+        line("BEGIN;");
+        match plan.direction {
+            Direction::Up => line(&format!(
+                "INSERT INTO __diesel_schema_migrations (version) VALUES ({});",
+                quote_literal(step.version.as_str())
+            )),
+            Direction::Down => line(&format!(
+                "DELETE FROM __diesel_schema_migrations WHERE version = {};",
+                quote_literal(step.version.as_str())
+            )),
+        }
+        line(&format!(
+            "INSERT INTO orchestrate_history (batch_id, version, name, direction, checksum, down_sql, at) VALUES ({}, {}, {}, '{}', {}, {}, <now>);",
+            quote_literal(batch_id),
+            quote_literal(step.version.as_str()),
+            quote_literal(&step.name),
+            plan.direction,
+            nullable(step.checksum.as_deref()),
+            nullable(step.down_sql.as_deref()),
+        ));
+        line(&format!(
+            "DELETE FROM orchestrate_in_progress WHERE kind = 'migration' AND batch_id = {} AND version = {};",
+            quote_literal(batch_id),
+            quote_literal(step.version.as_str())
+        ));
+        line("COMMIT;");
+    }
+    line("-- if any bind fails before the decision: the steps above are undone newest first, each with its undo SQL (down.sql of an upgrade, up.sql of a downgrade), marked the same way");
+    line("-- once the decider has committed:");
+    line(&format!(
+        "DELETE FROM orchestrate_in_progress WHERE kind = 'batch' AND batch_id = {};",
+        quote_literal(batch_id)
+    ));
+    out
+}
+
 fn nullable(text: Option<&str>) -> String {
     text.map(quote_literal).unwrap_or_else(|| "NULL".into())
 }
@@ -39,6 +124,7 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
         Backend::Sqlite => {
             line("BEGIN IMMEDIATE; -- waits at most lock_timeout_ms for the write lock")
         }
+        Backend::Mysql => return nonatomic_script(plan, batch_id, None),
     }
     line(&format!("{};", schema::DIESEL_TABLE_DDL));
     line(&format!(
@@ -46,6 +132,7 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
         match backend {
             Backend::Postgres => schema::HISTORY_DDL_PG,
             Backend::Sqlite => schema::HISTORY_DDL_SQLITE,
+            Backend::Mysql => schema::HISTORY_DDL_MYSQL,
         }
     ));
     for step in &plan.steps {
