@@ -4,11 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
+need=()
 if ! pkg-config --exists libpq 2>/dev/null && [ ! -f /usr/include/postgresql/libpq-fe.h ]; then
+  need+=(libpq-dev)
+fi
+if ! pkg-config --exists mysqlclient 2>/dev/null && ! pkg-config --exists libmariadb 2>/dev/null; then
+  need+=(libmariadb-dev libmariadb-dev-compat)
+fi
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpq-dev pkg-config >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "libpq headers not found: install libpq-dev (Debian/Ubuntu) or libpq (Homebrew)" >&2; exit 1
+    echo "missing client libraries: install ${need[*]} (Debian/Ubuntu), or libpq and mysql-client (Homebrew)" >&2; exit 1
   fi
 fi
 cargo build --release --locked --quiet

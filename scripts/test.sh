@@ -3,7 +3,9 @@
 # - the Rust toolchain must be there (cargo); C compiler and libpq headers are installed with
 #   apt-get when missing (root only);
 # - a throwaway PostgreSQL cluster with prepared transactions enabled is started in a temporary
-#   folder and stopped afterwards, unless ORCHESTRATE_TEST_PG_URL names a server already.
+#   folder and stopped afterwards, unless ORCHESTRATE_TEST_PG_URL names a server already;
+# - likewise a throwaway MariaDB server (scripts/mariadb-server.sh), unless
+#   ORCHESTRATE_TEST_MYSQL_URL names one (an admin URL: the tests create databases).
 # With CI=true nothing is skipped: a database that cannot be had fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,9 @@ if ! pkg-config --exists libpq 2>/dev/null && [ ! -f /usr/include/postgresql/lib
   need_apt+=(libpq-dev)
 fi
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+if ! pkg-config --exists mysqlclient 2>/dev/null && ! pkg-config --exists libmariadb 2>/dev/null; then
+  need_apt+=(libmariadb-dev libmariadb-dev-compat)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { say "missing packages: ${need_apt[*]}; install them and run again"; exit 1; }
   say "installing ${need_apt[*]}"
@@ -24,10 +29,15 @@ fi
 command -v cargo >/dev/null 2>&1 || { say "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
 
 cluster_dir=""
+maria_dir=""
 cleanup() {
   if [ -n "$cluster_dir" ]; then
     scripts/pg-cluster.sh stop "$cluster_dir" || true
     rm -rf "$cluster_dir"
+  fi
+  if [ -n "$maria_dir" ]; then
+    scripts/mariadb-server.sh stop "$maria_dir" || true
+    rm -rf "$maria_dir"
   fi
 }
 trap cleanup EXIT
@@ -40,6 +50,16 @@ if [ -z "${ORCHESTRATE_TEST_PG_URL:-}" ]; then
   fi
   export ORCHESTRATE_TEST_PG_URL
   say "PostgreSQL for tests: $ORCHESTRATE_TEST_PG_URL"
+fi
+
+if [ -z "${ORCHESTRATE_TEST_MYSQL_URL:-}" ]; then
+  maria_dir=$(mktemp -d /tmp/orchestrate-test-maria.XXXXXX)
+  if ! ORCHESTRATE_TEST_MYSQL_URL=$(scripts/mariadb-server.sh start "$maria_dir"); then
+    say "could not start a MariaDB server; the MySQL tests will fail"
+    [ "${CI:-}" = true ] && exit 1
+  fi
+  export ORCHESTRATE_TEST_MYSQL_URL
+  say "MariaDB for tests: $ORCHESTRATE_TEST_MYSQL_URL"
 fi
 
 # The failpoints feature compiles the crash points the crash tests use (inert without FAILPOINTS).

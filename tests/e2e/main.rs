@@ -1,12 +1,14 @@
-//! End-to-end tests: the built `orchestrate` binary against real PostgreSQL and SQLite
+//! End-to-end tests: the built `orchestrate` binary against real PostgreSQL, SQLite and MariaDB
 //! databases, checking exit codes, output and the state of every database afterwards.
 //!
 //! PostgreSQL comes from `ORCHESTRATE_TEST_PG_URL` (set by scripts/test.sh, which starts a
-//! throwaway cluster). Without it these tests fail; they never skip.
+//! throwaway cluster); MariaDB from `ORCHESTRATE_TEST_MYSQL_URL` (likewise). Without them these
+//! tests fail; they never skip.
 
 mod cli;
 mod crash;
 mod drift;
+mod mysql;
 mod recover;
 mod scale;
 mod seed;

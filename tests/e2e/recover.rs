@@ -17,7 +17,7 @@ fn new_batch() -> String {
 fn pg(p: &Project, bind: &str) -> diesel::PgConnection {
     match p.db(bind) {
         Db::Pg(db) => db.conn(),
-        Db::Sqlite(_) => panic!("{bind} is not PostgreSQL"),
+        _ => panic!("{bind} is not PostgreSQL"),
     }
 }
 

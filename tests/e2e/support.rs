@@ -9,7 +9,7 @@ use std::process::Command;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Text;
-use diesel::{PgConnection, SqliteConnection};
+use diesel::{MysqlConnection, PgConnection, SqliteConnection};
 
 /// The PostgreSQL server the tests use. Never skipped: without one, the tests fail and say how
 /// to get one.
@@ -21,6 +21,51 @@ pub fn pg_admin_url() -> String {
              max_prepared_transactions > 0"
         )
     })
+}
+
+/// The MariaDB (or MySQL) server the tests use, as an admin URL. Never skipped.
+pub fn mysql_admin_url() -> String {
+    std::env::var("ORCHESTRATE_TEST_MYSQL_URL").unwrap_or_else(|_| {
+        panic!(
+            "ORCHESTRATE_TEST_MYSQL_URL is not set. Run the tests with scripts/test.sh, which \
+             starts a throwaway MariaDB server, or point the variable at a server where this \
+             user may create databases (mysql://root@127.0.0.1:3306/mysql)"
+        )
+    })
+}
+
+/// A fresh database on the test MariaDB server, dropped when the value is dropped.
+pub struct MyDb {
+    pub name: String,
+    pub url: String,
+    admin: String,
+}
+
+impl MyDb {
+    pub fn new() -> MyDb {
+        let admin = mysql_admin_url();
+        let name = format!("orch_test_{:016x}", rand::random::<u64>());
+        let mut conn = MysqlConnection::establish(&admin).expect("connect to the test MariaDB");
+        conn.batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create a test database");
+        MyDb {
+            url: with_database(&admin, &name),
+            name,
+            admin,
+        }
+    }
+
+    pub fn conn(&self) -> MysqlConnection {
+        MysqlConnection::establish(&self.url).expect("connect to the test database")
+    }
+}
+
+impl Drop for MyDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = MysqlConnection::establish(&self.admin) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {}", self.name));
+        }
+    }
 }
 
 fn with_database(url: &str, db: &str) -> String {
@@ -110,6 +155,7 @@ fn prepared_in(conn: &mut PgConnection) -> Vec<String> {
 pub enum Db {
     Pg(PgDb),
     Sqlite(PathBuf),
+    My(MyDb),
 }
 
 /// What a database holds, as the tests compare it.
@@ -123,10 +169,11 @@ pub struct DbState {
     pub prepared: Vec<String>,
 }
 
-const BOOKKEEPING: [&str; 3] = [
+const BOOKKEEPING: [&str; 4] = [
     "__diesel_schema_migrations",
     "orchestrate_history",
     "orchestrate_decisions",
+    "orchestrate_in_progress",
 ];
 
 impl Db {
@@ -134,6 +181,7 @@ impl Db {
         match self {
             Db::Pg(db) => db.url.clone(),
             Db::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Db::My(db) => db.url.clone(),
         }
     }
 
@@ -169,6 +217,37 @@ impl Db {
                         .collect(),
                     versions,
                     prepared: prepared_in(&mut c),
+                }
+            }
+            Db::My(db) => {
+                let mut c = db.conn();
+                let tables: BTreeSet<String> = diesel::sql_query(
+                    "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables WHERE table_schema = DATABASE()",
+                )
+                .load::<Name>(&mut c)
+                .unwrap()
+                .into_iter()
+                .map(|n| n.name)
+                .collect();
+                let versions = if tables.contains("__diesel_schema_migrations") {
+                    diesel::sql_query(
+                        "SELECT version AS name FROM __diesel_schema_migrations ORDER BY version",
+                    )
+                    .load::<Name>(&mut c)
+                    .unwrap()
+                    .into_iter()
+                    .map(|n| n.name)
+                    .collect()
+                } else {
+                    Vec::new()
+                };
+                DbState {
+                    tables: tables
+                        .into_iter()
+                        .filter(|t| !BOOKKEEPING.contains(&t.as_str()))
+                        .collect(),
+                    versions,
+                    prepared: Vec::new(),
                 }
             }
             Db::Sqlite(path) => {
@@ -219,7 +298,33 @@ impl Db {
         match self {
             Db::Pg(db) => db.conn().batch_execute(sql).unwrap(),
             Db::Sqlite(path) => sqlite(path).batch_execute(sql).unwrap(),
+            Db::My(db) => db.conn().batch_execute(sql).unwrap(),
         }
+    }
+
+    /// The rows of `orchestrate_in_progress` as `kind:version:direction:done/total`
+    /// (MySQL; empty when the table does not exist).
+    pub fn marks(&self) -> Vec<String> {
+        let Db::My(db) = self else {
+            return Vec::new();
+        };
+        diesel::sql_query(
+            "SELECT CONCAT(kind, ':', version, ':', direction, ':', statements_done, '/', statements_total) AS name FROM orchestrate_in_progress ORDER BY kind, version",
+        )
+        .load::<Name>(&mut db.conn())
+        .map(|rows| rows.into_iter().map(|n| n.name).collect())
+        .unwrap_or_default()
+    }
+
+    /// One text value from a query (MySQL), such as `SELECT CAST(count(*) AS CHAR) AS name ...`.
+    pub fn query_text(&self, sql: &str) -> String {
+        let Db::My(db) = self else {
+            panic!("MySQL only")
+        };
+        diesel::sql_query(sql)
+            .get_result::<Name>(&mut db.conn())
+            .unwrap()
+            .name
     }
 
     /// Every row of these tables as text (PostgreSQL; tables that do not exist are skipped).
@@ -255,6 +360,7 @@ impl Db {
         let found = match self {
             Db::Pg(db) => diesel::sql_query(sql).get_result::<N>(&mut db.conn()),
             Db::Sqlite(path) => diesel::sql_query(sql).get_result::<N>(&mut sqlite(path)),
+            Db::My(db) => diesel::sql_query(sql).get_result::<N>(&mut db.conn()),
         };
         found.map(|n| n.n).unwrap_or(0)
     }
@@ -318,6 +424,12 @@ impl Project {
 
     pub fn add_pg(&mut self, bind: &str) -> &mut Project {
         self.binds.push((bind.into(), Db::Pg(PgDb::new())));
+        self.write_config();
+        self
+    }
+
+    pub fn add_mysql(&mut self, bind: &str) -> &mut Project {
+        self.binds.push((bind.into(), Db::My(MyDb::new())));
         self.write_config();
         self
     }

@@ -10,12 +10,13 @@ use orchestrate_core::{
     plan_downgrade, plan_upgrade, Allow, Chain, Direction, DownSqlSource, Plan, Target,
 };
 use orchestrate_driver::{
-    gid_for, read_chain, script, Backend, BindConnection, BindState, DriverError, Ending,
+    gid_for, nonatomic_script, read_chain, script, Backend, BindConnection, BindState, DriverError,
+    Ending,
 };
 use serde_json::json;
 
 use crate::coordinator::{
-    choose_decider, run_batch, BindOutcome, BindWork, Progress, RunOptions, Verdict,
+    choose_decider, guarantee, run_batch, BindOutcome, BindWork, Progress, RunOptions, Verdict,
 };
 use crate::exit;
 use crate::inspect::{inspect, BindReport};
@@ -60,7 +61,7 @@ pub enum Command {
         #[arg(long = "bind", value_name = "NAME")]
         binds: Vec<String>,
         /// Print JSON: {"binds":[{"bind","backend","url","current","head","pending","problems",
-        /// "errors","in_doubt","elapsed_ms"}]}.
+        /// "errors","in_doubt","guarantee","unsettled","elapsed_ms"}]}.
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +122,28 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Settle a MySQL migration that was interrupted part-way (a crash or a failure after some
+    /// of its statements committed), after looking at the database yourself.
+    ///
+    /// `--applied`: every change of the migration is in the database (finish it by hand
+    /// first if needed); it is recorded as applied. `--reverted`: none of its changes are
+    /// (undo what committed by hand first); it is recorded as not applied. Then run
+    /// `orchestrate recover` to settle the rest of its batch.
+    Resolve {
+        #[arg(long = "bind", value_name = "NAME", required = true)]
+        bind: String,
+        /// The interrupted migration's version (as `status` shows it).
+        #[arg(value_name = "VERSION")]
+        version: String,
+        #[arg(
+            long,
+            conflicts_with = "reverted",
+            required_unless_present = "reverted"
+        )]
+        applied: bool,
+        #[arg(long)]
+        reverted: bool,
+    },
     /// List a bind's migrations in order: applied, pending, or applied with no folder.
     History {
         #[arg(long = "bind", value_name = "NAME", required = true)]
@@ -171,6 +194,13 @@ pub struct MigrateArgs {
     /// "error","binds":[{"bind","outcome","migrations","elapsed_ms"}]}.
     #[arg(long)]
     pub json: bool,
+    /// Accept MySQL/MariaDB binds in the batch although they cannot be atomic: their DDL
+    /// commits statement by statement. They run after every atomic bind has prepared; if
+    /// anything fails before the decision, their migrations of this batch are reverted with
+    /// their down SQL, newest first. A crash in the middle of one of their migrations leaves
+    /// it marked for `orchestrate resolve`.
+    #[arg(long)]
+    pub allow_non_atomic: bool,
 }
 
 /// Runs a parsed command line and returns the exit code.
@@ -215,6 +245,19 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         Command::New { bind, description } => match select(&settings, &[bind], false) {
             Ok(b) => report(
                 crate::manage::new_migration(b[0], &description.join(" ")),
+                out,
+                err,
+            ),
+            Err(e) => report(Err((exit::INVALID, e)), out, err),
+        },
+        Command::Resolve {
+            bind,
+            version,
+            applied,
+            reverted: _,
+        } => match select(&settings, &[bind], false) {
+            Ok(b) => report(
+                crate::manage::resolve(&settings, b[0], &version, applied),
                 out,
                 err,
             ),
@@ -324,7 +367,10 @@ fn in_doubt_message(bind: &str, state: &BindState) -> Vec<String> {
 
 /// The exit code of `status` (`strict` false) or `check` (`strict` true) for these reports.
 fn verdict(reports: &[BindReport], strict: bool, no_pending: bool) -> i32 {
-    if reports.iter().any(|r| !r.in_doubt.is_empty()) {
+    if reports
+        .iter()
+        .any(|r| !r.in_doubt.is_empty() || !r.unsettled.is_empty())
+    {
         exit::ATTENTION
     } else if reports.iter().any(|r| !r.errors.is_empty()) {
         exit::INVALID
@@ -352,10 +398,11 @@ fn print_reports(reports: &[BindReport], json: bool, out: &mut dyn Write) {
         let none = || "none".to_string();
         let _ = writeln!(
             out,
-            "{} ({}, {})\n  current: {}\n  head:    {}\n  pending: {}",
+            "{} ({}, {})\n  batches: {}\n  current: {}\n  head:    {}\n  pending: {}",
             r.bind,
             r.backend,
             r.url,
+            r.guarantee,
             r.current.clone().unwrap_or_else(none),
             r.head.clone().unwrap_or_else(none),
             if r.pending.is_empty() {
@@ -375,6 +422,9 @@ fn print_reports(reports: &[BindReport], json: bool, out: &mut dyn Write) {
                 "  in doubt: batch {} (prepared transaction {}, for {}, decider `{}`): {known}",
                 d.batch_id, d.gid, d.age, d.decider
             );
+        }
+        for u in &r.unsettled {
+            let _ = writeln!(out, "  unsettled: {u}");
         }
         for p in &r.problems {
             let _ = writeln!(out, "  problem: {p}");
@@ -413,7 +463,7 @@ fn check(settings: &Settings, json: bool, no_pending: bool, out: &mut dyn Write)
         let summary = match code {
             exit::OK => "check passed".to_string(),
             exit::ATTENTION => {
-                "check failed: a batch is in doubt; run `orchestrate recover`".to_string()
+                "check failed: a batch is in doubt or unsettled; run `orchestrate recover` (and `orchestrate resolve` for an interrupted MySQL migration)".to_string()
             }
             exit::INVALID => {
                 "check failed: a bind could not be read (see the errors above)".to_string()
@@ -601,6 +651,13 @@ fn migrate(
             }
         };
         in_doubt.extend(in_doubt_message(&b.name, &state));
+        in_doubt.extend(state.marks.iter().map(|m| {
+            format!(
+                "bind `{}`: {}",
+                b.name,
+                m.describe().replace("<bind>", &b.name)
+            )
+        }));
         let target = &targets[&b.name];
         let planned = match direction {
             Direction::Up => plan_upgrade(chain, &state.applied, target, allow),
@@ -657,9 +714,65 @@ fn migrate(
         }
         return exit::OK;
     }
+    let nonatomic: Vec<&BindWork> = works
+        .iter()
+        .filter(|w| !w.endpoint.backend.is_atomic())
+        .collect();
+    let mut refusals = Vec::new();
+    for w in &nonatomic {
+        for step in &w.plan.steps {
+            if step.undo_sql.is_none() {
+                refusals.push(format!(
+                    "bind `{}` ({}) is not atomic, so each of its migrations needs SQL to undo it if the batch fails, and {} has none ({}); add it, or migrate this bind on its own",
+                    w.endpoint.bind,
+                    w.endpoint.backend,
+                    step.name,
+                    if direction == Direction::Up { "no down.sql" } else { "its folder, with up.sql, is gone" }
+                ));
+            } else if orchestrate_core::has_compound_body(&step.sql)
+                || step
+                    .undo_sql
+                    .as_deref()
+                    .is_some_and(orchestrate_core::has_compound_body)
+            {
+                refusals.push(format!(
+                    "bind `{}`: {} defines a routine, trigger or event with a BEGIN ... END body; MySQL migrations run statement by statement, and such bodies cannot be split safely. Move it to its own migration tool step",
+                    w.endpoint.bind, step.name
+                ));
+            }
+        }
+    }
+    if !nonatomic.is_empty() && !args.allow_non_atomic && !args.sql {
+        let names: Vec<String> = nonatomic
+            .iter()
+            .map(|w| format!("`{}` ({})", w.endpoint.bind, w.endpoint.backend))
+            .collect();
+        refusals.push(format!(
+            "bind(s) {} cannot be part of an atomic batch: MySQL and MariaDB commit DDL statement by statement. Pass --allow-non-atomic to run them after every atomic bind has prepared, with their migrations reverted by down SQL if anything fails before the decision (see `--sql` for the exact order); or migrate them separately",
+            names.join(", ")
+        ));
+    }
+    if !refusals.is_empty() {
+        for e in refusals {
+            let _ = writeln!(err, "error: {e}");
+        }
+        let _ = writeln!(err, "nothing was changed");
+        return exit::INVALID;
+    }
     if args.sql {
         print_sql(settings, &works, out);
         return exit::OK;
+    }
+    if !args.json {
+        for w in &nonatomic {
+            let _ = writeln!(
+                out,
+                "note: bind `{}` ({}) is NOT atomic: its {} migration(s) commit statement by statement after every atomic bind has prepared; if anything fails before the decision they are reverted with their undo SQL, newest first",
+                w.endpoint.bind,
+                w.endpoint.backend,
+                w.plan.steps.len()
+            );
+        }
     }
     if let Err(problems) = check_prepared_capacity(settings, &works) {
         for p in problems {
@@ -705,6 +818,12 @@ fn migrate(
                 let (state, detail) = match outcome {
                     BindOutcome::Committed => ("committed", None),
                     BindOutcome::RolledBack => ("rolled back", None),
+                    BindOutcome::Undone { count } => (
+                        "undone",
+                        Some(format!(
+                            "{count} migration(s) committed and then reverted with their undo SQL"
+                        )),
+                    ),
                     BindOutcome::LeftPrepared { gid } => ("prepared", Some(gid.clone())),
                     BindOutcome::Attention { detail } => ("attention", Some(detail.clone())),
                 };
@@ -736,7 +855,12 @@ fn migrate(
     for (bind, outcome) in &report.binds {
         let text = match outcome {
             BindOutcome::Committed => "committed".to_string(),
-            BindOutcome::RolledBack => "rolled back, unchanged".to_string(),
+            BindOutcome::RolledBack | BindOutcome::Undone { count: 0 } => {
+                "rolled back, unchanged".to_string()
+            }
+            BindOutcome::Undone { count } => format!(
+                "not atomic: {count} migration(s) of this batch had committed and were reverted with their undo SQL, newest first"
+            ),
             BindOutcome::LeftPrepared { gid } => {
                 format!("left prepared as {gid}; run `orchestrate recover`")
             }
@@ -832,7 +956,7 @@ fn check_prepared_capacity(settings: &Settings, works: &[BindWork]) -> Result<()
     let decider = choose_decider(works, settings.decider.as_deref());
     let mut servers: BTreeMap<String, Vec<&BindWork>> = BTreeMap::new();
     for (i, w) in works.iter().enumerate() {
-        if i == decider {
+        if Some(i) == decider {
             continue;
         }
         if let Some(server) = w.endpoint.server() {
@@ -880,18 +1004,53 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
     let batch_id = "<batch-id>";
     let decider_index = choose_decider(works, settings.decider.as_deref());
-    let decider = works[decider_index].endpoint.bind.clone();
-    let mut order: Vec<usize> = (0..works.len()).filter(|i| *i != decider_index).collect();
-    order.push(decider_index);
-    let _ = writeln!(
-        out,
-        "-- {} bind(s) in one batch; `{decider}` decides. Binds run in this order; nothing commits until the decider has.",
-        works.len()
-    );
+    let decider = decider_index
+        .map(|i| works[i].endpoint.bind.clone())
+        .unwrap_or_default();
+    let atomic = |i: &usize| works[*i].endpoint.backend.is_atomic();
+    let mut order: Vec<usize> = (0..works.len())
+        .filter(|i| Some(*i) != decider_index && atomic(i))
+        .collect();
+    order.extend((0..works.len()).filter(|i| !atomic(i)));
+    order.extend(decider_index);
+    match decider_index {
+        Some(_) => {
+            let _ = writeln!(
+                out,
+                "-- {} bind(s) in one batch; `{decider}` decides. Binds run in this order; no atomic bind commits until the decider has.",
+                works.len()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "-- {} bind(s), none atomic: nothing decides; a failure on one undoes the others with their down SQL.",
+                works.len()
+            );
+        }
+    }
     for i in order {
         let w = &works[i];
         let gid = gid_for(batch_id, &decider, &w.endpoint.bind);
-        let ending = if i == decider_index {
+        if !w.endpoint.backend.is_atomic() {
+            let _ = writeln!(
+                out,
+                "\n-- bind {} ({}, {}): {} migration(s) {}; {}",
+                w.endpoint.bind,
+                w.endpoint.backend,
+                w.endpoint.redacted(),
+                w.plan.steps.len(),
+                w.plan.direction,
+                guarantee(works, i, decider_index)
+            );
+            let _ = write!(
+                out,
+                "{}",
+                nonatomic_script(&w.plan, batch_id, decider_index.map(|_| decider.as_str()))
+            );
+            continue;
+        }
+        let ending = if Some(i) == decider_index {
             Ending::Decide { batch_id }
         } else if w.endpoint.backend == Backend::Postgres {
             Ending::Prepare { gid: &gid }
@@ -900,13 +1059,13 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
         };
         let _ = writeln!(
             out,
-            "\n-- bind {} ({}, {}): {} migration(s) {}{}",
+            "\n-- bind {} ({}, {}): {} migration(s) {}; {}",
             w.endpoint.bind,
             w.endpoint.backend,
             w.endpoint.redacted(),
             w.plan.steps.len(),
             w.plan.direction,
-            if i == decider_index { ", decider" } else { "" }
+            guarantee(works, i, decider_index)
         );
         let _ = write!(
             out,

@@ -26,6 +26,7 @@ use orchestrate_driver::{
 };
 use rayon::prelude::*;
 
+use crate::nonatomic;
 use crate::signals;
 
 /// A named point where a test can stop or crash the coordinator (cargo feature `failpoints`,
@@ -42,6 +43,11 @@ macro_rules! crash_point {
             std::process::abort()
         });
     };
+}
+
+/// Where a test can crash a MySQL migration between two of its statements.
+pub(crate) fn crash_point_mid_migration() {
+    crash_point!("mysql-mid-migration");
 }
 
 /// Why a batch failed before its decision.
@@ -73,6 +79,11 @@ pub struct BindWork {
 pub enum BindOutcome {
     Committed,
     RolledBack,
+    /// A non-atomic (MySQL) bind whose migrations of this batch committed and were then
+    /// reverted with their undo SQL, newest first.
+    Undone {
+        count: usize,
+    },
     /// Prepared and not resolved: `orchestrate recover` will end it.
     LeftPrepared {
         gid: String,
@@ -141,17 +152,30 @@ fn now_text() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-/// The decider: the configured one when it takes part, else the first SQLite participant
-/// (SQLite cannot prepare, so it must be the last resource), else the first participant.
-pub fn choose_decider(works: &[BindWork], preferred: Option<&str>) -> usize {
+/// The decider: the configured one when it takes part and is atomic, else the first SQLite
+/// participant (SQLite cannot prepare, so it must be the last resource), else the first atomic
+/// participant. `None` when no bind of the batch is atomic (only MySQL binds).
+pub fn choose_decider(works: &[BindWork], preferred: Option<&str>) -> Option<usize> {
+    let atomic = |w: &BindWork| w.endpoint.backend.is_atomic();
     preferred
-        .and_then(|p| works.iter().position(|w| w.endpoint.bind == p))
+        .and_then(|p| works.iter().position(|w| w.endpoint.bind == p && atomic(w)))
         .or_else(|| {
             works
                 .iter()
                 .position(|w| w.endpoint.backend == Backend::Sqlite)
         })
-        .unwrap_or(0)
+        .or_else(|| works.iter().position(atomic))
+}
+
+/// What a bind promises in a batch whose decider is `decider`, for plans and `--sql`.
+pub fn guarantee(works: &[BindWork], i: usize, decider: Option<usize>) -> &'static str {
+    match works[i].endpoint.backend {
+        Backend::Postgres if Some(i) == decider => "atomic: decider",
+        Backend::Postgres => "atomic: two-phase commit",
+        Backend::Sqlite if Some(i) == decider => "atomic: last resource (decider)",
+        Backend::Sqlite => "atomic: held open until the decision, redone by recover",
+        Backend::Mysql => "NOT atomic: DDL commits per statement; undone with down SQL on failure",
+    }
 }
 
 /// What a participant holds after the first phase.
@@ -226,8 +250,13 @@ pub fn run_batch(
     progress: &dyn Progress,
 ) -> BatchReport {
     let batch_id = new_batch_id();
-    let decider_index = choose_decider(&works, options.preferred_decider.as_deref());
+    let Some(decider_index) = choose_decider(&works, options.preferred_decider.as_deref()) else {
+        return run_nonatomic_only(works, batch_id, direction, options, progress);
+    };
     let decider_name = works[decider_index].endpoint.bind.clone();
+    let nonatomic: Vec<usize> = (0..works.len())
+        .filter(|i| !works[*i].endpoint.backend.is_atomic())
+        .collect();
     let mut report = BatchReport {
         batch_id: batch_id.clone(),
         decider: decider_name.clone(),
@@ -274,7 +303,9 @@ pub fn run_batch(
 
     // 1. Every other participant, in parallel.
     let at = now_text();
-    let participants: Vec<usize> = (0..works.len()).filter(|i| *i != decider_index).collect();
+    let participants: Vec<usize> = (0..works.len())
+        .filter(|i| *i != decider_index && works[*i].endpoint.backend.is_atomic())
+        .collect();
     let failed_flag = AtomicBool::new(false);
     progress.phase("prepare", participants.len());
     let results: Vec<PhaseOne> = pool.install(|| {
@@ -350,13 +381,40 @@ pub fn run_batch(
     // 2. The decider.
     let record = decision_record(&works, &batch_id, &decider_name, direction);
     crash_point!("before-decision");
+    let mut running: Vec<nonatomic::Running> = Vec::new();
     let decided = run_steps(&mut decider_conn, decider, &batch_id, direction, &at)
+        .and_then(|()| {
+            // Non-atomic binds last: the decision is made only if they succeed.
+            let (ran, result) = nonatomic_phase(
+                &works,
+                &nonatomic,
+                &batch_id,
+                &decider_name,
+                direction,
+                options,
+                &at,
+                progress,
+                &pool,
+            );
+            running = ran;
+            result
+        })
         .and_then(|()| Ok(decider_conn.write_decision(&record, &now_text())?))
         .and_then(|()| Ok(decider_conn.check_deferred()?))
         .and_then(|()| check_signal());
     if let Err(error) = decided {
         decider_conn.rollback();
-        return abort(
+        let undone = undo_all(
+            running,
+            &works,
+            &batch_id,
+            &decider_name,
+            direction,
+            &at,
+            &pool,
+            progress,
+        );
+        let report = abort(
             report,
             held,
             Vec::new(),
@@ -366,9 +424,13 @@ pub fn run_batch(
             progress,
             &pool,
         );
+        return with_outcomes(report, undone);
     }
     if let Err(error) = decider_conn.commit() {
         if error.is_connection_lost() {
+            // Whether the batch committed is unknown: the MySQL binds keep their batch marks
+            // and `recover` settles them with the rest.
+            drop(running);
             drop(decider_conn);
             report.binds = works
                 .iter()
@@ -398,7 +460,17 @@ pub fn run_batch(
             return report;
         }
         decider_conn.rollback();
-        return abort(
+        let undone = undo_all(
+            running,
+            &works,
+            &batch_id,
+            &decider_name,
+            direction,
+            &at,
+            &pool,
+            progress,
+        );
+        let report = abort(
             report,
             held,
             Vec::new(),
@@ -408,6 +480,7 @@ pub fn run_batch(
             progress,
             &pool,
         );
+        return with_outcomes(report, undone);
     }
     drop(decider_conn);
     report.timings.insert(
@@ -471,6 +544,17 @@ pub fn run_batch(
         attention.extend(problem);
     }
     outcomes.insert(decider_index, BindOutcome::Committed);
+    for mut r in running {
+        let outcome = match r.conn.clear_mark(&r.batch_mark) {
+            Ok(()) => BindOutcome::Committed,
+            Err(e) => {
+                let detail = format!("committed, but its batch mark could not be cleared ({e}); `orchestrate recover` clears it");
+                attention.push(format!("{}: {detail}", works[r.index].endpoint.bind));
+                BindOutcome::Attention { detail }
+            }
+        };
+        outcomes.insert(r.index, outcome);
+    }
     report.binds = works
         .iter()
         .enumerate()
@@ -670,5 +754,210 @@ pub fn resolve_prepared(
     match attempt() {
         Ok(outcome) => outcome,
         Err(_) => BindOutcome::LeftPrepared { gid: gid.into() },
+    }
+}
+
+/// Runs every non-atomic (MySQL) bind's share, in parallel. Returns every bind that was
+/// reached (to be committed or undone) and the first failure, if any.
+#[allow(clippy::too_many_arguments)]
+fn nonatomic_phase(
+    works: &[BindWork],
+    indices: &[usize],
+    batch_id: &str,
+    decider: &str,
+    direction: Direction,
+    options: &RunOptions,
+    at: &str,
+    progress: &dyn Progress,
+    pool: &rayon::ThreadPool,
+) -> (Vec<nonatomic::Running>, Result<(), BatchError>) {
+    if indices.is_empty() {
+        return (Vec::new(), Ok(()));
+    }
+    progress.phase("non-atomic", indices.len());
+    let results: Vec<Result<nonatomic::Running, Box<nonatomic::Failure>>> =
+        pool.install(|| {
+            indices
+                .par_iter()
+                .map(|&i| {
+                    let started = Instant::now();
+                    let result = nonatomic::run(
+                        i,
+                        &works[i],
+                        batch_id,
+                        decider,
+                        direction,
+                        options.lock_timeout,
+                        at,
+                    );
+                    if result.is_ok() {
+                        progress.line(&format!(
+                            "  {}: {} migration(s) {} and committed (NOT atomic: undone if the batch fails), {} ms",
+                            works[i].endpoint.bind,
+                            works[i].plan.steps.len(),
+                            direction_past(direction),
+                            started.elapsed().as_millis()
+                        ));
+                    }
+                    progress.tick();
+                    result
+                })
+                .collect()
+        });
+    let mut running = Vec::new();
+    let mut first: Option<BatchError> = None;
+    for result in results {
+        match result {
+            Ok(r) => running.push(r),
+            Err(failure) => {
+                let nonatomic::Failure { error, reached } = *failure;
+                running.extend(reached);
+                if first.is_none() {
+                    first = Some(error);
+                } else {
+                    progress.line(&format!("  failed too: {error}"));
+                }
+            }
+        }
+    }
+    (running, first.map_or(Ok(()), Err))
+}
+
+/// Undoes what the non-atomic binds did in this batch, newest first on each bind, and
+/// settles their batch marks. Returns each bind's outcome.
+#[allow(clippy::too_many_arguments)]
+fn undo_all(
+    running: Vec<nonatomic::Running>,
+    works: &[BindWork],
+    batch_id: &str,
+    decider: &str,
+    direction: Direction,
+    at: &str,
+    pool: &rayon::ThreadPool,
+    progress: &dyn Progress,
+) -> Vec<(usize, BindOutcome)> {
+    if running.is_empty() {
+        return Vec::new();
+    }
+    progress.line("  undoing the non-atomic binds' migrations of this batch, newest first");
+    pool.install(|| {
+        running
+            .into_par_iter()
+            .map(|mut r| {
+                let bind = &works[r.index].endpoint.bind;
+                if let Some(partial) = &r.partial {
+                    let detail = format!(
+                        "NOT rolled back: {}. The {} migration(s) this batch completed before it here stay until then; after `orchestrate resolve`, `orchestrate recover` undoes them",
+                        partial.describe().replace("<bind>", bind),
+                        r.done.len()
+                    );
+                    return (r.index, BindOutcome::Attention { detail });
+                }
+                let undos = nonatomic::undos_of(&r, direction);
+                let outcome = match nonatomic::undo(&mut r.conn, batch_id, decider, &undos, at)
+                    .and_then(|()| r.conn.clear_mark(&r.batch_mark).map_err(|e| e.to_string()))
+                {
+                    Ok(()) => BindOutcome::Undone { count: undos.len() },
+                    Err(detail) => BindOutcome::Attention {
+                        detail: format!("NOT rolled back: {}", detail.replace("<bind>", bind)),
+                    },
+                };
+                (r.index, outcome)
+            })
+            .collect()
+    })
+}
+
+/// Puts the non-atomic binds' outcomes into a report; any that needs a person makes the
+/// batch need attention.
+fn with_outcomes(mut report: BatchReport, outcomes: Vec<(usize, BindOutcome)>) -> BatchReport {
+    let mut left = Vec::new();
+    for (i, outcome) in outcomes {
+        if let BindOutcome::Attention { detail } = &outcome {
+            left.push(format!("{}: {detail}", report.binds[i].0));
+        }
+        report.binds[i].1 = outcome;
+    }
+    if !left.is_empty() {
+        let verdict = std::mem::replace(&mut report.verdict, Verdict::Committed);
+        let (error, mut detail) = match verdict {
+            Verdict::RolledBack { error } => (Some(error), String::new()),
+            Verdict::NeedsAttention { error, detail } => (error, format!("{detail}; ")),
+            Verdict::Committed => (None, String::new()),
+        };
+        detail.push_str(&format!(
+            "the batch failed before its decision; the atomic binds rolled back, but not every non-atomic bind could be put back: {}",
+            left.join("; ")
+        ));
+        report.verdict = Verdict::NeedsAttention { error, detail };
+    }
+    report
+}
+
+/// A batch of non-atomic binds only: there is nothing to decide. They run in parallel; if
+/// any fails, what the others did is undone.
+fn run_nonatomic_only(
+    works: Vec<BindWork>,
+    batch_id: String,
+    direction: Direction,
+    options: &RunOptions,
+    progress: &dyn Progress,
+) -> BatchReport {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(options.parallelism.max(1))
+        .build()
+        .expect("a thread pool");
+    progress.line(&format!(
+        "batch {batch_id}: {} bind(s), none atomic: no decision, failures are undone with down SQL",
+        works.len()
+    ));
+    let at = now_text();
+    let all: Vec<usize> = (0..works.len()).collect();
+    let (running, result) = nonatomic_phase(
+        &works, &all, &batch_id, "", direction, options, &at, progress, &pool,
+    );
+    let mut report = BatchReport {
+        batch_id: batch_id.clone(),
+        decider: String::new(),
+        direction,
+        binds: works
+            .iter()
+            .map(|w| (w.endpoint.bind.clone(), BindOutcome::RolledBack))
+            .collect(),
+        timings: BTreeMap::new(),
+        other_errors: Vec::new(),
+        verdict: Verdict::Committed,
+    };
+    let result = result.and_then(|()| check_signal());
+    match result {
+        Ok(()) => {
+            let mut attention = Vec::new();
+            for mut r in running {
+                report.binds[r.index].1 = match r.conn.clear_mark(&r.batch_mark) {
+                    Ok(()) => BindOutcome::Committed,
+                    Err(e) => {
+                        attention.push(format!("{}: {e}", works[r.index].endpoint.bind));
+                        BindOutcome::Attention {
+                            detail: format!("committed, but its batch mark could not be cleared ({e}); `orchestrate recover` clears it"),
+                        }
+                    }
+                };
+            }
+            if !attention.is_empty() {
+                report.verdict = Verdict::NeedsAttention {
+                    error: None,
+                    detail: attention.join("; "),
+                };
+            }
+            report
+        }
+        Err(error) => {
+            progress.line(&format!("  failed: {error}"));
+            let undone = undo_all(
+                running, &works, &batch_id, "", direction, &at, &pool, progress,
+            );
+            report.verdict = Verdict::RolledBack { error };
+            with_outcomes(report, undone)
+        }
     }
 }

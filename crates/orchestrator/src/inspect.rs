@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use orchestrate_core::{current, pending, problems};
-use orchestrate_driver::{read_chain, BindConnection, DriverError, GID_PREFIX};
+use orchestrate_driver::{read_chain, Backend, BindConnection, DriverError, GID_PREFIX};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -42,6 +42,11 @@ pub struct BindReport {
     /// Why the bind could not be read fully: invalid migrations, unreachable, locked.
     pub errors: Vec<String>,
     pub in_doubt: Vec<InDoubt>,
+    /// What a batch can promise on this bind: `atomic` or `not atomic`, and how.
+    pub guarantee: String,
+    /// MySQL: batches and migrations under way and not settled (a crash or a failure left
+    /// them); `recover` and `resolve` settle them.
+    pub unsettled: Vec<String>,
     /// How long reading this bind took.
     pub elapsed_ms: u64,
 }
@@ -84,6 +89,15 @@ fn inspect_one(
         problems: Vec::new(),
         errors: Vec::new(),
         in_doubt: Vec::new(),
+        guarantee: match bind.endpoint.backend {
+            Backend::Postgres => "atomic (two-phase commit)",
+            Backend::Sqlite => "atomic (decider, or held open until the decision)",
+            Backend::Mysql => {
+                "NOT atomic (DDL commits per statement; undone with down SQL on failure)"
+            }
+        }
+        .to_string(),
+        unsettled: Vec::new(),
         elapsed_ms: 0,
     };
     let chain = read_chain(&bind.name, &bind.migrations);
@@ -106,7 +120,14 @@ fn inspect_one(
         Err(e) => Err(e),
     };
     let applied = match state {
-        Ok(Some(s)) => s.applied,
+        Ok(Some(s)) => {
+            report.unsettled = s
+                .marks
+                .iter()
+                .map(|m| m.describe().replace("<bind>", &bind.name))
+                .collect();
+            s.applied
+        }
         Ok(None) => Vec::new(),
         Err(e) if is_lock_timeout(&e) => {
             report.errors.push(format!(

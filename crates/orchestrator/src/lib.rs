@@ -19,6 +19,7 @@ pub mod coordinator;
 pub mod exit;
 pub mod inspect;
 pub mod manage;
+pub mod nonatomic;
 pub mod recover;
 pub mod settings;
 pub mod signals;

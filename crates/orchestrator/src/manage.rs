@@ -1,4 +1,5 @@
-//! Commands that write files or bookkeeping but run no migration: `init`, `new`, `stamp`.
+//! Commands that write files or bookkeeping but run no migration: `init`, `new`, `stamp`,
+//! `resolve`.
 
 use std::fs;
 use std::path::Path;
@@ -192,6 +193,16 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
             ),
         ));
     }
+    if let Some(m) = state.marks.first() {
+        return Err((
+            exit::ATTENTION,
+            format!(
+                "bind `{}`: {}",
+                bind.name,
+                m.describe().replace("<bind>", &bind.name)
+            ),
+        ));
+    }
     let batch = format!("stamp-{}", new_batch_id());
     let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     let result = (|| -> Result<(usize, usize), DriverError> {
@@ -208,6 +219,7 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
                     checksum: Some(m.checksum.clone()),
                     down_sql: m.down_sql.clone(),
                     down_source: None,
+                    undo_sql: None,
                 };
                 conn.record_step(&batch, Direction::Up, "stamp", &step, &at)?;
                 added += 1;
@@ -223,6 +235,7 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
                     checksum: a.checksum.clone(),
                     down_sql: None,
                     down_source: None,
+                    undo_sql: None,
                 };
                 conn.record_step(&batch, Direction::Down, "unstamp", &step, &at)?;
                 removed += 1;
@@ -246,6 +259,90 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
             Err(invalid(format!("{e}; nothing was changed")))
         }
     }
+}
+
+/// `orchestrate resolve`: settles a MySQL migration that was interrupted part-way, as the
+/// person who looked at the database says: `applied` (all its changes are there) or not (none
+/// are). Records that, clears the mark, and leaves the rest of its batch to `recover`.
+pub fn resolve(
+    settings: &Settings,
+    bind: &BindSettings,
+    version: &str,
+    applied: bool,
+) -> Result<String, Failure> {
+    if bind.endpoint.backend.is_atomic() {
+        return Err(invalid(format!(
+            "bind `{}` is {}: its batches are atomic and never leave a migration half done; `resolve` is for MySQL binds. Run `orchestrate recover` for batches in doubt",
+            bind.name, bind.endpoint.backend
+        )));
+    }
+    let unreachable = |e: DriverError| invalid(e.to_string());
+    let mut conn = BindConnection::connect(&bind.endpoint, false, settings.lock_timeout)
+        .map_err(unreachable)?;
+    conn.begin_nonatomic().map_err(unreachable)?;
+    let marks = conn.marks().map_err(unreachable)?;
+    let interrupted: Vec<_> = marks.iter().filter(|m| !m.is_batch()).collect();
+    let Some(mark) = interrupted
+        .iter()
+        .find(|m| m.version == version || m.name == version)
+    else {
+        let known: Vec<String> = interrupted
+            .iter()
+            .map(|m| format!("{} ({})", m.version, m.name))
+            .collect();
+        return Err(invalid(format!(
+            "bind `{}` has no interrupted migration `{version}`; {}",
+            bind.name,
+            if known.is_empty() {
+                "it has none at all (see `orchestrate status`)".to_string()
+            } else {
+                format!("interrupted here: {}", known.join(", "))
+            }
+        )));
+    };
+    let file = read_chain(&bind.name, &bind.migrations)
+        .ok()
+        .and_then(|c| c.find(&Version::from_stored(&mark.version)).cloned());
+    let step = Step {
+        version: Version::from_stored(&mark.version),
+        name: mark.name.clone(),
+        sql: String::new(),
+        checksum: file.as_ref().map(|f| f.checksum.clone()),
+        down_sql: file.as_ref().and_then(|f| f.down_sql.clone()),
+        down_source: None,
+        undo_sql: None,
+    };
+    // What the person's answer means for the version tables.
+    let record = match (mark.direction.as_str(), applied) {
+        ("up", true) => Some((Direction::Up, "up")),
+        ("down", false) => Some((Direction::Down, "down")),
+        ("undo-up", false) => Some((Direction::Down, "undo")),
+        ("undo-down", true) => Some((Direction::Up, "undo")),
+        _ => None,
+    };
+    let is_applied = conn
+        .read_applied()
+        .map_err(unreachable)?
+        .applied
+        .iter()
+        .any(|a| a.version.as_str() == mark.version);
+    let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    let done = match record {
+        Some((Direction::Up, _)) if is_applied => conn.clear_mark(mark),
+        Some((Direction::Down, _)) if !is_applied => conn.clear_mark(mark),
+        Some((direction, label)) => {
+            conn.finish_marked_step(&mark.batch_id, direction, label, &step, mark, &at)
+        }
+        None => conn.clear_mark(mark),
+    };
+    done.map_err(unreachable)?;
+    Ok(format!(
+        "bind `{}`: {} is recorded as {}. Now run `orchestrate recover` to settle the rest of batch {}, then `orchestrate status`",
+        bind.name,
+        mark.name,
+        if applied { "applied" } else { "not applied" },
+        mark.batch_id
+    ))
 }
 
 #[cfg(test)]

@@ -8,6 +8,11 @@
 //! - Every SQLite participant of a decided batch whose history lacks the batch (its open
 //!   transaction was lost after the decision) is brought forward from the decision record, in
 //!   one transaction, after checking that its state is still the one the batch started from.
+//! - On MySQL binds (not atomic), once no coordinator holds the bind's lock: a migration whose
+//!   every statement committed is recorded; one interrupted part-way is reported for
+//!   `orchestrate resolve`; then a batch mark is settled by its decision: kept when the batch
+//!   was decided, otherwise (presumed abort) the batch's migrations there are undone with
+//!   their undo SQL, newest first.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -179,6 +184,15 @@ pub fn recover(settings: &Settings, dry_run: bool) -> RecoverReport {
         }
     }
 
+    // 3 (run first: it needs the same decisions before step 2 changes nothing of theirs).
+    for bind in settings
+        .binds
+        .iter()
+        .filter(|b| !b.endpoint.backend.is_atomic())
+    {
+        recover_nonatomic(settings, bind, dry_run, &mut report);
+    }
+
     // 2. SQLite participants of decided batches that lost their transaction.
     let mut records: Vec<DecisionRecord> = Vec::new();
     for bind in &settings.binds {
@@ -319,6 +333,7 @@ fn redo(
                     down_sql: s.down_sql.clone(),
                     down_source: (direction == Direction::Down)
                         .then_some(orchestrate_core::DownSqlSource::Stored),
+                    undo_sql: None,
                 })
                 .collect(),
         },
@@ -357,6 +372,216 @@ fn redo(
                 "attention",
                 format!("could not re-apply the decided batch: {e}"),
             ))
+        }
+    }
+}
+
+/// Settles what batches left on one MySQL bind.
+fn recover_nonatomic(
+    settings: &Settings,
+    bind: &crate::settings::BindSettings,
+    dry_run: bool,
+    report: &mut RecoverReport,
+) {
+    let push = |report: &mut RecoverReport, batch_id: &str, action: &str, detail: String| {
+        report.actions.push(Action {
+            bind: bind.name.clone(),
+            batch_id: batch_id.into(),
+            action: action.into(),
+            detail,
+        })
+    };
+    let mut conn = match BindConnection::connect(&bind.endpoint, false, settings.lock_timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return;
+        }
+    };
+    let marks = match conn.marks() {
+        Ok(m) if m.is_empty() => return,
+        Ok(m) => m,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return;
+        }
+    };
+    match conn.session_lock_free() {
+        Ok(true) => {}
+        Ok(false) => {
+            for m in marks.iter().filter(|m| m.is_batch()) {
+                push(report, &m.batch_id, "left alone", "a coordinator holds this bind's migration lock, so the batch is still running; run recover again once it has finished or died".into());
+            }
+            return;
+        }
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return;
+        }
+    }
+    if !dry_run {
+        if let Err(e) = conn.begin_nonatomic() {
+            report.errors.push(e.to_string());
+            return;
+        }
+    }
+    let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let chain = orchestrate_driver::read_chain(&bind.name, &bind.migrations).ok();
+    let mut open_migrations = 0;
+    for m in marks.iter().filter(|m| !m.is_batch()) {
+        if m.statements_done < m.statements_total || m.statements_total == 0 {
+            open_migrations += 1;
+            push(
+                report,
+                &m.batch_id,
+                "attention",
+                m.describe().replace("<bind>", &bind.name),
+            );
+            continue;
+        }
+        // Every statement committed; only the record is missing.
+        let (direction, label) = match m.direction.as_str() {
+            "up" => (Direction::Up, "up"),
+            "down" => (Direction::Down, "down"),
+            "undo-up" => (Direction::Down, "undo"),
+            _ => (Direction::Up, "undo"),
+        };
+        if dry_run {
+            push(
+                report,
+                &m.batch_id,
+                "would record",
+                format!(
+                    "{}: all {} statement(s) committed before the interruption",
+                    m.name, m.statements_total
+                ),
+            );
+            continue;
+        }
+        let file = chain
+            .as_ref()
+            .and_then(|c| c.find(&Version::from_stored(&m.version)));
+        let step = Step {
+            version: Version::from_stored(&m.version),
+            name: m.name.clone(),
+            sql: String::new(),
+            checksum: file.map(|f| f.checksum.clone()),
+            down_sql: file.and_then(|f| f.down_sql.clone()),
+            down_source: None,
+            undo_sql: None,
+        };
+        match conn.finish_marked_step(&m.batch_id, direction, label, &step, m, &at) {
+            Ok(()) => push(
+                report,
+                &m.batch_id,
+                "recorded",
+                format!(
+                    "{} ({}): all {} statement(s) had committed before the interruption; recorded",
+                    m.name, m.direction, m.statements_total
+                ),
+            ),
+            Err(e) => {
+                open_migrations += 1;
+                push(
+                    report,
+                    &m.batch_id,
+                    "attention",
+                    format!("cannot record {}: {e}", m.name),
+                );
+            }
+        }
+    }
+    for m in marks.iter().filter(|m| m.is_batch()) {
+        if open_migrations > 0 {
+            push(report, &m.batch_id, "attention", "this batch is settled here once the interrupted migration above is resolved with `orchestrate resolve`; then run recover again".into());
+            continue;
+        }
+        let decision = if m.decider.is_empty() {
+            // No bind could decide, and no coordinator holds the lock: it was cut short.
+            Decision::Abort
+        } else {
+            decision_of(settings, &m.decider, &m.batch_id)
+        };
+        let steps = match conn.batch_steps(&m.batch_id) {
+            Ok(s) => s,
+            Err(e) => {
+                push(report, &m.batch_id, "attention", e.to_string());
+                continue;
+            }
+        };
+        match decision {
+            Decision::Unknown(why) => push(report, &m.batch_id, "left alone", why),
+            Decision::Commit if dry_run => push(
+                report,
+                &m.batch_id,
+                "would settle",
+                format!(
+                    "the batch was decided: its {} migration(s) here stay",
+                    steps.len()
+                ),
+            ),
+            Decision::Commit => match conn.clear_mark(m) {
+                Ok(()) => push(
+                    report,
+                    &m.batch_id,
+                    "settled",
+                    format!(
+                        "the batch was decided: its {} migration(s) here stay",
+                        steps.len()
+                    ),
+                ),
+                Err(e) => push(report, &m.batch_id, "attention", e.to_string()),
+            },
+            Decision::Abort => {
+                let mut undos = Vec::new();
+                let mut missing = Vec::new();
+                for st in &steps {
+                    let file = chain
+                        .as_ref()
+                        .and_then(|c| c.find(&Version::from_stored(&st.version)));
+                    let (ran, sql) = if st.direction == "down" {
+                        (Direction::Down, file.map(|f| f.up_sql.clone()))
+                    } else {
+                        (
+                            Direction::Up,
+                            st.down_sql
+                                .clone()
+                                .or_else(|| file.and_then(|f| f.down_sql.clone())),
+                        )
+                    };
+                    let Some(sql) = sql else {
+                        missing.push(st.name.clone());
+                        continue;
+                    };
+                    undos.push(crate::nonatomic::Undo {
+                        step: Step {
+                            version: Version::from_stored(&st.version),
+                            name: st.name.clone(),
+                            sql: String::new(),
+                            checksum: st.checksum.clone(),
+                            down_sql: st.down_sql.clone(),
+                            down_source: None,
+                            undo_sql: None,
+                        },
+                        ran,
+                        sql,
+                    });
+                }
+                if !missing.is_empty() {
+                    push(report, &m.batch_id, "attention", format!("the batch was not decided, so its migrations here must be undone, but there is no SQL to undo {}; undo them by hand and `orchestrate stamp` the bind", missing.join(", ")));
+                    continue;
+                }
+                if dry_run {
+                    push(report, &m.batch_id, "would undo", format!("the batch was not decided: its {} migration(s) here would be reverted with their undo SQL, newest first", undos.len()));
+                    continue;
+                }
+                match crate::nonatomic::undo(&mut conn, &m.batch_id, &m.decider, &undos, &at)
+                    .and_then(|()| conn.clear_mark(m).map_err(|e| e.to_string()))
+                {
+                    Ok(()) => push(report, &m.batch_id, "undone", format!("the batch was not decided: its {} migration(s) here were reverted with their undo SQL, newest first", undos.len())),
+                    Err(why) => push(report, &m.batch_id, "attention", why.replace("<bind>", &bind.name)),
+                }
+            }
         }
     }
 }

@@ -1,0 +1,249 @@
+//! MySQL and MariaDB binds in a batch: honest, not atomic.
+//!
+//! Their DDL commits statement by statement and is refused inside XA transactions, so their
+//! part of a batch can never be rolled back. What this module does instead:
+//!
+//! - they run after every atomic bind has prepared and the decider has run its own steps, so
+//!   that the decision is made only if they succeed;
+//! - each bind's lock (`GET_LOCK`) is held for the whole batch; a `batch` mark says the batch
+//!   touched the bind and is not settled there, cleared once the decision is committed;
+//! - each migration runs one statement at a time between a `migration` mark (with a count of
+//!   the statements that committed) and its version-table rows, which are written together
+//!   with clearing the mark;
+//! - when anything fails before the decision, the migrations this batch applied are undone
+//!   newest first with their undo SQL (down.sql of an upgrade, up.sql of a downgrade), each
+//!   marked the same way. A migration that failed after some of its statements committed is
+//!   left marked: nobody knows how to undo half a migration, so `orchestrate resolve` records
+//!   what a person found, and `orchestrate recover` then undoes the rest of the batch.
+
+use std::time::Duration;
+
+use orchestrate_core::{split_statements, Direction, Step};
+use orchestrate_driver::{BindConnection, DriverError, Mark};
+
+use crate::coordinator::{BatchError, BindWork};
+use crate::signals;
+
+/// A MySQL bind that has run (part of) its share of a batch and still holds its lock.
+pub struct Running {
+    pub index: usize,
+    pub conn: BindConnection,
+    /// The steps that completed, in the order they ran.
+    pub done: Vec<Step>,
+    pub batch_mark: Mark,
+    /// A migration that failed after some of its statements committed: left marked.
+    pub partial: Option<Mark>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mark(
+    kind: &str,
+    batch_id: &str,
+    decider: &str,
+    direction: &str,
+    version: &str,
+    name: &str,
+    total: usize,
+    at: &str,
+) -> Mark {
+    Mark {
+        kind: kind.into(),
+        batch_id: batch_id.into(),
+        version: version.into(),
+        decider: decider.into(),
+        direction: direction.into(),
+        name: name.into(),
+        statements_done: 0,
+        statements_total: total as i64,
+        started_at: at.into(),
+    }
+}
+
+/// Runs `sql` statement by statement under `mark`. Returns `Ok(true)` when every statement
+/// committed; on a failure, the error and whether the mark was cleared (nothing of it
+/// committed: the first statement failed, and a failed statement changes nothing).
+fn run_marked(
+    conn: &mut BindConnection,
+    m: &mut Mark,
+    name: &str,
+    sql: &str,
+) -> Result<(), (DriverError, bool)> {
+    let statements = split_statements(sql);
+    conn.put_mark(m).map_err(|e| (e, false))?;
+    for (i, statement) in statements.iter().enumerate() {
+        if let Err(e) = conn.run_statement(name, statement) {
+            if i == 0 {
+                let cleared = conn.clear_mark(m).is_ok();
+                return Err((e, cleared));
+            }
+            return Err((e, false));
+        }
+        conn.set_mark_progress(m, i as i64 + 1)
+            .map_err(|e| (e, false))?;
+        m.statements_done = i as i64 + 1;
+        if i == 0 && statements.len() > 1 {
+            crate::coordinator::crash_point_mid_migration();
+        }
+    }
+    Ok(())
+}
+
+fn opposite(direction: Direction) -> Direction {
+    match direction {
+        Direction::Up => Direction::Down,
+        Direction::Down => Direction::Up,
+    }
+}
+
+/// Why a MySQL bind's share failed, and the bind when it was reached (to be undone).
+pub struct Failure {
+    pub error: BatchError,
+    pub reached: Option<Running>,
+}
+
+/// A MySQL bind's share of a batch. On failure the bind is returned too (when it was
+/// reached), so that what it did can be undone.
+pub fn run(
+    index: usize,
+    work: &BindWork,
+    batch_id: &str,
+    decider: &str,
+    direction: Direction,
+    lock_timeout: Duration,
+    at: &str,
+) -> Result<Running, Box<Failure>> {
+    let bare = |e: DriverError| {
+        Box::new(Failure {
+            error: BatchError::from(e),
+            reached: None,
+        })
+    };
+    let fail = |error: BatchError, running: Running| {
+        Box::new(Failure {
+            error,
+            reached: Some(running),
+        })
+    };
+    let mut conn = BindConnection::connect(&work.endpoint, true, lock_timeout).map_err(bare)?;
+    conn.begin_nonatomic().map_err(bare)?;
+    let unsettled = conn.marks().map_err(bare)?;
+    if let Some(m) = unsettled.first() {
+        return Err(bare(DriverError::Other {
+            bind: work.endpoint.bind.clone(),
+            detail: format!("an earlier batch is not settled here: {}", m.describe()),
+        }));
+    }
+    conn.check_plan_still_valid(direction, &work.plan.steps)
+        .map_err(bare)?;
+    let batch_mark = mark(
+        "batch",
+        batch_id,
+        decider,
+        &direction.to_string(),
+        "-",
+        "",
+        0,
+        at,
+    );
+    conn.put_mark(&batch_mark).map_err(bare)?;
+    let mut running = Running {
+        index,
+        conn,
+        done: Vec::new(),
+        batch_mark,
+        partial: None,
+    };
+    for step in &work.plan.steps {
+        if signals::interrupted() {
+            return Err(fail(BatchError::Interrupted, running));
+        }
+        let total = split_statements(&step.sql).len();
+        let mut m = mark(
+            "migration",
+            batch_id,
+            decider,
+            &direction.to_string(),
+            step.version.as_str(),
+            &step.name,
+            total,
+            at,
+        );
+        if let Err((e, cleared)) = run_marked(&mut running.conn, &mut m, &step.name, &step.sql) {
+            if !cleared {
+                running.partial = Some(m);
+            }
+            return Err(fail(e.into(), running));
+        }
+        let label = direction.to_string();
+        if let Err(e) = running
+            .conn
+            .finish_marked_step(batch_id, direction, &label, step, &m, at)
+        {
+            running.partial = Some(m);
+            return Err(fail(e.into(), running));
+        }
+        running.done.push(step.clone());
+    }
+    Ok(running)
+}
+
+/// One step to undo: the step as it ran, and the SQL that undoes it.
+pub struct Undo {
+    pub step: Step,
+    /// The direction the step ran in.
+    pub ran: Direction,
+    pub sql: String,
+}
+
+/// Undoes `undos` (newest first) on a MySQL bind whose lock this connection holds. Stops at
+/// the first failure, leaving that undo marked, and says what is left.
+pub fn undo(
+    conn: &mut BindConnection,
+    batch_id: &str,
+    decider: &str,
+    undos: &[Undo],
+    at: &str,
+) -> Result<(), String> {
+    for u in undos {
+        let direction = format!("undo-{}", u.ran);
+        let total = split_statements(&u.sql).len();
+        let mut m = mark(
+            "migration",
+            batch_id,
+            decider,
+            &direction,
+            u.step.version.as_str(),
+            &u.step.name,
+            total,
+            at,
+        );
+        if let Err((e, cleared)) = run_marked(conn, &mut m, &u.step.name, &u.sql) {
+            return Err(if cleared {
+                format!("undoing {} failed, and nothing of that undo committed: {e}. The migration is still {}; undo it by hand and run `orchestrate recover` again", u.step.name, if u.ran == Direction::Up { "applied" } else { "reverted" })
+            } else {
+                format!(
+                    "undoing {} failed part-way: {e}. {}",
+                    u.step.name,
+                    m.describe()
+                )
+            });
+        }
+        conn.finish_marked_step(batch_id, opposite(u.ran), "undo", &u.step, &m, at)
+            .map_err(|e| format!("{} was undone but could not be recorded: {e}", u.step.name))?;
+    }
+    Ok(())
+}
+
+/// The undo list of what a running bind completed in this batch, newest first.
+pub fn undos_of(running: &Running, direction: Direction) -> Vec<Undo> {
+    running
+        .done
+        .iter()
+        .rev()
+        .map(|s| Undo {
+            step: s.clone(),
+            ran: direction,
+            sql: s.undo_sql.clone().unwrap_or_default(),
+        })
+        .collect()
+}

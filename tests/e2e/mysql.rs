@@ -1,0 +1,389 @@
+//! MySQL/MariaDB binds: not atomic, and honest about it. Every test looks at every database
+//! afterwards: tables, version rows, marks in `orchestrate_in_progress`, prepared transactions.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{state, Project};
+
+const ALLOW: &str = "--allow-non-atomic";
+
+/// Two good migrations and a third whose second statement fails.
+fn shop_chain(p: &mut Project, bind: &str) {
+    p.migration(
+        bind,
+        "1_create_a",
+        "CREATE TABLE a (id INT PRIMARY KEY);",
+        Some("DROP TABLE a;"),
+    )
+    .migration(
+        bind,
+        "2_create_b",
+        "CREATE TABLE b (id INT PRIMARY KEY);\nINSERT INTO b VALUES (1);",
+        Some("DROP TABLE b;"),
+    )
+    .migration(
+        bind,
+        "3_half_broken",
+        "CREATE TABLE c (id INT PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);",
+        Some("DROP TABLE c;"),
+    );
+}
+
+/// Waits until no session holds the bind's migration lock (a killed coordinator's session
+/// may take a moment to end on the server).
+fn wait_lock_free(p: &Project, bind: &str) {
+    let started = Instant::now();
+    while p
+        .db(bind)
+        .query_text("SELECT CAST(IS_FREE_LOCK('orchestrate_migrations') AS CHAR) AS name")
+        != "1"
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the lock stays taken"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_mysql_bind_needs_consent_and_says_what_it_promises() {
+    let mut p = Project::new();
+    p.add_mysql("shop");
+    shop_chain(&mut p, "shop");
+    let db = p.db("shop");
+
+    let run = p.run(&["upgrade", "--all-binds", "2"]);
+    run.expect(2);
+    assert!(run.stderr.contains("--allow-non-atomic"), "{}", run.stderr);
+    assert!(run.stderr.contains("`shop` (mysql)"), "{}", run.stderr);
+    assert_eq!(db.state(), state(&[], &[]), "nothing touched");
+
+    let run = p.run(&["upgrade", "--all-binds", "2", "--sql"]);
+    run.expect(0);
+    assert!(run.stdout.contains("NOT atomic"), "{}", run.stdout);
+    assert!(run.stdout.contains("GET_LOCK"), "{}", run.stdout);
+    assert_eq!(db.state(), state(&[], &[]), "--sql touches nothing");
+
+    let run = p.run(&["upgrade", "--all-binds", "2", ALLOW]);
+    run.expect(0);
+    assert!(run.stdout.contains("is NOT atomic"), "{}", run.stdout);
+    assert_eq!(db.state(), state(&["a", "b"], &["1", "2"]));
+    assert!(db.marks().is_empty(), "{:?}", db.marks());
+
+    let run = p.run(&["status"]);
+    run.expect(0);
+    assert!(run.stdout.contains("NOT atomic"), "{}", run.stdout);
+
+    // Down one step, and back.
+    p.run(&["downgrade", "--all-binds", ALLOW]).expect(0);
+    assert_eq!(db.state(), state(&["a"], &["1"]));
+    p.run(&["upgrade", "--all-binds", "2", ALLOW]).expect(0);
+    assert_eq!(db.state(), state(&["a", "b"], &["1", "2"]));
+}
+
+#[test]
+fn a_migration_without_down_sql_is_refused_on_mysql() {
+    let mut p = Project::new();
+    p.add_mysql("shop");
+    p.migration("shop", "1_create_a", "CREATE TABLE a (id INT);", None);
+    let run = p.run(&["upgrade", "--all-binds", ALLOW]);
+    run.expect(2);
+    assert!(run.stderr.contains("1_create_a"), "{}", run.stderr);
+    assert!(run.stderr.contains("no down.sql"), "{}", run.stderr);
+    assert_eq!(p.db("shop").state(), state(&[], &[]));
+}
+
+/// The seed scenario on MariaDB alone: a migration fails after one of its statements
+/// committed. Honest outcome: that statement's table is there, the migration is marked with
+/// how far it got, everything reports it and nothing runs over it until a person resolves it;
+/// then recover undoes the rest of the batch.
+#[test]
+fn a_half_applied_migration_is_marked_reported_and_resolved() {
+    let mut p = Project::new();
+    p.add_mysql("shop");
+    shop_chain(&mut p, "shop");
+    let db = p.db("shop");
+    p.run(&["upgrade", "--all-binds", "1", ALLOW]).expect(0);
+
+    let run = p.run(&["upgrade", "--all-binds", ALLOW]);
+    run.expect(3);
+    assert!(
+        run.stderr.contains("no_such_table"),
+        "the server's error: {}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("1 of its 2 statement(s) committed"),
+        "{}",
+        run.stdout
+    );
+    // What is really there: 2 applied and recorded, 3 half done (table c), nothing recorded
+    // for it.
+    assert_eq!(db.state(), state(&["a", "b", "c"], &["1", "2"]));
+    let marks = db.marks();
+    assert_eq!(marks.len(), 2, "{marks:?}");
+    assert!(marks.iter().any(|m| m == "migration:3:up:1/2"), "{marks:?}");
+    assert!(
+        marks.iter().any(|m| m.starts_with("batch:-:up")),
+        "{marks:?}"
+    );
+
+    let status = p.run(&["status"]);
+    status.expect(3);
+    assert!(status.stdout.contains("3_half_broken"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("orchestrate resolve --bind shop 3"),
+        "{}",
+        status.stdout
+    );
+    let check = p.run(&["check"]);
+    check.expect(3);
+    let again = p.run(&["upgrade", "--all-binds", ALLOW]);
+    again.expect(3);
+    assert!(again.stderr.contains("3_half_broken"), "{}", again.stderr);
+    let recover = p.run(&["recover"]);
+    recover.expect(3);
+    assert!(
+        recover.stdout.contains("3_half_broken"),
+        "{}",
+        recover.stdout
+    );
+    assert_eq!(
+        db.state(),
+        state(&["a", "b", "c"], &["1", "2"]),
+        "recover alone changes nothing"
+    );
+
+    // Resolve: the person undoes the half by hand and says so.
+    p.run(&["resolve", "--bind", "shop", "3"]).expect(2);
+    p.run(&["resolve", "--bind", "shop", "9", "--reverted"])
+        .expect(2);
+    db.execute("DROP TABLE c");
+    let run = p.run(&["resolve", "--bind", "shop", "3", "--reverted"]);
+    run.expect(0);
+    assert!(run.stdout.contains("orchestrate recover"), "{}", run.stdout);
+    // The batch (only 2 and 3 were in it) was never decided: recover undoes 2.
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("undone"), "{}", run.stdout);
+    assert_eq!(db.state(), state(&["a"], &["1"]));
+    assert!(db.marks().is_empty(), "{:?}", db.marks());
+    p.run(&["status"]).expect(0);
+}
+
+/// A failure on the first statement of a migration: nothing of it committed, so the tool
+/// can put the bind back by itself.
+#[test]
+fn a_failure_at_a_first_statement_is_undone_with_down_sql() {
+    let mut p = Project::new();
+    p.add_mysql("shop");
+    p.migration(
+        "shop",
+        "1_create_a",
+        "CREATE TABLE a (id INT PRIMARY KEY);",
+        Some("DROP TABLE a;"),
+    )
+    .migration(
+        "shop",
+        "2_create_b",
+        "CREATE TABLE b (id INT);",
+        Some("DROP TABLE b;"),
+    )
+    .migration(
+        "shop",
+        "3_broken",
+        "INSERT INTO no_such_table VALUES (1);\nCREATE TABLE c (id INT);",
+        Some("DROP TABLE c;"),
+    );
+    let db = p.db("shop");
+    let run = p.run(&["upgrade", "--all-binds", ALLOW]);
+    run.expect(1);
+    assert!(
+        run.stdout
+            .contains("2 migration(s) of this batch had committed and were reverted"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(db.state(), state(&[], &[]));
+    assert!(db.marks().is_empty(), "{:?}", db.marks());
+    p.run(&["status"]).expect(0);
+}
+
+/// PostgreSQL, SQLite and two MariaDB binds in one batch, with a failure on each kind in
+/// turn: every bind ends where it was, the MariaDB work undone.
+#[test]
+fn a_mixed_batch_with_a_failure_on_each_bind_in_turn() {
+    for failing in ["pg", "lite", "shop"] {
+        let mut p = Project::new();
+        p.add_pg("pg")
+            .add_sqlite("lite")
+            .add_mysql("shop")
+            .add_mysql("crm");
+        for bind in ["pg", "lite", "shop", "crm"] {
+            p.migration(
+                bind,
+                "1_create_a",
+                "CREATE TABLE a (id INT PRIMARY KEY);",
+                Some("DROP TABLE a;"),
+            );
+            let up = if bind == failing {
+                "INSERT INTO no_such_table VALUES (1);"
+            } else {
+                "CREATE TABLE b (id INT PRIMARY KEY);"
+            };
+            p.migration(bind, "2_second", up, Some("DROP TABLE b;"));
+        }
+        let run = p.run(&["upgrade", "--all-binds", ALLOW]);
+        run.expect(1);
+        assert!(
+            run.stderr.contains(&format!("bind `{failing}`")),
+            "{failing}: {}",
+            run.stderr
+        );
+        for (bind, st) in p.states() {
+            assert_eq!(
+                st,
+                state(&[], &[]),
+                "{failing} failed; bind {bind} must be as it was"
+            );
+        }
+        for bind in ["shop", "crm"] {
+            assert!(
+                p.db(bind).marks().is_empty(),
+                "{failing}: {bind}: {:?}",
+                p.db(bind).marks()
+            );
+        }
+        // Fixed, the same batch commits everywhere.
+        p.migration(
+            failing,
+            "2_second",
+            "CREATE TABLE b (id INT PRIMARY KEY);",
+            Some("DROP TABLE b;"),
+        );
+        p.run(&["upgrade", "--all-binds", ALLOW]).expect(0);
+        for (bind, st) in p.states() {
+            assert_eq!(
+                st,
+                state(&["a", "b"], &["1", "2"]),
+                "{failing} fixed: bind {bind}"
+            );
+        }
+        p.run(&["status"]).expect(0);
+    }
+}
+
+/// A crash in the middle of a MariaDB migration, with PostgreSQL binds prepared: `status`
+/// shows both the batch in doubt and the interrupted migration; `recover` rolls the
+/// PostgreSQL side back and points at the migration; once resolved, `recover` undoes the
+/// batch's other MariaDB migrations, and every bind is as before.
+#[test]
+fn a_crash_mid_mysql_migration_then_status_resolve_and_recover() {
+    let mut p = Project::new();
+    p.add_pg("users").add_pg("billing").add_mysql("shop");
+    p.config("decider = \"users\"");
+    for bind in ["users", "billing"] {
+        p.migration(
+            bind,
+            "1_create_a",
+            "CREATE TABLE a (id INT PRIMARY KEY);",
+            Some("DROP TABLE a;"),
+        );
+    }
+    p.migration(
+        "shop",
+        "1_create_a",
+        "CREATE TABLE a (id INT PRIMARY KEY);",
+        Some("DROP TABLE a;"),
+    )
+    .migration(
+        "shop",
+        "2_two_tables",
+        "CREATE TABLE b (id INT);\nCREATE TABLE c (id INT);",
+        Some("DROP TABLE c;\nDROP TABLE b;"),
+    );
+    let run = p.run_with(
+        &["upgrade", "--all-binds", ALLOW],
+        &[("FAILPOINTS", "mysql-mid-migration=return")],
+    );
+    assert_eq!(run.code, -1, "killed: {run:?}");
+    wait_lock_free(&p, "shop");
+    // billing is prepared; shop has 1 applied and 2 half done.
+    assert_eq!(p.db("billing").state().prepared.len(), 1);
+    assert_eq!(p.db("shop").state(), state(&["a", "b"], &["1"]));
+    assert!(
+        p.db("shop")
+            .marks()
+            .iter()
+            .any(|m| m == "migration:2:up:1/2"),
+        "{:?}",
+        p.db("shop").marks()
+    );
+
+    let status = p.run(&["status"]);
+    status.expect(3);
+    assert!(status.stdout.contains("in doubt"), "{}", status.stdout);
+    assert!(status.stdout.contains("2_two_tables"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("1 of its 2 statement(s) committed"),
+        "{}",
+        status.stdout
+    );
+
+    let run = p.run(&["recover"]);
+    run.expect(3);
+    assert!(run.stdout.contains("rolled back"), "{}", run.stdout);
+    assert!(run.stdout.contains("2_two_tables"), "{}", run.stdout);
+    assert_eq!(p.db("billing").state(), state(&[], &[]));
+    assert_eq!(p.db("users").state(), state(&[], &[]));
+
+    // The person finishes the migration by hand and says it is applied; recover then undoes
+    // the whole batch on shop (it was never decided): 2 with its down SQL, then 1.
+    p.db("shop").execute("CREATE TABLE c (id INT)");
+    p.run(&["resolve", "--bind", "shop", "2_two_tables", "--applied"])
+        .expect(0);
+    assert_eq!(p.db("shop").state(), state(&["a", "b", "c"], &["1", "2"]));
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("undone"), "{}", run.stdout);
+    for (bind, st) in p.states() {
+        assert_eq!(st, state(&[], &[]), "bind {bind}");
+    }
+    assert!(p.db("shop").marks().is_empty());
+    p.run(&["status"]).expect(0);
+    // And the batch can run again, to the end.
+    p.run(&["upgrade", "--all-binds", ALLOW]).expect(0);
+    assert_eq!(p.db("shop").state(), state(&["a", "b", "c"], &["1", "2"]));
+}
+
+/// A crash after the decision: the MariaDB work stays, and recover only settles the mark.
+#[test]
+fn a_crash_after_the_decision_keeps_the_mysql_work() {
+    let mut p = Project::new();
+    p.add_pg("users").add_pg("billing").add_mysql("shop");
+    p.config("decider = \"users\"");
+    for bind in ["users", "billing", "shop"] {
+        p.migration(
+            bind,
+            "1_create_a",
+            "CREATE TABLE a (id INT PRIMARY KEY);",
+            Some("DROP TABLE a;"),
+        );
+    }
+    let run = p.run_with(
+        &["upgrade", "--all-binds", ALLOW],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert_eq!(run.code, -1, "killed: {run:?}");
+    wait_lock_free(&p, "shop");
+    assert!(p.db("shop").marks().iter().any(|m| m.starts_with("batch:")));
+    p.run(&["status"]).expect(3);
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("settled"), "{}", run.stdout);
+    for (bind, st) in p.states() {
+        assert_eq!(st, state(&["a"], &["1"]), "bind {bind}");
+    }
+    assert!(p.db("shop").marks().is_empty());
+}
