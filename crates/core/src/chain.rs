@@ -16,6 +16,9 @@ pub struct MigrationSource {
     pub down_sql: Option<String>,
     /// From `metadata.toml`; `true` when the file or the key is absent.
     pub run_in_transaction: bool,
+    /// From `metadata.toml` (`data_only = true`): the migration changes data, not schema, so
+    /// on MySQL it may run inside an XA transaction and be atomic. `false` when absent.
+    pub data_only: bool,
 }
 
 /// A validated migration of a chain.
@@ -27,6 +30,8 @@ pub struct MigrationFile {
     pub up_sql: String,
     pub down_sql: Option<String>,
     pub run_in_transaction: bool,
+    /// See [`MigrationSource::data_only`].
+    pub data_only: bool,
     /// [`checksum`] of `up_sql`.
     pub checksum: String,
 }
@@ -105,6 +110,7 @@ impl Chain {
                 up_sql,
                 down_sql: source.down_sql.filter(|sql| !is_blank_sql(sql)),
                 run_in_transaction: source.run_in_transaction,
+                data_only: source.data_only,
             });
         }
         migrations.sort_by(|a, b| a.version.cmp(&b.version).then(a.name.cmp(&b.name)));
@@ -164,6 +170,7 @@ mod tests {
             up_sql: up.map(String::from),
             down_sql: Some("DROP TABLE t;".into()),
             run_in_transaction: true,
+            data_only: false,
         }
     }
 

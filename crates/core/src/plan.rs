@@ -74,6 +74,9 @@ pub struct Step {
     /// (MySQL): the down SQL of an upgrade step, the `up.sql` of a downgrade step (when its
     /// folder is still there).
     pub undo_sql: Option<String>,
+    /// The migration says it changes only data (`data_only = true` in metadata.toml): on
+    /// MySQL it can run inside an XA transaction.
+    pub data_only: bool,
 }
 
 /// What must run on one bind to reach its target. An empty plan means the bind is there.
@@ -377,6 +380,7 @@ pub fn plan_upgrade(
             down_sql: file.down_sql.clone(),
             down_source: None,
             undo_sql: file.down_sql.clone(),
+            data_only: file.data_only,
         });
     }
     Ok(Plan {
@@ -489,6 +493,7 @@ pub fn plan_downgrade(
             down_sql: None,
             down_source: Some(source),
             undo_sql: file.map(|f| f.up_sql.clone()),
+            data_only: file.is_some_and(|f| f.data_only),
         });
     }
     Ok(Plan {
@@ -518,6 +523,7 @@ mod tests {
                     up_sql: Some(format!("-- {f}\nselect 1;")),
                     down_sql: Some(format!("-- undo {f}\nselect 0;")),
                     run_in_transaction: true,
+                    data_only: false,
                 })
                 .collect(),
         )

@@ -34,6 +34,8 @@ pub enum SourceError {
 #[serde(deny_unknown_fields)]
 struct Metadata {
     run_in_transaction: Option<bool>,
+    /// This tool's own key: the migration changes data only (MySQL: may run inside XA).
+    data_only: Option<bool>,
 }
 
 /// Reads `dir/<version>_<name>/{up.sql,down.sql,metadata.toml}` into a validated chain.
@@ -71,8 +73,8 @@ pub fn read_chain(bind: &str, dir: &Path) -> Result<Chain, SourceError> {
         let down_sql = read_optional("down.sql")?;
         // diesel reads a metadata.toml without the key as `run_in_transaction = false`; here
         // an absent key means the default, true, and unknown keys are errors.
-        let run_in_transaction = match read_optional("metadata.toml")? {
-            None => true,
+        let (run_in_transaction, data_only) = match read_optional("metadata.toml")? {
+            None => (true, false),
             Some(text) => {
                 let meta: Metadata =
                     toml::from_str(&text).map_err(|e| SourceError::BadMetadata {
@@ -80,7 +82,10 @@ pub fn read_chain(bind: &str, dir: &Path) -> Result<Chain, SourceError> {
                         path: path.join("metadata.toml"),
                         message: e.message().to_string(),
                     })?;
-                meta.run_in_transaction.unwrap_or(true)
+                (
+                    meta.run_in_transaction.unwrap_or(true),
+                    meta.data_only.unwrap_or(false),
+                )
             }
         };
         sources.push(MigrationSource {
@@ -89,6 +94,7 @@ pub fn read_chain(bind: &str, dir: &Path) -> Result<Chain, SourceError> {
             up_sql,
             down_sql,
             run_in_transaction,
+            data_only,
         });
     }
     Chain::new(bind, sources).map_err(|source| SourceError::Chain {
