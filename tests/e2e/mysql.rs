@@ -114,7 +114,8 @@ fn a_half_applied_migration_is_marked_reported_and_resolved() {
         run.stderr
     );
     assert!(
-        run.stdout.contains("1 of its 2 statement(s) committed"),
+        run.stdout
+            .contains("1 of its 2 statement(s) are known to have committed"),
         "{}",
         run.stdout
     );
@@ -326,7 +327,9 @@ fn a_crash_mid_mysql_migration_then_status_resolve_and_recover() {
     assert!(status.stdout.contains("in doubt"), "{}", status.stdout);
     assert!(status.stdout.contains("2_two_tables"), "{}", status.stdout);
     assert!(
-        status.stdout.contains("1 of its 2 statement(s) committed"),
+        status
+            .stdout
+            .contains("1 of its 2 statement(s) are known to have committed"),
         "{}",
         status.stdout
     );
@@ -386,4 +389,310 @@ fn a_crash_after_the_decision_keeps_the_mysql_work() {
         assert_eq!(st, state(&["a"], &["1"]), "bind {bind}");
     }
     assert!(p.db("shop").marks().is_empty());
+}
+
+/// How many prepared XA transactions `status` reports in doubt on this bind.
+fn xa_listed(p: &Project, bind: &str) -> usize {
+    p.run(&["status", "--bind", bind, "--json"])
+        .stdout
+        .matches("\"gid\"")
+        .count()
+}
+
+/// A project with a PostgreSQL decider, a PostgreSQL participant and a MariaDB bind whose
+/// table exists (created non-atomically) and whose next migration is data-only.
+fn xa_project() -> Project {
+    let mut p = Project::new();
+    p.add_pg("users").add_pg("billing").add_mysql("shop");
+    p.config("decider = \"users\"");
+    p.migration(
+        "shop",
+        "1_create_a",
+        "CREATE TABLE a (id INT PRIMARY KEY);",
+        Some("DROP TABLE a;"),
+    );
+    p.run(&["upgrade", "--bind", "shop", ALLOW]).expect(0);
+    for bind in ["users", "billing"] {
+        p.migration(
+            bind,
+            "1_create_a",
+            "CREATE TABLE a (id INT PRIMARY KEY);",
+            Some("DROP TABLE a;"),
+        );
+    }
+    p.migration(
+        "shop",
+        "2_rows",
+        "INSERT INTO a VALUES (1);\nINSERT INTO a VALUES (2);",
+        Some("DELETE FROM a;"),
+    )
+    .metadata("shop", "2_rows", "data_only = true\n");
+    p
+}
+
+fn rows_in_a(p: &Project) -> String {
+    p.db("shop")
+        .query_text("SELECT CAST(count(*) AS CHAR) AS name FROM a")
+}
+
+/// Data-only MySQL migrations join through XA: atomic, no --allow-non-atomic needed, and a
+/// failure elsewhere rolls them back.
+#[test]
+fn data_only_mysql_migrations_are_atomic_through_xa() {
+    let mut p = xa_project();
+    let run = p.run(&["upgrade", "--all-binds", "--sql"]);
+    run.expect(0);
+    assert!(run.stdout.contains("XA PREPARE"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("atomic: XA two-phase commit"),
+        "{}",
+        run.stdout
+    );
+
+    // A failure on billing: shop's rows are rolled back with the rest.
+    p.migration(
+        "billing",
+        "2_broken",
+        "SELECT * FROM no_such_table;",
+        Some("SELECT 1;"),
+    );
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert_eq!(rows_in_a(&p), "0");
+    assert_eq!(p.db("shop").state(), state(&["a"], &["1"]));
+    assert!(
+        p.db("shop").marks().is_empty(),
+        "{:?}",
+        p.db("shop").marks()
+    );
+    for bind in ["users", "billing"] {
+        assert_eq!(p.db(bind).state(), state(&[], &[]), "{bind}");
+    }
+
+    // Fixed: everything commits, shop's part through XA COMMIT.
+    p.migration("billing", "2_broken", "SELECT 1;", Some("SELECT 1;"));
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(0);
+    assert!(!run.stdout.contains("NOT atomic"), "{}", run.stdout);
+    assert_eq!(rows_in_a(&p), "2");
+    assert_eq!(p.db("shop").state(), state(&["a"], &["1", "2"]));
+    assert!(
+        p.db("shop").marks().is_empty(),
+        "{:?}",
+        p.db("shop").marks()
+    );
+    assert_eq!(xa_listed(&p, "shop"), 0);
+    p.run(&["status"]).expect(0);
+}
+
+/// DDL in a migration that claims to be data-only is refused by the server inside XA: the
+/// batch fails and nothing changes anywhere.
+#[test]
+fn ddl_in_a_data_only_migration_fails_the_batch_cleanly() {
+    let mut p = xa_project();
+    p.migration(
+        "shop",
+        "2_rows",
+        "CREATE TABLE sneaky (id INT);",
+        Some("DROP TABLE sneaky;"),
+    );
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(run.stderr.contains("2_rows"), "{}", run.stderr);
+    assert_eq!(p.db("shop").state(), state(&["a"], &["1"]));
+    assert!(
+        p.db("shop").marks().is_empty(),
+        "{:?}",
+        p.db("shop").marks()
+    );
+    for bind in ["users", "billing"] {
+        assert_eq!(p.db(bind).state(), state(&[], &[]), "{bind}");
+    }
+}
+
+/// A crash with shop's XA transaction prepared: status shows it in doubt; recover rolls it
+/// back (no decision) or commits it (decided).
+#[test]
+fn a_prepared_xa_transaction_is_recovered_either_way() {
+    for (point, decided) in [("before-decision", false), ("after-decision", true)] {
+        let p = xa_project();
+        let run = p.run_with(
+            &["upgrade", "--all-binds"],
+            &[("FAILPOINTS", &format!("{point}=return"))],
+        );
+        assert_eq!(run.code, -1, "{point}: killed: {run:?}");
+        let status = p.run(&["status", "--bind", "shop"]);
+        status.expect(3);
+        assert!(
+            status.stdout.contains("in doubt"),
+            "{point}: {}",
+            status.stdout
+        );
+        let run = p.run(&["recover"]);
+        run.expect(0);
+        let (rows, versions, tables): (&str, &[&str], &[&str]) = if decided {
+            ("2", &["1", "2"], &["a"])
+        } else {
+            ("0", &["1"], &[])
+        };
+        assert!(
+            run.stdout
+                .contains(if decided { "committed" } else { "rolled back" }),
+            "{point}: {}",
+            run.stdout
+        );
+        assert_eq!(rows_in_a(&p), rows, "{point}");
+        assert_eq!(p.db("shop").state(), state(&["a"], versions), "{point}");
+        assert!(
+            p.db("shop").marks().is_empty(),
+            "{point}: {:?}",
+            p.db("shop").marks()
+        );
+        for bind in ["users", "billing"] {
+            assert_eq!(
+                p.db(bind).state(),
+                state(tables, if decided { &["1"] } else { &[] }),
+                "{point}: {bind}"
+            );
+        }
+        assert_eq!(xa_listed(&p, "shop"), 0, "{point}");
+        p.run(&["status"]).expect(0);
+    }
+}
+
+/// A downgrade that fails part-way on MariaDB: the step it already reverted is re-applied
+/// with its up.sql (an `undo-down`), and the bind ends where it was.
+#[test]
+fn a_failed_mysql_downgrade_is_undone_with_up_sql() {
+    let mut p = Project::new();
+    p.add_mysql("shop");
+    p.migration(
+        "shop",
+        "1_create_a",
+        "CREATE TABLE a (id INT PRIMARY KEY);",
+        Some("DROP TABLE no_such_table;"),
+    )
+    .migration(
+        "shop",
+        "2_create_b",
+        "CREATE TABLE b (id INT PRIMARY KEY);",
+        Some("DROP TABLE b;"),
+    );
+    p.run(&["upgrade", "--all-binds", ALLOW]).expect(0);
+    let run = p.run(&["downgrade", "--all-binds", "base", ALLOW]);
+    run.expect(1);
+    assert!(run.stderr.contains("no_such_table"), "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("1 migration(s) of this batch had committed and were reverted"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(p.db("shop").state(), state(&["a", "b"], &["1", "2"]));
+    assert!(
+        p.db("shop").marks().is_empty(),
+        "{:?}",
+        p.db("shop").marks()
+    );
+    p.run(&["status"]).expect(0);
+}
+
+/// An undo that fails stays marked for a person, even when nothing of it ran: running it
+/// again would fail the same way.
+#[test]
+fn a_failed_undo_is_marked_for_resolve() {
+    let mut p = Project::new();
+    p.add_mysql("shop");
+    p.migration(
+        "shop",
+        "1_create_a",
+        "CREATE TABLE a (id INT PRIMARY KEY);",
+        Some("DROP TABLE a;"),
+    )
+    .migration(
+        "shop",
+        "2_create_b",
+        "CREATE TABLE b (id INT PRIMARY KEY);",
+        Some("DROP TABLE no_such_table;"),
+    )
+    .migration(
+        "shop",
+        "3_broken",
+        "INSERT INTO no_such_table VALUES (1);",
+        Some("SELECT 1;"),
+    );
+    let db = p.db("shop");
+    let run = p.run(&["upgrade", "--all-binds", ALLOW]);
+    run.expect(3);
+    assert!(
+        run.stdout.contains("undoing 2_create_b failed"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(db.state(), state(&["a", "b"], &["1", "2"]));
+    assert!(
+        db.marks().iter().any(|m| m == "migration:2:undo-up:0/1"),
+        "{:?}",
+        db.marks()
+    );
+    p.run(&["status"]).expect(3);
+    p.run(&["recover"]).expect(3);
+    // The person reverts 2 by hand; recover then reverts 1, as the batch was not decided.
+    db.execute("DROP TABLE b");
+    p.run(&["resolve", "--bind", "shop", "2", "--reverted"])
+        .expect(0);
+    assert_eq!(db.state(), state(&["a"], &["1"]));
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("undone"), "{}", run.stdout);
+    assert_eq!(db.state(), state(&[], &[]));
+    assert!(db.marks().is_empty(), "{:?}", db.marks());
+}
+
+/// MariaDB binds alone: the first one records the decision, so a crash before it undoes the
+/// batch on every bind, and a crash after it keeps it on every bind.
+#[test]
+fn a_mysql_only_batch_is_settled_the_same_way_everywhere() {
+    for (point, decided) in [("before-decision", false), ("after-decision", true)] {
+        let mut p = Project::new();
+        p.add_mysql("shop").add_mysql("crm");
+        for bind in ["shop", "crm"] {
+            p.migration(
+                bind,
+                "1_create_a",
+                "CREATE TABLE a (id INT PRIMARY KEY);",
+                Some("DROP TABLE a;"),
+            );
+        }
+        let run = p.run_with(
+            &["upgrade", "--all-binds", ALLOW],
+            &[("FAILPOINTS", &format!("{point}=return"))],
+        );
+        assert_eq!(run.code, -1, "{point}: killed: {run:?}");
+        for bind in ["shop", "crm"] {
+            wait_lock_free(&p, bind);
+            assert!(
+                p.db(bind).marks().iter().any(|m| m.starts_with("batch:")),
+                "{point}: {bind}"
+            );
+        }
+        p.run(&["status"]).expect(3);
+        let run = p.run(&["recover"]);
+        run.expect(0);
+        for bind in ["shop", "crm"] {
+            let expected = if decided {
+                state(&["a"], &["1"])
+            } else {
+                state(&[], &[])
+            };
+            assert_eq!(
+                p.db(bind).state(),
+                expected,
+                "{point}: {bind}: {}",
+                run.stdout
+            );
+            assert!(p.db(bind).marks().is_empty(), "{point}: {bind}");
+        }
+        p.run(&["status"]).expect(0);
+    }
 }

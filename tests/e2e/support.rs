@@ -483,6 +483,14 @@ impl Project {
         self
     }
 
+    /// Writes `migrations/<bind>/<folder>/metadata.toml`.
+    pub fn metadata(&mut self, bind: &str, folder: &str, text: &str) -> &mut Project {
+        let dir = self.path().join("migrations").join(bind).join(folder);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("metadata.toml"), text).unwrap();
+        self
+    }
+
     pub fn db(&self, bind: &str) -> &Db {
         &self
             .binds

@@ -95,13 +95,27 @@ impl Mark {
             "undo-up" => "undoing (reverting) the applied",
             _ => "undoing (re-applying) the reverted",
         };
+        let progress = if self.statements_done == 0 && self.statements_total == 0 {
+            "there is no SQL to undo it, so it must be undone by hand".to_string()
+        } else if self.statements_done >= self.statements_total {
+            format!(
+                "all {} of its statement(s) committed; only the record is missing",
+                self.statements_total
+            )
+        } else {
+            format!(
+                "{} of its {} statement(s) are known to have committed; statement {} failed or was running, so check whether its change is there; the rest did not run",
+                self.statements_done,
+                self.statements_total,
+                self.statements_done + 1
+            )
+        };
         format!(
-            "interrupted while {what} migration {} (batch {}, started {}): {} of its {} statement(s) committed, the rest did not run. Look at the database, finish or undo it by hand, then run `orchestrate resolve --bind <bind> {} --applied` (its changes are all there) or `--reverted` (none are)",
+            "interrupted while {what} migration {} (batch {}, started {}): {progress}. Look at the database and bring migration {} either fully in or fully out by hand, then run `orchestrate resolve --bind <bind> {} --applied` if it is now fully in the database, or `--reverted` if none of it is; then `orchestrate recover` settles the rest of the batch",
             self.name,
             self.batch_id,
             self.started_at,
-            self.statements_done,
-            self.statements_total,
+            self.name,
             self.version
         )
     }
@@ -151,6 +165,8 @@ pub struct BindConnection {
     endpoint: Endpoint,
     conn: Conn,
     lock_timeout: Duration,
+    /// MySQL: the XA transaction this session has started (`XA START`), if any.
+    xa: Option<String>,
 }
 
 impl BindConnection {
@@ -208,6 +224,7 @@ impl BindConnection {
             endpoint: endpoint.clone(),
             conn,
             lock_timeout,
+            xa: None,
         };
         let seconds = ms.div_ceil(1000).max(1);
         let set_timeout = match &mut this.conn {
@@ -348,7 +365,8 @@ impl BindConnection {
             .bind::<Text, _>(GID_PREFIX)
             .load(c)
             .map_err(|e| self.query_err("cannot read pg_prepared_xacts", e)),
-            Conn::Sqlite(_) | Conn::Mysql(_) => Ok(Vec::new()),
+            Conn::Mysql(_) => self.xa_prepared(),
+            Conn::Sqlite(_) => Ok(Vec::new()),
         }
     }
 
@@ -499,8 +517,9 @@ impl BindConnection {
                 }
                 Err(e) => Err(self.query_err("cannot take the write lock", e)),
             },
-            // MySQL binds never decide.
-            Conn::Mysql(_) => Ok(false),
+            // A MySQL bind decides only batches of MySQL binds alone; their coordinator holds
+            // this bind's lock until the decision is written.
+            Conn::Mysql(_) => Ok(!self.session_lock_free()?),
         }
     }
 
@@ -638,7 +657,7 @@ impl BindConnection {
         step: &Step,
         at: &str,
     ) -> Result<(), DriverError> {
-        if let Conn::Mysql(_) = self.conn {
+        if matches!(self.conn, Conn::Mysql(_)) && self.xa.is_none() {
             return Err(DriverError::Other {
                 bind: self.bind(),
                 detail: "MySQL migrations cannot run inside a batch transaction".into(),
@@ -723,7 +742,11 @@ impl BindConnection {
 
     /// Writes the decision record in the batch transaction (on the decider).
     pub fn write_decision(&mut self, record: &DecisionRecord, at: &str) -> Result<(), DriverError> {
-        on_conn!(&mut self.conn, c => c.batch_execute(schema::DECISIONS_DDL))
+        let ddl = match self.conn {
+            Conn::Mysql(_) => schema::DECISIONS_DDL_MYSQL,
+            _ => schema::DECISIONS_DDL,
+        };
+        on_conn!(&mut self.conn, c => c.batch_execute(ddl))
             .map_err(|e| self.query_err("cannot create orchestrate_decisions", e))?;
         let text = serde_json::to_string(record).expect("decision records serialise");
         use schema::orchestrate_decisions::dsl as d;
@@ -750,6 +773,9 @@ impl BindConnection {
     /// prepared: PostgreSQL answers success and prepares nothing when the transaction had
     /// already failed or ended.
     pub fn prepare(&mut self, gid: &str) -> Result<(), DriverError> {
+        if matches!(self.conn, Conn::Mysql(_)) && self.xa.is_some() {
+            return self.xa_prepare(gid);
+        }
         let Conn::Pg(c) = &mut self.conn else {
             return Err(DriverError::Other {
                 bind: self.bind(),
@@ -786,6 +812,15 @@ impl BindConnection {
     /// Rolls back the batch transaction if one is open; errors are ignored because dropping
     /// the connection rolls back too.
     pub fn rollback(&mut self) {
+        if let Some(xid) = self.xa.take() {
+            if let Conn::Mysql(c) = &mut self.conn {
+                // An XA transaction must be ended before it can be rolled back; either may
+                // fail when the other already happened. Closing the session rolls back too.
+                let _ = c.batch_execute(&format!("XA END {xid}"));
+                let _ = c.batch_execute(&format!("XA ROLLBACK {xid}"));
+            }
+            return;
+        }
         let open = on_conn!(&mut self.conn, c => matches!(
             AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth(),
             Ok(Some(_))
@@ -801,6 +836,9 @@ impl BindConnection {
 
     /// `COMMIT PREPARED` (outside any transaction).
     pub fn commit_prepared(&mut self, gid: &str) -> Result<(), DriverError> {
+        if let Conn::Mysql(_) = self.conn {
+            return self.xa_finish(gid, "COMMIT");
+        }
         let sql = format!("COMMIT PREPARED {}", quote_literal(gid));
         self.pg()
             .batch_execute(&sql)
@@ -809,6 +847,9 @@ impl BindConnection {
 
     /// `ROLLBACK PREPARED` (outside any transaction).
     pub fn rollback_prepared(&mut self, gid: &str) -> Result<(), DriverError> {
+        if let Conn::Mysql(_) = self.conn {
+            return self.xa_finish(gid, "ROLLBACK");
+        }
         let sql = format!("ROLLBACK PREPARED {}", quote_literal(gid));
         self.pg()
             .batch_execute(&sql)
@@ -853,7 +894,7 @@ impl BindConnection {
             Err(e) => return Err(self.query_err("cannot take the migration lock", e)),
         }
         for ddl in [
-            schema::DIESEL_TABLE_DDL,
+            schema::DIESEL_TABLE_DDL_MYSQL,
             schema::HISTORY_DDL_MYSQL,
             schema::IN_PROGRESS_DDL_MYSQL,
         ] {
@@ -927,7 +968,9 @@ impl BindConnection {
             .map_err(|e| self.query_err("cannot write to orchestrate_in_progress", e))
     }
 
-    /// Removes a mark (committed at once, or with the open transaction).
+    /// Removes a mark (committed at once, or with the open transaction). A mark that is not
+    /// there is an error: someone else settled it, and what was about to be recorded with its
+    /// removal must not be.
     pub fn clear_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
         use schema::orchestrate_in_progress::dsl as m;
         let deleted = diesel::delete(
@@ -937,9 +980,22 @@ impl BindConnection {
                 .filter(m::version.eq(&mark.version)),
         )
         .execute(self.mysql()?);
-        deleted
-            .map(|_| ())
-            .map_err(|e| self.query_err("cannot write to orchestrate_in_progress", e))
+        match deleted {
+            Ok(1) => Ok(()),
+            Ok(_) => Err(DriverError::Other {
+                bind: self.bind(),
+                detail: format!(
+                    "the mark of {} (batch {}) is gone: another run settled it meanwhile",
+                    if mark.is_batch() {
+                        "the batch"
+                    } else {
+                        &mark.name
+                    },
+                    mark.batch_id
+                ),
+            }),
+            Err(e) => Err(self.query_err("cannot write to orchestrate_in_progress", e)),
+        }
     }
 
     /// Runs one statement of a migration, outside any transaction (it commits by itself).
@@ -1005,5 +1061,146 @@ impl BindConnection {
         }
         steps.reverse();
         Ok(steps)
+    }
+}
+
+/// The XA id of a bind's part of a batch on MySQL: `'orchestrate:<batch>','<bind>'` (XA allows
+/// 64 bytes for each part, too few for the PostgreSQL transaction id's four parts). The decider
+/// is found in the bind's batch mark, written before `XA START`.
+fn xid(batch_id: &str, bind: &str) -> String {
+    format!(
+        "{},{}",
+        quote_literal(&format!("{GID_PREFIX}{batch_id}")),
+        quote_literal(bind)
+    )
+}
+
+/// The batch and bind of a transaction id `orchestrate:<batch>:<decider>:<bind>`.
+fn split_gid(gid: &str) -> Option<(&str, &str)> {
+    let rest = gid.strip_prefix(GID_PREFIX)?;
+    let mut parts = rest.splitn(3, ':');
+    let batch = parts.next()?;
+    let _decider = parts.next()?;
+    Some((batch, parts.next()?))
+}
+
+#[derive(QueryableByName)]
+struct XaRow {
+    #[diesel(sql_type = BigInt)]
+    gtrid_length: i64,
+    #[diesel(sql_type = diesel::sql_types::Binary)]
+    data: Vec<u8>,
+}
+
+/// MySQL data-only migrations as true two-phase participants, through XA.
+impl BindConnection {
+    /// `XA START` for this bind's part of `batch_id`. DDL inside it is refused by the server
+    /// (`XAER_RMFAIL`), which fails the batch like any failed migration.
+    pub fn start_xa(&mut self, batch_id: &str) -> Result<(), DriverError> {
+        let id = xid(batch_id, &self.endpoint.bind);
+        let done = self.mysql()?.batch_execute(&format!("XA START {id}"));
+        done.map_err(|e| self.query_err("XA START failed", e))?;
+        self.xa = Some(id);
+        Ok(())
+    }
+
+    fn xa_prepare(&mut self, gid: &str) -> Result<(), DriverError> {
+        let id = self.xa.clone().expect("an XA transaction was started");
+        let done = self
+            .mysql()?
+            .batch_execute(&format!("XA END {id}; XA PREPARE {id}"));
+        done.map_err(|source| DriverError::Prepare {
+            bind: self.bind(),
+            hint: None,
+            source,
+        })?;
+        self.xa = None;
+        if !self
+            .xa_recover()?
+            .iter()
+            .any(|(b, bind)| split_gid(gid).is_some_and(|(gb, gbind)| gb == b && gbind == bind))
+        {
+            return Err(DriverError::PrepareNotRecorded {
+                bind: self.bind(),
+                gid: gid.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// This tool's prepared XA transactions on this server: (batch id, bind).
+    fn xa_recover(&mut self) -> Result<Vec<(String, String)>, DriverError> {
+        let rows: Result<Vec<XaRow>, _> = diesel::sql_query("XA RECOVER").load(self.mysql()?);
+        let rows = rows.map_err(|e| {
+            self.query_err(
+                "cannot list prepared XA transactions (XA RECOVER; MySQL 8 needs the XA_RECOVER_ADMIN privilege)",
+                e,
+            )
+        })?;
+        let prefix = GID_PREFIX.as_bytes();
+        Ok(rows
+            .into_iter()
+            .filter(|r| r.data.starts_with(prefix))
+            .filter_map(|r| {
+                let split = usize::try_from(r.gtrid_length).ok()?.min(r.data.len());
+                let gtrid = std::str::from_utf8(&r.data[..split]).ok()?;
+                let bqual = std::str::from_utf8(&r.data[split..]).ok()?;
+                Some((gtrid[GID_PREFIX.len()..].to_string(), bqual.to_string()))
+            })
+            .collect())
+    }
+
+    /// This bind's prepared XA transactions, as transaction ids with the decider from the
+    /// bind's batch marks. XA RECOVER lists the whole server: only this bind's are kept.
+    fn xa_prepared(&mut self) -> Result<Vec<PreparedXact>, DriverError> {
+        let marks = self.marks()?;
+        if !marks.iter().any(|m| m.is_batch()) {
+            // Every XA participant writes its batch mark before XA START and it stays until
+            // the transaction is resolved: without one there is nothing to look for.
+            return Ok(Vec::new());
+        }
+        let bind = self.bind();
+        Ok(self
+            .xa_recover()?
+            .into_iter()
+            .filter(|(_, b)| *b == bind)
+            .map(|(batch, _)| {
+                let mark = marks.iter().find(|m| m.is_batch() && m.batch_id == batch);
+                PreparedXact {
+                    gid: crate::record::gid_for(
+                        &batch,
+                        mark.map(|m| m.decider.as_str()).unwrap_or("?"),
+                        &bind,
+                    ),
+                    prepared_at: mark
+                        .map(|m| m.started_at.clone())
+                        .unwrap_or_else(|| "unknown".into()),
+                    age: "unknown".into(),
+                }
+            })
+            .collect())
+    }
+
+    /// `XA COMMIT` or `XA ROLLBACK` of a prepared transaction, then its batch mark is cleared.
+    fn xa_finish(&mut self, gid: &str, verb: &str) -> Result<(), DriverError> {
+        let Some((batch, bind)) = split_gid(gid) else {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: format!("`{gid}` is not a transaction id of this tool"),
+            });
+        };
+        let (batch, id) = (batch.to_string(), xid(batch, bind));
+        let done = self.mysql()?.batch_execute(&format!("XA {verb} {id}"));
+        done.map_err(|e| self.query_err(&format!("XA {verb} of {gid} failed"), e))?;
+        use schema::orchestrate_in_progress::dsl as m;
+        let cleared = diesel::delete(
+            m::orchestrate_in_progress
+                .filter(m::kind.eq("batch"))
+                .filter(m::batch_id.eq(&batch)),
+        )
+        .execute(self.mysql()?);
+        cleared
+            .map(|_| ())
+            .map_err(|e| self.query_err("cannot clear the batch mark", e))
     }
 }

@@ -29,5 +29,5 @@ pub use conn::{
 pub use endpoint::{Backend, Capabilities, Endpoint};
 pub use error::DriverError;
 pub use record::{gid_for, quote_literal, DecisionRecord, Participant, RedoStep, GID_PREFIX};
-pub use script::{nonatomic_script, script, Ending};
+pub use script::{nonatomic_script, script, xa_script, Ending};
 pub use source::{read_chain, SourceError};

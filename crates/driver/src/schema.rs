@@ -53,7 +53,7 @@ diesel::table! {
 
 pub const IN_PROGRESS_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS orchestrate_in_progress (\
        kind VARCHAR(16) NOT NULL, batch_id VARCHAR(64) NOT NULL, version VARCHAR(50) NOT NULL, \
-       decider VARCHAR(64) NOT NULL, direction VARCHAR(8) NOT NULL, name TEXT NOT NULL, \
+       decider VARCHAR(64) NOT NULL, direction VARCHAR(16) NOT NULL, name TEXT NOT NULL, \
        statements_done BIGINT NOT NULL, statements_total BIGINT NOT NULL, \
        started_at VARCHAR(40) NOT NULL, PRIMARY KEY (kind, batch_id, version)) ENGINE=InnoDB";
 
@@ -61,6 +61,16 @@ pub const HISTORY_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS orchestrate_hist
        id BIGINT AUTO_INCREMENT PRIMARY KEY, batch_id TEXT NOT NULL, version TEXT NOT NULL, \
        name TEXT NOT NULL, direction TEXT NOT NULL, checksum TEXT, down_sql LONGTEXT, \
        at TEXT NOT NULL) ENGINE=InnoDB";
+
+/// diesel's table on MySQL, InnoDB whatever the server's default engine: its rows are written
+/// in the same transaction that clears a migration's mark.
+pub const DIESEL_TABLE_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (\
+       version VARCHAR(50) PRIMARY KEY NOT NULL, \
+       run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP) ENGINE=InnoDB";
+
+pub const DECISIONS_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS orchestrate_decisions (\
+       batch_id VARCHAR(64) PRIMARY KEY NOT NULL, decided_at VARCHAR(40) NOT NULL, \
+       record LONGTEXT NOT NULL) ENGINE=InnoDB";
 
 pub const DIESEL_TABLE_DDL: &str = "CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (\
        version VARCHAR(50) PRIMARY KEY NOT NULL, \

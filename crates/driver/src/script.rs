@@ -18,6 +18,62 @@ pub enum Ending<'a> {
     Decide { batch_id: &'a str },
 }
 
+/// The script of a MySQL bind's part of a batch whose migrations are all data-only: an XA
+/// transaction, prepared, committed after the decision.
+pub fn xa_script(plan: &Plan, batch_id: &str, decider: &str, bind: &str) -> String {
+    let mut out = String::new();
+    let mut line = |s: &str| {
+        out.push_str(s);
+        out.push('\n');
+    };
+    let xid = format!(
+        "{},{}",
+        quote_literal(&format!("{}{batch_id}", crate::record::GID_PREFIX)),
+        quote_literal(bind)
+    );
+    line(&format!(
+        "SELECT GET_LOCK({}, <lock_timeout_ms in seconds>); -- until this bind has prepared",
+        crate::conn::MYSQL_LOCK_NAME
+    ));
+    for ddl in [
+        schema::DIESEL_TABLE_DDL_MYSQL,
+        schema::HISTORY_DDL_MYSQL,
+        schema::IN_PROGRESS_DDL_MYSQL,
+    ] {
+        line(&format!("{ddl};"));
+    }
+    line(&format!(
+        "INSERT INTO orchestrate_in_progress (kind, batch_id, version, decider, direction, name, statements_done, statements_total, started_at) VALUES ('batch', {}, '-', {}, '{}', '', 0, 0, <now>);",
+        quote_literal(batch_id),
+        quote_literal(decider),
+        plan.direction
+    ));
+    line(&format!("XA START {xid};"));
+    for step in &plan.steps {
+        line(&format!("-- {} {} (data_only)", plan.direction, step.name));
+        line(step.sql.trim_end());
+        line(&format!(
+            "{} __diesel_schema_migrations ... {}; INSERT INTO orchestrate_history ... ;",
+            if plan.direction == Direction::Up {
+                "INSERT INTO"
+            } else {
+                "DELETE FROM"
+            },
+            quote_literal(step.version.as_str())
+        ));
+    }
+    line(&format!("XA END {xid};"));
+    line(&format!("XA PREPARE {xid};"));
+    line("XA RECOVER; -- must list it");
+    line("-- once every bind is prepared and the decider has committed:");
+    line(&format!("XA COMMIT {xid};"));
+    line(&format!(
+        "DELETE FROM orchestrate_in_progress WHERE kind = 'batch' AND batch_id = {};",
+        quote_literal(batch_id)
+    ));
+    out
+}
+
 /// The script of a MySQL bind's part of a batch: not atomic. Each statement commits as it
 /// runs; marks in `orchestrate_in_progress` record what is under way.
 pub fn nonatomic_script(plan: &Plan, batch_id: &str, decider: Option<&str>) -> String {
@@ -32,7 +88,7 @@ pub fn nonatomic_script(plan: &Plan, batch_id: &str, decider: Option<&str>) -> S
         crate::conn::MYSQL_LOCK_NAME
     ));
     for ddl in [
-        schema::DIESEL_TABLE_DDL,
+        schema::DIESEL_TABLE_DDL_MYSQL,
         schema::HISTORY_DDL_MYSQL,
         schema::IN_PROGRESS_DDL_MYSQL,
     ] {

@@ -10,13 +10,14 @@ use orchestrate_core::{
     plan_downgrade, plan_upgrade, Allow, Chain, Direction, DownSqlSource, Plan, Target,
 };
 use orchestrate_driver::{
-    gid_for, nonatomic_script, read_chain, script, Backend, BindConnection, BindState, DriverError,
-    Ending,
+    gid_for, nonatomic_script, read_chain, script, xa_script, Backend, BindConnection, BindState,
+    DriverError, Ending,
 };
 use serde_json::json;
 
 use crate::coordinator::{
-    choose_decider, guarantee, run_batch, BindOutcome, BindWork, Progress, RunOptions, Verdict,
+    choose_decider, guarantee, is_atomic, run_batch, BindOutcome, BindWork, Progress, RunOptions,
+    Verdict,
 };
 use crate::exit;
 use crate::inspect::{inspect, BindReport};
@@ -122,13 +123,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Settle a MySQL migration that was interrupted part-way (a crash or a failure after some
-    /// of its statements committed), after looking at the database yourself.
+    /// Settle a MySQL migration that was interrupted part-way (a crash, or a failure after
+    /// some of its statements committed), after looking at the database yourself.
     ///
-    /// `--applied`: every change of the migration is in the database (finish it by hand
-    /// first if needed); it is recorded as applied. `--reverted`: none of its changes are
-    /// (undo what committed by hand first); it is recorded as not applied. Then run
-    /// `orchestrate recover` to settle the rest of its batch.
+    /// The flag says where the migration itself stands now, whatever was running when it was
+    /// interrupted (applying it, reverting it, or undoing it): `--applied` if it is fully in
+    /// the database (finish it by hand first if needed), `--reverted` if none of it is (undo
+    /// what committed by hand first). `status` prints the exact command. Then run
+    /// `orchestrate recover`: a batch that was not decided is reverted on this bind, newest
+    /// first, including this migration if it is recorded as applied.
     Resolve {
         #[arg(long = "bind", value_name = "NAME", required = true)]
         bind: String,
@@ -714,10 +717,7 @@ fn migrate(
         }
         return exit::OK;
     }
-    let nonatomic: Vec<&BindWork> = works
-        .iter()
-        .filter(|w| !w.endpoint.backend.is_atomic())
-        .collect();
+    let nonatomic: Vec<&BindWork> = works.iter().filter(|w| !is_atomic(w)).collect();
     let mut refusals = Vec::new();
     for w in &nonatomic {
         for step in &w.plan.steps {
@@ -1007,7 +1007,7 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
     let decider = decider_index
         .map(|i| works[i].endpoint.bind.clone())
         .unwrap_or_default();
-    let atomic = |i: &usize| works[*i].endpoint.backend.is_atomic();
+    let atomic = |i: &usize| is_atomic(&works[*i]);
     let mut order: Vec<usize> = (0..works.len())
         .filter(|i| Some(*i) != decider_index && atomic(i))
         .collect();
@@ -1032,7 +1032,7 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
     for i in order {
         let w = &works[i];
         let gid = gid_for(batch_id, &decider, &w.endpoint.bind);
-        if !w.endpoint.backend.is_atomic() {
+        if !is_atomic(w) {
             let _ = writeln!(
                 out,
                 "\n-- bind {} ({}, {}): {} migration(s) {}; {}",
@@ -1047,6 +1047,24 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
                 out,
                 "{}",
                 nonatomic_script(&w.plan, batch_id, decider_index.map(|_| decider.as_str()))
+            );
+            continue;
+        }
+        if w.endpoint.backend == Backend::Mysql {
+            let _ = writeln!(
+                out,
+                "\n-- bind {} ({}, {}): {} migration(s) {}; {}",
+                w.endpoint.bind,
+                w.endpoint.backend,
+                w.endpoint.redacted(),
+                w.plan.steps.len(),
+                w.plan.direction,
+                guarantee(works, i, decider_index)
+            );
+            let _ = write!(
+                out,
+                "{}",
+                xa_script(&w.plan, batch_id, &decider, &w.endpoint.bind)
             );
             continue;
         }

@@ -167,6 +167,19 @@ pub fn choose_decider(works: &[BindWork], preferred: Option<&str>) -> Option<usi
         .or_else(|| works.iter().position(atomic))
 }
 
+/// Whether a MySQL bind's share joins the batch as a two-phase participant through XA: every
+/// one of its migrations says it changes data only (`data_only = true` in metadata.toml).
+pub fn is_xa(work: &BindWork) -> bool {
+    work.endpoint.backend == Backend::Mysql
+        && !work.plan.steps.is_empty()
+        && work.plan.steps.iter().all(|s| s.data_only)
+}
+
+/// Whether a bind's share of a batch can be rolled back until the decision.
+pub fn is_atomic(work: &BindWork) -> bool {
+    work.endpoint.backend.is_atomic() || is_xa(work)
+}
+
 /// What a bind promises in a batch whose decider is `decider`, for plans and `--sql`.
 pub fn guarantee(works: &[BindWork], i: usize, decider: Option<usize>) -> &'static str {
     match works[i].endpoint.backend {
@@ -174,6 +187,9 @@ pub fn guarantee(works: &[BindWork], i: usize, decider: Option<usize>) -> &'stat
         Backend::Postgres => "atomic: two-phase commit",
         Backend::Sqlite if Some(i) == decider => "atomic: last resource (decider)",
         Backend::Sqlite => "atomic: held open until the decision, redone by recover",
+        Backend::Mysql if is_xa(&works[i]) => {
+            "atomic: XA two-phase commit (every migration is data_only)"
+        }
         Backend::Mysql => "NOT atomic: DDL commits per statement; undone with down SQL on failure",
     }
 }
@@ -181,7 +197,7 @@ pub fn guarantee(works: &[BindWork], i: usize, decider: Option<usize>) -> &'stat
 /// What a participant holds after the first phase.
 enum Held {
     /// A SQLite bind's open transaction.
-    Open(BindConnection),
+    Open(Box<BindConnection>),
     /// A PostgreSQL bind's prepared transaction; its connection is released.
     Prepared { gid: String },
 }
@@ -221,7 +237,7 @@ fn decision_record(
                 Participant {
                     bind: w.endpoint.bind.clone(),
                     backend: w.endpoint.backend,
-                    gid: (!is_decider && w.endpoint.backend == Backend::Postgres)
+                    gid: (!is_decider && (w.endpoint.backend == Backend::Postgres || is_xa(w)))
                         .then(|| gid_for(batch_id, decider, &w.endpoint.bind)),
                     redo: (!is_decider && w.endpoint.backend == Backend::Sqlite).then(|| {
                         w.plan
@@ -255,7 +271,7 @@ pub fn run_batch(
     };
     let decider_name = works[decider_index].endpoint.bind.clone();
     let nonatomic: Vec<usize> = (0..works.len())
-        .filter(|i| !works[*i].endpoint.backend.is_atomic())
+        .filter(|i| !is_atomic(&works[*i]))
         .collect();
     let mut report = BatchReport {
         batch_id: batch_id.clone(),
@@ -304,7 +320,7 @@ pub fn run_batch(
     // 1. Every other participant, in parallel.
     let at = now_text();
     let participants: Vec<usize> = (0..works.len())
-        .filter(|i| *i != decider_index && works[*i].endpoint.backend.is_atomic())
+        .filter(|i| *i != decider_index && is_atomic(&works[*i]))
         .collect();
     let failed_flag = AtomicBool::new(false);
     progress.phase("prepare", participants.len());
@@ -330,7 +346,7 @@ pub fn run_batch(
                         works[i].endpoint.bind,
                         works[i].plan.steps.len(),
                         direction_past(direction),
-                        if works[i].endpoint.backend == Backend::Postgres {
+                        if works[i].endpoint.backend != Backend::Sqlite {
                             "prepared"
                         } else {
                             "holding its transaction open"
@@ -424,7 +440,7 @@ pub fn run_batch(
             progress,
             &pool,
         );
-        return with_outcomes(report, undone);
+        return with_outcomes(report, undone, true);
     }
     if let Err(error) = decider_conn.commit() {
         if error.is_connection_lost() {
@@ -443,6 +459,9 @@ pub fn run_batch(
                     } else {
                         match held.iter().find(|(j, _)| *j == i) {
                             Some((_, Held::Prepared { gid })) => BindOutcome::LeftPrepared { gid: gid.clone() },
+                            _ if nonatomic.contains(&i) => BindOutcome::Attention {
+                                detail: "NOT atomic: its migrations of this batch are committed and marked; `orchestrate recover` keeps them if the batch was decided, or reverts them".into(),
+                            },
                             _ => BindOutcome::Attention {
                                 detail: "its open transaction was dropped; `orchestrate recover` re-applies it if the batch was decided".into(),
                             },
@@ -480,7 +499,7 @@ pub fn run_batch(
             progress,
             &pool,
         );
-        return with_outcomes(report, undone);
+        return with_outcomes(report, undone, true);
     }
     drop(decider_conn);
     report.timings.insert(
@@ -615,16 +634,25 @@ fn phase_one(
     check_signal().map_err(early)?;
     let mut conn =
         BindConnection::connect(&work.endpoint, true, lock_timeout).map_err(|e| early(e.into()))?;
-    let ran = conn
-        .begin_batch()
-        .map_err(BatchError::from)
-        .and_then(|()| run_steps(&mut conn, work, batch_id, direction, at));
+    let xa_mark = (work.endpoint.backend == Backend::Mysql)
+        .then(|| nonatomic::batch_mark(batch_id, decider, direction, at));
+    let ran = match &xa_mark {
+        // MySQL through XA: lock and tables first (DDL cannot run inside XA), then the batch
+        // mark that names the decider (committed, for recover), then XA START.
+        Some(mark) => nonatomic::begin_xa(&mut conn, batch_id, mark),
+        None => conn.begin_batch().map_err(BatchError::from),
+    }
+    .and_then(|()| run_steps(&mut conn, work, batch_id, direction, at));
     if let Err(error) = ran {
         conn.rollback();
+        if let Some(mark) = &xa_mark {
+            // Best effort: a mark left behind is settled by recover (no XA, no decision).
+            let _ = conn.clear_mark(mark);
+        }
         return Err(early(error));
     }
-    if work.endpoint.backend != Backend::Postgres {
-        return Ok(Held::Open(conn));
+    if work.endpoint.backend == Backend::Sqlite {
+        return Ok(Held::Open(Box::new(conn)));
     }
     let gid = gid_for(batch_id, decider, &work.endpoint.bind);
     crash_point!("before-prepare");
@@ -775,10 +803,13 @@ fn nonatomic_phase(
         return (Vec::new(), Ok(()));
     }
     progress.phase("non-atomic", indices.len());
+    // Once one bind has failed, binds not yet started do not start: less to undo.
+    let failed = AtomicBool::new(false);
     let results: Vec<Result<nonatomic::Running, Box<nonatomic::Failure>>> =
         pool.install(|| {
             indices
                 .par_iter()
+                .filter(|_| !failed.load(Ordering::SeqCst))
                 .map(|&i| {
                     let started = Instant::now();
                     let result = nonatomic::run(
@@ -790,6 +821,9 @@ fn nonatomic_phase(
                         options.lock_timeout,
                         at,
                     );
+                    if result.is_err() {
+                        failed.store(true, Ordering::SeqCst);
+                    }
                     if result.is_ok() {
                         progress.line(&format!(
                             "  {}: {} migration(s) {} and committed (NOT atomic: undone if the batch fails), {} ms",
@@ -870,7 +904,11 @@ fn undo_all(
 
 /// Puts the non-atomic binds' outcomes into a report; any that needs a person makes the
 /// batch need attention.
-fn with_outcomes(mut report: BatchReport, outcomes: Vec<(usize, BindOutcome)>) -> BatchReport {
+fn with_outcomes(
+    mut report: BatchReport,
+    outcomes: Vec<(usize, BindOutcome)>,
+    has_atomic: bool,
+) -> BatchReport {
     let mut left = Vec::new();
     for (i, outcome) in outcomes {
         if let BindOutcome::Attention { detail } = &outcome {
@@ -886,7 +924,12 @@ fn with_outcomes(mut report: BatchReport, outcomes: Vec<(usize, BindOutcome)>) -
             Verdict::Committed => (None, String::new()),
         };
         detail.push_str(&format!(
-            "the batch failed before its decision; the atomic binds rolled back, but not every non-atomic bind could be put back: {}",
+            "the batch failed before its decision{}, but not every non-atomic bind could be put back: {}",
+            if has_atomic {
+                "; the atomic binds rolled back"
+            } else {
+                ""
+            },
             left.join("; ")
         ));
         report.verdict = Verdict::NeedsAttention { error, detail };
@@ -894,8 +937,11 @@ fn with_outcomes(mut report: BatchReport, outcomes: Vec<(usize, BindOutcome)>) -
     report
 }
 
-/// A batch of non-atomic binds only: there is nothing to decide. They run in parallel; if
-/// any fails, what the others did is undone.
+/// A batch of non-atomic (MySQL) binds only. They run in parallel; if any fails, what the
+/// others did is undone. The first bind keeps the decision: its row in
+/// `orchestrate_decisions`, written (one InnoDB insert) once every bind has succeeded and
+/// before any batch mark is cleared, so that `recover` keeps the batch everywhere or undoes
+/// it everywhere.
 fn run_nonatomic_only(
     works: Vec<BindWork>,
     batch_id: String,
@@ -907,18 +953,19 @@ fn run_nonatomic_only(
         .num_threads(options.parallelism.max(1))
         .build()
         .expect("a thread pool");
+    let decider = works[0].endpoint.bind.clone();
     progress.line(&format!(
-        "batch {batch_id}: {} bind(s), none atomic: no decision, failures are undone with down SQL",
+        "batch {batch_id}: {} bind(s), none atomic; `{decider}` records the decision; failures are undone with down SQL",
         works.len()
     ));
     let at = now_text();
     let all: Vec<usize> = (0..works.len()).collect();
-    let (running, result) = nonatomic_phase(
-        &works, &all, &batch_id, "", direction, options, &at, progress, &pool,
+    let (mut running, result) = nonatomic_phase(
+        &works, &all, &batch_id, &decider, direction, options, &at, progress, &pool,
     );
     let mut report = BatchReport {
         batch_id: batch_id.clone(),
-        decider: String::new(),
+        decider: decider.clone(),
         direction,
         binds: works
             .iter()
@@ -928,9 +975,18 @@ fn run_nonatomic_only(
         other_errors: Vec::new(),
         verdict: Verdict::Committed,
     };
-    let result = result.and_then(|()| check_signal());
+    let record = decision_record(&works, &batch_id, &decider, direction);
+    let result = result.and_then(|()| check_signal()).and_then(|()| {
+        crash_point!("before-decision");
+        let r = running
+            .iter_mut()
+            .find(|r| r.index == 0)
+            .expect("every bind ran");
+        Ok(r.conn.write_decision(&record, &now_text())?)
+    });
     match result {
         Ok(()) => {
+            crash_point!("after-decision");
             let mut attention = Vec::new();
             for mut r in running {
                 report.binds[r.index].1 = match r.conn.clear_mark(&r.batch_mark) {
@@ -938,7 +994,7 @@ fn run_nonatomic_only(
                     Err(e) => {
                         attention.push(format!("{}: {e}", works[r.index].endpoint.bind));
                         BindOutcome::Attention {
-                            detail: format!("committed, but its batch mark could not be cleared ({e}); `orchestrate recover` clears it"),
+                            detail: format!("committed and decided, but its batch mark could not be cleared ({e}); `orchestrate recover` clears it"),
                         }
                     }
                 };
@@ -951,13 +1007,34 @@ fn run_nonatomic_only(
             }
             report
         }
+        Err(BatchError::Bind(error)) if error.is_connection_lost() => {
+            // Whether the decision row committed is unknown: undo nothing; the marks stay and
+            // recover settles every bind by what the decider's table says.
+            drop(running);
+            report.binds = works
+                .iter()
+                .map(|w| {
+                    (
+                        w.endpoint.bind.clone(),
+                        BindOutcome::Attention {
+                            detail: "NOT atomic: its migrations are committed and marked; `orchestrate recover` keeps them if the decision was written, or reverts them".into(),
+                        },
+                    )
+                })
+                .collect();
+            report.verdict = Verdict::NeedsAttention {
+                detail: format!("the connection to `{decider}` was lost while writing the decision of batch {batch_id}; run `orchestrate recover`"),
+                error: Some(error.into()),
+            };
+            report
+        }
         Err(error) => {
             progress.line(&format!("  failed: {error}"));
             let undone = undo_all(
-                running, &works, &batch_id, "", direction, &at, &pool, progress,
+                running, &works, &batch_id, &decider, direction, &at, &pool, progress,
             );
             report.verdict = Verdict::RolledBack { error };
-            with_outcomes(report, undone)
+            with_outcomes(report, undone, false)
         }
     }
 }

@@ -220,6 +220,7 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
                     down_sql: m.down_sql.clone(),
                     down_source: None,
                     undo_sql: None,
+                    data_only: false,
                 };
                 conn.record_step(&batch, Direction::Up, "stamp", &step, &at)?;
                 added += 1;
@@ -236,6 +237,7 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
                     down_sql: None,
                     down_source: None,
                     undo_sql: None,
+                    data_only: false,
                 };
                 conn.record_step(&batch, Direction::Down, "unstamp", &step, &at)?;
                 removed += 1;
@@ -311,6 +313,7 @@ pub fn resolve(
         down_sql: file.as_ref().and_then(|f| f.down_sql.clone()),
         down_source: None,
         undo_sql: None,
+        data_only: false,
     };
     // What the person's answer means for the version tables.
     let record = match (mark.direction.as_str(), applied) {
@@ -337,7 +340,7 @@ pub fn resolve(
     };
     done.map_err(unreachable)?;
     Ok(format!(
-        "bind `{}`: {} is recorded as {}. Now run `orchestrate recover` to settle the rest of batch {}, then `orchestrate status`",
+        "bind `{}`: {} is recorded as {}. Now run `orchestrate recover` to settle the rest of batch {} (kept if it was decided; otherwise its migrations on this bind recorded as applied are reverted, newest first), then `orchestrate status`",
         bind.name,
         mark.name,
         if applied { "applied" } else { "not applied" },

@@ -59,20 +59,56 @@ fn mark(
     }
 }
 
+/// The mark that says a batch touched a MySQL bind and is not settled there.
+pub fn batch_mark(batch_id: &str, decider: &str, direction: Direction, at: &str) -> Mark {
+    mark(
+        "batch",
+        batch_id,
+        decider,
+        &direction.to_string(),
+        "-",
+        "",
+        0,
+        at,
+    )
+}
+
+/// Opens a MySQL bind's part of a batch as an XA transaction: the lock and the bookkeeping
+/// tables first (DDL is refused inside XA), a check that nothing earlier is unsettled, the
+/// batch mark naming the decider (committed, so that recover can find the decision), then
+/// `XA START`.
+pub fn begin_xa(conn: &mut BindConnection, batch_id: &str, mark: &Mark) -> Result<(), BatchError> {
+    conn.begin_nonatomic()?;
+    if let Some(m) = conn.marks()?.first() {
+        return Err(DriverError::Other {
+            bind: conn.endpoint().bind.clone(),
+            detail: format!("an earlier batch is not settled here: {}", m.describe()),
+        }
+        .into());
+    }
+    conn.put_mark(mark)?;
+    conn.start_xa(batch_id)?;
+    Ok(())
+}
+
 /// Runs `sql` statement by statement under `mark`. Returns `Ok(true)` when every statement
-/// committed; on a failure, the error and whether the mark was cleared (nothing of it
-/// committed: the first statement failed, and a failed statement changes nothing).
+/// committed; on a failure, the error and whether it is known that nothing of it committed and
+/// no mark is left: the mark could not be written (so nothing ran), or, with
+/// `clear_on_first_failure`, the first statement failed (a failed statement is taken to have
+/// changed nothing: true of InnoDB statements and of MySQL 8's atomic DDL, not of MariaDB's
+/// multi-table `DROP TABLE a, b` or of non-transactional engines).
 fn run_marked(
     conn: &mut BindConnection,
     m: &mut Mark,
     name: &str,
     sql: &str,
+    clear_on_first_failure: bool,
 ) -> Result<(), (DriverError, bool)> {
     let statements = split_statements(sql);
-    conn.put_mark(m).map_err(|e| (e, false))?;
+    conn.put_mark(m).map_err(|e| (e, true))?;
     for (i, statement) in statements.iter().enumerate() {
         if let Err(e) = conn.run_statement(name, statement) {
-            if i == 0 {
+            if i == 0 && clear_on_first_failure {
                 let cleared = conn.clear_mark(m).is_ok();
                 return Err((e, cleared));
             }
@@ -168,7 +204,9 @@ pub fn run(
             total,
             at,
         );
-        if let Err((e, cleared)) = run_marked(&mut running.conn, &mut m, &step.name, &step.sql) {
+        if let Err((e, cleared)) =
+            run_marked(&mut running.conn, &mut m, &step.name, &step.sql, true)
+        {
             if !cleared {
                 running.partial = Some(m);
             }
@@ -217,15 +255,16 @@ pub fn undo(
             total,
             at,
         );
-        if let Err((e, cleared)) = run_marked(conn, &mut m, &u.step.name, &u.sql) {
-            return Err(if cleared {
-                format!("undoing {} failed, and nothing of that undo committed: {e}. The migration is still {}; undo it by hand and run `orchestrate recover` again", u.step.name, if u.ran == Direction::Up { "applied" } else { "reverted" })
-            } else {
+        // A failed undo stays marked even when its first statement failed: running the same
+        // undo again would fail again, so a person settles it with `resolve`.
+        if let Err((e, not_started)) = run_marked(conn, &mut m, &u.step.name, &u.sql, false) {
+            return Err(if not_started {
                 format!(
-                    "undoing {} failed part-way: {e}. {}",
-                    u.step.name,
-                    m.describe()
+                    "undoing {} could not start: {e}. Nothing of it ran; run `orchestrate recover` again",
+                    u.step.name
                 )
+            } else {
+                format!("undoing {} failed: {e}. {}", u.step.name, m.describe())
             });
         }
         conn.finish_marked_step(batch_id, opposite(u.ran), "undo", &u.step, &m, at)

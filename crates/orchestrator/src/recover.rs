@@ -1,7 +1,7 @@
 //! `orchestrate recover`: finish every batch a crash or a lost connection left behind.
 //!
 //! - Every prepared transaction of this tool (`orchestrate:<batch>:<decider>:<bind>`) on every
-//!   configured PostgreSQL bind is committed when the decider bind holds the batch's decision,
+//!   configured PostgreSQL bind (and XA transaction on every MySQL bind) is committed when the decider bind holds the batch's decision,
 //!   and rolled back when it does not (presumed abort) — but only once the decider can no longer
 //!   commit: its tagged session is gone (PostgreSQL) or its write lock is free (SQLite). A batch
 //!   whose decider is alive belongs to a running coordinator and is left alone.
@@ -114,10 +114,11 @@ pub fn recover(settings: &Settings, dry_run: bool) -> RecoverReport {
 
     // 1. Prepared transactions on PostgreSQL binds.
     let mut decisions: BTreeMap<(String, String), Decision> = BTreeMap::new();
+    // (MySQL binds too: data-only migrations prepare through XA.)
     for bind in settings
         .binds
         .iter()
-        .filter(|b| b.endpoint.backend == Backend::Postgres)
+        .filter(|b| b.endpoint.backend != Backend::Sqlite)
     {
         let mut conn = match BindConnection::connect(&bind.endpoint, false, timeout) {
             Ok(c) => c,
@@ -334,6 +335,7 @@ fn redo(
                     down_source: (direction == Direction::Down)
                         .then_some(orchestrate_core::DownSqlSource::Stored),
                     undo_sql: None,
+                    data_only: false,
                 })
                 .collect(),
         },
@@ -398,33 +400,44 @@ fn recover_nonatomic(
             return;
         }
     };
-    let marks = match conn.marks() {
+    match conn.marks() {
         Ok(m) if m.is_empty() => return,
-        Ok(m) => m,
+        Ok(_) => {}
         Err(e) => {
             report.errors.push(e.to_string());
             return;
         }
+    }
+    let busy = |report: &mut RecoverReport| {
+        push(report, "", "left alone", "a coordinator (or another recover) holds this bind's migration lock, so its batch is still running; run recover again once it has finished or died".into());
     };
+    // Take the bind's lock before reading the marks for good: what is read under it cannot
+    // change underneath. A dry run only checks that nobody holds it.
     match conn.session_lock_free() {
         Ok(true) => {}
-        Ok(false) => {
-            for m in marks.iter().filter(|m| m.is_batch()) {
-                push(report, &m.batch_id, "left alone", "a coordinator holds this bind's migration lock, so the batch is still running; run recover again once it has finished or died".into());
-            }
-            return;
-        }
+        Ok(false) => return busy(report),
         Err(e) => {
             report.errors.push(e.to_string());
             return;
         }
     }
     if !dry_run {
-        if let Err(e) = conn.begin_nonatomic() {
+        match conn.begin_nonatomic() {
+            Ok(()) => {}
+            Err(DriverError::Busy { .. }) => return busy(report),
+            Err(e) => {
+                report.errors.push(e.to_string());
+                return;
+            }
+        }
+    }
+    let marks = match conn.marks() {
+        Ok(m) => m,
+        Err(e) => {
             report.errors.push(e.to_string());
             return;
         }
-    }
+    };
     let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     let chain = orchestrate_driver::read_chain(&bind.name, &bind.migrations).ok();
     let mut open_migrations = 0;
@@ -469,6 +482,7 @@ fn recover_nonatomic(
             down_sql: file.and_then(|f| f.down_sql.clone()),
             down_source: None,
             undo_sql: None,
+            data_only: false,
         };
         match conn.finish_marked_step(&m.batch_id, direction, label, &step, m, &at) {
             Ok(()) => push(
@@ -491,13 +505,35 @@ fn recover_nonatomic(
             }
         }
     }
+    // Batches whose XA transaction is still prepared here were handled (or left alone, and
+    // reported) by the prepared-transaction step.
+    let xa_prepared: Vec<String> = match conn.prepared() {
+        Ok(p) => p.into_iter().map(|x| x.gid).collect(),
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return;
+        }
+    };
     for m in marks.iter().filter(|m| m.is_batch()) {
+        if xa_prepared
+            .iter()
+            .any(|gid| parse_gid(gid).is_some_and(|g| g.batch_id == m.batch_id))
+        {
+            continue;
+        }
         if open_migrations > 0 {
             push(report, &m.batch_id, "attention", "this batch is settled here once the interrupted migration above is resolved with `orchestrate resolve`; then run recover again".into());
             continue;
         }
-        let decision = if m.decider.is_empty() {
-            // No bind could decide, and no coordinator holds the lock: it was cut short.
+        let decision = if m.decider == bind.name {
+            // This bind decides its own batch (MySQL binds alone): its lock was free, so the
+            // coordinator is gone, and what its table says is final.
+            match conn.read_decision(&m.batch_id) {
+                Ok(Some(_)) => Decision::Commit,
+                Ok(None) => Decision::Abort,
+                Err(e) => Decision::Unknown(e.to_string()),
+            }
+        } else if m.decider.is_empty() {
             Decision::Abort
         } else {
             decision_of(settings, &m.decider, &m.batch_id)
@@ -562,13 +598,46 @@ fn recover_nonatomic(
                             down_sql: st.down_sql.clone(),
                             down_source: None,
                             undo_sql: None,
+                            data_only: false,
                         },
                         ran,
                         sql,
                     });
                 }
-                if !missing.is_empty() {
-                    push(report, &m.batch_id, "attention", format!("the batch was not decided, so its migrations here must be undone, but there is no SQL to undo {}; undo them by hand and `orchestrate stamp` the bind", missing.join(", ")));
+                if let Some(first) = missing.first() {
+                    // Undo stops at the newest migration without SQL: mark it, so that a
+                    // person undoes it by hand and says so with `resolve`.
+                    let st = steps
+                        .iter()
+                        .find(|s| &s.name == first)
+                        .expect("a step of the batch");
+                    let mark = orchestrate_driver::Mark {
+                        kind: "migration".into(),
+                        batch_id: m.batch_id.clone(),
+                        version: st.version.clone(),
+                        decider: m.decider.clone(),
+                        direction: format!("undo-{}", st.direction),
+                        name: st.name.clone(),
+                        statements_done: 0,
+                        statements_total: 0,
+                        started_at: at.clone(),
+                    };
+                    let undoable: Vec<_> = undos
+                        .into_iter()
+                        .take_while(|u| u.step.name != *first)
+                        .collect();
+                    if dry_run {
+                        push(report, &m.batch_id, "attention", format!("the batch was not decided, so its migrations here must be undone, but there is no SQL to undo {}", missing.join(", ")));
+                        continue;
+                    }
+                    let result =
+                        crate::nonatomic::undo(&mut conn, &m.batch_id, &m.decider, &undoable, &at)
+                            .and_then(|()| conn.put_mark(&mark).map_err(|e| e.to_string()));
+                    let detail = match result {
+                        Ok(()) => format!("the batch was not decided, so its migrations here must be undone; {} were, newest first, and then: {}", undoable.len(), mark.describe().replace("<bind>", &bind.name)),
+                        Err(why) => why.replace("<bind>", &bind.name),
+                    };
+                    push(report, &m.batch_id, "attention", detail);
                     continue;
                 }
                 if dry_run {
