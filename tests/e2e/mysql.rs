@@ -68,12 +68,24 @@ fn a_mysql_bind_needs_consent_and_says_what_it_promises() {
     let run = p.run(&["upgrade", "--all-binds", "2", ALLOW]);
     run.expect(0);
     assert!(run.stdout.contains("is NOT atomic"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("plan: shop (mysql): 2 migration(s) up; NOT atomic"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(db.state(), state(&["a", "b"], &["1", "2"]));
     assert!(db.marks().is_empty(), "{:?}", db.marks());
 
     let run = p.run(&["status"]);
     run.expect(0);
     assert!(run.stdout.contains("NOT atomic"), "{}", run.stdout);
+
+    // Adopting a MariaDB database migrated by other means: stamp records, runs nothing.
+    p.run(&["stamp", "--bind", "shop", "1"]).expect(0);
+    assert_eq!(db.state(), state(&["a", "b"], &["1"]));
+    p.run(&["stamp", "--bind", "shop", "2"]).expect(0);
+    assert_eq!(db.state(), state(&["a", "b"], &["1", "2"]));
 
     // Down one step, and back.
     p.run(&["downgrade", "--all-binds", ALLOW]).expect(0);

@@ -763,6 +763,21 @@ fn migrate(
         print_sql(settings, &works, out);
         return exit::OK;
     }
+    if !args.json && works.iter().any(|w| w.endpoint.backend == Backend::Mysql) {
+        // What each bind promises, when the batch mixes guarantees.
+        let decider = choose_decider(&works, settings.decider.as_deref());
+        for (i, w) in works.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "plan: {} ({}): {} migration(s) {}; {}",
+                w.endpoint.bind,
+                w.endpoint.backend,
+                w.plan.steps.len(),
+                w.plan.direction,
+                guarantee(&works, i, decider)
+            );
+        }
+    }
     if !args.json {
         for w in &nonatomic {
             let _ = writeln!(

@@ -93,7 +93,7 @@ fn inspect_one(
             Backend::Postgres => "atomic (two-phase commit)",
             Backend::Sqlite => "atomic (decider, or held open until the decision)",
             Backend::Mysql => {
-                "NOT atomic (DDL commits per statement; undone with down SQL on failure)"
+                "NOT atomic for schema changes (DDL commits per statement; undone with down SQL on failure); atomic through XA when every migration of a batch is data_only"
             }
         }
         .to_string(),
