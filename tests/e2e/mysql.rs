@@ -708,3 +708,157 @@ fn a_mysql_only_batch_is_settled_the_same_way_everywhere() {
         p.run(&["status"]).expect(0);
     }
 }
+
+/// A process killed at random moments of mixed batches (PostgreSQL, SQLite and two MariaDB
+/// binds whose migrations are slow and have two statements each), `ORCHESTRATE_KILL_LOOPS`
+/// times (default 5). After each kill, recover runs; where it reports an interrupted MariaDB
+/// migration, the test does what a person would: looks whether the migration's table is
+/// there and says so with `resolve`. In the end every bind holds the whole batch or none of it.
+#[test]
+fn mixed_batches_killed_at_random_moments() {
+    use std::process::Stdio;
+    let loops: usize = std::env::var("ORCHESTRATE_KILL_LOOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut p = Project::new();
+    p.add_pg("a_pg")
+        .add_sqlite("b_lite")
+        .add_mysql("c_my")
+        .add_mysql("d_my");
+    for bind in ["a_pg", "b_lite", "c_my", "d_my"] {
+        let pause = match bind {
+            "a_pg" => "\nSELECT pg_sleep(0.1);",
+            "b_lite" => "",
+            _ => "\nSELECT SLEEP(0.1);",
+        };
+        for v in 1..=2 {
+            p.migration(
+                bind,
+                &format!("{v}_step"),
+                &format!("CREATE TABLE {bind}_{v} (id INT);{pause}"),
+                Some(&format!("DROP TABLE {bind}_{v};")),
+            );
+        }
+    }
+    let binds = ["a_pg", "b_lite", "c_my", "d_my"];
+    let all_or_nothing = |p: &Project| -> Option<bool> {
+        let states = p.states();
+        if states
+            .iter()
+            .all(|(b, s)| *s == state(&[&format!("{b}_1"), &format!("{b}_2")], &["1", "2"]))
+        {
+            Some(true)
+        } else if states.iter().all(|(_, s)| *s == state(&[], &[])) {
+            Some(false)
+        } else {
+            None
+        }
+    };
+    let has_table = |p: &Project, bind: &str, table: &str| {
+        p.db(bind).query_text(&format!(
+            "SELECT CAST(count(*) AS CHAR) AS name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '{table}'"
+        )) == "1"
+    };
+    // recover until clean, resolving interrupted migrations by looking at the database.
+    let settle = |p: &Project| -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = String::new();
+        loop {
+            let run = p.run(&["recover"]);
+            seen.push_str(&run.stdout);
+            if run.code == 0 {
+                return seen;
+            }
+            for bind in ["c_my", "d_my"] {
+                for m in p.db(bind).marks() {
+                    let parts: Vec<&str> = m.split(':').collect();
+                    let done_total: Vec<&str> = parts[3].split('/').collect();
+                    if parts[0] != "migration" || done_total[0] == done_total[1] {
+                        continue;
+                    }
+                    let there = has_table(p, bind, &format!("{bind}_{}", parts[1]));
+                    let flag = if there { "--applied" } else { "--reverted" };
+                    seen.push_str(&format!("[test resolves {bind} {m} {flag}]\n"));
+                    p.run(&["resolve", "--bind", bind, parts[1], flag])
+                        .expect(0);
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "recover never finished:\n{seen}\n{}",
+                run.stderr
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let started = Instant::now();
+    p.run(&["upgrade", "--all-binds", ALLOW]).expect(0);
+    let window_ms = (started.elapsed().as_millis() as u64 * 6 / 5).max(1);
+    p.run(&["downgrade", "--all-binds", "base", ALLOW])
+        .expect(0);
+    assert_eq!(all_or_nothing(&p), Some(false));
+    let (mut committed, mut rolled_back, mut resolved, mut undone) = (0, 0, 0, 0);
+    for i in 0..loops {
+        let mut child = p
+            .command(&["upgrade", "--all-binds", ALLOW])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rand::random::<u64>() % window_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        let seen = settle(&p);
+        resolved += seen.matches("[test resolves").count();
+        undone += seen.matches(": undone: ").count();
+        match all_or_nothing(&p) {
+            Some(true) => {
+                committed += 1;
+                p.run(&["downgrade", "--all-binds", "base", ALLOW])
+                    .expect(0);
+            }
+            Some(false) => rolled_back += 1,
+            None => panic!(
+                "loop {i}: a mixed state after recover:\n{seen}\n{:#?}",
+                p.states()
+            ),
+        }
+        for bind in binds {
+            assert!(
+                p.db(bind).marks().is_empty(),
+                "loop {i}: {bind}: {:?}",
+                p.db(bind).marks()
+            );
+        }
+    }
+    eprintln!(
+        "mixed_batches_killed_at_random_moments: {loops} kills within {window_ms} ms, {committed} ended committed, {rolled_back} rolled back; {resolved} interrupted MariaDB migration(s) resolved by looking, {undone} MariaDB batch(es) undone by recover"
+    );
+    p.run(&["upgrade", "--all-binds", ALLOW]).expect(0);
+    assert_eq!(all_or_nothing(&p), Some(true));
+}
+
+/// Data-only migrations on MariaDB binds alone have nobody to decide for XA: they run like
+/// any other MySQL migration, and the plan says so.
+#[test]
+fn data_only_without_an_atomic_decider_is_not_called_atomic() {
+    let mut p = Project::new();
+    p.add_mysql("shop");
+    p.migration(
+        "shop",
+        "1_create_a",
+        "CREATE TABLE a (id INT PRIMARY KEY);",
+        Some("DROP TABLE a;"),
+    );
+    p.run(&["upgrade", "--all-binds", ALLOW]).expect(0);
+    p.migration("shop", "2_rows", "INSERT INTO a VALUES (1);", None)
+        .metadata("shop", "2_rows", "data_only = true\n");
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(2);
+    assert!(run.stderr.contains("--allow-non-atomic"), "{}", run.stderr);
+    let run = p.run(&["upgrade", "--all-binds", ALLOW]);
+    run.expect(2);
+    assert!(run.stderr.contains("no down.sql"), "{}", run.stderr);
+    assert_eq!(p.db("shop").state(), state(&["a"], &["1"]));
+}

@@ -56,7 +56,8 @@ pub struct BindState {
 /// A row of `orchestrate_in_progress` (MySQL binds): something started and not settled.
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, serde::Serialize)]
 pub struct Mark {
-    /// `batch`: a batch touched this bind and its outcome is not settled here; `migration`:
+    /// `batch`: a batch touched this bind and its outcome is not settled here (`xa-batch`: the
+    /// same, for a batch whose part here is an XA transaction); `migration`:
     /// a migration (or, with direction `undo-up`/`undo-down`, its undo) started and did not
     /// finish.
     pub kind: String,
@@ -75,8 +76,9 @@ pub struct Mark {
 }
 
 impl Mark {
+    /// A batch mark: `batch` (a non-atomic participant) or `xa-batch` (an XA participant).
     pub fn is_batch(&self) -> bool {
-        self.kind == "batch"
+        self.kind == "batch" || self.kind == "xa-batch"
     }
 
     /// What the mark means, for people.
@@ -1075,6 +1077,26 @@ fn xid(batch_id: &str, bind: &str) -> String {
     )
 }
 
+/// Whether a server keeps prepared XA transactions after their session ends: MariaDB from
+/// 10.5.2, MySQL from 5.7.7.
+fn xa_survives_disconnect(version: &str) -> bool {
+    let numbers: Vec<u32> = version
+        .split(|c: char| !c.is_ascii_digit())
+        .take(3)
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    let v = (
+        numbers.first().copied().unwrap_or(0),
+        numbers.get(1).copied().unwrap_or(0),
+        numbers.get(2).copied().unwrap_or(0),
+    );
+    if version.to_ascii_lowercase().contains("mariadb") {
+        v >= (10, 5, 2)
+    } else {
+        v >= (5, 7, 7)
+    }
+}
+
 /// The batch and bind of a transaction id `orchestrate:<batch>:<decider>:<bind>`.
 fn split_gid(gid: &str) -> Option<(&str, &str)> {
     let rest = gid.strip_prefix(GID_PREFIX)?;
@@ -1095,8 +1117,25 @@ struct XaRow {
 /// MySQL data-only migrations as true two-phase participants, through XA.
 impl BindConnection {
     /// `XA START` for this bind's part of `batch_id`. DDL inside it is refused by the server
-    /// (`XAER_RMFAIL`), which fails the batch like any failed migration.
+    /// (`XAER_RMFAIL`), which fails the batch like any failed migration. Servers whose
+    /// prepared XA transactions do not survive a disconnect are refused.
     pub fn start_xa(&mut self, batch_id: &str) -> Result<(), DriverError> {
+        #[derive(QueryableByName)]
+        struct V {
+            #[diesel(sql_type = Text)]
+            v: String,
+        }
+        let found: Result<V, _> =
+            diesel::sql_query("SELECT VERSION() AS v").get_result(self.mysql()?);
+        let version = found
+            .map_err(|e| self.query_err("cannot read the server version", e))?
+            .v;
+        if !xa_survives_disconnect(&version) {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: format!("this server ({version}) loses prepared XA transactions when the session ends, so data_only migrations cannot be atomic on it; it needs MariaDB 10.5.2 or MySQL 5.7.7 or newer. Remove `data_only = true` to migrate it non-atomically"),
+            });
+        }
         let id = xid(batch_id, &self.endpoint.bind);
         let done = self.mysql()?.batch_execute(&format!("XA START {id}"));
         done.map_err(|e| self.query_err("XA START failed", e))?;
@@ -1120,6 +1159,8 @@ impl BindConnection {
             .iter()
             .any(|(b, bind)| split_gid(gid).is_some_and(|(gb, gbind)| gb == b && gbind == bind))
         {
+            // Not listed: end whatever there is on this session.
+            let _ = self.mysql()?.batch_execute(&format!("XA ROLLBACK {id}"));
             return Err(DriverError::PrepareNotRecorded {
                 bind: self.bind(),
                 gid: gid.into(),
@@ -1137,15 +1178,14 @@ impl BindConnection {
                 e,
             )
         })?;
-        let prefix = GID_PREFIX.as_bytes();
         Ok(rows
             .into_iter()
-            .filter(|r| r.data.starts_with(prefix))
             .filter_map(|r| {
                 let split = usize::try_from(r.gtrid_length).ok()?.min(r.data.len());
                 let gtrid = std::str::from_utf8(&r.data[..split]).ok()?;
                 let bqual = std::str::from_utf8(&r.data[split..]).ok()?;
-                Some((gtrid[GID_PREFIX.len()..].to_string(), bqual.to_string()))
+                let batch = gtrid.strip_prefix(GID_PREFIX)?;
+                Some((batch.to_string(), bqual.to_string()))
             })
             .collect())
     }
@@ -1153,19 +1193,25 @@ impl BindConnection {
     /// This bind's prepared XA transactions, as transaction ids with the decider from the
     /// bind's batch marks. XA RECOVER lists the whole server: only this bind's are kept.
     fn xa_prepared(&mut self) -> Result<Vec<PreparedXact>, DriverError> {
-        let marks = self.marks()?;
-        if !marks.iter().any(|m| m.is_batch()) {
-            // Every XA participant writes its batch mark before XA START and it stays until
-            // the transaction is resolved: without one there is nothing to look for.
+        let marks: Vec<Mark> = self
+            .marks()?
+            .into_iter()
+            .filter(|m| m.kind == "xa-batch")
+            .collect();
+        if marks.is_empty() {
+            // Every XA participant writes its `xa-batch` mark before XA START and it stays
+            // until the transaction is resolved: without one there is nothing to look for,
+            // and XA RECOVER (which MySQL 8 reserves to XA_RECOVER_ADMIN) is not run.
             return Ok(Vec::new());
         }
         let bind = self.bind();
         Ok(self
             .xa_recover()?
             .into_iter()
-            .filter(|(_, b)| *b == bind)
+            // XA RECOVER lists the whole server: keep this bind's, of batches marked here.
+            .filter(|(batch, b)| *b == bind && marks.iter().any(|m| m.batch_id == *batch))
             .map(|(batch, _)| {
-                let mark = marks.iter().find(|m| m.is_batch() && m.batch_id == batch);
+                let mark = marks.iter().find(|m| m.batch_id == batch);
                 PreparedXact {
                     gid: crate::record::gid_for(
                         &batch,
@@ -1195,12 +1241,42 @@ impl BindConnection {
         use schema::orchestrate_in_progress::dsl as m;
         let cleared = diesel::delete(
             m::orchestrate_in_progress
-                .filter(m::kind.eq("batch"))
+                .filter(m::kind.eq_any(["batch", "xa-batch"]))
                 .filter(m::batch_id.eq(&batch)),
         )
         .execute(self.mysql()?);
-        cleared
-            .map(|_| ())
-            .map_err(|e| self.query_err("cannot clear the batch mark", e))
+        // The transaction is ended either way; a mark left behind is settled by recover by the
+        // batch's decision, and blocks new batches on this bind until then.
+        if let Err(e) = cleared {
+            tracing::warn!(bind = %self.endpoint.bind, error = %e, "XA {verb} done, but the batch mark could not be cleared; `orchestrate recover` clears it");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xa_needs_servers_that_keep_prepared_transactions() {
+        assert!(xa_survives_disconnect("10.11.19-MariaDB-0+deb12u1"));
+        assert!(xa_survives_disconnect("10.5.2-MariaDB"));
+        assert!(!xa_survives_disconnect("10.5.1-MariaDB"));
+        assert!(!xa_survives_disconnect("10.4.30-MariaDB-log"));
+        assert!(xa_survives_disconnect("8.0.36"));
+        assert!(xa_survives_disconnect("5.7.7-log"));
+        assert!(!xa_survives_disconnect("5.6.51"));
+    }
+
+    #[test]
+    fn transaction_ids_split_into_batch_and_bind() {
+        let gid = crate::record::gid_for("20261125T000000Z-0a1b2c3d", "users", "shop");
+        assert_eq!(split_gid(&gid), Some(("20261125T000000Z-0a1b2c3d", "shop")));
+        assert_eq!(split_gid("someone_else:1"), None);
+        assert_eq!(
+            xid("20261125T000000Z-0a1b2c3d", "shop"),
+            "'orchestrate:20261125T000000Z-0a1b2c3d','shop'"
+        );
     }
 }

@@ -65,6 +65,8 @@ impl DriverError {
             Some(Error::DatabaseError(_, info)) => {
                 let m = info.message();
                 m.contains("server closed the connection")
+                    || m.contains("server has gone away")
+                    || m.contains("Lost connection to")
                     || m.contains("terminating connection")
                     || m.contains("no connection to the server")
                     || m.contains("connection to server")

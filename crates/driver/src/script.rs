@@ -43,7 +43,7 @@ pub fn xa_script(plan: &Plan, batch_id: &str, decider: &str, bind: &str) -> Stri
         line(&format!("{ddl};"));
     }
     line(&format!(
-        "INSERT INTO orchestrate_in_progress (kind, batch_id, version, decider, direction, name, statements_done, statements_total, started_at) VALUES ('batch', {}, '-', {}, '{}', '', 0, 0, <now>);",
+        "INSERT INTO orchestrate_in_progress (kind, batch_id, version, decider, direction, name, statements_done, statements_total, started_at) VALUES ('xa-batch', {}, '-', {}, '{}', '', 0, 0, <now>);",
         quote_literal(batch_id),
         quote_literal(decider),
         plan.direction

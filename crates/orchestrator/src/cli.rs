@@ -717,7 +717,10 @@ fn migrate(
         }
         return exit::OK;
     }
-    let nonatomic: Vec<&BindWork> = works.iter().filter(|w| !is_atomic(w)).collect();
+    let nonatomic: Vec<&BindWork> = (0..works.len())
+        .filter(|i| !is_atomic(&works, *i))
+        .map(|i| &works[i])
+        .collect();
     let mut refusals = Vec::new();
     for w in &nonatomic {
         for step in &w.plan.steps {
@@ -1022,7 +1025,7 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
     let decider = decider_index
         .map(|i| works[i].endpoint.bind.clone())
         .unwrap_or_default();
-    let atomic = |i: &usize| is_atomic(&works[*i]);
+    let atomic = |i: &usize| is_atomic(works, *i);
     let mut order: Vec<usize> = (0..works.len())
         .filter(|i| Some(*i) != decider_index && atomic(i))
         .collect();
@@ -1047,7 +1050,7 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
     for i in order {
         let w = &works[i];
         let gid = gid_for(batch_id, &decider, &w.endpoint.bind);
-        if !is_atomic(w) {
+        if !is_atomic(works, i) {
             let _ = writeln!(
                 out,
                 "\n-- bind {} ({}, {}): {} migration(s) {}; {}",

@@ -169,15 +169,19 @@ pub fn choose_decider(works: &[BindWork], preferred: Option<&str>) -> Option<usi
 
 /// Whether a MySQL bind's share joins the batch as a two-phase participant through XA: every
 /// one of its migrations says it changes data only (`data_only = true` in metadata.toml).
-pub fn is_xa(work: &BindWork) -> bool {
+/// It needs a PostgreSQL or SQLite bind in the batch to decide: MySQL binds alone run
+/// statement by statement, data-only or not.
+pub fn is_xa(works: &[BindWork], i: usize) -> bool {
+    let work = &works[i];
     work.endpoint.backend == Backend::Mysql
         && !work.plan.steps.is_empty()
         && work.plan.steps.iter().all(|s| s.data_only)
+        && works.iter().any(|w| w.endpoint.backend.is_atomic())
 }
 
 /// Whether a bind's share of a batch can be rolled back until the decision.
-pub fn is_atomic(work: &BindWork) -> bool {
-    work.endpoint.backend.is_atomic() || is_xa(work)
+pub fn is_atomic(works: &[BindWork], i: usize) -> bool {
+    works[i].endpoint.backend.is_atomic() || is_xa(works, i)
 }
 
 /// What a bind promises in a batch whose decider is `decider`, for plans and `--sql`.
@@ -187,7 +191,7 @@ pub fn guarantee(works: &[BindWork], i: usize, decider: Option<usize>) -> &'stat
         Backend::Postgres => "atomic: two-phase commit",
         Backend::Sqlite if Some(i) == decider => "atomic: last resource (decider)",
         Backend::Sqlite => "atomic: held open until the decision, redone by recover",
-        Backend::Mysql if is_xa(&works[i]) => {
+        Backend::Mysql if is_xa(works, i) => {
             "atomic: XA two-phase commit (every migration is data_only)"
         }
         Backend::Mysql => "NOT atomic: DDL commits per statement; undone with down SQL on failure",
@@ -200,6 +204,12 @@ enum Held {
     Open(Box<BindConnection>),
     /// A PostgreSQL bind's prepared transaction; its connection is released.
     Prepared { gid: String },
+    /// A MySQL bind's prepared XA transaction, ended later on the same session: another
+    /// session cannot end it while this one is attached (MariaDB answers XAER_NOTA).
+    PreparedHere {
+        conn: Box<BindConnection>,
+        gid: String,
+    },
 }
 
 /// One participant after the first phase: its index, its result (`None`: skipped because
@@ -232,13 +242,15 @@ fn decision_record(
         decider: decider.into(),
         participants: works
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(i, w)| {
                 let is_decider = w.endpoint.bind == decider;
                 Participant {
                     bind: w.endpoint.bind.clone(),
                     backend: w.endpoint.backend,
-                    gid: (!is_decider && (w.endpoint.backend == Backend::Postgres || is_xa(w)))
-                        .then(|| gid_for(batch_id, decider, &w.endpoint.bind)),
+                    gid: (!is_decider
+                        && (w.endpoint.backend == Backend::Postgres || is_xa(works, i)))
+                    .then(|| gid_for(batch_id, decider, &w.endpoint.bind)),
                     redo: (!is_decider && w.endpoint.backend == Backend::Sqlite).then(|| {
                         w.plan
                             .steps
@@ -271,7 +283,7 @@ pub fn run_batch(
     };
     let decider_name = works[decider_index].endpoint.bind.clone();
     let nonatomic: Vec<usize> = (0..works.len())
-        .filter(|i| !is_atomic(&works[*i]))
+        .filter(|i| !is_atomic(&works, *i))
         .collect();
     let mut report = BatchReport {
         batch_id: batch_id.clone(),
@@ -320,7 +332,7 @@ pub fn run_batch(
     // 1. Every other participant, in parallel.
     let at = now_text();
     let participants: Vec<usize> = (0..works.len())
-        .filter(|i| *i != decider_index && is_atomic(&works[*i]))
+        .filter(|i| *i != decider_index && is_atomic(&works, *i))
         .collect();
     let failed_flag = AtomicBool::new(false);
     progress.phase("prepare", participants.len());
@@ -458,7 +470,7 @@ pub fn run_batch(
                         }
                     } else {
                         match held.iter().find(|(j, _)| *j == i) {
-                            Some((_, Held::Prepared { gid })) => BindOutcome::LeftPrepared { gid: gid.clone() },
+                            Some((_, Held::Prepared { gid })) | Some((_, Held::PreparedHere { gid, .. })) => BindOutcome::LeftPrepared { gid: gid.clone() },
                             _ if nonatomic.contains(&i) => BindOutcome::Attention {
                                 detail: "NOT atomic: its migrations of this batch are committed and marked; `orchestrate recover` keeps them if the batch was decided, or reverts them".into(),
                             },
@@ -534,6 +546,15 @@ pub fn run_batch(
                             }
                         }
                     }
+                    Held::PreparedHere { mut conn, gid } => match conn.commit_prepared(&gid) {
+                        Ok(()) => (BindOutcome::Committed, None),
+                        Err(e) => {
+                            drop(conn);
+                            let outcome = resolve_prepared_later(endpoint, &gid, &batch_id, true, options.lock_timeout);
+                            let problem = (outcome != BindOutcome::Committed).then(|| format!("{}: {e}", endpoint.bind));
+                            (outcome, problem)
+                        }
+                    },
                     Held::Open(mut conn) => match conn.commit() {
                         Ok(()) => (BindOutcome::Committed, None),
                         Err(e) => (
@@ -635,7 +656,7 @@ fn phase_one(
     let mut conn =
         BindConnection::connect(&work.endpoint, true, lock_timeout).map_err(|e| early(e.into()))?;
     let xa_mark = (work.endpoint.backend == Backend::Mysql)
-        .then(|| nonatomic::batch_mark(batch_id, decider, direction, at));
+        .then(|| nonatomic::xa_batch_mark(batch_id, decider, direction, at));
     let ran = match &xa_mark {
         // MySQL through XA: lock and tables first (DDL cannot run inside XA), then the batch
         // mark that names the decider (committed, for recover), then XA START.
@@ -664,6 +685,12 @@ fn phase_one(
         });
     }
     crash_point!("after-prepare");
+    if work.endpoint.backend == Backend::Mysql {
+        return Ok(Held::PreparedHere {
+            conn: Box::new(conn),
+            gid,
+        });
+    }
     // The prepared transaction needs no connection: release it now.
     drop(conn);
     Ok(Held::Prepared { gid })
@@ -708,6 +735,19 @@ fn abort(
                         false,
                         options.lock_timeout,
                     ),
+                    Held::PreparedHere { mut conn, gid } => match conn.rollback_prepared(&gid) {
+                        Ok(()) => BindOutcome::RolledBack,
+                        Err(_) => {
+                            drop(conn);
+                            resolve_prepared_later(
+                                &works[i].endpoint,
+                                &gid,
+                                &batch_id,
+                                false,
+                                options.lock_timeout,
+                            )
+                        }
+                    },
                 };
                 (i, outcome)
             })
@@ -745,6 +785,26 @@ fn abort(
         }
     };
     report
+}
+
+/// [`resolve_prepared`] once the session that prepared a MySQL XA transaction has been
+/// closed: the server detaches it asynchronously, so a few tries are given.
+fn resolve_prepared_later(
+    endpoint: &Endpoint,
+    gid: &str,
+    batch_id: &str,
+    commit: bool,
+    lock_timeout: Duration,
+) -> BindOutcome {
+    let mut outcome = BindOutcome::LeftPrepared { gid: gid.into() };
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(200));
+        outcome = resolve_prepared(endpoint, gid, batch_id, commit, lock_timeout);
+        if matches!(outcome, BindOutcome::Committed | BindOutcome::RolledBack) {
+            break;
+        }
+    }
+    outcome
 }
 
 /// Ends a prepared transaction over a fresh connection. Resolved by looking: a transaction
@@ -959,10 +1019,27 @@ fn run_nonatomic_only(
         works.len()
     ));
     let at = now_text();
-    let all: Vec<usize> = (0..works.len()).collect();
-    let (mut running, result) = nonatomic_phase(
-        &works, &all, &batch_id, &decider, direction, options, &at, progress, &pool,
+    // The decider first, alone: its lock, held until the decision is written, is what tells
+    // `recover` that this coordinator may still decide.
+    let (mut running, mut result) = nonatomic_phase(
+        &works,
+        &[0],
+        &batch_id,
+        &decider,
+        direction,
+        options,
+        &at,
+        progress,
+        &pool,
     );
+    if result.is_ok() && works.len() > 1 {
+        let rest: Vec<usize> = (1..works.len()).collect();
+        let (more, r) = nonatomic_phase(
+            &works, &rest, &batch_id, &decider, direction, options, &at, progress, &pool,
+        );
+        running.extend(more);
+        result = r;
+    }
     let mut report = BatchReport {
         batch_id: batch_id.clone(),
         decider: decider.clone(),
@@ -975,16 +1052,26 @@ fn run_nonatomic_only(
         other_errors: Vec::new(),
         verdict: Verdict::Committed,
     };
+    let undo_everything = |running, error: BatchError, mut report: BatchReport| {
+        progress.line(&format!("  failed: {error}"));
+        let undone = undo_all(
+            running, &works, &batch_id, &decider, direction, &at, &pool, progress,
+        );
+        report.verdict = Verdict::RolledBack { error };
+        with_outcomes(report, undone, false)
+    };
+    if let Err(error) = result.and_then(|()| check_signal()) {
+        return undo_everything(running, error, report);
+    }
+    crash_point!("before-decision");
     let record = decision_record(&works, &batch_id, &decider, direction);
-    let result = result.and_then(|()| check_signal()).and_then(|()| {
-        crash_point!("before-decision");
-        let r = running
-            .iter_mut()
-            .find(|r| r.index == 0)
-            .expect("every bind ran");
-        Ok(r.conn.write_decision(&record, &now_text())?)
-    });
-    match result {
+    let written = running
+        .iter_mut()
+        .find(|r| r.index == 0)
+        .expect("every bind ran")
+        .conn
+        .write_decision(&record, &now_text());
+    match written {
         Ok(()) => {
             crash_point!("after-decision");
             let mut attention = Vec::new();
@@ -1007,7 +1094,7 @@ fn run_nonatomic_only(
             }
             report
         }
-        Err(BatchError::Bind(error)) if error.is_connection_lost() => {
+        Err(error) if error.is_connection_lost() => {
             // Whether the decision row committed is unknown: undo nothing; the marks stay and
             // recover settles every bind by what the decider's table says.
             drop(running);
@@ -1028,13 +1115,6 @@ fn run_nonatomic_only(
             };
             report
         }
-        Err(error) => {
-            progress.line(&format!("  failed: {error}"));
-            let undone = undo_all(
-                running, &works, &batch_id, &decider, direction, &at, &pool, progress,
-            );
-            report.verdict = Verdict::RolledBack { error };
-            with_outcomes(report, undone, false)
-        }
+        Err(error) => undo_everything(running, error.into(), report),
     }
 }

@@ -1,7 +1,10 @@
-//! MySQL and MariaDB binds in a batch: honest, not atomic.
+//! MySQL and MariaDB binds in a batch.
 //!
-//! Their DDL commits statement by statement and is refused inside XA transactions, so their
-//! part of a batch can never be rolled back. What this module does instead:
+//! A bind whose migrations in a batch are all `data_only` joins as a two-phase participant
+//! through XA ([`begin_xa`], then the coordinator's usual prepare and commit) when a
+//! PostgreSQL or SQLite bind decides. Any other MySQL bind is honestly not atomic: its DDL
+//! commits statement by statement and is refused inside XA transactions, so its part of a
+//! batch can never be rolled back. What this module does instead:
 //!
 //! - they run after every atomic bind has prepared and the decider has run its own steps, so
 //!   that the decision is made only if they succeed;
@@ -56,6 +59,15 @@ fn mark(
         statements_done: 0,
         statements_total: total as i64,
         started_at: at.into(),
+    }
+}
+
+/// The same as [`batch_mark`], for a bind whose part is an XA transaction: `status` and
+/// `recover` look for prepared XA transactions only where such a mark exists.
+pub fn xa_batch_mark(batch_id: &str, decider: &str, direction: Direction, at: &str) -> Mark {
+    Mark {
+        kind: "xa-batch".into(),
+        ..batch_mark(batch_id, decider, direction, at)
     }
 }
 
@@ -255,6 +267,17 @@ pub fn undo(
             total,
             at,
         );
+        if u.sql.trim().is_empty() {
+            // Nothing says how to undo it: a person must.
+            m.statements_total = 0;
+            return Err(match conn.put_mark(&m) {
+                Ok(()) => m.describe(),
+                Err(e) => format!(
+                    "{} has no SQL to undo it, and the mark saying so could not be written: {e}",
+                    u.step.name
+                ),
+            });
+        }
         // A failed undo stays marked even when its first statement failed: running the same
         // undo again would fail again, so a person settles it with `resolve`.
         if let Err((e, not_started)) = run_marked(conn, &mut m, &u.step.name, &u.sql, false) {

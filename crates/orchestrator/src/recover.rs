@@ -8,7 +8,8 @@
 //! - Every SQLite participant of a decided batch whose history lacks the batch (its open
 //!   transaction was lost after the decision) is brought forward from the decision record, in
 //!   one transaction, after checking that its state is still the one the batch started from.
-//! - On MySQL binds (not atomic), once no coordinator holds the bind's lock: a migration whose
+//! - On MySQL binds, marks left by non-atomic batches (and by XA batches whose transaction is
+//!   gone), once no coordinator holds the bind's lock: a migration whose
 //!   every statement committed is recorded; one interrupted part-way is reported for
 //!   `orchestrate resolve`; then a batch mark is settled by its decision: kept when the batch
 //!   was decided, otherwise (presumed abort) the batch's migrations there are undone with
@@ -586,8 +587,9 @@ fn recover_nonatomic(
                         )
                     };
                     let Some(sql) = sql else {
+                        // Undo goes newest first and stops here: older ones wait for it.
                         missing.push(st.name.clone());
-                        continue;
+                        break;
                     };
                     undos.push(crate::nonatomic::Undo {
                         step: Step {
