@@ -530,10 +530,15 @@ impl Project {
         let mut cmd = self.command(args);
         cmd.envs(env.iter().copied());
         let output = cmd.output().expect("run orchestrate");
+        use std::os::unix::process::ExitStatusExt;
+        let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        if let Some(signal) = output.status.signal() {
+            stderr.push_str(&format!("\n[ended by signal {signal}]"));
+        }
         Run {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            stderr,
         }
     }
 }
