@@ -52,15 +52,7 @@ pub fn xa_script(plan: &Plan, batch_id: &str, decider: &str, bind: &str) -> Stri
     for step in &plan.steps {
         line(&format!("-- {} {} (data_only)", plan.direction, step.name));
         line(step.sql.trim_end());
-        line(&format!(
-            "{} __diesel_schema_migrations ... {}; INSERT INTO orchestrate_history ... ;",
-            if plan.direction == Direction::Up {
-                "INSERT INTO"
-            } else {
-                "DELETE FROM"
-            },
-            quote_literal(step.version.as_str())
-        ));
+        line(&record_step(plan.direction, step, batch_id));
     }
     line(&format!("XA END {xid};"));
     line(&format!("XA PREPARE {xid};"));
@@ -68,7 +60,7 @@ pub fn xa_script(plan: &Plan, batch_id: &str, decider: &str, bind: &str) -> Stri
     line("-- once every bind is prepared and the decider has committed:");
     line(&format!("XA COMMIT {xid};"));
     line(&format!(
-        "DELETE FROM orchestrate_in_progress WHERE kind = 'batch' AND batch_id = {};",
+        "DELETE FROM orchestrate_in_progress WHERE kind = 'xa-batch' AND batch_id = {};",
         quote_literal(batch_id)
     ));
     out
@@ -124,25 +116,7 @@ pub fn nonatomic_script(plan: &Plan, batch_id: &str, decider: Option<&str>) -> S
             ));
         }
         line("BEGIN;");
-        match plan.direction {
-            Direction::Up => line(&format!(
-                "INSERT INTO __diesel_schema_migrations (version) VALUES ({});",
-                quote_literal(step.version.as_str())
-            )),
-            Direction::Down => line(&format!(
-                "DELETE FROM __diesel_schema_migrations WHERE version = {};",
-                quote_literal(step.version.as_str())
-            )),
-        }
-        line(&format!(
-            "INSERT INTO orchestrate_history (batch_id, version, name, direction, checksum, down_sql, at) VALUES ({}, {}, {}, '{}', {}, {}, <now>);",
-            quote_literal(batch_id),
-            quote_literal(step.version.as_str()),
-            quote_literal(&step.name),
-            plan.direction,
-            nullable(step.checksum.as_deref()),
-            nullable(step.down_sql.as_deref()),
-        ));
+        line(&record_step(plan.direction, step, batch_id));
         line(&format!(
             "DELETE FROM orchestrate_in_progress WHERE kind = 'migration' AND batch_id = {} AND version = {};",
             quote_literal(batch_id),
@@ -157,6 +131,26 @@ pub fn nonatomic_script(plan: &Plan, batch_id: &str, decider: Option<&str>) -> S
         quote_literal(batch_id)
     ));
     out
+}
+
+/// The version-table writes that record one step (two lines).
+fn record_step(direction: Direction, step: &orchestrate_core::Step, batch_id: &str) -> String {
+    let version = quote_literal(step.version.as_str());
+    let versions = match direction {
+        Direction::Up => {
+            format!("INSERT INTO __diesel_schema_migrations (version) VALUES ({version});")
+        }
+        Direction::Down => {
+            format!("DELETE FROM __diesel_schema_migrations WHERE version = {version};")
+        }
+    };
+    format!(
+        "{versions}\nINSERT INTO orchestrate_history (batch_id, version, name, direction, checksum, down_sql, at) VALUES ({}, {version}, {}, '{direction}', {}, {}, <now>);",
+        quote_literal(batch_id),
+        quote_literal(&step.name),
+        nullable(step.checksum.as_deref()),
+        nullable(step.down_sql.as_deref()),
+    )
 }
 
 fn nullable(text: Option<&str>) -> String {
@@ -194,25 +188,7 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
     for step in &plan.steps {
         line(&format!("-- {} {}", plan.direction, step.name));
         line(step.sql.trim_end());
-        match plan.direction {
-            Direction::Up => line(&format!(
-                "INSERT INTO __diesel_schema_migrations (version) VALUES ({});",
-                quote_literal(step.version.as_str())
-            )),
-            Direction::Down => line(&format!(
-                "DELETE FROM __diesel_schema_migrations WHERE version = {};",
-                quote_literal(step.version.as_str())
-            )),
-        }
-        line(&format!(
-            "INSERT INTO orchestrate_history (batch_id, version, name, direction, checksum, down_sql, at) VALUES ({}, {}, {}, '{}', {}, {}, <now>);",
-            quote_literal(batch_id),
-            quote_literal(step.version.as_str()),
-            quote_literal(&step.name),
-            plan.direction,
-            nullable(step.checksum.as_deref()),
-            nullable(step.down_sql.as_deref()),
-        ));
+        line(&record_step(plan.direction, step, batch_id));
     }
     match ending {
         Ending::Prepare { gid } => {

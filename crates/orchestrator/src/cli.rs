@@ -1022,9 +1022,8 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
     let batch_id = "<batch-id>";
     let decider_index = choose_decider(works, settings.decider.as_deref());
-    let decider = decider_index
-        .map(|i| works[i].endpoint.bind.clone())
-        .unwrap_or_default();
+    // MySQL binds alone: the first one records the decision.
+    let decider = works[decider_index.unwrap_or(0)].endpoint.bind.clone();
     let atomic = |i: &usize| is_atomic(works, *i);
     let mut order: Vec<usize> = (0..works.len())
         .filter(|i| Some(*i) != decider_index && atomic(i))
@@ -1035,14 +1034,19 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
         Some(_) => {
             let _ = writeln!(
                 out,
-                "-- {} bind(s) in one batch; `{decider}` decides. Binds run in this order; no atomic bind commits until the decider has.",
-                works.len()
+                "-- {} bind(s) in one batch; `{decider}` decides. Binds run in this order{}; no atomic bind commits until the decider has.",
+                works.len(),
+                if order.iter().any(|i| !is_atomic(works, *i)) {
+                    " (the decider's transaction opens first, and its migrations run before the non-atomic binds'; its decision is written last)"
+                } else {
+                    ""
+                }
             );
         }
         None => {
             let _ = writeln!(
                 out,
-                "-- {} bind(s), none atomic: nothing decides; a failure on one undoes the others with their down SQL.",
+                "-- {} bind(s), none atomic; `{decider}` records the decision once every bind has succeeded; a failure on one undoes the others with their down SQL.",
                 works.len()
             );
         }
@@ -1050,49 +1054,6 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
     for i in order {
         let w = &works[i];
         let gid = gid_for(batch_id, &decider, &w.endpoint.bind);
-        if !is_atomic(works, i) {
-            let _ = writeln!(
-                out,
-                "\n-- bind {} ({}, {}): {} migration(s) {}; {}",
-                w.endpoint.bind,
-                w.endpoint.backend,
-                w.endpoint.redacted(),
-                w.plan.steps.len(),
-                w.plan.direction,
-                guarantee(works, i, decider_index)
-            );
-            let _ = write!(
-                out,
-                "{}",
-                nonatomic_script(&w.plan, batch_id, decider_index.map(|_| decider.as_str()))
-            );
-            continue;
-        }
-        if w.endpoint.backend == Backend::Mysql {
-            let _ = writeln!(
-                out,
-                "\n-- bind {} ({}, {}): {} migration(s) {}; {}",
-                w.endpoint.bind,
-                w.endpoint.backend,
-                w.endpoint.redacted(),
-                w.plan.steps.len(),
-                w.plan.direction,
-                guarantee(works, i, decider_index)
-            );
-            let _ = write!(
-                out,
-                "{}",
-                xa_script(&w.plan, batch_id, &decider, &w.endpoint.bind)
-            );
-            continue;
-        }
-        let ending = if Some(i) == decider_index {
-            Ending::Decide { batch_id }
-        } else if w.endpoint.backend == Backend::Postgres {
-            Ending::Prepare { gid: &gid }
-        } else {
-            Ending::HoldOpen
-        };
         let _ = writeln!(
             out,
             "\n-- bind {} ({}, {}): {} migration(s) {}; {}",
@@ -1103,10 +1064,20 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
             w.plan.direction,
             guarantee(works, i, decider_index)
         );
-        let _ = write!(
-            out,
-            "{}",
+        let body = if !is_atomic(works, i) {
+            nonatomic_script(&w.plan, batch_id, Some(decider.as_str()))
+        } else if w.endpoint.backend == Backend::Mysql {
+            xa_script(&w.plan, batch_id, &decider, &w.endpoint.bind)
+        } else {
+            let ending = if Some(i) == decider_index {
+                Ending::Decide { batch_id }
+            } else if w.endpoint.backend == Backend::Postgres {
+                Ending::Prepare { gid: &gid }
+            } else {
+                Ending::HoldOpen
+            };
             script(w.endpoint.backend, &w.plan, batch_id, ending)
-        );
+        };
+        let _ = write!(out, "{body}");
     }
 }

@@ -430,7 +430,51 @@ pub fn run_batch(
         .and_then(|()| Ok(decider_conn.write_decision(&record, &now_text())?))
         .and_then(|()| Ok(decider_conn.check_deferred()?))
         .and_then(|()| check_signal());
-    if let Err(error) = decided {
+    let failure = match decided {
+        Err(error) => Some(error),
+        Ok(()) => match decider_conn.commit() {
+            Ok(()) => None,
+            Err(error) => {
+                if error.is_connection_lost() {
+                    // Whether the batch committed is unknown: the MySQL binds keep their batch marks
+                    // and `recover` settles them with the rest.
+                    drop(running);
+                    drop(decider_conn);
+                    report.binds = works
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| {
+                            let outcome = if i == decider_index {
+                                BindOutcome::Attention {
+                                    detail: "the decider's COMMIT may or may not have happened".into(),
+                                }
+                            } else {
+                                match held.iter().find(|(j, _)| *j == i) {
+                                    Some((_, Held::Prepared { gid })) | Some((_, Held::PreparedHere { gid, .. })) => BindOutcome::LeftPrepared { gid: gid.clone() },
+                                    _ if nonatomic.contains(&i) => BindOutcome::Attention {
+                                        detail: "NOT atomic: its migrations of this batch are committed and marked; `orchestrate recover` keeps them if the batch was decided, or reverts them".into(),
+                                    },
+                                    _ => BindOutcome::Attention {
+                                        detail: "its open transaction was dropped; `orchestrate recover` re-applies it if the batch was decided".into(),
+                                    },
+                                }
+                            };
+                            (w.endpoint.bind.clone(), outcome)
+                        })
+                        .collect();
+                    report.verdict = Verdict::NeedsAttention {
+                        detail: format!(
+                            "the connection to the decider `{decider_name}` was lost during its COMMIT, so whether batch {batch_id} committed is unknown. Nothing was rolled back. Run `orchestrate recover` to finish it either way"
+                        ),
+                        error: Some(error.into()),
+                    };
+                    return report;
+                }
+                Some(error.into())
+            }
+        },
+    };
+    if let Some(error) = failure {
         decider_conn.rollback();
         let undone = undo_all(
             running,
@@ -448,65 +492,6 @@ pub fn run_batch(
             Vec::new(),
             &works,
             error,
-            options,
-            progress,
-            &pool,
-        );
-        return with_outcomes(report, undone, true);
-    }
-    if let Err(error) = decider_conn.commit() {
-        if error.is_connection_lost() {
-            // Whether the batch committed is unknown: the MySQL binds keep their batch marks
-            // and `recover` settles them with the rest.
-            drop(running);
-            drop(decider_conn);
-            report.binds = works
-                .iter()
-                .enumerate()
-                .map(|(i, w)| {
-                    let outcome = if i == decider_index {
-                        BindOutcome::Attention {
-                            detail: "the decider's COMMIT may or may not have happened".into(),
-                        }
-                    } else {
-                        match held.iter().find(|(j, _)| *j == i) {
-                            Some((_, Held::Prepared { gid })) | Some((_, Held::PreparedHere { gid, .. })) => BindOutcome::LeftPrepared { gid: gid.clone() },
-                            _ if nonatomic.contains(&i) => BindOutcome::Attention {
-                                detail: "NOT atomic: its migrations of this batch are committed and marked; `orchestrate recover` keeps them if the batch was decided, or reverts them".into(),
-                            },
-                            _ => BindOutcome::Attention {
-                                detail: "its open transaction was dropped; `orchestrate recover` re-applies it if the batch was decided".into(),
-                            },
-                        }
-                    };
-                    (w.endpoint.bind.clone(), outcome)
-                })
-                .collect();
-            report.verdict = Verdict::NeedsAttention {
-                detail: format!(
-                    "the connection to the decider `{decider_name}` was lost during its COMMIT, so whether batch {batch_id} committed is unknown. Nothing was rolled back. Run `orchestrate recover` to finish it either way"
-                ),
-                error: Some(error.into()),
-            };
-            return report;
-        }
-        decider_conn.rollback();
-        let undone = undo_all(
-            running,
-            &works,
-            &batch_id,
-            &decider_name,
-            direction,
-            &at,
-            &pool,
-            progress,
-        );
-        let report = abort(
-            report,
-            held,
-            Vec::new(),
-            &works,
-            error.into(),
             options,
             progress,
             &pool,
