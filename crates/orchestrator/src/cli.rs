@@ -33,7 +33,8 @@ target, or every bind stays exactly where it was.\n\n\
 Each bind has its own chain of migrations in diesel's folder layout \
 (migrations/<bind>/<version>_<name>/up.sql, down.sql). PostgreSQL binds end their batch with \
 PREPARE TRANSACTION; one bind, the decider, records the decision and commits; then every \
-other bind commits.\n\n\
+other bind commits. MySQL/MariaDB binds are atomic only for data-only migrations (XA); \
+others run only with --allow-non-atomic, and are undone with down.sql if the batch fails.\n\n\
 Configuration: config/default.toml, then config/$ORCHESTRATE_ENV.toml, then --config FILE, \
 then environment variables such as ORCHESTRATE__BINDS__USERS__URL.",
     after_help = "Exit codes: 0 done; 1 failed and every bind is as it was; 2 invalid input, \
@@ -132,18 +133,18 @@ pub enum Command {
     /// what committed by hand first). `status` prints the exact command. Then run
     /// `orchestrate recover`: a batch that was not decided is reverted on this bind, newest
     /// first, including this migration if it is recorded as applied.
+    #[command(group(clap::ArgGroup::new("where").required(true).args(["applied", "reverted"])))]
     Resolve {
+        /// The MySQL bind.
         #[arg(long = "bind", value_name = "NAME", required = true)]
         bind: String,
-        /// The interrupted migration's version (as `status` shows it).
+        /// The interrupted migration's version or folder name (as `status` shows it).
         #[arg(value_name = "VERSION")]
         version: String,
-        #[arg(
-            long,
-            conflicts_with = "reverted",
-            required_unless_present = "reverted"
-        )]
+        /// The migration is now fully in the database: record it as applied.
+        #[arg(long)]
         applied: bool,
+        /// None of the migration is in the database: record it as not applied.
         #[arg(long)]
         reverted: bool,
     },
