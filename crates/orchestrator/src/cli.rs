@@ -635,10 +635,7 @@ fn migrate(
     // Read every bind's state before touching any.
     let mut plans: Vec<(&BindSettings, Plan)> = Vec::new();
     let mut in_doubt = Vec::new();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(settings.parallelism)
-        .build()
-        .expect("a thread pool");
+    let pool = crate::workers(settings.parallelism);
     let states: Vec<Result<BindState, DriverError>> = pool.install(|| {
         use rayon::prelude::*;
         chains

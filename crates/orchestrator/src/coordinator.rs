@@ -294,10 +294,7 @@ pub fn run_batch(
         other_errors: Vec::new(),
         verdict: Verdict::Committed,
     };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.parallelism.max(1))
-        .build()
-        .expect("a thread pool");
+    let pool = crate::workers(options.parallelism.max(1));
     progress.line(&format!(
         "batch {batch_id}: {} bind(s), decider `{decider_name}`",
         works.len()
@@ -324,7 +321,7 @@ pub fn run_batch(
                     error.into(),
                     options,
                     progress,
-                    &pool,
+                    pool,
                 )
             }
         };
@@ -402,7 +399,7 @@ pub fn run_batch(
             first,
             options,
             progress,
-            &pool,
+            pool,
         );
     }
 
@@ -422,7 +419,7 @@ pub fn run_batch(
                 options,
                 &at,
                 progress,
-                &pool,
+                pool,
             );
             running = ran;
             result
@@ -483,7 +480,7 @@ pub fn run_batch(
             &decider_name,
             direction,
             &at,
-            &pool,
+            pool,
             progress,
         );
         let report = abort(
@@ -494,7 +491,7 @@ pub fn run_batch(
             error,
             options,
             progress,
-            &pool,
+            pool,
         );
         return with_outcomes(report, undone, true);
     }
@@ -994,10 +991,7 @@ fn run_nonatomic_only(
     options: &RunOptions,
     progress: &dyn Progress,
 ) -> BatchReport {
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(options.parallelism.max(1))
-        .build()
-        .expect("a thread pool");
+    let pool = crate::workers(options.parallelism.max(1));
     let decider = works[0].endpoint.bind.clone();
     progress.line(&format!(
         "batch {batch_id}: {} bind(s), none atomic; `{decider}` records the decision; failures are undone with down SQL",
@@ -1015,12 +1009,12 @@ fn run_nonatomic_only(
         options,
         &at,
         progress,
-        &pool,
+        pool,
     );
     if result.is_ok() && works.len() > 1 {
         let rest: Vec<usize> = (1..works.len()).collect();
         let (more, r) = nonatomic_phase(
-            &works, &rest, &batch_id, &decider, direction, options, &at, progress, &pool,
+            &works, &rest, &batch_id, &decider, direction, options, &at, progress, pool,
         );
         running.extend(more);
         result = r;
@@ -1040,7 +1034,7 @@ fn run_nonatomic_only(
     let undo_everything = |running, error: BatchError, mut report: BatchReport| {
         progress.line(&format!("  failed: {error}"));
         let undone = undo_all(
-            running, &works, &batch_id, &decider, direction, &at, &pool, progress,
+            running, &works, &batch_id, &decider, direction, &at, pool, progress,
         );
         report.verdict = Verdict::RolledBack { error };
         with_outcomes(report, undone, false)

@@ -61,10 +61,7 @@ fn is_lock_timeout(e: &DriverError) -> bool {
 /// Reads every bind, concurrently.
 pub fn inspect(settings: &Settings, binds: &[&BindSettings]) -> Vec<BindReport> {
     let decisions: Mutex<HashMap<(String, String), String>> = Mutex::new(HashMap::new());
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(settings.parallelism)
-        .build()
-        .expect("a thread pool");
+    let pool = crate::workers(settings.parallelism);
     pool.install(|| {
         binds
             .par_iter()
