@@ -58,7 +58,7 @@ fn full(bind: &str) -> DbState {
 
 /// Whether every bind holds the whole batch (`Some(true)`), none of it (`Some(false)`), or a
 /// mix (`None`). Prepared transactions count as a mix.
-fn all_or_nothing(p: &Project) -> Option<bool> {
+pub(crate) fn all_or_nothing(p: &Project) -> Option<bool> {
     let states = p.states();
     if states.iter().all(|(b, s)| *s == full(b)) {
         Some(true)

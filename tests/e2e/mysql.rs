@@ -3,30 +3,26 @@
 
 use std::time::{Duration, Instant};
 
+use crate::crash::all_or_nothing;
 use crate::support::{state, Project};
 
 const ALLOW: &str = "--allow-non-atomic";
 
 /// Two good migrations and a third whose second statement fails.
 fn shop_chain(p: &mut Project, bind: &str) {
-    p.migration(
-        bind,
-        "1_create_a",
-        "CREATE TABLE a (id INT PRIMARY KEY);",
-        Some("DROP TABLE a;"),
-    )
-    .migration(
-        bind,
-        "2_create_b",
-        "CREATE TABLE b (id INT PRIMARY KEY);\nINSERT INTO b VALUES (1);",
-        Some("DROP TABLE b;"),
-    )
-    .migration(
-        bind,
-        "3_half_broken",
-        "CREATE TABLE c (id INT PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);",
-        Some("DROP TABLE c;"),
-    );
+    p.create_table(bind, "1_create_a", "a")
+        .migration(
+            bind,
+            "2_create_b",
+            "CREATE TABLE b (id INT PRIMARY KEY);\nINSERT INTO b VALUES (1);",
+            Some("DROP TABLE b;"),
+        )
+        .migration(
+            bind,
+            "3_half_broken",
+            "CREATE TABLE c (id INT PRIMARY KEY);\nINSERT INTO no_such_table VALUES (1);",
+            Some("DROP TABLE c;"),
+        );
 }
 
 /// Waits until no session holds the bind's migration lock (a killed coordinator's session
@@ -191,24 +187,19 @@ fn a_half_applied_migration_is_marked_reported_and_resolved() {
 fn a_failure_at_a_first_statement_is_undone_with_down_sql() {
     let mut p = Project::new();
     p.add_mysql("shop");
-    p.migration(
-        "shop",
-        "1_create_a",
-        "CREATE TABLE a (id INT PRIMARY KEY);",
-        Some("DROP TABLE a;"),
-    )
-    .migration(
-        "shop",
-        "2_create_b",
-        "CREATE TABLE b (id INT);",
-        Some("DROP TABLE b;"),
-    )
-    .migration(
-        "shop",
-        "3_broken",
-        "INSERT INTO no_such_table VALUES (1);\nCREATE TABLE c (id INT);",
-        Some("DROP TABLE c;"),
-    );
+    p.create_table("shop", "1_create_a", "a")
+        .migration(
+            "shop",
+            "2_create_b",
+            "CREATE TABLE b (id INT);",
+            Some("DROP TABLE b;"),
+        )
+        .migration(
+            "shop",
+            "3_broken",
+            "INSERT INTO no_such_table VALUES (1);\nCREATE TABLE c (id INT);",
+            Some("DROP TABLE c;"),
+        );
     let db = p.db("shop");
     let run = p.run(&["upgrade", "--all-binds", ALLOW]);
     run.expect(1);
@@ -234,12 +225,7 @@ fn a_mixed_batch_with_a_failure_on_each_bind_in_turn() {
             .add_mysql("shop")
             .add_mysql("crm");
         for bind in ["pg", "lite", "shop", "crm"] {
-            p.migration(
-                bind,
-                "1_create_a",
-                "CREATE TABLE a (id INT PRIMARY KEY);",
-                Some("DROP TABLE a;"),
-            );
+            p.create_table(bind, "1_create_a", "a");
             let up = if bind == failing {
                 "INSERT INTO no_such_table VALUES (1);"
             } else {
@@ -297,20 +283,9 @@ fn a_crash_mid_mysql_migration_then_status_resolve_and_recover() {
     p.add_pg("users").add_pg("billing").add_mysql("shop");
     p.config("decider = \"users\"");
     for bind in ["users", "billing"] {
-        p.migration(
-            bind,
-            "1_create_a",
-            "CREATE TABLE a (id INT PRIMARY KEY);",
-            Some("DROP TABLE a;"),
-        );
+        p.create_table(bind, "1_create_a", "a");
     }
-    p.migration(
-        "shop",
-        "1_create_a",
-        "CREATE TABLE a (id INT PRIMARY KEY);",
-        Some("DROP TABLE a;"),
-    )
-    .migration(
+    p.create_table("shop", "1_create_a", "a").migration(
         "shop",
         "2_two_tables",
         "CREATE TABLE b (id INT);\nCREATE TABLE c (id INT);",
@@ -379,12 +354,7 @@ fn a_crash_after_the_decision_keeps_the_mysql_work() {
     p.add_pg("users").add_pg("billing").add_mysql("shop");
     p.config("decider = \"users\"");
     for bind in ["users", "billing", "shop"] {
-        p.migration(
-            bind,
-            "1_create_a",
-            "CREATE TABLE a (id INT PRIMARY KEY);",
-            Some("DROP TABLE a;"),
-        );
+        p.create_table(bind, "1_create_a", "a");
     }
     let run = p.run_with(
         &["upgrade", "--all-binds", ALLOW],
@@ -417,20 +387,10 @@ fn xa_project() -> Project {
     let mut p = Project::new();
     p.add_pg("users").add_pg("billing").add_mysql("shop");
     p.config("decider = \"users\"");
-    p.migration(
-        "shop",
-        "1_create_a",
-        "CREATE TABLE a (id INT PRIMARY KEY);",
-        Some("DROP TABLE a;"),
-    );
+    p.create_table("shop", "1_create_a", "a");
     p.run(&["upgrade", "--bind", "shop", ALLOW]).expect(0);
     for bind in ["users", "billing"] {
-        p.migration(
-            bind,
-            "1_create_a",
-            "CREATE TABLE a (id INT PRIMARY KEY);",
-            Some("DROP TABLE a;"),
-        );
+        p.create_table(bind, "1_create_a", "a");
     }
     p.migration(
         "shop",
@@ -584,12 +544,7 @@ fn a_failed_mysql_downgrade_is_undone_with_up_sql() {
         "CREATE TABLE a (id INT PRIMARY KEY);",
         Some("DROP TABLE no_such_table;"),
     )
-    .migration(
-        "shop",
-        "2_create_b",
-        "CREATE TABLE b (id INT PRIMARY KEY);",
-        Some("DROP TABLE b;"),
-    );
+    .create_table("shop", "2_create_b", "b");
     p.run(&["upgrade", "--all-binds", ALLOW]).expect(0);
     let run = p.run(&["downgrade", "--all-binds", "base", ALLOW]);
     run.expect(1);
@@ -615,24 +570,19 @@ fn a_failed_mysql_downgrade_is_undone_with_up_sql() {
 fn a_failed_undo_is_marked_for_resolve() {
     let mut p = Project::new();
     p.add_mysql("shop");
-    p.migration(
-        "shop",
-        "1_create_a",
-        "CREATE TABLE a (id INT PRIMARY KEY);",
-        Some("DROP TABLE a;"),
-    )
-    .migration(
-        "shop",
-        "2_create_b",
-        "CREATE TABLE b (id INT PRIMARY KEY);",
-        Some("DROP TABLE no_such_table;"),
-    )
-    .migration(
-        "shop",
-        "3_broken",
-        "INSERT INTO no_such_table VALUES (1);",
-        Some("SELECT 1;"),
-    );
+    p.create_table("shop", "1_create_a", "a")
+        .migration(
+            "shop",
+            "2_create_b",
+            "CREATE TABLE b (id INT PRIMARY KEY);",
+            Some("DROP TABLE no_such_table;"),
+        )
+        .migration(
+            "shop",
+            "3_broken",
+            "INSERT INTO no_such_table VALUES (1);",
+            Some("SELECT 1;"),
+        );
     let db = p.db("shop");
     let run = p.run(&["upgrade", "--all-binds", ALLOW]);
     run.expect(3);
@@ -669,12 +619,7 @@ fn a_mysql_only_batch_is_settled_the_same_way_everywhere() {
         let mut p = Project::new();
         p.add_mysql("shop").add_mysql("crm");
         for bind in ["shop", "crm"] {
-            p.migration(
-                bind,
-                "1_create_a",
-                "CREATE TABLE a (id INT PRIMARY KEY);",
-                Some("DROP TABLE a;"),
-            );
+            p.create_table(bind, "1_create_a", "a");
         }
         let run = p.run_with(
             &["upgrade", "--all-binds", ALLOW],
@@ -742,19 +687,6 @@ fn mixed_batches_killed_at_random_moments() {
         }
     }
     let binds = ["a_pg", "b_lite", "c_my", "d_my"];
-    let all_or_nothing = |p: &Project| -> Option<bool> {
-        let states = p.states();
-        if states
-            .iter()
-            .all(|(b, s)| *s == state(&[&format!("{b}_1"), &format!("{b}_2")], &["1", "2"]))
-        {
-            Some(true)
-        } else if states.iter().all(|(_, s)| *s == state(&[], &[])) {
-            Some(false)
-        } else {
-            None
-        }
-    };
     let has_table = |p: &Project, bind: &str, table: &str| {
         p.db(bind).query_text(&format!(
             "SELECT CAST(count(*) AS CHAR) AS name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '{table}'"
@@ -845,12 +777,7 @@ fn mixed_batches_killed_at_random_moments() {
 fn data_only_without_an_atomic_decider_is_not_called_atomic() {
     let mut p = Project::new();
     p.add_mysql("shop");
-    p.migration(
-        "shop",
-        "1_create_a",
-        "CREATE TABLE a (id INT PRIMARY KEY);",
-        Some("DROP TABLE a;"),
-    );
+    p.create_table("shop", "1_create_a", "a");
     p.run(&["upgrade", "--all-binds", ALLOW]).expect(0);
     p.migration("shop", "2_rows", "INSERT INTO a VALUES (1);", None)
         .metadata("shop", "2_rows", "data_only = true\n");

@@ -190,105 +190,62 @@ impl Db {
             Db::Pg(db) => {
                 let mut c = db.conn();
                 c.batch_execute("SET lock_timeout = '5s'").unwrap();
-                let tables: BTreeSet<String> = diesel::sql_query(
+                let prepared = prepared_in(&mut c);
+                read_state(
+                    &mut c,
                     "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public'",
+                    prepared,
                 )
-                .load::<Name>(&mut c)
-                .unwrap()
-                .into_iter()
-                .map(|n| n.name)
-                .collect();
-                let versions = if tables.contains("__diesel_schema_migrations") {
-                    diesel::sql_query(
-                        "SELECT version AS name FROM __diesel_schema_migrations ORDER BY version",
-                    )
-                    .load::<Name>(&mut c)
-                    .unwrap()
-                    .into_iter()
-                    .map(|n| n.name)
-                    .collect()
-                } else {
-                    Vec::new()
-                };
-                DbState {
-                    tables: tables
-                        .into_iter()
-                        .filter(|t| !BOOKKEEPING.contains(&t.as_str()))
-                        .collect(),
-                    versions,
-                    prepared: prepared_in(&mut c),
-                }
             }
-            Db::My(db) => {
-                let mut c = db.conn();
-                let tables: BTreeSet<String> = diesel::sql_query(
-                    "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables WHERE table_schema = DATABASE()",
-                )
-                .load::<Name>(&mut c)
-                .unwrap()
-                .into_iter()
-                .map(|n| n.name)
-                .collect();
-                let versions = if tables.contains("__diesel_schema_migrations") {
-                    diesel::sql_query(
-                        "SELECT version AS name FROM __diesel_schema_migrations ORDER BY version",
-                    )
-                    .load::<Name>(&mut c)
-                    .unwrap()
-                    .into_iter()
-                    .map(|n| n.name)
-                    .collect()
-                } else {
-                    Vec::new()
-                };
-                DbState {
-                    tables: tables
-                        .into_iter()
-                        .filter(|t| !BOOKKEEPING.contains(&t.as_str()))
-                        .collect(),
-                    versions,
-                    prepared: Vec::new(),
-                }
-            }
-            Db::Sqlite(path) => {
-                if !path.exists() {
-                    return DbState {
-                        tables: BTreeSet::new(),
-                        versions: Vec::new(),
-                        prepared: Vec::new(),
-                    };
-                }
-                let mut c = sqlite(path);
-                let tables: BTreeSet<String> = diesel::sql_query(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-                )
-                .load::<Name>(&mut c)
-                .unwrap()
-                .into_iter()
-                .map(|n| n.name)
-                .collect();
-                let versions = if tables.contains("__diesel_schema_migrations") {
-                    diesel::sql_query(
-                        "SELECT version AS name FROM __diesel_schema_migrations ORDER BY version",
-                    )
-                    .load::<Name>(&mut c)
-                    .unwrap()
-                    .into_iter()
-                    .map(|n| n.name)
-                    .collect()
-                } else {
-                    Vec::new()
-                };
-                DbState {
-                    tables: tables
-                        .into_iter()
-                        .filter(|t| !BOOKKEEPING.contains(&t.as_str()))
-                        .collect(),
-                    versions,
-                    prepared: Vec::new(),
-                }
-            }
+            Db::My(db) => read_state(
+                &mut db.conn(),
+                "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables WHERE table_schema = DATABASE()",
+                Vec::new(),
+            ),
+            Db::Sqlite(path) if !path.exists() => state(&[], &[]),
+            Db::Sqlite(path) => read_state(
+                &mut sqlite(path),
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+                Vec::new(),
+            ),
         }
+    }
+}
+
+/// The `name` column of every row of `sql`.
+fn names<C>(c: &mut C, sql: &str) -> Vec<String>
+where
+    for<'a> diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'a, C, Name>,
+{
+    diesel::sql_query(sql)
+        .load::<Name>(c)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect()
+}
+
+/// User tables (listed by `tables_sql`) and version rows of a database.
+fn read_state<C>(c: &mut C, tables_sql: &str, prepared: Vec<String>) -> DbState
+where
+    for<'a> diesel::query_builder::SqlQuery: diesel::query_dsl::LoadQuery<'a, C, Name>,
+{
+    let tables: BTreeSet<String> = names(c, tables_sql).into_iter().collect();
+    let versions = if tables.contains("__diesel_schema_migrations") {
+        names(
+            c,
+            "SELECT version AS name FROM __diesel_schema_migrations ORDER BY version",
+        )
+    } else {
+        Vec::new()
+    };
+    DbState {
+        tables: tables
+            .into_iter()
+            .filter(|t| !BOOKKEEPING.contains(&t.as_str()))
+            .collect(),
+        versions,
+        prepared,
     }
 }
 
@@ -481,6 +438,16 @@ impl Project {
             fs::write(dir.join("down.sql"), down).unwrap();
         }
         self
+    }
+
+    /// A migration that creates `table` (`id INT PRIMARY KEY`) and whose down.sql drops it.
+    pub fn create_table(&mut self, bind: &str, folder: &str, table: &str) -> &mut Project {
+        self.migration(
+            bind,
+            folder,
+            &format!("CREATE TABLE {table} (id INT PRIMARY KEY);"),
+            Some(&format!("DROP TABLE {table};")),
+        )
     }
 
     /// Writes `migrations/<bind>/<folder>/metadata.toml`.

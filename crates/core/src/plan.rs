@@ -79,6 +79,28 @@ pub struct Step {
     pub data_only: bool,
 }
 
+impl Step {
+    /// A step that is only recorded, never run (stamp, resolve, recover): no SQL, nothing to
+    /// undo it with.
+    pub fn record_only(
+        version: Version,
+        name: String,
+        checksum: Option<String>,
+        down_sql: Option<String>,
+    ) -> Step {
+        Step {
+            version,
+            name,
+            sql: String::new(),
+            checksum,
+            down_sql,
+            down_source: None,
+            undo_sql: None,
+            data_only: false,
+        }
+    }
+}
+
 /// What must run on one bind to reach its target. An empty plan means the bind is there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {

@@ -1094,7 +1094,7 @@ impl BindConnection {
 /// The XA id of a bind's part of a batch on MySQL: `'orchestrate:<batch>','<bind>'` (XA allows
 /// 64 bytes for each part, too few for the PostgreSQL transaction id's four parts). The decider
 /// is found in the bind's batch mark, written before `XA START`.
-fn xid(batch_id: &str, bind: &str) -> String {
+pub(crate) fn xid(batch_id: &str, bind: &str) -> String {
     format!(
         "{},{}",
         quote_literal(&format!("{GID_PREFIX}{batch_id}")),

@@ -26,27 +26,12 @@ pub fn xa_script(plan: &Plan, batch_id: &str, decider: &str, bind: &str) -> Stri
         out.push_str(s);
         out.push('\n');
     };
-    let xid = format!(
-        "{},{}",
-        quote_literal(&format!("{}{batch_id}", crate::record::GID_PREFIX)),
-        quote_literal(bind)
-    );
-    line(&format!(
-        "SELECT GET_LOCK({}, <lock_timeout_ms in seconds>); -- until this bind has prepared",
-        crate::conn::MYSQL_LOCK_NAME
+    let xid = crate::conn::xid(batch_id, bind);
+    line(&mysql_preamble(
+        "until this bind has ended its XA transaction",
     ));
-    for ddl in [
-        schema::DIESEL_TABLE_DDL_MYSQL,
-        schema::HISTORY_DDL_MYSQL,
-        schema::IN_PROGRESS_DDL_MYSQL,
-    ] {
-        line(&format!("{ddl};"));
-    }
-    line(&format!(
-        "INSERT INTO orchestrate_in_progress (kind, batch_id, version, decider, direction, name, statements_done, statements_total, started_at) VALUES ('xa-batch', {}, '-', {}, '{}', '', 0, 0, <now>);",
-        quote_literal(batch_id),
-        quote_literal(decider),
-        plan.direction
+    line(&insert_mark(
+        "xa-batch", batch_id, "-", decider, plan, "", 0,
     ));
     line(&format!("XA START {xid};"));
     for step in &plan.steps {
@@ -68,41 +53,24 @@ pub fn xa_script(plan: &Plan, batch_id: &str, decider: &str, bind: &str) -> Stri
 
 /// The script of a MySQL bind's part of a batch: not atomic. Each statement commits as it
 /// runs; marks in `orchestrate_in_progress` record what is under way.
-pub fn nonatomic_script(plan: &Plan, batch_id: &str, decider: Option<&str>) -> String {
+pub fn nonatomic_script(plan: &Plan, batch_id: &str, decider: &str) -> String {
     let mut out = String::new();
     let mut line = |s: &str| {
         out.push_str(s);
         out.push('\n');
     };
     line("-- NOT ATOMIC: every statement below commits as it runs.");
-    line(&format!(
-        "SELECT GET_LOCK({}, <lock_timeout_ms in seconds>); -- held for the whole batch",
-        crate::conn::MYSQL_LOCK_NAME
-    ));
-    for ddl in [
-        schema::DIESEL_TABLE_DDL_MYSQL,
-        schema::HISTORY_DDL_MYSQL,
-        schema::IN_PROGRESS_DDL_MYSQL,
-    ] {
-        line(&format!("{ddl};"));
-    }
-    let insert_mark = |kind: &str, version: &str, name: &str, total: usize| {
-        format!(
-            "INSERT INTO orchestrate_in_progress (kind, batch_id, version, decider, direction, name, statements_done, statements_total, started_at) VALUES ('{kind}', {}, {}, {}, '{}', {}, 0, {total}, <now>);",
-            quote_literal(batch_id),
-            quote_literal(version),
-            quote_literal(decider.unwrap_or("")),
-            plan.direction,
-            quote_literal(name),
-        )
-    };
-    line(&insert_mark("batch", "-", "", 0));
+    line(&mysql_preamble("held for the whole batch"));
+    line(&insert_mark("batch", batch_id, "-", decider, plan, "", 0));
     for step in &plan.steps {
         let statements = orchestrate_core::split_statements(&step.sql);
         line(&format!("-- {} {}", plan.direction, step.name));
         line(&insert_mark(
             "migration",
+            batch_id,
             step.version.as_str(),
+            decider,
+            plan,
             &step.name,
             statements.len(),
         ));
@@ -131,6 +99,43 @@ pub fn nonatomic_script(plan: &Plan, batch_id: &str, decider: Option<&str>) -> S
         quote_literal(batch_id)
     ));
     out
+}
+
+/// What every MySQL script starts with: the bind's lock and the bookkeeping tables (DDL, which
+/// commits and is refused inside XA, so it comes first).
+fn mysql_preamble(lock_held: &str) -> String {
+    let mut text = format!(
+        "SELECT GET_LOCK({}, <lock_timeout_ms in seconds>); -- {lock_held}",
+        crate::conn::MYSQL_LOCK_NAME
+    );
+    for ddl in [
+        schema::DIESEL_TABLE_DDL_MYSQL,
+        schema::HISTORY_DDL_MYSQL,
+        schema::IN_PROGRESS_DDL_MYSQL,
+    ] {
+        text.push_str(&format!("\n{ddl};"));
+    }
+    text
+}
+
+/// The row of `orchestrate_in_progress` a MySQL script writes before what it marks.
+fn insert_mark(
+    kind: &str,
+    batch_id: &str,
+    version: &str,
+    decider: &str,
+    plan: &Plan,
+    name: &str,
+    total: usize,
+) -> String {
+    format!(
+        "INSERT INTO orchestrate_in_progress (kind, batch_id, version, decider, direction, name, statements_done, statements_total, started_at) VALUES ('{kind}', {}, {}, {}, '{}', {}, 0, {total}, <now>);",
+        quote_literal(batch_id),
+        quote_literal(version),
+        quote_literal(decider),
+        plan.direction,
+        quote_literal(name),
+    )
 }
 
 /// The version-table writes that record one step (two lines).
@@ -174,7 +179,7 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
         Backend::Sqlite => {
             line("BEGIN IMMEDIATE; -- waits at most lock_timeout_ms for the write lock")
         }
-        Backend::Mysql => return nonatomic_script(plan, batch_id, None),
+        Backend::Mysql => return nonatomic_script(plan, batch_id, ""),
     }
     line(&format!("{};", schema::DIESEL_TABLE_DDL));
     line(&format!(

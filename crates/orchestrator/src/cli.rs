@@ -1063,7 +1063,7 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
             guarantee(works, i, decider_index)
         );
         let body = if !is_atomic(works, i) {
-            nonatomic_script(&w.plan, batch_id, Some(decider.as_str()))
+            nonatomic_script(&w.plan, batch_id, &decider)
         } else if w.endpoint.backend == Backend::Mysql {
             xa_script(&w.plan, batch_id, &decider, &w.endpoint.bind)
         } else {

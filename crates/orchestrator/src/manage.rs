@@ -212,16 +212,12 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
         let mut added = 0;
         for m in &want {
             if !is_applied(&m.version) {
-                let step = Step {
-                    version: m.version.clone(),
-                    name: m.name.clone(),
-                    sql: String::new(),
-                    checksum: Some(m.checksum.clone()),
-                    down_sql: m.down_sql.clone(),
-                    down_source: None,
-                    undo_sql: None,
-                    data_only: false,
-                };
+                let step = Step::record_only(
+                    m.version.clone(),
+                    m.name.clone(),
+                    Some(m.checksum.clone()),
+                    m.down_sql.clone(),
+                );
                 conn.record_step(&batch, Direction::Up, "stamp", &step, &at)?;
                 added += 1;
             }
@@ -229,16 +225,12 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
         let mut removed = 0;
         for a in &applied {
             if !want.iter().any(|m| m.version == a.version) {
-                let step = Step {
-                    version: a.version.clone(),
-                    name: a.name.clone().unwrap_or_else(|| a.version.to_string()),
-                    sql: String::new(),
-                    checksum: a.checksum.clone(),
-                    down_sql: None,
-                    down_source: None,
-                    undo_sql: None,
-                    data_only: false,
-                };
+                let step = Step::record_only(
+                    a.version.clone(),
+                    a.name.clone().unwrap_or_else(|| a.version.to_string()),
+                    a.checksum.clone(),
+                    None,
+                );
                 conn.record_step(&batch, Direction::Down, "unstamp", &step, &at)?;
                 removed += 1;
             }
@@ -305,16 +297,12 @@ pub fn resolve(
     let file = read_chain(&bind.name, &bind.migrations)
         .ok()
         .and_then(|c| c.find(&Version::from_stored(&mark.version)).cloned());
-    let step = Step {
-        version: Version::from_stored(&mark.version),
-        name: mark.name.clone(),
-        sql: String::new(),
-        checksum: file.as_ref().map(|f| f.checksum.clone()),
-        down_sql: file.as_ref().and_then(|f| f.down_sql.clone()),
-        down_source: None,
-        undo_sql: None,
-        data_only: false,
-    };
+    let step = Step::record_only(
+        Version::from_stored(&mark.version),
+        mark.name.clone(),
+        file.as_ref().map(|f| f.checksum.clone()),
+        file.as_ref().and_then(|f| f.down_sql.clone()),
+    );
     // What the person's answer means for the version tables.
     let record = match (mark.direction.as_str(), applied) {
         ("up", true) => Some((Direction::Up, "up")),

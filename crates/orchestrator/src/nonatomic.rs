@@ -38,26 +38,25 @@ pub struct Running {
     pub partial: Option<Mark>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn mark(
-    kind: &str,
+/// The mark of one migration (or undo, `direction` `undo-up`/`undo-down`) about to run `sql`,
+/// with the number of its statements.
+pub fn migration_mark(
     batch_id: &str,
     decider: &str,
     direction: &str,
-    version: &str,
-    name: &str,
-    total: usize,
+    step: &Step,
+    sql: &str,
     at: &str,
 ) -> Mark {
     Mark {
-        kind: kind.into(),
+        kind: "migration".into(),
         batch_id: batch_id.into(),
-        version: version.into(),
+        version: step.version.as_str().into(),
         decider: decider.into(),
         direction: direction.into(),
-        name: name.into(),
+        name: step.name.clone(),
         statements_done: 0,
-        statements_total: total as i64,
+        statements_total: split_statements(sql).len() as i64,
         started_at: at.into(),
     }
 }
@@ -73,16 +72,33 @@ pub fn xa_batch_mark(batch_id: &str, decider: &str, direction: Direction, at: &s
 
 /// The mark that says a batch touched a MySQL bind and is not settled there.
 pub fn batch_mark(batch_id: &str, decider: &str, direction: Direction, at: &str) -> Mark {
-    mark(
-        "batch",
-        batch_id,
-        decider,
-        &direction.to_string(),
-        "-",
-        "",
-        0,
-        at,
-    )
+    Mark {
+        kind: "batch".into(),
+        batch_id: batch_id.into(),
+        version: "-".into(),
+        decider: decider.into(),
+        direction: direction.to_string(),
+        name: String::new(),
+        statements_done: 0,
+        statements_total: 0,
+        started_at: at.into(),
+    }
+}
+
+/// Takes a MySQL bind's lock (and makes its tables), and fails when an earlier batch left
+/// anything unsettled there.
+fn lock_settled(conn: &mut BindConnection) -> Result<(), DriverError> {
+    conn.begin_nonatomic()?;
+    match conn.marks()?.first() {
+        Some(m) => Err(DriverError::Other {
+            bind: conn.endpoint().bind.clone(),
+            detail: format!(
+                "an earlier batch is not settled here: {}",
+                m.describe().replace("<bind>", &conn.endpoint().bind)
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Opens a MySQL bind's part of a batch as an XA transaction: the lock and the bookkeeping
@@ -90,14 +106,7 @@ pub fn batch_mark(batch_id: &str, decider: &str, direction: Direction, at: &str)
 /// batch mark naming the decider (committed, so that recover can find the decision), then
 /// `XA START`.
 pub fn begin_xa(conn: &mut BindConnection, batch_id: &str, mark: &Mark) -> Result<(), BatchError> {
-    conn.begin_nonatomic()?;
-    if let Some(m) = conn.marks()?.first() {
-        return Err(DriverError::Other {
-            bind: conn.endpoint().bind.clone(),
-            detail: format!("an earlier batch is not settled here: {}", m.describe()),
-        }
-        .into());
-    }
+    lock_settled(conn)?;
     conn.put_mark(mark)?;
     conn.start_xa(batch_id)?;
     Ok(())
@@ -173,26 +182,10 @@ pub fn run(
         })
     };
     let mut conn = BindConnection::connect(&work.endpoint, true, lock_timeout).map_err(bare)?;
-    conn.begin_nonatomic().map_err(bare)?;
-    let unsettled = conn.marks().map_err(bare)?;
-    if let Some(m) = unsettled.first() {
-        return Err(bare(DriverError::Other {
-            bind: work.endpoint.bind.clone(),
-            detail: format!("an earlier batch is not settled here: {}", m.describe()),
-        }));
-    }
+    lock_settled(&mut conn).map_err(bare)?;
     conn.check_plan_still_valid(direction, &work.plan.steps)
         .map_err(bare)?;
-    let batch_mark = mark(
-        "batch",
-        batch_id,
-        decider,
-        &direction.to_string(),
-        "-",
-        "",
-        0,
-        at,
-    );
+    let batch_mark = batch_mark(batch_id, decider, direction, at);
     conn.put_mark(&batch_mark).map_err(bare)?;
     let mut running = Running {
         index,
@@ -205,15 +198,12 @@ pub fn run(
         if signals::interrupted() {
             return Err(fail(BatchError::Interrupted, running));
         }
-        let total = split_statements(&step.sql).len();
-        let mut m = mark(
-            "migration",
+        let mut m = migration_mark(
             batch_id,
             decider,
             &direction.to_string(),
-            step.version.as_str(),
-            &step.name,
-            total,
+            step,
+            &step.sql,
             at,
         );
         if let Err((e, cleared)) =
@@ -256,20 +246,9 @@ pub fn undo(
 ) -> Result<(), String> {
     for u in undos {
         let direction = format!("undo-{}", u.ran);
-        let total = split_statements(&u.sql).len();
-        let mut m = mark(
-            "migration",
-            batch_id,
-            decider,
-            &direction,
-            u.step.version.as_str(),
-            &u.step.name,
-            total,
-            at,
-        );
+        let mut m = migration_mark(batch_id, decider, &direction, &u.step, &u.sql, at);
         if u.sql.trim().is_empty() {
             // Nothing says how to undo it: a person must.
-            m.statements_total = 0;
             return Err(match conn.put_mark(&m) {
                 Ok(()) => m.describe(),
                 Err(e) => format!(

@@ -475,16 +475,12 @@ fn recover_nonatomic(
         let file = chain
             .as_ref()
             .and_then(|c| c.find(&Version::from_stored(&m.version)));
-        let step = Step {
-            version: Version::from_stored(&m.version),
-            name: m.name.clone(),
-            sql: String::new(),
-            checksum: file.map(|f| f.checksum.clone()),
-            down_sql: file.and_then(|f| f.down_sql.clone()),
-            down_source: None,
-            undo_sql: None,
-            data_only: false,
-        };
+        let step = Step::record_only(
+            Version::from_stored(&m.version),
+            m.name.clone(),
+            file.map(|f| f.checksum.clone()),
+            file.and_then(|f| f.down_sql.clone()),
+        );
         match conn.finish_marked_step(&m.batch_id, direction, label, &step, m, &at) {
             Ok(()) => push(
                 report,
@@ -571,7 +567,7 @@ fn recover_nonatomic(
             },
             Decision::Abort => {
                 let mut undos = Vec::new();
-                let mut missing = Vec::new();
+                let mut missing: Option<&orchestrate_driver::BatchStep> = None;
                 for st in &steps {
                     let file = chain
                         .as_ref()
@@ -588,55 +584,46 @@ fn recover_nonatomic(
                     };
                     let Some(sql) = sql else {
                         // Undo goes newest first and stops here: older ones wait for it.
-                        missing.push(st.name.clone());
+                        missing = Some(st);
                         break;
                     };
                     undos.push(crate::nonatomic::Undo {
-                        step: Step {
-                            version: Version::from_stored(&st.version),
-                            name: st.name.clone(),
-                            sql: String::new(),
-                            checksum: st.checksum.clone(),
-                            down_sql: st.down_sql.clone(),
-                            down_source: None,
-                            undo_sql: None,
-                            data_only: false,
-                        },
+                        step: Step::record_only(
+                            Version::from_stored(&st.version),
+                            st.name.clone(),
+                            st.checksum.clone(),
+                            st.down_sql.clone(),
+                        ),
                         ran,
                         sql,
                     });
                 }
-                if let Some(first) = missing.first() {
+                if let Some(st) = missing {
                     // Undo stops at the newest migration without SQL: mark it, so that a
                     // person undoes it by hand and says so with `resolve`.
-                    let st = steps
-                        .iter()
-                        .find(|s| &s.name == first)
-                        .expect("a step of the batch");
-                    let mark = orchestrate_driver::Mark {
-                        kind: "migration".into(),
-                        batch_id: m.batch_id.clone(),
-                        version: st.version.clone(),
-                        decider: m.decider.clone(),
-                        direction: format!("undo-{}", st.direction),
-                        name: st.name.clone(),
-                        statements_done: 0,
-                        statements_total: 0,
-                        started_at: at.clone(),
-                    };
-                    let undoable: Vec<_> = undos
-                        .into_iter()
-                        .take_while(|u| u.step.name != *first)
-                        .collect();
+                    let step = Step::record_only(
+                        Version::from_stored(&st.version),
+                        st.name.clone(),
+                        None,
+                        None,
+                    );
+                    let mark = crate::nonatomic::migration_mark(
+                        &m.batch_id,
+                        &m.decider,
+                        &format!("undo-{}", st.direction),
+                        &step,
+                        "",
+                        &at,
+                    );
                     if dry_run {
-                        push(report, &m.batch_id, "attention", format!("the batch was not decided, so its migrations here must be undone, but there is no SQL to undo {}", missing.join(", ")));
+                        push(report, &m.batch_id, "attention", format!("the batch was not decided, so its migrations here must be undone, but there is no SQL to undo {}", st.name));
                         continue;
                     }
                     let result =
-                        crate::nonatomic::undo(&mut conn, &m.batch_id, &m.decider, &undoable, &at)
+                        crate::nonatomic::undo(&mut conn, &m.batch_id, &m.decider, &undos, &at)
                             .and_then(|()| conn.put_mark(&mark).map_err(|e| e.to_string()));
                     let detail = match result {
-                        Ok(()) => format!("the batch was not decided, so its migrations here must be undone; {} were, newest first, and then: {}", undoable.len(), mark.describe().replace("<bind>", &bind.name)),
+                        Ok(()) => format!("the batch was not decided, so its migrations here must be undone; {} were, newest first, and then: {}", undos.len(), mark.describe().replace("<bind>", &bind.name)),
                         Err(why) => why.replace("<bind>", &bind.name),
                     };
                     push(report, &m.batch_id, "attention", detail);
