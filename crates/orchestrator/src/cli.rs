@@ -199,7 +199,8 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub json: bool,
     /// Accept MySQL/MariaDB binds in the batch although they cannot be atomic: their DDL
-    /// commits statement by statement. They run after every atomic bind has prepared; if
+    /// commits statement by statement. (Not needed for a MySQL bind whose migrations are all
+    /// `data_only = true` when a PostgreSQL or SQLite bind decides: it joins through XA.) They run after every atomic bind has prepared; if
     /// anything fails before the decision, their migrations of this batch are reverted with
     /// their down SQL, newest first. A crash in the middle of one of their migrations leaves
     /// it marked for `orchestrate resolve`.
