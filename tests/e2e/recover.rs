@@ -37,20 +37,63 @@ fn prepare_by_hand(p: &Project, bind: &str, decider: &str, batch: &str) -> Strin
     gid
 }
 
-fn record_decision(p: &Project, decider: &str, batch: &str, participants: Vec<Participant>) {
+const BATCHES_DDL: &str = "CREATE TABLE IF NOT EXISTS orchestrate_batches (batch_id VARCHAR(64) PRIMARY KEY NOT NULL, state VARCHAR(16) NOT NULL, begun_at VARCHAR(40) NOT NULL, decided_at VARCHAR(40), settled_at VARCHAR(40), record TEXT)";
+
+/// What a coordinator commits on its decider before any bind prepares: the batch's `begun` row.
+fn begin_by_hand(p: &Project, decider: &str, batch: &str) {
+    pg(p, decider)
+        .batch_execute(&format!(
+            "{BATCHES_DDL}; INSERT INTO orchestrate_batches (batch_id, state, begun_at) VALUES ('{batch}', 'begun', 'now');"
+        ))
+        .unwrap();
+}
+
+fn decision_json(decider: &str, batch: &str, participants: Vec<Participant>) -> String {
     let record = DecisionRecord {
         batch_id: batch.into(),
         direction: "up".into(),
         decider: decider.into(),
         participants,
     };
-    let json = serde_json::to_string(&record).unwrap().replace('\'', "''");
+    serde_json::to_string(&record).unwrap().replace('\'', "''")
+}
+
+/// The decider's commit decision for a batch.
+fn record_decision(p: &Project, decider: &str, batch: &str, participants: Vec<Participant>) {
+    let json = decision_json(decider, batch, participants);
+    pg(p, decider)
+        .batch_execute(&format!(
+            "{BATCHES_DDL}; INSERT INTO orchestrate_batches (batch_id, state, begun_at, decided_at, record) VALUES ('{batch}', 'commit', 'now', 'now', '{json}') \
+             ON CONFLICT (batch_id) DO UPDATE SET state = 'commit', decided_at = 'now', record = EXCLUDED.record;"
+        ))
+        .unwrap();
+}
+
+/// A commit decision as versions before `orchestrate_batches` wrote it.
+fn record_legacy_decision(p: &Project, decider: &str, batch: &str, participants: Vec<Participant>) {
+    let json = decision_json(decider, batch, participants);
     pg(p, decider)
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS orchestrate_decisions (batch_id TEXT PRIMARY KEY NOT NULL, decided_at TEXT NOT NULL, record TEXT NOT NULL); \
              INSERT INTO orchestrate_decisions VALUES ('{batch}', 'now', '{json}');"
         ))
         .unwrap();
+}
+
+/// The state of a batch's row on a PostgreSQL decider (`missing` when there is none).
+fn batch_state(p: &Project, decider: &str, batch: &str) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct S {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        s: String,
+    }
+    use diesel::RunQueryDsl;
+    diesel::sql_query(format!(
+        "SELECT coalesce((SELECT state || CASE WHEN settled_at IS NULL THEN '' ELSE ',settled' END FROM orchestrate_batches WHERE batch_id = '{batch}'), 'missing') AS s"
+    ))
+    .get_result::<S>(&mut pg(p, decider))
+    .unwrap()
+    .s
 }
 
 fn two_pg() -> Project {
@@ -75,6 +118,7 @@ fn two_pg() -> Project {
 fn undecided_batch_is_reported_refused_and_rolled_back() {
     let batch = new_batch();
     let p = two_pg();
+    begin_by_hand(&p, "main", &batch);
     let gid = prepare_by_hand(&p, "side", "main", &batch);
 
     let run = p.run(&["status"]);
@@ -94,22 +138,81 @@ fn undecided_batch_is_reported_refused_and_rolled_back() {
     assert_eq!(p.db("main").state(), state(&[], &[]));
 
     let run = p.run(&["recover", "--dry-run"]);
-    run.expect(0);
+    run.expect(3);
     assert!(run.stdout.contains("would roll back"), "{}", run.stdout);
     assert_eq!(
         p.db("side").state().prepared,
         std::slice::from_ref(&gid),
         "--dry-run changed something"
     );
+    assert_eq!(
+        batch_state(&p, "main", &batch),
+        "begun",
+        "--dry-run decided"
+    );
 
     let run = p.run(&["recover"]);
     run.expect(0);
     assert!(run.stdout.contains("rolled back"), "{}", run.stdout);
+    assert_eq!(batch_state(&p, "main", &batch), "abort");
     assert_eq!(p.db("side").state(), state(&[], &[]));
     assert_eq!(p.db("main").state(), state(&[], &[]));
     p.run(&["recover"]).expect(0);
     p.run(&["upgrade", "--all-binds"]).expect(0);
     assert_eq!(p.db("side").state(), state(&["x"], &["1"]));
+}
+
+/// No evidence is never a decision: a prepared transaction whose decider has no row for its
+/// batch (a restored or replaced database, a hand-made transaction) stays as it is, exit 3.
+#[test]
+fn a_batch_without_its_row_on_the_decider_is_in_doubt_not_aborted() {
+    let batch = new_batch();
+    let p = two_pg();
+    let gid = prepare_by_hand(&p, "side", "main", &batch);
+    for args in [&["recover"][..], &["recover", "--dry-run"][..]] {
+        let run = p.run(args);
+        run.expect(3);
+        assert!(
+            run.stdout.contains("no row for batch") && run.stdout.contains("left alone"),
+            "{}",
+            run.stdout
+        );
+    }
+    assert_eq!(p.db("side").state().prepared, std::slice::from_ref(&gid));
+    let run = p.run(&["status", "--json"]);
+    run.expect(3);
+    assert!(run.stdout.contains("unknown: no row"), "{}", run.stdout);
+    // Once the evidence is there, recover acts on it.
+    record_decision(&p, "main", &batch, vec![]);
+    p.run(&["recover"]).expect(0);
+    assert_eq!(p.db("side").state(), state(&["x"], &["1"]));
+    assert_eq!(p.db("main").state(), state(&[], &[]));
+}
+
+/// A decision written by a version before `orchestrate_batches` still counts, and recover
+/// settles it once, so that later runs no longer read it.
+#[test]
+fn a_decision_of_an_older_version_is_committed_and_settled() {
+    let batch = new_batch();
+    let p = two_pg();
+    let gid = prepare_by_hand(&p, "side", "main", &batch);
+    record_legacy_decision(
+        &p,
+        "main",
+        &batch,
+        vec![Participant {
+            bind: "side".into(),
+            backend: Backend::Postgres,
+            gid: Some(gid),
+            redo: None,
+            before: None,
+        }],
+    );
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("committed"), "{}", run.stdout);
+    assert_eq!(p.db("side").state(), state(&["x"], &["1"]));
+    assert_eq!(batch_state(&p, "main", &batch), "commit,settled");
 }
 
 #[test]
@@ -126,37 +229,43 @@ fn decided_batch_is_committed() {
             backend: Backend::Postgres,
             gid: Some(gid),
             redo: None,
+            before: None,
         }],
     );
     let run = p.run(&["recover"]);
     run.expect(0);
     assert!(run.stdout.contains("committed"), "{}", run.stdout);
     assert_eq!(p.db("side").state(), state(&["x"], &["1"]));
+    assert_eq!(batch_state(&p, "main", &batch), "commit,settled");
 }
 
 #[test]
 fn a_batch_whose_decider_is_alive_is_left_alone() {
     let batch = new_batch();
     let p = two_pg();
+    begin_by_hand(&p, "main", &batch);
     let gid = prepare_by_hand(&p, "side", "main", &batch);
+    // A coordinator holds its batch's row from before any bind prepares until it decides.
     let mut coordinator = pg(&p, "main");
     coordinator
         .batch_execute(&format!(
-            "SET application_name = 'orchestrate-decider:{batch}'; BEGIN;"
+            "BEGIN; SELECT * FROM orchestrate_batches WHERE batch_id = '{batch}' FOR UPDATE;"
         ))
         .unwrap();
-    let run = p.run(&["recover"]);
-    run.expect(3);
-    assert!(
-        run.stdout.contains("still appears to be running"),
-        "{}",
-        run.stdout
-    );
+    for args in [
+        &["recover", "--wait", "1"][..],
+        &["recover", "--dry-run"][..],
+    ] {
+        let run = p.run(args);
+        run.expect(3);
+        assert!(run.stdout.contains("still holds batch"), "{}", run.stdout);
+    }
     assert_eq!(p.db("side").state().prepared, [gid]);
+    assert_eq!(batch_state(&p, "main", &batch), "begun");
     drop(coordinator);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let run = p.run(&["recover"]);
+        let run = p.run(&["recover", "--wait", "1"]);
         if run.code == 0 {
             break;
         }
@@ -181,6 +290,9 @@ fn a_sqlite_bind_that_lost_a_decided_batch_is_redone_once() {
         "CREATE TABLE s (id INT);",
         Some("DROP TABLE s;"),
     );
+    // The coordinator had created the file when it opened the bind's (then lost) transaction.
+    std::fs::create_dir_all(p.path().join("var")).unwrap();
+    p.db("side").execute("SELECT 1;");
     record_decision(
         &p,
         "main",
@@ -196,6 +308,7 @@ fn a_sqlite_bind_that_lost_a_decided_batch_is_redone_once() {
                 checksum: Some(orchestrate_core::checksum("CREATE TABLE s (id INT);")),
                 down_sql: Some("DROP TABLE s;".into()),
             }]),
+            before: None,
         }],
     );
     let run = p.run(&["recover"]);
@@ -212,6 +325,62 @@ fn a_sqlite_bind_that_lost_a_decided_batch_is_redone_once() {
     let run = p.run(&["status", "--bind", "side", "--json"]);
     run.expect(0);
     assert!(run.stdout.contains("\"problems\": []"), "{}", run.stdout);
+    assert_eq!(batch_state(&p, "main", &batch), "commit,settled");
+}
+
+/// A decided batch is replayed only onto the database it was decided for, in the state it
+/// began from: a SQLite file reset (or replaced) since gets nothing, and recover says why.
+#[test]
+fn a_reset_sqlite_file_never_gets_a_decided_batch_replayed() {
+    let batch = new_batch();
+    let mut p = Project::new();
+    p.add_pg("main").add_sqlite("side");
+    p.create_table("side", "1_a", "a");
+    p.create_table("side", "2_b", "b");
+    p.run(&["upgrade", "--all-binds", "--target", "side=1"])
+        .expect(0);
+    record_decision(
+        &p,
+        "main",
+        &batch,
+        vec![Participant {
+            bind: "side".into(),
+            backend: Backend::Sqlite,
+            gid: None,
+            redo: Some(vec![RedoStep {
+                version: "2".into(),
+                name: "2_b".into(),
+                sql: "CREATE TABLE b (id INT PRIMARY KEY);".into(),
+                checksum: Some(orchestrate_core::checksum(
+                    "CREATE TABLE b (id INT PRIMARY KEY);",
+                )),
+                down_sql: Some("DROP TABLE b;".into()),
+            }]),
+            before: Some(vec!["1".into()]),
+        }],
+    );
+    // The file is replaced by a fresh one.
+    let Db::Sqlite(path) = p.db("side") else {
+        unreachable!()
+    };
+    std::fs::remove_file(path).unwrap();
+    p.db("side").execute("CREATE TABLE other (id INT);");
+    for args in [&["recover", "--dry-run"][..], &["recover"][..]] {
+        let run = p.run(args);
+        run.expect(3);
+        assert!(
+            run.stdout.contains("not in the state the batch began from"),
+            "{}",
+            run.stdout
+        );
+    }
+    assert_eq!(p.db("side").state(), state(&["other"], &[]));
+    assert_eq!(batch_state(&p, "main", &batch), "commit");
+    // With the file gone altogether, recover neither creates it nor replays anything.
+    std::fs::remove_file(path).unwrap();
+    p.run(&["recover"]).expect(3);
+    p.run(&["recover", "--dry-run"]).expect(3);
+    assert!(!path.exists(), "recover created the SQLite file");
 }
 
 /// A real crash: the coordinator is killed with SIGKILL after one bind has prepared and while
@@ -275,6 +444,7 @@ fn status_does_not_hang_on_a_locking_in_doubt_batch() {
     let p = two_pg();
     p.run(&["upgrade", "--all-binds"]).expect(0);
     let gid = gid_for(&batch, "main", "side");
+    begin_by_hand(&p, "main", &batch);
     pg(&p, "side")
         .batch_execute(&format!(
             "BEGIN; LOCK TABLE __diesel_schema_migrations IN ACCESS EXCLUSIVE MODE; PREPARE TRANSACTION '{gid}';"
@@ -330,6 +500,7 @@ fn a_prepared_transaction_rolled_back_by_hand_is_a_heuristic_outcome() {
             backend: Backend::Postgres,
             gid: Some(gid.clone()),
             redo: None,
+            before: None,
         }],
     );
     pg(&p, "side")

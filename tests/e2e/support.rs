@@ -169,7 +169,8 @@ pub struct DbState {
     pub prepared: Vec<String>,
 }
 
-const BOOKKEEPING: [&str; 4] = [
+const BOOKKEEPING: [&str; 5] = [
+    "orchestrate_batches",
     "__diesel_schema_migrations",
     "orchestrate_history",
     "orchestrate_decisions",

@@ -3,15 +3,18 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::mysql::Mysql;
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use diesel::sqlite::Sqlite;
 use diesel::{MysqlConnection, PgConnection, SqliteConnection};
 use orchestrate_core::{Applied, Direction, Step, Version};
 
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::DriverError;
 use crate::record::{quote_literal, DecisionRecord, GID_PREFIX};
-use crate::schema::{self, __diesel_schema_migrations, orchestrate_decisions, orchestrate_history};
+use crate::schema::{self, BATCHES, DIESEL_TABLE, HISTORY, IN_PROGRESS};
 
 /// The key of the transaction-scoped advisory lock every PostgreSQL batch takes first. It is
 /// released by COMMIT, ROLLBACK, COMMIT PREPARED, ROLLBACK PREPARED or the end of the session,
@@ -41,6 +44,70 @@ macro_rules! on_conn {
     };
 }
 
+/// A value bound to a bookkeeping statement (written with `?` placeholders).
+#[derive(Clone, Copy, Debug)]
+enum Arg<'a> {
+    Text(&'a str),
+    MaybeText(Option<&'a str>),
+    Int(i64),
+}
+
+/// `sql` with `args` bound, boxed for whichever backend the connection is.
+macro_rules! bound {
+    ($sql:expr, $args:expr) => {{
+        let mut query = diesel::sql_query($sql).into_boxed();
+        for arg in $args {
+            query = match *arg {
+                Arg::Text(v) => query.bind::<Text, _>(v),
+                Arg::MaybeText(v) => query.bind::<Nullable<Text>, _>(v),
+                Arg::Int(v) => query.bind::<BigInt, _>(v),
+            };
+        }
+        query
+    }};
+}
+
+/// A row read by any backend.
+trait Row: QueryableByName<Pg> + QueryableByName<Sqlite> + QueryableByName<Mysql> + 'static {}
+impl<T: QueryableByName<Pg> + QueryableByName<Sqlite> + QueryableByName<Mysql> + 'static> Row
+    for T
+{
+}
+
+/// PostgreSQL numbers its placeholders: `?` becomes `$1`, `$2`, ... (bookkeeping SQL holds no
+/// other `?`).
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Quotes an identifier (a schema or database name read from the server): `"x"` on
+/// PostgreSQL and SQLite, `` `x` `` on MySQL, doubling the quote inside.
+fn quote_ident(backend: Backend, name: &str) -> String {
+    let q = if backend == Backend::Mysql { '`' } else { '"' };
+    format!("{q}{}{q}", name.replace(q, &format!("{q}{q}")))
+}
+
+/// What a decider's `orchestrate_batches` says of one batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecisionState {
+    /// Begun and not decided: its coordinator may still decide, unless `recover` wins the row.
+    Begun,
+    /// Decided to commit.
+    Commit(Box<DecisionRecord>),
+    /// Decided not to commit (by its coordinator after a failure, or by `recover`).
+    Abort,
+}
+
 /// What a database says about itself.
 #[derive(Clone, Debug, Default)]
 pub struct BindState {
@@ -54,24 +121,32 @@ pub struct BindState {
 }
 
 /// A row of `orchestrate_in_progress` (MySQL binds): something started and not settled.
-#[derive(Clone, Debug, PartialEq, Eq, Queryable, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName, serde::Serialize)]
 pub struct Mark {
     /// `batch`: a batch touched this bind and its outcome is not settled here (`xa-batch`: the
     /// same, for a batch whose part here is an XA transaction); `migration`:
     /// a migration (or, with direction `undo-up`/`undo-down`, its undo) started and did not
     /// finish.
+    #[diesel(sql_type = Text)]
     pub kind: String,
+    #[diesel(sql_type = Text)]
     pub batch_id: String,
     /// The migration's version (`-` for a batch mark).
+    #[diesel(sql_type = Text)]
     pub version: String,
-    /// The bind whose `orchestrate_decisions` decides the batch; empty when no bind of the
-    /// batch could decide (only MySQL binds).
+    /// The bind whose `orchestrate_batches` decides the batch.
+    #[diesel(sql_type = Text)]
     pub decider: String,
     /// `up`, `down`, `undo-up` (reverting an applied migration) or `undo-down`.
+    #[diesel(sql_type = Text)]
     pub direction: String,
+    #[diesel(sql_type = Text)]
     pub name: String,
+    #[diesel(sql_type = BigInt)]
     pub statements_done: i64,
+    #[diesel(sql_type = BigInt)]
     pub statements_total: i64,
+    #[diesel(sql_type = Text)]
     pub started_at: String,
 }
 
@@ -184,11 +259,54 @@ fn keep_openssl_initialised() {
     });
 }
 
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Nullable<Text>)]
+    s: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct VersionRow {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+#[derive(QueryableByName)]
+struct HistoryRow {
+    #[diesel(sql_type = Text)]
+    version: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    direction: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    checksum: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    down_sql: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct BatchRow {
+    #[diesel(sql_type = Text)]
+    batch_id: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    record: Option<String>,
+}
+
 /// One open connection to one bind.
 pub struct BindConnection {
     endpoint: Endpoint,
     conn: Conn,
     lock_timeout: Duration,
+    /// Where this tool's tables live, quoted, with a trailing dot: the PostgreSQL schema first
+    /// in the search path when the connection opened, `main.` on SQLite, the database on MySQL.
+    /// Fixed at connect, before any migration can move the search path.
+    qualifier: String,
+    /// PostgreSQL: the transaction id of the open batch transaction, to notice a migration
+    /// that ended it and started another (`COMMIT AND CHAIN`, `COMMIT; BEGIN`).
+    xact: Option<i64>,
     /// MySQL: the XA transaction this session has started (`XA START`), if any.
     xa: Option<String>,
 }
@@ -251,18 +369,48 @@ impl BindConnection {
             endpoint: endpoint.clone(),
             conn,
             lock_timeout,
+            qualifier: String::new(),
+            xact: None,
             xa: None,
         };
+        this.settle_session(ms)?;
+        Ok(this)
+    }
+
+    /// Sets what every session of this tool needs, and fixes where the bookkeeping tables are:
+    /// SQLite waits for locks and syncs every commit to disk (`synchronous = FULL`: durable in
+    /// both journal modes); MySQL waits for locks at most the lock timeout and commits every
+    /// statement (`autocommit = 1`, checked: a server or user default of 0 would leave marks
+    /// and decisions uncommitted).
+    fn settle_session(&mut self, ms: u128) -> Result<(), DriverError> {
         let seconds = ms.div_ceil(1000).max(1);
-        let set_timeout = match &mut this.conn {
-            Conn::Sqlite(c) => c.batch_execute(&format!("PRAGMA busy_timeout = {ms}")),
+        let set = match &mut self.conn {
+            Conn::Sqlite(c) => c.batch_execute(&format!(
+                "PRAGMA busy_timeout = {ms}; PRAGMA synchronous = FULL"
+            )),
             Conn::Mysql(c) => c.batch_execute(&format!(
-                "SET SESSION innodb_lock_wait_timeout = {seconds}, SESSION lock_wait_timeout = {seconds}"
+                "SET SESSION autocommit = 1, SESSION innodb_lock_wait_timeout = {seconds}, SESSION lock_wait_timeout = {seconds}"
             )),
             Conn::Pg(_) => Ok(()),
         };
-        set_timeout.map_err(|source| this.query_err("cannot set the lock timeout", source))?;
-        Ok(this)
+        set.map_err(|source| self.query_err("cannot set up the session", source))?;
+        let where_sql = match self.conn {
+            Conn::Pg(_) => "SELECT pg_catalog.current_schema() AS s",
+            Conn::Mysql(_) => "SELECT CASE WHEN @@autocommit = 1 THEN DATABASE() END AS s",
+            Conn::Sqlite(_) => "SELECT 'main' AS s",
+        };
+        let found: Vec<Name> = self.rows("cannot read the session's schema", where_sql, &[])?;
+        let Some(name) = found.into_iter().next().and_then(|n| n.s) else {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: match self.conn {
+                    Conn::Pg(_) => "the search_path of this database and role names no schema that exists, so there is nowhere to keep the version tables; set search_path (for example to public)".into(),
+                    _ => "the session has no database selected, or autocommit cannot be turned on; put the database in the URL (mysql://user@host/DATABASE)".into(),
+                },
+            });
+        };
+        self.qualifier = format!("{}.", quote_ident(self.backend(), &name));
+        Ok(())
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -285,41 +433,93 @@ impl BindConnection {
         }
     }
 
-    fn table_exists(&mut self, table: &str) -> Result<bool, DriverError> {
-        // `table` is one of this crate's constant names, never user input.
-        let sql = match self.conn {
-            Conn::Pg(_) => format!(
-                "SELECT CAST(CASE WHEN to_regclass('{table}') IS NULL THEN 0 ELSE 1 END AS BIGINT) AS n"
-            ),
-            Conn::Sqlite(_) => {
-                format!("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '{table}'")
-            }
-            Conn::Mysql(_) => format!(
-                "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '{table}'"
-            ),
-        };
-        let query = diesel::sql_query(sql);
-        let row: Result<Count, _> = on_conn!(&mut self.conn, c => query.get_result(c));
-        row.map(|r| r.n > 0)
-            .map_err(|e| self.query_err("cannot read the catalog", e))
+    /// The fully qualified name of one of this tool's tables.
+    fn table(&self, name: &str) -> String {
+        format!("{}{}", self.qualifier, quote_ident(self.backend(), name))
     }
 
-    /// Which of diesel's version table, `orchestrate_history` and (MySQL)
-    /// `orchestrate_in_progress` exist, in one round trip.
-    fn bookkeeping_tables(&mut self) -> Result<(bool, bool, bool), DriverError> {
+    /// A DDL template of [`schema`] with its table's qualified name.
+    fn ddl(&self, template: &str, name: &str) -> String {
+        template.replace("{t}", &self.table(name))
+    }
+
+    /// The bookkeeping statement `sql` with `{name}` placeholders replaced by qualified table
+    /// names and `?` placeholders numbered for PostgreSQL.
+    fn sql(&self, sql: &str) -> String {
+        let mut text = sql.to_string();
+        for name in [
+            DIESEL_TABLE,
+            HISTORY,
+            BATCHES,
+            IN_PROGRESS,
+            schema::LEGACY_DECISIONS,
+        ] {
+            text = text.replace(&format!("{{{name}}}"), &self.table(name));
+        }
+        match self.conn {
+            Conn::Pg(_) => numbered(&text),
+            _ => text,
+        }
+    }
+
+    /// Runs a bookkeeping statement.
+    fn exec(&mut self, what: &str, sql: &str, args: &[Arg]) -> Result<usize, DriverError> {
+        let sql = self.sql(sql);
+        let done = on_conn!(&mut self.conn, c => bound!(sql.as_str(), args).execute(c));
+        done.map_err(|e| self.query_err(what, e))
+    }
+
+    /// Runs a bookkeeping query.
+    fn rows<T: Row>(&mut self, what: &str, sql: &str, args: &[Arg]) -> Result<Vec<T>, DriverError> {
+        let sql = self.sql(sql);
+        let done = on_conn!(&mut self.conn, c => bound!(sql.as_str(), args).load::<T>(c));
+        done.map_err(|e| self.query_err(what, e))
+    }
+
+    fn count(&mut self, what: &str, sql: &str, args: &[Arg]) -> Result<i64, DriverError> {
+        let rows: Vec<Count> = self.rows(what, sql, args)?;
+        Ok(rows.first().map_or(0, |r| r.n))
+    }
+
+    /// Runs plain SQL of this crate (no values).
+    fn execute_plain(&mut self, what: &str, sql: &str) -> Result<(), DriverError> {
+        let done = on_conn!(&mut self.conn, c => c.batch_execute(sql));
+        done.map_err(|e| self.query_err(what, e))
+    }
+
+    /// Which of this tool's tables exist where this connection keeps them.
+    fn existing_tables(&mut self) -> Result<Vec<String>, DriverError> {
         let sql = match self.conn {
-            Conn::Pg(_) => "SELECT CAST(CASE WHEN to_regclass('__diesel_schema_migrations') IS NULL THEN 0 ELSE 1 END \
-                 + CASE WHEN to_regclass('orchestrate_history') IS NULL THEN 0 ELSE 2 END AS BIGINT) AS n",
-            Conn::Sqlite(_) => "SELECT coalesce(sum(CASE name WHEN '__diesel_schema_migrations' THEN 1 \
-                 WHEN 'orchestrate_history' THEN 2 ELSE 0 END), 0) AS n FROM sqlite_master WHERE type = 'table'",
-            Conn::Mysql(_) => "SELECT CAST(coalesce(sum(CASE table_name WHEN '__diesel_schema_migrations' THEN 1 \
-                 WHEN 'orchestrate_history' THEN 2 WHEN 'orchestrate_in_progress' THEN 4 ELSE 0 END), 0) AS SIGNED) AS n \
-                 FROM information_schema.tables WHERE table_schema = DATABASE()",
+            Conn::Pg(_) => "SELECT c.relname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = pg_catalog.current_schema() AND c.relkind IN ('r', 'p') AND (c.relname LIKE 'orchestrate%' OR c.relname = '__diesel_schema_migrations')",
+            Conn::Sqlite(_) => "SELECT name AS s FROM main.sqlite_master WHERE type = 'table'",
+            Conn::Mysql(_) => "SELECT CAST(table_name AS CHAR) AS s FROM information_schema.tables WHERE table_schema = DATABASE()",
         };
-        let query = diesel::sql_query(sql);
-        let row: Result<Count, _> = on_conn!(&mut self.conn, c => query.get_result(c));
-        row.map(|r| (r.n & 1 != 0, r.n & 2 != 0, r.n & 4 != 0))
-            .map_err(|e| self.query_err("cannot read the catalog", e))
+        // The schema was fixed at connect; on PostgreSQL compare against it, not against
+        // whatever the session's search path is now.
+        let sql = match self.conn {
+            Conn::Pg(_) => sql.replace(
+                "pg_catalog.current_schema()",
+                &quote_literal(&self.schema_name()),
+            ),
+            _ => sql.to_string(),
+        };
+        let rows: Vec<Name> = self.rows("cannot read the catalog", &sql, &[])?;
+        Ok(rows.into_iter().filter_map(|r| r.s).collect())
+    }
+
+    /// The PostgreSQL schema (or MySQL database) name behind the qualifier, unquoted.
+    fn schema_name(&self) -> String {
+        let q = self.qualifier.trim_end_matches('.');
+        let inner = &q[1..q.len() - 1];
+        match self.backend() {
+            Backend::Mysql => inner.replace("``", "`"),
+            _ => inner.replace("\"\"", "\""),
+        }
+    }
+
+    fn table_exists(&mut self, table: &str) -> Result<bool, DriverError> {
+        Ok(self.existing_tables()?.iter().any(|t| t == table))
     }
 
     /// Reads what the database has applied, and this tool's prepared transactions on it.
@@ -336,29 +536,24 @@ impl BindConnection {
             exists: true,
             ..BindState::default()
         };
-        let (has_versions, has_history, has_marks) = self.bookkeeping_tables()?;
-        if has_marks {
+        let tables = self.existing_tables()?;
+        let has = |t: &str| tables.iter().any(|x| x == t);
+        if has(IN_PROGRESS) && self.backend() == Backend::Mysql {
             state.marks = self.load_marks()?;
         }
-        if has_versions {
-            let versions: Vec<String> =
-                on_conn!(&mut self.conn, c => __diesel_schema_migrations::table
-                .select(__diesel_schema_migrations::version)
-                .load(c))
-                .map_err(|e| self.query_err("cannot read __diesel_schema_migrations", e))?;
+        if has(DIESEL_TABLE) {
+            let versions = self.applied_versions()?;
             let mut recorded: HashMap<String, (String, Option<String>, Option<String>)> =
                 HashMap::new();
-            if has_history {
-                use schema::orchestrate_history::dsl as h;
-                let rows: Vec<(String, String, Option<String>, Option<String>)> =
-                    on_conn!(&mut self.conn, c => h::orchestrate_history
-                        .filter(h::direction.eq_any(["up", "stamp"]))
-                        .order(h::id.asc())
-                        .select((h::version, h::name, h::checksum, h::down_sql))
-                        .load(c))
-                    .map_err(|e| self.query_err("cannot read orchestrate_history", e))?;
-                for (version, name, checksum, down_sql) in rows {
-                    recorded.insert(version, (name, checksum, down_sql));
+            if has(HISTORY) {
+                let rows: Vec<HistoryRow> = self.rows(
+                    "cannot read orchestrate_history",
+                    "SELECT version, name, direction, checksum, down_sql FROM {orchestrate_history} \
+                     WHERE direction IN ('up', 'stamp') ORDER BY id",
+                    &[],
+                )?;
+                for r in rows {
+                    recorded.insert(r.version, (r.name, r.checksum, r.down_sql));
                 }
             }
             state.applied = versions
@@ -381,13 +576,23 @@ impl BindConnection {
         Ok(state)
     }
 
+    /// The versions in diesel's table.
+    pub fn applied_versions(&mut self) -> Result<Vec<String>, DriverError> {
+        let rows: Vec<VersionRow> = self.rows(
+            "cannot read __diesel_schema_migrations",
+            "SELECT version FROM {__diesel_schema_migrations}",
+            &[],
+        )?;
+        Ok(rows.into_iter().map(|r| r.version).collect())
+    }
+
     /// This tool's prepared transactions on this database (none on SQLite).
     pub fn prepared(&mut self) -> Result<Vec<PreparedXact>, DriverError> {
         match &mut self.conn {
             Conn::Pg(c) => diesel::sql_query(
                 "SELECT gid, CAST(prepared AS TEXT) AS prepared_at, \
-                 CAST(date_trunc('second', now() - prepared) AS TEXT) AS age FROM pg_prepared_xacts \
-                 WHERE database = current_database() AND starts_with(gid, $1) ORDER BY prepared",
+                 CAST(date_trunc('second', now() - prepared) AS TEXT) AS age FROM pg_catalog.pg_prepared_xacts \
+                 WHERE database = pg_catalog.current_database() AND starts_with(gid, $1) ORDER BY prepared",
             )
             .bind::<Text, _>(GID_PREFIX)
             .load(c)
@@ -436,29 +641,23 @@ impl BindConnection {
     /// Whether this bind's history carries rows of `batch_id`: the batch's work is committed
     /// here.
     pub fn has_batch(&mut self, batch_id: &str) -> Result<bool, DriverError> {
-        if !self.table_exists("orchestrate_history")? {
-            return Ok(false);
-        }
-        let n: i64 = on_conn!(&mut self.conn, c => orchestrate_history::table
-            .filter(orchestrate_history::batch_id.eq(batch_id))
-            .filter(orchestrate_history::direction.eq_any(["up", "down"]))
-            .count()
-            .get_result(c))
-        .map_err(|e| self.query_err("cannot read orchestrate_history", e))?;
-        Ok(n > 0)
+        self.has_history(batch_id, "direction IN ('up', 'down')")
     }
 
     /// Whether a heuristic outcome of `batch_id` was already recorded here.
     pub fn has_heuristic(&mut self, batch_id: &str) -> Result<bool, DriverError> {
-        if !self.table_exists("orchestrate_history")? {
+        self.has_history(batch_id, "direction = 'heuristic'")
+    }
+
+    fn has_history(&mut self, batch_id: &str, condition: &str) -> Result<bool, DriverError> {
+        if !self.table_exists(HISTORY)? {
             return Ok(false);
         }
-        let n: i64 = on_conn!(&mut self.conn, c => orchestrate_history::table
-            .filter(orchestrate_history::batch_id.eq(batch_id))
-            .filter(orchestrate_history::direction.eq("heuristic"))
-            .count()
-            .get_result(c))
-        .map_err(|e| self.query_err("cannot read orchestrate_history", e))?;
+        let n = self.count(
+            "cannot read orchestrate_history",
+            &format!("SELECT count(*) AS n FROM {{orchestrate_history}} WHERE batch_id = ? AND {condition}"),
+            &[Arg::Text(batch_id)],
+        )?;
         Ok(n > 0)
     }
 
@@ -470,44 +669,433 @@ impl BindConnection {
         detail: &str,
         at: &str,
     ) -> Result<(), DriverError> {
-        let ddl = self.history_ddl();
-        on_conn!(&mut self.conn, c => c.batch_execute(ddl))
-            .map_err(|e| self.query_err("cannot create orchestrate_history", e))?;
-        use schema::orchestrate_history::dsl as h;
-        let row = (
-            h::batch_id.eq(batch_id),
-            h::version.eq("-"),
-            h::name.eq(detail),
-            h::direction.eq("heuristic"),
-            h::at.eq(at),
-        );
-        on_conn!(&mut self.conn, c => diesel::insert_into(h::orchestrate_history).values(row).execute(c))
-            .map_err(|e| self.query_err("cannot record the heuristic outcome", e))?;
+        let ddl = self.ddl(self.history_ddl(), HISTORY);
+        self.execute_plain("cannot create orchestrate_history", &ddl)?;
+        self.insert_history(batch_id, "-", detail, "heuristic", None, None, at)
+            .map_err(|e| match e {
+                DriverError::Query { bind, source, .. } => DriverError::Query {
+                    bind,
+                    what: "cannot record the heuristic outcome".into(),
+                    source,
+                },
+                other => other,
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_history(
+        &mut self,
+        batch_id: &str,
+        version: &str,
+        name: &str,
+        direction: &str,
+        checksum: Option<&str>,
+        down_sql: Option<&str>,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        self.exec(
+            "cannot record the migration in orchestrate_history",
+            "INSERT INTO {orchestrate_history} (batch_id, version, name, direction, checksum, down_sql, at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            &[
+                Arg::Text(batch_id),
+                Arg::Text(version),
+                Arg::Text(name),
+                Arg::Text(direction),
+                Arg::MaybeText(checksum),
+                Arg::MaybeText(down_sql),
+                Arg::Text(at),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    fn batches_ddl(&self) -> String {
+        let template = match self.conn {
+            Conn::Mysql(_) => schema::BATCHES_DDL_MYSQL,
+            _ => schema::BATCHES_DDL,
+        };
+        self.ddl(template, BATCHES)
+    }
+
+    /// Runs `work` in a transaction of its own that is durable when it commits, whatever the
+    /// database or role says (`synchronous_commit = off` would let a PostgreSQL COMMIT return
+    /// before it is on disk, while the participants' COMMIT PREPARED always is).
+    fn durable<T>(
+        &mut self,
+        work: impl FnOnce(&mut Self) -> Result<T, DriverError>,
+    ) -> Result<T, DriverError> {
+        on_conn!(&mut self.conn, c => AnsiTransactionManager::begin_transaction(c))
+            .map_err(|e| self.query_err("cannot begin a transaction", e))?;
+        let done = self
+            .make_commit_durable()
+            .and_then(|()| work(self))
+            .and_then(|value| self.commit().map(|()| value));
+        if done.is_err() {
+            self.rollback();
+        }
+        done
+    }
+
+    /// Makes the COMMIT of the open transaction wait until it is on disk: PostgreSQL
+    /// `SET LOCAL synchronous_commit = on` (a migration, the database or the role may have set
+    /// it off). SQLite cannot change it inside a transaction: every connection sets
+    /// `synchronous = FULL` when it opens, and this checks it is still so. InnoDB's durability
+    /// is the server's (`innodb_flush_log_at_trx_commit`, checked by
+    /// [`BindConnection::check_durable_commits`]).
+    pub fn make_commit_durable(&mut self) -> Result<(), DriverError> {
+        match self.conn {
+            Conn::Pg(_) => self.execute_plain(
+                "cannot make the commit durable",
+                "SET LOCAL synchronous_commit = on",
+            ),
+            Conn::Sqlite(_) => {
+                let level = self.count(
+                    "cannot read PRAGMA synchronous",
+                    "SELECT synchronous AS n FROM pragma_synchronous",
+                    &[],
+                )?;
+                if level >= 2 {
+                    return Ok(());
+                }
+                Err(DriverError::Other {
+                    bind: self.bind(),
+                    detail: format!("PRAGMA synchronous is {level} here (a migration lowered it?), so this COMMIT would not be durable; migrations must not change PRAGMA synchronous"),
+                })
+            }
+            Conn::Mysql(_) => Ok(()),
+        }
+    }
+
+    /// MySQL: refuses to decide on a server whose InnoDB does not flush its log at every
+    /// commit (`innodb_flush_log_at_trx_commit` other than 1): a decision there could be lost
+    /// by a crash after the binds were told it was made.
+    pub fn check_durable_commits(&mut self) -> Result<(), DriverError> {
+        if !matches!(self.conn, Conn::Mysql(_)) {
+            return Ok(());
+        }
+        let n = self.count(
+            "cannot read innodb_flush_log_at_trx_commit",
+            "SELECT CAST(@@innodb_flush_log_at_trx_commit AS SIGNED) AS n",
+            &[],
+        )?;
+        if n != 1 {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: format!("this server has innodb_flush_log_at_trx_commit = {n}, so a committed decision can be lost in a crash; a batch of MySQL binds alone records its decision here. Set it to 1 (SET GLOBAL innodb_flush_log_at_trx_commit = 1), or add a PostgreSQL or SQLite bind to the batch to decide it"),
+            });
+        }
         Ok(())
     }
 
-    /// Reads the decision of a batch this bind decided, if it was committed.
-    pub fn read_decision(&mut self, batch_id: &str) -> Result<Option<DecisionRecord>, DriverError> {
-        if !self.table_exists("orchestrate_decisions")? {
-            return Ok(None);
-        }
-        let text: Option<String> = on_conn!(&mut self.conn, c => orchestrate_decisions::table
-            .filter(orchestrate_decisions::batch_id.eq(batch_id))
-            .select(orchestrate_decisions::record)
-            .first(c)
-            .optional())
-        .map_err(|e| self.query_err("cannot read orchestrate_decisions", e))?;
-        text.map(|t| {
-            serde_json::from_str(&t).map_err(|e| DriverError::Other {
-                bind: self.bind(),
-                detail: format!("the decision record of batch {batch_id} is unreadable: {e}"),
+    /// On the decider, before anything else of the batch: records the batch as `begun`, in a
+    /// durable transaction of its own. From then on only the coordinator (with `commit`) or
+    /// `recover` (with `abort`) can decide it, whichever turns the row first.
+    pub fn begin_decision(&mut self, batch_id: &str, at: &str) -> Result<(), DriverError> {
+        let started = Instant::now();
+        let ddl = self.batches_ddl();
+        self.execute_plain("cannot create orchestrate_batches", &ddl)
+            .and_then(|()| {
+                self.durable(|this| {
+                    this.exec(
+                        "cannot record the batch in orchestrate_batches",
+                        "INSERT INTO {orchestrate_batches} (batch_id, state, begun_at) VALUES (?, 'begun', ?)",
+                        &[Arg::Text(batch_id), Arg::Text(at)],
+                    )
+                    .map(|_| ())
+                })
             })
-        })
-        .transpose()
+            // A SQLite decider whose write lock another run holds for its whole batch.
+            .map_err(|e| {
+                if e.is_lock_wait() {
+                    DriverError::Busy {
+                        bind: self.bind(),
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    }
+                } else {
+                    e
+                }
+            })
     }
 
-    /// Names this session after the batch it decides, so that `recover` can tell a batch
-    /// whose coordinator is still running from one whose coordinator is gone.
+    /// Inside the decider's batch transaction: locks the batch's row until the transaction
+    /// ends (SQLite: the write lock already does), so that a `recover` trying to abort the
+    /// batch waits for this coordinator, and checks that nobody has decided it meanwhile.
+    pub fn hold_decision(&mut self, batch_id: &str) -> Result<(), DriverError> {
+        let lock = match self.conn {
+            Conn::Sqlite(_) => "",
+            _ => " FOR UPDATE",
+        };
+        let rows: Vec<BatchRow> = self.rows(
+            "cannot lock the batch's row in orchestrate_batches",
+            &format!("SELECT batch_id, state, record FROM {{orchestrate_batches}} WHERE batch_id = ?{lock}"),
+            &[Arg::Text(batch_id)],
+        )?;
+        match rows.first().map(|r| r.state.as_str()) {
+            Some("begun") => Ok(()),
+            other => Err(DriverError::DecisionLost {
+                bind: self.bind(),
+                batch_id: batch_id.into(),
+                state: other.unwrap_or("missing").into(),
+            }),
+        }
+    }
+
+    /// The decision, inside the decider's batch transaction: turns the batch's `begun` row into
+    /// `commit` with the record. Fails with [`DriverError::DecisionLost`] when the row is no
+    /// longer `begun` (a `recover` aborted the batch first). Its COMMIT is the decision.
+    pub fn decide_commit(&mut self, record: &DecisionRecord, at: &str) -> Result<(), DriverError> {
+        let text = serde_json::to_string(record).expect("decision records serialise");
+        let updated = self.exec(
+            "cannot write the decision",
+            "UPDATE {orchestrate_batches} SET state = 'commit', decided_at = ?, record = ? \
+             WHERE batch_id = ? AND state = 'begun'",
+            &[Arg::Text(at), Arg::Text(&text), Arg::Text(&record.batch_id)],
+        )?;
+        if updated != 1 {
+            let state = self
+                .decision_state(&record.batch_id)
+                .ok()
+                .flatten()
+                .map(|s| match s {
+                    DecisionState::Abort => "abort",
+                    DecisionState::Commit(_) => "commit",
+                    DecisionState::Begun => "begun",
+                })
+                .unwrap_or("missing");
+            return Err(DriverError::DecisionLost {
+                bind: self.bind(),
+                batch_id: record.batch_id.clone(),
+                state: state.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Tries to decide `abort` for a batch still `begun`, in a durable transaction of its own,
+    /// waiting at most `wait` for the batch's coordinator (which holds the row while it runs).
+    /// `Ok(true)`: this call decided abort. `Ok(false)`: the batch was already decided (read
+    /// it with [`BindConnection::decision_state`]). [`DriverError::Busy`]: its coordinator still
+    /// holds the row.
+    pub fn decide_abort(
+        &mut self,
+        batch_id: &str,
+        at: &str,
+        wait: Duration,
+    ) -> Result<bool, DriverError> {
+        let started = Instant::now();
+        let deadline = started + wait;
+        loop {
+            let attempt = self.durable(|this| {
+                if let Conn::Pg(_) = this.conn {
+                    this.execute_plain(
+                        "cannot set the lock timeout",
+                        &format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1)),
+                    )?;
+                }
+                this.exec(
+                    "cannot write the abort decision",
+                    "UPDATE {orchestrate_batches} SET state = 'abort', decided_at = ? \
+                     WHERE batch_id = ? AND state = 'begun'",
+                    &[Arg::Text(at), Arg::Text(batch_id)],
+                )
+            });
+            match attempt {
+                Ok(n) => return Ok(n == 1),
+                Err(e) if e.is_lock_wait() && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) if e.is_lock_wait() => {
+                    return Err(DriverError::Busy {
+                        bind: self.bind(),
+                        waited_ms: started.elapsed().as_millis() as u64,
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Whether a coordinator holds the row of a `begun` batch right now (it is running, or its
+    /// session is still ending), found without waiting and without writing anything.
+    pub fn decision_held(&mut self, batch_id: &str) -> Result<bool, DriverError> {
+        let probe = match self.conn {
+            Conn::Sqlite(_) => "BEGIN IMMEDIATE".to_string(),
+            _ => self.sql(
+                "SELECT batch_id FROM {orchestrate_batches} WHERE batch_id = ? FOR UPDATE NOWAIT",
+            ),
+        };
+        let held = match &mut self.conn {
+            Conn::Sqlite(c) => match c.batch_execute(&probe) {
+                Ok(()) => {
+                    let _ = c.batch_execute("ROLLBACK");
+                    Ok(false)
+                }
+                Err(e) if crate::error::is_sqlite_busy(&e) => Ok(true),
+                Err(e) => Err(e),
+            },
+            Conn::Pg(c) => c
+                .transaction(|c| {
+                    match diesel::sql_query(probe.as_str())
+                        .bind::<Text, _>(batch_id)
+                        .execute(c)
+                    {
+                        Ok(_) => Err(diesel::result::Error::RollbackTransaction),
+                        Err(e) if crate::error::is_lock_wait(&e) => Ok(true),
+                        Err(e) => Err(e),
+                    }
+                })
+                .or_else(|e| match e {
+                    diesel::result::Error::RollbackTransaction => Ok(false),
+                    e => Err(e),
+                }),
+            Conn::Mysql(c) => c
+                .transaction(|c| {
+                    match diesel::sql_query(probe.as_str())
+                        .bind::<Text, _>(batch_id)
+                        .execute(c)
+                    {
+                        Ok(_) => Err(diesel::result::Error::RollbackTransaction),
+                        Err(e) if crate::error::is_lock_wait(&e) => Ok(true),
+                        Err(e) => Err(e),
+                    }
+                })
+                .or_else(|e| match e {
+                    diesel::result::Error::RollbackTransaction => Ok(false),
+                    e => Err(e),
+                }),
+        };
+        held.map_err(|e| self.query_err("cannot probe the batch's row", e))
+    }
+
+    /// What this bind's `orchestrate_batches` (or, for batches of older versions, its
+    /// `orchestrate_decisions`) says of a batch; `None` when it has no row for it. Creates
+    /// nothing.
+    pub fn decision_state(&mut self, batch_id: &str) -> Result<Option<DecisionState>, DriverError> {
+        let tables = self.existing_tables()?;
+        if tables.iter().any(|t| t == BATCHES) {
+            let rows: Vec<BatchRow> = self.rows(
+                "cannot read orchestrate_batches",
+                "SELECT batch_id, state, record FROM {orchestrate_batches} WHERE batch_id = ?",
+                &[Arg::Text(batch_id)],
+            )?;
+            if let Some(row) = rows.into_iter().next() {
+                return self.state_of(row).map(Some);
+            }
+        }
+        if tables.iter().any(|t| t == schema::LEGACY_DECISIONS) {
+            let rows: Vec<BatchRow> = self.rows(
+                "cannot read orchestrate_decisions",
+                "SELECT batch_id, 'commit' AS state, record FROM {orchestrate_decisions} WHERE batch_id = ?",
+                &[Arg::Text(batch_id)],
+            )?;
+            if let Some(row) = rows.into_iter().next() {
+                return self.state_of(row).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn state_of(&self, row: BatchRow) -> Result<DecisionState, DriverError> {
+        match row.state.as_str() {
+            "begun" => Ok(DecisionState::Begun),
+            "abort" => Ok(DecisionState::Abort),
+            "commit" => self
+                .parse_record(&row.batch_id, row.record.as_deref().unwrap_or(""))
+                .map(|r| DecisionState::Commit(Box::new(r))),
+            other => Err(DriverError::Other {
+                bind: self.bind(),
+                detail: format!(
+                    "batch {} has state `{other}` in orchestrate_batches, which this version does not know",
+                    row.batch_id
+                ),
+            }),
+        }
+    }
+
+    fn parse_record(&self, batch_id: &str, text: &str) -> Result<DecisionRecord, DriverError> {
+        serde_json::from_str(text).map_err(|e| DriverError::Other {
+            bind: self.bind(),
+            detail: format!("the decision record of batch {batch_id} is unreadable: {e}"),
+        })
+    }
+
+    /// Every commit decision this bind holds whose participants are not all known to have
+    /// finished (older versions' decisions count as unsettled until `recover` settles them).
+    /// Creates nothing.
+    pub fn unsettled_decisions(&mut self) -> Result<Vec<DecisionRecord>, DriverError> {
+        let tables = self.existing_tables()?;
+        let has_batches = tables.iter().any(|t| t == BATCHES);
+        let mut rows: Vec<BatchRow> = Vec::new();
+        if has_batches {
+            rows = self.rows(
+                "cannot read orchestrate_batches",
+                "SELECT batch_id, state, record FROM {orchestrate_batches} \
+                 WHERE state = 'commit' AND settled_at IS NULL ORDER BY batch_id",
+                &[],
+            )?;
+        }
+        if tables.iter().any(|t| t == schema::LEGACY_DECISIONS) {
+            let legacy: Vec<BatchRow> = self.rows(
+                "cannot read orchestrate_decisions",
+                "SELECT batch_id, 'commit' AS state, record FROM {orchestrate_decisions} ORDER BY batch_id",
+                &[],
+            )?;
+            let settled: Vec<String> = if has_batches {
+                let known: Vec<VersionRow> = self.rows(
+                    "cannot read orchestrate_batches",
+                    "SELECT batch_id AS version FROM {orchestrate_batches}",
+                    &[],
+                )?;
+                known.into_iter().map(|r| r.version).collect()
+            } else {
+                Vec::new()
+            };
+            rows.extend(
+                legacy
+                    .into_iter()
+                    .filter(|r| !settled.contains(&r.batch_id)),
+            );
+        }
+        rows.into_iter()
+            .map(|row| self.parse_record(&row.batch_id, row.record.as_deref().unwrap_or("")))
+            .collect()
+    }
+
+    /// Records that every participant of a committed batch has finished, so that `recover`
+    /// no longer reads it. A decision of an older version is copied in as settled.
+    pub fn settle_decision(
+        &mut self,
+        record: &DecisionRecord,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        let ddl = self.batches_ddl();
+        self.execute_plain("cannot create orchestrate_batches", &ddl)?;
+        let updated = self.exec(
+            "cannot settle the batch in orchestrate_batches",
+            "UPDATE {orchestrate_batches} SET settled_at = ? WHERE batch_id = ? AND state = 'commit'",
+            &[Arg::Text(at), Arg::Text(&record.batch_id)],
+        )?;
+        if updated == 0 {
+            let text = serde_json::to_string(record).expect("decision records serialise");
+            self.exec(
+                "cannot settle the batch in orchestrate_batches",
+                "INSERT INTO {orchestrate_batches} (batch_id, state, begun_at, decided_at, settled_at, record) \
+                 VALUES (?, 'commit', ?, ?, ?, ?)",
+                &[
+                    Arg::Text(&record.batch_id),
+                    Arg::Text(at),
+                    Arg::Text(at),
+                    Arg::Text(at),
+                    Arg::Text(&text),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Names this session after the batch it decides, for people reading
+    /// `pg_stat_activity`. Nothing depends on it: a migration may change it.
     pub fn tag_as_decider(&mut self, batch_id: &str) -> Result<(), DriverError> {
         if let Conn::Pg(c) = &mut self.conn {
             let sql = format!(
@@ -518,57 +1106,6 @@ impl BindConnection {
                 .map_err(|e| self.query_err("cannot set application_name", e))?;
         }
         Ok(())
-    }
-
-    /// Whether the decider of `batch_id` may still commit: on PostgreSQL its tagged session is
-    /// alive; on SQLite someone holds the write lock (waiting at most the lock timeout).
-    pub fn decider_alive(&mut self, batch_id: &str) -> Result<bool, DriverError> {
-        match &mut self.conn {
-            Conn::Pg(c) => {
-                let found: Count = diesel::sql_query(
-                    "SELECT count(*) AS n FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
-                )
-                .bind::<Text, _>(decider_tag(batch_id))
-                .get_result(c)
-                .map_err(|e| self.query_err("cannot read pg_stat_activity", e))?;
-                Ok(found.n > 0)
-            }
-            Conn::Sqlite(c) => match c.batch_execute("BEGIN IMMEDIATE") {
-                Ok(()) => {
-                    c.batch_execute("ROLLBACK")
-                        .map_err(|e| self.query_err("cannot release the write lock", e))?;
-                    Ok(false)
-                }
-                Err(e) if e.to_string().contains("locked") || e.to_string().contains("busy") => {
-                    Ok(true)
-                }
-                Err(e) => Err(self.query_err("cannot take the write lock", e)),
-            },
-            // A MySQL bind decides only batches of MySQL binds alone; their coordinator holds
-            // this bind's lock until the decision is written.
-            Conn::Mysql(_) => Ok(!self.session_lock_free()?),
-        }
-    }
-
-    /// Every decision this bind recorded.
-    pub fn decisions(&mut self) -> Result<Vec<DecisionRecord>, DriverError> {
-        if !self.table_exists("orchestrate_decisions")? {
-            return Ok(Vec::new());
-        }
-        let texts: Vec<String> = on_conn!(&mut self.conn, c => orchestrate_decisions::table
-            .order(orchestrate_decisions::batch_id.asc())
-            .select(orchestrate_decisions::record)
-            .load(c))
-        .map_err(|e| self.query_err("cannot read orchestrate_decisions", e))?;
-        texts
-            .iter()
-            .map(|t| {
-                serde_json::from_str(t).map_err(|e| DriverError::Other {
-                    bind: self.bind(),
-                    detail: format!("a decision record is unreadable: {e}"),
-                })
-            })
-            .collect()
     }
 
     /// Opens the batch's transaction, takes the migration lock (waiting at most the lock
@@ -585,7 +1122,7 @@ impl BindConnection {
                     .map_err(|e| self.query_err("cannot begin the batch transaction", e))?;
                 loop {
                     let got: Result<Flag, _> =
-                        diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS ok")
+                        diesel::sql_query("SELECT pg_catalog.pg_try_advisory_xact_lock($1) AS ok")
                             .bind::<BigInt, _>(LOCK_KEY)
                             .get_result(self.pg());
                     match got {
@@ -601,13 +1138,19 @@ impl BindConnection {
                         Err(e) => return Err(self.query_err("cannot take the migration lock", e)),
                     }
                 }
+                let id = self.count(
+                    "cannot read the transaction id",
+                    "SELECT pg_catalog.txid_current() AS n",
+                    &[],
+                )?;
+                self.xact = Some(id);
             }
             Conn::Sqlite(c) => {
                 // IMMEDIATE takes the write lock now (waiting up to busy_timeout), so two
                 // runs cannot both plan against the same state.
                 if let Err(e) = AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
                 {
-                    if e.to_string().contains("locked") || e.to_string().contains("busy") {
+                    if crate::error::is_sqlite_busy(&e) {
                         return Err(busy(self));
                     }
                     return Err(self.query_err("cannot begin the batch transaction", e));
@@ -624,10 +1167,10 @@ impl BindConnection {
                 return Ok(());
             }
         }
-        let history_ddl = self.history_ddl();
-        for ddl in [schema::DIESEL_TABLE_DDL, history_ddl] {
-            on_conn!(&mut self.conn, c => c.batch_execute(ddl))
-                .map_err(|e| self.query_err("cannot create the version tables", e))?;
+        let diesel_ddl = self.ddl(schema::DIESEL_TABLE_DDL, DIESEL_TABLE);
+        let history_ddl = self.ddl(self.history_ddl(), HISTORY);
+        for ddl in [diesel_ddl, history_ddl] {
+            self.execute_plain("cannot create the version tables", &ddl)?;
         }
         Ok(())
     }
@@ -649,16 +1192,14 @@ impl BindConnection {
 
     /// Checks, inside the batch transaction, that the database is still where the plan
     /// started from: every version the plan reverts is applied, every version it applies is
-    /// not. Another run that got there first makes this fail, so nothing runs twice.
+    /// not. Another run that got there first makes this fail, so nothing runs twice. Returns
+    /// the versions applied before the batch.
     pub fn check_plan_still_valid(
         &mut self,
         direction: Direction,
         steps: &[Step],
-    ) -> Result<(), DriverError> {
-        let applied: Vec<String> = on_conn!(&mut self.conn, c => __diesel_schema_migrations::table
-            .select(__diesel_schema_migrations::version)
-            .load(c))
-        .map_err(|e| self.query_err("cannot read __diesel_schema_migrations", e))?;
+    ) -> Result<Vec<String>, DriverError> {
+        let applied = self.applied_versions()?;
         for step in steps {
             let is_applied = applied.iter().any(|v| v == step.version.as_str());
             let expected = direction == Direction::Down;
@@ -673,7 +1214,7 @@ impl BindConnection {
                 });
             }
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// Runs one step of the batch and records it, inside the batch transaction.
@@ -713,32 +1254,30 @@ impl BindConnection {
         at: &str,
     ) -> Result<(), DriverError> {
         let version = step.version.as_str();
-        match direction {
-            Direction::Up => on_conn!(&mut self.conn, c => diesel::insert_into(__diesel_schema_migrations::table)
-                .values(__diesel_schema_migrations::version.eq(version))
-                .execute(c)),
-            Direction::Down => on_conn!(&mut self.conn, c => diesel::delete(
-                __diesel_schema_migrations::table.filter(__diesel_schema_migrations::version.eq(version)))
-                .execute(c)),
-        }
-        .map_err(|e| self.query_err("cannot record the migration in __diesel_schema_migrations", e))?;
-        use schema::orchestrate_history::dsl as h;
-        let row = (
-            h::batch_id.eq(batch_id),
-            h::version.eq(version),
-            h::name.eq(&step.name),
-            h::direction.eq(label),
-            h::checksum.eq(step.checksum.as_deref()),
-            h::down_sql.eq(step.down_sql.as_deref()),
-            h::at.eq(at),
-        );
-        on_conn!(&mut self.conn, c => diesel::insert_into(h::orchestrate_history).values(row).execute(c))
-            .map_err(|e| self.query_err("cannot record the migration in orchestrate_history", e))?;
-        Ok(())
+        let sql = match direction {
+            Direction::Up => "INSERT INTO {__diesel_schema_migrations} (version) VALUES (?)",
+            Direction::Down => "DELETE FROM {__diesel_schema_migrations} WHERE version = ?",
+        };
+        self.exec(
+            "cannot record the migration in __diesel_schema_migrations",
+            sql,
+            &[Arg::Text(version)],
+        )?;
+        self.insert_history(
+            batch_id,
+            version,
+            &step.name,
+            label,
+            step.checksum.as_deref(),
+            step.down_sql.as_deref(),
+            at,
+        )
     }
 
-    /// Fails when a migration's own SQL ended the batch transaction (COMMIT, ROLLBACK, END):
-    /// what ran before it on this bind may then be committed, and the batch is not atomic.
+    /// Fails when a migration's own SQL ended the batch transaction (COMMIT, ROLLBACK, END,
+    /// `COMMIT AND CHAIN`, PREPARE TRANSACTION): what ran before it on this bind may then be
+    /// committed, and the batch is not atomic. On PostgreSQL "still in a transaction" is not
+    /// enough (`COMMIT AND CHAIN` opens another): the transaction id must be the batch's.
     fn ensure_still_in_transaction(&mut self, name: &str) -> Result<(), DriverError> {
         let inside = match &mut self.conn {
             // diesel follows libpq's transaction status after every statement.
@@ -757,7 +1296,18 @@ impl BindConnection {
             },
             Conn::Mysql(_) => true,
         };
-        if inside {
+        let same = match (inside, self.xact) {
+            (true, Some(id)) => {
+                let now = self.count(
+                    "cannot read the transaction id",
+                    "SELECT pg_catalog.txid_current() AS n",
+                    &[],
+                )?;
+                now == id
+            }
+            (inside, _) => inside,
+        };
+        if same {
             Ok(())
         } else {
             Err(DriverError::LeftTransaction {
@@ -767,33 +1317,16 @@ impl BindConnection {
         }
     }
 
-    /// Writes the decision record in the batch transaction (on the decider).
-    pub fn write_decision(&mut self, record: &DecisionRecord, at: &str) -> Result<(), DriverError> {
-        let ddl = match self.conn {
-            Conn::Mysql(_) => schema::DECISIONS_DDL_MYSQL,
-            _ => schema::DECISIONS_DDL,
-        };
-        on_conn!(&mut self.conn, c => c.batch_execute(ddl))
-            .map_err(|e| self.query_err("cannot create orchestrate_decisions", e))?;
-        let text = serde_json::to_string(record).expect("decision records serialise");
-        use schema::orchestrate_decisions::dsl as d;
-        let row = (
-            d::batch_id.eq(&record.batch_id),
-            d::decided_at.eq(at),
-            d::record.eq(&text),
-        );
-        on_conn!(&mut self.conn, c => diesel::insert_into(d::orchestrate_decisions).values(row).execute(c))
-            .map_err(|e| self.query_err("cannot write the decision record", e))?;
-        Ok(())
-    }
-
-    /// Makes deferred constraints fail now rather than as an ambiguous COMMIT error.
-    pub fn check_deferred(&mut self) -> Result<(), DriverError> {
+    /// Before the decider's COMMIT: the batch transaction is still the one that began
+    /// (a migration did not end it), deferred constraints are checked now rather than as an
+    /// ambiguous COMMIT error, and the COMMIT will be durable.
+    pub fn prepare_to_decide(&mut self, last_step: &str) -> Result<(), DriverError> {
+        self.ensure_still_in_transaction(last_step)?;
         if let Conn::Pg(c) = &mut self.conn {
             c.batch_execute("SET CONSTRAINTS ALL IMMEDIATE")
                 .map_err(|e| self.query_err("a deferred constraint failed", e))?;
         }
-        Ok(())
+        self.make_commit_durable()
     }
 
     /// Ends the batch transaction with `PREPARE TRANSACTION` and checks that it really was
@@ -816,7 +1349,7 @@ impl BindConnection {
                 source,
             })?;
         let found: Count = diesel::sql_query(
-            "SELECT count(*) AS n FROM pg_prepared_xacts WHERE gid = $1 AND database = current_database()",
+            "SELECT count(*) AS n FROM pg_catalog.pg_prepared_xacts WHERE gid = $1 AND database = pg_catalog.current_database()",
         )
         .bind::<Text, _>(gid)
         .get_result(self.pg())
@@ -920,13 +1453,13 @@ impl BindConnection {
             }
             Err(e) => return Err(self.query_err("cannot take the migration lock", e)),
         }
-        for ddl in [
-            schema::DIESEL_TABLE_DDL_MYSQL,
-            schema::HISTORY_DDL_MYSQL,
-            schema::IN_PROGRESS_DDL_MYSQL,
+        for (template, name) in [
+            (schema::DIESEL_TABLE_DDL_MYSQL, DIESEL_TABLE),
+            (schema::HISTORY_DDL_MYSQL, HISTORY),
+            (schema::IN_PROGRESS_DDL_MYSQL, IN_PROGRESS),
         ] {
-            let done = self.mysql()?.batch_execute(ddl);
-            done.map_err(|e| self.query_err("cannot create the version tables", e))?;
+            let ddl = self.ddl(template, name);
+            self.execute_plain("cannot create the version tables", &ddl)?;
         }
         Ok(())
     }
@@ -943,16 +1476,17 @@ impl BindConnection {
     }
 
     fn load_marks(&mut self) -> Result<Vec<Mark>, DriverError> {
-        use schema::orchestrate_in_progress::dsl as m;
-        let rows = m::orchestrate_in_progress
-            .order((m::started_at.asc(), m::kind.asc()))
-            .load::<Mark>(self.mysql()?);
-        rows.map_err(|e| self.query_err("cannot read orchestrate_in_progress", e))
+        self.rows(
+            "cannot read orchestrate_in_progress",
+            "SELECT kind, batch_id, version, decider, direction, name, statements_done, \
+             statements_total, started_at FROM {orchestrate_in_progress} ORDER BY started_at, kind",
+            &[],
+        )
     }
 
     /// What is under way and not settled on this bind (MySQL; nothing elsewhere).
     pub fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
-        if !matches!(self.conn, Conn::Mysql(_)) || !self.table_exists("orchestrate_in_progress")? {
+        if !matches!(self.conn, Conn::Mysql(_)) || !self.table_exists(IN_PROGRESS)? {
             return Ok(Vec::new());
         }
         self.load_marks()
@@ -960,69 +1494,71 @@ impl BindConnection {
 
     /// Writes a mark (committed at once).
     pub fn put_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
-        use schema::orchestrate_in_progress::dsl as m;
-        let row = (
-            m::kind.eq(&mark.kind),
-            m::batch_id.eq(&mark.batch_id),
-            m::version.eq(&mark.version),
-            m::decider.eq(&mark.decider),
-            m::direction.eq(&mark.direction),
-            m::name.eq(&mark.name),
-            m::statements_done.eq(mark.statements_done),
-            m::statements_total.eq(mark.statements_total),
-            m::started_at.eq(&mark.started_at),
-        );
-        let done = diesel::insert_into(m::orchestrate_in_progress)
-            .values(row)
-            .execute(self.mysql()?);
-        done.map(|_| ())
-            .map_err(|e| self.query_err("cannot write to orchestrate_in_progress", e))
+        self.mysql()?;
+        self.exec(
+            "cannot write to orchestrate_in_progress",
+            "INSERT INTO {orchestrate_in_progress} (kind, batch_id, version, decider, direction, name, \
+             statements_done, statements_total, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            &[
+                Arg::Text(&mark.kind),
+                Arg::Text(&mark.batch_id),
+                Arg::Text(&mark.version),
+                Arg::Text(&mark.decider),
+                Arg::Text(&mark.direction),
+                Arg::Text(&mark.name),
+                Arg::Int(mark.statements_done),
+                Arg::Int(mark.statements_total),
+                Arg::Text(&mark.started_at),
+            ],
+        )
+        .map(|_| ())
     }
 
     /// Records how many statements of a marked migration have committed.
     pub fn set_mark_progress(&mut self, mark: &Mark, done: i64) -> Result<(), DriverError> {
-        use schema::orchestrate_in_progress::dsl as m;
-        let updated = diesel::update(
-            m::orchestrate_in_progress
-                .filter(m::kind.eq(&mark.kind))
-                .filter(m::batch_id.eq(&mark.batch_id))
-                .filter(m::version.eq(&mark.version)),
+        self.mysql()?;
+        self.exec(
+            "cannot write to orchestrate_in_progress",
+            "UPDATE {orchestrate_in_progress} SET statements_done = ? WHERE kind = ? AND batch_id = ? AND version = ?",
+            &[
+                Arg::Int(done),
+                Arg::Text(&mark.kind),
+                Arg::Text(&mark.batch_id),
+                Arg::Text(&mark.version),
+            ],
         )
-        .set(m::statements_done.eq(done))
-        .execute(self.mysql()?);
-        updated
-            .map(|_| ())
-            .map_err(|e| self.query_err("cannot write to orchestrate_in_progress", e))
+        .map(|_| ())
     }
 
     /// Removes a mark (committed at once, or with the open transaction). A mark that is not
     /// there is an error: someone else settled it, and what was about to be recorded with its
     /// removal must not be.
     pub fn clear_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
-        use schema::orchestrate_in_progress::dsl as m;
-        let deleted = diesel::delete(
-            m::orchestrate_in_progress
-                .filter(m::kind.eq(&mark.kind))
-                .filter(m::batch_id.eq(&mark.batch_id))
-                .filter(m::version.eq(&mark.version)),
-        )
-        .execute(self.mysql()?);
-        match deleted {
-            Ok(1) => Ok(()),
-            Ok(_) => Err(DriverError::Other {
-                bind: self.bind(),
-                detail: format!(
-                    "the mark of {} (batch {}) is gone: another run settled it meanwhile",
-                    if mark.is_batch() {
-                        "the batch"
-                    } else {
-                        &mark.name
-                    },
-                    mark.batch_id
-                ),
-            }),
-            Err(e) => Err(self.query_err("cannot write to orchestrate_in_progress", e)),
+        self.mysql()?;
+        let deleted = self.exec(
+            "cannot write to orchestrate_in_progress",
+            "DELETE FROM {orchestrate_in_progress} WHERE kind = ? AND batch_id = ? AND version = ?",
+            &[
+                Arg::Text(&mark.kind),
+                Arg::Text(&mark.batch_id),
+                Arg::Text(&mark.version),
+            ],
+        )?;
+        if deleted == 1 {
+            return Ok(());
         }
+        Err(DriverError::Other {
+            bind: self.bind(),
+            detail: format!(
+                "the mark of {} (batch {}) is gone: another run settled it meanwhile",
+                if mark.is_batch() {
+                    "the batch"
+                } else {
+                    &mark.name
+                },
+                mark.batch_id
+            ),
+        })
     }
 
     /// Runs one statement of a migration, outside any transaction (it commits by itself).
@@ -1061,19 +1597,24 @@ impl BindConnection {
     /// The steps `batch_id` applied or reverted on this bind and that no undo has reverted
     /// since, newest first.
     pub fn batch_steps(&mut self, batch_id: &str) -> Result<Vec<BatchStep>, DriverError> {
-        if !self.table_exists("orchestrate_history")? {
+        if !self.table_exists(HISTORY)? {
             return Ok(Vec::new());
         }
-        use schema::orchestrate_history::dsl as h;
-        type Row = (String, String, String, Option<String>, Option<String>);
-        let rows: Vec<Row> = on_conn!(&mut self.conn, c => h::orchestrate_history
-                .filter(h::batch_id.eq(batch_id))
-                .order(h::id.asc())
-                .select((h::version, h::name, h::direction, h::down_sql, h::checksum))
-                .load(c))
-        .map_err(|e| self.query_err("cannot read orchestrate_history", e))?;
+        let rows: Vec<HistoryRow> = self.rows(
+            "cannot read orchestrate_history",
+            "SELECT version, name, direction, checksum, down_sql FROM {orchestrate_history} \
+             WHERE batch_id = ? ORDER BY id",
+            &[Arg::Text(batch_id)],
+        )?;
         let mut steps: Vec<BatchStep> = Vec::new();
-        for (version, name, direction, down_sql, checksum) in rows {
+        for HistoryRow {
+            version,
+            name,
+            direction,
+            checksum,
+            down_sql,
+        } in rows
+        {
             match direction.as_str() {
                 "up" | "down" => steps.push(BatchStep {
                     version,
@@ -1263,13 +1804,11 @@ impl BindConnection {
         let (batch, id) = (batch.to_string(), xid(batch, bind));
         let done = self.mysql()?.batch_execute(&format!("XA {verb} {id}"));
         done.map_err(|e| self.query_err(&format!("XA {verb} of {gid} failed"), e))?;
-        use schema::orchestrate_in_progress::dsl as m;
-        let cleared = diesel::delete(
-            m::orchestrate_in_progress
-                .filter(m::kind.eq_any(["batch", "xa-batch"]))
-                .filter(m::batch_id.eq(&batch)),
-        )
-        .execute(self.mysql()?);
+        let cleared = self.exec(
+            "cannot write to orchestrate_in_progress",
+            "DELETE FROM {orchestrate_in_progress} WHERE kind IN ('batch', 'xa-batch') AND batch_id = ?",
+            &[Arg::Text(&batch)],
+        );
         // The transaction is ended either way; a mark left behind is settled by recover by the
         // batch's decision, and blocks new batches on this bind until then.
         if let Err(e) = cleared {

@@ -39,6 +39,12 @@ pub enum DriverError {
     },
     #[error("bind `{bind}`: PREPARE TRANSACTION reported success but no prepared transaction `{gid}` exists; the batch was not prepared")]
     PrepareNotRecorded { bind: String, gid: String },
+    #[error("bind `{bind}`: batch {batch_id} was decided by someone else before this run could decide it (its row in orchestrate_batches is `{state}`, not `begun`): a concurrent `orchestrate recover` aborted it, so this run rolls every bind back")]
+    DecisionLost {
+        bind: String,
+        batch_id: String,
+        state: String,
+    },
     #[error("bind `{bind}`: the database changed while the batch was being planned ({detail}); nothing was applied, run the command again")]
     Moved { bind: String, detail: String },
     #[error("bind `{bind}`: {detail}")]
@@ -75,6 +81,42 @@ impl DriverError {
             _ => false,
         }
     }
+}
+
+impl DriverError {
+    /// Whether a statement gave up waiting for a lock held by another session (PostgreSQL
+    /// `lock_timeout`, SQLite busy, InnoDB lock wait timeout).
+    pub fn is_lock_wait(&self) -> bool {
+        match self {
+            DriverError::Busy { .. } => true,
+            _ => self.database_error().is_some_and(is_lock_wait),
+        }
+    }
+}
+
+/// Whether a database error says a lock could not be had in time: PostgreSQL's
+/// `lock_not_available` ("canceling statement due to lock timeout", "could not obtain lock"),
+/// SQLite's SQLITE_BUSY / SQLITE_LOCKED, MySQL's 1205 / 3572. diesel exposes no error codes
+/// for these, so their fixed messages are read, here only.
+pub fn is_lock_wait(error: &diesel::result::Error) -> bool {
+    let diesel::result::Error::DatabaseError(_, info) = error else {
+        return false;
+    };
+    let m = info.message();
+    m.contains("lock timeout")
+        || m.contains("could not obtain lock")
+        || m.contains("Lock wait timeout exceeded")
+        || m.contains("NOWAIT is set")
+        || is_sqlite_busy(error)
+}
+
+/// Whether a SQLite error is SQLITE_BUSY or SQLITE_LOCKED ("database is locked", "database
+/// table is locked", "database schema is locked").
+pub fn is_sqlite_busy(error: &diesel::result::Error) -> bool {
+    let text = error.to_string();
+    text.contains("database is locked")
+        || text.contains("is locked")
+        || text.contains("database is busy")
 }
 
 /// What to do about a PREPARE TRANSACTION that PostgreSQL refused, by its message.

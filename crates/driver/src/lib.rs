@@ -7,9 +7,10 @@
 //! - [`read_chain`]: a bind's migration folders (diesel's layout) read from disk into a
 //!   validated [`orchestrate_core::Chain`];
 //! - [`BindConnection`]: the version tables (diesel's `__diesel_schema_migrations` plus this
-//!   project's `orchestrate_history` and `orchestrate_decisions`), the per-database lock, one
+//!   project's `orchestrate_history` and `orchestrate_batches`, all fully qualified), the per-database lock, one
 //!   transaction per batch, `PREPARE TRANSACTION` with a check that it really happened,
-//!   `COMMIT PREPARED` / `ROLLBACK PREPARED`, and the decision record.
+//!   `COMMIT PREPARED` / `ROLLBACK PREPARED`, and the arbitrated decision (`begun`, then
+//!   `commit` by the coordinator or `abort` by `recover`, whichever comes first).
 //! - [`Capabilities`]: what a backend can do, as data the coordinator reads.
 //!
 //! It deliberately knows nothing of other binds: deciding, ordering and recovering across
@@ -24,7 +25,8 @@ mod script;
 mod source;
 
 pub use conn::{
-    BatchStep, BindConnection, BindState, Mark, PreparedXact, LOCK_KEY, MYSQL_LOCK_NAME,
+    BatchStep, BindConnection, BindState, DecisionState, Mark, PreparedXact, LOCK_KEY,
+    MYSQL_LOCK_NAME,
 };
 pub use endpoint::{Backend, Capabilities, Endpoint};
 pub use error::DriverError;

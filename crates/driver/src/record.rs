@@ -7,7 +7,7 @@ use crate::endpoint::Backend;
 pub const GID_PREFIX: &str = "orchestrate:";
 
 /// The id of a bind's prepared transaction: `orchestrate:<batch>:<decider>:<bind>`. It carries
-/// the batch, the bind whose `orchestrate_decisions` table holds the decision, and the bind
+/// the batch, the bind whose `orchestrate_batches` table holds the decision, and the bind
 /// itself, so it is unique per server even when several binds share one. Bind names are
 /// `[a-z0-9_]{1,63}` and batch ids are `[0-9A-Za-z-]`, so it stays under PostgreSQL's 200 bytes
 /// and needs no escaping.
@@ -42,11 +42,16 @@ pub struct Participant {
     /// a SQLite bind whose open transaction was lost after the decision can be brought
     /// forward.
     pub redo: Option<Vec<RedoStep>>,
+    /// SQLite binds other than the decider: the versions applied there when the batch began.
+    /// `recover` redoes the batch only on a database still in exactly that state, never on a
+    /// file that was replaced or reset since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Vec<String>>,
 }
 
-/// The decision to commit a batch, written in the decider's own batch transaction: that
-/// transaction's COMMIT is the decision. No record means the batch was not committed
-/// (presumed abort).
+/// The decision to commit a batch, written into the batch's `begun` row of the decider's
+/// `orchestrate_batches` inside the decider's own batch transaction: that transaction's COMMIT
+/// is the decision.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DecisionRecord {
     pub batch_id: String,

@@ -108,12 +108,12 @@ fn mysql_preamble(lock_held: &str) -> String {
         "SELECT GET_LOCK({}, <lock_timeout_ms in seconds>); -- {lock_held}",
         crate::conn::MYSQL_LOCK_NAME
     );
-    for ddl in [
-        schema::DIESEL_TABLE_DDL_MYSQL,
-        schema::HISTORY_DDL_MYSQL,
-        schema::IN_PROGRESS_DDL_MYSQL,
+    for (ddl, name) in [
+        (schema::DIESEL_TABLE_DDL_MYSQL, schema::DIESEL_TABLE),
+        (schema::HISTORY_DDL_MYSQL, schema::HISTORY),
+        (schema::IN_PROGRESS_DDL_MYSQL, schema::IN_PROGRESS),
     ] {
-        text.push_str(&format!("\n{ddl};"));
+        text.push_str(&format!("\n{};", ddl_for(ddl, name)));
     }
     text
 }
@@ -162,6 +162,12 @@ fn nullable(text: Option<&str>) -> String {
     text.map(quote_literal).unwrap_or_else(|| "NULL".into())
 }
 
+/// A DDL template of [`schema`] for printing: the table by its plain name (a real run
+/// qualifies it with the schema it resolved when it connected).
+fn ddl_for(template: &str, name: &str) -> String {
+    template.replace("{t}", name)
+}
+
 /// The script of one bind's part of a batch.
 pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>) -> String {
     let mut out = String::new();
@@ -169,6 +175,16 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
         out.push_str(s);
         out.push('\n');
     };
+    if let Ending::Decide { batch_id } = &ending {
+        line(&format!(
+            "{};",
+            ddl_for(schema::BATCHES_DDL, schema::BATCHES)
+        ));
+        line(&format!(
+            "INSERT INTO orchestrate_batches (batch_id, state, begun_at) VALUES ({}, 'begun', <now>); -- committed (durably) before any bind prepares",
+            quote_literal(batch_id)
+        ));
+    }
     match backend {
         Backend::Postgres => {
             line("BEGIN;");
@@ -181,14 +197,27 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
         }
         Backend::Mysql => return nonatomic_script(plan, batch_id, ""),
     }
-    line(&format!("{};", schema::DIESEL_TABLE_DDL));
+    if let Ending::Decide { batch_id } = &ending {
+        line(&format!(
+            "SELECT state FROM orchestrate_batches WHERE batch_id = {}{}; -- must be 'begun'; held until COMMIT, so a `recover` waits for this run",
+            quote_literal(batch_id),
+            if backend == Backend::Postgres { " FOR UPDATE" } else { "" }
+        ));
+    }
     line(&format!(
         "{};",
-        match backend {
-            Backend::Postgres => schema::HISTORY_DDL_PG,
-            Backend::Sqlite => schema::HISTORY_DDL_SQLITE,
-            Backend::Mysql => schema::HISTORY_DDL_MYSQL,
-        }
+        ddl_for(schema::DIESEL_TABLE_DDL, schema::DIESEL_TABLE)
+    ));
+    line(&format!(
+        "{};",
+        ddl_for(
+            match backend {
+                Backend::Postgres => schema::HISTORY_DDL_PG,
+                Backend::Sqlite => schema::HISTORY_DDL_SQLITE,
+                Backend::Mysql => schema::HISTORY_DDL_MYSQL,
+            },
+            schema::HISTORY
+        )
     ));
     for step in &plan.steps {
         line(&format!("-- {} {}", plan.direction, step.name));
@@ -207,13 +236,15 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
             line("COMMIT;");
         }
         Ending::Decide { batch_id } => {
-            line(&format!("{};", schema::DECISIONS_DDL));
             line(&format!(
-                "INSERT INTO orchestrate_decisions (batch_id, decided_at, record) VALUES ({}, <now>, <the batch's participants and the SQL of its SQLite binds, as JSON>);",
+                "UPDATE orchestrate_batches SET state = 'commit', decided_at = <now>, record = <the batch's participants and the SQL of its SQLite binds, as JSON> WHERE batch_id = {} AND state = 'begun'; -- must change 1 row: else a `recover` aborted the batch first",
                 quote_literal(batch_id)
             ));
             if backend == Backend::Postgres {
                 line("SET CONSTRAINTS ALL IMMEDIATE;");
+                line("SET LOCAL synchronous_commit = on;");
+            } else {
+                line("PRAGMA main.synchronous = FULL;");
             }
             line("COMMIT; -- the decision: the batch commits everywhere from here on");
         }

@@ -112,14 +112,25 @@ pub enum Command {
     Init,
     /// Finish batches a crash or a lost connection left behind.
     ///
-    /// Commits every prepared transaction of this tool whose batch was decided, rolls back
-    /// those whose batch was not (presumed abort) once their coordinator can no longer decide,
-    /// and re-applies a decided batch to any SQLite bind that lost it. Safe to run at any time,
-    /// any number of times; a batch whose coordinator is still running is left alone.
+    /// Commits every prepared transaction of this tool whose batch was decided to commit.
+    /// For a batch not yet decided, it first records `abort` on the batch's decider, which it
+    /// can only do once the batch's coordinator no longer holds the batch (it waits up to
+    /// --wait seconds for a coordinator that is still finishing), and then rolls the batch
+    /// back everywhere. It re-applies a decided batch to any SQLite bind that lost it. Where
+    /// the evidence is missing (the decider's database, file or table cannot be read, or has
+    /// no row for the batch), it changes nothing for that batch and exits 3 saying what is
+    /// missing: missing evidence is never read as "abort". Safe to run at any time, any number
+    /// of times, even while batches run.
     Recover {
-        /// Report what would be done and change nothing.
+        /// Report what would be done and change nothing (not even a SQLite file is created);
+        /// exits 3 when there is something to do.
         #[arg(long)]
         dry_run: bool,
+        /// How long to wait for a batch's coordinator that still holds its batch (a killed
+        /// coordinator's server session can take a moment to end) before leaving the batch
+        /// alone (exit 3). Default: lock_timeout_ms.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
         /// Print JSON: {"actions":[{"bind","batch_id","action","detail"}],"errors":[..]}.
         #[arg(long)]
         json: bool,
@@ -272,8 +283,13 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
             Ok(b) => report(crate::manage::stamp(&settings, b[0], &revision), out, err),
             Err(e) => report(Err((exit::INVALID, e)), out, err),
         },
-        Command::Recover { dry_run, json } => {
-            let report = crate::recover::recover(&settings, dry_run);
+        Command::Recover {
+            dry_run,
+            wait,
+            json,
+        } => {
+            let wait = wait.map_or(settings.lock_timeout, std::time::Duration::from_secs);
+            let report = crate::recover::recover(&settings, dry_run, wait);
             if json {
                 let _ = writeln!(out, "{}", serde_json::to_string_pretty(&report).unwrap());
             } else {

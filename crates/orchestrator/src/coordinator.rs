@@ -200,10 +200,15 @@ pub fn guarantee(works: &[BindWork], i: usize, decider: Option<usize>) -> &'stat
 
 /// What a participant holds after the first phase.
 enum Held {
-    /// A SQLite bind's open transaction.
-    Open(Box<BindConnection>),
+    /// A SQLite bind's open transaction, and the versions applied there before the batch.
+    Open {
+        conn: Box<BindConnection>,
+        before: Vec<String>,
+    },
     /// A PostgreSQL bind's prepared transaction; its connection is released.
     Prepared { gid: String },
+    /// A PostgreSQL bind whose connection was lost while PREPARE was under way.
+    ReplyLost { gid: String },
     /// A MySQL bind's prepared XA transaction, ended later on the same session: another
     /// session cannot end it while this one is attached (MariaDB answers XAER_NOTA).
     PreparedHere {
@@ -221,6 +226,9 @@ struct Failed {
     error: BatchError,
     /// The transaction id, when the failure came at or after PREPARE was sent.
     maybe_prepared: Option<String>,
+    /// The connection was lost while PREPARE was under way: whether it happened is unknown
+    /// (the server may still be finishing it), so the bind is left to `recover`.
+    prepare_reply_lost: bool,
 }
 
 fn direction_past(direction: Direction) -> &'static str {
@@ -235,6 +243,7 @@ fn decision_record(
     batch_id: &str,
     decider: &str,
     direction: Direction,
+    before: &BTreeMap<usize, Vec<String>>,
 ) -> DecisionRecord {
     DecisionRecord {
         batch_id: batch_id.into(),
@@ -264,6 +273,7 @@ fn decision_record(
                             })
                             .collect()
                     }),
+                    before: before.get(&i).cloned(),
                 }
             })
             .collect(),
@@ -306,8 +316,12 @@ pub fn run_batch(
     let mut decider_conn =
         match BindConnection::connect(&decider.endpoint, true, options.lock_timeout).and_then(
             |mut conn| {
+                // The batch's row, committed before anything else: from here on the batch is
+                // decided by whoever turns it first, this run (commit) or `recover` (abort).
+                conn.begin_decision(&batch_id, &now_text())?;
                 conn.tag_as_decider(&batch_id)?;
                 conn.begin_batch()?;
+                conn.hold_decision(&batch_id)?;
                 Ok(conn)
             },
         ) {
@@ -371,13 +385,23 @@ pub fn run_batch(
     let mut held: Vec<(usize, Held)> = Vec::new();
     let mut maybe_prepared: Vec<(usize, String)> = Vec::new();
     let mut errors: Vec<BatchError> = Vec::new();
+    let mut before: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for (i, result, ms) in results {
         report.timings.insert(works[i].endpoint.bind.clone(), ms);
         match result {
-            Some(Ok(h)) => held.push((i, h)),
+            Some(Ok(h)) => {
+                if let Held::Open { before: b, .. } = &h {
+                    before.insert(i, b.clone());
+                }
+                held.push((i, h))
+            }
             Some(Err(f)) => {
                 if let Some(gid) = f.maybe_prepared {
-                    maybe_prepared.push((i, gid));
+                    if f.prepare_reply_lost {
+                        held.push((i, Held::ReplyLost { gid }));
+                    } else {
+                        maybe_prepared.push((i, gid));
+                    }
                 }
                 errors.push(f.error);
             }
@@ -389,6 +413,7 @@ pub fn run_batch(
     }
     if !errors.is_empty() {
         decider_conn.rollback();
+        record_abort(&mut decider_conn, &batch_id);
         let first = errors.remove(0);
         report.other_errors = errors.iter().map(|e| e.to_string()).collect();
         return abort(
@@ -404,11 +429,11 @@ pub fn run_batch(
     }
 
     // 2. The decider.
-    let record = decision_record(&works, &batch_id, &decider_name, direction);
+    let record = decision_record(&works, &batch_id, &decider_name, direction, &before);
     crash_point!("before-decision");
     let mut running: Vec<nonatomic::Running> = Vec::new();
     let decided = run_steps(&mut decider_conn, decider, &batch_id, direction, &at)
-        .and_then(|()| {
+        .and_then(|_| {
             // Non-atomic binds last: the decision is made only if they succeed.
             let (ran, result) = nonatomic_phase(
                 &works,
@@ -424,8 +449,8 @@ pub fn run_batch(
             running = ran;
             result
         })
-        .and_then(|()| Ok(decider_conn.write_decision(&record, &now_text())?))
-        .and_then(|()| Ok(decider_conn.check_deferred()?))
+        .and_then(|()| Ok(decider_conn.decide_commit(&record, &now_text())?))
+        .and_then(|()| Ok(decider_conn.prepare_to_decide(&last_step_name(decider))?))
         .and_then(|()| check_signal());
     let failure = match decided {
         Err(error) => Some(error),
@@ -473,6 +498,7 @@ pub fn run_batch(
     };
     if let Some(error) = failure {
         decider_conn.rollback();
+        record_abort(&mut decider_conn, &batch_id);
         let undone = undo_all(
             running,
             &works,
@@ -495,7 +521,6 @@ pub fn run_batch(
         );
         return with_outcomes(report, undone, true);
     }
-    drop(decider_conn);
     report.timings.insert(
         decider_name.clone(),
         decider_started.elapsed().as_millis() as u64,
@@ -537,7 +562,11 @@ pub fn run_batch(
                             (outcome, problem)
                         }
                     },
-                    Held::Open(mut conn) => match conn.commit() {
+                    Held::ReplyLost { gid } => (
+                        BindOutcome::LeftPrepared { gid: gid.clone() },
+                        Some(format!("{}: the reply to PREPARE TRANSACTION {gid} was lost", endpoint.bind)),
+                    ),
+                    Held::Open { mut conn, .. } => match conn.commit() {
                         Ok(()) => (BindOutcome::Committed, None),
                         Err(e) => (
                             BindOutcome::Attention {
@@ -600,8 +629,28 @@ pub fn run_batch(
                 attention.join("; ")
             ),
         };
+    } else if let Err(e) = decider_conn.settle_decision(&record, &now_text()) {
+        // Harmless: `recover` finds every participant finished and settles it then.
+        tracing::warn!(batch = %batch_id, error = %e, "the batch committed everywhere, but it could not be marked settled on its decider");
     }
     report
+}
+
+/// The name of the last migration a bind runs in the batch, for messages.
+fn last_step_name(work: &BindWork) -> String {
+    work.plan
+        .steps
+        .last()
+        .map_or_else(|| "(none)".into(), |s| s.name.clone())
+}
+
+/// After a failure before the decision, with the decider's transaction rolled back: records
+/// `abort` for the batch, so that `recover` rolls back whatever a crash of this run leaves
+/// prepared without having to decide. Best effort: without it `recover` decides abort itself.
+fn record_abort(decider: &mut BindConnection, batch_id: &str) {
+    if let Err(e) = decider.decide_abort(batch_id, &now_text(), Duration::from_secs(2)) {
+        tracing::warn!(batch = %batch_id, error = %e, "could not record the abort decision; `orchestrate recover` will decide it");
+    }
 }
 
 /// Runs a bind's steps in its open batch transaction.
@@ -611,13 +660,13 @@ pub(crate) fn run_steps(
     batch_id: &str,
     direction: Direction,
     at: &str,
-) -> Result<(), BatchError> {
-    conn.check_plan_still_valid(direction, &work.plan.steps)?;
+) -> Result<Vec<String>, BatchError> {
+    let before = conn.check_plan_still_valid(direction, &work.plan.steps)?;
     for step in &work.plan.steps {
         check_signal()?;
         conn.run_step(batch_id, direction, step, at)?;
     }
-    Ok(())
+    Ok(before)
 }
 
 /// A participant's first phase: everything up to PREPARE (PostgreSQL) or up to holding its
@@ -633,6 +682,7 @@ fn phase_one(
     let early = |error: BatchError| Failed {
         error,
         maybe_prepared: None,
+        prepare_reply_lost: false,
     };
     check_signal().map_err(early)?;
     let mut conn =
@@ -646,24 +696,38 @@ fn phase_one(
         None => conn.begin_batch().map_err(BatchError::from),
     }
     .and_then(|()| run_steps(&mut conn, work, batch_id, direction, at));
-    if let Err(error) = ran {
-        conn.rollback();
-        if let Some(mark) = &xa_mark {
-            // Best effort: a mark left behind is settled by recover (no XA, no decision).
-            let _ = conn.clear_mark(mark);
+    let before = match ran {
+        Ok(before) => before,
+        Err(error) => {
+            conn.rollback();
+            if let Some(mark) = &xa_mark {
+                // Best effort: a mark left behind is settled by recover (no XA, no decision).
+                let _ = conn.clear_mark(mark);
+            }
+            return Err(early(error));
         }
-        return Err(early(error));
-    }
+    };
     if work.endpoint.backend == Backend::Sqlite {
-        return Ok(Held::Open(Box::new(conn)));
+        return Ok(Held::Open {
+            conn: Box::new(conn),
+            before,
+        });
     }
     let gid = gid_for(batch_id, decider, &work.endpoint.bind);
     crash_point!("before-prepare");
     if let Err(e) = conn.prepare(&gid) {
+        let prepare_reply_lost = e.is_connection_lost();
         conn.rollback();
+        if let Some(mark) = &xa_mark {
+            // The XA transaction is rolled back with the session: settle its mark too.
+            if !prepare_reply_lost && conn.clear_mark(mark).is_err() {
+                tracing::warn!(bind = %work.endpoint.bind, "the XA batch mark could not be cleared; `orchestrate recover` settles it");
+            }
+        }
         return Err(Failed {
             error: e.into(),
             maybe_prepared: Some(gid),
+            prepare_reply_lost,
         });
     }
     crash_point!("after-prepare");
@@ -706,10 +770,13 @@ fn abort(
         todo.into_par_iter()
             .map(|(i, h)| {
                 let outcome = match h {
-                    Held::Open(mut conn) => {
+                    Held::Open { mut conn, .. } => {
                         conn.rollback();
                         BindOutcome::RolledBack
                     }
+                    Held::ReplyLost { gid } => BindOutcome::Attention {
+                        detail: format!("the reply to PREPARE TRANSACTION {gid} was lost, so whether it is prepared is unknown; the batch is recorded as aborted, so `orchestrate recover` rolls it back if it is there"),
+                    },
                     Held::Prepared { gid } => resolve_prepared(
                         &works[i].endpoint,
                         &gid,
@@ -755,7 +822,15 @@ fn abort(
             _ => None,
         })
         .collect();
-    report.verdict = if left.is_empty() {
+    report.verdict = if let BatchError::Bind(DriverError::LeftTransaction { bind, name }) = &error {
+        Verdict::NeedsAttention {
+            detail: format!(
+                "migration {name} ended the batch's transaction on bind `{bind}` itself, so what ran there before it may be committed; every other bind was rolled back{}. Check bind `{bind}` by hand (`orchestrate status --bind {bind}`)",
+                if left.is_empty() { String::new() } else { format!(", except: {}", left.join(", ")) }
+            ),
+            error: Some(error),
+        }
+    } else if left.is_empty() {
         Verdict::RolledBack { error }
     } else {
         Verdict::NeedsAttention {
@@ -998,6 +1073,32 @@ fn run_nonatomic_only(
         works.len()
     ));
     let at = now_text();
+    // The batch's row on the decider first, committed: from here on the batch is decided by
+    // whoever turns it first, this run (commit) or `recover` (abort). A server that does not
+    // flush InnoDB's log at commit could lose the decision: refused.
+    let begun = BindConnection::connect(&works[0].endpoint, false, options.lock_timeout).and_then(
+        |mut conn| {
+            conn.check_durable_commits()?;
+            conn.begin_decision(&batch_id, &at)
+        },
+    );
+    if let Err(error) = begun {
+        progress.line(&format!("  failed: {error}"));
+        return BatchReport {
+            batch_id: batch_id.clone(),
+            decider: decider.clone(),
+            direction,
+            binds: works
+                .iter()
+                .map(|w| (w.endpoint.bind.clone(), BindOutcome::RolledBack))
+                .collect(),
+            timings: BTreeMap::new(),
+            other_errors: Vec::new(),
+            verdict: Verdict::RolledBack {
+                error: error.into(),
+            },
+        };
+    }
     // The decider first, alone: its lock, held until the decision is written, is what tells
     // `recover` that this coordinator may still decide.
     let (mut running, mut result) = nonatomic_phase(
@@ -1036,6 +1137,11 @@ fn run_nonatomic_only(
         let undone = undo_all(
             running, &works, &batch_id, &decider, direction, &at, pool, progress,
         );
+        if let Ok(mut conn) =
+            BindConnection::connect(&works[0].endpoint, false, options.lock_timeout)
+        {
+            record_abort(&mut conn, &batch_id);
+        }
         report.verdict = Verdict::RolledBack { error };
         with_outcomes(report, undone, false)
     };
@@ -1043,13 +1149,13 @@ fn run_nonatomic_only(
         return undo_everything(running, error, report);
     }
     crash_point!("before-decision");
-    let record = decision_record(&works, &batch_id, &decider, direction);
+    let record = decision_record(&works, &batch_id, &decider, direction, &BTreeMap::new());
     let written = running
         .iter_mut()
         .find(|r| r.index == 0)
         .expect("every bind ran")
         .conn
-        .write_decision(&record, &now_text());
+        .decide_commit(&record, &now_text());
     match written {
         Ok(()) => {
             crash_point!("after-decision");
@@ -1070,6 +1176,11 @@ fn run_nonatomic_only(
                     error: None,
                     detail: attention.join("; "),
                 };
+            } else if let Err(e) =
+                BindConnection::connect(&works[0].endpoint, false, options.lock_timeout)
+                    .and_then(|mut c| c.settle_decision(&record, &now_text()))
+            {
+                tracing::warn!(batch = %batch_id, error = %e, "the batch committed everywhere, but it could not be marked settled on its decider");
             }
             report
         }

@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use orchestrate_core::{current, pending, problems};
-use orchestrate_driver::{read_chain, Backend, BindConnection, DriverError, GID_PREFIX};
+use orchestrate_driver::{
+    read_chain, Backend, BindConnection, DecisionState, DriverError, GID_PREFIX,
+};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -23,8 +25,9 @@ pub struct InDoubt {
     pub prepared_at: String,
     /// How long it has been prepared, as PostgreSQL counts it (`HH:MM:SS`).
     pub age: String,
-    /// `commit` (the decider holds the decision; recover commits it), `none` (no decision on
-    /// the decider: recover rolls it back once its coordinator is gone), or `unknown: why`.
+    /// `commit` (the decider holds the decision; recover commits it), `abort` (recover rolls
+    /// it back), `none` (not decided yet: recover decides abort once its coordinator no longer
+    /// holds the batch), or `unknown: why` (no evidence: recover changes nothing).
     pub decision: String,
 }
 
@@ -173,10 +176,12 @@ fn describe(
         let found = match settings.bind(&decider) {
             None => format!("unknown: the decider `{decider}` is not configured"),
             Some(d) => match BindConnection::connect(&d.endpoint, false, READ_LOCK_TIMEOUT)
-                .and_then(|mut c| c.read_decision(&batch_id))
+                .and_then(|mut c| c.decision_state(&batch_id))
             {
-                Ok(Some(_)) => "commit".into(),
-                Ok(None) | Err(DriverError::NoSuchFile { .. }) => "none".into(),
+                Ok(Some(DecisionState::Commit(_))) => "commit".into(),
+                Ok(Some(DecisionState::Abort)) => "abort".into(),
+                Ok(Some(DecisionState::Begun)) => "none".into(),
+                Ok(None) => format!("unknown: no row for the batch in the decider `{decider}`'s orchestrate_batches"),
                 Err(e) => format!("unknown: {e}"),
             },
         };

@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use orchestrate_core::{Direction, Step, Version};
-use orchestrate_driver::{Backend, BindConnection, DecisionRecord, DriverError, GID_PREFIX};
+use orchestrate_driver::{
+    Backend, BindConnection, DecisionRecord, DecisionState, DriverError, GID_PREFIX,
+};
 
 use crate::coordinator::{run_steps, BindWork};
 use crate::settings::Settings;
@@ -43,13 +45,12 @@ pub struct RecoverReport {
 }
 
 impl RecoverReport {
-    /// Whether anything is left for a person or a later run.
+    /// Whether anything is left for a person or a later run (a dry run's "would ..." too).
     pub fn needs_attention(&self) -> bool {
         !self.errors.is_empty()
-            || self
-                .actions
-                .iter()
-                .any(|a| a.action == "attention" || a.action == "left alone")
+            || self.actions.iter().any(|a| {
+                a.action == "attention" || a.action == "left alone" || a.action.starts_with("would")
+            })
     }
 }
 
@@ -73,43 +74,86 @@ fn parse_gid(gid: &str) -> Option<Gid> {
 enum Decision {
     Commit,
     Abort,
-    /// The decider may still commit, or cannot be read.
+    /// Not decided, or the evidence cannot be read: nothing is done for the batch.
     Unknown(String),
 }
 
-fn decision_of(settings: &Settings, decider: &str, batch_id: &str) -> Decision {
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The decision of a batch, read on its decider. A batch still `begun` is decided here:
+/// `abort` is recorded on the decider first (in a durable transaction of its own, waiting up
+/// to `wait` for a coordinator that still holds the batch), and only then may anything be
+/// rolled back; the coordinator's own `commit` and this `abort` contend for the same row, so
+/// exactly one of them wins. With `dry_run` nothing is written. Missing evidence (no decider,
+/// no file, no table, no row) is never an abort.
+fn decision_of(
+    settings: &Settings,
+    decider: &str,
+    batch_id: &str,
+    dry_run: bool,
+    wait: Duration,
+) -> Decision {
     let Some(bind) = settings.bind(decider) else {
         return Decision::Unknown(format!(
-            "its decider `{decider}` is not a configured bind; configure it and run recover again"
+            "its decider `{decider}` is not a configured bind, so whether the batch was decided cannot be read; configure it and run recover again"
         ));
     };
+    let place = format!(
+        "orchestrate_batches of the decider `{decider}` ({})",
+        bind.endpoint.redacted()
+    );
+    let running = format!(
+        "its coordinator still holds batch {batch_id} on the decider `{decider}` (it is running, or its session is still ending); left alone. Run recover again once it has finished, or with a longer --wait"
+    );
     let look = || -> Result<Decision, DriverError> {
         let mut conn = BindConnection::connect(&bind.endpoint, false, settings.lock_timeout)?;
-        // Read first: a recorded decision is final whatever the coordinator is doing.
-        if conn.read_decision(batch_id)?.is_some() {
-            return Ok(Decision::Commit);
-        }
-        if conn.decider_alive(batch_id)? {
-            return Ok(Decision::Unknown(format!(
-                "its coordinator still appears to be running (the decider `{decider}` is busy); run recover again once it has finished or died"
-            )));
-        }
-        // The decider can no longer commit; read again in case it did just before.
-        Ok(if conn.read_decision(batch_id)?.is_some() {
-            Decision::Commit
-        } else {
-            Decision::Abort
+        let state = match conn.decision_state(batch_id)? {
+            None => {
+                return Ok(Decision::Unknown(format!(
+                    "there is no row for batch {batch_id} in {place}, so whether it was decided cannot be known; nothing was changed for it. If the decider's database was restored or replaced, find out by hand whether the batch committed there"
+                )))
+            }
+            Some(state) => state,
+        };
+        Ok(match state {
+            DecisionState::Commit(_) => Decision::Commit,
+            DecisionState::Abort => Decision::Abort,
+            DecisionState::Begun if dry_run => {
+                if conn.decision_held(batch_id)? {
+                    Decision::Unknown(running.clone())
+                } else {
+                    Decision::Abort
+                }
+            }
+            DecisionState::Begun => match conn.decide_abort(batch_id, &now(), wait) {
+                Ok(true) => Decision::Abort,
+                Ok(false) => match conn.decision_state(batch_id)? {
+                    Some(DecisionState::Commit(_)) => Decision::Commit,
+                    Some(DecisionState::Abort) => Decision::Abort,
+                    _ => Decision::Unknown(format!(
+                        "batch {batch_id} changed in {place} while recover was deciding it; run recover again"
+                    )),
+                },
+                Err(e) if e.is_lock_wait() => Decision::Unknown(running.clone()),
+                Err(e) => return Err(e),
+            },
         })
     };
     match look() {
         Ok(d) => d,
-        Err(DriverError::NoSuchFile { .. }) => Decision::Abort,
-        Err(e) => Decision::Unknown(format!("its decider `{decider}` cannot be read: {e}")),
+        Err(DriverError::NoSuchFile { path, .. }) => Decision::Unknown(format!(
+            "the decider `{decider}`'s SQLite file {path} does not exist, so whether batch {batch_id} was decided cannot be read; nothing was changed for it. Run recover from the project with the right configuration, or restore the file"
+        )),
+        Err(e) => Decision::Unknown(format!(
+            "its decider `{decider}` cannot be read ({e}); nothing was changed for it"
+        )),
     }
 }
 
 /// Finds and finishes what earlier batches left behind. With `dry_run` it only reports.
-pub fn recover(settings: &Settings, dry_run: bool) -> RecoverReport {
+pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverReport {
     let mut report = RecoverReport::default();
     let timeout = settings.lock_timeout;
 
@@ -147,7 +191,9 @@ pub fn recover(settings: &Settings, dry_run: bool) -> RecoverReport {
             };
             let decision = decisions
                 .entry((gid.batch_id.clone(), gid.decider.clone()))
-                .or_insert_with(|| decision_of(settings, &gid.decider, &gid.batch_id));
+                .or_insert_with(|| {
+                    decision_of(settings, &gid.decider, &gid.batch_id, dry_run, wait)
+                });
             let (action, result) = match decision {
                 Decision::Unknown(why) => ("left alone".to_string(), Err(why.clone())),
                 Decision::Commit if dry_run => ("would commit".into(), Ok(())),
@@ -192,49 +238,81 @@ pub fn recover(settings: &Settings, dry_run: bool) -> RecoverReport {
         .iter()
         .filter(|b| !b.endpoint.backend.is_atomic())
     {
-        recover_nonatomic(settings, bind, dry_run, &mut report);
+        recover_nonatomic(settings, bind, dry_run, wait, &mut report);
     }
 
-    // 2. SQLite participants of decided batches that lost their transaction.
-    let mut records: Vec<DecisionRecord> = Vec::new();
-    for bind in &settings.binds {
-        match BindConnection::connect(&bind.endpoint, false, timeout)
-            .and_then(|mut c| c.decisions())
+    // 2. Decided batches not yet settled: every participant must have it. SQLite
+    // participants that lost their transaction are brought forward; then the decision is
+    // marked settled, so that later runs do not read it again.
+    for decider in &settings.binds {
+        let records = match BindConnection::connect(&decider.endpoint, false, timeout)
+            .and_then(|mut c| c.unsettled_decisions())
         {
-            Ok(found) => records.extend(found),
-            Err(DriverError::NoSuchFile { .. }) => {}
-            Err(e) => report.errors.push(e.to_string()),
-        }
-    }
-    for record in records {
-        for participant in &record.participants {
-            if let Some(gid) = &participant.gid {
-                if let Some(action) =
-                    check_committed(settings, &record, &participant.bind, gid, dry_run)
-                {
-                    report.actions.push(action);
-                }
+            Ok(found) => found,
+            Err(DriverError::NoSuchFile { .. }) => continue,
+            Err(e) => {
+                report.errors.push(e.to_string());
                 continue;
             }
-            let Some(steps) = &participant.redo else {
-                continue;
-            };
-            let Some(bind) = settings.bind(&participant.bind) else {
-                report.actions.push(Action {
-                    bind: participant.bind.clone(),
-                    batch_id: record.batch_id.clone(),
-                    action: "attention".into(),
-                    detail: format!("the decided batch includes bind `{}`, which is not configured; it cannot be checked", participant.bind),
-                });
-                continue;
-            };
-            let outcome = redo(bind, &record, steps, timeout, dry_run);
-            if let Some(action) = outcome {
-                report.actions.push(action);
+        };
+        for record in records {
+            let mut finished = true;
+            for participant in &record.participants {
+                let (action, done) =
+                    check_participant(settings, &record, participant, timeout, dry_run);
+                report.actions.extend(action);
+                finished &= done;
+            }
+            if finished && !dry_run {
+                let settled = BindConnection::connect(&decider.endpoint, false, timeout)
+                    .and_then(|mut c| c.settle_decision(&record, &now()));
+                if let Err(e) = settled {
+                    report.errors.push(e.to_string());
+                }
             }
         }
     }
     report
+}
+
+/// One participant of a decided, unsettled batch: brought forward or checked. Returns what
+/// was done and whether the participant has finished the batch for good.
+fn check_participant(
+    settings: &Settings,
+    record: &DecisionRecord,
+    participant: &orchestrate_driver::Participant,
+    timeout: Duration,
+    dry_run: bool,
+) -> (Option<Action>, bool) {
+    if participant.bind == record.decider {
+        return (None, true);
+    }
+    let Some(bind) = settings.bind(&participant.bind) else {
+        let action = Action {
+            bind: participant.bind.clone(),
+            batch_id: record.batch_id.clone(),
+            action: "attention".into(),
+            detail: format!("the decided batch includes bind `{}`, which is not configured; it cannot be checked", participant.bind),
+        };
+        return (Some(action), false);
+    };
+    if let Some(gid) = &participant.gid {
+        return check_committed(settings, record, &participant.bind, gid, dry_run);
+    }
+    if let Some(steps) = &participant.redo {
+        let action = redo(bind, record, participant, steps, timeout, dry_run);
+        let done = action.as_ref().is_none_or(|a| a.action == "redone");
+        return (action, done);
+    }
+    // A non-atomic MySQL participant: finished once its batch mark is gone (step 3 above).
+    let marked = BindConnection::connect(&bind.endpoint, false, timeout)
+        .and_then(|mut c| c.marks())
+        .map(|marks| {
+            marks
+                .iter()
+                .any(|m| m.is_batch() && m.batch_id == record.batch_id)
+        });
+    (None, matches!(marked, Ok(false)))
 }
 
 /// For a PostgreSQL participant of a decided batch: its prepared transaction is gone (step 1
@@ -247,43 +325,46 @@ fn check_committed(
     bind_name: &str,
     gid: &str,
     dry_run: bool,
-) -> Option<Action> {
-    let bind = settings.bind(bind_name)?;
+) -> (Option<Action>, bool) {
+    let Some(bind) = settings.bind(bind_name) else {
+        return (None, false);
+    };
     let action = |action: &str, detail: String| Action {
         bind: bind_name.into(),
         batch_id: record.batch_id.clone(),
         action: action.into(),
         detail,
     };
-    let look = || -> Result<Option<Action>, DriverError> {
+    let look = || -> Result<(Option<Action>, bool), DriverError> {
         let mut conn = BindConnection::connect(&bind.endpoint, false, settings.lock_timeout)?;
-        if conn.prepared()?.iter().any(|p| p.gid == gid)
-            || conn.has_batch(&record.batch_id)?
-            || conn.has_heuristic(&record.batch_id)?
-        {
-            return Ok(None);
+        if conn.prepared()?.iter().any(|p| p.gid == gid) {
+            return Ok((None, false));
+        }
+        if conn.has_batch(&record.batch_id)? || conn.has_heuristic(&record.batch_id)? {
+            return Ok((None, true));
         }
         let detail = format!(
             "heuristic outcome: prepared transaction {gid} was rolled back by someone else although batch {} was decided to commit; this bind does not have the batch's migrations (see `orchestrate status`). Recorded; it will not be reported again",
             record.batch_id
         );
         if !dry_run {
-            let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
             conn.record_heuristic(
                 &record.batch_id,
                 "rolled back by hand against the commit decision",
-                &at,
+                &now(),
             )?;
         }
-        Ok(Some(action("attention", detail)))
+        Ok((Some(action("attention", detail)), !dry_run))
     };
     match look() {
         Ok(a) => a,
-        Err(DriverError::NoSuchFile { .. }) => None,
-        Err(e) => Some(action(
-            "attention",
-            format!("cannot check prepared transaction {gid}: {e}"),
-        )),
+        Err(e) => (
+            Some(action(
+                "attention",
+                format!("cannot check prepared transaction {gid}: {e}"),
+            )),
+            false,
+        ),
     }
 }
 
@@ -291,6 +372,7 @@ fn check_committed(
 fn redo(
     bind: &crate::settings::BindSettings,
     record: &DecisionRecord,
+    participant: &orchestrate_driver::Participant,
     steps: &[orchestrate_driver::RedoStep],
     timeout: Duration,
     dry_run: bool,
@@ -301,14 +383,49 @@ fn redo(
         action: action.into(),
         detail,
     };
-    let mut conn = match BindConnection::connect(&bind.endpoint, true, timeout) {
+    // Never created: a missing file is a database that was removed or moved, not one to
+    // replay a batch onto.
+    let mut conn = match BindConnection::connect(&bind.endpoint, false, timeout) {
         Ok(c) => c,
-        Err(e) => return Some(action("attention", e.to_string())),
+        Err(e) => {
+            return Some(action(
+                "attention",
+                format!("the decided batch is not known to be here and cannot be checked: {e}"),
+            ))
+        }
     };
     match conn.has_batch(&record.batch_id) {
         Ok(true) => return None,
         Ok(false) => {}
         Err(e) => return Some(action("attention", e.to_string())),
+    }
+    // Only the database the batch was decided for, in the state the batch began from.
+    let not_the_same = |now: &[String]| -> Option<String> {
+        let before = participant.before.as_ref()?;
+        let mut now = now.to_vec();
+        let mut then = before.clone();
+        now.sort();
+        then.sort();
+        (now != then).then(|| format!(
+            "the decided batch is missing here, but this database is not in the state the batch began from (applied then: [{}]; now: [{}]): it was replaced, reset or migrated since, so the batch is not replayed onto it. Bring it where it should be by hand (`orchestrate stamp`, or restore it)",
+            then.join(", "),
+            now.join(", ")
+        ))
+    };
+    match conn.applied_versions() {
+        Ok(now) => {
+            if let Some(why) = not_the_same(&now) {
+                return Some(action("attention", why));
+            }
+        }
+        Err(e) if !e.to_string().contains("__diesel_schema_migrations") => {
+            return Some(action("attention", e.to_string()))
+        }
+        Err(_) => {
+            if let Some(why) = not_the_same(&[]) {
+                return Some(action("attention", why));
+            }
+        }
     }
     if dry_run {
         return Some(action(
@@ -347,6 +464,12 @@ fn redo(
         if conn.has_batch(&record.batch_id)? {
             return Ok(false);
         }
+        if let Some(why) = not_the_same(&conn.applied_versions()?) {
+            return Err(DriverError::Other {
+                bind: bind.name.clone(),
+                detail: why,
+            });
+        }
         run_steps(&mut conn, &work, &record.batch_id, direction, &at).map_err(|e| match e {
             crate::coordinator::BatchError::Bind(e) => e,
             other => DriverError::Other {
@@ -384,6 +507,7 @@ fn recover_nonatomic(
     settings: &Settings,
     bind: &crate::settings::BindSettings,
     dry_run: bool,
+    wait: Duration,
     report: &mut RecoverReport,
 ) {
     let push = |report: &mut RecoverReport, batch_id: &str, action: &str, detail: String| {
@@ -522,18 +646,13 @@ fn recover_nonatomic(
             push(report, &m.batch_id, "attention", "this batch is settled here once the interrupted migration above is resolved with `orchestrate resolve`; then run recover again".into());
             continue;
         }
-        let decision = if m.decider == bind.name {
-            // This bind decides its own batch (MySQL binds alone): its lock was free, so the
-            // coordinator is gone, and what its table says is final.
-            match conn.read_decision(&m.batch_id) {
-                Ok(Some(_)) => Decision::Commit,
-                Ok(None) => Decision::Abort,
-                Err(e) => Decision::Unknown(e.to_string()),
-            }
-        } else if m.decider.is_empty() {
-            Decision::Abort
+        let decision = if m.decider.is_empty() {
+            Decision::Unknown(
+                "its batch mark names no decider, so whether the batch was decided cannot be read"
+                    .into(),
+            )
         } else {
-            decision_of(settings, &m.decider, &m.batch_id)
+            decision_of(settings, &m.decider, &m.batch_id, dry_run, wait)
         };
         let steps = match conn.batch_steps(&m.batch_id) {
             Ok(s) => s,
