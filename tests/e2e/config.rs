@@ -148,9 +148,10 @@ fn a_project_works_the_same_from_any_working_directory() {
         "the resolved path is shown: {}",
         run.stdout
     );
-    assert!(
-        run.stdout.contains("2_step"),
-        "the migrations were found: {}",
+    assert_eq!(
+        run.stdout.matches("\"head\": \"2\"").count(),
+        3,
+        "every bind's migrations were found: {}",
         run.stdout
     );
 
