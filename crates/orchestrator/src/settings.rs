@@ -88,8 +88,9 @@ pub struct Settings {
     pub parallelism: usize,
 }
 
-/// Where the configuration comes from.
-#[derive(Clone, Debug, Default)]
+/// Where the configuration comes from. Its `Debug` leaves out the environment's values, which
+/// may hold passwords.
+#[derive(Clone, Default)]
 pub struct Sources {
     /// The folder holding `default.toml` and `<env>.toml`.
     pub config_dir: PathBuf,
@@ -99,6 +100,23 @@ pub struct Sources {
     pub extra_file: Option<PathBuf>,
     /// The environment variables to read; `None` reads the process environment.
     pub environment: Option<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("config_dir", &self.config_dir)
+            .field("env_name", &self.env_name)
+            .field("extra_file", &self.extra_file)
+            .field(
+                "environment",
+                &self
+                    .environment
+                    .as_ref()
+                    .map(|vars| vars.keys().collect::<Vec<_>>()),
+            )
+            .finish()
+    }
 }
 
 impl Sources {
