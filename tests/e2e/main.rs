@@ -6,6 +6,7 @@
 //! tests fail; they never skip.
 
 mod cli;
+mod config;
 mod crash;
 mod drift;
 mod mysql;

@@ -1,5 +1,7 @@
 use std::fmt;
-use std::path::PathBuf;
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use crate::error::DriverError;
 
@@ -79,55 +81,61 @@ impl fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    /// Parses `postgres://...` / `postgresql://...` or `sqlite://PATH` (a relative PATH is
-    /// relative to the working directory; `sqlite:///abs/path.db` is absolute). Any other
-    /// scheme is an error: a URL is never guessed to be some default backend.
+    /// [`Endpoint::parse_in`] with relative SQLite paths left relative (to the working
+    /// directory). Configuration goes through `parse_in` with the project root.
     pub fn parse(bind: &str, url: &str) -> Result<Endpoint, DriverError> {
+        Endpoint::parse_in(bind, url, Path::new(""))
+    }
+
+    /// Parses `postgres://...` / `postgresql://...`, `mysql://...` or `sqlite://PATH`. A
+    /// relative PATH is taken relative to `root` (the project root); `sqlite:///abs/path.db`
+    /// is absolute. Any other scheme is an error: a URL is never guessed to be some default
+    /// backend. In-memory SQLite databases are refused: a batch there keeps nothing.
+    ///
+    /// Every secret in `url` (its password, secret query parameters) is registered for
+    /// [`redact_text`] before anything can fail, so no later message can show it.
+    pub fn parse_in(bind: &str, url: &str, root: &Path) -> Result<Endpoint, DriverError> {
         let url = url.trim();
+        register_secrets_in(url);
+        let bad = |reason: String| DriverError::BadUrl {
+            bind: bind.into(),
+            reason,
+        };
+        let lower = url.to_ascii_lowercase();
+        let memory = lower.contains(":memory:") || lower.contains("mode=memory");
+        if memory
+            && (lower.starts_with("sqlite:")
+                || lower.starts_with("file:")
+                || lower.starts_with(":memory:"))
+        {
+            return Err(bad(
+                "an in-memory SQLite database keeps nothing once the command ends, so a migrated batch would vanish; give a file: sqlite://var/NAME.sqlite3".into(),
+            ));
+        }
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
             Some("mysql") => {
-                let parsed = url::Url::parse(url).map_err(|e| DriverError::BadUrl {
-                    bind: bind.into(),
-                    reason: format!("not a valid MySQL URL: {e}"),
-                })?;
+                let parsed =
+                    url::Url::parse(url).map_err(|e| bad(format!("not a valid MySQL URL: {e}")))?;
+                register_url_secrets(&parsed);
                 if parsed.path().trim_matches('/').is_empty() {
-                    return Err(DriverError::BadUrl {
-                        bind: bind.into(),
-                        reason: "a MySQL URL must name its database: mysql://USER:PASSWORD@HOST:3306/DB".into(),
-                    });
-                }
-                let mut shown = parsed.clone();
-                if shown.password().is_some() {
-                    let _ = shown.set_password(Some("***"));
+                    return Err(bad(
+                        "a MySQL URL must name its database: mysql://USER:PASSWORD@HOST:3306/DB"
+                            .into(),
+                    ));
                 }
                 Ok(Endpoint {
                     bind: bind.into(),
                     backend: Backend::Mysql,
                     url: parsed.into(),
-                    redacted: shown.into(),
+                    redacted: redact_url(url),
                     sqlite_path: None,
                 })
             }
             Some("postgres") | Some("postgresql") => {
-                let parsed = url::Url::parse(url).map_err(|e| DriverError::BadUrl {
-                    bind: bind.into(),
-                    reason: format!("not a valid PostgreSQL URL: {e}"),
-                })?;
-                let mut shown = parsed.clone();
-                if shown.password().is_some() {
-                    let _ = shown.set_password(Some("***"));
-                }
-                let query: Vec<(String, String)> = parsed
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if k == "password" { "***".into() } else { v.into_owned() };
-                        (k.into_owned(), v)
-                    })
-                    .collect();
-                if !query.is_empty() {
-                    shown.query_pairs_mut().clear().extend_pairs(query);
-                }
+                let parsed = url::Url::parse(url)
+                    .map_err(|e| bad(format!("not a valid PostgreSQL URL: {e}")))?;
+                register_url_secrets(&parsed);
                 // A bounded wait for unreachable servers, unless the user chose one.
                 let mut connect = parsed.clone();
                 if !parsed.query_pairs().any(|(k, _)| k == "connect_timeout") {
@@ -139,38 +147,97 @@ impl Endpoint {
                     bind: bind.into(),
                     backend: Backend::Postgres,
                     url: connect.into(),
-                    redacted: shown.into(),
+                    redacted: redact_url(url),
                     sqlite_path: None,
                 })
             }
             Some("sqlite") => {
                 let path = &url["sqlite://".len()..];
                 if path.is_empty() {
-                    return Err(DriverError::BadUrl {
-                        bind: bind.into(),
-                        reason: "`sqlite://` needs a file path, such as sqlite://var/app.sqlite3"
-                            .into(),
-                    });
+                    return Err(bad(
+                        "`sqlite://` needs a file path, such as sqlite://var/app.sqlite3".into(),
+                    ));
                 }
+                if path.to_ascii_lowercase().starts_with("file:") {
+                    return Err(bad(
+                        "SQLite URI filenames (file:...) are not supported; give a path: sqlite://var/NAME.sqlite3 (relative to the project root) or sqlite:///absolute/path".into(),
+                    ));
+                }
+                let path = root.join(path);
+                let shown = path.display().to_string();
                 Ok(Endpoint {
                     bind: bind.into(),
                     backend: Backend::Sqlite,
-                    url: path.into(),
-                    redacted: url.into(),
-                    sqlite_path: Some(PathBuf::from(path)),
+                    url: shown.clone(),
+                    redacted: format!("sqlite://{shown}"),
+                    sqlite_path: Some(path),
                 })
             }
-            Some(other) => Err(DriverError::BadUrl {
-                bind: bind.into(),
-                reason: format!(
-                    "the scheme `{other}://` is not supported; use postgres://USER@HOST/DB, mysql://USER@HOST/DB or sqlite://PATH"
-                ),
-            }),
-            None => Err(DriverError::BadUrl {
-                bind: bind.into(),
-                reason: "the URL has no scheme; use postgres://USER@HOST/DB, mysql://USER@HOST/DB or sqlite://PATH"
+            Some(other) => Err(bad(format!(
+                "the scheme `{other}://` is not supported; use postgres://USER@HOST/DB, mysql://USER@HOST/DB or sqlite://PATH"
+            ))),
+            None if lower.starts_with("sqlite:") => Err(bad(
+                "write SQLite URLs as sqlite://PATH, such as sqlite://var/app.sqlite3".into(),
+            )),
+            None => Err(bad(
+                "the URL has no scheme; use postgres://USER@HOST/DB, mysql://USER@HOST/DB or sqlite://PATH"
                     .into(),
-            }),
+            )),
+        }
+    }
+
+    /// What names this bind's database, for finding two binds that name one: the backend,
+    /// host (lowercase; `localhost`, `127.0.0.1`, `::1` and no host are one), port (defaults
+    /// applied) and database name; for SQLite the file's path with its folder canonicalised
+    /// (so `var/../var/a.sqlite3` is `var/a.sqlite3`, and symbolic links are followed).
+    pub fn database_identity(&self) -> String {
+        match self.backend {
+            Backend::Sqlite => {
+                let path = self.sqlite_path.clone().unwrap_or_default();
+                format!("sqlite:{}", canonical_file(&path).display())
+            }
+            Backend::Postgres | Backend::Mysql => {
+                let Ok(url) = url::Url::parse(&self.url) else {
+                    return format!("{}:{}", self.backend, self.url);
+                };
+                let query: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                let param = |name: &str| {
+                    query
+                        .iter()
+                        .rev()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                };
+                let host = param("host")
+                    .unwrap_or_else(|| url.host_str().unwrap_or_default().to_string())
+                    .to_ascii_lowercase();
+                let host = match host.as_str() {
+                    "" | "localhost" | "127.0.0.1" | "::1" | "[::1]" => "localhost".to_string(),
+                    _ => host,
+                };
+                let default_port = if self.backend == Backend::Postgres {
+                    5432
+                } else {
+                    3306
+                };
+                let port = param("port")
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .or(url.port())
+                    .unwrap_or(default_port);
+                let path = percent_decode(url.path().trim_start_matches('/'));
+                let database = match self.backend {
+                    // libpq's default database is the user's name.
+                    Backend::Postgres => param("dbname")
+                        .or_else(|| Some(path).filter(|p| !p.is_empty()))
+                        .or_else(|| param("user"))
+                        .unwrap_or_else(|| percent_decode(url.username())),
+                    _ => path,
+                };
+                format!("{}://{host}:{port}/{database}", self.backend)
+            }
         }
     }
 
@@ -227,6 +294,279 @@ impl Endpoint {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Redaction: the one place that decides what of a connection string may be shown.
+//
+// Secrets are (1) the password of a URL's user information (`scheme://user:PASSWORD@host`),
+// (2) the value of a secret-bearing parameter, in a URL query or in libpq's `key=value` form,
+// and (3) any of those values met before, by value: every URL that `Endpoint::parse_in` sees
+// (and the configuration's files and environment variables) registers its secrets, so a
+// library message that quotes a password alone (libpq's "invalid percent-encoded token") is
+// redacted too. Each is replaced by `***`. Paths (`passfile`, `sslkey`, `sslcert`,
+// `sslrootcert`) are not secrets and are shown.
+// ---------------------------------------------------------------------------------------------
+
+/// The replacement for every secret.
+const MASK: &str = "***";
+
+/// Secrets shorter than this are not redacted by value (they are still redacted where they
+/// stand in a URL or a `password=` parameter): replacing every `a` or `pw` of a message
+/// would make it unreadable.
+const MIN_SECRET_BY_VALUE: usize = 3;
+
+/// Whether a URL query or conninfo parameter holds a secret, compared case-insensitively: any
+/// name ending in `password` (`password`, `sslpassword`, ...) or `passwd`, and `pwd`.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.ends_with("password") || key.ends_with("passwd") || key == "pwd"
+}
+
+fn registry() -> &'static Mutex<Vec<String>> {
+    static SECRETS: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+    SECRETS.get_or_init(|| Mutex::new(Vec::new()))
+}
+
+/// Remembers `value` (and its percent-decoded form) as a secret that [`redact_text`] removes
+/// wherever it appears, for the rest of the process.
+pub fn register_secret(value: &str) {
+    let mut secrets = registry().lock().unwrap_or_else(|e| e.into_inner());
+    for v in [value.to_string(), percent_decode(value)] {
+        if v.chars().count() >= MIN_SECRET_BY_VALUE && !secrets.contains(&v) {
+            secrets.push(v);
+        }
+    }
+    // Longest first, so a secret that contains another is replaced whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// Registers every secret [`redact_text`] finds in `text` (URL passwords, secret parameters).
+pub fn register_secrets_in(text: &str) {
+    for span in secret_spans(text) {
+        register_secret(&text[span]);
+    }
+}
+
+fn register_url_secrets(url: &url::Url) {
+    if let Some(p) = url.password() {
+        register_secret(p);
+    }
+    for (k, v) in url.query_pairs() {
+        if is_secret_key(&k) {
+            register_secret(&v);
+        }
+    }
+}
+
+/// A URL as it may be shown: the password of its user information and the values of secret
+/// query parameters replaced by `***`, everything else exactly as written.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return redact_text(url);
+    };
+    let start = scheme_end + 3;
+    let rest = &url[start..];
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let mut out = url[..start].to_string();
+    let authority = &rest[..auth_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..=colon]);
+                    out.push_str(MASK);
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let after = &rest[auth_end..];
+    match after.find('?') {
+        Some(q) => {
+            out.push_str(&after[..=q]);
+            let (query, fragment) = match after[q + 1..].find('#') {
+                Some(h) => (&after[q + 1..q + 1 + h], &after[q + 1 + h..]),
+                None => (&after[q + 1..], ""),
+            };
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if is_secret_key(&percent_decode(k)) => format!("{k}={MASK}"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            out.push_str(&pairs.join("&"));
+            out.push_str(fragment);
+        }
+        None => out.push_str(after),
+    }
+    replace_registered(&out)
+}
+
+/// Free text (an error message, a log line, a configuration parser's quote of a line) with
+/// every URL password, every secret `key=value` parameter and every registered secret
+/// replaced by `***`.
+pub fn redact_text(text: &str) -> String {
+    let spans = secret_spans(text);
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for span in spans {
+        if span.start < at {
+            continue;
+        }
+        out.push_str(&text[at..span.start]);
+        out.push_str(MASK);
+        at = span.end;
+    }
+    out.push_str(&text[at..]);
+    replace_registered(&out)
+}
+
+fn replace_registered(text: &str) -> String {
+    let secrets = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = text.to_string();
+    for secret in secrets.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), MASK);
+        }
+    }
+    out
+}
+
+/// Where secrets stand in `text`, sorted by start.
+fn secret_spans(text: &str) -> Vec<Range<usize>> {
+    let bytes = text.as_bytes();
+    let stops = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>');
+    let mut spans = Vec::new();
+    // URL user information: scheme://user:SECRET@host
+    let mut from = 0;
+    while let Some(found) = text[from..].find("://") {
+        let start = from + found + 3;
+        from = start;
+        let token_end = text[start..].find(stops).map_or(text.len(), |e| start + e);
+        let token = &text[start..token_end];
+        let auth_end = token.find(['/', '?', '#']).unwrap_or(token.len());
+        let authority = &token[..auth_end];
+        let at = match authority.rfind('@') {
+            Some(at) => Some(at),
+            // A password with a raw `/`, `?` or `#` in it ends the authority early: then the
+            // user information runs to the first `@` after it.
+            None if authority.contains(':') => token[auth_end..].find('@').map(|a| auth_end + a),
+            None => None,
+        };
+        if let Some(at) = at {
+            if let Some(colon) = token[..at].find(':') {
+                if colon + 1 < at {
+                    spans.push(start + colon + 1..start + at);
+                }
+            }
+        }
+    }
+    // key=value, key = 'value', key="value" with a secret key.
+    let mut i = 0;
+    while i < bytes.len() {
+        let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        if !is_word(bytes[i]) || (i > 0 && is_word(bytes[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let word_start = i;
+        while i < bytes.len() && is_word(bytes[i]) {
+            i += 1;
+        }
+        if !is_secret_key(&text[word_start..i]) {
+            continue;
+        }
+        let mut j = i;
+        while j < bytes.len() && bytes[j] == b' ' {
+            j += 1;
+        }
+        if j >= bytes.len() || bytes[j] != b'=' {
+            continue;
+        }
+        j += 1;
+        while j < bytes.len() && bytes[j] == b' ' {
+            j += 1;
+        }
+        if j < bytes.len() && (bytes[j] == b'\'' || bytes[j] == b'"') {
+            let quote = bytes[j];
+            let value_start = j + 1;
+            let mut k = value_start;
+            while k < bytes.len() && bytes[k] != quote {
+                k += if bytes[k] == b'\\' { 2 } else { 1 };
+            }
+            let k = k.min(bytes.len());
+            if k > value_start {
+                spans.push(value_start..k);
+            }
+            i = k;
+        } else {
+            let value_end = text[j..]
+                .find(|c: char| stops(c) || c == '&')
+                .map_or(text.len(), |e| j + e);
+            if value_end > j {
+                spans.push(j..value_end);
+            }
+            i = value_end;
+        }
+    }
+    spans.sort_by_key(|s| (s.start, std::cmp::Reverse(s.end)));
+    spans
+}
+
+/// Percent-decoding that keeps what is not a valid escape (`%zz`) as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `path` with its folder canonicalised when it exists (the file itself when it exists),
+/// else with `.` and `..` removed lexically.
+fn canonical_file(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if let Ok(p) = parent.canonicalize() {
+            return p.join(name);
+        }
+    }
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +590,132 @@ mod tests {
         assert!(!e.redacted().contains("s3cret"), "{}", e.redacted());
         let e = Endpoint::parse("a", "sqlite:///tmp/a.db").unwrap();
         assert_eq!(e.sqlite_path().unwrap(), &PathBuf::from("/tmp/a.db"));
+    }
+
+    #[test]
+    fn redacts_every_url_form_and_hostile_password() {
+        // Pattern-only: none of these is registered, so what is hidden is found by its place.
+        let cases = [
+            ("postgres://u:zq1@h/db", "postgres://u:***@h/db"),
+            (
+                "postgresql://u:zq2@h:5432/db?sslmode=disable",
+                "postgresql://u:***@h:5432/db?sslmode=disable",
+            ),
+            (
+                "postgres://h/db?password=zq3",
+                "postgres://h/db?password=***",
+            ),
+            (
+                "postgres://h/db?PASSWORD=zq4&x=1",
+                "postgres://h/db?PASSWORD=***&x=1",
+            ),
+            (
+                "postgres://h/db?sslpassword=zq5&sslkey=/k.pem",
+                "postgres://h/db?sslpassword=***&sslkey=/k.pem",
+            ),
+            ("mysql://u:zq6@h/db", "mysql://u:***@h/db"),
+            ("mysql://h/db?password=zq7", "mysql://h/db?password=***"),
+            ("postgres://u:p%zz@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p:w@h/db", "postgres://u:***@h/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("postgres://:zq8@h/db", "postgres://:***@h/db"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert_eq!(redact_text(url), shown, "{url}");
+            let text = format!("error: cannot read \"{url}\": bad");
+            assert_eq!(
+                redact_text(&text),
+                format!("error: cannot read \"{shown}\": bad")
+            );
+        }
+        // A raw `/` or `?` in the password ends the authority early; free text still hides it.
+        for (text, secret) in [
+            ("url = \"postgres://u:p/zq9@h/db\" x", "p/zq9"),
+            ("url = \"postgres://u:p?zq10=1@h/db\"", "zq10"),
+            ("password=zq11 host=h dbname=x", "zq11"),
+            ("password = 'zq 12' host=h", "zq 12"),
+            ("Password=\"zq13\"", "zq13"),
+            ("invalid URI query parameter: \"pwd=zq14\"", "zq14"),
+        ] {
+            let shown = redact_text(text);
+            assert!(!shown.contains(secret), "{text} -> {shown}");
+            assert!(shown.contains("***"), "{text} -> {shown}");
+        }
+        // Nothing else changes.
+        for text in [
+            "password authentication failed for user \"app\"",
+            "postgres://h:5432/db?sslmode=require&passfile=/p",
+            "sqlite:///var/a.sqlite3",
+        ] {
+            assert_eq!(redact_text(text), text);
+        }
+    }
+
+    #[test]
+    fn parsing_registers_secrets_for_free_text() {
+        // libpq's "invalid percent-encoded token" quotes the password alone.
+        for (url, secret) in [
+            ("postgres://u:p%zzQ1@127.0.0.1:1/db", "p%zzQ1"),
+            ("postgres://h/db?password=%41Q2", "%41Q2"),
+            ("postgres://h/db?SslPassword=Q3%zz", "Q3%zz"),
+            ("mysql://u:p%40Q4@h/db", "p@Q4"),
+            ("postgres://u:\u{e9}t\u{e9}Q5@h/db", "\u{e9}t\u{e9}Q5"),
+        ] {
+            let e = Endpoint::parse("a", url).unwrap();
+            assert!(!e.redacted().contains(secret), "{}", e.redacted());
+            let message = format!("invalid percent-encoded token: \"{secret}\"");
+            assert!(!redact_text(&message).contains(secret), "{message}");
+            let err = DriverError::Other {
+                bind: "a".into(),
+                detail: message,
+            };
+            assert!(!err.to_string().contains(secret));
+            assert!(!format!("{err:?}").contains(secret));
+        }
+    }
+
+    #[test]
+    fn refuses_in_memory_sqlite_and_resolves_paths() {
+        for url in [
+            "sqlite://:memory:",
+            "sqlite::memory:",
+            "sqlite://file::memory:?cache=shared",
+            "sqlite://file:x?mode=memory",
+            "sqlite://x.db?MODE=MEMORY",
+            ":memory:",
+        ] {
+            let err = Endpoint::parse("a", url).unwrap_err().to_string();
+            assert!(err.contains("in-memory"), "{url}: {err}");
+        }
+        let e = Endpoint::parse_in("a", "sqlite://var/a.sqlite3", Path::new("/proj")).unwrap();
+        assert_eq!(
+            e.sqlite_path().unwrap(),
+            &PathBuf::from("/proj/var/a.sqlite3")
+        );
+        assert_eq!(e.redacted(), "sqlite:///proj/var/a.sqlite3");
+        let e = Endpoint::parse_in("a", "sqlite:///abs/a.sqlite3", Path::new("/proj")).unwrap();
+        assert_eq!(e.sqlite_path().unwrap(), &PathBuf::from("/abs/a.sqlite3"));
+    }
+
+    #[test]
+    fn database_identity_applies_defaults() {
+        let id = |url: &str| Endpoint::parse("a", url).unwrap().database_identity();
+        assert_eq!(
+            id("postgres://u:pw@DB.x/app"),
+            id("postgresql://v@db.x:5432/app")
+        );
+        assert_eq!(
+            id("postgres://localhost/app"),
+            id("postgres://127.0.0.1/app")
+        );
+        assert_eq!(id("postgres://u@h"), id("postgres://h/u"));
+        assert_ne!(id("postgres://h/app"), id("postgres://h:5433/app"));
+        assert_eq!(id("mysql://h/app"), id("mysql://u:pw@h:3306/app"));
+        assert_ne!(id("mysql://h/app"), id("postgres://h/app"));
+        assert!(!id("postgres://u:pw1234@h/app").contains("pw1234"));
+        assert_eq!(id("sqlite://x/../y/a.db"), id("sqlite://y/./a.db"));
     }
 
     #[test]

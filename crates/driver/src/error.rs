@@ -1,9 +1,13 @@
-/// What can go wrong on one bind. Every variant names the bind; none carries a password.
-#[derive(Debug, thiserror::Error)]
+use crate::endpoint::redact_text;
+
+/// What can go wrong on one bind. Every variant names the bind; none shows a password: the
+/// variants that can carry connection text (a library's connect error quotes the URL, or a
+/// password alone) are shown through [`redact_text`], and `Debug` is the redacted `Display`.
+#[derive(thiserror::Error)]
 pub enum DriverError {
-    #[error("bind `{bind}`: invalid url: {reason}")]
+    #[error("bind `{bind}`: invalid url: {}", redact_text(.reason))]
     BadUrl { bind: String, reason: String },
-    #[error("bind `{bind}`: cannot connect to {url}: {source}")]
+    #[error("bind `{bind}`: cannot connect to {}: {}", redact_text(.url), redact_text(&.source.to_string()))]
     Connect {
         bind: String,
         url: String,
@@ -47,8 +51,16 @@ pub enum DriverError {
     },
     #[error("bind `{bind}`: the database changed while the batch was being planned ({detail}); nothing was applied, run the command again")]
     Moved { bind: String, detail: String },
-    #[error("bind `{bind}`: {detail}")]
+    #[error("bind `{bind}`: {}", redact_text(.detail))]
     Other { bind: String, detail: String },
+}
+
+/// The redacted `Display`: a derived `Debug` would print a connect error's source as the
+/// library wrote it, password included.
+impl std::fmt::Debug for DriverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DriverError({self})")
+    }
 }
 
 impl DriverError {

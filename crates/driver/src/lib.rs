@@ -28,7 +28,10 @@ pub use conn::{
     BatchStep, BindConnection, BindState, DecisionState, Mark, PreparedXact, LOCK_KEY,
     MYSQL_LOCK_NAME,
 };
-pub use endpoint::{Backend, Capabilities, Endpoint};
+pub use endpoint::{
+    is_secret_key, redact_text, redact_url, register_secret, register_secrets_in, Backend,
+    Capabilities, Endpoint,
+};
 pub use error::DriverError;
 pub use record::{gid_for, quote_literal, DecisionRecord, Participant, RedoStep, GID_PREFIX};
 pub use script::{nonatomic_script, script, xa_script, Ending};

@@ -27,7 +27,7 @@ lock_timeout_ms = 10000
 # One table per database ("bind"); names are lowercase letters, digits and `_`.
 [binds.main]
 url = "sqlite://var/main.sqlite3"
-# migrations = "migrations/main"   # the default
+# migrations = "migrations/main"   # the default; relative paths start at the folder holding config/
 "#;
 
 /// `orchestrate init`: a starter `config/default.toml` and `migrations/main/`.
@@ -39,7 +39,13 @@ pub fn init(config_dir: &Path) -> Result<String, Failure> {
             config.display()
         )));
     }
-    let migrations = Path::new("migrations").join("main");
+    // Next to the config folder, where the configuration's relative paths resolve.
+    let root = crate::settings::Sources {
+        config_dir: config_dir.to_path_buf(),
+        ..Default::default()
+    }
+    .project_root();
+    let migrations = root.join("migrations").join("main");
     let io =
         |what: &Path, e: std::io::Error| invalid(format!("cannot create {}: {e}", what.display()));
     fs::create_dir_all(config_dir).map_err(|e| io(config_dir, e))?;

@@ -1,5 +1,11 @@
 //! Layered configuration: `config/default.toml`, then `config/$ORCHESTRATE_ENV.toml`, then
 //! `--config FILE`, then environment variables `ORCHESTRATE__...`.
+//!
+//! Relative paths (SQLite files, migrations folders) resolve against the project root, never
+//! the working directory: see [`Sources::project_root`]. What cannot work is refused here,
+//! before anything connects: a zero lock timeout, in-memory SQLite, two binds naming one
+//! database. Every message is redacted (`orchestrate_driver::redact_text`): the configuration
+//! parser quotes the lines it cannot read, URLs and passwords included.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -7,7 +13,7 @@ use std::time::Duration;
 
 use config::{Config, Environment, File, FileFormat};
 use orchestrate_core::validate_bind_name;
-use orchestrate_driver::Endpoint;
+use orchestrate_driver::{redact_text, register_secrets_in, Endpoint};
 use serde::Deserialize;
 
 /// Why the configuration cannot be used. Always exit code 2.
@@ -15,7 +21,7 @@ use serde::Deserialize;
 pub enum SettingsError {
     #[error("configuration file {} does not exist", .0.display())]
     MissingFile(PathBuf),
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration: {}", redact_text(.0))]
     Invalid(String),
     #[error("no binds are configured; add a [binds.NAME] table with a `url` to config/default.toml (or the file given with --config)")]
     NoBinds,
@@ -23,7 +29,8 @@ pub enum SettingsError {
     Bind(#[from] orchestrate_driver::DriverError),
 }
 
-#[derive(Debug, Deserialize)]
+// No `Debug` on the raw forms: they hold URLs with passwords.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSettings {
     #[serde(default)]
@@ -35,7 +42,7 @@ struct RawSettings {
     parallelism: Option<usize>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBind {
     url: String,
@@ -43,7 +50,7 @@ struct RawBind {
 }
 
 /// Many binds sharing one chain: one per database name, listed or discovered.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTemplate {
     /// A URL with `{name}` where each database's name goes.
@@ -71,6 +78,8 @@ pub struct BindSettings {
 pub struct Settings {
     /// Binds in name order.
     pub binds: Vec<BindSettings>,
+    /// The folder relative paths resolve against (absolute): see [`Sources::project_root`].
+    pub root: PathBuf,
     /// The bind that decides batches it takes part in, if the user chose one.
     pub decider: Option<String>,
     /// How long to wait for another run's lock, and for locks when reading.
@@ -79,8 +88,9 @@ pub struct Settings {
     pub parallelism: usize,
 }
 
-/// Where the configuration comes from.
-#[derive(Clone, Debug, Default)]
+/// Where the configuration comes from. Its `Debug` leaves out the environment's values, which
+/// may hold passwords.
+#[derive(Clone, Default)]
 pub struct Sources {
     /// The folder holding `default.toml` and `<env>.toml`.
     pub config_dir: PathBuf,
@@ -92,11 +102,47 @@ pub struct Sources {
     pub environment: Option<HashMap<String, String>>,
 }
 
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources")
+            .field("config_dir", &self.config_dir)
+            .field("env_name", &self.env_name)
+            .field("extra_file", &self.extra_file)
+            .field(
+                "environment",
+                &self
+                    .environment
+                    .as_ref()
+                    .map(|vars| vars.keys().collect::<Vec<_>>()),
+            )
+            .finish()
+    }
+}
+
+impl Sources {
+    /// The project root, which relative SQLite paths and migrations folders resolve against
+    /// (made absolute against the working directory): the folder holding the config folder
+    /// when that folder exists (`config/` by default, so the folder `orchestrate` runs in);
+    /// else, with `--config FILE`, the folder holding FILE; else the config folder's parent.
+    pub fn project_root(&self) -> PathBuf {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let holder = |p: &Path| {
+            let p = absolute(p);
+            p.parent().map(Path::to_path_buf).unwrap_or(p)
+        };
+        match &self.extra_file {
+            Some(file) if !self.config_dir.is_dir() => holder(file),
+            _ => holder(&self.config_dir),
+        }
+    }
+}
+
 /// A template's binds: `<template>_<database name>`, each with the template's chain.
 fn expand_template(
     template: &str,
     t: &RawTemplate,
     lock_timeout_ms: Option<u64>,
+    root: &Path,
 ) -> Result<Vec<BindSettings>, SettingsError> {
     let invalid = |m: String| SettingsError::Invalid(format!("template `{template}`: {m}"));
     validate_bind_name(template).map_err(invalid)?;
@@ -109,7 +155,7 @@ fn expand_template(
         (Some(names), None) => names.clone(),
         (None, Some(pattern)) => {
             let database = t.discover_database.as_deref().unwrap_or("postgres");
-            let endpoint = Endpoint::parse(template, &t.url.replace("{name}", database))?;
+            let endpoint = Endpoint::parse_in(template, &t.url.replace("{name}", database), root)?;
             let timeout = Duration::from_millis(lock_timeout_ms.unwrap_or(10_000));
             let found = orchestrate_driver::BindConnection::connect(&endpoint, false, timeout)
                 .and_then(|mut c| c.databases_like(pattern))
@@ -128,17 +174,18 @@ fn expand_template(
             ))
         }
     };
-    let migrations = t
-        .migrations
-        .clone()
-        .unwrap_or_else(|| Path::new("migrations").join(template));
+    let migrations = root.join(
+        t.migrations
+            .clone()
+            .unwrap_or_else(|| Path::new("migrations").join(template)),
+    );
     names
         .iter()
         .map(|db| {
             let name = format!("{template}_{db}");
             validate_bind_name(&name).map_err(|e| invalid(format!("database `{db}` gives {e}")))?;
             Ok(BindSettings {
-                endpoint: Endpoint::parse(&name, &t.url.replace("{name}", db))?,
+                endpoint: Endpoint::parse_in(&name, &t.url.replace("{name}", db), root)?,
                 name,
                 migrations: migrations.clone(),
             })
@@ -148,8 +195,32 @@ fn expand_template(
 
 impl Settings {
     pub fn load(sources: &Sources) -> Result<Settings, SettingsError> {
+        // Secrets in the files and variables are known before the parser can quote them.
+        match &sources.environment {
+            Some(vars) => vars.values().for_each(|v| register_secrets_in(v)),
+            None => std::env::vars()
+                .filter(|(k, _)| k.to_ascii_uppercase().starts_with("ORCHESTRATE"))
+                .for_each(|(_, v)| register_secrets_in(&v)),
+        }
         let mut builder = Config::builder();
         let default = sources.config_dir.join("default.toml");
+        let env_file = sources
+            .env_name
+            .as_deref()
+            .filter(|e| !e.is_empty())
+            .map(|e| sources.config_dir.join(format!("{e}.toml")));
+        for file in [
+            Some(&default),
+            env_file.as_ref(),
+            sources.extra_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                register_secrets_in(&text);
+            }
+        }
         builder = builder.add_source(
             File::from(default.as_path())
                 .format(FileFormat::Toml)
@@ -180,25 +251,26 @@ impl Settings {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| SettingsError::Invalid(e.to_string()))?;
-        Self::validate(raw)
+        Self::validate(raw, &sources.project_root())
     }
 
-    fn validate(raw: RawSettings) -> Result<Settings, SettingsError> {
+    fn validate(raw: RawSettings, root: &Path) -> Result<Settings, SettingsError> {
+        if raw.lock_timeout_ms == Some(0) {
+            return Err(SettingsError::Invalid(
+                "`lock_timeout_ms = 0` would let PostgreSQL wait forever on a lock held by a prepared transaction (0 means no timeout there); give the longest wait you accept, such as 10000 (the default)".into(),
+            ));
+        }
         let mut binds = Vec::with_capacity(raw.binds.len());
         for (template, t) in &raw.templates {
-            binds.extend(expand_template(template, t, raw.lock_timeout_ms)?);
+            binds.extend(expand_template(template, t, raw.lock_timeout_ms, root)?);
         }
         for (name, bind) in raw.binds {
             validate_bind_name(&name).map_err(SettingsError::Invalid)?;
-            let endpoint = Endpoint::parse(&name, &bind.url)?;
-            let migrations = bind
-                .migrations
-                .unwrap_or_else(|| Path::new("migrations").join(&name));
-            if binds.iter().any(|b: &BindSettings| b.name == name) {
-                return Err(SettingsError::Invalid(format!(
-                    "bind `{name}` is configured twice (a template expands to the same name)"
-                )));
-            }
+            let endpoint = Endpoint::parse_in(&name, &bind.url, root)?;
+            let migrations = root.join(
+                bind.migrations
+                    .unwrap_or_else(|| Path::new("migrations").join(&name)),
+            );
             binds.push(BindSettings {
                 name,
                 endpoint,
@@ -209,6 +281,24 @@ impl Settings {
             return Err(SettingsError::NoBinds);
         }
         binds.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = binds.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(SettingsError::Invalid(format!(
+                "bind `{}` is configured twice (a template expands to the same name as another bind or template)",
+                w[0].name
+            )));
+        }
+        let mut seen: HashMap<String, &BindSettings> = HashMap::new();
+        for b in &binds {
+            if let Some(first) = seen.insert(b.endpoint.database_identity(), b) {
+                return Err(SettingsError::Invalid(format!(
+                    "binds `{}` and `{}` name the same database ({} and {}); a batch would wait on its own lock. Give each bind its own database, or remove one of them",
+                    first.name,
+                    b.name,
+                    first.endpoint.redacted(),
+                    b.endpoint.redacted()
+                )));
+            }
+        }
         if let Some(decider) = &raw.decider {
             if !binds.iter().any(|b| &b.name == decider) {
                 return Err(SettingsError::Invalid(format!(
@@ -223,6 +313,7 @@ impl Settings {
             ));
         }
         Ok(Settings {
+            root: root.to_path_buf(),
             parallelism,
             binds,
             decider: raw.decider,
@@ -253,10 +344,19 @@ mod tests {
         }
     }
 
+    /// A project folder with an empty `config/`; returns (project, config dir).
+    fn project() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("config");
+        fs::create_dir_all(&config).unwrap();
+        (tmp, config)
+    }
+
     #[test]
     fn layers_files_and_environment() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path();
+        let (tmp, d) = project();
+        let root = tmp.path().canonicalize().unwrap();
+        let d = root.join(d.file_name().unwrap());
         fs::write(
             d.join("default.toml"),
             "[binds.users]\nurl = \"sqlite://var/users.sqlite3\"\n[binds.billing]\nurl = \"sqlite://var/billing.sqlite3\"\n",
@@ -267,12 +367,13 @@ mod tests {
             "[binds.users]\nurl = \"postgres://app:pw@staging/users\"\n",
         )
         .unwrap();
-        let mut s = sources(d, &[]);
+        let mut s = sources(&d, &[]);
         let settings = Settings::load(&s).unwrap();
         assert_eq!(settings.binds.len(), 2);
+        assert_eq!(settings.root, root);
         assert_eq!(
             settings.bind("users").unwrap().migrations,
-            PathBuf::from("migrations/users")
+            root.join("migrations/users")
         );
         s.env_name = Some("staging".into());
         let settings = Settings::load(&s).unwrap();
@@ -308,24 +409,215 @@ mod tests {
 
     #[test]
     fn templates_expand_over_names() {
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, d) = project();
         fs::write(
-            tmp.path().join("default.toml"),
+            d.join("default.toml"),
             "[templates.tenant]\nurl = \"sqlite://var/{name}.sqlite3\"\nnames = [\"acme\", \"globex\"]\n[binds.main]\nurl = \"sqlite://var/main.sqlite3\"\n",
         )
         .unwrap();
-        let settings = Settings::load(&sources(tmp.path(), &[])).unwrap();
+        let settings = Settings::load(&sources(&d, &[])).unwrap();
         let names: Vec<_> = settings.binds.iter().map(|b| b.name.as_str()).collect();
         assert_eq!(names, ["main", "tenant_acme", "tenant_globex"]);
         let acme = settings.bind("tenant_acme").unwrap();
-        assert_eq!(acme.migrations, PathBuf::from("migrations/tenant"));
-        assert_eq!(acme.endpoint.redacted(), "sqlite://var/acme.sqlite3");
+        assert_eq!(acme.migrations, tmp.path().join("migrations/tenant"));
+        assert_eq!(
+            acme.endpoint.redacted(),
+            format!("sqlite://{}", tmp.path().join("var/acme.sqlite3").display())
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_project_root() {
+        let (tmp, d) = project();
+        let root = tmp.path();
+        fs::write(
+            d.join("default.toml"),
+            "[binds.a]\nurl = \"sqlite://var/a.sqlite3\"\n\
+             [binds.b]\nurl = \"sqlite:///abs/b.sqlite3\"\nmigrations = \"db/b\"\n\
+             [binds.c]\nurl = \"sqlite://c.sqlite3\"\nmigrations = \"/abs/migrations/c\"\n\
+             [templates.t]\nurl = \"sqlite://var/t_{name}.sqlite3\"\nnames = [\"x\"]\n\
+             [templates.u]\nurl = \"sqlite://var/u_{name}.sqlite3\"\nnames = [\"y\"]\nmigrations = \"shared\"\n",
+        )
+        .unwrap();
+        // The working directory plays no part: the root is the config folder's parent.
+        let settings = Settings::load(&sources(&d, &[])).unwrap();
+        let path = |b: &str| {
+            settings
+                .bind(b)
+                .unwrap()
+                .endpoint
+                .sqlite_path()
+                .unwrap()
+                .clone()
+        };
+        let migrations = |b: &str| settings.bind(b).unwrap().migrations.clone();
+        assert_eq!(path("a"), root.join("var/a.sqlite3"));
+        assert_eq!(path("b"), PathBuf::from("/abs/b.sqlite3"));
+        assert_eq!(path("c"), root.join("c.sqlite3"));
+        assert_eq!(path("t_x"), root.join("var/t_x.sqlite3"));
+        assert_eq!(migrations("a"), root.join("migrations/a"));
+        assert_eq!(migrations("b"), root.join("db/b"));
+        assert_eq!(migrations("c"), PathBuf::from("/abs/migrations/c"));
+        assert_eq!(migrations("t_x"), root.join("migrations/t"));
+        assert_eq!(migrations("u_y"), root.join("shared"));
+        assert_eq!(
+            settings.bind("a").unwrap().endpoint.redacted(),
+            format!("sqlite://{}", root.join("var/a.sqlite3").display())
+        );
+
+        // `--config FILE` without a config folder: the folder holding FILE.
+        let elsewhere = root.join("deploy");
+        fs::create_dir_all(&elsewhere).unwrap();
+        let file = elsewhere.join("prod.toml");
+        fs::write(&file, "[binds.a]\nurl = \"sqlite://var/a.sqlite3\"\n").unwrap();
+        let s = Sources {
+            extra_file: Some(file.clone()),
+            ..sources(&root.join("no-such-config"), &[])
+        };
+        assert_eq!(s.project_root(), elsewhere);
+        let settings = Settings::load(&s).unwrap();
+        assert_eq!(
+            settings.bind("a").unwrap().endpoint.sqlite_path().unwrap(),
+            &elsewhere.join("var/a.sqlite3")
+        );
+        // With the config folder present, FILE's own folder does not matter.
+        let s = Sources {
+            extra_file: Some(file),
+            ..sources(&d, &[])
+        };
+        assert_eq!(s.project_root(), root);
+
+        // A relative config folder is made absolute against the working directory.
+        let s = sources(Path::new("config"), &[]);
+        assert_eq!(s.project_root(), std::env::current_dir().unwrap());
+        let s = sources(Path::new("proj/config"), &[]);
+        assert_eq!(
+            s.project_root(),
+            std::env::current_dir().unwrap().join("proj")
+        );
+    }
+
+    #[test]
+    fn refuses_what_cannot_work() {
+        let (tmp, d) = project();
+        fs::create_dir_all(tmp.path().join("var")).unwrap();
+        let cases = [
+            ("lock_timeout_ms = 0\n[binds.a]\nurl = \"sqlite://a\"\n", "lock_timeout_ms = 0"),
+            ("[binds.a]\nurl = \"sqlite://:memory:\"\n", "in-memory"),
+            ("[binds.a]\nurl = \"sqlite::memory:\"\n", "in-memory"),
+            ("[binds.a]\nurl = \"sqlite://file::memory:\"\n", "in-memory"),
+            ("[binds.a]\nurl = \"sqlite://file:a?mode=memory&cache=shared\"\n", "in-memory"),
+            ("[binds.a]\nurl = \"sqlite://var/a.db?mode=memory\"\n", "in-memory"),
+            ("[binds.a]\nurl = \"file::memory:\"\n", "in-memory"),
+            ("[binds.a]\nurl = \":memory:\"\n", "in-memory"),
+            ("[binds.a]\nurl = \"sqlite://file:var/a.db\"\n", "URI filenames"),
+            // Two binds, one database.
+            (
+                "[binds.a]\nurl = \"postgres://u@DB.example/app\"\n[binds.b]\nurl = \"postgres://v:pw@db.example:5432/app\"\n",
+                "binds `a` and `b` name the same database",
+            ),
+            (
+                "[binds.a]\nurl = \"postgresql://localhost/app\"\n[binds.b]\nurl = \"postgres://127.0.0.1:5432/app?sslmode=disable\"\n",
+                "the same database",
+            ),
+            (
+                "[binds.a]\nurl = \"postgres://h/x?dbname=app\"\n[binds.b]\nurl = \"postgres://h/app\"\n",
+                "the same database",
+            ),
+            (
+                "[binds.a]\nurl = \"mysql://u@h/shop\"\n[binds.b]\nurl = \"mysql://u@H:3306/shop\"\n",
+                "the same database",
+            ),
+            (
+                "[binds.a]\nurl = \"sqlite://var/a.sqlite3\"\n[binds.b]\nurl = \"sqlite://var/../var/./a.sqlite3\"\n",
+                "the same database",
+            ),
+            (
+                &format!(
+                    "[binds.a]\nurl = \"sqlite://var/a.sqlite3\"\n[binds.b]\nurl = \"sqlite://{}\"\n",
+                    tmp.path().join("var/a.sqlite3").display()
+                ),
+                "the same database",
+            ),
+            (
+                "[binds.a]\nurl = \"sqlite://nofolder/../x/a.sqlite3\"\n[binds.b]\nurl = \"sqlite://x/a.sqlite3\"\n",
+                "the same database",
+            ),
+            // Templates count: against a bind, and against each other.
+            (
+                "[binds.main]\nurl = \"postgres://h/acme\"\n[templates.t]\nurl = \"postgres://h/{name}\"\nnames = [\"acme\"]\n",
+                "binds `main` and `t_acme` name the same database",
+            ),
+            (
+                "[templates.t]\nurl = \"sqlite://var/{name}.db\"\nnames = [\"a\"]\n[templates.u]\nurl = \"sqlite://var/{name}.db\"\nnames = [\"a\"]\n",
+                "the same database",
+            ),
+            (
+                "[templates.t]\nurl = \"sqlite://var/{name}.db\"\nnames = [\"a\", \"a\"]\n",
+                "twice",
+            ),
+            (
+                "[templates.t]\nurl = \"sqlite://var/1{name}.db\"\nnames = [\"a_b\"]\n[templates.t_a]\nurl = \"sqlite://var/2{name}.db\"\nnames = [\"b\"]\n",
+                "`t_a_b` is configured twice",
+            ),
+        ];
+        for (text, needle) in cases {
+            fs::write(d.join("default.toml"), text).unwrap();
+            let err = Settings::load(&sources(&d, &[])).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+            assert!(!err.contains(":pw@"), "{err}");
+        }
+        // Distinct databases are fine: another port, host, database or file.
+        for text in [
+            "[binds.a]\nurl = \"postgres://h/app\"\n[binds.b]\nurl = \"postgres://h:5433/app\"\n",
+            "[binds.a]\nurl = \"postgres://h/app\"\n[binds.b]\nurl = \"postgres://h2/app\"\n",
+            "[binds.a]\nurl = \"postgres://h/app\"\n[binds.b]\nurl = \"postgres://h/app2\"\n",
+            "[binds.a]\nurl = \"postgres://h/app\"\n[binds.b]\nurl = \"mysql://h/app\"\n",
+            "[binds.a]\nurl = \"sqlite://var/a.sqlite3\"\n[binds.b]\nurl = \"sqlite://var/b.sqlite3\"\n",
+            "lock_timeout_ms = 1\n[binds.a]\nurl = \"sqlite://var/a.sqlite3\"\n",
+        ] {
+            fs::write(d.join("default.toml"), text).unwrap();
+            Settings::load(&sources(&d, &[])).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn parser_errors_show_no_password() {
+        let (_tmp, d) = project();
+        let secret = "Hunter2-xyz";
+        let cases = [
+            // A TOML syntax error quotes the line.
+            format!("[binds.a]\nurl = \"postgres://u:{secret}@h/db\" x\n"),
+            format!("[binds.a]\nurl = \"postgres://u:{secret}@h/db\nmigrations = 1\n"),
+            format!("[binds.a]\nurl = \"postgres://h/db?sslmode=x&PassWord={secret}\" ,\n"),
+            format!("[binds.a]\nurl = \"mysql://u:p/{secret}@h/db\" x\n"),
+            // A wrong type quotes the value.
+            format!("[binds]\na = \"postgres://u:{secret}@h/db\"\n"),
+        ];
+        for text in &cases {
+            fs::write(d.join("default.toml"), text).unwrap();
+            let err = Settings::load(&sources(&d, &[])).unwrap_err().to_string();
+            assert!(!err.contains(secret), "{text:?}: {err}");
+            assert!(!err.contains("Hunter2"), "{text:?}: {err}");
+        }
+        // An environment variable without its `__URL` suffix.
+        fs::write(d.join("default.toml"), "").unwrap();
+        for value in [
+            format!("postgres://u:{secret}@h/db"),
+            format!("postgres://u:p%zz{secret}@h/db"),
+            format!("mysql://h/db?password={secret}"),
+        ] {
+            let err = Settings::load(&sources(&d, &[("ORCHESTRATE__BINDS__X", &value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("binds"), "{err}");
+            assert!(!err.contains(secret), "{value}: {err}");
+        }
     }
 
     #[test]
     fn rejects_bad_configuration() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path();
+        let (_tmp, d) = project();
         let cases = [
             ("[binds.users]\nurl = \"sqlite://a\"\ntypo = 1\n", "typo"),
             ("[binds.Users]\nurl = \"sqlite://a\"\n", "Users"),
@@ -347,7 +639,7 @@ mod tests {
         ];
         for (text, needle) in cases {
             fs::write(d.join("default.toml"), text).unwrap();
-            let err = Settings::load(&sources(d, &[])).unwrap_err().to_string();
+            let err = Settings::load(&sources(&d, &[])).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
     }

@@ -1,5 +1,5 @@
-//! Ctrl-C and SIGTERM during a batch. The first signal sets a flag the coordinator reads
-//! between steps: before the decision it rolls every bind back; after the decision it finishes
+//! Ctrl-C, SIGTERM and SIGHUP (a closed terminal or SSH session) during a batch. The first
+//! signal sets a flag the coordinator reads between steps: before the decision it rolls every bind back; after the decision it finishes
 //! committing. A second signal ends the process at once (exit 130), which is a crash like any
 //! other: `orchestrate recover` finishes the batch.
 
@@ -11,9 +11,11 @@ fn flag() -> &'static Arc<AtomicBool> {
     FLAG.get_or_init(|| Arc::new(AtomicBool::new(false)))
 }
 
-/// Installs the handlers for SIGINT and SIGTERM.
+/// Installs the handlers for SIGINT, SIGTERM and SIGHUP. SIGHUP's default would end the
+/// process mid-batch when the terminal or SSH session running a deploy goes away.
 pub fn install() -> std::io::Result<()> {
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
         // Registered first, so it sees the flag set by an earlier signal.
         signal_hook::flag::register_conditional_shutdown(signal, 130, flag().clone())?;
         signal_hook::flag::register(signal, flag().clone())?;
@@ -21,7 +23,7 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether SIGINT or SIGTERM has arrived.
+/// Whether SIGINT, SIGTERM or SIGHUP has arrived.
 pub fn interrupted() -> bool {
     flag().load(Ordering::SeqCst)
 }

@@ -1,0 +1,615 @@
+//! Configuration as the binary sees it: relative paths resolve against the project root
+//! whatever the working directory, what cannot work is refused before anything connects, no
+//! password reaches stdout or stderr (every command, `RUST_LOG=trace`), a panic exits 3 and
+//! SIGHUP is SIGTERM.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel::PgConnection;
+
+use crate::crash::all_or_nothing;
+use crate::support::{state, Db, DbState, OwnCluster, Project, Run};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Two migrations per bind, `CREATE TABLE <bind>_<v>`, as `crash::all_or_nothing` expects.
+fn two_migrations_each(p: &mut Project) {
+    let binds: Vec<String> = p.binds.iter().map(|(b, _)| b.clone()).collect();
+    for bind in binds {
+        for v in 1..=2 {
+            p.migration(
+                &bind,
+                &format!("{v}_step"),
+                &format!("CREATE TABLE {bind}_{v} (id INT);"),
+                Some(&format!("DROP TABLE {bind}_{v};")),
+            );
+        }
+    }
+}
+
+fn full(bind: &str) -> DbState {
+    state(&[&format!("{bind}_1"), &format!("{bind}_2")], &["1", "2"])
+}
+
+/// A PostgreSQL bind `a_pg` and two SQLite binds whose URLs are relative
+/// (`sqlite://var/<bind>.sqlite3`) and whose migrations are in the default folders: the first
+/// SQLite bind, `b_lite`, decides.
+fn relative_project() -> Project {
+    let mut p = Project::new();
+    p.add_pg("a_pg");
+    let root = p.path().to_path_buf();
+    for b in ["b_lite", "c_lite"] {
+        p.binds
+            .push((b.into(), Db::Sqlite(root.join(format!("var/{b}.sqlite3")))));
+    }
+    two_migrations_each(&mut p);
+    let text = format!(
+        "lock_timeout_ms = 5000\n[binds.a_pg]\nurl = \"{}\"\n[binds.b_lite]\nurl = \"sqlite://var/b_lite.sqlite3\"\n[binds.c_lite]\nurl = \"sqlite://var/c_lite.sqlite3\"\n",
+        p.db("a_pg").url()
+    );
+    fs::write(root.join("config/default.toml"), text).unwrap();
+    p
+}
+
+/// Runs the binary in `cwd` with `--config-dir DIR` appended (and `env`).
+fn run_in(p: &Project, cwd: &Path, config_dir: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = p.command(args);
+    cmd.current_dir(cwd)
+        .args(["--config-dir", config_dir])
+        .envs(env.iter().copied());
+    output(cmd)
+}
+
+fn output(mut cmd: Command) -> Run {
+    let out = cmd.output().expect("run orchestrate");
+    use std::os::unix::process::ExitStatusExt;
+    let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if let Some(signal) = out.status.signal() {
+        stderr.push_str(&format!("\n[ended by signal {signal}]"));
+    }
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `recover` (in `cwd`, with `--config-dir`) until nothing is left in doubt.
+fn recover_until_clean(p: &Project, cwd: &Path, config_dir: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    loop {
+        let run = run_in(p, cwd, config_dir, &["recover"], &[]);
+        seen.push_str(&run.stdout);
+        seen.push_str(&run.stderr);
+        if run.code == 0 {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "recover never finished:\n{seen}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn spawn(p: &Project, args: &[&str], failpoints: &str) -> Child {
+    let mut cmd = p.command(args);
+    cmd.env("FAILPOINTS", failpoints);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths resolve against the project root
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_project_works_the_same_from_any_working_directory() {
+    let p = relative_project();
+    let root = p.path().to_path_buf();
+    let config_dir = root.join("config").display().to_string();
+    let elsewhere = tempfile::tempdir().unwrap();
+
+    let run = run_in(
+        &p,
+        elsewhere.path(),
+        &config_dir,
+        &["status", "--json"],
+        &[],
+    );
+    run.expect(0);
+    let b_lite = format!("sqlite://{}", root.join("var/b_lite.sqlite3").display());
+    assert!(
+        run.stdout.contains(&b_lite),
+        "the resolved path is shown: {}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout.matches("\"head\": \"2\"").count(),
+        3,
+        "every bind's migrations were found: {}",
+        run.stdout
+    );
+
+    let run = run_in(
+        &p,
+        elsewhere.path(),
+        &config_dir,
+        &["upgrade", "--all-binds", "--sql"],
+        &[],
+    );
+    run.expect(0);
+    assert!(
+        run.stdout.contains("CREATE TABLE b_lite_2"),
+        "{}",
+        run.stdout
+    );
+
+    run_in(
+        &p,
+        elsewhere.path(),
+        &config_dir,
+        &["upgrade", "--all-binds"],
+        &[],
+    )
+    .expect(0);
+    assert_eq!(all_or_nothing(&p), Some(true), "{:#?}", p.states());
+    assert!(
+        !elsewhere.path().join("var").exists(),
+        "nothing is created in the working directory"
+    );
+
+    // From the project itself (default `config`), and through a relative --config-dir from
+    // the project's parent: the same files, so nothing is left to do.
+    let run = p.run(&["check", "--no-pending"]);
+    run.expect(0);
+    let parent = root.parent().unwrap();
+    let relative = format!("{}/config", root.file_name().unwrap().to_string_lossy());
+    run_in(&p, parent, &relative, &["check", "--no-pending"], &[]).expect(0);
+    run_in(
+        &p,
+        elsewhere.path(),
+        &config_dir,
+        &["downgrade", "--all-binds", "base"],
+        &[],
+    )
+    .expect(0);
+    assert_eq!(all_or_nothing(&p), Some(false), "{:#?}", p.states());
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_from_another_directory_reads_a_relative_sqlite_decider() {
+    // The batch is decided on b_lite (SQLite, relative path) and the process dies: a_pg is
+    // left prepared, c_lite loses its open transaction. `recover` run elsewhere must find the
+    // decision in b_lite and commit, not read "no such file" as "no decision".
+    let p = relative_project();
+    let root = p.path().to_path_buf();
+    let config_dir = root.join("config").display().to_string();
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert_ne!(run.code, 0, "the crash point fired: {run:?}");
+    assert_eq!(
+        p.db("b_lite").state(),
+        full("b_lite"),
+        "the decider committed"
+    );
+    assert_eq!(
+        all_or_nothing(&p),
+        None,
+        "a mix before recover: {:#?}",
+        p.states()
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let seen = recover_until_clean(&p, elsewhere.path(), &config_dir);
+    assert_eq!(all_or_nothing(&p), Some(true), "{seen}\n{:#?}", p.states());
+    assert!(!elsewhere.path().join("var").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Refused at configuration time
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn what_cannot_work_is_refused_before_anything_runs() {
+    let mut p = Project::new();
+    p.add_pg("a_pg");
+    two_migrations_each(&mut p);
+    let pg = p.db("a_pg").url();
+    let config = p.path().join("config/default.toml");
+    let cases = [
+        (
+            format!("lock_timeout_ms = 0\n[binds.a_pg]\nurl = \"{pg}\"\n"),
+            "lock_timeout_ms = 0",
+        ),
+        (
+            format!("[binds.a_pg]\nurl = \"{pg}\"\n[binds.mem]\nurl = \"sqlite://:memory:\"\n"),
+            "in-memory",
+        ),
+        (
+            format!("[binds.a_pg]\nurl = \"{pg}\"\n[binds.mem]\nurl = \"sqlite::memory:\"\n"),
+            "in-memory",
+        ),
+        (
+            format!(
+                "[binds.a_pg]\nurl = \"{pg}\"\n[binds.again]\nurl = \"{}\"\n",
+                pg.replace("127.0.0.1", "LOCALHOST")
+            ),
+            "binds `a_pg` and `again` name the same database",
+        ),
+        (
+            format!(
+                "[binds.a_pg]\nurl = \"{pg}\"\n[binds.l1]\nurl = \"sqlite://var/x.sqlite3\"\n[templates.t]\nurl = \"sqlite://var/../var/{{name}}.sqlite3\"\nnames = [\"x\"]\n"
+            ),
+            "binds `l1` and `t_x` name the same database",
+        ),
+    ];
+    for (text, needle) in cases {
+        fs::write(&config, &text).unwrap();
+        for args in [vec!["upgrade", "--all-binds"], vec!["status"]] {
+            let run = p.run(&args);
+            run.expect(2);
+            assert!(run.stderr.contains(needle), "{text}\n{}", run.stderr);
+            assert!(run.stderr.contains("error: "), "{}", run.stderr);
+        }
+        assert_eq!(p.db("a_pg").state(), state(&[], &[]), "{text}");
+    }
+    assert!(!p.path().join("var").exists(), "no SQLite file was created");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Passwords never appear
+// ---------------------------------------------------------------------------------------------
+
+const HOSTILE: [&str; 8] = [
+    "p%zz",
+    "p@ss",
+    "p:w",
+    "p/w",
+    "p?w=1",
+    "%41",
+    "\u{e9}t\u{e9}-\u{1f511}",
+    "Plain-Secret-9",
+];
+
+const FORMS: [&str; 7] = [
+    "postgres://u:{pw}@127.0.0.1:1/db",
+    "postgresql://u:{pw}@127.0.0.1:1/db",
+    "postgres://u@127.0.0.1:1/db?password={pw}",
+    "postgres://u@127.0.0.1:1/db?PASSWORD={pw}",
+    "postgres://u@127.0.0.1:1/db?sslmode=disable&sslpassword={pw}",
+    "mysql://u:{pw}@127.0.0.1:1/db",
+    "mysql://127.0.0.1:1/db?password={pw}",
+];
+
+const COMMANDS: [&[&str]; 11] = [
+    &["status"],
+    &["status", "--json"],
+    &["check"],
+    &["check", "--json"],
+    &["upgrade", "--all-binds"],
+    &["upgrade", "--all-binds", "--sql"],
+    &["downgrade", "--all-binds"],
+    &["history", "--bind", "x"],
+    &["recover"],
+    &["recover", "--json"],
+    &["stamp", "--bind", "x", "base"],
+];
+
+/// Every way `password` could be written out: as typed, percent-decoded and percent-encoded.
+fn forms_of(password: &str) -> Vec<String> {
+    let mut decoded = Vec::new();
+    let bytes = password.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                decoded.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let decoded = String::from_utf8_lossy(&decoded).into_owned();
+    let encoded: String = password
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let mut forms = vec![password.to_string()];
+    for f in [decoded, encoded] {
+        // One or two characters ("A" for %41) are everywhere in any text.
+        if f.chars().count() >= 3 && !forms.contains(&f) {
+            forms.push(f);
+        }
+    }
+    forms
+}
+
+fn assert_no_password(password: &str, what: &str, run: &Run) {
+    for form in forms_of(password) {
+        assert!(
+            !run.stdout.contains(&form) && !run.stderr.contains(&form),
+            "{what}: `{form}` appears\n--- stdout\n{}\n--- stderr\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    assert!(
+        !run.stderr.contains("panicked") && run.code != 101,
+        "{what}: {run:?}"
+    );
+}
+
+/// A project with a SQLite bind `main` and a bind `x` at `url` (unreachable: a closed port).
+fn project_with(url_line: &str) -> Project {
+    let p = Project::new();
+    fs::create_dir_all(p.path().join("config")).unwrap();
+    fs::create_dir_all(p.path().join("migrations/main/1_a")).unwrap();
+    fs::write(
+        p.path().join("migrations/main/1_a/up.sql"),
+        "CREATE TABLE t (id INT);",
+    )
+    .unwrap();
+    fs::write(
+        p.path().join("migrations/main/1_a/down.sql"),
+        "DROP TABLE t;",
+    )
+    .unwrap();
+    fs::create_dir_all(p.path().join("migrations/x")).unwrap();
+    fs::write(
+        p.path().join("config/default.toml"),
+        format!("lock_timeout_ms = 2000\n[binds.main]\nurl = \"sqlite://var/main.sqlite3\"\n[binds.x]\n{url_line}\n"),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn no_password_is_shown_by_any_command_for_any_url_form() {
+    let trace = [("RUST_LOG", "trace")];
+    for password in HOSTILE {
+        for form in FORMS {
+            let url = form.replace("{pw}", password);
+            let p = project_with(&format!("url = \"{url}\""));
+            for args in COMMANDS {
+                let run = p.run_with(args, &trace);
+                assert_no_password(password, &format!("{url} {args:?}"), &run);
+                assert_ne!(
+                    run.code, 0,
+                    "{url} {args:?}: the bind is unreachable: {run:?}"
+                );
+            }
+            // The same URL from the environment, and with its `__URL` suffix forgotten.
+            let run = p.run_with(
+                &["status"],
+                &[("ORCHESTRATE__BINDS__X__URL", &url), trace[0]],
+            );
+            assert_no_password(
+                password,
+                &format!("{url} in ORCHESTRATE__BINDS__X__URL"),
+                &run,
+            );
+            let run = p.run_with(&["status"], &[("ORCHESTRATE__BINDS__Y", &url), trace[0]]);
+            run.expect(2);
+            assert_no_password(password, &format!("{url} in ORCHESTRATE__BINDS__Y"), &run);
+        }
+        // A TOML syntax error quotes the line that holds the URL.
+        for line in [
+            format!("url = \"postgres://u:{password}@127.0.0.1:1/db\" junk"),
+            format!("url = \"mysql://127.0.0.1:1/db?password={password}"),
+        ] {
+            let p = project_with(&line);
+            let run = p.run_with(&["status"], &trace);
+            run.expect(2);
+            assert_no_password(password, &line, &run);
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct HbaFile {
+    #[diesel(sql_type = Text)]
+    hba_file: String,
+}
+
+#[test]
+fn a_wrong_password_on_a_real_server_is_not_shown() {
+    // A server of the test's own, where one role must give its password.
+    let cluster = OwnCluster::start();
+    let mut admin = PgConnection::establish(&cluster.url).unwrap();
+    let hba =
+        diesel::sql_query("SELECT setting AS hba_file FROM pg_settings WHERE name = 'hba_file'")
+            .get_result::<HbaFile>(&mut admin)
+            .unwrap()
+            .hba_file;
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE orchestrate_pw LOGIN PASSWORD 'Right-Secret-1';
+             COPY (SELECT * FROM (VALUES
+               ('host all orchestrate_pw 127.0.0.1/32 scram-sha-256'),
+               ('local all all trust'),
+               ('host all all 127.0.0.1/32 trust')) AS v(line)) TO '{hba}';
+             SELECT pg_reload_conf();"
+        ))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let hostport = cluster
+        .url
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let right = format!("postgres://orchestrate_pw:Right-Secret-1@{hostport}/postgres");
+    for password in ["Wrong-Secret-2", "p%zz-Wrong", "Right-Secret-1"] {
+        for url in [
+            format!("postgres://orchestrate_pw:{password}@{hostport}/postgres"),
+            format!("postgres://orchestrate_pw@{hostport}/postgres?password={password}"),
+        ] {
+            let p = project_with(&format!("url = \"{url}\""));
+            for args in COMMANDS {
+                let run = p.run_with(args, &[("RUST_LOG", "trace")]);
+                assert_no_password(password, &format!("{url} {args:?}"), &run);
+                if password.starts_with("Wrong") && args == ["status"] {
+                    run.expect(2);
+                    assert!(
+                        run.stdout.contains("password authentication failed")
+                            || run.stderr.contains("password authentication failed"),
+                        "{run:?}"
+                    );
+                }
+            }
+        }
+    }
+    // The right password works, and is not shown either.
+    let p = project_with(&format!("url = \"{right}\""));
+    let run = p.run(&["status", "--json"]);
+    run.expect(0);
+    assert_no_password("Right-Secret-1", "status", &run);
+    assert!(run.stdout.contains("orchestrate_pw:***@"), "{}", run.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panics exit 3; SIGHUP is SIGTERM
+// ---------------------------------------------------------------------------------------------
+
+fn pg_and_sqlite() -> Project {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg").add_sqlite("c_lite");
+    two_migrations_each(&mut p);
+    p
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn a_panic_exits_3_and_recover_settles_the_batch() {
+    for (point, committed) in [("before-decision", false), ("after-decision", true)] {
+        let p = pg_and_sqlite();
+        let run = p.run_with(
+            &["upgrade", "--all-binds"],
+            &[("FAILPOINTS", &format!("{point}=panic(boom at {point})"))],
+        );
+        run.expect(3);
+        assert!(
+            run.stderr.contains(&format!(
+                "orchestrate panicked (boom at {point}); if a batch was running, run `orchestrate recover`"
+            )),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("RUST_BACKTRACE"), "{}", run.stderr);
+        let cwd = p.path().to_path_buf();
+        let seen = recover_until_clean(&p, &cwd, "config");
+        assert_eq!(
+            all_or_nothing(&p),
+            Some(committed),
+            "{point}: {seen}\n{:#?}",
+            p.states()
+        );
+        p.run(&["upgrade", "--all-binds"]).expect(0);
+        assert_eq!(all_or_nothing(&p), Some(true));
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn sighup_before_the_decision_rolls_back_everything() {
+    let p = pg_and_sqlite();
+    let child = spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "before-decision=sleep(1500)",
+    );
+    wait_until("b_pg is prepared", || {
+        !p.db("b_pg").state().prepared.is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, "HUP");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("interrupted by a signal before the decision"),
+        "{stderr}"
+    );
+    assert_eq!(all_or_nothing(&p), Some(false), "{:#?}", p.states());
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn sighup_after_the_decision_finishes_committing() {
+    let p = pg_and_sqlite();
+    let child = spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "after-decision=sleep(1500)",
+    );
+    wait_until("the decider has committed", || {
+        p.db("a_pg").state() == full("a_pg")
+    });
+    signal(&child, "HUP");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("interrupted after the decision"),
+        "{stdout}"
+    );
+    assert_eq!(all_or_nothing(&p), Some(true), "{:#?}", p.states());
+}
