@@ -5,7 +5,10 @@
 #                                     root), start it on a free port of 127.0.0.1 with prepared
 #                                     transactions enabled, print its URL on stdout
 #   scripts/pg-cluster.sh restart DIR restart it on the same port (fast shutdown)
+#   scripts/pg-cluster.sh crash-restart DIR   stop it as a crash would (immediate: what is not
+#                                      yet written to the WAL is lost) and start it again
 #   scripts/pg-cluster.sh stop DIR    stop it (DIR is left for the caller to remove)
+# PG_EXTRA_OPTS adds server options at start (for example "-c wal_writer_delay=10s").
 #
 # Installs Debian's postgresql package when no server binaries are found.
 set -euo pipefail
@@ -76,13 +79,17 @@ case "$cmd" in
     port=$(free_port)
     # fsync=off: a throwaway cluster; tests that restart the server use a clean or fast stop.
     as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_prepared_transactions=${PG_MAX_PREPARED:-1100} -c max_connections=${PG_MAX_CONNECTIONS:-200} -c fsync=off -c shared_buffers=64MB" \
+      -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c max_prepared_transactions=${PG_MAX_PREPARED:-1100} -c max_connections=${PG_MAX_CONNECTIONS:-200} -c fsync=off -c shared_buffers=64MB ${PG_EXTRA_OPTS:-}" \
       start >"$dir/pg_ctl.log" 2>&1 || { cat "$dir/pg_ctl.log" "$dir/server.log" >&2; die "the server did not start"; }
     echo "$port" >"$dir/port"
     echo "postgres://postgres@127.0.0.1:$port/postgres"
     ;;
   restart)
     as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m fast -w -t 60 restart >"$dir/pg_ctl.log" 2>&1 \
+      || { cat "$dir/pg_ctl.log" >&2; die "restart failed"; }
+    ;;
+  crash-restart)
+    as_owner "$BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -m immediate -w -t 60 restart >"$dir/pg_ctl.log" 2>&1 \
       || { cat "$dir/pg_ctl.log" >&2; die "restart failed"; }
     ;;
   stop)

@@ -30,7 +30,7 @@ fn sqlite_decider() -> Project {
     p
 }
 
-fn two_migrations_each(p: &mut Project, slow: &str) {
+pub(crate) fn two_migrations_each(p: &mut Project, slow: &str) {
     let binds: Vec<String> = p.binds.iter().map(|(b, _)| b.clone()).collect();
     for bind in binds {
         let pause = if slow.is_empty() {
@@ -52,7 +52,7 @@ fn two_migrations_each(p: &mut Project, slow: &str) {
     }
 }
 
-fn full(bind: &str) -> DbState {
+pub(crate) fn full(bind: &str) -> DbState {
     state(&[&format!("{bind}_1"), &format!("{bind}_2")], &["1", "2"])
 }
 
@@ -71,7 +71,7 @@ pub(crate) fn all_or_nothing(p: &Project) -> Option<bool> {
 
 /// Runs `recover` until it has nothing left in doubt (a killed coordinator's sessions take a
 /// moment to end).
-fn recover_until_clean(p: &Project) -> String {
+pub(crate) fn recover_until_clean(p: &Project) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = String::new();
     loop {
@@ -89,7 +89,7 @@ fn recover_until_clean(p: &Project) -> String {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
@@ -105,7 +105,7 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
-fn spawn(p: &Project, args: &[&str], failpoints: &str) -> Child {
+pub(crate) fn spawn(p: &Project, args: &[&str], failpoints: &str) -> Child {
     let mut cmd = p.command(args);
     if !failpoints.is_empty() {
         cmd.env("FAILPOINTS", failpoints);

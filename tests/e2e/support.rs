@@ -547,14 +547,24 @@ impl OwnCluster {
     }
 
     pub fn restart(&self) {
+        self.ctl("restart");
+    }
+
+    /// Stops the server as a crash would (`pg_ctl -m immediate`: WAL not yet written is lost)
+    /// and starts it again.
+    pub fn crash_restart(&self) {
+        self.ctl("crash-restart");
+    }
+
+    fn ctl(&self, what: &str) {
         let out = Command::new(Self::script())
-            .arg("restart")
+            .arg(what)
             .arg(self.dir.path().join("pg"))
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "restart failed: {}",
+            "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -885,7 +885,8 @@ impl BindConnection {
     ) -> Result<bool, DriverError> {
         let started = Instant::now();
         let deadline = started + wait;
-        loop {
+        self.set_sqlite_busy_timeout(wait);
+        let result = loop {
             let attempt = self.durable(|this| {
                 if let Conn::Pg(_) = this.conn {
                     this.execute_plain(
@@ -901,24 +902,27 @@ impl BindConnection {
                 )
             });
             match attempt {
-                Ok(n) => return Ok(n == 1),
+                Ok(n) => break Ok(n == 1),
                 Err(e) if e.is_lock_wait() && Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
                 Err(e) if e.is_lock_wait() => {
-                    return Err(DriverError::Busy {
+                    break Err(DriverError::Busy {
                         bind: self.bind(),
                         waited_ms: started.elapsed().as_millis() as u64,
                     })
                 }
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
-        }
+        };
+        self.set_sqlite_busy_timeout(self.lock_timeout);
+        result
     }
 
     /// Whether a coordinator holds the row of a `begun` batch right now (it is running, or its
     /// session is still ending), found without waiting and without writing anything.
     pub fn decision_held(&mut self, batch_id: &str) -> Result<bool, DriverError> {
+        self.set_sqlite_busy_timeout(Duration::ZERO);
         let probe = match self.conn {
             Conn::Sqlite(_) => "BEGIN IMMEDIATE".to_string(),
             _ => self.sql(
@@ -965,7 +969,16 @@ impl BindConnection {
                     e => Err(e),
                 }),
         };
+        self.set_sqlite_busy_timeout(self.lock_timeout);
         held.map_err(|e| self.query_err("cannot probe the batch's row", e))
+    }
+
+    /// SQLite: how long a statement waits for the write lock (the lock timeout, except while
+    /// probing). Nothing elsewhere: PostgreSQL and MySQL bound their waits per statement.
+    fn set_sqlite_busy_timeout(&mut self, wait: Duration) {
+        if let Conn::Sqlite(c) = &mut self.conn {
+            let _ = c.batch_execute(&format!("PRAGMA busy_timeout = {}", wait.as_millis()));
+        }
     }
 
     /// What this bind's `orchestrate_batches` (or, for batches of older versions, its

@@ -1,0 +1,457 @@
+//! The arbitrated decision, and the holes a review found in the one before it. Each test
+//! ends by looking at every database of the batch.
+//!
+//! - A decider migration that moves `search_path` (bookkeeping is qualified).
+//! - A decider migration that resets its session, with a `recover` racing the live batch (the
+//!   batch's row on the decider is the arbiter, not the session's tag).
+//! - `synchronous_commit = off` on the decider, then a crash of its server.
+//! - A SQLite decider whose file cannot be found: in doubt, never abort.
+//! - A migration that ends its own transaction (caught after the step).
+//! - MySQL with `autocommit = 0` for the user.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, RunQueryDsl};
+use orchestrate_core::{Direction, Step, Version};
+use orchestrate_driver::{BindConnection, DecisionState, DriverError, Endpoint};
+
+use crate::crash::{recover_until_clean, spawn, wait_until};
+use crate::support::{mysql_admin_url, state, Db, MyDb, OwnCluster, PgDb, Project};
+
+#[derive(diesel::QueryableByName)]
+struct S {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    s: String,
+}
+
+fn pg_text(db: &Db, sql: &str) -> String {
+    let Db::Pg(db) = db else {
+        panic!("PostgreSQL only")
+    };
+    diesel::sql_query(sql)
+        .get_result::<S>(&mut db.conn())
+        .unwrap()
+        .s
+}
+
+/// Two binds whose only migration creates one table each; `decider` decides.
+fn two_binds(p: &mut Project, decider: &str, participant: &str, decider_up: &str) {
+    p.config(&format!("decider = \"{decider}\""));
+    p.migration(decider, "1_d", decider_up, Some("SELECT 1;"));
+    p.create_table(participant, "1_p", "p");
+}
+
+#[test]
+fn a_decider_migration_that_moves_search_path_keeps_the_decision_where_recover_looks() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_pg("b_pg");
+    two_binds(
+        &mut p,
+        "a_pg",
+        "b_pg",
+        "CREATE SCHEMA app; SET search_path TO app, public; CREATE TABLE t (id INT);",
+    );
+    // Killed right after the decision: the participant is still prepared.
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    assert_eq!(p.db("b_pg").state().prepared.len(), 1);
+    let seen = recover_until_clean(&p);
+    assert!(seen.contains("committed"), "{seen}");
+    assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
+    assert_eq!(p.db("a_pg").state(), state(&[], &["1"]));
+    // Every table of this tool is where the connection's search path put it, none in `app`.
+    assert_eq!(
+        pg_text(
+            p.db("a_pg"),
+            "SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY schemaname, tablename) AS s \
+             FROM pg_tables WHERE schemaname IN ('public', 'app')"
+        ),
+        "app.t,public.__diesel_schema_migrations,public.orchestrate_batches,public.orchestrate_history"
+    );
+    p.run(&["status"]).expect(0);
+    p.run(&["recover"]).expect(0);
+}
+
+/// A `recover` run while a real batch is paused before its decision must leave it alone, even
+/// when the decider's migration has reset its session (and with it the session's tag); the
+/// batch then commits on every bind.
+fn recover_never_aborts_a_live_batch(mut p: Project, decider: &str) {
+    let participant = if decider == "a_pg" { "b_pg" } else { "a_pg" };
+    let up = if decider == "a_pg" {
+        "RESET ALL; SET application_name = 'someone else'; CREATE TABLE d (id INT);"
+    } else {
+        "CREATE TABLE d (id INT);"
+    };
+    two_binds(&mut p, decider, participant, up);
+    let child = spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "before-decision=sleep(4000)",
+    );
+    wait_until("the participant is prepared", || {
+        p.db(participant).state().prepared.len() == 1
+    });
+    for args in [
+        &["recover", "--wait", "1"][..],
+        &["recover", "--dry-run"][..],
+    ] {
+        let run = p.run(args);
+        run.expect(3);
+        assert!(run.stdout.contains("still holds batch"), "{}", run.stdout);
+    }
+    assert_eq!(p.db(participant).state().prepared.len(), 1);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("committed on every bind"), "{stdout}");
+    assert_eq!(p.db(decider).state(), state(&["d"], &["1"]));
+    assert_eq!(p.db(participant).state(), state(&["p"], &["1"]));
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("Nothing to recover"), "{}", run.stdout);
+}
+
+#[test]
+fn recover_never_aborts_a_live_batch_whose_postgres_decider_reset_its_session() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_pg("b_pg");
+    recover_never_aborts_a_live_batch(p, "a_pg");
+}
+
+#[test]
+fn recover_never_aborts_a_live_batch_with_a_sqlite_decider() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_sqlite("b_lite");
+    recover_never_aborts_a_live_batch(p, "b_lite");
+}
+
+/// A `recover` run after the decision, while the coordinator is still committing, finishes
+/// the batch the same way: committed everywhere, whoever commits each bind.
+#[test]
+fn recover_during_the_commit_phase_commits_too() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_pg("b_pg");
+    two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
+    let child = spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "after-decision=sleep(3000)",
+    );
+    wait_until("the participant is prepared", || {
+        p.db("b_pg").state().prepared.len() == 1
+    });
+    wait_until("the decision is committed", || {
+        pg_text(
+            p.db("a_pg"),
+            "SELECT coalesce(max(state), 'none') AS s FROM orchestrate_batches",
+        ) == "commit"
+    });
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("committed"), "{}", run.stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
+    assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
+}
+
+/// With `synchronous_commit = off` on the decider's database, a plain COMMIT returns before
+/// it is on disk while the participants' COMMIT PREPARED always is. The decider's COMMIT must
+/// be durable all the same: its server is crashed right after the batch and must still have it.
+#[test]
+fn a_decider_with_synchronous_commit_off_still_decides_durably() {
+    // The WAL writer waits 10 s between writes, so an asynchronous commit is lost by a crash.
+    let cluster = OwnCluster::start_with(&[("PG_EXTRA_OPTS", "-c wal_writer_delay=10000")]);
+    let mut p = Project::new();
+    p.add_pg_at("a_pg", &cluster.url).add_pg("b_pg");
+    two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
+    let Db::Pg(decider) = p.db("a_pg") else {
+        unreachable!()
+    };
+    decider
+        .conn()
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET synchronous_commit = off",
+            decider.name
+        ))
+        .unwrap();
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    cluster.crash_restart();
+    assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
+    assert_eq!(
+        p.db("a_pg").state(),
+        state(&["d"], &["1"]),
+        "the decider lost its committed batch in the crash"
+    );
+    p.run(&["status"]).expect(0);
+}
+
+/// No evidence is never a decision: a SQLite decider whose file is not where recover looks
+/// leaves the batch in doubt (exit 3) and creates nothing; once the file is back, recover
+/// finishes the batch, from any working directory.
+#[test]
+fn a_sqlite_decider_that_cannot_be_found_leaves_the_batch_in_doubt() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_sqlite("b_lite");
+    two_binds(&mut p, "b_lite", "a_pg", "CREATE TABLE d (id INT);");
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    assert_eq!(p.db("a_pg").state().prepared.len(), 1);
+    let Db::Sqlite(path) = p.db("b_lite") else {
+        unreachable!()
+    };
+    let aside = path.with_extension("moved");
+    std::fs::rename(path, &aside).unwrap();
+    for args in [&["recover", "--dry-run"][..], &["recover"][..]] {
+        let run = p.run(args);
+        run.expect(3);
+        assert!(
+            run.stdout.contains("does not exist") && run.stdout.contains("left alone"),
+            "{}",
+            run.stdout
+        );
+        assert!(!path.exists(), "{args:?} created the SQLite file");
+    }
+    assert_eq!(
+        p.db("a_pg").state().prepared.len(),
+        1,
+        "rolled back without evidence"
+    );
+    std::fs::rename(&aside, path).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let config_dir = p.path().join("config");
+    let out = p
+        .command(&["recover", "--config-dir", config_dir.to_str().unwrap()])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("committed"), "{stdout}");
+    assert_eq!(p.db("a_pg").state(), state(&["p"], &["1"]));
+    assert_eq!(p.db("b_lite").state(), state(&["d"], &["1"]));
+}
+
+fn step(sql: &str) -> Step {
+    let mut step = Step::record_only(Version::from_stored("1"), "1_hostile".into(), None, None);
+    step.sql = sql.into();
+    step
+}
+
+/// Plan-time checks refuse transaction control in migrations; should one slip through (in a
+/// form they cannot see), the step is still caught by the transaction's identity, not only by
+/// "still in a transaction": `COMMIT AND CHAIN` leaves the session in a new one.
+#[test]
+fn a_step_that_ends_its_transaction_is_caught_by_the_transaction_id() {
+    for sql in [
+        "CREATE TABLE a (id INT); COMMIT AND CHAIN;",
+        "CREATE TABLE a (id INT); COMMIT; BEGIN;",
+        "CREATE TABLE a (id INT); ROLLBACK; BEGIN;",
+        "CREATE TABLE a (id INT); PREPARE TRANSACTION 'sneaky_probe'; BEGIN;",
+        "CREATE TABLE a (id INT); COMMIT;",
+    ] {
+        let db = PgDb::new();
+        let endpoint = Endpoint::parse("hostile", &db.url).unwrap();
+        let mut conn = BindConnection::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
+        conn.begin_batch().unwrap();
+        let error = conn
+            .run_step("b", Direction::Up, &step(sql), "now")
+            .unwrap_err();
+        assert!(
+            matches!(error, DriverError::LeftTransaction { .. }),
+            "{sql}: {error}"
+        );
+        conn.rollback();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.sqlite3").display());
+    let endpoint = Endpoint::parse("hostile", &url).unwrap();
+    let mut conn = BindConnection::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
+    conn.begin_batch().unwrap();
+    let error = conn
+        .run_step(
+            "b",
+            Direction::Up,
+            &step("CREATE TABLE a (id INT); COMMIT;"),
+            "now",
+        )
+        .unwrap_err();
+    assert!(
+        matches!(error, DriverError::LeftTransaction { .. }),
+        "{error}"
+    );
+}
+
+/// The arbitration itself, on each backend that decides: whoever turns the `begun` row first
+/// wins, the other sees it, and a held row makes `recover` wait and give up (Busy).
+fn exactly_one_side_wins(url: &str) {
+    let endpoint = Endpoint::parse("decider", url).unwrap();
+    let connect = || BindConnection::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
+    let (coordinator, recover) = (&mut connect(), &mut connect());
+    let wait = Duration::from_millis(500);
+    let record = |batch: &str| orchestrate_driver::DecisionRecord {
+        batch_id: batch.into(),
+        direction: "up".into(),
+        decider: "decider".into(),
+        participants: Vec::new(),
+    };
+
+    // recover first: the coordinator then cannot decide.
+    coordinator.begin_decision("b1", "now").unwrap();
+    assert!(recover.decide_abort("b1", "now", wait).unwrap());
+    coordinator.begin_batch().unwrap();
+    assert!(matches!(
+        coordinator.hold_decision("b1"),
+        Err(DriverError::DecisionLost { .. })
+    ));
+    assert!(matches!(
+        coordinator.decide_commit(&record("b1"), "now"),
+        Err(DriverError::DecisionLost { .. })
+    ));
+    coordinator.rollback();
+    assert_eq!(
+        recover.decision_state("b1").unwrap(),
+        Some(DecisionState::Abort)
+    );
+
+    // The coordinator holds its batch: recover waits, then gives up without deciding.
+    coordinator.begin_decision("b2", "now").unwrap();
+    coordinator.begin_batch().unwrap();
+    coordinator.hold_decision("b2").unwrap();
+    assert!(recover
+        .decide_abort("b2", "now", wait)
+        .unwrap_err()
+        .is_lock_wait());
+    assert!(recover.decision_held("b2").unwrap());
+    coordinator.decide_commit(&record("b2"), "now").unwrap();
+    coordinator.commit().unwrap();
+    // Decided: recover cannot turn it any more.
+    assert!(!recover.decision_held("b2").unwrap());
+    assert!(!recover.decide_abort("b2", "now", wait).unwrap());
+    assert!(matches!(
+        recover.decision_state("b2").unwrap(),
+        Some(DecisionState::Commit(_))
+    ));
+    // No row at all is no decision either way.
+    assert_eq!(recover.decision_state("b3").unwrap(), None);
+    assert!(!recover.decide_abort("b3", "now", wait).unwrap());
+}
+
+#[test]
+fn exactly_one_side_wins_on_postgres() {
+    let db = PgDb::new();
+    exactly_one_side_wins(&db.url);
+}
+
+#[test]
+fn exactly_one_side_wins_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    exactly_one_side_wins(&format!(
+        "sqlite://{}",
+        dir.path().join("d.sqlite3").display()
+    ));
+}
+
+/// Restores the server's `init_connect` when the test ends, however it ends.
+struct InitConnect(String);
+
+impl Drop for InitConnect {
+    fn drop(&mut self) {
+        if let Ok(mut c) = diesel::MysqlConnection::establish(&self.0) {
+            let _ = c.batch_execute("SET GLOBAL init_connect = ''");
+        }
+    }
+}
+
+/// A MySQL user whose sessions start with `autocommit = 0`: the decision row and the marks of
+/// a MySQL-only batch must still be committed (every connection turns autocommit on).
+#[test]
+fn mysql_with_autocommit_off_still_commits_its_bookkeeping() {
+    let admin = mysql_admin_url();
+    let (a, b) = (MyDb::new(), MyDb::new());
+    let user = format!("orch_ac0_{:08x}", rand::random::<u32>());
+    let mut root = diesel::MysqlConnection::establish(&admin).unwrap();
+    root.batch_execute(&format!(
+        "CREATE USER '{user}'@'%'; GRANT ALL PRIVILEGES ON {}.* TO '{user}'@'%'; GRANT ALL PRIVILEGES ON {}.* TO '{user}'@'%';",
+        a.name, b.name
+    ))
+    .unwrap();
+    // Applies to users without SUPER only: this one, not the tests' admin.
+    root.batch_execute("SET GLOBAL init_connect = 'SET autocommit = 0'")
+        .unwrap();
+    let _restore = InitConnect(admin.clone());
+    let as_user = |url: &str| {
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+        format!("{scheme}://{user}@{host}")
+    };
+    let mut p = Project::new();
+    p.config(&format!(
+        "[binds.a_my]\nurl = \"{}\"\n[binds.b_my]\nurl = \"{}\"",
+        as_user(&a.url),
+        as_user(&b.url)
+    ));
+    for bind in ["a_my", "b_my"] {
+        std::fs::create_dir_all(p.path().join("migrations").join(bind)).unwrap();
+        p.create_table(bind, "1_t", &format!("{bind}_t"));
+    }
+    let run = p.run(&["upgrade", "--all-binds", "--allow-non-atomic"]);
+    run.expect(0);
+    let rows = |db: &MyDb, sql: &str| -> String {
+        diesel::sql_query(sql)
+            .get_result::<S>(&mut db.conn())
+            .unwrap()
+            .s
+    };
+    assert_eq!(
+        rows(
+            &a,
+            "SELECT CAST(group_concat(state) AS CHAR) AS s FROM orchestrate_batches"
+        ),
+        "commit"
+    );
+    for (db, table) in [(&a, "a_my_t"), (&b, "b_my_t")] {
+        assert_eq!(
+            rows(
+                db,
+                "SELECT CAST(count(*) AS CHAR) AS s FROM orchestrate_in_progress"
+            ),
+            "0",
+            "a mark was left"
+        );
+        assert_eq!(
+            rows(
+                db,
+                "SELECT CAST(group_concat(version) AS CHAR) AS s FROM __diesel_schema_migrations"
+            ),
+            "1"
+        );
+        assert_eq!(
+            rows(db, &format!("SELECT CAST(count(*) AS CHAR) AS s FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = '{table}'")),
+            "1"
+        );
+    }
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("Nothing to recover"), "{}", run.stdout);
+    root.batch_execute(&format!("DROP USER '{user}'@'%'"))
+        .unwrap();
+}
