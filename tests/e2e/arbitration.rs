@@ -134,6 +134,30 @@ fn recover_never_aborts_a_live_batch_with_a_sqlite_decider() {
     recover_never_aborts_a_live_batch(p, "b_lite");
 }
 
+/// A second `upgrade` while a batch is prepared and its coordinator alive is told the bind is
+/// busy (exit 1, nothing changed), never sent to `recover` over a live batch.
+#[test]
+fn a_second_upgrade_during_a_live_batch_is_busy_not_in_doubt() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_pg("b_pg");
+    two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
+    let child = spawn(&p, &["upgrade", "--all-binds"], "before-decision=sleep(3000)");
+    wait_until("the participant is prepared", || {
+        p.db("b_pg").state().prepared.len() == 1
+    });
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("in the middle of a batch here") && !run.stderr.contains("recover"),
+        "{}",
+        run.stderr
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
+    assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
+}
+
 /// A `recover` run after the decision, while the coordinator is still committing, finishes
 /// the batch the same way: committed everywhere, whoever commits each bind.
 #[test]

@@ -1677,12 +1677,8 @@ fn xa_survives_disconnect(version: &str) -> bool {
 }
 
 /// The batch and bind of a transaction id `orchestrate:<batch>:<decider>:<bind>`.
-fn split_gid(gid: &str) -> Option<(&str, &str)> {
-    let rest = gid.strip_prefix(GID_PREFIX)?;
-    let mut parts = rest.splitn(3, ':');
-    let batch = parts.next()?;
-    let _decider = parts.next()?;
-    Some((batch, parts.next()?))
+fn split_gid(gid: &str) -> Option<(String, String)> {
+    crate::record::TransactionId::parse(gid).map(|t| (t.batch_id, t.bind))
 }
 
 #[derive(QueryableByName)]
@@ -1736,7 +1732,7 @@ impl BindConnection {
         if !self
             .xa_recover()?
             .iter()
-            .any(|(b, bind)| split_gid(gid).is_some_and(|(gb, gbind)| gb == b && gbind == bind))
+            .any(|(b, bind)| split_gid(gid).is_some_and(|(gb, gbind)| gb == *b && gbind == *bind))
         {
             // Not listed: end whatever there is on this session.
             let _ = self.mysql()?.batch_execute(&format!("XA ROLLBACK {id}"));
@@ -1814,7 +1810,7 @@ impl BindConnection {
                 detail: format!("`{gid}` is not a transaction id of this tool"),
             });
         };
-        let (batch, id) = (batch.to_string(), xid(batch, bind));
+        let id = xid(&batch, &bind);
         let done = self.mysql()?.batch_execute(&format!("XA {verb} {id}"));
         done.map_err(|e| self.query_err(&format!("XA {verb} of {gid} failed"), e))?;
         let cleared = self.exec(
@@ -1849,7 +1845,7 @@ mod tests {
     #[test]
     fn transaction_ids_split_into_batch_and_bind() {
         let gid = crate::record::gid_for("20261125T000000Z-0a1b2c3d", "users", "shop");
-        assert_eq!(split_gid(&gid), Some(("20261125T000000Z-0a1b2c3d", "shop")));
+        assert_eq!(split_gid(&gid), Some(("20261125T000000Z-0a1b2c3d".into(), "shop".into())));
         assert_eq!(split_gid("someone_else:1"), None);
         assert_eq!(
             xid("20261125T000000Z-0a1b2c3d", "shop"),

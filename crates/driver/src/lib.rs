@@ -33,6 +33,8 @@ pub use endpoint::{
     Capabilities, Endpoint,
 };
 pub use error::DriverError;
-pub use record::{gid_for, quote_literal, DecisionRecord, Participant, RedoStep, GID_PREFIX};
+pub use record::{
+    gid_for, quote_literal, DecisionRecord, Participant, RedoStep, TransactionId, GID_PREFIX,
+};
 pub use script::{nonatomic_script, script, xa_script, Ending};
 pub use source::{read_chain, SourceError};

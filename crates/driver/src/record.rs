@@ -15,6 +15,38 @@ pub fn gid_for(batch_id: &str, decider: &str, bind: &str) -> String {
     format!("{GID_PREFIX}{batch_id}:{decider}:{bind}")
 }
 
+/// A transaction id of this tool, parsed: the batch, the bind that decides it, and the bind
+/// it belongs to. [`gid_for`] makes them; this is the one place that reads them back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransactionId {
+    pub batch_id: String,
+    pub decider: String,
+    pub bind: String,
+}
+
+impl TransactionId {
+    /// `None` for ids that are not this tool's (`orchestrate:<batch>:<decider>:<bind>`).
+    pub fn parse(gid: &str) -> Option<TransactionId> {
+        let rest = gid.strip_prefix(GID_PREFIX)?;
+        let mut parts = rest.splitn(3, ':');
+        let (batch_id, decider, bind) = (parts.next()?, parts.next()?, parts.next()?);
+        if batch_id.is_empty() || decider.is_empty() || bind.is_empty() {
+            return None;
+        }
+        Some(TransactionId {
+            batch_id: batch_id.into(),
+            decider: decider.into(),
+            bind: bind.into(),
+        })
+    }
+}
+
+impl std::fmt::Display for TransactionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&gid_for(&self.batch_id, &self.decider, &self.bind))
+    }
+}
+
 /// Quotes a text as an SQL string literal. The one place where a value is inlined into SQL:
 /// `PREPARE TRANSACTION` and `COMMIT PREPARED` take no bind parameters.
 pub fn quote_literal(text: &str) -> String {
@@ -89,6 +121,16 @@ mod tests {
             .len()
                 < 200
         );
+        let gid = gid_for("20261124T220000Z-0a1b2c3d", "users", "billing");
+        let parsed = TransactionId::parse(&gid).unwrap();
+        assert_eq!(
+            (parsed.batch_id.as_str(), parsed.decider.as_str(), parsed.bind.as_str()),
+            ("20261124T220000Z-0a1b2c3d", "users", "billing")
+        );
+        assert_eq!(parsed.to_string(), gid);
+        assert_eq!(TransactionId::parse("_sa_0a1b"), None);
+        assert_eq!(TransactionId::parse("orchestrate:b:d"), None);
+        assert_eq!(TransactionId::parse("orchestrate:b::x"), None);
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(
             quote_literal("'; drop table x; --"),

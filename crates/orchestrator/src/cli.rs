@@ -652,6 +652,7 @@ fn migrate(
     // Read every bind's state before touching any.
     let mut plans: Vec<(&BindSettings, Plan)> = Vec::new();
     let mut in_doubt = Vec::new();
+    let mut busy: Vec<String> = Vec::new();
     let pool = crate::workers(settings.parallelism);
     let states: Vec<Result<BindState, DriverError>> = pool.install(|| {
         use rayon::prelude::*;
@@ -667,6 +668,21 @@ fn migrate(
                 errors.push(e.to_string());
                 continue;
             }
+        };
+        // A prepared transaction of a batch whose coordinator is still running is not in
+        // doubt: that bind is busy (exit 1), as when its lock is held.
+        let (running, doubtful): (Vec<_>, Vec<_>) = state
+            .in_doubt
+            .iter()
+            .cloned()
+            .partition(|p| crate::inspect::batch_is_running(settings, &p.gid));
+        busy.extend(running.iter().map(|p| format!(
+            "bind `{}`: another orchestrate run is in the middle of a batch here (prepared transaction {}); nothing was changed. Run again once it has finished",
+            b.name, p.gid
+        )));
+        let state = BindState {
+            in_doubt: doubtful,
+            ..state
         };
         in_doubt.extend(in_doubt_message(&b.name, &state));
         in_doubt.extend(state.marks.iter().map(|m| {
@@ -692,6 +708,12 @@ fn migrate(
         }
         let _ = writeln!(err, "nothing was changed");
         return exit::INVALID;
+    }
+    if !busy.is_empty() && in_doubt.is_empty() {
+        for e in busy {
+            let _ = writeln!(err, "error: {e}");
+        }
+        return exit::FAILED;
     }
     if !in_doubt.is_empty() {
         for e in in_doubt {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use orchestrate_core::{current, pending, problems};
 use orchestrate_driver::{
-    read_chain, Backend, BindConnection, DecisionState, DriverError, GID_PREFIX,
+    read_chain, Backend, BindConnection, DecisionState, DriverError, TransactionId,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -167,9 +167,9 @@ fn describe(
     p: orchestrate_driver::PreparedXact,
     decisions: &Mutex<HashMap<(String, String), String>>,
 ) -> InDoubt {
-    let mut parts = p.gid.strip_prefix(GID_PREFIX).unwrap_or("").splitn(3, ':');
-    let batch_id = parts.next().unwrap_or_default().to_string();
-    let decider = parts.next().unwrap_or_default().to_string();
+    let (batch_id, decider) = TransactionId::parse(&p.gid)
+        .map(|t| (t.batch_id, t.decider))
+        .unwrap_or_default();
     let key = (batch_id.clone(), decider.clone());
     let known = decisions.lock().unwrap().get(&key).cloned();
     let decision = known.unwrap_or_else(|| {
@@ -196,4 +196,21 @@ fn describe(
         age: p.age,
         decision,
     }
+}
+
+/// Whether the batch of a prepared transaction is still being run by its coordinator (which
+/// holds the batch's row on its decider until it decides): then it is not in doubt, only busy.
+pub fn batch_is_running(settings: &Settings, gid: &str) -> bool {
+    let Some(id) = TransactionId::parse(gid) else {
+        return false;
+    };
+    let Some(decider) = settings.bind(&id.decider) else {
+        return false;
+    };
+    BindConnection::connect(&decider.endpoint, false, READ_LOCK_TIMEOUT)
+        .and_then(|mut c| {
+            Ok(matches!(c.decision_state(&id.batch_id)?, Some(DecisionState::Begun))
+                && c.decision_held(&id.batch_id)?)
+        })
+        .unwrap_or(false)
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use orchestrate_core::{Direction, Step, Version};
 use orchestrate_driver::{
-    Backend, BindConnection, DecisionRecord, DecisionState, DriverError, GID_PREFIX,
+    Backend, BindConnection, DecisionRecord, DecisionState, DriverError, TransactionId,
 };
 
 use crate::coordinator::{run_steps, BindWork};
@@ -54,20 +54,8 @@ impl RecoverReport {
     }
 }
 
-struct Gid {
-    batch_id: String,
-    decider: String,
-    bind: String,
-}
-
-fn parse_gid(gid: &str) -> Option<Gid> {
-    let rest = gid.strip_prefix(GID_PREFIX)?;
-    let mut parts = rest.splitn(3, ':');
-    Some(Gid {
-        batch_id: parts.next()?.to_string(),
-        decider: parts.next()?.to_string(),
-        bind: parts.next()?.to_string(),
-    })
+fn parse_gid(gid: &str) -> Option<TransactionId> {
+    TransactionId::parse(gid)
 }
 
 /// What the decider knows of a batch.
