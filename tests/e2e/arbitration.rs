@@ -134,6 +134,52 @@ fn recover_never_aborts_a_live_batch_with_a_sqlite_decider() {
     recover_never_aborts_a_live_batch(p, "b_lite");
 }
 
+/// A SQLite participant that lost a decided batch (its open transaction died with the
+/// coordinator after the decision) shows in status and check (exit 3), and upgrade refuses to
+/// run over it until recover has brought it forward.
+#[test]
+fn a_sqlite_participant_that_lost_a_decided_batch_blocks_upgrade_until_recovered() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_sqlite("b_lite");
+    two_binds(&mut p, "a_pg", "b_lite", "CREATE TABLE d (id INT);");
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    assert_eq!(p.db("b_lite").state(), state(&[], &[]));
+    for args in [&["status"][..], &["check"][..]] {
+        let run = p.run(args);
+        run.expect(3);
+        assert!(
+            run.stdout.contains("lost its part of batch"),
+            "{}",
+            run.stdout
+        );
+    }
+    p.create_table("b_lite", "2_q", "q");
+    for args in [
+        &["upgrade", "--all-binds"][..],
+        &["upgrade", "--bind", "b_lite"][..],
+    ] {
+        let run = p.run(args);
+        run.expect(3);
+        assert!(
+            run.stderr.contains("lost its part of batch"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(p.db("b_lite").state(), state(&[], &[]));
+    let seen = recover_until_clean(&p);
+    assert!(seen.contains("redone"), "{seen}");
+    assert_eq!(p.db("b_lite").state(), state(&["p"], &["1"]));
+    assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
+    p.run(&["status"]).expect(0);
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    assert_eq!(p.db("b_lite").state(), state(&["p", "q"], &["1", "2"]));
+}
+
 /// A second `upgrade` while a batch is prepared and its coordinator alive is told the bind is
 /// busy (exit 1, nothing changed), never sent to `recover` over a live batch.
 #[test]
@@ -141,7 +187,11 @@ fn a_second_upgrade_during_a_live_batch_is_busy_not_in_doubt() {
     let mut p = Project::new();
     p.add_pg("a_pg").add_pg("b_pg");
     two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
-    let child = spawn(&p, &["upgrade", "--all-binds"], "before-decision=sleep(3000)");
+    let child = spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "before-decision=sleep(3000)",
+    );
     wait_until("the participant is prepared", || {
         p.db("b_pg").state().prepared.len() == 1
     });

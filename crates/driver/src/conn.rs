@@ -118,6 +118,9 @@ pub struct BindState {
     pub in_doubt: Vec<PreparedXact>,
     /// MySQL: batches and migrations under way and not settled (see [`Mark`]).
     pub marks: Vec<Mark>,
+    /// The commit decisions this bind holds as a decider whose participants are not all known
+    /// to have finished (normally none).
+    pub unsettled: Vec<DecisionRecord>,
 }
 
 /// A row of `orchestrate_in_progress` (MySQL binds): something started and not settled.
@@ -540,6 +543,9 @@ impl BindConnection {
         let has = |t: &str| tables.iter().any(|x| x == t);
         if has(IN_PROGRESS) && self.backend() == Backend::Mysql {
             state.marks = self.load_marks()?;
+        }
+        if has(BATCHES) || has(schema::LEGACY_DECISIONS) {
+            state.unsettled = self.unsettled_decisions()?;
         }
         if has(DIESEL_TABLE) {
             let versions = self.applied_versions()?;
@@ -1845,7 +1851,10 @@ mod tests {
     #[test]
     fn transaction_ids_split_into_batch_and_bind() {
         let gid = crate::record::gid_for("20261125T000000Z-0a1b2c3d", "users", "shop");
-        assert_eq!(split_gid(&gid), Some(("20261125T000000Z-0a1b2c3d".into(), "shop".into())));
+        assert_eq!(
+            split_gid(&gid),
+            Some(("20261125T000000Z-0a1b2c3d".into(), "shop".into()))
+        );
         assert_eq!(split_gid("someone_else:1"), None);
         assert_eq!(
             xid("20261125T000000Z-0a1b2c3d", "shop"),

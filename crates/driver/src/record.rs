@@ -124,7 +124,11 @@ mod tests {
         let gid = gid_for("20261124T220000Z-0a1b2c3d", "users", "billing");
         let parsed = TransactionId::parse(&gid).unwrap();
         assert_eq!(
-            (parsed.batch_id.as_str(), parsed.decider.as_str(), parsed.bind.as_str()),
+            (
+                parsed.batch_id.as_str(),
+                parsed.decider.as_str(),
+                parsed.bind.as_str()
+            ),
             ("20261124T220000Z-0a1b2c3d", "users", "billing")
         );
         assert_eq!(parsed.to_string(), gid);

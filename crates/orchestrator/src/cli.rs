@@ -661,9 +661,16 @@ fn migrate(
             .map(|(b, _)| read_state(b, settings))
             .collect()
     });
+    let mut read_states: Vec<BindState> = Vec::new();
     for ((b, chain), state) in chains.iter().zip(states) {
         let state = match state {
-            Ok(s) => s,
+            Ok(s) => {
+                read_states.push(BindState {
+                    unsettled: s.unsettled.clone(),
+                    ..BindState::default()
+                });
+                s
+            }
             Err(e) => {
                 errors.push(e.to_string());
                 continue;
@@ -709,6 +716,35 @@ fn migrate(
         let _ = writeln!(err, "nothing was changed");
         return exit::INVALID;
     }
+    // A SQLite bind that lost its part of a decided batch must be brought forward first.
+    let selected: Vec<&BindSettings> = chains.iter().map(|(b, _)| *b).collect();
+    let mut decisions: Vec<orchestrate_driver::DecisionRecord> = read_states
+        .iter()
+        .flat_map(|s| s.unsettled.iter().cloned())
+        .collect();
+    if selected
+        .iter()
+        .any(|b| b.endpoint.backend == Backend::Sqlite)
+    {
+        // Their deciders may not be among the selected binds.
+        for other in settings
+            .binds
+            .iter()
+            .filter(|o| !selected.iter().any(|b| b.name == o.name))
+        {
+            if let Ok(found) =
+                BindConnection::connect(&other.endpoint, false, settings.lock_timeout)
+                    .and_then(|mut c| c.unsettled_decisions())
+            {
+                decisions.extend(found);
+            }
+        }
+    }
+    in_doubt.extend(
+        crate::inspect::lost_decided_batches(settings, &decisions, &selected)
+            .into_iter()
+            .map(|(_, m)| m),
+    );
     if !busy.is_empty() && in_doubt.is_empty() {
         for e in busy {
             let _ = writeln!(err, "error: {e}");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use orchestrate_core::{current, pending, problems};
 use orchestrate_driver::{
-    read_chain, Backend, BindConnection, DecisionState, DriverError, TransactionId,
+    read_chain, Backend, BindConnection, DecisionRecord, DecisionState, DriverError, TransactionId,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -64,19 +64,28 @@ fn is_lock_timeout(e: &DriverError) -> bool {
 /// Reads every bind, concurrently.
 pub fn inspect(settings: &Settings, binds: &[&BindSettings]) -> Vec<BindReport> {
     let decisions: Mutex<HashMap<(String, String), String>> = Mutex::new(HashMap::new());
+    let found: Mutex<Vec<DecisionRecord>> = Mutex::new(Vec::new());
     let pool = crate::workers(settings.parallelism);
-    pool.install(|| {
+    let mut reports: Vec<BindReport> = pool.install(|| {
         binds
             .par_iter()
-            .map(|b| inspect_one(settings, b, &decisions))
+            .map(|b| inspect_one(settings, b, &decisions, &found))
             .collect()
-    })
+    });
+    let found = found.into_inner().unwrap();
+    for (bind, message) in lost_decided_batches(settings, &found, binds) {
+        if let Some(r) = reports.iter_mut().find(|r| r.bind == bind) {
+            r.unsettled.push(message);
+        }
+    }
+    reports
 }
 
 fn inspect_one(
     settings: &Settings,
     bind: &BindSettings,
     decisions: &Mutex<HashMap<(String, String), String>>,
+    found: &Mutex<Vec<DecisionRecord>>,
 ) -> BindReport {
     let started = Instant::now();
     let mut report = BindReport {
@@ -121,6 +130,7 @@ fn inspect_one(
     };
     let applied = match state {
         Ok(Some(s)) => {
+            found.lock().unwrap().extend(s.unsettled.iter().cloned());
             report.unsettled = s
                 .marks
                 .iter()
@@ -209,8 +219,46 @@ pub fn batch_is_running(settings: &Settings, gid: &str) -> bool {
     };
     BindConnection::connect(&decider.endpoint, false, READ_LOCK_TIMEOUT)
         .and_then(|mut c| {
-            Ok(matches!(c.decision_state(&id.batch_id)?, Some(DecisionState::Begun))
-                && c.decision_held(&id.batch_id)?)
+            Ok(
+                matches!(c.decision_state(&id.batch_id)?, Some(DecisionState::Begun))
+                    && c.decision_held(&id.batch_id)?,
+            )
         })
         .unwrap_or(false)
+}
+
+/// The SQLite binds among `binds` that lost their part of a decided batch (their open
+/// transaction was lost after the decision, so `recover` must bring them forward before
+/// anything else runs there), each with what to say. `decisions` are the unsettled commit
+/// decisions read from the deciders.
+pub fn lost_decided_batches(
+    settings: &Settings,
+    decisions: &[DecisionRecord],
+    binds: &[&BindSettings],
+) -> Vec<(String, String)> {
+    let mut lost = Vec::new();
+    for record in decisions {
+        for participant in record.participants.iter().filter(|p| p.redo.is_some()) {
+            if participant.bind == record.decider
+                || !binds.iter().any(|b| b.name == participant.bind)
+            {
+                continue;
+            }
+            let Some(bind) = settings.bind(&participant.bind) else {
+                continue;
+            };
+            let has = BindConnection::connect(&bind.endpoint, false, READ_LOCK_TIMEOUT)
+                .and_then(|mut c| c.has_batch(&record.batch_id));
+            if !matches!(has, Ok(true)) {
+                lost.push((
+                    participant.bind.clone(),
+                    format!(
+                        "bind `{}` lost its part of batch {}, which was decided to commit (decider `{}`); run `orchestrate recover` to bring it forward before anything else runs here",
+                        participant.bind, record.batch_id, record.decider
+                    ),
+                ));
+            }
+        }
+    }
+    lost
 }
