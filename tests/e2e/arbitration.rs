@@ -529,3 +529,137 @@ fn mysql_with_autocommit_off_still_commits_its_bookkeeping() {
     root.batch_execute(&format!("DROP USER '{user}'@'%'"))
         .unwrap();
 }
+
+/// How many batches the decider has a row for.
+fn batch_rows(p: &Project, decider: &str) -> i64 {
+    pg_text(
+        p.db(decider),
+        "SELECT CASE WHEN to_regclass('orchestrate_batches') IS NULL THEN '0' ELSE \
+         (SELECT CAST(count(*) AS TEXT) FROM orchestrate_batches) END AS s",
+    )
+    .parse()
+    .unwrap()
+}
+
+/// What a kill interrupted, told from the evidence it left (read before recover runs):
+/// `rows_before` is how many batches the decider had before this one started.
+fn landed_in(p: &Project, decider: &str, rows_before: i64) -> &'static str {
+    if batch_rows(p, decider) == rows_before {
+        return "before the batch began";
+    }
+    let decision = pg_text(
+        p.db(decider),
+        "SELECT state AS s FROM orchestrate_batches ORDER BY begun_at DESC, batch_id DESC LIMIT 1",
+    );
+    let prepared = p.states().iter().any(|(_, s)| !s.prepared.is_empty());
+    match (decision.as_str(), prepared) {
+        ("commit", _) => "commit phase (or after)",
+        (_, true) => "prepared, before the decision",
+        _ => "begun, nothing prepared",
+    }
+}
+
+/// SIGKILL in every phase of real batches, with `recover` racing the live coordinator every
+/// few batches: every kill ends all-or-nothing after recover, with nothing prepared left, and
+/// both outcomes occur. ORCHESTRATE_KILL_LOOPS sets the count (default 20; 200 on demand).
+#[test]
+fn killed_in_every_phase_with_recover_racing() {
+    let loops: usize = std::env::var("ORCHESTRATE_KILL_LOOPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg")
+        .add_sqlite("b_lite")
+        .add_pg("c_pg")
+        .add_sqlite("d_lite");
+    crate::crash::two_migrations_each(&mut p, "0.05");
+    let started = std::time::Instant::now();
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    let window_ms = (started.elapsed().as_millis() as u64 * 6 / 5).max(1);
+    p.run(&["downgrade", "--all-binds", "base"]).expect(0);
+    let mut landed: std::collections::BTreeMap<&str, usize> = Default::default();
+    let (mut committed, mut rolled_back, mut raced) = (0, 0, 0);
+    for i in 0..loops {
+        let mode = [
+            "random",
+            "after-prepare",
+            "before-decision",
+            "after-decision",
+            "after-first-commit",
+        ][i % 5];
+        let failpoints = match mode {
+            "random" => String::new(),
+            point => format!("{point}=sleep(1500)"),
+        };
+        let rows_before = batch_rows(&p, "a_pg");
+        let mut child = spawn(&p, &["upgrade", "--all-binds"], &failpoints);
+        let prepared = || p.states().iter().any(|(_, s)| !s.prepared.is_empty());
+        match mode {
+            "random" => {
+                std::thread::sleep(Duration::from_millis(rand::random::<u64>() % window_ms))
+            }
+            "after-prepare" | "before-decision" => {
+                wait_until("a bind is prepared", prepared);
+                if mode == "before-decision" || i % 3 == 0 {
+                    // A recover racing the live coordinator leaves its batch alone.
+                    raced += 1;
+                    let run = p.run(&["recover", "--wait", "0"]);
+                    assert!(
+                        run.code == 3
+                            && run.stdout.contains("still holds batch")
+                            && !run.stdout.contains("rolled back"),
+                        "loop {i}: recover against a live batch: {run:?}"
+                    );
+                }
+            }
+            _ => {
+                wait_until("the batch is decided", || {
+                    landed_in(&p, "a_pg", rows_before).starts_with("commit phase")
+                });
+                std::thread::sleep(Duration::from_millis(rand::random::<u64>() % 300));
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        *landed
+            .entry(landed_in(&p, "a_pg", rows_before))
+            .or_default() += 1;
+        let seen = recover_until_clean(&p);
+        match crate::crash::all_or_nothing(&p) {
+            Some(true) => {
+                committed += 1;
+                p.run(&["downgrade", "--all-binds", "base"]).expect(0);
+            }
+            Some(false) => rolled_back += 1,
+            None => panic!(
+                "loop {i} ({mode}): a mixed state after recover:\n{seen}\n{:#?}",
+                p.states()
+            ),
+        }
+    }
+    eprintln!(
+        "killed_in_every_phase_with_recover_racing: {loops} kills; landed: {landed:?}; {committed} committed, {rolled_back} rolled back; {raced} recover runs raced a live batch"
+    );
+    if loops >= 5 {
+        assert!(
+            committed > 0 && rolled_back > 0,
+            "both outcomes must occur: {committed} committed, {rolled_back} rolled back"
+        );
+        assert!(
+            landed.get("commit phase (or after)").copied().unwrap_or(0) > 0,
+            "{landed:?}"
+        );
+        assert!(
+            landed
+                .get("prepared, before the decision")
+                .copied()
+                .unwrap_or(0)
+                > 0,
+            "{landed:?}"
+        );
+    }
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    assert_eq!(crate::crash::all_or_nothing(&p), Some(true));
+}
