@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod crash;
 mod drift;
+mod hang;
 mod mysql;
 mod recover;
 mod scale;

@@ -298,6 +298,47 @@ struct BatchRow {
     record: Option<String>,
 }
 
+/// Whether a MySQL server at `host:port` accepts a connection and sends its greeting within
+/// [`crate::endpoint::CONNECT_TIMEOUT`].
+fn mysql_greets(host: &str, port: u16) -> Result<(), String> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    let timeout = crate::endpoint::CONNECT_TIMEOUT;
+    let addresses: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut last = format!("no address for {host}");
+    for address in addresses {
+        match TcpStream::connect_timeout(&address, timeout) {
+            Ok(mut stream) => {
+                stream
+                    .set_read_timeout(Some(timeout))
+                    .map_err(|e| e.to_string())?;
+                let mut first = [0u8; 1];
+                return match stream.read(&mut first) {
+                    Ok(1) => Ok(()),
+                    Ok(_) => Err("the server closed the connection without a greeting".into()),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        Err(format!(
+                            "the server accepted the connection but sent nothing within {} s; is this a MySQL server?",
+                            timeout.as_secs()
+                        ))
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            Err(e) => last = format!("{address}: {e}"),
+        }
+    }
+    Err(last)
+}
+
 /// One open connection to one bind.
 pub struct BindConnection {
     endpoint: Endpoint,
@@ -340,6 +381,14 @@ impl BindConnection {
                 .map_err(connect_err)?,
             ),
             Backend::Mysql => {
+                // The client library has no connect timeout diesel can set: a server that
+                // accepts and never answers would hold the command for the OS's TCP timeout.
+                if let Some((host, port)) = endpoint.mysql_tcp_address() {
+                    mysql_greets(&host, port).map_err(|detail| DriverError::Other {
+                        bind: bind.clone(),
+                        detail: format!("cannot connect to {}: {detail}", endpoint.redacted()),
+                    })?;
+                }
                 keep_openssl_initialised();
                 Conn::Mysql(
                     MysqlConnection::establish(endpoint.connect_url()).map_err(connect_err)?,

@@ -1,4 +1,8 @@
 use std::fmt;
+
+/// How long connecting to a server may take before it is given up (PostgreSQL's
+/// `connect_timeout`, and the wait for a MySQL server's greeting).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -255,6 +259,24 @@ impl Endpoint {
         ))
     }
 
+    /// A MySQL bind reached over TCP: its host and port (3306 by default). `None` for other
+    /// backends and for a Unix socket (`localhost` or `?unix_socket=`, as the client library
+    /// reads them).
+    pub(crate) fn mysql_tcp_address(&self) -> Option<(String, u16)> {
+        if self.backend != Backend::Mysql {
+            return None;
+        }
+        let url = url::Url::parse(&self.url).ok()?;
+        let host = url
+            .host_str()?
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string();
+        if host == "localhost" || url.query_pairs().any(|(k, _)| k == "unix_socket") {
+            return None;
+        }
+        Some((host, url.port().unwrap_or(3306)))
+    }
+
     /// The URL with any password replaced by `***`: the only form that may be shown.
     pub fn redacted(&self) -> &str {
         &self.redacted
@@ -266,6 +288,8 @@ impl Endpoint {
 
     /// The PostgreSQL URL with `extra` added to libpq's `options` (server settings sent in
     /// the startup packet), after any the user gave.
+    /// The PostgreSQL URL to connect with: `extra` added to its startup `options`, and a
+    /// `connect_timeout` unless it has one.
     pub(crate) fn connect_url_with_options(&self, extra: &str) -> String {
         let Ok(mut url) = url::Url::parse(&self.url) else {
             return self.url.clone();
@@ -280,6 +304,14 @@ impl Endpoint {
                 v.push_str(extra);
             }
             None => pairs.push(("options".into(), extra.into())),
+        }
+        // A server that accepts and never answers must not hang a command: libpq's own
+        // connect timeout, unless the URL sets one.
+        if !pairs.iter().any(|(k, _)| k == "connect_timeout") {
+            pairs.push((
+                "connect_timeout".into(),
+                CONNECT_TIMEOUT.as_secs().to_string(),
+            ));
         }
         url.query_pairs_mut().clear().extend_pairs(pairs);
         // Form encoding writes a space as `+`, which libpq does not decode; a literal `+` is

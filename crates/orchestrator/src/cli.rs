@@ -221,6 +221,18 @@ pub struct MigrateArgs {
 
 /// Runs a parsed command line and returns the exit code.
 pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
+    // Commands that only read end at once on a signal; upgrade and downgrade only once their
+    // batch starts writing (the coordinator says so), the others from the start.
+    if !matches!(
+        cli.command,
+        Command::Status { .. }
+            | Command::History { .. }
+            | Command::Check { .. }
+            | Command::Upgrade(_)
+            | Command::Downgrade(_)
+    ) {
+        crate::signals::writing();
+    }
     if let Command::Init = cli.command {
         return report(crate::manage::init(&cli.config_dir), out, err);
     }

@@ -287,6 +287,8 @@ pub fn run_batch(
     options: &RunOptions,
     progress: &dyn Progress,
 ) -> BatchReport {
+    // From here a signal asks to stop cleanly: what is under way must be finished or undone.
+    signals::writing();
     let batch_id = new_batch_id();
     let Some(decider_index) = choose_decider(&works, options.preferred_decider.as_deref()) else {
         return run_nonatomic_only(works, batch_id, direction, options, progress);
