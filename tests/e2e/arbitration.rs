@@ -324,6 +324,42 @@ fn a_sqlite_decider_that_cannot_be_found_leaves_the_batch_in_doubt() {
     assert_eq!(p.db("b_lite").state(), state(&["d"], &["1"]));
 }
 
+/// A prepared transaction that is not this tool's but holds its migration lock (left by a
+/// migration that prepared its own transaction) is shown by status (exit 3), by name.
+#[test]
+fn a_foreign_prepared_transaction_holding_the_lock_is_shown() {
+    let mut p = Project::new();
+    p.add_pg("a_pg");
+    p.create_table("a_pg", "1_a", "a");
+    let Db::Pg(db) = p.db("a_pg") else {
+        unreachable!()
+    };
+    db.conn()
+        .batch_execute(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({}); PREPARE TRANSACTION 'sneaky_{}';",
+            orchestrate_driver::LOCK_KEY,
+            db.name
+        ))
+        .unwrap();
+    let run = p.run(&["status"]);
+    run.expect(3);
+    assert!(
+        run.stdout.contains(&format!("sneaky_{}", db.name))
+            && run.stdout.contains("not this tool's"),
+        "{run:?}"
+    );
+    // Recover never touches it.
+    p.run(&["recover"]).expect(0);
+    assert_eq!(
+        p.db("a_pg").state().prepared,
+        [format!("sneaky_{}", db.name)]
+    );
+    db.conn()
+        .batch_execute(&format!("ROLLBACK PREPARED 'sneaky_{}'", db.name))
+        .unwrap();
+    p.run(&["status"]).expect(0);
+}
+
 fn step(sql: &str) -> Step {
     let mut step = Step::record_only(Version::from_stored("1"), "1_hostile".into(), None, None);
     step.sql = sql.into();

@@ -657,6 +657,28 @@ impl BindConnection {
         }
     }
 
+    /// Prepared transactions that are not this tool's but hold its migration lock here
+    /// (a migration that ran `PREPARE TRANSACTION` itself, in a form the plan-time check could
+    /// not see): every later batch would wait on them. PostgreSQL only.
+    pub fn foreign_lock_holders(&mut self) -> Result<Vec<String>, DriverError> {
+        let Conn::Pg(c) = &mut self.conn else {
+            return Ok(Vec::new());
+        };
+        let rows: Result<Vec<Name>, _> = diesel::sql_query(
+            "SELECT p.gid AS s FROM pg_catalog.pg_prepared_xacts p \
+             JOIN pg_catalog.pg_locks t ON t.locktype = 'transactionid' AND t.transactionid = p.transaction \
+             JOIN pg_catalog.pg_locks l ON l.virtualtransaction = t.virtualtransaction AND l.pid IS NULL \
+             WHERE p.database = pg_catalog.current_database() AND NOT starts_with(p.gid, $1) \
+             AND l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
+             AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = $2 ORDER BY p.prepared",
+        )
+        .bind::<Text, _>(GID_PREFIX)
+        .bind::<BigInt, _>(LOCK_KEY)
+        .load(c);
+        rows.map(|r| r.into_iter().filter_map(|n| n.s).collect())
+            .map_err(|e| self.query_err("cannot read pg_locks", e))
+    }
+
     /// The databases of this PostgreSQL server whose name matches `pattern` (SQL `LIKE`), in
     /// name order; templates and databases that refuse connections are left out.
     pub fn databases_like(&mut self, pattern: &str) -> Result<Vec<String>, DriverError> {

@@ -123,6 +123,12 @@ fn inspect_one(
                 }
                 Err(e) => report.errors.push(e.to_string()),
             }
+            match conn.foreign_lock_holders() {
+                Ok(list) => report.unsettled.extend(list.into_iter().map(|gid| format!(
+                    "prepared transaction `{gid}` is not this tool's but holds this database's migration lock (a migration ran PREPARE TRANSACTION itself?), so every batch here waits on it; look at it and end it by hand (COMMIT PREPARED or ROLLBACK PREPARED '{gid}')"
+                ))),
+                Err(e) => report.errors.push(e.to_string()),
+            }
             conn.read_applied().map(Some)
         }
         Err(DriverError::NoSuchFile { .. }) => Ok(None),
@@ -131,11 +137,11 @@ fn inspect_one(
     let applied = match state {
         Ok(Some(s)) => {
             found.lock().unwrap().extend(s.unsettled.iter().cloned());
-            report.unsettled = s
-                .marks
-                .iter()
-                .map(|m| m.describe().replace("<bind>", &bind.name))
-                .collect();
+            report.unsettled.extend(
+                s.marks
+                    .iter()
+                    .map(|m| m.describe().replace("<bind>", &bind.name)),
+            );
             s.applied
         }
         Ok(None) => Vec::new(),
