@@ -699,3 +699,46 @@ fn killed_in_every_phase_with_recover_racing() {
     p.run(&["upgrade", "--all-binds"]).expect(0);
     assert_eq!(crate::crash::all_or_nothing(&p), Some(true));
 }
+
+/// A batch of MySQL binds alone records its decision on its first bind: on a server whose
+/// InnoDB does not flush its log at every commit the decision could be lost in a crash, so the
+/// batch is refused before anything runs.
+#[test]
+fn a_mysql_only_batch_refuses_a_server_that_does_not_flush_at_commit() {
+    let server = crate::support::OwnMariaDb::start();
+    let mut root = diesel::MysqlConnection::establish(&server.url).unwrap();
+    root.batch_execute("SET GLOBAL innodb_flush_log_at_trx_commit = 2")
+        .unwrap();
+    let mut p = Project::new();
+    p.config(&format!(
+        "[binds.a_my]\nurl = \"{}\"\n[binds.b_my]\nurl = \"{}\"",
+        server.database("a"),
+        server.database("b")
+    ));
+    for bind in ["a_my", "b_my"] {
+        p.create_table(bind, "1_t", &format!("{bind}_t"));
+    }
+    let run = p.run(&["upgrade", "--all-binds", "--allow-non-atomic"]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("innodb_flush_log_at_trx_commit = 2"),
+        "{run:?}"
+    );
+    let admin = server.url.clone();
+    let tables = |db: &str| -> String {
+        let mut c = diesel::MysqlConnection::establish(&admin).unwrap();
+        diesel::sql_query(format!(
+            "SELECT CAST(coalesce(group_concat(table_name ORDER BY table_name), '') AS CHAR) AS s FROM information_schema.tables WHERE table_schema = '{db}'"
+        ))
+        .get_result::<S>(&mut c)
+        .unwrap()
+        .s
+    };
+    assert_eq!(tables("a"), "", "something was written");
+    assert_eq!(tables("b"), "");
+    root.batch_execute("SET GLOBAL innodb_flush_log_at_trx_commit = 1")
+        .unwrap();
+    p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
+        .expect(0);
+    assert!(tables("a").contains("a_my_t") && tables("b").contains("b_my_t"));
+}

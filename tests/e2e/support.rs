@@ -578,3 +578,50 @@ impl Drop for OwnCluster {
             .output();
     }
 }
+
+/// A MariaDB server of the test's own (scripts/mariadb-server.sh), stopped when dropped: for
+/// tests that change server-wide settings.
+pub struct OwnMariaDb {
+    dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl OwnMariaDb {
+    fn script() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/mariadb-server.sh")
+    }
+
+    pub fn start() -> OwnMariaDb {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(Self::script())
+            .arg("start")
+            .arg(dir.path().join("maria"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot start a MariaDB server: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        OwnMariaDb {
+            url: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            dir,
+        }
+    }
+
+    /// A new database on it, as a URL.
+    pub fn database(&self, name: &str) -> String {
+        let mut c = MysqlConnection::establish(&self.url).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        with_database(&self.url, name)
+    }
+}
+
+impl Drop for OwnMariaDb {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .arg("stop")
+            .arg(self.dir.path().join("maria"))
+            .output();
+    }
+}
