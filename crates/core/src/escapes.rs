@@ -134,16 +134,21 @@ impl fmt::Display for Refusal {
     }
 }
 
-/// The line (from 1) of the first code at or after byte `offset` of `sql`, skipping
-/// whitespace and comments as `dialect` has them. PostgreSQL's parser places a statement at
-/// the end of the previous one, before the comments and blank lines that precede it.
-pub fn line_of_code_at(dialect: Dialect, sql: &str, offset: usize) -> usize {
+/// The line (from 1) and first word (uppercased; empty when it is not a word) of the first
+/// code at or after byte `offset` of `sql`, skipping whitespace and comments as `dialect` has
+/// them. PostgreSQL's parser places a statement at the end of the previous one, before the
+/// comments and blank lines that precede it.
+pub fn code_at(dialect: Dialect, sql: &str, offset: usize) -> (usize, String) {
     let offset = offset.min(sql.len());
-    let start = lex(dialect, sql.get(offset..).unwrap_or(""))
-        .first()
-        .map(|t| offset + t.at)
-        .unwrap_or(offset);
-    line_at(sql, start)
+    let first = lex(dialect, sql.get(offset..).unwrap_or("")).into_iter().next();
+    let start = first.as_ref().map_or(offset, |t| offset + t.at);
+    let word = match first {
+        Some(Token {
+            tok: Tok::Word(w), ..
+        }) => w,
+        _ => String::new(),
+    };
+    (line_at(sql, start), word)
 }
 
 fn line_at(sql: &str, byte: usize) -> usize {
@@ -854,8 +859,8 @@ mod tests {
     #[test]
     fn lines_skip_comments_before_a_statement() {
         let sql = "SELECT 1;\n-- about the next one\n/* more */\n\nCOMMIT;";
-        assert_eq!(line_of_code_at(Postgres, sql, 9), 5);
-        assert_eq!(line_of_code_at(Postgres, sql, 0), 1);
-        assert_eq!(line_of_code_at(Postgres, "/* a /* b */ */\nX", 0), 2);
+        assert_eq!(code_at(Postgres, sql, 9), (5, "COMMIT".to_string()));
+        assert_eq!(code_at(Postgres, sql, 0), (1, "SELECT".to_string()));
+        assert_eq!(code_at(Postgres, "/* a /* b */ */\nend", 0), (2, "END".to_string()));
     }
 }

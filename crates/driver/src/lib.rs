@@ -11,6 +11,9 @@
 //!   transaction per batch, `PREPARE TRANSACTION` with a check that it really happened,
 //!   `COMMIT PREPARED` / `ROLLBACK PREPARED`, and the decision record.
 //! - [`Capabilities`]: what a backend can do, as data the coordinator reads.
+//! - [`check_plan`] / [`check_migration`]: the statement check, which refuses at plan time a
+//!   migration that would end or escape the batch's transaction (PostgreSQL SQL read by
+//!   PostgreSQL's own parser, `pg_query`).
 //!
 //! It deliberately knows nothing of other binds: deciding, ordering and recovering across
 //! binds is the orchestrator's job. No function here prints.
@@ -22,6 +25,7 @@ mod record;
 mod schema;
 mod script;
 mod source;
+mod statements;
 
 pub use conn::{
     BatchStep, BindConnection, BindState, Mark, PreparedXact, LOCK_KEY, MYSQL_LOCK_NAME,
@@ -31,3 +35,4 @@ pub use error::DriverError;
 pub use record::{gid_for, quote_literal, DecisionRecord, Participant, RedoStep, GID_PREFIX};
 pub use script::{nonatomic_script, script, xa_script, Ending};
 pub use source::{read_chain, SourceError};
+pub use statements::{check_migration, check_migrations, check_plan, check_sql};
