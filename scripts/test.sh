@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing and starting what it needs:
-# - the Rust toolchain must be there (cargo); C compiler and libpq headers are installed with
-#   apt-get when missing (root only);
+# - the Rust toolchain must be there (cargo); C compiler, libclang (for pg_query's bindgen),
+#   libpq and MariaDB client headers are installed with apt-get when missing (root only);
 # - a throwaway PostgreSQL cluster with prepared transactions enabled is started in a temporary
 #   folder and stopped afterwards, unless ORCHESTRATE_TEST_PG_URL names a server already;
 # - likewise a throwaway MariaDB server (scripts/mariadb-server.sh), unless
@@ -18,6 +18,11 @@ if ! pkg-config --exists libpq 2>/dev/null && [ ! -f /usr/include/postgresql/lib
   need_apt+=(libpq-dev)
 fi
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
+# pg_query (PostgreSQL's parser, for the statement check) runs bindgen, which needs libclang.
+if [ -z "${LIBCLANG_PATH:-}" ] && ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null \
+  && ! compgen -G "/usr/lib/*/libclang*.so*" >/dev/null; then
+  need_apt+=(libclang-dev)
+fi
 if ! pkg-config --exists mysqlclient 2>/dev/null && ! pkg-config --exists libmariadb 2>/dev/null; then
   need_apt+=(libmariadb-dev libmariadb-dev-compat)
 fi
