@@ -9,8 +9,8 @@
 //! nodes; SQL it cannot parse (an extension's syntax, a newer server's) is read by the hand
 //! lexer of `orchestrate-core` instead, silently. SQLite and MySQL SQL is read by that lexer.
 //! The bodies of functions, procedures, triggers and `DO` blocks are not looked into: they
-//! run nothing when a migration defines them, and what a `DO` block or a call does at run time
-//! is caught by the runtime check after each step (the transaction id must not change).
+//! run nothing when a migration defines them, and a `DO` block or a call that leaves the
+//! transaction at run time is caught by the check after each step (`BindConnection`).
 //! The kinds of statement and the words a user reads are `orchestrate_core::Hazard`'s.
 
 use orchestrate_core::{
