@@ -12,4 +12,5 @@ mod mysql;
 mod recover;
 mod scale;
 mod seed;
+mod statements;
 mod support;
