@@ -53,7 +53,11 @@ fn escaping_up_sql_is_refused_on_every_backend() {
         "Remove it",
     ];
     refused(&p, &["upgrade", "--all-binds"], &needles);
-    refused(&p, &["upgrade", "--all-binds", "--allow-non-atomic"], &needles);
+    refused(
+        &p,
+        &["upgrade", "--all-binds", "--allow-non-atomic"],
+        &needles,
+    );
     refused(&p, &["upgrade", "--all-binds", "--sql"], &needles);
     for (bind, s) in p.states() {
         assert_eq!(s, state(&[], &[]), "{bind}");

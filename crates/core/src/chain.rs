@@ -159,6 +159,17 @@ fn is_blank_sql(sql: &str) -> bool {
     }
 }
 
+impl MigrationFile {
+    /// Why this migration cannot be part of an atomic batch as its metadata says, if it
+    /// cannot. Its statements are checked by the driver (see [`crate::escaping_statement`]).
+    pub fn transaction_blocker(&self) -> Option<String> {
+        if !self.run_in_transaction {
+            return Some("sets `run_in_transaction = false` in metadata.toml".into());
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,16 +266,5 @@ mod tests {
         assert_eq!(checksum("select 1;\r\n"), checksum("select 1;\n"));
         assert_eq!(checksum("\u{feff}select 1;\n"), checksum("select 1;\n"));
         assert_ne!(checksum("select 1;\n"), checksum("select 2;\n"));
-    }
-}
-
-impl MigrationFile {
-    /// Why this migration cannot be part of an atomic batch as its metadata says, if it
-    /// cannot. Its statements are checked by the driver (see [`crate::escaping_statement`]).
-    pub fn transaction_blocker(&self) -> Option<String> {
-        if !self.run_in_transaction {
-            return Some("sets `run_in_transaction = false` in metadata.toml".into());
-        }
-        None
     }
 }

@@ -140,7 +140,9 @@ impl fmt::Display for Refusal {
 /// comments and blank lines that precede it.
 pub fn code_at(dialect: Dialect, sql: &str, offset: usize) -> (usize, String) {
     let offset = offset.min(sql.len());
-    let first = lex(dialect, sql.get(offset..).unwrap_or("")).into_iter().next();
+    let first = lex(dialect, sql.get(offset..).unwrap_or(""))
+        .into_iter()
+        .next();
     let start = first.as_ref().map_or(offset, |t| offset + t.at);
     let word = match first {
         Some(Token {
@@ -298,7 +300,7 @@ fn lex(d: Dialect, sql: &str) -> Vec<Token> {
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => i += 1,
             b'-' if next == Some(b'-')
                 && (d != Dialect::Mysql
-                    || b.get(i + 2).map_or(true, |c| c.is_ascii_whitespace())) =>
+                    || !matches!(b.get(i + 2), Some(c) if !c.is_ascii_whitespace())) =>
             {
                 i = skip_line(b, i)
             }
@@ -348,7 +350,10 @@ fn lex(d: Dialect, sql: &str) -> Vec<Token> {
             }
             b'[' if d == Dialect::Sqlite => {
                 push(&mut out, Tok::Quoted);
-                i = b[i..].iter().position(|c| *c == b']').map_or(b.len(), |p| i + p + 1);
+                i = b[i..]
+                    .iter()
+                    .position(|c| *c == b']')
+                    .map_or(b.len(), |p| i + p + 1);
             }
             b'$' if d == Dialect::Postgres => match dollar_quote(b, i) {
                 Some(end) => {
@@ -425,7 +430,7 @@ fn opens_body(d: Dialect, head: &[&Token], tokens: &[Token], k: usize) -> bool {
 /// The top-level statements of a token list: each the code outside routine bodies, split on
 /// `;` outside parentheses and bodies. Bodies (`BEGIN ... END`, nesting `BEGIN` and `CASE`;
 /// `END IF`, `END LOOP`, ... close nothing) are left out: they run nothing when defined.
-fn statements<'t>(d: Dialect, tokens: &'t [Token]) -> Vec<Vec<&'t Token>> {
+fn statements(d: Dialect, tokens: &[Token]) -> Vec<Vec<&Token>> {
     let mut list = Vec::new();
     let mut current: Vec<&Token> = Vec::new();
     let mut body = 0usize;
@@ -514,7 +519,10 @@ fn classify(d: Dialect, w: &[String]) -> Option<(String, Hazard)> {
                     TransactionSettings,
                 ),
                 "TRANSACTION_ISOLATION" | "TRANSACTION_READ_ONLY" | "TRANSACTION_DEFERRABLE" => {
-                    Some((format!("SET {}", at(k).to_ascii_lowercase()), TransactionSettings))
+                    Some((
+                        format!("SET {}", at(k).to_ascii_lowercase()),
+                        TransactionSettings,
+                    ))
                 }
                 "AUTHORIZATION" if at(k - 1) == "SESSION" => {
                     named("SET SESSION AUTHORIZATION", SessionIdentity)
@@ -536,9 +544,7 @@ fn classify(d: Dialect, w: &[String]) -> Option<(String, Hazard)> {
         (Postgres, "CREATE") => {
             let k = if at(1) == "UNIQUE" { 2 } else { 1 };
             match (at(k), at(k + 1)) {
-                ("INDEX", "CONCURRENTLY") => {
-                    named("CREATE INDEX CONCURRENTLY", OutsideTransaction)
-                }
+                ("INDEX", "CONCURRENTLY") => named("CREATE INDEX CONCURRENTLY", OutsideTransaction),
                 ("DATABASE", _) => named("CREATE DATABASE", OutsideTransaction),
                 ("TABLESPACE", _) => named("CREATE TABLESPACE", OutsideTransaction),
                 _ => None,
@@ -599,7 +605,9 @@ fn classify(d: Dialect, w: &[String]) -> Option<(String, Hazard)> {
                 }
                 match x.as_str() {
                     "AUTOCOMMIT" => return named("SET autocommit", Autocommit),
-                    "TRANSACTION_ISOLATION" | "TX_ISOLATION" | "TRANSACTION_READ_ONLY"
+                    "TRANSACTION_ISOLATION"
+                    | "TX_ISOLATION"
+                    | "TRANSACTION_READ_ONLY"
                     | "TX_READ_ONLY" => {
                         return Some((
                             format!("SET {}", x.to_ascii_lowercase()),
@@ -626,11 +634,7 @@ mod tests {
     }
 
     fn refused(d: Dialect, sql: &str, name: &str, line: usize) {
-        assert_eq!(
-            find(d, sql),
-            Some((name.to_string(), line)),
-            "{d:?}: {sql}"
-        );
+        assert_eq!(find(d, sql), Some((name.to_string(), line)), "{d:?}: {sql}");
     }
 
     fn allowed(d: Dialect, sql: &str) {
@@ -656,26 +660,46 @@ mod tests {
             ("COMMIT PREPARED 'x'", "COMMIT PREPARED"),
             ("ROLLBACK PREPARED 'x'", "ROLLBACK PREPARED"),
             ("SET SESSION AUTHORIZATION bob", "SET SESSION AUTHORIZATION"),
-            ("SET LOCAL SESSION AUTHORIZATION bob", "SET SESSION AUTHORIZATION"),
+            (
+                "SET LOCAL SESSION AUTHORIZATION bob",
+                "SET SESSION AUTHORIZATION",
+            ),
             ("RESET SESSION AUTHORIZATION", "RESET SESSION AUTHORIZATION"),
             ("DISCARD ALL", "DISCARD ALL"),
             ("SET TRANSACTION READ ONLY", "SET TRANSACTION"),
-            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "SET TRANSACTION"),
+            (
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                "SET TRANSACTION",
+            ),
             (
                 "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
                 "SET SESSION CHARACTERISTICS AS TRANSACTION",
             ),
-            ("SET transaction_read_only = on", "SET transaction_read_only"),
+            (
+                "SET transaction_read_only = on",
+                "SET transaction_read_only",
+            ),
         ] {
-            refused(Postgres, &format!("CREATE TABLE s (x int);\n{sql};\n"), name, 2);
+            refused(
+                Postgres,
+                &format!("CREATE TABLE s (x int);\n{sql};\n"),
+                name,
+                2,
+            );
         }
     }
 
     #[test]
     fn postgres_non_transactional_statements_are_refused() {
         for (sql, name) in [
-            ("create index concurrently i on t (a)", "CREATE INDEX CONCURRENTLY"),
-            ("CREATE UNIQUE\n INDEX CONCURRENTLY i ON t (a)", "CREATE INDEX CONCURRENTLY"),
+            (
+                "create index concurrently i on t (a)",
+                "CREATE INDEX CONCURRENTLY",
+            ),
+            (
+                "CREATE UNIQUE\n INDEX CONCURRENTLY i ON t (a)",
+                "CREATE INDEX CONCURRENTLY",
+            ),
             ("DROP INDEX CONCURRENTLY i", "DROP INDEX CONCURRENTLY"),
             ("REINDEX INDEX CONCURRENTLY i", "REINDEX CONCURRENTLY"),
             ("REINDEX (CONCURRENTLY) TABLE t", "REINDEX CONCURRENTLY"),
@@ -691,7 +715,10 @@ mod tests {
         ] {
             refused(Postgres, &format!("SELECT 1;\n\n{sql};"), name, 3);
         }
-        allowed(Postgres, "REINDEX INDEX i; ANALYZE t; CREATE INDEX i ON t (a);");
+        allowed(
+            Postgres,
+            "REINDEX INDEX i; ANALYZE t; CREATE INDEX i ON t (a);",
+        );
     }
 
     #[test]
@@ -703,7 +730,10 @@ mod tests {
                  ROLLBACK WORK TO a; CREATE TABLE t (id INT); INSERT INTO t VALUES (1);",
             );
         }
-        allowed(Postgres, "SET search_path = app; SET LOCAL lock_timeout = '1s'; RESET ALL; DISCARD PLANS;");
+        allowed(
+            Postgres,
+            "SET search_path = app; SET LOCAL lock_timeout = '1s'; RESET ALL; DISCARD PLANS;",
+        );
         allowed(Postgres, "PREPARE q AS SELECT 1; EXECUTE q;");
     }
 
@@ -736,15 +766,29 @@ mod tests {
             "CREATE FUNCTION f() RETURNS void AS $f$ BEGIN IF true THEN PERFORM 1; END IF; END $f$ LANGUAGE plpgsql;",
         );
         allowed(Postgres, "DO $$ BEGIN PERFORM 1; END $$;");
-        refused(Postgres, "DO $$ BEGIN PERFORM 1; END $$;\nVACUUM;", "VACUUM", 2);
+        refused(
+            Postgres,
+            "DO $$ BEGIN PERFORM 1; END $$;\nVACUUM;",
+            "VACUUM",
+            2,
+        );
         refused(Postgres, "SELECT '$$';\nCOMMIT;", "COMMIT", 2);
         allowed(Postgres, "SELECT $a$ $$ COMMIT; $$ $a$;");
         refused(Postgres, "SELECT $1;\nCOMMIT;", "COMMIT", 2);
         allowed(Postgres, "SELECT a$b$ FROM t; SELECT 1;");
         // Quoted identifiers, comments and strings.
-        allowed(Postgres, "CREATE TABLE \"commit\" (\"end\" int); SELECT \"begin\" FROM x;");
-        allowed(Postgres, "-- COMMIT;\nSELECT 'COMMIT; BEGIN'; /* ROLLBACK; */");
-        allowed(Postgres, "INSERT INTO notes VALUES ('VACUUM; DROP DATABASE x');");
+        allowed(
+            Postgres,
+            "CREATE TABLE \"commit\" (\"end\" int); SELECT \"begin\" FROM x;",
+        );
+        allowed(
+            Postgres,
+            "-- COMMIT;\nSELECT 'COMMIT; BEGIN'; /* ROLLBACK; */",
+        );
+        allowed(
+            Postgres,
+            "INSERT INTO notes VALUES ('VACUUM; DROP DATABASE x');",
+        );
         // SQL-standard function bodies.
         allowed(
             Postgres,
@@ -810,7 +854,10 @@ mod tests {
             ("ROLLBACK", "ROLLBACK"),
             ("BEGIN", "BEGIN"),
             ("BEGIN WORK", "BEGIN"),
-            ("START TRANSACTION WITH CONSISTENT SNAPSHOT", "START TRANSACTION"),
+            (
+                "START TRANSACTION WITH CONSISTENT SNAPSHOT",
+                "START TRANSACTION",
+            ),
             ("XA START 'x'", "XA START"),
             ("XA COMMIT 'x'", "XA COMMIT"),
             ("USE other", "USE"),
@@ -819,14 +866,20 @@ mod tests {
             ("SET SESSION autocommit = 1", "SET autocommit"),
             ("SET @@session.autocommit := 0", "SET autocommit"),
             ("SET NAMES utf8mb4, autocommit = 0", "SET autocommit"),
-            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", "SET TRANSACTION"),
+            (
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                "SET TRANSACTION",
+            ),
             ("SET SESSION TRANSACTION READ ONLY", "SET TRANSACTION"),
             ("LOCK TABLES t WRITE", "LOCK TABLES"),
             ("UNLOCK TABLES", "UNLOCK TABLES"),
         ] {
             refused(Mysql, &format!("CREATE TABLE s (x INT);\n{sql};"), name, 2);
         }
-        allowed(Mysql, "SET @autocommit = 0; SELECT @@autocommit; SET NAMES utf8mb4;");
+        allowed(
+            Mysql,
+            "SET @autocommit = 0; SELECT @@autocommit; SET NAMES utf8mb4;",
+        );
         // Backslash escapes, `#` and `-- ` comments, backticks.
         allowed(
             Mysql,
@@ -861,6 +914,9 @@ mod tests {
         let sql = "SELECT 1;\n-- about the next one\n/* more */\n\nCOMMIT;";
         assert_eq!(code_at(Postgres, sql, 9), (5, "COMMIT".to_string()));
         assert_eq!(code_at(Postgres, sql, 0), (1, "SELECT".to_string()));
-        assert_eq!(code_at(Postgres, "/* a /* b */ */\nend", 0), (2, "END".to_string()));
+        assert_eq!(
+            code_at(Postgres, "/* a /* b */ */\nend", 0),
+            (2, "END".to_string())
+        );
     }
 }

@@ -14,8 +14,8 @@
 //! The kinds of statement and the words a user reads are `orchestrate_core::Hazard`'s.
 
 use orchestrate_core::{
-    code_at, escaping_statement, Chain, Dialect, DownSqlSource, Found, Hazard, MigrationFile,
-    Plan, PlanError, Refusal,
+    code_at, escaping_statement, Chain, Dialect, DownSqlSource, Found, Hazard, MigrationFile, Plan,
+    PlanError, Refusal,
 };
 use pg_query::protobuf::{
     AlterTableType, DiscardMode, ObjectType, TransactionStmtKind, VariableSetKind,
@@ -47,7 +47,11 @@ pub fn check_migration(backend: Backend, file: &MigrationFile) -> Result<(), Ref
     if let Some(found) = check_sql(backend, &file.up_sql) {
         return Err(Refusal::new("up.sql", found));
     }
-    if let Some(found) = file.down_sql.as_deref().and_then(|sql| check_sql(backend, sql)) {
+    if let Some(found) = file
+        .down_sql
+        .as_deref()
+        .and_then(|sql| check_sql(backend, sql))
+    {
         return Err(Refusal::new("down.sql", found));
     }
     Ok(())
@@ -101,7 +105,8 @@ pub fn check_plan(backend: Backend, chain: &Chain, plan: &Plan) -> Result<(), Pl
                     return Err(refuse(&step.name, Refusal::new(file, found)));
                 }
                 if backend == Backend::Mysql {
-                    if let Some(found) = step.undo_sql.as_deref().and_then(|s| check_sql(backend, s))
+                    if let Some(found) =
+                        step.undo_sql.as_deref().and_then(|s| check_sql(backend, s))
                     {
                         return Err(refuse(&step.name, Refusal::new("up.sql", found)));
                     }
@@ -215,7 +220,9 @@ fn postgres_statement(node: &NodeEnum, first_word: &str) -> Option<(String, Haza
         NodeEnum::IndexStmt(i) if i.concurrent => {
             named("CREATE INDEX CONCURRENTLY", Hazard::OutsideTransaction)
         }
-        NodeEnum::DropStmt(d) if d.concurrent && d.remove_type == ObjectType::ObjectIndex as i32 => {
+        NodeEnum::DropStmt(d)
+            if d.concurrent && d.remove_type == ObjectType::ObjectIndex as i32 =>
+        {
             named("DROP INDEX CONCURRENTLY", Hazard::OutsideTransaction)
         }
         NodeEnum::ReindexStmt(r) if r.params.iter().any(|p| option_on(p, "concurrently")) => {
@@ -225,12 +232,13 @@ fn postgres_statement(node: &NodeEnum, first_word: &str) -> Option<(String, Haza
         NodeEnum::CreatedbStmt(_) => named("CREATE DATABASE", Hazard::OutsideTransaction),
         NodeEnum::DropdbStmt(_) => named("DROP DATABASE", Hazard::OutsideTransaction),
         NodeEnum::AlterSystemStmt(_) => named("ALTER SYSTEM", Hazard::OutsideTransaction),
-        NodeEnum::CreateTableSpaceStmt(_) => {
-            named("CREATE TABLESPACE", Hazard::OutsideTransaction)
-        }
+        NodeEnum::CreateTableSpaceStmt(_) => named("CREATE TABLESPACE", Hazard::OutsideTransaction),
         NodeEnum::DropTableSpaceStmt(_) => named("DROP TABLESPACE", Hazard::OutsideTransaction),
         NodeEnum::AlterDatabaseStmt(a) if a.options.iter().any(|o| option_on(o, "tablespace")) => {
-            named("ALTER DATABASE ... SET TABLESPACE", Hazard::OutsideTransaction)
+            named(
+                "ALTER DATABASE ... SET TABLESPACE",
+                Hazard::OutsideTransaction,
+            )
         }
         NodeEnum::AlterTableStmt(a) => {
             let detaches_concurrently = a.cmds.iter().any(|c| {
@@ -295,7 +303,10 @@ mod tests {
             ("PREPARE TRANSACTION 'sneaky'", "PREPARE TRANSACTION"),
             ("COMMIT PREPARED 'x'", "COMMIT PREPARED"),
             ("ROLLBACK PREPARED 'x'", "ROLLBACK PREPARED"),
-            ("SET SESSION AUTHORIZATION postgres", "SET SESSION AUTHORIZATION"),
+            (
+                "SET SESSION AUTHORIZATION postgres",
+                "SET SESSION AUTHORIZATION",
+            ),
             ("RESET SESSION AUTHORIZATION", "RESET SESSION AUTHORIZATION"),
             ("DISCARD ALL", "DISCARD ALL"),
             ("SET TRANSACTION READ ONLY", "SET TRANSACTION"),
@@ -303,9 +314,18 @@ mod tests {
                 "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
                 "SET SESSION CHARACTERISTICS AS TRANSACTION",
             ),
-            ("SET transaction_read_only = on", "SET transaction_read_only"),
-            ("CREATE INDEX CONCURRENTLY i ON t (a)", "CREATE INDEX CONCURRENTLY"),
-            ("CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)", "CREATE INDEX CONCURRENTLY"),
+            (
+                "SET transaction_read_only = on",
+                "SET transaction_read_only",
+            ),
+            (
+                "CREATE INDEX CONCURRENTLY i ON t (a)",
+                "CREATE INDEX CONCURRENTLY",
+            ),
+            (
+                "CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)",
+                "CREATE INDEX CONCURRENTLY",
+            ),
             ("DROP INDEX CONCURRENTLY i", "DROP INDEX CONCURRENTLY"),
             ("REINDEX INDEX CONCURRENTLY i", "REINDEX CONCURRENTLY"),
             ("REINDEX (CONCURRENTLY) TABLE t", "REINDEX CONCURRENTLY"),
@@ -391,7 +411,10 @@ mod tests {
             find(Backend::Mysql, "SELECT 'a\\'; COMMIT';\nUSE x;"),
             Some(("USE".to_string(), 2))
         );
-        assert_eq!(find(Backend::Mysql, "CREATE PROCEDURE p() BEGIN COMMIT; END"), None);
+        assert_eq!(
+            find(Backend::Mysql, "CREATE PROCEDURE p() BEGIN COMMIT; END"),
+            None
+        );
     }
 
     fn file(up: &str, down: Option<&str>) -> MigrationFile {
