@@ -12,11 +12,16 @@ if ! pkg-config --exists mysqlclient 2>/dev/null && ! pkg-config --exists libmar
   need+=(libmariadb-dev libmariadb-dev-compat)
 fi
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# pg_query (PostgreSQL's parser, for the statement check) runs bindgen, which needs libclang.
+if [ -z "${LIBCLANG_PATH:-}" ] && ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null \
+  && ! compgen -G "/usr/lib/*/libclang*.so*" >/dev/null; then
+  need+=(libclang-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "missing client libraries: install ${need[*]} (Debian/Ubuntu), or libpq and mysql-client (Homebrew)" >&2; exit 1
+    echo "missing build dependencies: install ${need[*]} (Debian/Ubuntu), or libpq and mysql-client (Homebrew)" >&2; exit 1
   fi
 fi
 cargo build --release --locked --quiet

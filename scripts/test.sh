@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing and starting what it needs:
-# - the Rust toolchain must be there (cargo); C compiler and libpq headers are installed with
-#   apt-get when missing (root only);
+# - the Rust toolchain must be there (cargo); C compiler, libclang (for pg_query's bindgen),
+#   libpq and MariaDB client headers are installed with apt-get when missing (root only);
 # - a throwaway PostgreSQL cluster with prepared transactions enabled is started in a temporary
 #   folder and stopped afterwards, unless ORCHESTRATE_TEST_PG_URL names a server already;
 # - likewise a throwaway MariaDB server (scripts/mariadb-server.sh), unless
@@ -12,20 +12,7 @@ cd "$(dirname "$0")/.."
 
 say() { echo "test.sh: $*" >&2; }
 
-need_apt=()
-command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
-if ! pkg-config --exists libpq 2>/dev/null && [ ! -f /usr/include/postgresql/libpq-fe.h ]; then
-  need_apt+=(libpq-dev)
-fi
-command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
-if ! pkg-config --exists mysqlclient 2>/dev/null && ! pkg-config --exists libmariadb 2>/dev/null; then
-  need_apt+=(libmariadb-dev libmariadb-dev-compat)
-fi
-if [ ${#need_apt[@]} -gt 0 ]; then
-  [ "$(id -u)" = 0 ] || { say "missing packages: ${need_apt[*]}; install them and run again"; exit 1; }
-  say "installing ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+scripts/deps.sh
 command -v cargo >/dev/null 2>&1 || { say "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
 
 cluster_dir=""

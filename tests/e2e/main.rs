@@ -15,4 +15,5 @@ mod mysql;
 mod recover;
 mod scale;
 mod seed;
+mod statements;
 mod support;

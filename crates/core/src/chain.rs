@@ -159,6 +159,17 @@ fn is_blank_sql(sql: &str) -> bool {
     }
 }
 
+impl MigrationFile {
+    /// Why this migration cannot be part of an atomic batch as its metadata says, if it
+    /// cannot. Its statements are checked by the driver (see [`crate::escaping_statement`]).
+    pub fn transaction_blocker(&self) -> Option<String> {
+        if !self.run_in_transaction {
+            return Some("sets `run_in_transaction = false` in metadata.toml".into());
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,161 +266,5 @@ mod tests {
         assert_eq!(checksum("select 1;\r\n"), checksum("select 1;\n"));
         assert_eq!(checksum("\u{feff}select 1;\n"), checksum("select 1;\n"));
         assert_ne!(checksum("select 1;\n"), checksum("select 2;\n"));
-    }
-}
-
-/// Statements that PostgreSQL (and for `VACUUM`, SQLite) refuse inside a transaction block.
-const OUTSIDE_TRANSACTION: [(&str, &str); 10] = [
-    ("CREATE INDEX CONCURRENTLY", "CREATE INDEX CONCURRENTLY"),
-    (
-        "CREATE UNIQUE INDEX CONCURRENTLY",
-        "CREATE INDEX CONCURRENTLY",
-    ),
-    ("DROP INDEX CONCURRENTLY", "DROP INDEX CONCURRENTLY"),
-    ("REINDEX", "REINDEX CONCURRENTLY"),
-    ("VACUUM", "VACUUM"),
-    ("CREATE DATABASE", "CREATE DATABASE"),
-    ("DROP DATABASE", "DROP DATABASE"),
-    ("ALTER SYSTEM", "ALTER SYSTEM"),
-    ("CREATE TABLESPACE", "CREATE TABLESPACE"),
-    ("DROP TABLESPACE", "DROP TABLESPACE"),
-];
-
-/// The SQL with comments and quoted text (strings, quoted identifiers, dollar-quoted bodies)
-/// blanked out, so that keywords are only found where they are statements.
-fn code_only(sql: &str) -> String {
-    let chars: Vec<char> = sql.chars().collect();
-    let mut out = String::with_capacity(sql.len());
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        if c == '-' && next == Some('-') {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-            out.push(' ');
-        } else if c == '/' && next == Some('*') {
-            i += 2;
-            while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                i += 1;
-            }
-            i += 2;
-            out.push(' ');
-        } else if c == '\'' || c == '"' {
-            i += 1;
-            while i < chars.len() {
-                if chars[i] == c {
-                    if chars.get(i + 1) == Some(&c) {
-                        i += 2;
-                        continue;
-                    }
-                    break;
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push(' ');
-        } else if c == '$' {
-            // A dollar quote: $tag$ ... $tag$ (the tag may be empty).
-            let mut j = i + 1;
-            while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
-                j += 1;
-            }
-            if chars.get(j) == Some(&'$') {
-                let tag: String = chars[i..=j].iter().collect();
-                let rest: String = chars[j + 1..].iter().collect();
-                match rest.find(&tag) {
-                    Some(end) => i = j + 1 + rest[..end].chars().count() + tag.chars().count(),
-                    None => i = chars.len(),
-                }
-                out.push(' ');
-            } else {
-                out.push(c);
-                i += 1;
-            }
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// The first statement in `sql` that cannot run inside a transaction block, if any.
-pub fn outside_transaction_statement(sql: &str) -> Option<&'static str> {
-    let code = code_only(sql).to_ascii_uppercase();
-    for statement in code.split(';') {
-        let words: Vec<&str> = statement.split_whitespace().collect();
-        let text = words.join(" ");
-        for (prefix, name) in OUTSIDE_TRANSACTION {
-            if text.starts_with(prefix) {
-                if prefix == "REINDEX" && !words.contains(&"CONCURRENTLY") {
-                    continue;
-                }
-                return Some(name);
-            }
-        }
-    }
-    None
-}
-
-impl MigrationFile {
-    /// Why this migration cannot be part of an atomic batch, if it cannot.
-    pub fn transaction_blocker(&self) -> Option<String> {
-        if !self.run_in_transaction {
-            return Some("sets `run_in_transaction = false` in metadata.toml".into());
-        }
-        outside_transaction_statement(&self.up_sql)
-            .map(|s| format!("contains {s}, which cannot run inside a transaction block"))
-    }
-}
-
-#[cfg(test)]
-mod outside_tests {
-    use super::outside_transaction_statement as find;
-
-    #[test]
-    fn finds_statements_that_refuse_a_transaction() {
-        assert_eq!(
-            find("create index concurrently i on t (a);"),
-            Some("CREATE INDEX CONCURRENTLY")
-        );
-        assert_eq!(
-            find("SELECT 1;\nCREATE  UNIQUE\n INDEX CONCURRENTLY i ON t (a)"),
-            Some("CREATE INDEX CONCURRENTLY")
-        );
-        assert_eq!(find("VACUUM ANALYZE t;"), Some("VACUUM"));
-        assert_eq!(
-            find("REINDEX INDEX CONCURRENTLY i;"),
-            Some("REINDEX CONCURRENTLY")
-        );
-        assert_eq!(find("REINDEX INDEX i;"), None);
-        assert_eq!(
-            find("ALTER SYSTEM SET work_mem = '1MB';"),
-            Some("ALTER SYSTEM")
-        );
-    }
-
-    #[test]
-    fn ignores_comments_strings_and_bodies() {
-        assert_eq!(
-            find("-- CREATE INDEX CONCURRENTLY later\nCREATE INDEX i ON t (a);"),
-            None
-        );
-        assert_eq!(find("/* VACUUM */ SELECT 1;"), None);
-        assert_eq!(
-            find("INSERT INTO notes VALUES ('VACUUM; DROP DATABASE x');"),
-            None
-        );
-        assert_eq!(
-            find("CREATE FUNCTION f() RETURNS void AS $body$ BEGIN EXECUTE 'VACUUM'; END $body$ LANGUAGE plpgsql;"),
-            None
-        );
-        assert_eq!(
-            find("DO $$ BEGIN PERFORM 1; END $$;\nVACUUM;"),
-            Some("VACUUM")
-        );
-        assert_eq!(find("CREATE TABLE \"vacuum\" (id int);"), None);
     }
 }

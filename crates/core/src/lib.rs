@@ -11,20 +11,23 @@
 //! - [`Applied`]: what a database says it has applied;
 //! - [`Target`] and [`plan_upgrade`] / [`plan_downgrade`]: pure functions from a chain, the
 //!   applied records and a target to a [`Plan`] or a [`PlanError`];
-//! - [`problems`]: drift between a chain and a database (edited, missing, out-of-order).
+//! - [`problems`]: drift between a chain and a database (edited, missing, out-of-order);
+//! - [`escaping_statement`] and [`Hazard`]: statements a migration must not contain because
+//!   they would end or escape the batch's transaction, found by a hand lexer per [`Dialect`]
+//!   (the driver checks PostgreSQL migrations with PostgreSQL's own parser first).
 //!
 //! It deliberately does no I/O: no files, no databases, no clocks, no diesel, no serde. Reading
 //! folders is the driver's job; running plans is the driver's and the orchestrator's.
 
 mod chain;
+mod escapes;
 mod plan;
 mod statements;
 mod target;
 mod version;
 
-pub use chain::{
-    checksum, outside_transaction_statement, Chain, ChainError, MigrationFile, MigrationSource,
-};
+pub use chain::{checksum, Chain, ChainError, MigrationFile, MigrationSource};
+pub use escapes::{code_at, escaping_statement, Dialect, Found, Hazard, Refusal};
 pub use plan::{
     current, pending, plan_downgrade, plan_upgrade, problems, Allow, Applied, Direction,
     DownSqlSource, Plan, PlanError, Problem, Step,

@@ -2,6 +2,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use crate::chain::{Chain, MigrationFile};
+use crate::escapes::Refusal;
 use crate::target::Target;
 use crate::version::Version;
 
@@ -226,6 +227,12 @@ pub enum PlanError {
         bind: String,
         name: String,
         reason: String,
+    },
+    #[error("bind `{bind}`: migration {name}, {refusal}")]
+    Refused {
+        bind: String,
+        name: String,
+        refusal: Refusal,
     },
     #[error("bind `{bind}`: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Drift {

@@ -12,6 +12,9 @@
 //!   `COMMIT PREPARED` / `ROLLBACK PREPARED`, and the arbitrated decision (`begun`, then
 //!   `commit` by the coordinator or `abort` by `recover`, whichever comes first).
 //! - [`Capabilities`]: what a backend can do, as data the coordinator reads.
+//! - [`check_plan`] / [`check_migration`]: the statement check, which refuses at plan time a
+//!   migration that would end or escape the batch's transaction (PostgreSQL SQL read by
+//!   PostgreSQL's own parser, `pg_query`).
 //!
 //! It deliberately knows nothing of other binds: deciding, ordering and recovering across
 //! binds is the orchestrator's job. No function here prints.
@@ -23,6 +26,7 @@ mod record;
 mod schema;
 mod script;
 mod source;
+mod statements;
 
 pub use conn::{
     BatchStep, BindConnection, BindState, DecisionState, Mark, PreparedXact, LOCK_KEY,
@@ -38,3 +42,4 @@ pub use record::{
 };
 pub use script::{nonatomic_script, script, xa_script, Ending};
 pub use source::{read_chain, SourceError};
+pub use statements::{check_migration, check_migrations, check_plan, check_sql};

@@ -715,7 +715,8 @@ fn migrate(
         let planned = match direction {
             Direction::Up => plan_upgrade(chain, &state.applied, target, allow),
             Direction::Down => plan_downgrade(chain, &state.applied, target),
-        };
+        }
+        .and_then(|p| orchestrate_driver::check_plan(b.endpoint.backend, chain, &p).map(|()| p));
         match planned {
             Ok(p) => plans.push((b, p)),
             Err(e) => errors.push(e.to_string()),

@@ -164,10 +164,14 @@ fn inspect_one(
     match &chain {
         Ok(chain) => {
             report.head = chain.head().map(|m| m.version.to_string());
-            report.pending = pending(chain, &applied)
-                .iter()
-                .map(|m| m.version.to_string())
-                .collect();
+            let waiting = pending(chain, &applied);
+            report.pending = waiting.iter().map(|m| m.version.to_string()).collect();
+            // A pending migration a batch would refuse (see orchestrate_driver::check_plan).
+            report.errors.extend(
+                orchestrate_driver::check_migrations(bind.endpoint.backend, &bind.name, waiting)
+                    .iter()
+                    .map(|e| e.to_string()),
+            );
             report
                 .problems
                 .extend(problems(chain, &applied).iter().map(|p| p.to_string()));

@@ -1,0 +1,922 @@
+//! Statements a migration must not contain, because running them inside the batch's
+//! transaction would end it, open another, or take the session out from under the batch
+//! (`COMMIT`, `BEGIN`, `PREPARE TRANSACTION`, `SET autocommit`, `ATTACH`, ...), or because
+//! the database refuses them inside a transaction block (`CREATE INDEX CONCURRENTLY`,
+//! `VACUUM`, ...).
+//!
+//! Here: what each such statement does ([`Hazard`], with the words a user reads), where it was
+//! found ([`Found`], [`Refusal`]), and a hand lexer per dialect ([`escaping_statement`]) that
+//! finds them in SQL text: the only one for SQLite and MySQL, and the fallback for PostgreSQL
+//! SQL that PostgreSQL's own parser (used by the driver) cannot parse. The lexer skips what
+//! is not code in each dialect: strings (PostgreSQL `E'..\'..'` and dollar quotes with tags;
+//! MySQL backslash escapes), quoted identifiers (`"commit"`, `` `commit` ``, `[commit]`),
+//! comments (PostgreSQL's nest, `#` and `/*! */` on MySQL), and the bodies of routines and
+//! triggers (`BEGIN ... END`), which only define code and run nothing when the migration runs.
+
+use std::fmt;
+
+/// Which SQL a migration is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Sqlite,
+    Mysql,
+}
+
+/// Why a statement cannot be part of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hazard {
+    /// `COMMIT`, `END`, `ABORT`, `ROLLBACK` (not `ROLLBACK TO` a savepoint).
+    EndsTransaction,
+    /// `BEGIN`, `START TRANSACTION`.
+    StartsTransaction,
+    /// `PREPARE TRANSACTION`, `COMMIT PREPARED`, `ROLLBACK PREPARED`.
+    TwoPhase,
+    /// `SET TRANSACTION`, `SET SESSION CHARACTERISTICS AS TRANSACTION`, `transaction_*`.
+    TransactionSettings,
+    /// `SET`/`RESET SESSION AUTHORIZATION`, `DISCARD ALL`.
+    SessionIdentity,
+    /// `CREATE INDEX CONCURRENTLY`, `VACUUM`, `CREATE DATABASE`, ...
+    OutsideTransaction,
+    /// SQLite `ATTACH` / `DETACH`.
+    AttachDetach,
+    /// SQLite `PRAGMA synchronous` / `journal_mode` / `locking_mode`.
+    Durability,
+    /// MySQL `SET autocommit`.
+    Autocommit,
+    /// MySQL `USE db`.
+    UseDatabase,
+    /// MySQL `LOCK TABLES` / `UNLOCK TABLES`.
+    TableLocks,
+    /// MySQL `XA ...`.
+    Xa,
+}
+
+impl Hazard {
+    /// What the statement would do to the batch (follows the statement's name).
+    pub fn why(self) -> &'static str {
+        match self {
+            Hazard::EndsTransaction => "ends the batch's transaction: the work before it would commit (or vanish) on its own, whatever happens on the other binds",
+            Hazard::StartsTransaction => "opens a transaction of its own, but every migration already runs inside the batch's transaction (MySQL would commit the batch's work at that point; SQLite fails)",
+            Hazard::TwoPhase => "ends the batch's transaction through two-phase commit, which orchestrate drives itself",
+            Hazard::TransactionSettings => "changes the characteristics of the batch's transaction (READ ONLY would make the batch's own bookkeeping writes fail; an isolation level cannot change once the transaction has run a query)",
+            Hazard::SessionIdentity => "changes or resets the session the rest of the batch and its bookkeeping run in (its role, which also owns the prepared transaction, or all of its settings)",
+            Hazard::OutsideTransaction => "cannot run inside a transaction block, and every migration of a batch runs inside one",
+            Hazard::AttachDetach => "attaches or detaches another database file: SQLite refuses it inside a transaction, and that file is outside what the bind's batch locks and records",
+            Hazard::Durability => "changes how SQLite commits or locks the file, which the batch's decision relies on (and has no effect, or fails, inside a transaction)",
+            Hazard::Autocommit => "switches autocommit on the batch's session: the batch's work, marks and version rows would commit, or stay uncommitted, behind its back",
+            Hazard::UseDatabase => "switches the session to another database: the statements after it, and the batch's own bookkeeping, would run there",
+            Hazard::TableLocks => "commits the open transaction (LOCK TABLES also makes every table it does not name unusable for the rest of the batch)",
+            Hazard::Xa => "is orchestrate's own two-phase commit on MySQL binds; run by a migration it ends or disturbs the batch's transaction",
+        }
+    }
+
+    /// What to do instead.
+    pub fn instead(self) -> &'static str {
+        match self {
+            Hazard::EndsTransaction | Hazard::StartsTransaction => "Remove it: orchestrate runs each bind's migrations in one transaction and commits or rolls it back with the rest of the batch (a savepoint, `SAVEPOINT` / `ROLLBACK TO`, is fine)",
+            Hazard::TwoPhase => "Remove it: prepared transactions a crash left behind are finished by `orchestrate recover`",
+            Hazard::TransactionSettings => "Remove it; to change the defaults of the application's sessions, use ALTER DATABASE / ALTER ROLE ... SET default_transaction_... (PostgreSQL) or the server's configuration",
+            Hazard::SessionIdentity => "Remove it; to create objects as another role, use `SET LOCAL ROLE name` ... `RESET ROLE`, or `ALTER ... OWNER TO` afterwards",
+            Hazard::OutsideTransaction => "Run it by other means, outside orchestrate (and `orchestrate stamp` the bind if it is the whole migration), or use its transactional form (CREATE INDEX without CONCURRENTLY)",
+            Hazard::AttachDetach => "Give that database file a bind of its own, or do it outside migrations",
+            Hazard::Durability => "Set it outside migrations, on the database file or in the application's connection setup",
+            Hazard::Autocommit => "Remove it: orchestrate sets autocommit on each of its connections itself",
+            Hazard::UseDatabase => "Qualify names instead (`other_db.table`), or give that database a bind of its own",
+            Hazard::TableLocks => "Remove it: each statement takes the locks it needs",
+            Hazard::Xa => "Remove it: a MySQL bind joins a batch through XA by itself when every migration it runs says `data_only = true`",
+        }
+    }
+}
+
+/// A statement that cannot be part of a batch, found in some SQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The line the statement starts on, from 1.
+    pub line: usize,
+    /// The statement's name as a user knows it, such as `COMMIT AND CHAIN`.
+    pub statement: String,
+    pub hazard: Hazard,
+}
+
+/// A [`Found`] statement in a file of a migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// `up.sql`, `down.sql`, or `the down.sql stored when it was applied`.
+    pub file: String,
+    pub line: usize,
+    pub statement: String,
+    pub hazard: Hazard,
+}
+
+impl Refusal {
+    pub fn new(file: &str, found: Found) -> Refusal {
+        Refusal {
+            file: file.to_string(),
+            line: found.line,
+            statement: found.statement,
+            hazard: found.hazard,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} line {}: {} {}. {}",
+            self.file,
+            self.line,
+            self.statement,
+            self.hazard.why(),
+            self.hazard.instead()
+        )
+    }
+}
+
+/// The line (from 1) and first word (uppercased; empty when it is not a word) of the first
+/// code at or after byte `offset` of `sql`, skipping whitespace and comments as `dialect` has
+/// them. PostgreSQL's parser places a statement at the end of the previous one, before the
+/// comments and blank lines that precede it.
+pub fn code_at(dialect: Dialect, sql: &str, offset: usize) -> (usize, String) {
+    let offset = offset.min(sql.len());
+    let first = lex(dialect, sql.get(offset..).unwrap_or(""))
+        .into_iter()
+        .next();
+    let start = first.as_ref().map_or(offset, |t| offset + t.at);
+    let word = match first {
+        Some(Token {
+            tok: Tok::Word(w), ..
+        }) => w,
+        _ => String::new(),
+    };
+    (line_at(sql, start), word)
+}
+
+fn line_at(sql: &str, byte: usize) -> usize {
+    1 + sql.as_bytes()[..byte.min(sql.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+}
+
+/// The first statement of `sql` that cannot be part of a batch, if any.
+pub fn escaping_statement(dialect: Dialect, sql: &str) -> Option<Found> {
+    let tokens = lex(dialect, sql);
+    for statement in statements(dialect, &tokens) {
+        let words: Vec<String> = statement.iter().map(|t| t.tok.text()).collect();
+        if let Some((name, hazard)) = classify(dialect, &words) {
+            return Some(Found {
+                line: line_at(sql, statement[0].at),
+                statement: name,
+                hazard,
+            });
+        }
+    }
+    None
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tok {
+    /// An unquoted word (keyword, identifier, number), uppercased.
+    Word(String),
+    /// A quoted identifier: never a keyword.
+    Quoted,
+    /// A string literal.
+    Str,
+    Semi,
+    Punct(char),
+}
+
+impl Tok {
+    fn text(&self) -> String {
+        match self {
+            Tok::Word(w) => w.clone(),
+            Tok::Quoted => "\"\"".into(),
+            Tok::Str => "''".into(),
+            Tok::Semi => ";".into(),
+            Tok::Punct(c) => c.to_string(),
+        }
+    }
+
+    fn is_word(&self, w: &str) -> bool {
+        matches!(self, Tok::Word(x) if x == w)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Token {
+    tok: Tok,
+    /// Byte offset in the SQL.
+    at: usize,
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// The index after the quoted text that starts at `i` (the quote character), where a doubled
+/// quote stands for itself and, with `backslash`, `\` escapes the next byte.
+fn skip_quoted(b: &[u8], i: usize, quote: u8, backslash: bool) -> usize {
+    let mut j = i + 1;
+    while j < b.len() {
+        if backslash && b[j] == b'\\' {
+            j += 2;
+        } else if b[j] == quote {
+            if b.get(j + 1) == Some(&quote) {
+                j += 2;
+            } else {
+                return j + 1;
+            }
+        } else {
+            j += 1;
+        }
+    }
+    b.len()
+}
+
+/// The index after the block comment that starts at `i`; PostgreSQL's nest.
+fn skip_block_comment(b: &[u8], i: usize, nest: bool) -> usize {
+    let mut depth = 1;
+    let mut j = i + 2;
+    while j < b.len() {
+        if nest && b[j] == b'/' && b.get(j + 1) == Some(&b'*') {
+            depth += 1;
+            j += 2;
+        } else if b[j] == b'*' && b.get(j + 1) == Some(&b'/') {
+            depth -= 1;
+            j += 2;
+            if depth == 0 {
+                return j;
+            }
+        } else {
+            j += 1;
+        }
+    }
+    b.len()
+}
+
+fn skip_line(b: &[u8], i: usize) -> usize {
+    b[i..]
+        .iter()
+        .position(|c| *c == b'\n')
+        .map_or(b.len(), |p| i + p + 1)
+}
+
+/// A PostgreSQL dollar quote starting at `i` (`$$` or `$tag$`): the index after its end.
+fn dollar_quote(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    if j < b.len() && (b[j].is_ascii_alphabetic() || b[j] == b'_' || b[j] >= 0x80) {
+        while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] >= 0x80) {
+            j += 1;
+        }
+    }
+    if b.get(j) != Some(&b'$') {
+        return None;
+    }
+    let tag = &b[i..=j];
+    let body = j + 1;
+    Some(
+        b[body..]
+            .windows(tag.len())
+            .position(|w| w == tag)
+            .map_or(b.len(), |p| body + p + tag.len()),
+    )
+}
+
+/// The tokens of `sql` that are code.
+fn lex(d: Dialect, sql: &str) -> Vec<Token> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    // Inside a MySQL executable comment `/*! ... */`, whose text the server runs.
+    let mut executable = false;
+    while i < b.len() {
+        let c = b[i];
+        let next = b.get(i + 1).copied();
+        let at = i;
+        let push = |out: &mut Vec<Token>, tok: Tok| out.push(Token { tok, at });
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => i += 1,
+            b'-' if next == Some(b'-')
+                && (d != Dialect::Mysql
+                    || !matches!(b.get(i + 2), Some(c) if !c.is_ascii_whitespace())) =>
+            {
+                i = skip_line(b, i)
+            }
+            b'#' if d == Dialect::Mysql => i = skip_line(b, i),
+            b'/' if next == Some(b'*') => {
+                let rest = &b[i + 2..];
+                let marker = if d != Dialect::Mysql {
+                    None
+                } else if rest.starts_with(b"!") {
+                    Some(1)
+                } else if rest.starts_with(b"M!") {
+                    Some(2)
+                } else {
+                    None
+                };
+                match marker {
+                    Some(m) => {
+                        i += 2 + m;
+                        while i < b.len() && b[i].is_ascii_digit() {
+                            i += 1;
+                        }
+                        executable = true;
+                    }
+                    None => i = skip_block_comment(b, i, d == Dialect::Postgres),
+                }
+            }
+            b'*' if executable && next == Some(b'/') => {
+                executable = false;
+                i += 2;
+            }
+            b'\'' => {
+                push(&mut out, Tok::Str);
+                i = skip_quoted(b, i, b'\'', d == Dialect::Mysql);
+            }
+            b'"' => {
+                if d == Dialect::Mysql {
+                    push(&mut out, Tok::Str);
+                    i = skip_quoted(b, i, b'"', true);
+                } else {
+                    push(&mut out, Tok::Quoted);
+                    i = skip_quoted(b, i, b'"', false);
+                }
+            }
+            b'`' if d != Dialect::Postgres => {
+                push(&mut out, Tok::Quoted);
+                i = skip_quoted(b, i, b'`', false);
+            }
+            b'[' if d == Dialect::Sqlite => {
+                push(&mut out, Tok::Quoted);
+                i = b[i..]
+                    .iter()
+                    .position(|c| *c == b']')
+                    .map_or(b.len(), |p| i + p + 1);
+            }
+            b'$' if d == Dialect::Postgres => match dollar_quote(b, i) {
+                Some(end) => {
+                    push(&mut out, Tok::Str);
+                    i = end;
+                }
+                None => {
+                    push(&mut out, Tok::Punct('$'));
+                    i += 1;
+                }
+            },
+            b';' => {
+                push(&mut out, Tok::Semi);
+                i += 1;
+            }
+            c if is_word_byte(c) => {
+                let mut j = i;
+                while j < b.len() && is_word_byte(b[j]) {
+                    j += 1;
+                }
+                let word = sql[i..j].to_ascii_uppercase();
+                if d == Dialect::Postgres && word == "E" && b.get(j) == Some(&b'\'') {
+                    push(&mut out, Tok::Str);
+                    i = skip_quoted(b, j, b'\'', true);
+                } else if d == Dialect::Postgres
+                    && word == "U"
+                    && b.get(j) == Some(&b'&')
+                    && b.get(j + 1) == Some(&b'\'')
+                {
+                    push(&mut out, Tok::Str);
+                    i = skip_quoted(b, j + 1, b'\'', false);
+                } else {
+                    push(&mut out, Tok::Word(word));
+                    i = j;
+                }
+            }
+            other => {
+                push(&mut out, Tok::Punct(other as char));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+fn word(t: Option<&Token>) -> &str {
+    match t {
+        Some(Token {
+            tok: Tok::Word(w), ..
+        }) => w,
+        _ => "",
+    }
+}
+
+/// Whether the `BEGIN` at `tokens[k]` opens a body (of a routine, trigger or anonymous
+/// block) given the statement's code so far.
+fn opens_body(d: Dialect, head: &[&Token], tokens: &[Token], k: usize) -> bool {
+    let has = |words: &[&str]| head.iter().any(|t| words.iter().any(|w| t.tok.is_word(w)));
+    let creates = head.first().is_some_and(|t| t.tok.is_word("CREATE"));
+    let next = word(tokens.get(k + 1));
+    match d {
+        Dialect::Postgres => creates && has(&["FUNCTION", "PROCEDURE"]) && next == "ATOMIC",
+        Dialect::Sqlite => creates && has(&["TRIGGER"]),
+        Dialect::Mysql => {
+            (creates && has(&["PROCEDURE", "FUNCTION", "TRIGGER", "EVENT"]))
+                // MariaDB's anonymous block, perhaps labelled.
+                || (next == "NOT"
+                    && (head.is_empty()
+                        || (head.len() == 2 && head[1].tok == Tok::Punct(':'))))
+        }
+    }
+}
+
+/// The top-level statements of a token list: each the code outside routine bodies, split on
+/// `;` outside parentheses and bodies. Bodies (`BEGIN ... END`, nesting `BEGIN` and `CASE`;
+/// `END IF`, `END LOOP`, ... close nothing) are left out: they run nothing when defined.
+fn statements(d: Dialect, tokens: &[Token]) -> Vec<Vec<&Token>> {
+    let mut list = Vec::new();
+    let mut current: Vec<&Token> = Vec::new();
+    let mut body = 0usize;
+    let mut parens = 0usize;
+    for (k, t) in tokens.iter().enumerate() {
+        if body > 0 {
+            if t.tok.is_word("BEGIN") || t.tok.is_word("CASE") {
+                body += 1;
+            } else if t.tok.is_word("END")
+                && !matches!(
+                    word(tokens.get(k + 1)),
+                    "IF" | "LOOP" | "WHILE" | "REPEAT" | "FOR"
+                )
+            {
+                body -= 1;
+            }
+            continue;
+        }
+        match &t.tok {
+            Tok::Semi if parens == 0 => {
+                if !current.is_empty() {
+                    list.push(std::mem::take(&mut current));
+                }
+                continue;
+            }
+            Tok::Punct('(') => parens += 1,
+            Tok::Punct(')') => parens = parens.saturating_sub(1),
+            Tok::Word(w) if w == "BEGIN" && opens_body(d, &current, tokens, k) => {
+                body = 1;
+                if current.is_empty() {
+                    // An anonymous block (MariaDB's BEGIN NOT ATOMIC): nothing but its body.
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        current.push(t);
+    }
+    if !current.is_empty() {
+        list.push(current);
+    }
+    list
+}
+
+/// `COMMIT`, `ROLLBACK`, ... with ` AND CHAIN` when the statement chains.
+fn with_chain(name: &str, w: &[String]) -> String {
+    let chains = w
+        .iter()
+        .enumerate()
+        .any(|(i, x)| x == "CHAIN" && (i == 0 || w[i - 1] != "NO"));
+    if chains {
+        format!("{name} AND CHAIN")
+    } else {
+        name.to_string()
+    }
+}
+
+/// What a statement (its top-level words, uppercased) would do to a batch, if anything.
+fn classify(d: Dialect, w: &[String]) -> Option<(String, Hazard)> {
+    let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
+    let has = |x: &str| w.iter().any(|y| y == x);
+    let named = |s: &str, h: Hazard| Some((s.to_string(), h));
+    use Dialect::*;
+    use Hazard::*;
+    match (d, at(0)) {
+        (_, "BEGIN") => named("BEGIN", StartsTransaction),
+        (_, "START") if at(1) == "TRANSACTION" => named("START TRANSACTION", StartsTransaction),
+        (Postgres, "COMMIT") if at(1) == "PREPARED" => named("COMMIT PREPARED", TwoPhase),
+        (Postgres, "ROLLBACK") if at(1) == "PREPARED" => named("ROLLBACK PREPARED", TwoPhase),
+        (Postgres, "PREPARE") if at(1) == "TRANSACTION" => named("PREPARE TRANSACTION", TwoPhase),
+        (_, "COMMIT") => Some((with_chain("COMMIT", w), EndsTransaction)),
+        // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name is a savepoint's: fine.
+        (_, "ROLLBACK") if !has("TO") => Some((with_chain("ROLLBACK", w), EndsTransaction)),
+        (Postgres | Sqlite, "END") => Some((with_chain("END", w), EndsTransaction)),
+        (Postgres, "ABORT") => Some((with_chain("ABORT", w), EndsTransaction)),
+        (Postgres, "SET") => {
+            let k = if matches!(at(1), "SESSION" | "LOCAL") {
+                2
+            } else {
+                1
+            };
+            match at(k) {
+                "TRANSACTION" => named("SET TRANSACTION", TransactionSettings),
+                "CHARACTERISTICS" => named(
+                    "SET SESSION CHARACTERISTICS AS TRANSACTION",
+                    TransactionSettings,
+                ),
+                "TRANSACTION_ISOLATION" | "TRANSACTION_READ_ONLY" | "TRANSACTION_DEFERRABLE" => {
+                    Some((
+                        format!("SET {}", at(k).to_ascii_lowercase()),
+                        TransactionSettings,
+                    ))
+                }
+                "AUTHORIZATION" if at(k - 1) == "SESSION" => {
+                    named("SET SESSION AUTHORIZATION", SessionIdentity)
+                }
+                "SESSION" if at(k + 1) == "AUTHORIZATION" => {
+                    named("SET SESSION AUTHORIZATION", SessionIdentity)
+                }
+                "SESSION_AUTHORIZATION" => named("SET SESSION AUTHORIZATION", SessionIdentity),
+                _ => None,
+            }
+        }
+        (Postgres, "RESET")
+            if (at(1) == "SESSION" && at(2) == "AUTHORIZATION")
+                || at(1) == "SESSION_AUTHORIZATION" =>
+        {
+            named("RESET SESSION AUTHORIZATION", SessionIdentity)
+        }
+        (Postgres, "DISCARD") if at(1) == "ALL" => named("DISCARD ALL", SessionIdentity),
+        (Postgres, "CREATE") => {
+            let k = if at(1) == "UNIQUE" { 2 } else { 1 };
+            match (at(k), at(k + 1)) {
+                ("INDEX", "CONCURRENTLY") => named("CREATE INDEX CONCURRENTLY", OutsideTransaction),
+                ("DATABASE", _) => named("CREATE DATABASE", OutsideTransaction),
+                ("TABLESPACE", _) => named("CREATE TABLESPACE", OutsideTransaction),
+                _ => None,
+            }
+        }
+        (Postgres, "DROP") => match (at(1), at(2)) {
+            ("INDEX", "CONCURRENTLY") => named("DROP INDEX CONCURRENTLY", OutsideTransaction),
+            ("DATABASE", _) => named("DROP DATABASE", OutsideTransaction),
+            ("TABLESPACE", _) => named("DROP TABLESPACE", OutsideTransaction),
+            _ => None,
+        },
+        (Postgres, "REINDEX") if has("CONCURRENTLY") => {
+            named("REINDEX CONCURRENTLY", OutsideTransaction)
+        }
+        (Postgres | Sqlite, "VACUUM") => named("VACUUM", OutsideTransaction),
+        (Postgres, "ALTER") => match at(1) {
+            "SYSTEM" => named("ALTER SYSTEM", OutsideTransaction),
+            "TABLE" if has("DETACH") && has("CONCURRENTLY") => named(
+                "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY",
+                OutsideTransaction,
+            ),
+            "DATABASE" if has("SET") && has("TABLESPACE") => {
+                named("ALTER DATABASE ... SET TABLESPACE", OutsideTransaction)
+            }
+            _ => None,
+        },
+        (Sqlite, "ATTACH") => named("ATTACH", AttachDetach),
+        (Sqlite, "DETACH") => named("DETACH", AttachDetach),
+        (Sqlite, "PRAGMA") => {
+            let k = if at(2) == "." { 3 } else { 1 };
+            let setting = matches!(at(k + 1), "=" | "(");
+            match at(k) {
+                p @ ("SYNCHRONOUS" | "JOURNAL_MODE" | "LOCKING_MODE") if setting => {
+                    Some((format!("PRAGMA {}", p.to_ascii_lowercase()), Durability))
+                }
+                _ => None,
+            }
+        }
+        (Mysql, "XA") => Some((format!("XA {}", at(1)).trim_end().to_string(), Xa)),
+        (Mysql, "USE") => named("USE", UseDatabase),
+        (Mysql, "LOCK") if matches!(at(1), "TABLES" | "TABLE") => named("LOCK TABLES", TableLocks),
+        (Mysql, "UNLOCK") if matches!(at(1), "TABLES" | "TABLE") => {
+            named("UNLOCK TABLES", TableLocks)
+        }
+        (Mysql, "SET") => {
+            if at(1) == "TRANSACTION"
+                || (matches!(at(1), "GLOBAL" | "SESSION" | "LOCAL") && at(2) == "TRANSACTION")
+            {
+                return named("SET TRANSACTION", TransactionSettings);
+            }
+            // An assignment to a system variable: `name =`, `@@name =`, `@@session.name :=`;
+            // not a user variable (`@name`).
+            for (i, x) in w.iter().enumerate() {
+                let assigned = matches!(at(i + 1), "=" | ":");
+                let user_variable = i >= 1 && at(i - 1) == "@" && (i < 2 || at(i - 2) != "@");
+                if !assigned || user_variable {
+                    continue;
+                }
+                match x.as_str() {
+                    "AUTOCOMMIT" => return named("SET autocommit", Autocommit),
+                    "TRANSACTION_ISOLATION"
+                    | "TX_ISOLATION"
+                    | "TRANSACTION_READ_ONLY"
+                    | "TX_READ_ONLY" => {
+                        return Some((
+                            format!("SET {}", x.to_ascii_lowercase()),
+                            TransactionSettings,
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Dialect::*;
+
+    /// The statement name and line of the first refused statement.
+    fn find(d: Dialect, sql: &str) -> Option<(String, usize)> {
+        escaping_statement(d, sql).map(|f| (f.statement, f.line))
+    }
+
+    fn refused(d: Dialect, sql: &str, name: &str, line: usize) {
+        assert_eq!(find(d, sql), Some((name.to_string(), line)), "{d:?}: {sql}");
+    }
+
+    fn allowed(d: Dialect, sql: &str) {
+        assert_eq!(find(d, sql), None, "{d:?}: {sql}");
+    }
+
+    #[test]
+    fn postgres_transaction_control_is_refused() {
+        for (sql, name) in [
+            ("COMMIT", "COMMIT"),
+            ("commit work", "COMMIT"),
+            ("COMMIT AND CHAIN", "COMMIT AND CHAIN"),
+            ("COMMIT AND NO CHAIN", "COMMIT"),
+            ("ROLLBACK", "ROLLBACK"),
+            ("ROLLBACK AND CHAIN", "ROLLBACK AND CHAIN"),
+            ("ABORT", "ABORT"),
+            ("END", "END"),
+            ("END TRANSACTION", "END"),
+            ("BEGIN", "BEGIN"),
+            ("BEGIN ISOLATION LEVEL SERIALIZABLE", "BEGIN"),
+            ("START TRANSACTION READ ONLY", "START TRANSACTION"),
+            ("PREPARE TRANSACTION 'x'", "PREPARE TRANSACTION"),
+            ("COMMIT PREPARED 'x'", "COMMIT PREPARED"),
+            ("ROLLBACK PREPARED 'x'", "ROLLBACK PREPARED"),
+            ("SET SESSION AUTHORIZATION bob", "SET SESSION AUTHORIZATION"),
+            (
+                "SET LOCAL SESSION AUTHORIZATION bob",
+                "SET SESSION AUTHORIZATION",
+            ),
+            ("RESET SESSION AUTHORIZATION", "RESET SESSION AUTHORIZATION"),
+            ("DISCARD ALL", "DISCARD ALL"),
+            ("SET TRANSACTION READ ONLY", "SET TRANSACTION"),
+            (
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                "SET TRANSACTION",
+            ),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+                "SET SESSION CHARACTERISTICS AS TRANSACTION",
+            ),
+            (
+                "SET transaction_read_only = on",
+                "SET transaction_read_only",
+            ),
+        ] {
+            refused(
+                Postgres,
+                &format!("CREATE TABLE s (x int);\n{sql};\n"),
+                name,
+                2,
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_non_transactional_statements_are_refused() {
+        for (sql, name) in [
+            (
+                "create index concurrently i on t (a)",
+                "CREATE INDEX CONCURRENTLY",
+            ),
+            (
+                "CREATE UNIQUE\n INDEX CONCURRENTLY i ON t (a)",
+                "CREATE INDEX CONCURRENTLY",
+            ),
+            ("DROP INDEX CONCURRENTLY i", "DROP INDEX CONCURRENTLY"),
+            ("REINDEX INDEX CONCURRENTLY i", "REINDEX CONCURRENTLY"),
+            ("REINDEX (CONCURRENTLY) TABLE t", "REINDEX CONCURRENTLY"),
+            ("VACUUM ANALYZE t", "VACUUM"),
+            ("CREATE DATABASE x", "CREATE DATABASE"),
+            ("DROP DATABASE x", "DROP DATABASE"),
+            ("ALTER SYSTEM SET work_mem = '1MB'", "ALTER SYSTEM"),
+            ("CREATE TABLESPACE s LOCATION '/x'", "CREATE TABLESPACE"),
+            (
+                "ALTER TABLE p DETACH PARTITION c CONCURRENTLY",
+                "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY",
+            ),
+        ] {
+            refused(Postgres, &format!("SELECT 1;\n\n{sql};"), name, 3);
+        }
+        allowed(
+            Postgres,
+            "REINDEX INDEX i; ANALYZE t; CREATE INDEX i ON t (a);",
+        );
+    }
+
+    #[test]
+    fn savepoints_and_ordinary_statements_are_allowed() {
+        for d in [Postgres, Sqlite, Mysql] {
+            allowed(
+                d,
+                "SAVEPOINT a; ROLLBACK TO SAVEPOINT a; ROLLBACK TO a; RELEASE SAVEPOINT a; \
+                 ROLLBACK WORK TO a; CREATE TABLE t (id INT); INSERT INTO t VALUES (1);",
+            );
+        }
+        allowed(
+            Postgres,
+            "SET search_path = app; SET LOCAL lock_timeout = '1s'; RESET ALL; DISCARD PLANS;",
+        );
+        allowed(Postgres, "PREPARE q AS SELECT 1; EXECUTE q;");
+    }
+
+    #[test]
+    fn postgres_lexical_cases() {
+        // E-strings: a backslash-escaped quote does not end the string.
+        refused(
+            Postgres,
+            "INSERT INTO t VALUES (E'it\\'s');\nCREATE INDEX CONCURRENTLY i ON t (a);",
+            "CREATE INDEX CONCURRENTLY",
+            2,
+        );
+        allowed(Postgres, "INSERT INTO t VALUES (E'it\\'s; COMMIT');");
+        allowed(Postgres, "INSERT INTO t VALUES (e'\\\\'); SELECT 'COMMIT';");
+        // Nested block comments.
+        refused(
+            Postgres,
+            "/* outer /* inner */ still a comment; COMMIT; */\nCREATE INDEX CONCURRENTLY i ON t (a);",
+            "CREATE INDEX CONCURRENTLY",
+            2,
+        );
+        allowed(Postgres, "/* a /* b */ COMMIT; */ SELECT 1;");
+        // Dollar quotes, with and without tags, and `$$` inside a string.
+        allowed(
+            Postgres,
+            "CREATE FUNCTION f() RETURNS void AS $body$ BEGIN COMMIT; END $body$ LANGUAGE plpgsql;",
+        );
+        allowed(
+            Postgres,
+            "CREATE FUNCTION f() RETURNS void AS $f$ BEGIN IF true THEN PERFORM 1; END IF; END $f$ LANGUAGE plpgsql;",
+        );
+        allowed(Postgres, "DO $$ BEGIN PERFORM 1; END $$;");
+        refused(
+            Postgres,
+            "DO $$ BEGIN PERFORM 1; END $$;\nVACUUM;",
+            "VACUUM",
+            2,
+        );
+        refused(Postgres, "SELECT '$$';\nCOMMIT;", "COMMIT", 2);
+        allowed(Postgres, "SELECT $a$ $$ COMMIT; $$ $a$;");
+        refused(Postgres, "SELECT $1;\nCOMMIT;", "COMMIT", 2);
+        allowed(Postgres, "SELECT a$b$ FROM t; SELECT 1;");
+        // Quoted identifiers, comments and strings.
+        allowed(
+            Postgres,
+            "CREATE TABLE \"commit\" (\"end\" int); SELECT \"begin\" FROM x;",
+        );
+        allowed(
+            Postgres,
+            "-- COMMIT;\nSELECT 'COMMIT; BEGIN'; /* ROLLBACK; */",
+        );
+        allowed(
+            Postgres,
+            "INSERT INTO notes VALUES ('VACUUM; DROP DATABASE x');",
+        );
+        // SQL-standard function bodies.
+        allowed(
+            Postgres,
+            "CREATE FUNCTION f(a int) RETURNS int LANGUAGE SQL BEGIN ATOMIC SELECT CASE WHEN a > 0 THEN 1 END; SELECT 2; END;\nSELECT 1;",
+        );
+        refused(
+            Postgres,
+            "CREATE PROCEDURE p() LANGUAGE SQL BEGIN ATOMIC INSERT INTO t VALUES (1); END;\nCOMMIT;",
+            "COMMIT",
+            2,
+        );
+        // Rules with several actions keep their `;` inside parentheses.
+        allowed(
+            Postgres,
+            "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); END_x);",
+        );
+    }
+
+    #[test]
+    fn sqlite() {
+        for (sql, name) in [
+            ("COMMIT", "COMMIT"),
+            ("END TRANSACTION", "END"),
+            ("ROLLBACK", "ROLLBACK"),
+            ("BEGIN", "BEGIN"),
+            ("BEGIN IMMEDIATE TRANSACTION", "BEGIN"),
+            ("ATTACH DATABASE 'x.db' AS x", "ATTACH"),
+            ("DETACH x", "DETACH"),
+            ("PRAGMA synchronous = OFF", "PRAGMA synchronous"),
+            ("PRAGMA main.journal_mode = WAL", "PRAGMA journal_mode"),
+            ("PRAGMA locking_mode(EXCLUSIVE)", "PRAGMA locking_mode"),
+            ("VACUUM", "VACUUM"),
+        ] {
+            refused(Sqlite, &format!("CREATE TABLE s (x int);\n{sql};"), name, 2);
+        }
+        allowed(Sqlite, "PRAGMA journal_mode; PRAGMA foreign_keys = ON;");
+        allowed(
+            Sqlite,
+            "CREATE TABLE [commit] (`end` int, \"begin\" int); SELECT 'it''s; COMMIT';",
+        );
+        allowed(Sqlite, "/* a /* b */ SELECT 1; -- COMMIT\n");
+        // SQLite comments do not nest: the `*/` after `b` ends the comment.
+        refused(Sqlite, "/* a /* b */ COMMIT; */", "COMMIT", 1);
+        allowed(
+            Sqlite,
+            "CREATE TRIGGER t AFTER INSERT ON a BEGIN\n  UPDATE b SET n = CASE WHEN n > 0 THEN n END;\n  INSERT INTO c VALUES (1);\nEND;\nSELECT 1;",
+        );
+        refused(
+            Sqlite,
+            "CREATE TRIGGER t AFTER INSERT ON a BEGIN INSERT INTO c VALUES (1); END;\n\nCOMMIT;",
+            "COMMIT",
+            3,
+        );
+        // Backslashes are ordinary in SQLite strings.
+        refused(Sqlite, "SELECT 'a\\';\nCOMMIT;", "COMMIT", 2);
+    }
+
+    #[test]
+    fn mysql() {
+        for (sql, name) in [
+            ("COMMIT", "COMMIT"),
+            ("COMMIT WORK AND CHAIN", "COMMIT AND CHAIN"),
+            ("ROLLBACK", "ROLLBACK"),
+            ("BEGIN", "BEGIN"),
+            ("BEGIN WORK", "BEGIN"),
+            (
+                "START TRANSACTION WITH CONSISTENT SNAPSHOT",
+                "START TRANSACTION",
+            ),
+            ("XA START 'x'", "XA START"),
+            ("XA COMMIT 'x'", "XA COMMIT"),
+            ("USE other", "USE"),
+            ("SET autocommit = 0", "SET autocommit"),
+            ("SET @@autocommit=0", "SET autocommit"),
+            ("SET SESSION autocommit = 1", "SET autocommit"),
+            ("SET @@session.autocommit := 0", "SET autocommit"),
+            ("SET NAMES utf8mb4, autocommit = 0", "SET autocommit"),
+            (
+                "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                "SET TRANSACTION",
+            ),
+            ("SET SESSION TRANSACTION READ ONLY", "SET TRANSACTION"),
+            ("LOCK TABLES t WRITE", "LOCK TABLES"),
+            ("UNLOCK TABLES", "UNLOCK TABLES"),
+        ] {
+            refused(Mysql, &format!("CREATE TABLE s (x INT);\n{sql};"), name, 2);
+        }
+        allowed(
+            Mysql,
+            "SET @autocommit = 0; SELECT @@autocommit; SET NAMES utf8mb4;",
+        );
+        // Backslash escapes, `#` and `-- ` comments, backticks.
+        allowed(
+            Mysql,
+            "INSERT INTO t VALUES ('it\\'s; COMMIT', \"x\\\"; COMMIT\");\n# COMMIT;\n-- COMMIT;\nSELECT `commit` FROM `begin`;",
+        );
+        refused(Mysql, "SELECT 'a\\'; COMMIT; '\n;\nUSE x;", "USE", 3);
+        // `--` not followed by a space is not a comment.
+        refused(Mysql, "SELECT 1--1;\nCOMMIT;", "COMMIT", 2);
+        // Executable comments run.
+        refused(Mysql, "/*!40000 LOCK TABLES t WRITE */;", "LOCK TABLES", 1);
+        allowed(Mysql, "/* LOCK TABLES t WRITE */ SELECT 1;");
+        // Compound bodies of routines, triggers and events only define code.
+        allowed(
+            Mysql,
+            "CREATE PROCEDURE p()\nBEGIN\n  DECLARE x INT;\n  START TRANSACTION;\n  IF x THEN COMMIT; END IF;\n  CASE x WHEN 1 THEN ROLLBACK; END CASE;\n  WHILE x DO SET x = x - 1; END WHILE;\n  lbl: BEGIN COMMIT; END lbl;\nEND;\nSELECT 1;",
+        );
+        allowed(
+            Mysql,
+            "CREATE TRIGGER t BEFORE INSERT ON a FOR EACH ROW BEGIN SET NEW.x = CASE WHEN NEW.x > 0 THEN 1 END; END;",
+        );
+        refused(
+            Mysql,
+            "CREATE FUNCTION f() RETURNS INT BEGIN RETURN 1; END;\nCOMMIT;",
+            "COMMIT",
+            2,
+        );
+        allowed(Mysql, "BEGIN NOT ATOMIC SELECT 1; COMMIT; END;");
+    }
+
+    #[test]
+    fn lines_skip_comments_before_a_statement() {
+        let sql = "SELECT 1;\n-- about the next one\n/* more */\n\nCOMMIT;";
+        assert_eq!(code_at(Postgres, sql, 9), (5, "COMMIT".to_string()));
+        assert_eq!(code_at(Postgres, sql, 0), (1, "SELECT".to_string()));
+        assert_eq!(
+            code_at(Postgres, "/* a /* b */ */\nend", 0),
+            (2, "END".to_string())
+        );
+    }
+}

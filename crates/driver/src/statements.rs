@@ -1,0 +1,454 @@
+//! The statement check: every migration a batch would run is refused at plan time, before
+//! anything is written anywhere, when it holds a statement that would end or escape the
+//! batch's transaction (`COMMIT`, `BEGIN`, `PREPARE TRANSACTION`, `SET SESSION
+//! AUTHORIZATION`, `SET autocommit`, `ATTACH`, ...) or that the database refuses inside a
+//! transaction block (`CREATE INDEX CONCURRENTLY`, `VACUUM`, ...).
+//!
+//! It owns the choice of reader per backend: PostgreSQL SQL is parsed by PostgreSQL's own
+//! parser (`pg_query`, libpg_query) and its top-level statements are looked at as parse
+//! nodes; SQL it cannot parse (an extension's syntax, a newer server's) is read by the hand
+//! lexer of `orchestrate-core` instead, silently. SQLite and MySQL SQL is read by that lexer.
+//! The bodies of functions, procedures, triggers and `DO` blocks are not looked into: they
+//! run nothing when a migration defines them, and a `DO` block or a call that leaves the
+//! transaction at run time is caught by the check after each step (`BindConnection`).
+//! The kinds of statement and the words a user reads are `orchestrate_core::Hazard`'s.
+
+use orchestrate_core::{
+    code_at, escaping_statement, Chain, Dialect, DownSqlSource, Found, Hazard, MigrationFile, Plan,
+    PlanError, Refusal,
+};
+use pg_query::protobuf::{
+    AlterTableType, DiscardMode, ObjectType, TransactionStmtKind, VariableSetKind,
+};
+use pg_query::NodeEnum;
+
+use crate::Backend;
+
+fn dialect(backend: Backend) -> Dialect {
+    match backend {
+        Backend::Postgres => Dialect::Postgres,
+        Backend::Sqlite => Dialect::Sqlite,
+        Backend::Mysql => Dialect::Mysql,
+    }
+}
+
+/// The first statement of `sql` that cannot be part of a batch on `backend`, if any.
+pub fn check_sql(backend: Backend, sql: &str) -> Option<Found> {
+    if backend == Backend::Postgres {
+        if let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+            return postgres(sql, &parsed.protobuf);
+        }
+    }
+    escaping_statement(dialect(backend), sql)
+}
+
+/// Both files of a migration: `up.sql`, then `down.sql`.
+pub fn check_migration(backend: Backend, file: &MigrationFile) -> Result<(), Refusal> {
+    if let Some(found) = check_sql(backend, &file.up_sql) {
+        return Err(Refusal::new("up.sql", found));
+    }
+    if let Some(found) = file
+        .down_sql
+        .as_deref()
+        .and_then(|sql| check_sql(backend, sql))
+    {
+        return Err(Refusal::new("down.sql", found));
+    }
+    Ok(())
+}
+
+/// Every migration of `files` whose statements would be refused, as errors naming `bind`.
+pub fn check_migrations<'f>(
+    backend: Backend,
+    bind: &str,
+    files: impl IntoIterator<Item = &'f MigrationFile>,
+) -> Vec<PlanError> {
+    files
+        .into_iter()
+        .filter_map(|file| {
+            check_migration(backend, file)
+                .err()
+                .map(|refusal| PlanError::Refused {
+                    bind: bind.to_string(),
+                    name: file.name.clone(),
+                    refusal,
+                })
+        })
+        .collect()
+}
+
+/// What a plan would run, checked: an upgrade's migrations, `up.sql` and the `down.sql`
+/// stored with them to revert them later (on MySQL also the undo if the batch fails); a
+/// downgrade's down SQL (the file or the stored copy) and, on MySQL, the `up.sql` that undoes
+/// it if the batch fails. Applied migrations the batch does not touch are not checked.
+pub fn check_plan(backend: Backend, chain: &Chain, plan: &Plan) -> Result<(), PlanError> {
+    let refuse = |name: &str, refusal: Refusal| PlanError::Refused {
+        bind: plan.bind.clone(),
+        name: name.to_string(),
+        refusal,
+    };
+    for step in &plan.steps {
+        match step.down_source {
+            None => {
+                if let Some(file) = chain.find(&step.version) {
+                    check_migration(backend, file).map_err(|r| refuse(&step.name, r))?;
+                } else if let Some(found) = check_sql(backend, &step.sql) {
+                    return Err(refuse(&step.name, Refusal::new("up.sql", found)));
+                }
+            }
+            Some(source) => {
+                let file = match source {
+                    DownSqlSource::Stored => "the down.sql stored when it was applied",
+                    DownSqlSource::File | DownSqlSource::FileDiffersFromStored => "down.sql",
+                };
+                if let Some(found) = check_sql(backend, &step.sql) {
+                    return Err(refuse(&step.name, Refusal::new(file, found)));
+                }
+                if backend == Backend::Mysql {
+                    if let Some(found) =
+                        step.undo_sql.as_deref().and_then(|s| check_sql(backend, s))
+                    {
+                        return Err(refuse(&step.name, Refusal::new("up.sql", found)));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first refused top-level statement of parsed PostgreSQL SQL.
+fn postgres(sql: &str, parsed: &pg_query::protobuf::ParseResult) -> Option<Found> {
+    for raw in &parsed.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        let offset = usize::try_from(raw.stmt_location).unwrap_or(0);
+        let (line, first_word) = code_at(Dialect::Postgres, sql, offset);
+        if let Some((statement, hazard)) = postgres_statement(node, &first_word) {
+            return Some(Found {
+                line,
+                statement,
+                hazard,
+            });
+        }
+    }
+    None
+}
+
+/// Whether an option (`CONCURRENTLY`, `CONCURRENTLY true`) is on.
+fn option_on(node: &pg_query::protobuf::Node, name: &str) -> bool {
+    let Some(NodeEnum::DefElem(def)) = &node.node else {
+        return false;
+    };
+    if !def.defname.eq_ignore_ascii_case(name) {
+        return false;
+    }
+    match def.arg.as_ref().and_then(|a| a.node.as_ref()) {
+        None => true,
+        Some(NodeEnum::Boolean(b)) => b.boolval,
+        Some(NodeEnum::Integer(i)) => i.ival != 0,
+        Some(NodeEnum::String(s)) => !matches!(
+            s.sval.to_ascii_lowercase().as_str(),
+            "false" | "off" | "no" | "0"
+        ),
+        Some(_) => true,
+    }
+}
+
+/// What one top-level statement would do to a batch, if anything. `first_word` is the
+/// statement's first word as written (`END` and `COMMIT` are one node).
+fn postgres_statement(node: &NodeEnum, first_word: &str) -> Option<(String, Hazard)> {
+    let named = |s: &str, h: Hazard| Some((s.to_string(), h));
+    match node {
+        NodeEnum::TransactionStmt(t) => {
+            let chain = if t.chain { " AND CHAIN" } else { "" };
+            match TransactionStmtKind::try_from(t.kind).ok()? {
+                TransactionStmtKind::TransStmtBegin => named("BEGIN", Hazard::StartsTransaction),
+                TransactionStmtKind::TransStmtStart => {
+                    named("START TRANSACTION", Hazard::StartsTransaction)
+                }
+                TransactionStmtKind::TransStmtCommit | TransactionStmtKind::TransStmtRollback => {
+                    Some((format!("{first_word}{chain}"), Hazard::EndsTransaction))
+                }
+                TransactionStmtKind::TransStmtPrepare => {
+                    named("PREPARE TRANSACTION", Hazard::TwoPhase)
+                }
+                TransactionStmtKind::TransStmtCommitPrepared => {
+                    named("COMMIT PREPARED", Hazard::TwoPhase)
+                }
+                TransactionStmtKind::TransStmtRollbackPrepared => {
+                    named("ROLLBACK PREPARED", Hazard::TwoPhase)
+                }
+                TransactionStmtKind::TransStmtSavepoint
+                | TransactionStmtKind::TransStmtRelease
+                | TransactionStmtKind::TransStmtRollbackTo
+                | TransactionStmtKind::Undefined => None,
+            }
+        }
+        NodeEnum::VariableSetStmt(v) => {
+            let kind = VariableSetKind::try_from(v.kind).ok()?;
+            let name = v.name.to_ascii_lowercase();
+            match name.as_str() {
+                "session_authorization" if kind == VariableSetKind::VarReset => {
+                    named("RESET SESSION AUTHORIZATION", Hazard::SessionIdentity)
+                }
+                "session_authorization" => {
+                    named("SET SESSION AUTHORIZATION", Hazard::SessionIdentity)
+                }
+                "transaction" | "transaction snapshot" => {
+                    named("SET TRANSACTION", Hazard::TransactionSettings)
+                }
+                "session characteristics" => named(
+                    "SET SESSION CHARACTERISTICS AS TRANSACTION",
+                    Hazard::TransactionSettings,
+                ),
+                "transaction_isolation" | "transaction_read_only" | "transaction_deferrable" => {
+                    let verb = if kind == VariableSetKind::VarReset {
+                        "RESET"
+                    } else {
+                        "SET"
+                    };
+                    Some((format!("{verb} {name}"), Hazard::TransactionSettings))
+                }
+                _ => None,
+            }
+        }
+        NodeEnum::DiscardStmt(d) if d.target == DiscardMode::DiscardAll as i32 => {
+            named("DISCARD ALL", Hazard::SessionIdentity)
+        }
+        NodeEnum::IndexStmt(i) if i.concurrent => {
+            named("CREATE INDEX CONCURRENTLY", Hazard::OutsideTransaction)
+        }
+        NodeEnum::DropStmt(d)
+            if d.concurrent && d.remove_type == ObjectType::ObjectIndex as i32 =>
+        {
+            named("DROP INDEX CONCURRENTLY", Hazard::OutsideTransaction)
+        }
+        NodeEnum::ReindexStmt(r) if r.params.iter().any(|p| option_on(p, "concurrently")) => {
+            named("REINDEX CONCURRENTLY", Hazard::OutsideTransaction)
+        }
+        NodeEnum::VacuumStmt(v) if v.is_vacuumcmd => named("VACUUM", Hazard::OutsideTransaction),
+        NodeEnum::CreatedbStmt(_) => named("CREATE DATABASE", Hazard::OutsideTransaction),
+        NodeEnum::DropdbStmt(_) => named("DROP DATABASE", Hazard::OutsideTransaction),
+        NodeEnum::AlterSystemStmt(_) => named("ALTER SYSTEM", Hazard::OutsideTransaction),
+        NodeEnum::CreateTableSpaceStmt(_) => named("CREATE TABLESPACE", Hazard::OutsideTransaction),
+        NodeEnum::DropTableSpaceStmt(_) => named("DROP TABLESPACE", Hazard::OutsideTransaction),
+        NodeEnum::AlterDatabaseStmt(a) if a.options.iter().any(|o| option_on(o, "tablespace")) => {
+            named(
+                "ALTER DATABASE ... SET TABLESPACE",
+                Hazard::OutsideTransaction,
+            )
+        }
+        NodeEnum::AlterTableStmt(a) => {
+            let detaches_concurrently = a.cmds.iter().any(|c| {
+                let Some(NodeEnum::AlterTableCmd(cmd)) = &c.node else {
+                    return false;
+                };
+                cmd.subtype == AlterTableType::AtDetachPartition as i32
+                    && matches!(
+                        cmd.def.as_ref().and_then(|d| d.node.as_ref()),
+                        Some(NodeEnum::PartitionCmd(p)) if p.concurrent
+                    )
+            });
+            detaches_concurrently.then(|| {
+                (
+                    "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY".to_string(),
+                    Hazard::OutsideTransaction,
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn find(backend: Backend, sql: &str) -> Option<(String, usize)> {
+        check_sql(backend, sql).map(|f| (f.statement, f.line))
+    }
+
+    fn parses(sql: &str) -> bool {
+        pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).is_ok()
+    }
+
+    #[track_caller]
+    fn refused(sql: &str, name: &str, line: usize) {
+        assert!(parses(sql), "pg_query should parse {sql}");
+        assert_eq!(
+            find(Backend::Postgres, sql),
+            Some((name.to_string(), line)),
+            "{sql}"
+        );
+    }
+
+    #[track_caller]
+    fn allowed(sql: &str) {
+        assert!(parses(sql), "pg_query should parse {sql}");
+        assert_eq!(find(Backend::Postgres, sql), None, "{sql}");
+    }
+
+    #[test]
+    fn postgres_statements_that_end_or_escape_the_batch() {
+        for (sql, name) in [
+            ("COMMIT", "COMMIT"),
+            ("COMMIT AND CHAIN", "COMMIT AND CHAIN"),
+            ("END", "END"),
+            ("ROLLBACK", "ROLLBACK"),
+            ("ABORT", "ABORT"),
+            ("BEGIN", "BEGIN"),
+            ("START TRANSACTION", "START TRANSACTION"),
+            ("PREPARE TRANSACTION 'sneaky'", "PREPARE TRANSACTION"),
+            ("COMMIT PREPARED 'x'", "COMMIT PREPARED"),
+            ("ROLLBACK PREPARED 'x'", "ROLLBACK PREPARED"),
+            (
+                "SET SESSION AUTHORIZATION postgres",
+                "SET SESSION AUTHORIZATION",
+            ),
+            ("RESET SESSION AUTHORIZATION", "RESET SESSION AUTHORIZATION"),
+            ("DISCARD ALL", "DISCARD ALL"),
+            ("SET TRANSACTION READ ONLY", "SET TRANSACTION"),
+            (
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+                "SET SESSION CHARACTERISTICS AS TRANSACTION",
+            ),
+            (
+                "SET transaction_read_only = on",
+                "SET transaction_read_only",
+            ),
+            (
+                "CREATE INDEX CONCURRENTLY i ON t (a)",
+                "CREATE INDEX CONCURRENTLY",
+            ),
+            (
+                "CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)",
+                "CREATE INDEX CONCURRENTLY",
+            ),
+            ("DROP INDEX CONCURRENTLY i", "DROP INDEX CONCURRENTLY"),
+            ("REINDEX INDEX CONCURRENTLY i", "REINDEX CONCURRENTLY"),
+            ("REINDEX (CONCURRENTLY) TABLE t", "REINDEX CONCURRENTLY"),
+            ("VACUUM t", "VACUUM"),
+            ("CREATE DATABASE x", "CREATE DATABASE"),
+            ("DROP DATABASE x", "DROP DATABASE"),
+            ("ALTER SYSTEM SET work_mem = '1MB'", "ALTER SYSTEM"),
+            ("CREATE TABLESPACE s LOCATION '/x'", "CREATE TABLESPACE"),
+            ("DROP TABLESPACE s", "DROP TABLESPACE"),
+            (
+                "ALTER DATABASE x SET TABLESPACE s",
+                "ALTER DATABASE ... SET TABLESPACE",
+            ),
+            (
+                "ALTER TABLE p DETACH PARTITION c CONCURRENTLY",
+                "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY",
+            ),
+        ] {
+            refused(
+                &format!("CREATE TABLE s (x int);\n-- then\n\n{sql};\nSELECT 1;"),
+                name,
+                4,
+            );
+        }
+    }
+
+    #[test]
+    fn postgres_statements_that_are_fine() {
+        allowed(
+            "SAVEPOINT a; ROLLBACK TO SAVEPOINT a; RELEASE a; ANALYZE t; REINDEX INDEX i; \
+             DISCARD PLANS; RESET ALL; SET search_path = app; SET LOCAL lock_timeout = '1s'; \
+             SET ROLE app; RESET ROLE; PREPARE q AS SELECT 1; EXECUTE q; \
+             ALTER DATABASE x SET work_mem = '1MB'; ALTER TABLE p DETACH PARTITION c; \
+             CREATE INDEX i ON t (a); DROP INDEX i; REINDEX (CONCURRENTLY false) TABLE t;",
+        );
+    }
+
+    #[test]
+    fn postgres_lexical_cases() {
+        refused(
+            "INSERT INTO t VALUES (E'it\\'s');\nCREATE INDEX CONCURRENTLY i ON t (a);",
+            "CREATE INDEX CONCURRENTLY",
+            2,
+        );
+        refused(
+            "/* outer /* nested */ still; COMMIT; */\nCREATE INDEX CONCURRENTLY i ON t (a);",
+            "CREATE INDEX CONCURRENTLY",
+            2,
+        );
+        allowed("SELECT 'COMMIT; BEGIN'; -- COMMIT;\n/* /* */ COMMIT; */ SELECT E'\\'; COMMIT;';");
+        allowed("CREATE TABLE \"commit\" (\"end\" int); SELECT \"begin\" FROM \"commit\";");
+        allowed("DO $$ BEGIN PERFORM 1; END $$;");
+        allowed("DO $do$ BEGIN IF true THEN COMMIT; END IF; END $do$;");
+        allowed(
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $f$\nBEGIN\n  IF true THEN\n    PERFORM 1;\n  END IF;\nEND\n$f$;",
+        );
+        allowed(
+            "CREATE FUNCTION f(a int) RETURNS int LANGUAGE SQL BEGIN ATOMIC SELECT CASE WHEN a > 0 THEN 1 END; END;",
+        );
+        refused("SELECT '$$';\nCOMMIT;", "COMMIT", 2);
+        refused("SELECT $a$ $$ COMMIT; $$ $a$;\n\nROLLBACK;", "ROLLBACK", 3);
+        refused("SELECT 1; -- first\n/* a\n b */ END;", "END", 3);
+    }
+
+    #[test]
+    fn unparsable_postgres_falls_back_to_the_lexer() {
+        let sql = "CREATE MAGIC THING x;\nCOMMIT;";
+        assert!(!parses(sql));
+        assert_eq!(
+            find(Backend::Postgres, sql),
+            Some(("COMMIT".to_string(), 2))
+        );
+        assert_eq!(find(Backend::Postgres, "CREATE MAGIC THING x;"), None);
+    }
+
+    #[test]
+    fn other_backends_use_their_lexer() {
+        assert_eq!(
+            find(Backend::Sqlite, "CREATE TABLE s (x int);\nCOMMIT;"),
+            Some(("COMMIT".to_string(), 2))
+        );
+        assert_eq!(
+            find(Backend::Mysql, "SELECT 'a\\'; COMMIT';\nUSE x;"),
+            Some(("USE".to_string(), 2))
+        );
+        assert_eq!(
+            find(Backend::Mysql, "CREATE PROCEDURE p() BEGIN COMMIT; END"),
+            None
+        );
+    }
+
+    fn file(up: &str, down: Option<&str>) -> MigrationFile {
+        let chain = Chain::new(
+            "app",
+            vec![orchestrate_core::MigrationSource {
+                folder: "1_x".into(),
+                location: "migrations/app/1_x".into(),
+                up_sql: Some(up.into()),
+                down_sql: down.map(String::from),
+                run_in_transaction: true,
+                data_only: false,
+            }],
+        )
+        .unwrap();
+        chain.migrations[0].clone()
+    }
+
+    #[test]
+    fn both_files_are_checked_and_named() {
+        let ok = file("CREATE TABLE t (id int);", Some("DROP TABLE t;"));
+        assert_eq!(check_migration(Backend::Postgres, &ok), Ok(()));
+        let bad_down = file(
+            "CREATE TABLE t (id int);",
+            Some("DROP TABLE t;\nCREATE INDEX CONCURRENTLY i ON u (a);"),
+        );
+        let r = check_migration(Backend::Postgres, &bad_down).unwrap_err();
+        assert_eq!((r.file.as_str(), r.line), ("down.sql", 2));
+        let errors = check_migrations(Backend::Postgres, "app", [&ok, &bad_down]);
+        assert_eq!(errors.len(), 1);
+        let text = errors[0].to_string();
+        assert!(
+            text.starts_with("bind `app`: migration 1_x, down.sql line 2: CREATE INDEX CONCURRENTLY cannot run inside a transaction block"),
+            "{text}"
+        );
+    }
+}
