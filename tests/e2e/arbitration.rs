@@ -348,6 +348,14 @@ fn a_foreign_prepared_transaction_holding_the_lock_is_shown() {
             && run.stdout.contains("not this tool's"),
         "{run:?}"
     );
+    // A batch waits for the lock it holds, then names it.
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains(&format!("sneaky_{}", db.name))
+            && run.stderr.contains("not this tool's"),
+        "{run:?}"
+    );
     // Recover never touches it.
     p.run(&["recover"]).expect(0);
     assert_eq!(
@@ -391,23 +399,27 @@ fn a_step_that_ends_its_transaction_is_caught_by_the_transaction_id() {
         );
         conn.rollback();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("s.sqlite3").display());
-    let endpoint = Endpoint::parse("hostile", &url).unwrap();
-    let mut conn = BindConnection::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
-    conn.begin_batch().unwrap();
-    let error = conn
-        .run_step(
-            "b",
-            Direction::Up,
-            &step("CREATE TABLE a (id INT); COMMIT;"),
-            "now",
-        )
-        .unwrap_err();
-    assert!(
-        matches!(error, DriverError::LeftTransaction { .. }),
-        "{error}"
-    );
+    // SQLite: a new transaction after the migration's COMMIT or ROLLBACK is not the batch's.
+    for sql in [
+        "CREATE TABLE a (id INT); COMMIT;",
+        "CREATE TABLE a (id INT); COMMIT; BEGIN;",
+        "CREATE TABLE a (id INT); ROLLBACK; BEGIN;",
+        "CREATE TABLE a (id INT); END; BEGIN IMMEDIATE;",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.sqlite3").display());
+        let endpoint = Endpoint::parse("hostile", &url).unwrap();
+        let mut conn = BindConnection::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
+        conn.begin_batch().unwrap();
+        let error = conn
+            .run_step("b", Direction::Up, &step(sql), "now")
+            .unwrap_err();
+        assert!(
+            matches!(error, DriverError::LeftTransaction { .. }),
+            "{sql}: {error}"
+        );
+        conn.rollback();
+    }
 }
 
 /// The arbitration itself, on each backend that decides: whoever turns the `begun` row first
@@ -748,4 +760,180 @@ fn a_mysql_only_batch_refuses_a_server_that_does_not_flush_at_commit() {
     p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
         .expect(0);
     assert!(tables("a").contains("a_my_t") && tables("b").contains("b_my_t"));
+}
+
+/// A migration that switches role with `SET ROLE` (a common way to create objects as their
+/// owner): the prepared transaction must still belong to the connection's role, or neither
+/// the batch nor `recover` could end it.
+#[test]
+fn a_participant_that_sets_role_can_still_be_committed() {
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    let (app, owner) = (format!("orch_app_{suffix}"), format!("orch_owner_{suffix}"));
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_pg("b_pg");
+    let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {owner}; CREATE ROLE {app} LOGIN IN ROLE {owner};"
+        ))
+        .unwrap();
+    let mut config = String::from("lock_timeout_ms = 5000\ndecider = \"a_pg\"\n");
+    for bind in ["a_pg", "b_pg"] {
+        let Db::Pg(db) = p.db(bind) else {
+            unreachable!()
+        };
+        db.conn()
+            .batch_execute(&format!(
+                "GRANT ALL ON DATABASE {0} TO {app}; GRANT ALL ON SCHEMA public TO {app}, {owner};",
+                db.name
+            ))
+            .unwrap();
+        let url = db.url.replacen("postgres@", &format!("{app}@"), 1);
+        config.push_str(&format!("[binds.{bind}]\nurl = \"{url}\"\n"));
+    }
+    std::fs::write(p.path().join("config/default.toml"), config).unwrap();
+    p.create_table("a_pg", "1_a", "a");
+    p.migration(
+        "b_pg",
+        "1_b",
+        &format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {owner}; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {owner}; SET ROLE {owner}; CREATE TABLE b (id INT PRIMARY KEY);"),
+        Some("DROP TABLE b;"),
+    );
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(0);
+    assert_eq!(p.db("a_pg").state(), state(&["a"], &["1"]));
+    assert_eq!(p.db("b_pg").state(), state(&["b"], &["1"]));
+    drop(p);
+    let _ = admin.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {app}; DROP ROLE IF EXISTS {owner};"
+    ));
+}
+
+/// The decider's database gets another default search_path after a crash (a DBA's change):
+/// recover still finds the batch's decision where it was written, and finishes the batch.
+#[test]
+fn a_decision_is_found_after_the_default_search_path_changed() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_pg("b_pg");
+    two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    let Db::Pg(decider) = p.db("a_pg") else {
+        unreachable!()
+    };
+    decider
+        .conn()
+        .batch_execute(&format!(
+            "CREATE SCHEMA app; ALTER DATABASE {} SET search_path = app",
+            decider.name
+        ))
+        .unwrap();
+    let seen = recover_until_clean(&p);
+    assert!(seen.contains("committed"), "{seen}");
+    assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
+    // The test's own reader looks through the search path too: put it back to read.
+    decider
+        .conn()
+        .batch_execute(&format!("ALTER DATABASE {} RESET search_path", decider.name))
+        .unwrap();
+    assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
+}
+
+/// A MySQL-only batch whose decider's migration calls a procedure that turns autocommit off:
+/// the decision and the marks are still committed (each statement is followed by turning
+/// autocommit back on), so the batch is committed everywhere and recover has nothing to undo.
+#[test]
+fn a_procedure_that_turns_autocommit_off_cannot_hide_a_mysql_decision() {
+    let (a, b) = (MyDb::new(), MyDb::new());
+    a.conn()
+        .batch_execute("CREATE PROCEDURE ac_off() SET autocommit = 0")
+        .unwrap();
+    let mut p = Project::new();
+    p.config(&format!(
+        "[binds.a_my]\nurl = \"{}\"\n[binds.b_my]\nurl = \"{}\"",
+        a.url, b.url
+    ));
+    p.migration(
+        "a_my",
+        "1_a",
+        "CREATE TABLE a (id INT);\nCALL ac_off();\nINSERT INTO a VALUES (1);",
+        Some("DROP TABLE a;"),
+    );
+    p.create_table("b_my", "1_b", "b_t");
+    p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
+        .expect(0);
+    let text = |db: &MyDb, sql: &str| -> String {
+        diesel::sql_query(sql)
+            .get_result::<S>(&mut db.conn())
+            .unwrap()
+            .s
+    };
+    assert_eq!(
+        text(
+            &a,
+            "SELECT CAST(group_concat(state) AS CHAR) AS s FROM orchestrate_batches"
+        ),
+        "commit"
+    );
+    assert_eq!(text(&a, "SELECT CAST(count(*) AS CHAR) AS s FROM a"), "1");
+    for db in [&a, &b] {
+        assert_eq!(
+            text(
+                db,
+                "SELECT CAST(count(*) AS CHAR) AS s FROM orchestrate_in_progress"
+            ),
+            "0"
+        );
+    }
+    p.run(&["status"]).expect(0);
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert_eq!(text(&a, "SELECT CAST(count(*) AS CHAR) AS s FROM a"), "1");
+}
+
+/// Two deploys racing over SQLite binds: the second waits for the decider's lock up to
+/// lock_timeout_ms (5 s here) before it says the bind is busy, and changes nothing.
+#[test]
+fn a_second_run_waits_for_a_busy_sqlite_decider() {
+    let mut p = Project::new();
+    p.add_sqlite("b_lite").add_sqlite("c_lite");
+    two_binds(&mut p, "b_lite", "c_lite", "CREATE TABLE d (id INT);");
+    let child = spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "before-decision=sleep(8000)",
+    );
+    let Db::Sqlite(path) = p.db("b_lite") else {
+        unreachable!()
+    };
+    wait_until("the first batch has begun", || {
+        path.exists()
+            && diesel::SqliteConnection::establish(path.to_str().unwrap())
+                .ok()
+                .and_then(|mut c| {
+                    diesel::sql_query(
+                        "SELECT CAST(count(*) AS TEXT) AS s FROM sqlite_master WHERE name = 'orchestrate_batches'",
+                    )
+                    .get_result::<S>(&mut c)
+                    .ok()
+                })
+                .is_some_and(|r| r.s == "1")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(4500)
+            && run.stderr.contains("holds this database's migration lock"),
+        "gave up after {:?}: {run:?}",
+        started.elapsed()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(p.db("b_lite").state(), state(&["d"], &["1"]));
+    assert_eq!(p.db("c_lite").state(), state(&["p"], &["1"]));
 }

@@ -50,6 +50,9 @@ pub enum Hazard {
     TableLocks,
     /// MySQL `XA ...`.
     Xa,
+    /// PostgreSQL `ALTER DATABASE` / `ALTER ROLE ... SET search_path` (or `RESET` it, or
+    /// `RESET ALL`): where later connections look for the version tables and decisions.
+    SearchPathDefault,
 }
 
 impl Hazard {
@@ -68,6 +71,7 @@ impl Hazard {
             Hazard::UseDatabase => "switches the session to another database: the statements after it, and the batch's own bookkeeping, would run there",
             Hazard::TableLocks => "commits the open transaction (LOCK TABLES also makes every table it does not name unusable for the rest of the batch)",
             Hazard::Xa => "is orchestrate's own two-phase commit on MySQL binds; run by a migration it ends or disturbs the batch's transaction",
+            Hazard::SearchPathDefault => "changes the search_path later sessions start with, which is where orchestrate finds this bind's version tables and decisions: after it, `recover` and `status` would look in another schema",
         }
     }
 
@@ -85,6 +89,7 @@ impl Hazard {
             Hazard::UseDatabase => "Qualify names instead (`other_db.table`), or give that database a bind of its own",
             Hazard::TableLocks => "Remove it: each statement takes the locks it needs",
             Hazard::Xa => "Remove it: a MySQL bind joins a batch through XA by itself when every migration it runs says `data_only = true`",
+            Hazard::SearchPathDefault => "Change it outside migrations, and keep the schema that holds __diesel_schema_migrations first in the new search_path (or qualify the application's names instead)",
         }
     }
 }

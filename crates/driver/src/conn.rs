@@ -298,6 +298,10 @@ struct BatchRow {
     record: Option<String>,
 }
 
+/// The savepoint a SQLite batch transaction holds between steps (see `begin_batch`).
+const SQLITE_GUARD_NAME: &str = "orchestrate_batch_guard";
+const SQLITE_GUARD: &str = "SAVEPOINT orchestrate_batch_guard";
+
 /// Whether a MySQL server at `host:port` accepts a connection and sends its greeting within
 /// [`crate::endpoint::CONNECT_TIMEOUT`].
 fn mysql_greets(host: &str, port: u16) -> Result<(), String> {
@@ -802,8 +806,14 @@ impl BindConnection {
         &mut self,
         work: impl FnOnce(&mut Self) -> Result<T, DriverError>,
     ) -> Result<T, DriverError> {
-        on_conn!(&mut self.conn, c => AnsiTransactionManager::begin_transaction(c))
-            .map_err(|e| self.query_err("cannot begin a transaction", e))?;
+        // SQLite: take the write lock at BEGIN, where the busy timeout applies (a deferred
+        // transaction that must upgrade its lock later gets SQLITE_BUSY at once).
+        let begun = match &mut self.conn {
+            Conn::Sqlite(c) => AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE"),
+            Conn::Pg(c) => AnsiTransactionManager::begin_transaction(c),
+            Conn::Mysql(c) => AnsiTransactionManager::begin_transaction(c),
+        };
+        begun.map_err(|e| self.query_err("cannot begin a transaction", e))?;
         let done = self
             .make_commit_durable()
             .and_then(|()| work(self))
@@ -1083,7 +1093,51 @@ impl BindConnection {
                 return self.state_of(row).map(Some);
             }
         }
+        self.decision_state_elsewhere(batch_id)
+    }
+
+    /// PostgreSQL: the batch's row in an `orchestrate_batches` of another schema than the one
+    /// this connection resolved (the database's or role's default search_path changed since
+    /// the batch began). A batch id is unique, so finding it there is no guess; the rest of
+    /// this connection's work on the batch then uses that schema.
+    fn decision_state_elsewhere(
+        &mut self,
+        batch_id: &str,
+    ) -> Result<Option<DecisionState>, DriverError> {
+        if !matches!(self.conn, Conn::Pg(_)) {
+            return Ok(None);
+        }
+        let here = self.schema_name();
+        let schemas: Vec<Name> = self.rows(
+            "cannot read the catalog",
+            "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'orchestrate_batches' AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
+            &[Arg::Text(&here)],
+        )?;
+        for schema in schemas.into_iter().filter_map(|n| n.s) {
+            let qualifier = format!("{}.", quote_ident(Backend::Postgres, &schema));
+            let rows: Vec<BatchRow> = self.rows(
+                "cannot read orchestrate_batches",
+                &format!("SELECT batch_id, state, record FROM {qualifier}\"orchestrate_batches\" WHERE batch_id = ?"),
+                &[Arg::Text(batch_id)],
+            )?;
+            if let Some(row) = rows.into_iter().next() {
+                tracing::warn!(bind = %self.endpoint.bind, batch = %batch_id, schema = %schema, "the batch's decision is in schema {schema}, not in {here} where this session's search_path points now");
+                self.qualifier = qualifier;
+                return self.state_of(row).map(Some);
+            }
+        }
         Ok(None)
+    }
+
+    /// The state column of a batch's row in `orchestrate_batches`, if there is one.
+    fn batch_row_state(&mut self, batch_id: &str) -> Result<Option<String>, DriverError> {
+        let rows: Vec<BatchRow> = self.rows(
+            "cannot read orchestrate_batches",
+            "SELECT batch_id, state, record FROM {orchestrate_batches} WHERE batch_id = ?",
+            &[Arg::Text(batch_id)],
+        )?;
+        Ok(rows.into_iter().next().map(|r| r.state))
     }
 
     fn state_of(&self, row: BatchRow) -> Result<DecisionState, DriverError> {
@@ -1167,6 +1221,15 @@ impl BindConnection {
             &[Arg::Text(at), Arg::Text(&record.batch_id)],
         )?;
         if updated == 0 {
+            if let Some(state) = self.batch_row_state(&record.batch_id)? {
+                return Err(DriverError::Other {
+                    bind: self.bind(),
+                    detail: format!(
+                        "batch {} is `{state}` in orchestrate_batches here, not `commit`: its decision is not what this run committed",
+                        record.batch_id
+                    ),
+                });
+            }
             let text = serde_json::to_string(record).expect("decision records serialise");
             self.exec(
                 "cannot settle the batch in orchestrate_batches",
@@ -1221,8 +1284,16 @@ impl BindConnection {
                             std::thread::sleep(Duration::from_millis(50))
                         }
                         Ok(Flag { ok: false }) => {
-                            let err = busy(self);
+                            let mut err = busy(self);
                             self.rollback();
+                            if let Ok(gids) = self.foreign_lock_holders() {
+                                if let Some(gid) = gids.first() {
+                                    err = DriverError::Other {
+                                        bind: self.bind(),
+                                        detail: format!("prepared transaction `{gid}`, which is not this tool's, holds this database's migration lock (a migration ran PREPARE TRANSACTION itself?); no orchestrate run does. Look at it and end it by hand: COMMIT PREPARED or ROLLBACK PREPARED '{gid}'"),
+                                    };
+                                }
+                            }
                             return Err(err);
                         }
                         Err(e) => return Err(self.query_err("cannot take the migration lock", e)),
@@ -1245,6 +1316,11 @@ impl BindConnection {
                     }
                     return Err(self.query_err("cannot begin the batch transaction", e));
                 }
+                // A savepoint that a COMMIT or ROLLBACK in a migration would end with the
+                // transaction: released and taken again after every step, it tells a new
+                // transaction (`COMMIT; BEGIN;`) from the batch's.
+                c.batch_execute(SQLITE_GUARD)
+                    .map_err(|e| self.query_err("cannot begin the batch transaction", e))?;
             }
             Conn::Mysql(_) => {
                 // DDL commits on MySQL: the tables are made before the transaction opens.
@@ -1375,14 +1451,20 @@ impl BindConnection {
                 AnsiTransactionManager::transaction_manager_status_mut(c).transaction_depth(),
                 Ok(Some(_))
             ),
-            // SQLite refuses BEGIN inside a transaction; success means we were outside.
-            Conn::Sqlite(c) => match c.batch_execute("BEGIN") {
-                Err(e) if e.to_string().contains("within a transaction") => true,
-                Err(e) => return Err(self.query_err("cannot check the transaction", e)),
+            // The guard savepoint is gone when the batch's transaction ended, even if a
+            // migration began another one.
+            Conn::Sqlite(c) => match c.batch_execute(&format!("RELEASE {SQLITE_GUARD_NAME}")) {
                 Ok(()) => {
+                    c.batch_execute(SQLITE_GUARD)
+                        .map_err(|e| self.query_err("cannot check the transaction", e))?;
+                    true
+                }
+                Err(e) if e.to_string().contains("no such savepoint") => {
+                    // Whatever the migration left open is not the batch's: end it.
                     let _ = c.batch_execute("ROLLBACK");
                     false
                 }
+                Err(e) => return Err(self.query_err("cannot check the transaction", e)),
             },
             Conn::Mysql(_) => true,
         };
@@ -1432,12 +1514,18 @@ impl BindConnection {
                 detail: format!("{} cannot prepare a transaction", self.backend()),
             });
         };
-        c.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gid)))
-            .map_err(|source| DriverError::Prepare {
-                bind: self.bind(),
-                hint: crate::error::prepare_hint(&source.to_string()),
-                source,
-            })?;
+        // The prepared transaction belongs to the role current at PREPARE, and only that role
+        // (or a superuser) may end it: a migration's `SET ROLE` would leave it unfinishable by
+        // this tool. `RESET ROLE` brings back the connection's own role first.
+        c.batch_execute(&format!(
+            "RESET ROLE; PREPARE TRANSACTION {}",
+            quote_literal(gid)
+        ))
+        .map_err(|source| DriverError::Prepare {
+            bind: self.bind(),
+            hint: crate::error::prepare_hint(&source.to_string()),
+            source,
+        })?;
         let found: Count = diesel::sql_query(
             "SELECT count(*) AS n FROM pg_catalog.pg_prepared_xacts WHERE gid = $1 AND database = pg_catalog.current_database()",
         )
@@ -1658,7 +1746,12 @@ impl BindConnection {
             bind: self.bind(),
             name: name.into(),
             source,
-        })
+        })?;
+        // Marks and decisions written next must commit on their own whatever the statement
+        // did to the session (a procedure it called may have turned autocommit off; turning
+        // it back on commits what that statement left open, as it would have anyway).
+        let reset = self.mysql()?.batch_execute("SET SESSION autocommit = 1");
+        reset.map_err(|e| self.query_err("cannot turn autocommit back on", e))
     }
 
     /// Records a finished step in the version tables and clears its mark, in one

@@ -156,6 +156,15 @@ fn option_on(node: &pg_query::protobuf::Node, name: &str) -> bool {
     }
 }
 
+/// Whether an `ALTER DATABASE` / `ALTER ROLE ... SET` changes the default search_path
+/// (setting or resetting it, or `RESET ALL`).
+fn sets_search_path(set: Option<&pg_query::protobuf::VariableSetStmt>) -> bool {
+    set.is_some_and(|v| {
+        v.name.eq_ignore_ascii_case("search_path")
+            || VariableSetKind::try_from(v.kind).ok() == Some(VariableSetKind::VarResetAll)
+    })
+}
+
 /// What one top-level statement would do to a batch, if anything. `first_word` is the
 /// statement's first word as written (`END` and `COMMIT` are one node).
 fn postgres_statement(node: &NodeEnum, first_word: &str) -> Option<(String, Hazard)> {
@@ -213,6 +222,13 @@ fn postgres_statement(node: &NodeEnum, first_word: &str) -> Option<(String, Haza
                 }
                 _ => None,
             }
+        }
+        NodeEnum::AlterDatabaseSetStmt(a) if sets_search_path(a.setstmt.as_ref()) => named(
+            "ALTER DATABASE ... SET search_path",
+            Hazard::SearchPathDefault,
+        ),
+        NodeEnum::AlterRoleSetStmt(a) if sets_search_path(a.setstmt.as_ref()) => {
+            named("ALTER ROLE ... SET search_path", Hazard::SearchPathDefault)
         }
         NodeEnum::DiscardStmt(d) if d.target == DiscardMode::DiscardAll as i32 => {
             named("DISCARD ALL", Hazard::SessionIdentity)
@@ -350,6 +366,26 @@ mod tests {
                 4,
             );
         }
+    }
+
+    #[test]
+    fn search_path_defaults_are_refused() {
+        refused(
+            "CREATE SCHEMA app;\nALTER DATABASE mydb SET search_path = app;",
+            "ALTER DATABASE ... SET search_path",
+            2,
+        );
+        refused(
+            "ALTER ROLE app IN DATABASE mydb SET search_path TO app, public;",
+            "ALTER ROLE ... SET search_path",
+            1,
+        );
+        refused(
+            "ALTER ROLE app RESET ALL;",
+            "ALTER ROLE ... SET search_path",
+            1,
+        );
+        allowed("ALTER DATABASE mydb SET work_mem = '64MB'; SET search_path TO app, public;");
     }
 
     #[test]

@@ -315,32 +315,38 @@ pub fn run_batch(
     // 0. The decider's transaction opens first.
     let decider = &works[decider_index];
     let decider_started = Instant::now();
-    let mut decider_conn =
-        match BindConnection::connect(&decider.endpoint, true, options.lock_timeout).and_then(
-            |mut conn| {
-                // The batch's row, committed before anything else: from here on the batch is
-                // decided by whoever turns it first, this run (commit) or `recover` (abort).
-                conn.begin_decision(&batch_id, &now_text())?;
-                conn.tag_as_decider(&batch_id)?;
-                conn.begin_batch()?;
-                conn.hold_decision(&batch_id)?;
-                Ok(conn)
-            },
-        ) {
-            Ok(conn) => conn,
-            Err(error) => {
-                return abort(
-                    report,
-                    Vec::new(),
-                    Vec::new(),
-                    &works,
-                    error.into(),
-                    options,
-                    progress,
-                    pool,
-                )
+    let opened = BindConnection::connect(&decider.endpoint, true, options.lock_timeout).and_then(
+        |mut conn| {
+            // The batch's row, committed before anything else: from here on the batch is
+            // decided by whoever turns it first, this run (commit) or `recover` (abort).
+            conn.begin_decision(&batch_id, &now_text())?;
+            let held = conn
+                .tag_as_decider(&batch_id)
+                .and_then(|()| conn.begin_batch())
+                .and_then(|()| conn.hold_decision(&batch_id));
+            if let Err(e) = held {
+                conn.rollback();
+                record_abort(&mut conn, &batch_id);
+                return Err(e);
             }
-        };
+            Ok(conn)
+        },
+    );
+    let mut decider_conn = match opened {
+        Ok(conn) => conn,
+        Err(error) => {
+            return abort(
+                report,
+                Vec::new(),
+                Vec::new(),
+                &works,
+                error.into(),
+                options,
+                progress,
+                pool,
+            )
+        }
+    };
 
     // 1. Every other participant, in parallel.
     let at = now_text();
