@@ -837,7 +837,10 @@ fn a_decision_is_found_after_the_default_search_path_changed() {
     // The test's own reader looks through the search path too: put it back to read.
     decider
         .conn()
-        .batch_execute(&format!("ALTER DATABASE {} RESET search_path", decider.name))
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RESET search_path",
+            decider.name
+        ))
         .unwrap();
     assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
 }
