@@ -398,6 +398,12 @@ fn a_step_that_ends_its_transaction_is_caught_by_the_transaction_id() {
             "{sql}: {error}"
         );
         conn.rollback();
+        if sql.contains("sneaky_probe") {
+            // What the migration prepared is its own, and stays until someone ends it.
+            db.conn()
+                .batch_execute("ROLLBACK PREPARED 'sneaky_probe'")
+                .unwrap();
+        }
     }
     // SQLite: a new transaction after the migration's COMMIT or ROLLBACK is not the batch's.
     for sql in [

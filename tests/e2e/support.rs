@@ -68,6 +68,31 @@ impl Drop for MyDb {
     }
 }
 
+/// Every prepared XA transaction on the server, as `gtrid,bqual` text.
+pub fn xa_transactions(admin: &str) -> Vec<String> {
+    #[derive(QueryableByName)]
+    struct XaRow {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        gtrid_length: i64,
+        #[diesel(sql_type = diesel::sql_types::Binary)]
+        data: Vec<u8>,
+    }
+    let mut c = MysqlConnection::establish(admin).expect("connect to the test MariaDB");
+    diesel::sql_query("XA RECOVER")
+        .load::<XaRow>(&mut c)
+        .expect("XA RECOVER")
+        .into_iter()
+        .map(|r| {
+            let split = (r.gtrid_length as usize).min(r.data.len());
+            format!(
+                "{},{}",
+                String::from_utf8_lossy(&r.data[..split]),
+                String::from_utf8_lossy(&r.data[split..])
+            )
+        })
+        .collect()
+}
+
 fn with_database(url: &str, db: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, format!("?{q}")),
@@ -120,9 +145,13 @@ impl PgDb {
 
 impl Drop for PgDb {
     fn drop(&mut self) {
+        // Cleanup must not erase evidence: a prepared transaction left behind fails the test
+        // (unless it is failing already), after it is rolled back so the database can go.
+        let mut leftover = Vec::new();
         if let Ok(mut conn) = PgConnection::establish(&self.url) {
             for gid in prepared_in(&mut conn) {
                 let _ = conn.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"));
+                leftover.push(gid);
             }
         }
         if let Ok(mut admin) = PgConnection::establish(&self.admin) {
@@ -130,6 +159,12 @@ impl Drop for PgDb {
                 "DROP DATABASE IF EXISTS {} WITH (FORCE)",
                 self.name
             ));
+        }
+        if !leftover.is_empty() && !std::thread::panicking() {
+            panic!(
+                "test database {} was left with prepared transactions: {leftover:?}",
+                self.name
+            );
         }
     }
 }
@@ -266,12 +301,20 @@ impl Db {
         let Db::My(db) = self else {
             return Vec::new();
         };
-        diesel::sql_query(
+        let mut c = db.conn();
+        if !names(
+            &mut c,
+            "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables WHERE table_schema = DATABASE()",
+        )
+        .iter()
+        .any(|t| t == "orchestrate_in_progress")
+        {
+            return Vec::new();
+        }
+        names(
+            &mut c,
             "SELECT CONCAT(kind, ':', version, ':', direction, ':', statements_done, '/', statements_total) AS name FROM orchestrate_in_progress ORDER BY kind, version",
         )
-        .load::<Name>(&mut db.conn())
-        .map(|rows| rows.into_iter().map(|n| n.name).collect())
-        .unwrap_or_default()
     }
 
     /// One text value from a query (MySQL), such as `SELECT CAST(count(*) AS CHAR) AS name ...`.
@@ -297,11 +340,15 @@ impl Db {
                 "SELECT coalesce(string_agg(r::text, ' '), '') AS name FROM {t} r"
             ))
             .load::<Name>(&mut c);
-            if let Ok(rows) = rows {
-                for r in rows {
-                    text.push_str(&r.name);
-                    text.push(' ');
+            match rows {
+                Ok(rows) => {
+                    for r in rows {
+                        text.push_str(&r.name);
+                        text.push(' ');
+                    }
                 }
+                Err(e) if e.to_string().contains("does not exist") => {}
+                Err(e) => panic!("cannot read {t}: {e}"),
             }
         }
         text
@@ -320,7 +367,17 @@ impl Db {
             Db::Sqlite(path) => diesel::sql_query(sql).get_result::<N>(&mut sqlite(path)),
             Db::My(db) => diesel::sql_query(sql).get_result::<N>(&mut db.conn()),
         };
-        found.map(|n| n.n).unwrap_or(0)
+        match found {
+            Ok(n) => n.n,
+            Err(e)
+                if e.to_string().contains("does not exist")
+                    || e.to_string().contains("no such table")
+                    || e.to_string().contains("doesn't exist") =>
+            {
+                0
+            }
+            Err(e) => panic!("cannot read orchestrate_history: {e}"),
+        }
     }
 }
 
@@ -359,12 +416,76 @@ impl Run {
     }
 }
 
+impl Db {
+    /// Every batch id this database knows of: the batches it decided (`orchestrate_batches`),
+    /// and on MySQL those in its history and marks. Tables that do not exist give none.
+    pub fn batch_ids(&self) -> BTreeSet<String> {
+        let mut ids = BTreeSet::new();
+        let tables: BTreeSet<String> = match self {
+            Db::Pg(db) => names(&mut db.conn(), "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public'"),
+            Db::Sqlite(path) if !path.exists() => Vec::new(),
+            Db::Sqlite(path) => names(&mut sqlite(path), "SELECT name FROM sqlite_master WHERE type = 'table'"),
+            Db::My(db) => names(&mut db.conn(), "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables WHERE table_schema = DATABASE()"),
+        }
+        .into_iter()
+        .collect();
+        for (table, column) in [
+            ("orchestrate_batches", "batch_id"),
+            ("orchestrate_in_progress", "batch_id"),
+            ("orchestrate_history", "batch_id"),
+        ] {
+            if !tables.contains(table) {
+                continue;
+            }
+            let sql = format!("SELECT DISTINCT CAST({column} AS CHAR(64)) AS name FROM {table}");
+            let sql = if matches!(self, Db::My(_)) {
+                sql
+            } else {
+                sql.replace("CAST(batch_id AS CHAR(64))", "batch_id")
+            };
+            ids.extend(match self {
+                Db::Pg(db) => names(&mut db.conn(), &sql),
+                Db::Sqlite(path) => names(&mut sqlite(path), &sql),
+                Db::My(db) => names(&mut db.conn(), &sql),
+            });
+        }
+        ids
+    }
+}
+
 /// A temporary project: config/default.toml, migrations/<bind>/..., and its databases.
 pub struct Project {
     pub dir: tempfile::TempDir,
     pub binds: Vec<(String, Db)>,
     /// Extra top-level lines of config/default.toml, such as `decider = "x"`.
     pub extra_config: String,
+}
+
+impl Drop for Project {
+    /// Cleanup must not erase evidence: a prepared XA transaction of one of this project's
+    /// batches left on the MariaDB server fails the test (unless it is failing already).
+    fn drop(&mut self) {
+        if std::thread::panicking() || !self.binds.iter().any(|(_, db)| matches!(db, Db::My(_))) {
+            return;
+        }
+        let batches: BTreeSet<String> = self
+            .binds
+            .iter()
+            .flat_map(|(_, db)| db.batch_ids())
+            .collect();
+        let leftover: Vec<String> = xa_transactions(&mysql_admin_url())
+            .into_iter()
+            .filter(|x| {
+                x.strip_prefix("orchestrate:")
+                    .and_then(|rest| rest.split(',').next())
+                    .is_some_and(|batch| batches.contains(batch))
+            })
+            .collect();
+        assert!(
+            leftover.is_empty(),
+            "the test left prepared XA transactions of its batches: {leftover:?}"
+        );
+    }
 }
 
 impl Project {
