@@ -946,3 +946,63 @@ fn a_second_run_waits_for_a_busy_sqlite_decider() {
     assert_eq!(p.db("b_lite").state(), state(&["d"], &["1"]));
     assert_eq!(p.db("c_lite").state(), state(&["p"], &["1"]));
 }
+
+/// The connection to the decider is lost during its COMMIT (its backend is terminated while
+/// the COMMIT waits for a synchronous standby that never answers): whether the batch committed
+/// is unknown, so nothing may be rolled back (exit 3); recover then finds the decision and
+/// commits everywhere.
+#[test]
+fn a_decider_commit_whose_outcome_is_unknown_leaves_the_batch_to_recover() {
+    let cluster = OwnCluster::start();
+    let mut p = Project::new();
+    p.add_pg_at("a_pg", &cluster.url).add_pg("b_pg");
+    two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
+    let child = spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "before-decision=sleep(2000)",
+    );
+    wait_until("the participant is prepared", || {
+        p.db("b_pg").state().prepared.len() == 1
+    });
+    let mut admin = diesel::PgConnection::establish(&cluster.url).unwrap();
+    for sql in [
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).unwrap();
+    }
+    let Db::Pg(decider) = p.db("a_pg") else {
+        unreachable!()
+    };
+    let name = decider.name.clone();
+    wait_until("the decider's COMMIT waits for the standby", || {
+        pg_text(
+            p.db("a_pg"),
+            "SELECT CAST(count(*) AS TEXT) AS s FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+        ) == "1"
+    });
+    for sql in [
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND datname = '{name}'"),
+        "ALTER SYSTEM RESET synchronous_standby_names".into(),
+        "SELECT pg_reload_conf()".into(),
+    ] {
+        admin.batch_execute(&sql).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("whether batch") && stderr.contains("orchestrate recover"),
+        "{stderr}"
+    );
+    // Nothing was rolled back: the participant is still prepared.
+    assert_eq!(p.db("b_pg").state().prepared.len(), 1);
+    let seen = recover_until_clean(&p);
+    assert!(seen.contains("committed"), "{seen}");
+    assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
+    assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
+}
