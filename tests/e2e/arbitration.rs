@@ -385,6 +385,9 @@ fn a_step_that_ends_its_transaction_is_caught_by_the_transaction_id() {
         "CREATE TABLE a (id INT); ROLLBACK; BEGIN;",
         "CREATE TABLE a (id INT); PREPARE TRANSACTION 'sneaky_probe'; BEGIN;",
         "CREATE TABLE a (id INT); COMMIT;",
+        // Left the transaction, then failed: still reported as leaving it, not as a failure
+        // that rolled back.
+        "CREATE TABLE a (id INT); COMMIT; SELECT 1/0;",
     ] {
         let db = PgDb::new();
         let endpoint = Endpoint::parse("hostile", &db.url).unwrap();
@@ -411,6 +414,7 @@ fn a_step_that_ends_its_transaction_is_caught_by_the_transaction_id() {
         "CREATE TABLE a (id INT); COMMIT; BEGIN;",
         "CREATE TABLE a (id INT); ROLLBACK; BEGIN;",
         "CREATE TABLE a (id INT); END; BEGIN IMMEDIATE;",
+        "CREATE TABLE a (id INT); COMMIT; BEGIN; INSERT INTO nope VALUES (1);",
     ] {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.sqlite3").display());
@@ -1005,4 +1009,93 @@ fn a_decider_commit_whose_outcome_is_unknown_leaves_the_batch_to_recover() {
     assert!(seen.contains("committed"), "{seen}");
     assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
     assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
+}
+
+/// PostgreSQL answers PREPARE TRANSACTION with success, and prepares nothing, when no
+/// transaction is open (or it had already failed): every PREPARE is checked in
+/// pg_prepared_xacts.
+#[test]
+fn a_prepare_that_prepared_nothing_is_caught() {
+    let db = PgDb::new();
+    let endpoint = Endpoint::parse("p", &db.url).unwrap();
+    let mut conn = BindConnection::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
+    conn.begin_batch().unwrap();
+    // The batch's transaction is gone (here ended by hand): PREPARE outside a transaction
+    // only warns.
+    conn.rollback();
+    let gid = format!(
+        "orchestrate:20260101T000000Z-{:08x}:p:p",
+        rand::random::<u32>()
+    );
+    let error = conn.prepare(&gid).unwrap_err();
+    assert!(
+        matches!(error, DriverError::PrepareNotRecorded { .. }),
+        "{error}"
+    );
+    let prepared = diesel::sql_query(
+        "SELECT CAST(count(*) AS TEXT) AS s FROM pg_prepared_xacts WHERE database = current_database()",
+    )
+    .get_result::<S>(&mut db.conn())
+    .unwrap()
+    .s;
+    assert_eq!(prepared, "0");
+}
+
+/// A SQLite bind that is not the decider cannot PREPARE: its COMMIT after the decision must
+/// not be able to fail on a deferred foreign key. It votes before the decision instead, and
+/// the batch rolls back everywhere.
+#[test]
+fn a_deferred_foreign_key_on_a_sqlite_participant_fails_before_the_decision() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_sqlite("b_lite");
+    p.config("decider = \"a_pg\"");
+    p.create_table("a_pg", "1_a", "a");
+    p.migration(
+        "b_lite",
+        "1_b",
+        "CREATE TABLE parent (id INTEGER PRIMARY KEY);\n\
+         CREATE TABLE child (pid INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED);\n\
+         INSERT INTO child VALUES (42);",
+        Some("DROP TABLE child; DROP TABLE parent;"),
+    );
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(run.stderr.contains("foreign key"), "{run:?}");
+    assert_eq!(p.db("a_pg").state(), state(&[], &[]));
+    assert_eq!(p.db("b_lite").state(), state(&[], &[]));
+    p.run(&["status"]).expect(0);
+}
+
+/// A migration that creates a schema named after the login role (first in the default
+/// search_path, `"$user"`) must not move the bookkeeping of later sessions: the next run
+/// still finds what was applied and applies nothing twice.
+#[test]
+fn a_schema_named_after_the_role_does_not_move_the_bookkeeping() {
+    let mut p = Project::new();
+    p.add_pg("a_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE SCHEMA IF NOT EXISTS postgres;\nCREATE TABLE public.audit (msg TEXT);\nINSERT INTO public.audit VALUES ('once');",
+        Some("DROP TABLE public.audit; DROP SCHEMA postgres;"),
+    );
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(0);
+    assert!(run.stdout.contains("Nothing to do"), "{run:?}");
+    assert_eq!(
+        pg_text(
+            p.db("a_pg"),
+            "SELECT CAST(count(*) AS TEXT) AS s FROM public.audit"
+        ),
+        "1"
+    );
+    assert_eq!(
+        pg_text(
+            p.db("a_pg"),
+            "SELECT CAST(count(*) AS TEXT) AS s FROM pg_tables WHERE tablename = '__diesel_schema_migrations'"
+        ),
+        "1"
+    );
+    p.run(&["status"]).expect(0);
 }

@@ -50,9 +50,13 @@ pub enum Hazard {
     TableLocks,
     /// MySQL `XA ...`.
     Xa,
-    /// PostgreSQL `ALTER DATABASE` / `ALTER ROLE ... SET search_path` (or `RESET` it, or
-    /// `RESET ALL`): where later connections look for the version tables and decisions.
+    /// PostgreSQL `ALTER DATABASE` / `ALTER ROLE ... SET search_path`, `role` or
+    /// `session_authorization` (or `RESET` them, or `RESET ALL`): where later connections look
+    /// for the version tables and decisions, and which role ends prepared transactions.
     SearchPathDefault,
+    /// PostgreSQL `SET standard_conforming_strings`: how the server reads backslashes in the
+    /// strings of the statements after it, which the plan-time check reads as the default.
+    StringSyntax,
 }
 
 impl Hazard {
@@ -71,7 +75,8 @@ impl Hazard {
             Hazard::UseDatabase => "switches the session to another database: the statements after it, and the batch's own bookkeeping, would run there",
             Hazard::TableLocks => "commits the open transaction (LOCK TABLES also makes every table it does not name unusable for the rest of the batch)",
             Hazard::Xa => "is orchestrate's own two-phase commit on MySQL binds; run by a migration it ends or disturbs the batch's transaction",
-            Hazard::SearchPathDefault => "changes the search_path later sessions start with, which is where orchestrate finds this bind's version tables and decisions: after it, `recover` and `status` would look in another schema",
+            Hazard::SearchPathDefault => "changes the search_path or role later sessions start with: orchestrate finds this bind's version tables and decisions through the search_path, and ends prepared transactions as the login role",
+            Hazard::StringSyntax => "changes how the server reads backslashes in strings, so the statements after it would not be read by the server the way this check reads them",
         }
     }
 
@@ -89,7 +94,8 @@ impl Hazard {
             Hazard::UseDatabase => "Qualify names instead (`other_db.table`), or give that database a bind of its own",
             Hazard::TableLocks => "Remove it: each statement takes the locks it needs",
             Hazard::Xa => "Remove it: a MySQL bind joins a batch through XA by itself when every migration it runs says `data_only = true`",
-            Hazard::SearchPathDefault => "Change it outside migrations, and keep the schema that holds __diesel_schema_migrations first in the new search_path (or qualify the application's names instead)",
+            Hazard::SearchPathDefault => "Change it outside migrations (keeping the schema that holds __diesel_schema_migrations in the search_path), or qualify the application's names instead",
+            Hazard::StringSyntax => "Remove it; write strings with E'...' where backslash escapes are wanted",
         }
     }
 }
@@ -442,6 +448,11 @@ fn statements(d: Dialect, tokens: &[Token]) -> Vec<Vec<&Token>> {
     let mut parens = 0usize;
     for (k, t) in tokens.iter().enumerate() {
         if body > 0 {
+            // `NEW.begin`, `old.end`: a qualified name, not a keyword.
+            let qualified = k > 0 && matches!(tokens[k - 1].tok, Tok::Punct('.'));
+            if qualified {
+                continue;
+            }
             if t.tok.is_word("BEGIN") || t.tok.is_word("CASE") {
                 body += 1;
             } else if t.tok.is_word("END")
@@ -771,6 +782,16 @@ mod tests {
             "CREATE FUNCTION f() RETURNS void AS $f$ BEGIN IF true THEN PERFORM 1; END IF; END $f$ LANGUAGE plpgsql;",
         );
         allowed(Postgres, "DO $$ BEGIN PERFORM 1; END $$;");
+        // Columns named like keywords inside a trigger body, qualified by NEW/OLD.
+        allowed(
+            Sqlite,
+            "CREATE TABLE shifts(begin TEXT, end TEXT, len REAL);\nCREATE TRIGGER t AFTER INSERT ON shifts BEGIN\n  UPDATE shifts SET len = julianday(NEW.end) - julianday(NEW.begin);\nEND;",
+        );
+        assert!(find(
+            Sqlite,
+            "CREATE TRIGGER t AFTER INSERT ON e BEGIN UPDATE e SET stop = NEW.begin; END;\nCOMMIT;"
+        )
+        .is_some());
         refused(
             Postgres,
             "DO $$ BEGIN PERFORM 1; END $$;\nVACUUM;",

@@ -29,7 +29,17 @@ pub fn split_statements(sql: &str) -> Vec<String> {
                     }
                 }
             }
-            '-' if chars.peek() == Some(&'-') => {
+            // MySQL starts a comment with `--` only when whitespace (or the end) follows: `5--1`
+            // is arithmetic. Splitting differently from the server would send two statements
+            // as one.
+            '-' if chars.peek() == Some(&'-') && {
+                let mut ahead = chars.clone();
+                ahead.next();
+                ahead
+                    .next()
+                    .is_none_or(|c| c.is_whitespace() || c.is_control())
+            } =>
+            {
                 current.push(c);
                 for d in chars.by_ref() {
                     current.push(d);
@@ -120,6 +130,23 @@ pub fn has_compound_body(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn double_dash_without_space_is_not_a_comment() {
+        assert_eq!(
+            split_statements(
+                "CREATE TABLE t AS SELECT 5--1 AS x; CREATE TABLE u (a INT);\n-- done"
+            ),
+            vec![
+                "CREATE TABLE t AS SELECT 5--1 AS x".to_string(),
+                "CREATE TABLE u (a INT)".to_string()
+            ]
+        );
+        assert_eq!(
+            split_statements("SELECT 1 -- one; two\n; SELECT 2"),
+            vec!["SELECT 1 -- one; two".to_string(), "SELECT 2".to_string()]
+        );
+    }
 
     #[test]
     fn splits_outside_quotes_and_comments() {

@@ -451,7 +451,14 @@ impl BindConnection {
         };
         set.map_err(|source| self.query_err("cannot set up the session", source))?;
         let where_sql = match self.conn {
-            Conn::Pg(_) => "SELECT pg_catalog.current_schema() AS s",
+            // The first schema of the search path that already holds diesel's table (where
+            // diesel itself reads it), else the first schema of the search path (where it
+            // would be created): a schema named after the role, created by a migration, must
+            // not move the bookkeeping of every later session.
+            Conn::Pg(_) => "SELECT coalesce((SELECT s.nspname FROM unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS s(nspname, n) \
+                 WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
+                 WHERE ns.nspname = s.nspname AND c.relname = '__diesel_schema_migrations' AND c.relkind IN ('r', 'p')) \
+                 ORDER BY s.n LIMIT 1), pg_catalog.current_schema()) AS s",
             Conn::Mysql(_) => "SELECT CASE WHEN @@autocommit = 1 THEN DATABASE() END AS s",
             Conn::Sqlite(_) => "SELECT 'main' AS s",
         };
@@ -1397,13 +1404,21 @@ impl BindConnection {
                 detail: "MySQL migrations cannot run inside a batch transaction".into(),
             });
         }
-        on_conn!(&mut self.conn, c => c.batch_execute(&step.sql)).map_err(|source| {
-            DriverError::Migration {
+        let ran = on_conn!(&mut self.conn, c => c.batch_execute(&step.sql));
+        if let Err(source) = ran {
+            // A migration that left the batch's transaction and then failed: what it ran
+            // before failing may be committed, which "rolled back" would hide.
+            if let Err(left @ DriverError::LeftTransaction { .. }) =
+                self.ensure_still_in_transaction(&step.name)
+            {
+                return Err(left);
+            }
+            return Err(DriverError::Migration {
                 bind: self.bind(),
                 name: step.name.clone(),
                 source,
-            }
-        })?;
+            });
+        }
         self.ensure_still_in_transaction(&step.name)?;
         self.record_step(batch_id, direction, &direction.to_string(), step, at)
     }
@@ -1489,6 +1504,30 @@ impl BindConnection {
         }
     }
 
+    /// SQLite, before the decision, for a bind whose transaction stays open until after it:
+    /// the vote a SQLite bind cannot cast with PREPARE. A deferred foreign key that is violated
+    /// would make its COMMIT fail after the decision, where nothing can be rolled back (and a
+    /// redo would fail the same way): it fails the batch now instead. (Conservative: a
+    /// violation that was there before the batch counts too.)
+    pub fn vote(&mut self) -> Result<(), DriverError> {
+        if !matches!(self.conn, Conn::Sqlite(_)) {
+            return Ok(());
+        }
+        let n = self.count(
+            "cannot check foreign keys",
+            "SELECT CASE WHEN (SELECT foreign_keys FROM pragma_foreign_keys) = 1 \
+             THEN (SELECT count(*) FROM pragma_foreign_key_check) ELSE 0 END AS n",
+            &[],
+        )?;
+        if n > 0 {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: format!("{n} row(s) violate a foreign key (PRAGMA foreign_key_check), so this bind's COMMIT would fail after the decision; the batch is rolled back before it. Fix the data in the migration (a deferred foreign key must hold by the end of the batch)"),
+            });
+        }
+        Ok(())
+    }
+
     /// Before the decider's COMMIT: the batch transaction is still the one that began
     /// (a migration did not end it), deferred constraints are checked now rather than as an
     /// ambiguous COMMIT error, and the COMMIT will be durable.
@@ -1515,17 +1554,22 @@ impl BindConnection {
             });
         };
         // The prepared transaction belongs to the role current at PREPARE, and only that role
-        // (or a superuser) may end it: a migration's `SET ROLE` would leave it unfinishable by
-        // this tool. `RESET ROLE` brings back the connection's own role first.
-        c.batch_execute(&format!(
-            "RESET ROLE; PREPARE TRANSACTION {}",
-            quote_literal(gid)
-        ))
-        .map_err(|source| DriverError::Prepare {
-            bind: self.bind(),
-            hint: crate::error::prepare_hint(&source.to_string()),
-            source,
-        })?;
+        // (or a superuser) may end it: a migration's `SET ROLE` (or a role default set with
+        // ALTER ROLE ... SET role) would leave it unfinishable by this tool. `SET ROLE NONE`
+        // brings back the login role; COMMIT/ROLLBACK PREPARED run as it too. Two statements,
+        // not one string: outside a transaction a multi-statement string is an implicit
+        // transaction of its own, which PREPARE would prepare (empty) instead of warning.
+        c.batch_execute("SET ROLE NONE")
+            .map_err(|e| self.query_err("cannot reset the role before PREPARE", e))?;
+        let Conn::Pg(c) = &mut self.conn else {
+            unreachable!("checked above")
+        };
+        c.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gid)))
+            .map_err(|source| DriverError::Prepare {
+                bind: self.bind(),
+                hint: crate::error::prepare_hint(&source.to_string()),
+                source,
+            })?;
         let found: Count = diesel::sql_query(
             "SELECT count(*) AS n FROM pg_catalog.pg_prepared_xacts WHERE gid = $1 AND database = pg_catalog.current_database()",
         )
@@ -1577,6 +1621,11 @@ impl BindConnection {
         if let Conn::Mysql(_) = self.conn {
             return self.xa_finish(gid, "COMMIT");
         }
+        // As the login role (see `prepare`), in a statement of its own: COMMIT PREPARED
+        // cannot run inside a transaction block, which a multi-statement string is.
+        self.pg()
+            .batch_execute("SET ROLE NONE")
+            .map_err(|e| self.query_err("cannot reset the role", e))?;
         let sql = format!("COMMIT PREPARED {}", quote_literal(gid));
         self.pg()
             .batch_execute(&sql)
@@ -1588,6 +1637,11 @@ impl BindConnection {
         if let Conn::Mysql(_) = self.conn {
             return self.xa_finish(gid, "ROLLBACK");
         }
+        // As the login role (see `prepare`), in a statement of its own: ROLLBACK PREPARED
+        // cannot run inside a transaction block, which a multi-statement string is.
+        self.pg()
+            .batch_execute("SET ROLE NONE")
+            .map_err(|e| self.query_err("cannot reset the role", e))?;
         let sql = format!("ROLLBACK PREPARED {}", quote_literal(gid));
         self.pg()
             .batch_execute(&sql)
@@ -1983,6 +2037,9 @@ impl BindConnection {
         let id = xid(&batch, &bind);
         let done = self.mysql()?.batch_execute(&format!("XA {verb} {id}"));
         done.map_err(|e| self.query_err(&format!("XA {verb} of {gid} failed"), e))?;
+        // The mark is removed next, and must commit whatever a migration did to autocommit.
+        let reset = self.mysql()?.batch_execute("SET SESSION autocommit = 1");
+        reset.map_err(|e| self.query_err("cannot turn autocommit back on", e))?;
         let cleared = self.exec(
             "cannot write to orchestrate_in_progress",
             "DELETE FROM {orchestrate_in_progress} WHERE kind IN ('batch', 'xa-batch') AND batch_id = ?",

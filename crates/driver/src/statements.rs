@@ -160,9 +160,20 @@ fn option_on(node: &pg_query::protobuf::Node, name: &str) -> bool {
 /// (setting or resetting it, or `RESET ALL`).
 fn sets_search_path(set: Option<&pg_query::protobuf::VariableSetStmt>) -> bool {
     set.is_some_and(|v| {
-        v.name.eq_ignore_ascii_case("search_path")
+        ["search_path", "role", "session_authorization"]
+            .iter()
+            .any(|n| v.name.eq_ignore_ascii_case(n))
             || VariableSetKind::try_from(v.kind).ok() == Some(VariableSetKind::VarResetAll)
     })
+}
+
+/// `ALTER DATABASE|ROLE ... SET <name>`, or `(RESET ALL)`.
+fn alter_set_name(what: &str, set: Option<&pg_query::protobuf::VariableSetStmt>) -> String {
+    let name = set.map_or("", |v| v.name.as_str());
+    format!(
+        "ALTER {what} ... SET {}",
+        if name.is_empty() { "(RESET ALL)" } else { name }
+    )
 }
 
 /// What one top-level statement would do to a batch, if anything. `first_word` is the
@@ -212,6 +223,9 @@ fn postgres_statement(node: &NodeEnum, first_word: &str) -> Option<(String, Haza
                     "SET SESSION CHARACTERISTICS AS TRANSACTION",
                     Hazard::TransactionSettings,
                 ),
+                "standard_conforming_strings" => {
+                    named("SET standard_conforming_strings", Hazard::StringSyntax)
+                }
                 "transaction_isolation" | "transaction_read_only" | "transaction_deferrable" => {
                     let verb = if kind == VariableSetKind::VarReset {
                         "RESET"
@@ -223,13 +237,14 @@ fn postgres_statement(node: &NodeEnum, first_word: &str) -> Option<(String, Haza
                 _ => None,
             }
         }
-        NodeEnum::AlterDatabaseSetStmt(a) if sets_search_path(a.setstmt.as_ref()) => named(
-            "ALTER DATABASE ... SET search_path",
+        NodeEnum::AlterDatabaseSetStmt(a) if sets_search_path(a.setstmt.as_ref()) => Some((
+            alter_set_name("DATABASE", a.setstmt.as_ref()),
             Hazard::SearchPathDefault,
-        ),
-        NodeEnum::AlterRoleSetStmt(a) if sets_search_path(a.setstmt.as_ref()) => {
-            named("ALTER ROLE ... SET search_path", Hazard::SearchPathDefault)
-        }
+        )),
+        NodeEnum::AlterRoleSetStmt(a) if sets_search_path(a.setstmt.as_ref()) => Some((
+            alter_set_name("ROLE", a.setstmt.as_ref()),
+            Hazard::SearchPathDefault,
+        )),
         NodeEnum::DiscardStmt(d) if d.target == DiscardMode::DiscardAll as i32 => {
             named("DISCARD ALL", Hazard::SessionIdentity)
         }
@@ -382,7 +397,17 @@ mod tests {
         );
         refused(
             "ALTER ROLE app RESET ALL;",
-            "ALTER ROLE ... SET search_path",
+            "ALTER ROLE ... SET (RESET ALL)",
+            1,
+        );
+        refused(
+            "ALTER ROLE postgres IN DATABASE x SET role = 'owner';",
+            "ALTER ROLE ... SET role",
+            1,
+        );
+        refused(
+            "SET standard_conforming_strings = off;",
+            "SET standard_conforming_strings",
             1,
         );
         allowed("ALTER DATABASE mydb SET work_mem = '64MB'; SET search_path TO app, public;");

@@ -716,6 +716,10 @@ fn phase_one(
         }
     };
     if work.endpoint.backend == Backend::Sqlite {
+        if let Err(e) = conn.vote() {
+            conn.rollback();
+            return Err(early(e.into()));
+        }
         return Ok(Held::Open {
             conn: Box::new(conn),
             before,
