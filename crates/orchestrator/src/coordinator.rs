@@ -815,6 +815,17 @@ fn abort(
             .collect()
     });
     let mut outcomes: BTreeMap<usize, BindOutcome> = undone.into_iter().collect();
+    // The bind whose migration left the batch's transaction is not "as it was".
+    if let BatchError::Bind(DriverError::LeftTransaction { bind, name }) = &error {
+        if let Some(i) = works.iter().position(|w| &w.endpoint.bind == bind) {
+            outcomes.insert(
+                i,
+                BindOutcome::Attention {
+                    detail: format!("migration {name} ended the batch's transaction here: what it ran may be committed; check this bind by hand"),
+                },
+            );
+        }
+    }
     report.binds = works
         .iter()
         .enumerate()

@@ -188,11 +188,14 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
                 Decision::Abort if dry_run => ("would roll back".into(), Ok(())),
                 Decision::Commit => (
                     "committed".into(),
-                    conn.commit_prepared(&xact.gid).map_err(|e| e.to_string()),
+                    conn.commit_prepared(&xact.gid)
+                        .or_else(|e| ended_meanwhile(&mut conn, &xact.gid, &gid.batch_id, true, e)),
                 ),
                 Decision::Abort => (
                     "rolled back".into(),
-                    conn.rollback_prepared(&xact.gid).map_err(|e| e.to_string()),
+                    conn.rollback_prepared(&xact.gid).or_else(|e| {
+                        ended_meanwhile(&mut conn, &xact.gid, &gid.batch_id, false, e)
+                    }),
                 ),
             };
             let (action, detail) = match result {
@@ -301,6 +304,27 @@ fn check_participant(
                 .any(|m| m.is_batch() && m.batch_id == record.batch_id)
         });
     (None, matches!(marked, Ok(false)))
+}
+
+/// A prepared transaction that could not be ended may have been ended meanwhile by someone
+/// else (another `recover`, or its coordinator finishing its commit phase): if it is gone and
+/// the bind shows the expected outcome (the batch's history there when committing, none when
+/// rolling back), that is success; otherwise the error stands.
+fn ended_meanwhile(
+    conn: &mut BindConnection,
+    gid: &str,
+    batch_id: &str,
+    commit: bool,
+    error: DriverError,
+) -> Result<(), String> {
+    let gone = conn
+        .prepared()
+        .map(|list| !list.iter().any(|p| p.gid == gid))
+        .unwrap_or(false);
+    if gone && conn.has_batch(batch_id).ok() == Some(commit) {
+        return Ok(());
+    }
+    Err(error.to_string())
 }
 
 /// For a PostgreSQL participant of a decided batch: its prepared transaction is gone (step 1
