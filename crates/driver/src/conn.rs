@@ -67,6 +67,27 @@ macro_rules! bound {
     }};
 }
 
+/// In a transaction rolled back at once: whether locking the batch's row with `probe` (a
+/// `FOR UPDATE NOWAIT`) finds it held by another session.
+macro_rules! probe_row {
+    ($c:expr, $probe:expr, $batch_id:expr) => {
+        $c.transaction(|c| {
+            match diesel::sql_query($probe.as_str())
+                .bind::<Text, _>($batch_id)
+                .execute(c)
+            {
+                Ok(_) => Err(diesel::result::Error::RollbackTransaction),
+                Err(e) if crate::error::is_lock_wait(&e) => Ok(true),
+                Err(e) => Err(e),
+            }
+        })
+        .or_else(|e| match e {
+            diesel::result::Error::RollbackTransaction => Ok(false),
+            e => Err(e),
+        })
+    };
+}
+
 /// A row read by any backend.
 trait Row: QueryableByName<Pg> + QueryableByName<Sqlite> + QueryableByName<Mysql> + 'static {}
 impl<T: QueryableByName<Pg> + QueryableByName<Sqlite> + QueryableByName<Mysql> + 'static> Row
@@ -759,7 +780,8 @@ impl BindConnection {
     ) -> Result<(), DriverError> {
         let ddl = self.ddl(self.history_ddl(), HISTORY);
         self.execute_plain("cannot create orchestrate_history", &ddl)?;
-        self.insert_history(batch_id, "-", detail, "heuristic", None, None, at)
+        let row = Step::record_only(Version::from_stored("-"), detail.into(), None, None);
+        self.insert_history(batch_id, "heuristic", &row, at)
             .map_err(|e| match e {
                 DriverError::Query { bind, source, .. } => DriverError::Query {
                     bind,
@@ -770,15 +792,13 @@ impl BindConnection {
             })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One row of `orchestrate_history`: `step`'s version, name, checksum and down SQL under
+    /// `direction` (`up`, `down`, `stamp`, `unstamp`, `undo`, `heuristic`).
     fn insert_history(
         &mut self,
         batch_id: &str,
-        version: &str,
-        name: &str,
         direction: &str,
-        checksum: Option<&str>,
-        down_sql: Option<&str>,
+        step: &Step,
         at: &str,
     ) -> Result<(), DriverError> {
         self.exec(
@@ -787,11 +807,11 @@ impl BindConnection {
              VALUES (?, ?, ?, ?, ?, ?, ?)",
             &[
                 Arg::Text(batch_id),
-                Arg::Text(version),
-                Arg::Text(name),
+                Arg::Text(step.version.as_str()),
+                Arg::Text(&step.name),
                 Arg::Text(direction),
-                Arg::MaybeText(checksum),
-                Arg::MaybeText(down_sql),
+                Arg::MaybeText(step.checksum.as_deref()),
+                Arg::MaybeText(step.down_sql.as_deref()),
                 Arg::Text(at),
             ],
         )
@@ -1032,36 +1052,8 @@ impl BindConnection {
                 Err(e) if crate::error::is_sqlite_busy(&e) => Ok(true),
                 Err(e) => Err(e),
             },
-            Conn::Pg(c) => c
-                .transaction(|c| {
-                    match diesel::sql_query(probe.as_str())
-                        .bind::<Text, _>(batch_id)
-                        .execute(c)
-                    {
-                        Ok(_) => Err(diesel::result::Error::RollbackTransaction),
-                        Err(e) if crate::error::is_lock_wait(&e) => Ok(true),
-                        Err(e) => Err(e),
-                    }
-                })
-                .or_else(|e| match e {
-                    diesel::result::Error::RollbackTransaction => Ok(false),
-                    e => Err(e),
-                }),
-            Conn::Mysql(c) => c
-                .transaction(|c| {
-                    match diesel::sql_query(probe.as_str())
-                        .bind::<Text, _>(batch_id)
-                        .execute(c)
-                    {
-                        Ok(_) => Err(diesel::result::Error::RollbackTransaction),
-                        Err(e) if crate::error::is_lock_wait(&e) => Ok(true),
-                        Err(e) => Err(e),
-                    }
-                })
-                .or_else(|e| match e {
-                    diesel::result::Error::RollbackTransaction => Ok(false),
-                    e => Err(e),
-                }),
+            Conn::Pg(c) => probe_row!(c, probe, batch_id),
+            Conn::Mysql(c) => probe_row!(c, probe, batch_id),
         };
         self.set_sqlite_busy_timeout(self.lock_timeout);
         held.map_err(|e| self.query_err("cannot probe the batch's row", e))
@@ -1444,15 +1436,7 @@ impl BindConnection {
             sql,
             &[Arg::Text(version)],
         )?;
-        self.insert_history(
-            batch_id,
-            version,
-            &step.name,
-            label,
-            step.checksum.as_deref(),
-            step.down_sql.as_deref(),
-            at,
-        )
+        self.insert_history(batch_id, label, step, at)
     }
 
     /// Fails when a migration's own SQL ended the batch transaction (COMMIT, ROLLBACK, END,

@@ -1105,22 +1105,24 @@ fn run_nonatomic_only(
             conn.begin_decision(&batch_id, &at)
         },
     );
+    let mut report = BatchReport {
+        batch_id: batch_id.clone(),
+        decider: decider.clone(),
+        direction,
+        binds: works
+            .iter()
+            .map(|w| (w.endpoint.bind.clone(), BindOutcome::RolledBack))
+            .collect(),
+        timings: BTreeMap::new(),
+        other_errors: Vec::new(),
+        verdict: Verdict::Committed,
+    };
     if let Err(error) = begun {
         progress.line(&format!("  failed: {error}"));
-        return BatchReport {
-            batch_id: batch_id.clone(),
-            decider: decider.clone(),
-            direction,
-            binds: works
-                .iter()
-                .map(|w| (w.endpoint.bind.clone(), BindOutcome::RolledBack))
-                .collect(),
-            timings: BTreeMap::new(),
-            other_errors: Vec::new(),
-            verdict: Verdict::RolledBack {
-                error: error.into(),
-            },
+        report.verdict = Verdict::RolledBack {
+            error: error.into(),
         };
+        return report;
     }
     // The decider first, alone: its lock, held until the decision is written, is what tells
     // `recover` that this coordinator may still decide.
@@ -1143,18 +1145,6 @@ fn run_nonatomic_only(
         running.extend(more);
         result = r;
     }
-    let mut report = BatchReport {
-        batch_id: batch_id.clone(),
-        decider: decider.clone(),
-        direction,
-        binds: works
-            .iter()
-            .map(|w| (w.endpoint.bind.clone(), BindOutcome::RolledBack))
-            .collect(),
-        timings: BTreeMap::new(),
-        other_errors: Vec::new(),
-        verdict: Verdict::Committed,
-    };
     let undo_everything = |running, error: BatchError, mut report: BatchReport| {
         progress.line(&format!("  failed: {error}"));
         let undone = undo_all(
