@@ -42,6 +42,31 @@ fn two_binds(p: &mut Project, decider: &str, participant: &str, decider_up: &str
     p.create_table(participant, "1_p", "p");
 }
 
+/// A batch over `a_pg` (deciding) and `b_pg`, paused at `failpoints`, once `b_pg` is prepared.
+fn live_pg_batch(failpoints: &str) -> (Project, std::process::Child) {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_pg("b_pg");
+    two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
+    let child = spawn(&p, &["upgrade", "--all-binds"], failpoints);
+    wait_until("the participant is prepared", || {
+        p.db("b_pg").state().prepared.len() == 1
+    });
+    (p, child)
+}
+
+/// Waits for a spawned `upgrade` and checks it committed on every bind.
+fn committed(child: std::process::Child) {
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("committed on every bind"), "{stdout}");
+}
+
 #[test]
 fn a_decider_migration_that_moves_search_path_keeps_the_decision_where_recover_looks() {
     let mut p = Project::new();
@@ -104,15 +129,7 @@ fn recover_never_aborts_a_live_batch(mut p: Project, decider: &str) {
         assert!(run.stdout.contains("still holds batch"), "{}", run.stdout);
     }
     assert_eq!(p.db(participant).state().prepared.len(), 1);
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("committed on every bind"), "{stdout}");
+    committed(child);
     assert_eq!(p.db(decider).state(), state(&["d"], &["1"]));
     assert_eq!(p.db(participant).state(), state(&["p"], &["1"]));
     let run = p.run(&["recover"]);
@@ -184,17 +201,7 @@ fn a_sqlite_participant_that_lost_a_decided_batch_blocks_upgrade_until_recovered
 /// busy (exit 1, nothing changed), never sent to `recover` over a live batch.
 #[test]
 fn a_second_upgrade_during_a_live_batch_is_busy_not_in_doubt() {
-    let mut p = Project::new();
-    p.add_pg("a_pg").add_pg("b_pg");
-    two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
-    let child = spawn(
-        &p,
-        &["upgrade", "--all-binds"],
-        "before-decision=sleep(3000)",
-    );
-    wait_until("the participant is prepared", || {
-        p.db("b_pg").state().prepared.len() == 1
-    });
+    let (p, child) = live_pg_batch("before-decision=sleep(3000)");
     let run = p.run(&["upgrade", "--all-binds"]);
     run.expect(1);
     assert!(
@@ -202,8 +209,7 @@ fn a_second_upgrade_during_a_live_batch_is_busy_not_in_doubt() {
         "{}",
         run.stderr
     );
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    committed(child);
     assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
     assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
 }
@@ -212,17 +218,7 @@ fn a_second_upgrade_during_a_live_batch_is_busy_not_in_doubt() {
 /// the batch the same way: committed everywhere, whoever commits each bind.
 #[test]
 fn recover_during_the_commit_phase_commits_too() {
-    let mut p = Project::new();
-    p.add_pg("a_pg").add_pg("b_pg");
-    two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
-    let child = spawn(
-        &p,
-        &["upgrade", "--all-binds"],
-        "after-decision=sleep(3000)",
-    );
-    wait_until("the participant is prepared", || {
-        p.db("b_pg").state().prepared.len() == 1
-    });
+    let (p, child) = live_pg_batch("after-decision=sleep(3000)");
     wait_until("the decision is committed", || {
         pg_text(
             p.db("a_pg"),
@@ -232,14 +228,7 @@ fn recover_during_the_commit_phase_commits_too() {
     let run = p.run(&["recover"]);
     run.expect(0);
     assert!(run.stdout.contains("committed"), "{}", run.stdout);
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    committed(child);
     assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
     assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
 }
@@ -945,8 +934,7 @@ fn a_second_run_waits_for_a_busy_sqlite_decider() {
         "gave up after {:?}: {run:?}",
         started.elapsed()
     );
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    committed(child);
     assert_eq!(p.db("b_lite").state(), state(&["d"], &["1"]));
     assert_eq!(p.db("c_lite").state(), state(&["p"], &["1"]));
 }
