@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
@@ -82,14 +82,6 @@ fn output(mut cmd: Command) -> Run {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Runs `recover` (in `cwd`, with `--config-dir`) until nothing is left in doubt.
 fn recover_until_clean(p: &Project, cwd: &Path, config_dir: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -104,23 +96,6 @@ fn recover_until_clean(p: &Project, cwd: &Path, config_dir: &str) -> String {
         assert!(Instant::now() < deadline, "recover never finished:\n{seen}");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn spawn(p: &Project, args: &[&str], failpoints: &str) -> Child {
-    let mut cmd = p.command(args);
-    cmd.env("FAILPOINTS", failpoints);
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -561,26 +536,7 @@ fn a_panic_exits_3_and_recover_settles_the_batch() {
     ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
 )]
 fn sighup_before_the_decision_rolls_back_everything() {
-    let p = pg_and_sqlite();
-    let child = spawn(
-        &p,
-        &["upgrade", "--all-binds"],
-        "before-decision=sleep(1500)",
-    );
-    wait_until("b_pg is prepared", || {
-        !p.db("b_pg").state().prepared.is_empty()
-    });
-    std::thread::sleep(Duration::from_millis(200));
-    signal(&child, "HUP");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("interrupted by a signal before the decision"),
-        "{stderr}"
-    );
-    assert_eq!(all_or_nothing(&p), Some(false), "{:#?}", p.states());
-    p.run(&["upgrade", "--all-binds"]).expect(0);
+    crate::crash::signal_before_the_decision(pg_and_sqlite(), "HUP");
 }
 
 #[test]
@@ -589,27 +545,5 @@ fn sighup_before_the_decision_rolls_back_everything() {
     ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
 )]
 fn sighup_after_the_decision_finishes_committing() {
-    let p = pg_and_sqlite();
-    let child = spawn(
-        &p,
-        &["upgrade", "--all-binds"],
-        "after-decision=sleep(1500)",
-    );
-    wait_until("the decider has committed", || {
-        p.db("a_pg").state() == full("a_pg")
-    });
-    signal(&child, "HUP");
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("interrupted after the decision"),
-        "{stdout}"
-    );
-    assert_eq!(all_or_nothing(&p), Some(true), "{:#?}", p.states());
+    crate::crash::signal_after_the_decision(pg_and_sqlite(), "HUP");
 }

@@ -229,7 +229,12 @@ fn killed_at_random_moments() {
     ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
 )]
 fn sigint_before_the_decision_rolls_back_everything() {
-    let p = pg_decider();
+    signal_before_the_decision(pg_decider(), "INT");
+}
+
+/// A signal while a batch is paused before its decision (`b_pg` prepared): every bind rolls
+/// back (exit 1), and the next upgrade works.
+pub(crate) fn signal_before_the_decision(p: Project, name: &str) {
     let child = spawn(
         &p,
         &["upgrade", "--all-binds"],
@@ -239,7 +244,7 @@ fn sigint_before_the_decision_rolls_back_everything() {
         !p.db("b_pg").state().prepared.is_empty()
     });
     std::thread::sleep(Duration::from_millis(200));
-    signal(&child, "INT");
+    signal(&child, name);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -257,7 +262,12 @@ fn sigint_before_the_decision_rolls_back_everything() {
     ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
 )]
 fn sigterm_after_the_decision_finishes_committing() {
-    let p = pg_decider();
+    signal_after_the_decision(pg_decider(), "TERM");
+}
+
+/// A signal once the decider (`a_pg`) has committed: the batch finishes committing everywhere
+/// (exit 0) and says it was interrupted.
+pub(crate) fn signal_after_the_decision(p: Project, name: &str) {
     let child = spawn(
         &p,
         &["upgrade", "--all-binds"],
@@ -266,7 +276,7 @@ fn sigterm_after_the_decision_finishes_committing() {
     wait_until("the decider has committed", || {
         p.db("a_pg").state() == full("a_pg")
     });
-    signal(&child, "TERM");
+    signal(&child, name);
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
