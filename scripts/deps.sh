@@ -14,8 +14,13 @@ if ! pkg-config --exists libpq 2>/dev/null && [ ! -f /usr/include/postgresql/lib
 fi
 command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # pg_query (PostgreSQL's parser, for the statement check) runs bindgen, which needs libclang.
-if [ -z "${LIBCLANG_PATH:-}" ] && ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null \
-  && ! compgen -G "/usr/lib/*/libclang*.so*" >/dev/null; then
+# Only libclang itself counts: bindgen looks for libclang.so / libclang-N.so, and a machine may
+# carry libclang-cpp (a different library) without it.
+if [ -z "${LIBCLANG_PATH:-}" ] \
+  && ! compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null \
+  && ! compgen -G "/usr/lib/llvm-*/lib/libclang-[0-9]*.so*" >/dev/null \
+  && ! compgen -G "/usr/lib/*/libclang.so*" >/dev/null \
+  && ! compgen -G "/usr/lib/*/libclang-[0-9]*.so*" >/dev/null; then
   need_apt+=(libclang-dev)
 fi
 if ! pkg-config --exists mysqlclient 2>/dev/null && ! pkg-config --exists libmariadb 2>/dev/null; then
