@@ -262,6 +262,8 @@ fn a_decider_with_synchronous_commit_off_still_decides_durably() {
         "the decider lost its committed batch in the crash"
     );
     p.run(&["status"]).expect(0);
+    // Settling is not durable on purpose (it is redone by recover): the crash may undo it.
+    p.run(&["recover"]).expect(0);
 }
 
 /// No evidence is never a decision: a SQLite decider whose file is not where recover looks

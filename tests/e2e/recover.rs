@@ -381,6 +381,8 @@ fn a_reset_sqlite_file_never_gets_a_decided_batch_replayed() {
     p.run(&["recover"]).expect(3);
     p.run(&["recover", "--dry-run"]).expect(3);
     assert!(!path.exists(), "recover created the SQLite file");
+    // The decided batch stays unsettled: a person must look at `side`.
+    p.leaves_batches_in_doubt();
 }
 
 /// A real crash: the coordinator is killed with SIGKILL after one bind has prepared and while

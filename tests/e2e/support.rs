@@ -459,13 +459,21 @@ pub struct Project {
     pub binds: Vec<(String, Db)>,
     /// Extra top-level lines of config/default.toml, such as `decider = "x"`.
     pub extra_config: String,
+    /// Set by [`Project::leaves_batches_in_doubt`]: the test means to end with a batch in
+    /// doubt, so the end-of-test check skips "nothing is left in doubt" (never atomicity).
+    in_doubt_on_purpose: std::cell::Cell<bool>,
 }
 
 impl Drop for Project {
-    /// Cleanup must not erase evidence: a prepared XA transaction of one of this project's
-    /// batches left on the MariaDB server fails the test (unless it is failing already).
+    /// Every test ends with [`Project::assert_consistent`] over all its binds (unless it is
+    /// failing already). Cleanup must not erase evidence: a prepared XA transaction of one of
+    /// this project's batches left on the MariaDB server fails the test too.
     fn drop(&mut self) {
-        if std::thread::panicking() || !self.binds.iter().any(|(_, db)| matches!(db, Db::My(_))) {
+        if std::thread::panicking() {
+            return;
+        }
+        self.assert_consistent();
+        if !self.binds.iter().any(|(_, db)| matches!(db, Db::My(_))) {
             return;
         }
         let batches: BTreeSet<String> = self
@@ -494,6 +502,7 @@ impl Project {
             dir: tempfile::tempdir().unwrap(),
             binds: Vec::new(),
             extra_config: String::new(),
+            in_doubt_on_purpose: std::cell::Cell::new(false),
         }
     }
 
@@ -744,5 +753,259 @@ impl Drop for OwnMariaDb {
             .arg("stop")
             .arg(self.dir.path().join("maria"))
             .output();
+    }
+}
+
+/// One row of a decider's `orchestrate_batches`.
+#[derive(Debug)]
+struct BatchRow {
+    bind: String,
+    state: String,
+    settled: bool,
+    /// The binds the decision record names as participants.
+    participants: Vec<String>,
+}
+
+/// One row of a bind's `orchestrate_history`: the batch and its direction label.
+#[derive(Debug)]
+struct HistoryRow {
+    bind: String,
+    mysql: bool,
+    label: String,
+}
+
+impl Db {
+    /// Every table of the database, bookkeeping included (none for a missing SQLite file).
+    fn all_tables(&self) -> BTreeSet<String> {
+        match self {
+            Db::Pg(db) => names(
+                &mut db.conn(),
+                "SELECT tablename AS name FROM pg_tables WHERE schemaname = 'public'",
+            ),
+            Db::Sqlite(path) if !path.exists() => Vec::new(),
+            Db::Sqlite(path) => names(
+                &mut sqlite(path),
+                "SELECT name FROM sqlite_master WHERE type = 'table'",
+            ),
+            Db::My(db) => names(
+                &mut db.conn(),
+                "SELECT CAST(table_name AS CHAR) AS name FROM information_schema.tables WHERE table_schema = DATABASE()",
+            ),
+        }
+        .into_iter()
+        .collect()
+    }
+
+    /// Rows of `sql` as one text column. `parts` are the SQL expressions to join with `|`
+    /// (with `||` or `CONCAT`, as the backend has it). Fails loudly on any error.
+    fn joined(&self, parts: &[&str], from: &str) -> Vec<String> {
+        let text = match self {
+            Db::My(_) => format!("CAST(CONCAT_WS('|', {}) AS CHAR)", parts.join(", ")),
+            _ => parts.join(" || '|' || "),
+        };
+        let sql = format!("SELECT {text} AS name FROM {from}");
+        match self {
+            Db::Pg(db) => names(&mut db.conn(), &sql),
+            Db::Sqlite(path) => names(&mut sqlite(path), &sql),
+            Db::My(db) => names(&mut db.conn(), &sql),
+        }
+    }
+
+    fn batch_rows(&self, bind: &str, tables: &BTreeSet<String>) -> Vec<(String, BatchRow)> {
+        if !tables.contains("orchestrate_batches") {
+            return Vec::new();
+        }
+        self.joined(
+            &[
+                "batch_id",
+                "state",
+                "CASE WHEN settled_at IS NULL THEN 'open' ELSE 'settled' END",
+                "COALESCE(record, '')",
+            ],
+            "orchestrate_batches",
+        )
+        .into_iter()
+        .map(|line| {
+            let mut f = line.splitn(4, '|');
+            let (id, state, settled, record) = (
+                f.next().unwrap().to_string(),
+                f.next().unwrap().to_string(),
+                f.next().unwrap() == "settled",
+                f.next().unwrap_or(""),
+            );
+            let participants = if record.is_empty() {
+                Vec::new()
+            } else {
+                let value: serde_json::Value = serde_json::from_str(record)
+                    .unwrap_or_else(|e| panic!("{bind}: unreadable decision record of {id}: {e}"));
+                value["participants"]
+                    .as_array()
+                    .unwrap_or_else(|| {
+                        panic!("{bind}: decision record of {id} lists no participants")
+                    })
+                    .iter()
+                    .map(|p| p["bind"].as_str().unwrap().to_string())
+                    .collect()
+            };
+            let row = BatchRow {
+                bind: bind.to_string(),
+                state,
+                settled,
+                participants,
+            };
+            (id, row)
+        })
+        .collect()
+    }
+
+    fn history_rows(&self, bind: &str, tables: &BTreeSet<String>) -> Vec<(String, HistoryRow)> {
+        if !tables.contains("orchestrate_history") {
+            return Vec::new();
+        }
+        self.joined(&["batch_id", "direction"], "orchestrate_history")
+            .into_iter()
+            .map(|line| {
+                let (id, label) = line.split_once('|').unwrap();
+                let row = HistoryRow {
+                    bind: bind.to_string(),
+                    mysql: matches!(self, Db::My(_)),
+                    label: label.to_string(),
+                };
+                (id.to_string(), row)
+            })
+            .collect()
+    }
+}
+
+impl Project {
+    /// The test ends with a batch in doubt on purpose (it checks exit 3 and what `status`
+    /// says): the end-of-test check still checks atomicity, but not that nothing is in doubt.
+    pub fn leaves_batches_in_doubt(&self) {
+        self.in_doubt_on_purpose.set(true);
+    }
+
+    /// Compares every bind's tables and versions with `expected`, which must name every bind
+    /// of the project, then runs [`Project::assert_consistent`].
+    #[track_caller]
+    pub fn assert_states(&self, expected: &[(&str, DbState)]) {
+        let names: BTreeSet<&str> = self.binds.iter().map(|(b, _)| b.as_str()).collect();
+        let listed: BTreeSet<&str> = expected.iter().map(|(b, _)| *b).collect();
+        assert_eq!(
+            listed, names,
+            "assert_states must name every bind of the project"
+        );
+        for (bind, want) in expected {
+            assert_eq!(&self.db(bind).state(), want, "bind {bind}");
+        }
+        self.assert_consistent();
+    }
+
+    /// What every test ends with: reads every bind's bookkeeping and checks the promises.
+    /// - All or nothing: a batch decided `abort` left no history on a PostgreSQL or SQLite
+    ///   bind, and on a MySQL bind as many undo rows as rows it ran; a batch still `begun` left
+    ///   no history on a PostgreSQL or SQLite bind; a batch settled as `commit` left history on
+    ///   every participant its record names.
+    /// - Nothing left in doubt (unless [`Project::leaves_batches_in_doubt`]): no `begun` row,
+    ///   no unsettled `commit`, no prepared transaction, no MySQL mark.
+    ///
+    /// Batches with a `heuristic` row (an operator's `resolve`) and batches no decider of the
+    /// project knows (stamps, MySQL-only batches) are checked for leftovers only.
+    #[track_caller]
+    pub fn assert_consistent(&self) {
+        let mut decisions: Vec<(String, BatchRow)> = Vec::new();
+        let mut history: Vec<(String, HistoryRow)> = Vec::new();
+        let mut problems: Vec<String> = Vec::new();
+        let in_doubt_ok = self.in_doubt_on_purpose.get();
+        for (bind, db) in &self.binds {
+            let tables = db.all_tables();
+            decisions.extend(db.batch_rows(bind, &tables));
+            history.extend(db.history_rows(bind, &tables));
+            if in_doubt_ok {
+                continue;
+            }
+            let prepared = db.state().prepared;
+            if !prepared.is_empty() {
+                problems.push(format!("{bind}: prepared transactions left: {prepared:?}"));
+            }
+            let marks = db.marks();
+            if !marks.is_empty() {
+                problems.push(format!("{bind}: marks left: {marks:?}"));
+            }
+        }
+        for (id, row) in &decisions {
+            if in_doubt_ok {
+                break;
+            }
+            if row.state == "begun" || (row.state == "commit" && !row.settled) {
+                problems.push(format!(
+                    "{}: batch {id} is left `{}`{}",
+                    row.bind,
+                    row.state,
+                    if row.settled { "" } else { " and unsettled" }
+                ));
+            }
+        }
+        let heuristic: BTreeSet<&String> = history
+            .iter()
+            .filter(|(_, r)| r.label == "heuristic")
+            .map(|(id, _)| id)
+            .collect();
+        let batch_ids: BTreeSet<&String> = history.iter().map(|(id, _)| id).collect();
+        for id in batch_ids {
+            let rows: Vec<&HistoryRow> = history
+                .iter()
+                .filter(|(b, _)| b == id)
+                .map(|(_, r)| r)
+                .collect();
+            if heuristic.contains(id) {
+                continue;
+            }
+            let Some((_, decision)) = decisions.iter().find(|(b, _)| b == id) else {
+                continue;
+            };
+            let binds: BTreeSet<&String> = rows.iter().map(|r| &r.bind).collect();
+            for bind in binds {
+                let mine: Vec<&&HistoryRow> = rows.iter().filter(|r| &r.bind == bind).collect();
+                let forward = mine
+                    .iter()
+                    .filter(|r| r.label == "up" || r.label == "down")
+                    .count();
+                let undo = mine.iter().filter(|r| r.label == "undo").count();
+                let mysql = mine[0].mysql;
+                let broken = match decision.state.as_str() {
+                    "abort" => (!mysql && forward > 0) || (mysql && forward != undo),
+                    "begun" => !mysql && forward > 0,
+                    _ => false,
+                };
+                if broken {
+                    problems.push(format!(
+                        "{bind}: batch {id} is `{}` on its decider {}, yet {bind} holds {forward} history row(s) of it and {undo} undo row(s)",
+                        decision.state, decision.bind
+                    ));
+                }
+            }
+        }
+        for (id, decision) in &decisions {
+            if decision.state != "commit" || !decision.settled || heuristic.contains(id) {
+                continue;
+            }
+            for participant in &decision.participants {
+                let ran = history.iter().any(|(b, r)| {
+                    b == id && &r.bind == participant && (r.label == "up" || r.label == "down")
+                });
+                let known = self.binds.iter().any(|(b, _)| b == participant);
+                if known && !ran {
+                    problems.push(format!(
+                        "{participant}: batch {id} is settled as `commit` on {}, but {participant} has no history of it",
+                        decision.bind
+                    ));
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "the databases break a promise at the end of the test:\n  {}",
+            problems.join("\n  ")
+        );
     }
 }

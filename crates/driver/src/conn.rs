@@ -1107,13 +1107,7 @@ impl BindConnection {
             return Ok(None);
         }
         let here = self.schema_name();
-        let schemas: Vec<Name> = self.rows(
-            "cannot read the catalog",
-            "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relname = 'orchestrate_batches' AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
-            &[Arg::Text(&here)],
-        )?;
-        for schema in schemas.into_iter().filter_map(|n| n.s) {
+        for schema in self.other_batch_schemas()? {
             let qualifier = format!("{}.", quote_ident(Backend::Postgres, &schema));
             let rows: Vec<BatchRow> = self.rows(
                 "cannot read orchestrate_batches",
@@ -1127,6 +1121,21 @@ impl BindConnection {
             }
         }
         Ok(None)
+    }
+
+    /// PostgreSQL: the schemas other than this session's that hold an `orchestrate_batches`.
+    fn other_batch_schemas(&mut self) -> Result<Vec<String>, DriverError> {
+        if !matches!(self.conn, Conn::Pg(_)) {
+            return Ok(Vec::new());
+        }
+        let here = self.schema_name();
+        let schemas: Vec<Name> = self.rows(
+            "cannot read the catalog",
+            "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'orchestrate_batches' AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
+            &[Arg::Text(&here)],
+        )?;
+        Ok(schemas.into_iter().filter_map(|n| n.s).collect())
     }
 
     /// The state column of a batch's row in `orchestrate_batches`, if there is one.
@@ -1161,6 +1170,20 @@ impl BindConnection {
             bind: self.bind(),
             detail: format!("the decision record of batch {batch_id} is unreadable: {e}"),
         })
+    }
+
+    /// The batches still `begun` in this bind's `orchestrate_batches`, oldest first (none
+    /// without the table). Creates nothing.
+    pub fn begun_batches(&mut self) -> Result<Vec<String>, DriverError> {
+        if !self.existing_tables()?.iter().any(|t| t == BATCHES) {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<VersionRow> = self.rows(
+            "cannot read orchestrate_batches",
+            "SELECT batch_id AS version FROM {orchestrate_batches} WHERE state = 'begun' ORDER BY batch_id",
+            &[],
+        )?;
+        Ok(rows.into_iter().map(|r| r.version).collect())
     }
 
     /// Every commit decision this bind holds whose participants are not all known to have
@@ -1200,6 +1223,18 @@ impl BindConnection {
                     .filter(|r| !settled.contains(&r.batch_id)),
             );
         }
+        // PostgreSQL: decisions written under an earlier default search_path count too.
+        for schema in self.other_batch_schemas()? {
+            let qualifier = quote_ident(Backend::Postgres, &schema);
+            rows.extend(self.rows::<BatchRow>(
+                "cannot read orchestrate_batches",
+                &format!(
+                    "SELECT batch_id, state, record FROM {qualifier}.\"orchestrate_batches\" \
+                     WHERE state = 'commit' AND settled_at IS NULL ORDER BY batch_id"
+                ),
+                &[],
+            )?);
+        }
         rows.into_iter()
             .map(|row| self.parse_record(&row.batch_id, row.record.as_deref().unwrap_or("")))
             .collect()
@@ -1212,6 +1247,13 @@ impl BindConnection {
         record: &DecisionRecord,
         at: &str,
     ) -> Result<(), DriverError> {
+        // The row may be in another schema than this session resolved (the default
+        // search_path changed since the batch began): settle it there, never write a copy.
+        if !self.existing_tables()?.iter().any(|t| t == BATCHES)
+            || self.batch_row_state(&record.batch_id)?.is_none()
+        {
+            self.decision_state_elsewhere(&record.batch_id)?;
+        }
         let ddl = self.batches_ddl();
         self.execute_plain("cannot create orchestrate_batches", &ddl)?;
         let updated = self.exec(

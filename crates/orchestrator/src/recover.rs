@@ -14,6 +14,9 @@
 //!   `orchestrate resolve`; then a batch mark is settled by its decision: kept when the batch
 //!   was decided, otherwise (presumed abort) the batch's migrations there are undone with
 //!   their undo SQL, newest first.
+//! - A batch still `begun` on its decider that no coordinator holds (its coordinator died
+//!   before preparing anything, or everything it prepared was rolled back above) is recorded
+//!   as aborted, so that no batch stays undecided.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -263,7 +266,55 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
             }
         }
     }
+
+    // 4. Batches still `begun` that no coordinator holds: whatever they prepared or marked
+    // was settled above by the same decision, so `abort` is recorded for them and no batch
+    // stays undecided. A batch whose coordinator still holds its row is running: not ours.
+    for bind in &settings.binds {
+        abort_abandoned(bind, dry_run, timeout, &mut report);
+    }
     report
+}
+
+/// Step 4 of [`recover`] on one bind. A bind that cannot be reached was reported by step 2.
+fn abort_abandoned(
+    bind: &crate::settings::BindSettings,
+    dry_run: bool,
+    timeout: Duration,
+    report: &mut RecoverReport,
+) {
+    let Ok(mut conn) = BindConnection::connect(&bind.endpoint, false, timeout) else {
+        return;
+    };
+    let begun = match conn.begun_batches() {
+        Ok(begun) => begun,
+        Err(e) => return report.errors.push(e.to_string()),
+    };
+    for batch_id in begun {
+        let action = |action: &str, detail: &str| Action {
+            bind: bind.endpoint.bind.clone(),
+            batch_id: batch_id.clone(),
+            action: action.into(),
+            detail: detail.into(),
+        };
+        let gone = "begun by a coordinator that is gone, and nothing of it is prepared or committed on any bind recover could read";
+        match conn.decision_held(&batch_id) {
+            Ok(true) => continue,
+            Ok(false) if dry_run => report.actions.push(action(
+                "would abort",
+                &format!("{gone}: would record abort"),
+            )),
+            Ok(false) => match conn.decide_abort(&batch_id, &now(), Duration::ZERO) {
+                Ok(true) => report
+                    .actions
+                    .push(action("aborted", &format!("{gone}: recorded abort"))),
+                Ok(false) => {}
+                Err(e) if e.is_lock_wait() => {}
+                Err(e) => report.errors.push(e.to_string()),
+            },
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
 }
 
 /// One participant of a decided, unsettled batch: brought forward or checked. Returns what
