@@ -305,7 +305,7 @@ fn check_exit_codes() {
     let run = p.run(&["check", "--no-pending"]);
     run.expect(1);
     assert!(run.stdout.contains("pending migrations"), "{}", run.stdout);
-    assert_eq!(p.db("main").state(), state(&[], &[]));
+    p.assert_states(&[("main", state(&[], &[])), ("side", state(&[], &[]))]);
     p.run(&["upgrade", "--all-binds"]).expect(0);
     p.run(&["check", "--no-pending"]).expect(0);
     // An applied migration edited afterwards.
@@ -331,6 +331,11 @@ fn check_exit_codes() {
         "{}",
         run.stderr
     );
+    let done = [
+        ("main", state(&["a"], &["1"])),
+        ("side", state(&["s"], &["1"])),
+    ];
+    p.assert_states(&done);
     fs::write(
         p.path().join("migrations/main/1_a/up.sql"),
         "CREATE TABLE a (id INT);",
@@ -342,4 +347,5 @@ fn check_exit_codes() {
     let run = p.run(&["check"]);
     run.expect(2);
     assert!(run.stdout.contains("no up.sql"), "{}", run.stdout);
+    p.assert_states(&done);
 }

@@ -59,6 +59,7 @@ pub(crate) fn full(bind: &str) -> DbState {
 /// Whether every bind holds the whole batch (`Some(true)`), none of it (`Some(false)`), or a
 /// mix (`None`). Prepared transactions count as a mix.
 pub(crate) fn all_or_nothing(p: &Project) -> Option<bool> {
+    p.assert_atomic();
     let states = p.states();
     if states.iter().all(|(b, s)| *s == full(b)) {
         Some(true)

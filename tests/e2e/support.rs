@@ -912,10 +912,22 @@ impl Project {
     /// project knows (stamps, MySQL-only batches) are checked for leftovers only.
     #[track_caller]
     pub fn assert_consistent(&self) {
+        self.check_promises(!self.in_doubt_on_purpose.get());
+    }
+
+    /// The all-or-nothing half of [`Project::assert_consistent`] alone, for the middle of a
+    /// test where a batch may still be in doubt.
+    #[track_caller]
+    pub fn assert_atomic(&self) {
+        self.check_promises(false);
+    }
+
+    #[track_caller]
+    fn check_promises(&self, nothing_in_doubt: bool) {
         let mut decisions: Vec<(String, BatchRow)> = Vec::new();
         let mut history: Vec<(String, HistoryRow)> = Vec::new();
         let mut problems: Vec<String> = Vec::new();
-        let in_doubt_ok = self.in_doubt_on_purpose.get();
+        let in_doubt_ok = !nothing_in_doubt;
         for (bind, db) in &self.binds {
             let tables = db.all_tables();
             decisions.extend(db.batch_rows(bind, &tables));
