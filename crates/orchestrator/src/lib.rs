@@ -9,12 +9,14 @@
 //! - [`manage`]: `init`, `new` and `stamp`, which run no migration;
 //! - [`recover`]: finishing batches a crash left behind (presumed abort, SQLite redo);
 //! - [`signals`]: Ctrl-C and SIGTERM, honoured between steps;
-//! - [`cli`]: the `orchestrate` commands, their output and their exit codes ([`exit`]).
+//! - [`cli`]: the command line (arguments, dispatch); [`commands`]: each command's logic and
+//!   output, through one [`commands::Output`]; exit codes in [`exit`].
 //!
 //! What a single database does (version tables, locks, prepare, commit) is
 //! `orchestrate-driver`'s; what a chain and a plan are is `orchestrate-core`'s.
 
 pub mod cli;
+pub mod commands;
 pub mod coordinator;
 pub mod exit;
 pub mod inspect;

@@ -1,0 +1,596 @@
+//! `upgrade` and `downgrade`: validate everything (targets, chains, every bind's state, the
+//! plans and their statements, consent for non-atomic binds, server capacity), then run one
+//! batch and report each bind's outcome. Nothing is touched until validation has passed.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+
+use orchestrate_core::{
+    plan_downgrade, plan_upgrade, Allow, Chain, Direction, DownSqlSource, Plan, Target,
+};
+use orchestrate_driver::{
+    gid_for, nonatomic_script, read_chain, script, xa_script, Backend, BindConnection, BindState,
+    DecisionRecord, DriverError, Ending,
+};
+use serde_json::json;
+
+use super::output::{Output, Refusal};
+use super::progress::{Bars, Lines, Quiet};
+use super::status::in_doubt_message;
+use super::{error_chain, read_state, select};
+use crate::cli::MigrateArgs;
+use crate::coordinator::{
+    choose_decider, guarantee, is_atomic, run_batch, BatchReport, BindOutcome, BindWork,
+    RunOptions, Verdict,
+};
+use crate::exit;
+use crate::settings::{BindSettings, Settings};
+
+/// `orchestrate upgrade` / `downgrade`: validates, then runs one batch (or prints its SQL).
+pub fn migrate(
+    settings: &Settings,
+    direction: Direction,
+    args: &MigrateArgs,
+    allow: Allow,
+    o: &mut Output,
+) -> i32 {
+    let plans = match validate(settings, direction, args, allow) {
+        Ok(plans) => plans,
+        Err(refusal) => return o.refuse(refusal),
+    };
+    print_down_sql_notes(&plans, o);
+    let works: Vec<BindWork> = plans
+        .iter()
+        .filter(|(_, p)| !p.steps.is_empty())
+        .map(|(b, p)| BindWork {
+            endpoint: b.endpoint.clone(),
+            plan: p.clone(),
+        })
+        .collect();
+    if works.is_empty() {
+        if args.json {
+            o.json(&json!({"result": "nothing to do", "binds": []}));
+        } else {
+            o.line("Nothing to do: every selected bind is at its target.");
+        }
+        return exit::OK;
+    }
+    let refusals = consent_refusals(&works, direction, args);
+    if !refusals.is_empty() {
+        return o.refuse(Refusal::invalid(refusals));
+    }
+    if args.sql {
+        print_sql(settings, &works, &mut *o.out);
+        return exit::OK;
+    }
+    if !args.json {
+        print_guarantees(settings, &works, o);
+    }
+    if let Err(problems) = check_prepared_capacity(settings, &works) {
+        return o.refuse(Refusal::invalid(problems));
+    }
+    let migrations: BTreeMap<String, usize> = works
+        .iter()
+        .map(|w| (w.endpoint.bind.clone(), w.plan.steps.len()))
+        .collect();
+    let options = RunOptions {
+        preferred_decider: settings.decider.clone(),
+        lock_timeout: settings.lock_timeout,
+        parallelism: settings.parallelism,
+    };
+    let report = if args.json {
+        run_batch(works, direction, &options, &Quiet)
+    } else if std::io::stderr().is_terminal() {
+        run_batch(works, direction, &options, &Bars::default())
+    } else {
+        let lines = Lines(std::sync::Mutex::new(&mut *o.out));
+        run_batch(works, direction, &options, &lines)
+    };
+    if args.json {
+        print_json_outcome(&report, &migrations, o)
+    } else {
+        print_outcome(report, o)
+    }
+}
+
+/// Everything checked before a batch touches anything: the selected binds, their targets,
+/// chains and states, each plan and its statements, and batches an earlier run left. Returns
+/// every selected bind's plan (possibly empty).
+fn validate<'s>(
+    settings: &'s Settings,
+    direction: Direction,
+    args: &MigrateArgs,
+    allow: Allow,
+) -> Result<Vec<(&'s BindSettings, Plan)>, Refusal> {
+    let binds = select(settings, &args.binds, args.all_binds).map_err(Refusal::argument)?;
+    let (targets, mut errors) = parse_targets(&binds, args, direction);
+    let mut chains: Vec<(&BindSettings, Chain)> = Vec::new();
+    for b in &binds {
+        match read_chain(&b.name, &b.migrations) {
+            Ok(c) => chains.push((b, c)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Refusal::invalid(errors));
+    }
+    let planned = plan_binds(settings, &chains, &targets, direction, allow);
+    if !planned.errors.is_empty() {
+        return Err(Refusal::invalid(planned.errors));
+    }
+    let selected: Vec<&BindSettings> = chains.iter().map(|(b, _)| *b).collect();
+    let mut in_doubt = planned.in_doubt;
+    in_doubt.extend(lost_batches(settings, planned.decisions, &selected));
+    if !planned.busy.is_empty() && in_doubt.is_empty() {
+        return Err(Refusal {
+            code: exit::FAILED,
+            errors: planned.busy,
+            closing: None,
+        });
+    }
+    if !in_doubt.is_empty() {
+        return Err(Refusal {
+            code: exit::ATTENTION,
+            errors: in_doubt,
+            closing: Some("nothing was changed; an earlier batch must be resolved first"),
+        });
+    }
+    Ok(planned.plans)
+}
+
+/// The target of every selected bind: `--target` for all (default `head` up, `-1` down),
+/// then `--target NAME=TARGET` per bind. Returns the targets and the errors found.
+fn parse_targets(
+    binds: &[&BindSettings],
+    args: &MigrateArgs,
+    direction: Direction,
+) -> (BTreeMap<String, Target>, Vec<String>) {
+    let mut errors = Vec::new();
+    let default_target = args.target.clone().unwrap_or_else(|| {
+        if direction == Direction::Up {
+            "head"
+        } else {
+            "-1"
+        }
+        .to_string()
+    });
+    let parse_target = |text: &str| {
+        text.parse::<Target>()
+            .map_err(|e| format!("target `{text}`: {e}"))
+    };
+    let mut targets: BTreeMap<String, Target> = BTreeMap::new();
+    match parse_target(&default_target) {
+        Ok(t) => {
+            for b in binds {
+                targets.insert(b.name.clone(), t.clone());
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    for spec in &args.targets {
+        let Some((name, text)) = spec.split_once('=') else {
+            errors.push(format!(
+                "--target `{spec}`: write it as NAME=TARGET, such as users=+1"
+            ));
+            continue;
+        };
+        if !binds.iter().any(|b| b.name == name) {
+            errors.push(format!(
+                "--target `{spec}`: bind `{name}` is not selected; add --bind {name} or use --all-binds"
+            ));
+            continue;
+        }
+        match parse_target(text) {
+            Ok(t) => {
+                targets.insert(name.to_string(), t);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (targets, errors)
+}
+
+/// What reading every selected bind's state and planning it found.
+struct Planned<'s> {
+    plans: Vec<(&'s BindSettings, Plan)>,
+    errors: Vec<String>,
+    /// Batches an earlier run left in doubt on these binds (exit 3).
+    in_doubt: Vec<String>,
+    /// Binds a running batch holds (exit 1).
+    busy: Vec<String>,
+    /// Unsettled decisions the selected binds hold.
+    decisions: Vec<DecisionRecord>,
+}
+
+/// Reads every bind's state (in parallel, before touching any) and plans it.
+fn plan_binds<'s>(
+    settings: &Settings,
+    chains: &[(&'s BindSettings, Chain)],
+    targets: &BTreeMap<String, Target>,
+    direction: Direction,
+    allow: Allow,
+) -> Planned<'s> {
+    let mut planned = Planned {
+        plans: Vec::new(),
+        errors: Vec::new(),
+        in_doubt: Vec::new(),
+        busy: Vec::new(),
+        decisions: Vec::new(),
+    };
+    let pool = crate::workers(settings.parallelism);
+    let states: Vec<Result<BindState, DriverError>> = pool.install(|| {
+        use rayon::prelude::*;
+        chains
+            .par_iter()
+            .map(|(b, _)| read_state(b, settings))
+            .collect()
+    });
+    for ((b, chain), state) in chains.iter().zip(states) {
+        let state = match state {
+            Ok(s) => s,
+            Err(e) => {
+                planned.errors.push(e.to_string());
+                continue;
+            }
+        };
+        planned.decisions.extend(state.unsettled.iter().cloned());
+        let state = set_aside_running(settings, b, state, &mut planned.busy);
+        planned.in_doubt.extend(in_doubt_message(&b.name, &state));
+        planned.in_doubt.extend(state.marks.iter().map(|m| {
+            format!(
+                "bind `{}`: {}",
+                b.name,
+                m.describe().replace("<bind>", &b.name)
+            )
+        }));
+        let target = &targets[&b.name];
+        let plan = match direction {
+            Direction::Up => plan_upgrade(chain, &state.applied, target, allow),
+            Direction::Down => plan_downgrade(chain, &state.applied, target),
+        }
+        .and_then(|p| orchestrate_driver::check_plan(b.endpoint.backend, chain, &p).map(|()| p));
+        match plan {
+            Ok(p) => planned.plans.push((b, p)),
+            Err(e) => planned.errors.push(e.to_string()),
+        }
+    }
+    planned
+}
+
+/// A prepared transaction of a batch whose coordinator is still running is not in doubt:
+/// that bind is busy (exit 1), as when its lock is held. Returns the state without them.
+fn set_aside_running(
+    settings: &Settings,
+    bind: &BindSettings,
+    state: BindState,
+    busy: &mut Vec<String>,
+) -> BindState {
+    let (running, doubtful): (Vec<_>, Vec<_>) = state
+        .in_doubt
+        .iter()
+        .cloned()
+        .partition(|p| crate::inspect::batch_is_running(settings, &p.gid));
+    busy.extend(running.iter().map(|p| format!(
+        "bind `{}`: another orchestrate run is in the middle of a batch here (prepared transaction {}); nothing was changed. Run again once it has finished",
+        bind.name, p.gid
+    )));
+    BindState {
+        in_doubt: doubtful,
+        ..state
+    }
+}
+
+/// A SQLite bind that lost its part of a decided batch must be brought forward first: the
+/// messages for such binds among `selected`.
+fn lost_batches(
+    settings: &Settings,
+    mut decisions: Vec<DecisionRecord>,
+    selected: &[&BindSettings],
+) -> Vec<String> {
+    if selected
+        .iter()
+        .any(|b| b.endpoint.backend == Backend::Sqlite)
+    {
+        // Their deciders may not be among the selected binds.
+        for other in settings
+            .binds
+            .iter()
+            .filter(|o| !selected.iter().any(|b| b.name == o.name))
+        {
+            if let Ok(found) =
+                BindConnection::connect(&other.endpoint, false, settings.lock_timeout)
+                    .and_then(|mut c| c.unsettled_decisions())
+            {
+                decisions.extend(found);
+            }
+        }
+    }
+    crate::inspect::lost_decided_batches(settings, &decisions, selected)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect()
+}
+
+/// Where a step's down SQL comes from, when it is not the folder's down.sql as applied.
+fn print_down_sql_notes(plans: &[(&BindSettings, Plan)], o: &mut Output) {
+    for (b, p) in plans {
+        for step in &p.steps {
+            match step.down_source {
+                Some(DownSqlSource::Stored) => o.line(format!("note: {}: {} has no down.sql on disk; using the copy stored when it was applied", b.name, step.name)),
+                Some(DownSqlSource::FileDiffersFromStored) => o.line(format!("note: {}: {}/down.sql differs from the copy stored when it was applied; using the file", b.name, step.name)),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Non-atomic (MySQL) binds: each migration needs undo SQL and no compound body, and the
+/// user must consent with `--allow-non-atomic` (not needed for `--sql`).
+fn consent_refusals(works: &[BindWork], direction: Direction, args: &MigrateArgs) -> Vec<String> {
+    let nonatomic: Vec<&BindWork> = (0..works.len())
+        .filter(|i| !is_atomic(works, *i))
+        .map(|i| &works[i])
+        .collect();
+    let mut refusals = Vec::new();
+    for w in &nonatomic {
+        for step in &w.plan.steps {
+            if step.undo_sql.is_none() {
+                refusals.push(format!(
+                    "bind `{}` ({}) is not atomic, so each of its migrations needs SQL to undo it if the batch fails, and {} has none ({}); add it, or migrate this bind on its own",
+                    w.endpoint.bind,
+                    w.endpoint.backend,
+                    step.name,
+                    if direction == Direction::Up { "no down.sql" } else { "its folder, with up.sql, is gone" }
+                ));
+            } else if orchestrate_core::has_compound_body(&step.sql)
+                || step
+                    .undo_sql
+                    .as_deref()
+                    .is_some_and(orchestrate_core::has_compound_body)
+            {
+                refusals.push(format!(
+                    "bind `{}`: {} defines a routine, trigger or event with a BEGIN ... END body; MySQL migrations run statement by statement, and such bodies cannot be split safely. Move it to its own migration tool step",
+                    w.endpoint.bind, step.name
+                ));
+            }
+        }
+    }
+    if !nonatomic.is_empty() && !args.allow_non_atomic && !args.sql {
+        let names: Vec<String> = nonatomic
+            .iter()
+            .map(|w| format!("`{}` ({})", w.endpoint.bind, w.endpoint.backend))
+            .collect();
+        refusals.push(format!(
+            "bind(s) {} cannot be part of an atomic batch: MySQL and MariaDB commit DDL statement by statement. Pass --allow-non-atomic to run them after every atomic bind has prepared, with their migrations reverted by down SQL if anything fails before the decision (see `--sql` for the exact order); or migrate them separately",
+            names.join(", ")
+        ));
+    }
+    refusals
+}
+
+/// What each bind promises, when the batch mixes guarantees, and a warning per non-atomic bind.
+fn print_guarantees(settings: &Settings, works: &[BindWork], o: &mut Output) {
+    if works.iter().any(|w| w.endpoint.backend == Backend::Mysql) {
+        let decider = choose_decider(works, settings.decider.as_deref());
+        for (i, w) in works.iter().enumerate() {
+            o.line(format!(
+                "plan: {} ({}): {} migration(s) {}; {}",
+                w.endpoint.bind,
+                w.endpoint.backend,
+                w.plan.steps.len(),
+                w.plan.direction,
+                guarantee(works, i, decider)
+            ));
+        }
+    }
+    for (i, w) in works.iter().enumerate() {
+        if is_atomic(works, i) {
+            continue;
+        }
+        o.line(format!(
+            "note: bind `{}` ({}) is NOT atomic: its {} migration(s) commit statement by statement after every atomic bind has prepared; if anything fails before the decision they are reverted with their undo SQL, newest first",
+            w.endpoint.bind,
+            w.endpoint.backend,
+            w.plan.steps.len()
+        ));
+    }
+}
+
+/// The exit code, the result word and the error text of a batch's verdict.
+fn verdict(report: &BatchReport) -> (i32, &'static str, Option<String>) {
+    match &report.verdict {
+        Verdict::Committed => (exit::OK, "committed", None),
+        Verdict::RolledBack { error } => (exit::FAILED, "rolled back", Some(error_chain(error))),
+        Verdict::NeedsAttention { error, detail } => (
+            exit::ATTENTION,
+            "needs attention",
+            Some(match error {
+                Some(e) => format!("{}; {detail}", error_chain(e)),
+                None => detail.clone(),
+            }),
+        ),
+    }
+}
+
+/// `--json`: the batch and every bind's outcome as one JSON object.
+fn print_json_outcome(
+    report: &BatchReport,
+    migrations: &BTreeMap<String, usize>,
+    o: &mut Output,
+) -> i32 {
+    let (code, result, error_text) = verdict(report);
+    let binds: Vec<_> = report
+        .binds
+        .iter()
+        .map(|(bind, outcome)| {
+            let (state, detail) = match outcome {
+                BindOutcome::Committed => ("committed", None),
+                BindOutcome::RolledBack => ("rolled back", None),
+                BindOutcome::Undone { count } => (
+                    "undone",
+                    Some(format!(
+                        "{count} migration(s) committed and then reverted with their undo SQL"
+                    )),
+                ),
+                BindOutcome::LeftPrepared { gid } => ("prepared", Some(gid.clone())),
+                BindOutcome::Attention { detail } => ("attention", Some(detail.clone())),
+            };
+            json!({
+                "bind": bind,
+                "outcome": state,
+                "detail": detail,
+                "migrations": migrations.get(bind),
+                "elapsed_ms": report.timings.get(bind),
+            })
+        })
+        .collect();
+    o.json(&json!({
+        "batch_id": report.batch_id,
+        "decider": report.decider,
+        "direction": report.direction.to_string(),
+        "result": result,
+        "error": error_text,
+        "other_errors": report.other_errors,
+        "binds": binds,
+    }));
+    code
+}
+
+/// Text: a line per bind, then the batch's verdict (errors on the error stream).
+fn print_outcome(report: BatchReport, o: &mut Output) -> i32 {
+    let (code, _, error_text) = verdict(&report);
+    for (bind, outcome) in &report.binds {
+        let text = match outcome {
+            BindOutcome::Committed => "committed".to_string(),
+            BindOutcome::RolledBack | BindOutcome::Undone { count: 0 } => {
+                "rolled back, unchanged".to_string()
+            }
+            BindOutcome::Undone { count } => format!(
+                "not atomic: {count} migration(s) of this batch had committed and were reverted with their undo SQL, newest first"
+            ),
+            BindOutcome::LeftPrepared { gid } => {
+                format!("left prepared as {gid}; run `orchestrate recover`")
+            }
+            BindOutcome::Attention { detail } => detail.clone(),
+        };
+        o.line(format!("  {bind}: {text}"));
+    }
+    match report.verdict {
+        Verdict::Committed => {
+            o.line(format!("batch {} committed on every bind", report.batch_id));
+        }
+        Verdict::RolledBack { .. } => {
+            o.error(error_text.unwrap_or_default());
+            o.note(format!(
+                "batch {} rolled back: every bind is as it was before",
+                report.batch_id
+            ));
+        }
+        Verdict::NeedsAttention { error, detail } => {
+            if let Some(e) = error {
+                o.error(error_chain(&e));
+            }
+            o.note(format!("attention: {detail}"));
+        }
+    }
+    code
+}
+
+/// Fails early, before anything is touched, when a server cannot hold the prepared
+/// transactions the batch needs there (PostgreSQL's default max_prepared_transactions is 0).
+fn check_prepared_capacity(settings: &Settings, works: &[BindWork]) -> Result<(), Vec<String>> {
+    let decider = choose_decider(works, settings.decider.as_deref());
+    let mut servers: BTreeMap<String, Vec<&BindWork>> = BTreeMap::new();
+    for (i, w) in works.iter().enumerate() {
+        if Some(i) == decider {
+            continue;
+        }
+        if let Some(server) = w.endpoint.server() {
+            servers.entry(server).or_default().push(w);
+        }
+    }
+    let mut problems = Vec::new();
+    for (server, binds) in servers {
+        let names: Vec<&str> = binds.iter().map(|w| w.endpoint.bind.as_str()).collect();
+        let max = BindConnection::connect(&binds[0].endpoint, false, settings.lock_timeout)
+            .and_then(|mut c| c.max_prepared_transactions());
+        match max {
+            Ok(Some(max)) if (names.len() as i64) > max => problems.push(format!(
+                "the batch prepares {} transaction(s) on server {server} (bind(s) {}), but its max_prepared_transactions is {max}; set it to at least {} and restart that server",
+                names.len(),
+                names.join(", "),
+                names.len()
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
+    let batch_id = "<batch-id>";
+    let decider_index = choose_decider(works, settings.decider.as_deref());
+    // MySQL binds alone: the first one records the decision.
+    let decider = works[decider_index.unwrap_or(0)].endpoint.bind.clone();
+    let atomic = |i: &usize| is_atomic(works, *i);
+    let mut order: Vec<usize> = (0..works.len())
+        .filter(|i| Some(*i) != decider_index && atomic(i))
+        .collect();
+    order.extend((0..works.len()).filter(|i| !atomic(i)));
+    order.extend(decider_index);
+    match decider_index {
+        Some(_) => {
+            let _ = writeln!(
+                out,
+                "-- {} bind(s) in one batch; `{decider}` decides. Binds run in this order{}; no atomic bind commits until the decider has.",
+                works.len(),
+                if order.iter().any(|i| !is_atomic(works, *i)) {
+                    " (the decider's transaction opens first, and its migrations run before the non-atomic binds'; its decision is written last)"
+                } else {
+                    ""
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "-- {} bind(s), none atomic; `{decider}` records the decision once every bind has succeeded; a failure on one undoes the others with their down SQL.",
+                works.len()
+            );
+        }
+    }
+    for i in order {
+        let w = &works[i];
+        let gid = gid_for(batch_id, &decider, &w.endpoint.bind);
+        let _ = writeln!(
+            out,
+            "\n-- bind {} ({}, {}): {} migration(s) {}; {}",
+            w.endpoint.bind,
+            w.endpoint.backend,
+            w.endpoint.redacted(),
+            w.plan.steps.len(),
+            w.plan.direction,
+            guarantee(works, i, decider_index)
+        );
+        let body = if !is_atomic(works, i) {
+            nonatomic_script(&w.plan, batch_id, &decider)
+        } else if w.endpoint.backend == Backend::Mysql {
+            xa_script(&w.plan, batch_id, &decider, &w.endpoint.bind)
+        } else {
+            let ending = if Some(i) == decider_index {
+                Ending::Decide { batch_id }
+            } else if w.endpoint.backend == Backend::Postgres {
+                Ending::Prepare { gid: &gid }
+            } else {
+                Ending::HoldOpen
+            };
+            script(w.endpoint.backend, &w.plan, batch_id, ending)
+        };
+        let _ = write!(out, "{body}");
+    }
+}

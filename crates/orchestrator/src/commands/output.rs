@@ -1,0 +1,91 @@
+//! Where every command prints: results on `out`, errors on `err`, as text or as JSON, the
+//! same way for every command.
+
+use std::fmt::Display;
+use std::io::Write;
+
+use crate::exit;
+
+/// The two streams a command writes to. Tests pass buffers; the binary passes stdout and
+/// stderr. Writing errors (a closed pipe) are ignored: the exit code still tells.
+pub struct Output<'a> {
+    pub out: &'a mut (dyn Write + Send),
+    pub err: &'a mut dyn Write,
+}
+
+/// Why a command stops before touching anything: the exit code, the errors, and the closing
+/// line that says what was (not) changed.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: i32,
+    pub errors: Vec<String>,
+    pub closing: Option<&'static str>,
+}
+
+impl Refusal {
+    /// Invalid input (exit 2) with "nothing was changed".
+    pub fn invalid(errors: Vec<String>) -> Refusal {
+        Refusal {
+            code: exit::INVALID,
+            errors,
+            closing: Some("nothing was changed"),
+        }
+    }
+
+    /// One invalid argument (exit 2), said alone.
+    pub fn argument(error: String) -> Refusal {
+        Refusal {
+            code: exit::INVALID,
+            errors: vec![error],
+            closing: None,
+        }
+    }
+}
+
+impl Output<'_> {
+    /// A line of the command's result.
+    pub fn line(&mut self, text: impl Display) {
+        let _ = writeln!(self.out, "{text}");
+    }
+
+    /// The command's result as JSON, pretty-printed.
+    pub fn json(&mut self, value: &serde_json::Value) {
+        let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
+        let _ = writeln!(self.out, "{text}");
+    }
+
+    /// An error line on the error stream.
+    pub fn error(&mut self, text: impl Display) {
+        let _ = writeln!(self.err, "error: {text}");
+    }
+
+    /// A line on the error stream, as it is.
+    pub fn note(&mut self, text: impl Display) {
+        let _ = writeln!(self.err, "{text}");
+    }
+
+    /// Prints a refusal and returns its exit code.
+    pub fn refuse(&mut self, refusal: Refusal) -> i32 {
+        for e in &refusal.errors {
+            self.error(e);
+        }
+        if let Some(closing) = refusal.closing {
+            self.note(closing);
+        }
+        refusal.code
+    }
+
+    /// Prints a command's text result or its error, and returns the exit code.
+    pub fn result(&mut self, result: Result<String, crate::manage::Failure>) -> i32 {
+        match result {
+            Ok(text) => {
+                self.line(text);
+                exit::OK
+            }
+            Err((code, text)) => {
+                self.error(text);
+                code
+            }
+        }
+    }
+}
