@@ -1,20 +1,23 @@
-//! One atomic batch across binds.
+//! One atomic batch across binds, as a protocol read top to bottom in [`Batch::run`]:
 //!
-//! 0. The decider opens its transaction first (its PostgreSQL session tagged with the batch),
-//!    so that `recover` can never presume abort while this coordinator could still decide.
-//! 1. Every other participant, in parallel (at most `parallelism` at once): open the batch
-//!    transaction, take the lock, check the plan still holds, run its steps. PostgreSQL binds
-//!    then `PREPARE TRANSACTION` (verified) and release their connection: a prepared
-//!    transaction needs none, so a batch can span more binds than the server has connections.
-//!    SQLite binds keep their transaction, and write lock, open.
-//! 2. The decider runs its own steps, writes the decision record (with the steps of every
-//!    SQLite participant, for redo) and commits. That COMMIT is the decision. Any failure
-//!    before it rolls every bind back.
-//! 3. In parallel: `COMMIT PREPARED` on every PostgreSQL participant (over a new connection),
-//!    `COMMIT` on every SQLite one.
+//! 0. [`Batch::open_decider`]: the batch's `begun` row is committed on the decider, then the
+//!    decider's batch transaction opens and holds that row until the decision, so that
+//!    `recover` cannot record `abort` while this coordinator can still commit.
+//! 1. [`Batch::prepare_participants`]: every other atomic participant, in parallel (at most
+//!    `parallelism` at once): open the batch transaction, take the lock, check the plan still
+//!    holds, run its steps. PostgreSQL binds then `PREPARE TRANSACTION` (verified) and release
+//!    their connection; MySQL data-only binds `XA PREPARE` and keep their session; SQLite
+//!    binds keep their transaction, and write lock, open.
+//! 2. [`Batch::decide`]: the decider runs its own steps, then the non-atomic MySQL binds run
+//!    theirs under marks, then the decider turns its row to `commit` (with the decision
+//!    record) and commits. That COMMIT is the decision. Any failure before it goes through
+//!    [`Batch::fail_before_decision`]: every bind rolled back or undone, `abort` recorded.
+//! 3. [`Batch::commit_everyone`]: `COMMIT PREPARED` (PostgreSQL, over a new connection),
+//!    `XA COMMIT` (MySQL), `COMMIT` (SQLite), in parallel; marks cleared; decision settled.
 //!
-//! A decider COMMIT that fails because the connection was lost leaves the batch in doubt: the
-//! others are never rolled back on that error; `orchestrate recover` reads the decision later.
+//! A decider COMMIT that fails because the connection was lost leaves the batch in doubt
+//! ([`Batch::commit_unknown`]): nothing is rolled back on that error; `orchestrate recover`
+//! reads the decision later. Batches of MySQL binds only: [`Batch::run_nonatomic_only`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -289,359 +292,859 @@ pub fn run_batch(
 ) -> BatchReport {
     // From here a signal asks to stop cleanly: what is under way must be finished or undone.
     signals::writing();
-    let batch_id = new_batch_id();
-    let Some(decider_index) = choose_decider(&works, options.preferred_decider.as_deref()) else {
-        return run_nonatomic_only(works, batch_id, direction, options, progress);
-    };
-    let decider_name = works[decider_index].endpoint.bind.clone();
-    let nonatomic: Vec<usize> = (0..works.len())
-        .filter(|i| !is_atomic(&works, *i))
-        .collect();
-    let mut report = BatchReport {
-        batch_id: batch_id.clone(),
-        decider: decider_name.clone(),
-        direction,
-        binds: Vec::new(),
-        timings: BTreeMap::new(),
-        other_errors: Vec::new(),
-        verdict: Verdict::Committed,
-    };
-    let pool = crate::workers(options.parallelism.max(1));
-    progress.line(&format!(
-        "batch {batch_id}: {} bind(s), decider `{decider_name}`",
-        works.len()
-    ));
-
-    // 0. The decider's transaction opens first.
-    let decider = &works[decider_index];
-    let decider_started = Instant::now();
-    let opened = BindConnection::connect(&decider.endpoint, true, options.lock_timeout).and_then(
-        |mut conn| {
-            // The batch's row, committed before anything else: from here on the batch is
-            // decided by whoever turns it first, this run (commit) or `recover` (abort).
-            conn.begin_decision(&batch_id, &now_text())?;
-            let held = conn
-                .tag_as_decider(&batch_id)
-                .and_then(|()| conn.begin_batch())
-                .and_then(|()| conn.hold_decision(&batch_id));
-            if let Err(e) = held {
-                conn.rollback();
-                record_abort(&mut conn, &batch_id);
-                return Err(e);
-            }
-            Ok(conn)
-        },
-    );
-    let mut decider_conn = match opened {
-        Ok(conn) => conn,
-        Err(error) => {
-            return abort(
-                report,
-                Vec::new(),
-                Vec::new(),
-                &works,
-                error.into(),
-                options,
-                progress,
-                pool,
-            )
-        }
-    };
-
-    // 1. Every other participant, in parallel.
-    let at = now_text();
-    let participants: Vec<usize> = (0..works.len())
-        .filter(|i| *i != decider_index && is_atomic(&works, *i))
-        .collect();
-    let failed_flag = AtomicBool::new(false);
-    progress.phase("prepare", participants.len());
-    let results: Vec<PhaseOne> = pool.install(|| {
-        participants
-            .par_iter()
-            .map(|&i| {
-                if failed_flag.load(Ordering::SeqCst) || signals::interrupted() {
-                    return (i, None, 0);
-                }
-                let started = Instant::now();
-                let result = phase_one(
-                    &works[i],
-                    &batch_id,
-                    &decider_name,
-                    direction,
-                    options.lock_timeout,
-                    &at,
-                );
-                match &result {
-                    Ok(_) => progress.line(&format!(
-                        "  {}: {} migration(s) {}, {}",
-                        works[i].endpoint.bind,
-                        works[i].plan.steps.len(),
-                        direction_past(direction),
-                        if works[i].endpoint.backend != Backend::Sqlite {
-                            "prepared"
-                        } else {
-                            "holding its transaction open"
-                        }
-                    )),
-                    Err(_) => failed_flag.store(true, Ordering::SeqCst),
-                }
-                progress.tick();
-                (i, Some(result), started.elapsed().as_millis() as u64)
-            })
-            .collect()
-    });
-    let mut held: Vec<(usize, Held)> = Vec::new();
-    let mut maybe_prepared: Vec<(usize, String)> = Vec::new();
-    let mut errors: Vec<BatchError> = Vec::new();
-    let mut before: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    for (i, result, ms) in results {
-        report.timings.insert(works[i].endpoint.bind.clone(), ms);
-        match result {
-            Some(Ok(h)) => {
-                if let Held::Open { before: b, .. } = &h {
-                    before.insert(i, b.clone());
-                }
-                held.push((i, h))
-            }
-            Some(Err(f)) => {
-                if let Some(gid) = f.maybe_prepared {
-                    if f.prepare_reply_lost {
-                        held.push((i, Held::ReplyLost { gid }));
-                    } else {
-                        maybe_prepared.push((i, gid));
-                    }
-                }
-                errors.push(f.error);
-            }
-            None => {}
-        }
+    match choose_decider(&works, options.preferred_decider.as_deref()) {
+        Some(decider) => Batch::new(&works, decider, direction, options, progress).run(),
+        // MySQL binds alone: the first one records the decision.
+        None => Batch::new(&works, 0, direction, options, progress).run_nonatomic_only(),
     }
-    if errors.is_empty() && signals::interrupted() {
-        errors.push(BatchError::Interrupted);
-    }
-    if !errors.is_empty() {
-        decider_conn.rollback();
-        record_abort(&mut decider_conn, &batch_id);
-        let first = errors.remove(0);
-        report.other_errors = errors.iter().map(|e| e.to_string()).collect();
-        return abort(
-            report,
-            held,
-            maybe_prepared,
-            &works,
-            first,
+}
+
+/// One batch under way: what every phase needs. Its methods are the phases, in the order
+/// [`Batch::run`] calls them.
+struct Batch<'a> {
+    id: String,
+    works: &'a [BindWork],
+    direction: Direction,
+    options: &'a RunOptions,
+    progress: &'a dyn Progress,
+    pool: &'static rayon::ThreadPool,
+    /// The index of the bind whose row decides the batch.
+    decider: usize,
+    /// When the batch's migrations ran, as recorded in their history.
+    at: String,
+}
+
+/// What the participants hold after [`Batch::prepare_participants`].
+struct Prepared {
+    held: Vec<(usize, Held)>,
+    /// Participants whose PREPARE was sent and failed: rolled back if it happened anyway.
+    maybe_prepared: Vec<(usize, String)>,
+    errors: Vec<BatchError>,
+    /// SQLite participants: the versions applied before the batch (for the decision record).
+    before: BTreeMap<usize, Vec<String>>,
+    timings: BTreeMap<String, u64>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(
+        works: &'a [BindWork],
+        decider: usize,
+        direction: Direction,
+        options: &'a RunOptions,
+        progress: &'a dyn Progress,
+    ) -> Batch<'a> {
+        Batch {
+            id: new_batch_id(),
+            works,
+            direction,
             options,
             progress,
-            pool,
-        );
+            pool: crate::workers(options.parallelism.max(1)),
+            decider,
+            at: now_text(),
+        }
     }
 
-    // 2. The decider.
-    let record = decision_record(&works, &batch_id, &decider_name, direction, &before);
-    crash_point!("before-decision");
-    let mut running: Vec<nonatomic::Running> = Vec::new();
-    let decided = run_steps(&mut decider_conn, decider, &batch_id, direction, &at)
-        .and_then(|_| {
-            // Non-atomic binds last: the decision is made only if they succeed.
-            let (ran, result) = nonatomic_phase(
-                &works,
-                &nonatomic,
-                &batch_id,
-                &decider_name,
-                direction,
-                options,
-                &at,
-                progress,
-                pool,
-            );
-            running = ran;
-            result
-        })
-        .and_then(|()| Ok(decider_conn.decide_commit(&record, &now_text())?))
-        .and_then(|()| Ok(decider_conn.prepare_to_decide(&last_step_name(decider))?))
-        .and_then(|()| check_signal());
-    let failure = match decided {
-        Err(error) => Some(error),
-        Ok(()) => match decider_conn.commit() {
-            Ok(()) => None,
-            Err(error) => {
-                if error.is_connection_lost() {
-                    // Whether the batch committed is unknown: the MySQL binds keep their batch marks
-                    // and `recover` settles them with the rest.
+    fn decider_name(&self) -> &str {
+        &self.works[self.decider].endpoint.bind
+    }
+
+    fn nonatomic(&self) -> Vec<usize> {
+        (0..self.works.len())
+            .filter(|i| !is_atomic(self.works, *i))
+            .collect()
+    }
+
+    /// A report with every bind rolled back and the verdict `Committed`, to be filled in.
+    fn report(&self) -> BatchReport {
+        BatchReport {
+            batch_id: self.id.clone(),
+            decider: self.decider_name().to_string(),
+            direction: self.direction,
+            binds: self
+                .works
+                .iter()
+                .map(|w| (w.endpoint.bind.clone(), BindOutcome::RolledBack))
+                .collect(),
+            timings: BTreeMap::new(),
+            other_errors: Vec::new(),
+            verdict: Verdict::Committed,
+        }
+    }
+
+    /// The protocol: open the decider, prepare the participants, run the decider and the
+    /// non-atomic binds, decide, commit everyone. One failure path before the decision
+    /// ([`Batch::fail_before_decision`]); after it, everything commits or is left to recover.
+    fn run(&self) -> BatchReport {
+        self.progress.line(&format!(
+            "batch {}: {} bind(s), decider `{}`",
+            self.id,
+            self.works.len(),
+            self.decider_name()
+        ));
+        let started = Instant::now();
+        let mut decider_conn = match self.open_decider() {
+            Ok(conn) => conn,
+            Err(error) => return self.abort(self.report(), Vec::new(), Vec::new(), error.into()),
+        };
+        let mut prepared = self.prepare_participants();
+        let mut report = self.report();
+        report.timings = std::mem::take(&mut prepared.timings);
+        if prepared.errors.is_empty() && signals::interrupted() {
+            prepared.errors.push(BatchError::Interrupted);
+        }
+        if !prepared.errors.is_empty() {
+            let first = prepared.errors.remove(0);
+            report.other_errors = prepared.errors.iter().map(|e| e.to_string()).collect();
+            return self.fail_before_decision(decider_conn, report, prepared, Vec::new(), first);
+        }
+        let record = decision_record(
+            self.works,
+            &self.id,
+            self.decider_name(),
+            self.direction,
+            &prepared.before,
+        );
+        crash_point!("before-decision");
+        let (running, decided) = self.decide(&mut decider_conn, &record);
+        let failure = match decided {
+            Err(error) => Some(error),
+            Ok(()) => match decider_conn.commit() {
+                Ok(()) => None,
+                Err(error) if error.is_connection_lost() => {
                     drop(running);
                     drop(decider_conn);
-                    report.binds = works
-                        .iter()
-                        .enumerate()
-                        .map(|(i, w)| {
-                            let outcome = if i == decider_index {
-                                BindOutcome::Attention {
-                                    detail: "the decider's COMMIT may or may not have happened".into(),
-                                }
-                            } else {
-                                match held.iter().find(|(j, _)| *j == i) {
-                                    Some((_, Held::Prepared { gid })) | Some((_, Held::PreparedHere { gid, .. })) => BindOutcome::LeftPrepared { gid: gid.clone() },
-                                    _ if nonatomic.contains(&i) => BindOutcome::Attention {
-                                        detail: "NOT atomic: its migrations of this batch are committed and marked; `orchestrate recover` keeps them if the batch was decided, or reverts them".into(),
-                                    },
-                                    _ => BindOutcome::Attention {
-                                        detail: "its open transaction was dropped; `orchestrate recover` re-applies it if the batch was decided".into(),
-                                    },
-                                }
-                            };
-                            (w.endpoint.bind.clone(), outcome)
-                        })
-                        .collect();
-                    report.verdict = Verdict::NeedsAttention {
-                        detail: format!(
-                            "the connection to the decider `{decider_name}` was lost during its COMMIT, so whether batch {batch_id} committed is unknown. Nothing was rolled back. Run `orchestrate recover` to finish it either way"
-                        ),
-                        error: Some(error.into()),
-                    };
-                    return report;
+                    return self.commit_unknown(report, &prepared.held, error);
                 }
-                Some(error.into())
-            }
-        },
-    };
-    if let Some(error) = failure {
-        decider_conn.rollback();
-        record_abort(&mut decider_conn, &batch_id);
-        let undone = undo_all(
-            running,
-            &works,
-            &batch_id,
-            &decider_name,
-            direction,
-            &at,
-            pool,
-            progress,
+                Err(error) => Some(error.into()),
+            },
+        };
+        if let Some(error) = failure {
+            return self.fail_before_decision(decider_conn, report, prepared, running, error);
+        }
+        report.timings.insert(
+            self.decider_name().to_string(),
+            started.elapsed().as_millis() as u64,
         );
-        let report = abort(
-            report,
-            held,
-            Vec::new(),
-            &works,
-            error,
-            options,
-            progress,
-            pool,
-        );
-        return with_outcomes(report, undone, true);
+        crash_point!("after-decision");
+        self.progress.line(&format!(
+            "  {}: {} migration(s) {}, decision committed",
+            self.decider_name(),
+            self.works[self.decider].plan.steps.len(),
+            direction_past(self.direction)
+        ));
+        self.commit_everyone(report, prepared.held, running, decider_conn, &record)
     }
-    report.timings.insert(
-        decider_name.clone(),
-        decider_started.elapsed().as_millis() as u64,
-    );
-    crash_point!("after-decision");
-    progress.line(&format!(
-        "  {decider_name}: {} migration(s) {}, decision committed",
-        decider.plan.steps.len(),
-        direction_past(direction)
-    ));
 
-    // 3. Commit everyone else, in parallel.
-    progress.phase("commit", held.len());
-    let first_commit = AtomicBool::new(true);
-    let committed: Vec<(usize, BindOutcome, Option<String>, u64)> = pool.install(|| {
-        held.into_par_iter()
-            .map(|(i, h)| {
-                let started = Instant::now();
-                let endpoint = &works[i].endpoint;
-                let (outcome, problem) = match h {
-                    Held::Prepared { gid } => {
-                        let first = BindConnection::connect(endpoint, false, options.lock_timeout)
-                            .and_then(|mut c| c.commit_prepared(&gid));
-                        match first {
-                            Ok(()) => (BindOutcome::Committed, None),
-                            Err(e) => {
-                                let outcome = resolve_prepared(endpoint, &gid, &batch_id, true, options.lock_timeout);
-                                let problem = (outcome != BindOutcome::Committed).then(|| format!("{}: {e}", endpoint.bind));
-                                (outcome, problem)
-                            }
+    /// Phase 0: the batch's row, committed before anything else (from here on the batch is
+    /// decided by whoever turns it first, this run or `recover`), then the decider's batch
+    /// transaction, which holds that row until the decision.
+    fn open_decider(&self) -> Result<BindConnection, DriverError> {
+        let endpoint = &self.works[self.decider].endpoint;
+        let mut conn = BindConnection::connect(endpoint, true, self.options.lock_timeout)?;
+        conn.begin_decision(&self.id, &now_text())?;
+        let held = conn
+            .tag_as_decider(&self.id)
+            .and_then(|()| conn.begin_batch())
+            .and_then(|()| conn.hold_decision(&self.id));
+        if let Err(e) = held {
+            conn.rollback();
+            record_abort(&mut conn, &self.id);
+            return Err(e);
+        }
+        Ok(conn)
+    }
+
+    /// Phase 1: every other atomic participant, in parallel, up to PREPARE (or up to holding
+    /// its transaction open). Once one fails, those not yet started do not start.
+    fn prepare_participants(&self) -> Prepared {
+        let participants: Vec<usize> = (0..self.works.len())
+            .filter(|i| *i != self.decider && is_atomic(self.works, *i))
+            .collect();
+        let failed_flag = AtomicBool::new(false);
+        self.progress.phase("prepare", participants.len());
+        let results: Vec<PhaseOne> = self.pool.install(|| {
+            participants
+                .par_iter()
+                .map(|&i| {
+                    if failed_flag.load(Ordering::SeqCst) || signals::interrupted() {
+                        return (i, None, 0);
+                    }
+                    let started = Instant::now();
+                    let result = self.phase_one(&self.works[i]);
+                    match &result {
+                        Ok(_) => self.progress.line(&self.prepared_line(i)),
+                        Err(_) => failed_flag.store(true, Ordering::SeqCst),
+                    }
+                    self.progress.tick();
+                    (i, Some(result), started.elapsed().as_millis() as u64)
+                })
+                .collect()
+        });
+        let mut prepared = Prepared {
+            held: Vec::new(),
+            maybe_prepared: Vec::new(),
+            errors: Vec::new(),
+            before: BTreeMap::new(),
+            timings: BTreeMap::new(),
+        };
+        for (i, result, ms) in results {
+            prepared
+                .timings
+                .insert(self.works[i].endpoint.bind.clone(), ms);
+            match result {
+                Some(Ok(h)) => {
+                    if let Held::Open { before: b, .. } = &h {
+                        prepared.before.insert(i, b.clone());
+                    }
+                    prepared.held.push((i, h))
+                }
+                Some(Err(f)) => {
+                    if let Some(gid) = f.maybe_prepared {
+                        if f.prepare_reply_lost {
+                            prepared.held.push((i, Held::ReplyLost { gid }));
+                        } else {
+                            prepared.maybe_prepared.push((i, gid));
                         }
                     }
-                    Held::PreparedHere { mut conn, gid } => match conn.commit_prepared(&gid) {
-                        Ok(()) => (BindOutcome::Committed, None),
-                        Err(e) => {
-                            drop(conn);
-                            let outcome = resolve_prepared_later(endpoint, &gid, &batch_id, true, options.lock_timeout);
-                            let problem = (outcome != BindOutcome::Committed).then(|| format!("{}: {e}", endpoint.bind));
-                            (outcome, problem)
-                        }
-                    },
-                    Held::ReplyLost { gid } => (
-                        BindOutcome::LeftPrepared { gid: gid.clone() },
-                        Some(format!("{}: the reply to PREPARE TRANSACTION {gid} was lost", endpoint.bind)),
-                    ),
-                    Held::Open { mut conn, .. } => match conn.commit() {
-                        Ok(()) => (BindOutcome::Committed, None),
-                        Err(e) => (
-                            BindOutcome::Attention {
-                                detail: format!("COMMIT failed after the decision ({e}); run `orchestrate recover` to re-apply it"),
-                            },
-                            Some(format!("{}: {e}", endpoint.bind)),
-                        ),
-                    },
-                };
-                if outcome == BindOutcome::Committed && first_commit.swap(false, Ordering::SeqCst) {
-                    crash_point!("after-first-commit");
+                    prepared.errors.push(f.error);
                 }
-                progress.tick();
-                (i, outcome, problem, started.elapsed().as_millis() as u64)
-            })
-            .collect()
-    });
-    let mut attention = Vec::new();
-    let mut outcomes: BTreeMap<usize, BindOutcome> = BTreeMap::new();
-    for (i, outcome, problem, ms) in committed {
-        *report
-            .timings
-            .entry(works[i].endpoint.bind.clone())
-            .or_default() += ms;
-        outcomes.insert(i, outcome);
-        attention.extend(problem);
+                None => {}
+            }
+        }
+        prepared
     }
-    outcomes.insert(decider_index, BindOutcome::Committed);
-    for mut r in running {
-        let outcome = match r.conn.clear_mark(&r.batch_mark) {
-            Ok(()) => BindOutcome::Committed,
-            Err(e) => {
-                let detail = format!("committed, but its batch mark could not be cleared ({e}); `orchestrate recover` clears it");
-                attention.push(format!("{}: {detail}", works[r.index].endpoint.bind));
-                BindOutcome::Attention { detail }
+
+    fn prepared_line(&self, i: usize) -> String {
+        let work = &self.works[i];
+        format!(
+            "  {}: {} migration(s) {}, {}",
+            work.endpoint.bind,
+            work.plan.steps.len(),
+            direction_past(self.direction),
+            if work.endpoint.backend != Backend::Sqlite {
+                "prepared"
+            } else {
+                "holding its transaction open"
+            }
+        )
+    }
+
+    /// One participant's first phase: everything up to PREPARE (PostgreSQL, MySQL through
+    /// XA) or up to holding its transaction open (SQLite).
+    fn phase_one(&self, work: &BindWork) -> Result<Held, Failed> {
+        let early = |error: BatchError| Failed {
+            error,
+            maybe_prepared: None,
+            prepare_reply_lost: false,
+        };
+        check_signal().map_err(early)?;
+        let mut conn = BindConnection::connect(&work.endpoint, true, self.options.lock_timeout)
+            .map_err(|e| early(e.into()))?;
+        let xa_mark = (work.endpoint.backend == Backend::Mysql).then(|| {
+            nonatomic::xa_batch_mark(&self.id, self.decider_name(), self.direction, &self.at)
+        });
+        let ran = match &xa_mark {
+            // MySQL through XA: lock and tables first (DDL cannot run inside XA), then the
+            // batch mark that names the decider (committed, for recover), then XA START.
+            Some(mark) => nonatomic::begin_xa(&mut conn, &self.id, mark),
+            None => conn.begin_batch().map_err(BatchError::from),
+        }
+        .and_then(|()| run_steps(&mut conn, work, &self.id, self.direction, &self.at));
+        let before = match ran {
+            Ok(before) => before,
+            Err(error) => {
+                conn.rollback();
+                if let Some(mark) = &xa_mark {
+                    // Best effort: a mark left behind is settled by recover (no XA, no decision).
+                    let _ = conn.clear_mark(mark);
+                }
+                return Err(early(error));
             }
         };
-        outcomes.insert(r.index, outcome);
+        if work.endpoint.backend == Backend::Sqlite {
+            if let Err(e) = conn.vote() {
+                conn.rollback();
+                return Err(early(e.into()));
+            }
+            return Ok(Held::Open {
+                conn: Box::new(conn),
+                before,
+            });
+        }
+        self.prepare(conn, work, xa_mark.as_ref())
     }
-    report.binds = works
+
+    /// PREPARE (PostgreSQL: verified, then the connection is released; MySQL: XA PREPARE,
+    /// and the session is kept to end it).
+    fn prepare(
+        &self,
+        mut conn: BindConnection,
+        work: &BindWork,
+        xa_mark: Option<&orchestrate_driver::Mark>,
+    ) -> Result<Held, Failed> {
+        let gid = gid_for(&self.id, self.decider_name(), &work.endpoint.bind);
+        crash_point!("before-prepare");
+        if let Err(e) = conn.prepare(&gid) {
+            let prepare_reply_lost = e.is_connection_lost();
+            conn.rollback();
+            if let Some(mark) = xa_mark {
+                // The XA transaction is rolled back with the session: settle its mark too.
+                if !prepare_reply_lost && conn.clear_mark(mark).is_err() {
+                    tracing::warn!(bind = %work.endpoint.bind, "the XA batch mark could not be cleared; `orchestrate recover` settles it");
+                }
+            }
+            return Err(Failed {
+                error: e.into(),
+                maybe_prepared: Some(gid),
+                prepare_reply_lost,
+            });
+        }
+        crash_point!("after-prepare");
+        if work.endpoint.backend == Backend::Mysql {
+            return Ok(Held::PreparedHere {
+                conn: Box::new(conn),
+                gid,
+            });
+        }
+        // The prepared transaction needs no connection: release it now.
+        drop(conn);
+        Ok(Held::Prepared { gid })
+    }
+
+    /// Phase 2: the decider's own steps, then the non-atomic binds (last: the decision is
+    /// made only if they succeed), then the decision row turned to `commit`, inside the
+    /// decider's transaction. Returns the non-atomic binds reached, and whether all went well.
+    fn decide(
+        &self,
+        decider_conn: &mut BindConnection,
+        record: &DecisionRecord,
+    ) -> (Vec<nonatomic::Running>, Result<(), BatchError>) {
+        let decider = &self.works[self.decider];
+        let mut running = Vec::new();
+        let decided = run_steps(decider_conn, decider, &self.id, self.direction, &self.at)
+            .and_then(|_| {
+                let (ran, result) = self.nonatomic_phase(&self.nonatomic());
+                running = ran;
+                result
+            })
+            .and_then(|()| Ok(decider_conn.decide_commit(record, &now_text())?))
+            .and_then(|()| Ok(decider_conn.prepare_to_decide(&last_step_name(decider))?))
+            .and_then(|()| check_signal());
+        (running, decided)
+    }
+
+    /// The decider's COMMIT failed because its connection was lost: whether the batch
+    /// committed is unknown. Nothing is rolled back; `recover` finishes it either way.
+    fn commit_unknown(
+        &self,
+        mut report: BatchReport,
+        held: &[(usize, Held)],
+        error: DriverError,
+    ) -> BatchReport {
+        let nonatomic = self.nonatomic();
+        for (i, (_, outcome)) in report.binds.iter_mut().enumerate() {
+            *outcome = if i == self.decider {
+                BindOutcome::Attention {
+                    detail: "the decider's COMMIT may or may not have happened".into(),
+                }
+            } else {
+                match held.iter().find(|(j, _)| *j == i) {
+                    Some((_, Held::Prepared { gid })) | Some((_, Held::PreparedHere { gid, .. })) => {
+                        BindOutcome::LeftPrepared { gid: gid.clone() }
+                    }
+                    _ if nonatomic.contains(&i) => BindOutcome::Attention {
+                        detail: "NOT atomic: its migrations of this batch are committed and marked; `orchestrate recover` keeps them if the batch was decided, or reverts them".into(),
+                    },
+                    _ => BindOutcome::Attention {
+                        detail: "its open transaction was dropped; `orchestrate recover` re-applies it if the batch was decided".into(),
+                    },
+                }
+            };
+        }
+        report.verdict = Verdict::NeedsAttention {
+            detail: format!(
+                "the connection to the decider `{}` was lost during its COMMIT, so whether batch {} committed is unknown. Nothing was rolled back. Run `orchestrate recover` to finish it either way",
+                self.decider_name(),
+                self.id
+            ),
+            error: Some(error.into()),
+        };
+        report
+    }
+
+    /// The one failure path before the decision: the decider rolls back and records `abort`,
+    /// the non-atomic binds are undone, every participant is rolled back.
+    fn fail_before_decision(
+        &self,
+        mut decider_conn: BindConnection,
+        report: BatchReport,
+        prepared: Prepared,
+        running: Vec<nonatomic::Running>,
+        error: BatchError,
+    ) -> BatchReport {
+        decider_conn.rollback();
+        record_abort(&mut decider_conn, &self.id);
+        let undone = self.undo_all(running);
+        let report = self.abort(report, prepared.held, prepared.maybe_prepared, error);
+        with_outcomes(report, undone, true)
+    }
+
+    /// Phase 3, after the decision: every participant commits, in parallel; the non-atomic
+    /// binds' batch marks are cleared; the decision is marked settled when all is done.
+    fn commit_everyone(
+        &self,
+        mut report: BatchReport,
+        held: Vec<(usize, Held)>,
+        running: Vec<nonatomic::Running>,
+        mut decider_conn: BindConnection,
+        record: &DecisionRecord,
+    ) -> BatchReport {
+        self.progress.phase("commit", held.len());
+        let first_commit = AtomicBool::new(true);
+        let committed: Vec<(usize, BindOutcome, Option<String>, u64)> = self.pool.install(|| {
+            held.into_par_iter()
+                .map(|(i, h)| {
+                    let started = Instant::now();
+                    let (outcome, problem) = self.commit_one(i, h);
+                    if outcome == BindOutcome::Committed
+                        && first_commit.swap(false, Ordering::SeqCst)
+                    {
+                        crash_point!("after-first-commit");
+                    }
+                    self.progress.tick();
+                    (i, outcome, problem, started.elapsed().as_millis() as u64)
+                })
+                .collect()
+        });
+        let mut attention = Vec::new();
+        let mut outcomes: BTreeMap<usize, BindOutcome> = BTreeMap::new();
+        for (i, outcome, problem, ms) in committed {
+            *report
+                .timings
+                .entry(self.works[i].endpoint.bind.clone())
+                .or_default() += ms;
+            outcomes.insert(i, outcome);
+            attention.extend(problem);
+        }
+        for mut r in running {
+            let outcome = match r.conn.clear_mark(&r.batch_mark) {
+                Ok(()) => BindOutcome::Committed,
+                Err(e) => {
+                    let detail = format!("committed, but its batch mark could not be cleared ({e}); `orchestrate recover` clears it");
+                    attention.push(format!("{}: {detail}", self.works[r.index].endpoint.bind));
+                    BindOutcome::Attention { detail }
+                }
+            };
+            outcomes.insert(r.index, outcome);
+        }
+        for (i, (_, outcome)) in report.binds.iter_mut().enumerate() {
+            *outcome = outcomes.remove(&i).unwrap_or(BindOutcome::Committed);
+        }
+        if signals::interrupted() {
+            self.progress.line(
+                "  interrupted after the decision: finished committing every bind before stopping",
+            );
+        }
+        if !attention.is_empty() {
+            report.verdict = Verdict::NeedsAttention {
+                error: None,
+                detail: format!(
+                    "batch {} was decided (committed on `{}`) but not every bind finished: {}",
+                    self.id,
+                    self.decider_name(),
+                    attention.join("; ")
+                ),
+            };
+        } else if let Err(e) = decider_conn.settle_decision(record, &now_text()) {
+            // Harmless: `recover` finds every participant finished and settles it then.
+            tracing::warn!(batch = %self.id, error = %e, "the batch committed everywhere, but it could not be marked settled on its decider");
+        }
+        report
+    }
+
+    /// Commits one participant after the decision. Returns its outcome and, when it did not
+    /// simply commit, what went wrong.
+    fn commit_one(&self, i: usize, held: Held) -> (BindOutcome, Option<String>) {
+        let endpoint = &self.works[i].endpoint;
+        let timeout = self.options.lock_timeout;
+        let problem = |outcome: &BindOutcome, e: &DriverError| {
+            (*outcome != BindOutcome::Committed).then(|| format!("{}: {e}", endpoint.bind))
+        };
+        match held {
+            Held::Prepared { gid } => {
+                let first = BindConnection::connect(endpoint, false, timeout)
+                    .and_then(|mut c| c.commit_prepared(&gid));
+                match first {
+                    Ok(()) => (BindOutcome::Committed, None),
+                    Err(e) => {
+                        let outcome = resolve_prepared(endpoint, &gid, &self.id, true, timeout);
+                        let problem = problem(&outcome, &e);
+                        (outcome, problem)
+                    }
+                }
+            }
+            Held::PreparedHere { mut conn, gid } => match conn.commit_prepared(&gid) {
+                Ok(()) => (BindOutcome::Committed, None),
+                Err(e) => {
+                    drop(conn);
+                    let outcome = resolve_prepared_later(endpoint, &gid, &self.id, true, timeout);
+                    let problem = problem(&outcome, &e);
+                    (outcome, problem)
+                }
+            },
+            Held::ReplyLost { gid } => (
+                BindOutcome::LeftPrepared { gid: gid.clone() },
+                Some(format!(
+                    "{}: the reply to PREPARE TRANSACTION {gid} was lost",
+                    endpoint.bind
+                )),
+            ),
+            Held::Open { mut conn, .. } => match conn.commit() {
+                Ok(()) => (BindOutcome::Committed, None),
+                Err(e) => (
+                    BindOutcome::Attention {
+                        detail: format!("COMMIT failed after the decision ({e}); run `orchestrate recover` to re-apply it"),
+                    },
+                    Some(format!("{}: {e}", endpoint.bind)),
+                ),
+            },
+        }
+    }
+
+    /// Rolls back every participant after a failure before the decision.
+    fn abort(
+        &self,
+        mut report: BatchReport,
+        held: Vec<(usize, Held)>,
+        maybe_prepared: Vec<(usize, String)>,
+        error: BatchError,
+    ) -> BatchReport {
+        self.progress.line(&format!("  failed: {error}"));
+        for other in &report.other_errors {
+            self.progress.line(&format!("  failed too: {other}"));
+        }
+        self.progress.line("  rolling back every bind");
+        let mut todo: Vec<(usize, Held)> = held;
+        todo.extend(
+            maybe_prepared
+                .into_iter()
+                .map(|(i, gid)| (i, Held::Prepared { gid })),
+        );
+        let undone: Vec<(usize, BindOutcome)> = self.pool.install(|| {
+            todo.into_par_iter()
+                .map(|(i, h)| (i, self.roll_back_one(i, h)))
+                .collect()
+        });
+        let mut outcomes: BTreeMap<usize, BindOutcome> = undone.into_iter().collect();
+        // The bind whose migration left the batch's transaction is not "as it was".
+        if let BatchError::Bind(DriverError::LeftTransaction { bind, name }) = &error {
+            if let Some(i) = self.works.iter().position(|w| &w.endpoint.bind == bind) {
+                outcomes.insert(
+                    i,
+                    BindOutcome::Attention {
+                        detail: format!("migration {name} ended the batch's transaction here: what it ran may be committed; check this bind by hand"),
+                    },
+                );
+            }
+        }
+        for (i, (_, outcome)) in report.binds.iter_mut().enumerate() {
+            *outcome = outcomes.remove(&i).unwrap_or(BindOutcome::RolledBack);
+        }
+        report.verdict = abort_verdict(&report, error);
+        report
+    }
+
+    /// Rolls back one participant before the decision.
+    fn roll_back_one(&self, i: usize, held: Held) -> BindOutcome {
+        let endpoint = &self.works[i].endpoint;
+        let timeout = self.options.lock_timeout;
+        match held {
+            Held::Open { mut conn, .. } => {
+                conn.rollback();
+                BindOutcome::RolledBack
+            }
+            Held::ReplyLost { gid } => BindOutcome::Attention {
+                detail: format!("the reply to PREPARE TRANSACTION {gid} was lost, so whether it is prepared is unknown; the batch is recorded as aborted, so `orchestrate recover` rolls it back if it is there"),
+            },
+            Held::Prepared { gid } => resolve_prepared(endpoint, &gid, &self.id, false, timeout),
+            Held::PreparedHere { mut conn, gid } => match conn.rollback_prepared(&gid) {
+                Ok(()) => BindOutcome::RolledBack,
+                Err(_) => {
+                    drop(conn);
+                    resolve_prepared_later(endpoint, &gid, &self.id, false, timeout)
+                }
+            },
+        }
+    }
+
+    /// Runs these non-atomic (MySQL) binds' shares, in parallel. Returns every bind that was
+    /// reached (to be committed or undone) and the first failure, if any.
+    fn nonatomic_phase(
+        &self,
+        indices: &[usize],
+    ) -> (Vec<nonatomic::Running>, Result<(), BatchError>) {
+        if indices.is_empty() {
+            return (Vec::new(), Ok(()));
+        }
+        self.progress.phase("non-atomic", indices.len());
+        // Once one bind has failed, binds not yet started do not start: less to undo.
+        let failed = AtomicBool::new(false);
+        let results: Vec<Result<nonatomic::Running, Box<nonatomic::Failure>>> =
+            self.pool.install(|| {
+                indices
+                    .par_iter()
+                    .filter(|_| !failed.load(Ordering::SeqCst))
+                    .map(|&i| {
+                        let started = Instant::now();
+                        let result = nonatomic::run(
+                            i,
+                            &self.works[i],
+                            &self.id,
+                            self.decider_name(),
+                            self.direction,
+                            self.options.lock_timeout,
+                            &self.at,
+                        );
+                        match &result {
+                            Err(_) => failed.store(true, Ordering::SeqCst),
+                            Ok(_) => self.progress.line(&format!(
+                                "  {}: {} migration(s) {} and committed (NOT atomic: undone if the batch fails), {} ms",
+                                self.works[i].endpoint.bind,
+                                self.works[i].plan.steps.len(),
+                                direction_past(self.direction),
+                                started.elapsed().as_millis()
+                            )),
+                        }
+                        self.progress.tick();
+                        result
+                    })
+                    .collect()
+            });
+        let mut running = Vec::new();
+        let mut first: Option<BatchError> = None;
+        for result in results {
+            match result {
+                Ok(r) => running.push(r),
+                Err(failure) => {
+                    let nonatomic::Failure { error, reached } = *failure;
+                    running.extend(reached);
+                    if first.is_none() {
+                        first = Some(error);
+                    } else {
+                        self.progress.line(&format!("  failed too: {error}"));
+                    }
+                }
+            }
+        }
+        (running, first.map_or(Ok(()), Err))
+    }
+
+    /// Undoes what the non-atomic binds did in this batch, newest first on each bind, and
+    /// settles their batch marks. Returns each bind's outcome.
+    fn undo_all(&self, running: Vec<nonatomic::Running>) -> Vec<(usize, BindOutcome)> {
+        if running.is_empty() {
+            return Vec::new();
+        }
+        self.progress
+            .line("  undoing the non-atomic binds' migrations of this batch, newest first");
+        self.pool.install(|| {
+            running
+                .into_par_iter()
+                .map(|mut r| {
+                    let bind = &self.works[r.index].endpoint.bind;
+                    if let Some(partial) = &r.partial {
+                        let detail = format!(
+                            "NOT rolled back: {}. The {} migration(s) this batch completed before it here stay until then; after `orchestrate resolve`, `orchestrate recover` undoes them",
+                            partial.describe().replace("<bind>", bind),
+                            r.done.len()
+                        );
+                        return (r.index, BindOutcome::Attention { detail });
+                    }
+                    let undos = nonatomic::undos_of(&r, self.direction);
+                    let undone =
+                        nonatomic::undo(&mut r.conn, &self.id, self.decider_name(), &undos, &self.at)
+                            .and_then(|()| {
+                                r.conn.clear_mark(&r.batch_mark).map_err(|e| e.to_string())
+                            });
+                    let outcome = match undone {
+                        Ok(()) => BindOutcome::Undone { count: undos.len() },
+                        Err(detail) => BindOutcome::Attention {
+                            detail: format!("NOT rolled back: {}", detail.replace("<bind>", bind)),
+                        },
+                    };
+                    (r.index, outcome)
+                })
+                .collect()
+        })
+    }
+
+    /// A batch of non-atomic (MySQL) binds only. They run in parallel; if any fails, what
+    /// the others did is undone. The first bind keeps the decision: its row in
+    /// `orchestrate_batches`, turned to `commit` (one InnoDB update) once every bind has
+    /// succeeded and before any batch mark is cleared, so that `recover` keeps the batch
+    /// everywhere or undoes it everywhere.
+    fn run_nonatomic_only(&self) -> BatchReport {
+        self.progress.line(&format!(
+            "batch {}: {} bind(s), none atomic; `{}` records the decision; failures are undone with down SQL",
+            self.id,
+            self.works.len(),
+            self.decider_name()
+        ));
+        let mut report = self.report();
+        // The batch's row on the decider first, committed. A server that does not flush
+        // InnoDB's log at commit could lose the decision: refused.
+        let begun = self.connect_decider().and_then(|mut conn| {
+            conn.check_durable_commits()?;
+            conn.begin_decision(&self.id, &self.at)
+        });
+        if let Err(error) = begun {
+            self.progress.line(&format!("  failed: {error}"));
+            report.verdict = Verdict::RolledBack {
+                error: error.into(),
+            };
+            return report;
+        }
+        // The decider first, alone: its lock, held until the decision is written, is what
+        // tells `recover` that this coordinator may still decide.
+        let (mut running, mut result) = self.nonatomic_phase(&[0]);
+        if result.is_ok() && self.works.len() > 1 {
+            let rest: Vec<usize> = (1..self.works.len()).collect();
+            let (more, r) = self.nonatomic_phase(&rest);
+            running.extend(more);
+            result = r;
+        }
+        if let Err(error) = result.and_then(|()| check_signal()) {
+            return self.undo_everything(running, error, report);
+        }
+        crash_point!("before-decision");
+        let record = decision_record(
+            self.works,
+            &self.id,
+            self.decider_name(),
+            self.direction,
+            &BTreeMap::new(),
+        );
+        let written = running
+            .iter_mut()
+            .find(|r| r.index == 0)
+            .expect("every bind ran")
+            .conn
+            .decide_commit(&record, &now_text());
+        match written {
+            Ok(()) => {
+                crash_point!("after-decision");
+                self.clear_marks(report, running, &record)
+            }
+            Err(error) if error.is_connection_lost() => {
+                // Whether the decision row committed is unknown: undo nothing; the marks stay
+                // and recover settles every bind by what the decider's table says.
+                drop(running);
+                for (_, outcome) in report.binds.iter_mut() {
+                    *outcome = BindOutcome::Attention {
+                        detail: "NOT atomic: its migrations are committed and marked; `orchestrate recover` keeps them if the decision was written, or reverts them".into(),
+                    };
+                }
+                report.verdict = Verdict::NeedsAttention {
+                    detail: format!(
+                        "the connection to `{}` was lost while writing the decision of batch {}; run `orchestrate recover`",
+                        self.decider_name(),
+                        self.id
+                    ),
+                    error: Some(error.into()),
+                };
+                report
+            }
+            Err(error) => self.undo_everything(running, error.into(), report),
+        }
+    }
+
+    fn connect_decider(&self) -> Result<BindConnection, DriverError> {
+        let endpoint = &self.works[self.decider].endpoint;
+        BindConnection::connect(endpoint, false, self.options.lock_timeout)
+    }
+
+    /// A MySQL-only batch that failed before its decision: every bind undone, `abort` recorded.
+    fn undo_everything(
+        &self,
+        running: Vec<nonatomic::Running>,
+        error: BatchError,
+        mut report: BatchReport,
+    ) -> BatchReport {
+        self.progress.line(&format!("  failed: {error}"));
+        let undone = self.undo_all(running);
+        if let Ok(mut conn) = self.connect_decider() {
+            record_abort(&mut conn, &self.id);
+        }
+        report.verdict = Verdict::RolledBack { error };
+        with_outcomes(report, undone, false)
+    }
+
+    /// A decided MySQL-only batch: every bind's batch mark cleared, then the decision settled.
+    fn clear_marks(
+        &self,
+        mut report: BatchReport,
+        running: Vec<nonatomic::Running>,
+        record: &DecisionRecord,
+    ) -> BatchReport {
+        let mut attention = Vec::new();
+        for mut r in running {
+            report.binds[r.index].1 = match r.conn.clear_mark(&r.batch_mark) {
+                Ok(()) => BindOutcome::Committed,
+                Err(e) => {
+                    attention.push(format!("{}: {e}", self.works[r.index].endpoint.bind));
+                    BindOutcome::Attention {
+                        detail: format!("committed and decided, but its batch mark could not be cleared ({e}); `orchestrate recover` clears it"),
+                    }
+                }
+            };
+        }
+        if !attention.is_empty() {
+            report.verdict = Verdict::NeedsAttention {
+                error: None,
+                detail: attention.join("; "),
+            };
+        } else if let Err(e) = self
+            .connect_decider()
+            .and_then(|mut c| c.settle_decision(record, &now_text()))
+        {
+            tracing::warn!(batch = %self.id, error = %e, "the batch committed everywhere, but it could not be marked settled on its decider");
+        }
+        report
+    }
+}
+
+/// The verdict of a batch that failed before its decision, once every bind was rolled back
+/// or could not be.
+fn abort_verdict(report: &BatchReport, error: BatchError) -> Verdict {
+    let left: Vec<String> = report
+        .binds
         .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            (
-                w.endpoint.bind.clone(),
-                outcomes.remove(&i).unwrap_or(BindOutcome::Committed),
-            )
+        .filter_map(|(b, o)| match o {
+            BindOutcome::LeftPrepared { gid } => Some(format!("{b} ({gid})")),
+            BindOutcome::Attention { detail } => Some(format!("{b}: {detail}")),
+            _ => None,
         })
         .collect();
-    if signals::interrupted() {
-        progress.line(
-            "  interrupted after the decision: finished committing every bind before stopping",
-        );
-    }
-    if !attention.is_empty() {
-        report.verdict = Verdict::NeedsAttention {
-            error: None,
+    if let BatchError::Bind(DriverError::LeftTransaction { bind, name }) = &error {
+        Verdict::NeedsAttention {
             detail: format!(
-                "batch {batch_id} was decided (committed on `{decider_name}`) but not every bind finished: {}",
-                attention.join("; ")
+                "migration {name} ended the batch's transaction on bind `{bind}` itself, so what ran there before it may be committed; every other bind was rolled back{}. Check bind `{bind}` by hand (`orchestrate status --bind {bind}`)",
+                if left.is_empty() { String::new() } else { format!(", except: {}", left.join(", ")) }
             ),
-        };
-    } else if let Err(e) = decider_conn.settle_decision(&record, &now_text()) {
-        // Harmless: `recover` finds every participant finished and settles it then.
-        tracing::warn!(batch = %batch_id, error = %e, "the batch committed everywhere, but it could not be marked settled on its decider");
+            error: Some(error),
+        }
+    } else if left.is_empty() {
+        Verdict::RolledBack { error }
+    } else {
+        Verdict::NeedsAttention {
+            detail: format!(
+                "the batch failed before its decision, but these binds could not be rolled back for sure: {}. Run `orchestrate recover`",
+                left.join(", ")
+            ),
+            error: Some(error),
+        }
     }
-    report
 }
 
 /// The name of the last migration a bind runs in the batch, for messages.
@@ -675,196 +1178,6 @@ pub(crate) fn run_steps(
         conn.run_step(batch_id, direction, step, at)?;
     }
     Ok(before)
-}
-
-/// A participant's first phase: everything up to PREPARE (PostgreSQL) or up to holding its
-/// transaction open (SQLite).
-fn phase_one(
-    work: &BindWork,
-    batch_id: &str,
-    decider: &str,
-    direction: Direction,
-    lock_timeout: Duration,
-    at: &str,
-) -> Result<Held, Failed> {
-    let early = |error: BatchError| Failed {
-        error,
-        maybe_prepared: None,
-        prepare_reply_lost: false,
-    };
-    check_signal().map_err(early)?;
-    let mut conn =
-        BindConnection::connect(&work.endpoint, true, lock_timeout).map_err(|e| early(e.into()))?;
-    let xa_mark = (work.endpoint.backend == Backend::Mysql)
-        .then(|| nonatomic::xa_batch_mark(batch_id, decider, direction, at));
-    let ran = match &xa_mark {
-        // MySQL through XA: lock and tables first (DDL cannot run inside XA), then the batch
-        // mark that names the decider (committed, for recover), then XA START.
-        Some(mark) => nonatomic::begin_xa(&mut conn, batch_id, mark),
-        None => conn.begin_batch().map_err(BatchError::from),
-    }
-    .and_then(|()| run_steps(&mut conn, work, batch_id, direction, at));
-    let before = match ran {
-        Ok(before) => before,
-        Err(error) => {
-            conn.rollback();
-            if let Some(mark) = &xa_mark {
-                // Best effort: a mark left behind is settled by recover (no XA, no decision).
-                let _ = conn.clear_mark(mark);
-            }
-            return Err(early(error));
-        }
-    };
-    if work.endpoint.backend == Backend::Sqlite {
-        if let Err(e) = conn.vote() {
-            conn.rollback();
-            return Err(early(e.into()));
-        }
-        return Ok(Held::Open {
-            conn: Box::new(conn),
-            before,
-        });
-    }
-    let gid = gid_for(batch_id, decider, &work.endpoint.bind);
-    crash_point!("before-prepare");
-    if let Err(e) = conn.prepare(&gid) {
-        let prepare_reply_lost = e.is_connection_lost();
-        conn.rollback();
-        if let Some(mark) = &xa_mark {
-            // The XA transaction is rolled back with the session: settle its mark too.
-            if !prepare_reply_lost && conn.clear_mark(mark).is_err() {
-                tracing::warn!(bind = %work.endpoint.bind, "the XA batch mark could not be cleared; `orchestrate recover` settles it");
-            }
-        }
-        return Err(Failed {
-            error: e.into(),
-            maybe_prepared: Some(gid),
-            prepare_reply_lost,
-        });
-    }
-    crash_point!("after-prepare");
-    if work.endpoint.backend == Backend::Mysql {
-        return Ok(Held::PreparedHere {
-            conn: Box::new(conn),
-            gid,
-        });
-    }
-    // The prepared transaction needs no connection: release it now.
-    drop(conn);
-    Ok(Held::Prepared { gid })
-}
-
-/// Rolls back every participant after a failure before the decision.
-#[allow(clippy::too_many_arguments)]
-fn abort(
-    mut report: BatchReport,
-    held: Vec<(usize, Held)>,
-    maybe_prepared: Vec<(usize, String)>,
-    works: &[BindWork],
-    error: BatchError,
-    options: &RunOptions,
-    progress: &dyn Progress,
-    pool: &rayon::ThreadPool,
-) -> BatchReport {
-    progress.line(&format!("  failed: {error}"));
-    for other in &report.other_errors {
-        progress.line(&format!("  failed too: {other}"));
-    }
-    progress.line("  rolling back every bind");
-    let mut todo: Vec<(usize, Held)> = held;
-    todo.extend(
-        maybe_prepared
-            .into_iter()
-            .map(|(i, gid)| (i, Held::Prepared { gid })),
-    );
-    let batch_id = report.batch_id.clone();
-    let undone: Vec<(usize, BindOutcome)> = pool.install(|| {
-        todo.into_par_iter()
-            .map(|(i, h)| {
-                let outcome = match h {
-                    Held::Open { mut conn, .. } => {
-                        conn.rollback();
-                        BindOutcome::RolledBack
-                    }
-                    Held::ReplyLost { gid } => BindOutcome::Attention {
-                        detail: format!("the reply to PREPARE TRANSACTION {gid} was lost, so whether it is prepared is unknown; the batch is recorded as aborted, so `orchestrate recover` rolls it back if it is there"),
-                    },
-                    Held::Prepared { gid } => resolve_prepared(
-                        &works[i].endpoint,
-                        &gid,
-                        &batch_id,
-                        false,
-                        options.lock_timeout,
-                    ),
-                    Held::PreparedHere { mut conn, gid } => match conn.rollback_prepared(&gid) {
-                        Ok(()) => BindOutcome::RolledBack,
-                        Err(_) => {
-                            drop(conn);
-                            resolve_prepared_later(
-                                &works[i].endpoint,
-                                &gid,
-                                &batch_id,
-                                false,
-                                options.lock_timeout,
-                            )
-                        }
-                    },
-                };
-                (i, outcome)
-            })
-            .collect()
-    });
-    let mut outcomes: BTreeMap<usize, BindOutcome> = undone.into_iter().collect();
-    // The bind whose migration left the batch's transaction is not "as it was".
-    if let BatchError::Bind(DriverError::LeftTransaction { bind, name }) = &error {
-        if let Some(i) = works.iter().position(|w| &w.endpoint.bind == bind) {
-            outcomes.insert(
-                i,
-                BindOutcome::Attention {
-                    detail: format!("migration {name} ended the batch's transaction here: what it ran may be committed; check this bind by hand"),
-                },
-            );
-        }
-    }
-    report.binds = works
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            (
-                w.endpoint.bind.clone(),
-                outcomes.remove(&i).unwrap_or(BindOutcome::RolledBack),
-            )
-        })
-        .collect();
-    let left: Vec<String> = report
-        .binds
-        .iter()
-        .filter_map(|(b, o)| match o {
-            BindOutcome::LeftPrepared { gid } => Some(format!("{b} ({gid})")),
-            BindOutcome::Attention { detail } => Some(format!("{b}: {detail}")),
-            _ => None,
-        })
-        .collect();
-    report.verdict = if let BatchError::Bind(DriverError::LeftTransaction { bind, name }) = &error {
-        Verdict::NeedsAttention {
-            detail: format!(
-                "migration {name} ended the batch's transaction on bind `{bind}` itself, so what ran there before it may be committed; every other bind was rolled back{}. Check bind `{bind}` by hand (`orchestrate status --bind {bind}`)",
-                if left.is_empty() { String::new() } else { format!(", except: {}", left.join(", ")) }
-            ),
-            error: Some(error),
-        }
-    } else if left.is_empty() {
-        Verdict::RolledBack { error }
-    } else {
-        Verdict::NeedsAttention {
-            detail: format!(
-                "the batch failed before its decision, but these binds could not be rolled back for sure: {}. Run `orchestrate recover`",
-                left.join(", ")
-            ),
-            error: Some(error),
-        }
-    };
-    report
 }
 
 /// [`resolve_prepared`] once the session that prepared a MySQL XA transaction has been
@@ -925,123 +1238,6 @@ pub fn resolve_prepared(
     }
 }
 
-/// Runs every non-atomic (MySQL) bind's share, in parallel. Returns every bind that was
-/// reached (to be committed or undone) and the first failure, if any.
-#[allow(clippy::too_many_arguments)]
-fn nonatomic_phase(
-    works: &[BindWork],
-    indices: &[usize],
-    batch_id: &str,
-    decider: &str,
-    direction: Direction,
-    options: &RunOptions,
-    at: &str,
-    progress: &dyn Progress,
-    pool: &rayon::ThreadPool,
-) -> (Vec<nonatomic::Running>, Result<(), BatchError>) {
-    if indices.is_empty() {
-        return (Vec::new(), Ok(()));
-    }
-    progress.phase("non-atomic", indices.len());
-    // Once one bind has failed, binds not yet started do not start: less to undo.
-    let failed = AtomicBool::new(false);
-    let results: Vec<Result<nonatomic::Running, Box<nonatomic::Failure>>> =
-        pool.install(|| {
-            indices
-                .par_iter()
-                .filter(|_| !failed.load(Ordering::SeqCst))
-                .map(|&i| {
-                    let started = Instant::now();
-                    let result = nonatomic::run(
-                        i,
-                        &works[i],
-                        batch_id,
-                        decider,
-                        direction,
-                        options.lock_timeout,
-                        at,
-                    );
-                    if result.is_err() {
-                        failed.store(true, Ordering::SeqCst);
-                    }
-                    if result.is_ok() {
-                        progress.line(&format!(
-                            "  {}: {} migration(s) {} and committed (NOT atomic: undone if the batch fails), {} ms",
-                            works[i].endpoint.bind,
-                            works[i].plan.steps.len(),
-                            direction_past(direction),
-                            started.elapsed().as_millis()
-                        ));
-                    }
-                    progress.tick();
-                    result
-                })
-                .collect()
-        });
-    let mut running = Vec::new();
-    let mut first: Option<BatchError> = None;
-    for result in results {
-        match result {
-            Ok(r) => running.push(r),
-            Err(failure) => {
-                let nonatomic::Failure { error, reached } = *failure;
-                running.extend(reached);
-                if first.is_none() {
-                    first = Some(error);
-                } else {
-                    progress.line(&format!("  failed too: {error}"));
-                }
-            }
-        }
-    }
-    (running, first.map_or(Ok(()), Err))
-}
-
-/// Undoes what the non-atomic binds did in this batch, newest first on each bind, and
-/// settles their batch marks. Returns each bind's outcome.
-#[allow(clippy::too_many_arguments)]
-fn undo_all(
-    running: Vec<nonatomic::Running>,
-    works: &[BindWork],
-    batch_id: &str,
-    decider: &str,
-    direction: Direction,
-    at: &str,
-    pool: &rayon::ThreadPool,
-    progress: &dyn Progress,
-) -> Vec<(usize, BindOutcome)> {
-    if running.is_empty() {
-        return Vec::new();
-    }
-    progress.line("  undoing the non-atomic binds' migrations of this batch, newest first");
-    pool.install(|| {
-        running
-            .into_par_iter()
-            .map(|mut r| {
-                let bind = &works[r.index].endpoint.bind;
-                if let Some(partial) = &r.partial {
-                    let detail = format!(
-                        "NOT rolled back: {}. The {} migration(s) this batch completed before it here stay until then; after `orchestrate resolve`, `orchestrate recover` undoes them",
-                        partial.describe().replace("<bind>", bind),
-                        r.done.len()
-                    );
-                    return (r.index, BindOutcome::Attention { detail });
-                }
-                let undos = nonatomic::undos_of(&r, direction);
-                let outcome = match nonatomic::undo(&mut r.conn, batch_id, decider, &undos, at)
-                    .and_then(|()| r.conn.clear_mark(&r.batch_mark).map_err(|e| e.to_string()))
-                {
-                    Ok(()) => BindOutcome::Undone { count: undos.len() },
-                    Err(detail) => BindOutcome::Attention {
-                        detail: format!("NOT rolled back: {}", detail.replace("<bind>", bind)),
-                    },
-                };
-                (r.index, outcome)
-            })
-            .collect()
-    })
-}
-
 /// Puts the non-atomic binds' outcomes into a report; any that needs a person makes the
 /// batch need attention.
 fn with_outcomes(
@@ -1075,149 +1271,4 @@ fn with_outcomes(
         report.verdict = Verdict::NeedsAttention { error, detail };
     }
     report
-}
-
-/// A batch of non-atomic (MySQL) binds only. They run in parallel; if any fails, what the
-/// others did is undone. The first bind keeps the decision: its row in
-/// `orchestrate_decisions`, written (one InnoDB insert) once every bind has succeeded and
-/// before any batch mark is cleared, so that `recover` keeps the batch everywhere or undoes
-/// it everywhere.
-fn run_nonatomic_only(
-    works: Vec<BindWork>,
-    batch_id: String,
-    direction: Direction,
-    options: &RunOptions,
-    progress: &dyn Progress,
-) -> BatchReport {
-    let pool = crate::workers(options.parallelism.max(1));
-    let decider = works[0].endpoint.bind.clone();
-    progress.line(&format!(
-        "batch {batch_id}: {} bind(s), none atomic; `{decider}` records the decision; failures are undone with down SQL",
-        works.len()
-    ));
-    let at = now_text();
-    // The batch's row on the decider first, committed: from here on the batch is decided by
-    // whoever turns it first, this run (commit) or `recover` (abort). A server that does not
-    // flush InnoDB's log at commit could lose the decision: refused.
-    let begun = BindConnection::connect(&works[0].endpoint, false, options.lock_timeout).and_then(
-        |mut conn| {
-            conn.check_durable_commits()?;
-            conn.begin_decision(&batch_id, &at)
-        },
-    );
-    let mut report = BatchReport {
-        batch_id: batch_id.clone(),
-        decider: decider.clone(),
-        direction,
-        binds: works
-            .iter()
-            .map(|w| (w.endpoint.bind.clone(), BindOutcome::RolledBack))
-            .collect(),
-        timings: BTreeMap::new(),
-        other_errors: Vec::new(),
-        verdict: Verdict::Committed,
-    };
-    if let Err(error) = begun {
-        progress.line(&format!("  failed: {error}"));
-        report.verdict = Verdict::RolledBack {
-            error: error.into(),
-        };
-        return report;
-    }
-    // The decider first, alone: its lock, held until the decision is written, is what tells
-    // `recover` that this coordinator may still decide.
-    let (mut running, mut result) = nonatomic_phase(
-        &works,
-        &[0],
-        &batch_id,
-        &decider,
-        direction,
-        options,
-        &at,
-        progress,
-        pool,
-    );
-    if result.is_ok() && works.len() > 1 {
-        let rest: Vec<usize> = (1..works.len()).collect();
-        let (more, r) = nonatomic_phase(
-            &works, &rest, &batch_id, &decider, direction, options, &at, progress, pool,
-        );
-        running.extend(more);
-        result = r;
-    }
-    let undo_everything = |running, error: BatchError, mut report: BatchReport| {
-        progress.line(&format!("  failed: {error}"));
-        let undone = undo_all(
-            running, &works, &batch_id, &decider, direction, &at, pool, progress,
-        );
-        if let Ok(mut conn) =
-            BindConnection::connect(&works[0].endpoint, false, options.lock_timeout)
-        {
-            record_abort(&mut conn, &batch_id);
-        }
-        report.verdict = Verdict::RolledBack { error };
-        with_outcomes(report, undone, false)
-    };
-    if let Err(error) = result.and_then(|()| check_signal()) {
-        return undo_everything(running, error, report);
-    }
-    crash_point!("before-decision");
-    let record = decision_record(&works, &batch_id, &decider, direction, &BTreeMap::new());
-    let written = running
-        .iter_mut()
-        .find(|r| r.index == 0)
-        .expect("every bind ran")
-        .conn
-        .decide_commit(&record, &now_text());
-    match written {
-        Ok(()) => {
-            crash_point!("after-decision");
-            let mut attention = Vec::new();
-            for mut r in running {
-                report.binds[r.index].1 = match r.conn.clear_mark(&r.batch_mark) {
-                    Ok(()) => BindOutcome::Committed,
-                    Err(e) => {
-                        attention.push(format!("{}: {e}", works[r.index].endpoint.bind));
-                        BindOutcome::Attention {
-                            detail: format!("committed and decided, but its batch mark could not be cleared ({e}); `orchestrate recover` clears it"),
-                        }
-                    }
-                };
-            }
-            if !attention.is_empty() {
-                report.verdict = Verdict::NeedsAttention {
-                    error: None,
-                    detail: attention.join("; "),
-                };
-            } else if let Err(e) =
-                BindConnection::connect(&works[0].endpoint, false, options.lock_timeout)
-                    .and_then(|mut c| c.settle_decision(&record, &now_text()))
-            {
-                tracing::warn!(batch = %batch_id, error = %e, "the batch committed everywhere, but it could not be marked settled on its decider");
-            }
-            report
-        }
-        Err(error) if error.is_connection_lost() => {
-            // Whether the decision row committed is unknown: undo nothing; the marks stay and
-            // recover settles every bind by what the decider's table says.
-            drop(running);
-            report.binds = works
-                .iter()
-                .map(|w| {
-                    (
-                        w.endpoint.bind.clone(),
-                        BindOutcome::Attention {
-                            detail: "NOT atomic: its migrations are committed and marked; `orchestrate recover` keeps them if the decision was written, or reverts them".into(),
-                        },
-                    )
-                })
-                .collect();
-            report.verdict = Verdict::NeedsAttention {
-                detail: format!("the connection to `{decider}` was lost while writing the decision of batch {batch_id}; run `orchestrate recover`"),
-                error: Some(error.into()),
-            };
-            report
-        }
-        Err(error) => undo_everything(running, error.into(), report),
-    }
 }
