@@ -573,130 +573,23 @@ fn recover_nonatomic(
     wait: Duration,
     report: &mut RecoverReport,
 ) {
-    let push = |report: &mut RecoverReport, batch_id: &str, action: &str, detail: String| {
-        report.actions.push(Action {
-            bind: bind.name.clone(),
-            batch_id: batch_id.into(),
-            action: action.into(),
-            detail,
-        })
+    let Some(mut r) = MarksRecovery::open(settings, bind, dry_run, wait, report) else {
+        return;
     };
-    let mut conn = match BindConnection::connect(&bind.endpoint, false, settings.lock_timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            report.errors.push(e.to_string());
-            return;
-        }
-    };
-    match conn.marks() {
-        Ok(m) if m.is_empty() => return,
-        Ok(_) => {}
-        Err(e) => {
-            report.errors.push(e.to_string());
-            return;
-        }
-    }
-    let busy = |report: &mut RecoverReport| {
-        push(report, "", "left alone", "a coordinator (or another recover) holds this bind's migration lock, so its batch is still running; run recover again once it has finished or died".into());
-    };
-    // Take the bind's lock before reading the marks for good: what is read under it cannot
-    // change underneath. A dry run only checks that nobody holds it.
-    match conn.session_lock_free() {
-        Ok(true) => {}
-        Ok(false) => return busy(report),
-        Err(e) => {
-            report.errors.push(e.to_string());
-            return;
-        }
-    }
-    if !dry_run {
-        match conn.begin_nonatomic() {
-            Ok(()) => {}
-            Err(DriverError::Busy { .. }) => return busy(report),
-            Err(e) => {
-                report.errors.push(e.to_string());
-                return;
-            }
-        }
-    }
-    let marks = match conn.marks() {
+    let marks = match r.conn.marks() {
         Ok(m) => m,
-        Err(e) => {
-            report.errors.push(e.to_string());
-            return;
-        }
+        Err(e) => return r.report.errors.push(e.to_string()),
     };
-    let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-    let chain = orchestrate_driver::read_chain(&bind.name, &bind.migrations).ok();
-    let mut open_migrations = 0;
-    for m in marks.iter().filter(|m| !m.is_batch()) {
-        if m.statements_done < m.statements_total || m.statements_total == 0 {
-            open_migrations += 1;
-            push(
-                report,
-                &m.batch_id,
-                "attention",
-                m.describe().replace("<bind>", &bind.name),
-            );
-            continue;
-        }
-        // Every statement committed; only the record is missing.
-        let (direction, label) = match m.direction.as_str() {
-            "up" => (Direction::Up, "up"),
-            "down" => (Direction::Down, "down"),
-            "undo-up" => (Direction::Down, "undo"),
-            _ => (Direction::Up, "undo"),
-        };
-        if dry_run {
-            push(
-                report,
-                &m.batch_id,
-                "would record",
-                format!(
-                    "{}: all {} statement(s) committed before the interruption",
-                    m.name, m.statements_total
-                ),
-            );
-            continue;
-        }
-        let file = chain
-            .as_ref()
-            .and_then(|c| c.find(&Version::from_stored(&m.version)));
-        let step = Step::record_only(
-            Version::from_stored(&m.version),
-            m.name.clone(),
-            file.map(|f| f.checksum.clone()),
-            file.and_then(|f| f.down_sql.clone()),
-        );
-        match conn.finish_marked_step(&m.batch_id, direction, label, &step, m, &at) {
-            Ok(()) => push(
-                report,
-                &m.batch_id,
-                "recorded",
-                format!(
-                    "{} ({}): all {} statement(s) had committed before the interruption; recorded",
-                    m.name, m.direction, m.statements_total
-                ),
-            ),
-            Err(e) => {
-                open_migrations += 1;
-                push(
-                    report,
-                    &m.batch_id,
-                    "attention",
-                    format!("cannot record {}: {e}", m.name),
-                );
-            }
-        }
-    }
+    let open_migrations = marks
+        .iter()
+        .filter(|m| !m.is_batch())
+        .filter(|m| !r.finish_migration_mark(m))
+        .count();
     // Batches whose XA transaction is still prepared here were handled (or left alone, and
     // reported) by the prepared-transaction step.
-    let xa_prepared: Vec<String> = match conn.prepared() {
+    let xa_prepared: Vec<String> = match r.conn.prepared() {
         Ok(p) => p.into_iter().map(|x| x.gid).collect(),
-        Err(e) => {
-            report.errors.push(e.to_string());
-            return;
-        }
+        Err(e) => return r.report.errors.push(e.to_string()),
     };
     for m in marks.iter().filter(|m| m.is_batch()) {
         if xa_prepared
@@ -706,122 +599,285 @@ fn recover_nonatomic(
             continue;
         }
         if open_migrations > 0 {
-            push(report, &m.batch_id, "attention", "this batch is settled here once the interrupted migration above is resolved with `orchestrate resolve`; then run recover again".into());
+            r.push(m, "attention", "this batch is settled here once the interrupted migration above is resolved with `orchestrate resolve`; then run recover again".into());
             continue;
         }
+        r.settle_batch_mark(m);
+    }
+}
+
+/// The marks of one MySQL bind being recovered, under the bind's migration lock.
+struct MarksRecovery<'a> {
+    settings: &'a Settings,
+    bind: &'a crate::settings::BindSettings,
+    dry_run: bool,
+    wait: Duration,
+    conn: BindConnection,
+    chain: Option<orchestrate_core::Chain>,
+    at: String,
+    report: &'a mut RecoverReport,
+}
+
+impl<'a> MarksRecovery<'a> {
+    /// Connects, and takes the bind's lock when it has marks: what is read under it cannot
+    /// change underneath. A dry run only checks that nobody holds it. `None` when there is
+    /// nothing to do or the bind is busy (reported).
+    fn open(
+        settings: &'a Settings,
+        bind: &'a crate::settings::BindSettings,
+        dry_run: bool,
+        wait: Duration,
+        report: &'a mut RecoverReport,
+    ) -> Option<MarksRecovery<'a>> {
+        let busy = |report: &mut RecoverReport| {
+            report.actions.push(Action {
+                bind: bind.name.clone(),
+                batch_id: String::new(),
+                action: "left alone".into(),
+                detail: "a coordinator (or another recover) holds this bind's migration lock, so its batch is still running; run recover again once it has finished or died".into(),
+            });
+        };
+        let fail = |report: &mut RecoverReport, e: DriverError| {
+            report.errors.push(e.to_string());
+            None
+        };
+        let mut conn = match BindConnection::connect(&bind.endpoint, false, settings.lock_timeout) {
+            Ok(c) => c,
+            Err(e) => return fail(report, e),
+        };
+        match conn.marks() {
+            Ok(m) if m.is_empty() => return None,
+            Ok(_) => {}
+            Err(e) => return fail(report, e),
+        }
+        match conn.session_lock_free() {
+            Ok(true) => {}
+            Ok(false) => {
+                busy(report);
+                return None;
+            }
+            Err(e) => return fail(report, e),
+        }
+        if !dry_run {
+            match conn.begin_nonatomic() {
+                Ok(()) => {}
+                Err(DriverError::Busy { .. }) => {
+                    busy(report);
+                    return None;
+                }
+                Err(e) => return fail(report, e),
+            }
+        }
+        Some(MarksRecovery {
+            settings,
+            bind,
+            dry_run,
+            wait,
+            conn,
+            chain: orchestrate_driver::read_chain(&bind.name, &bind.migrations).ok(),
+            at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            report,
+        })
+    }
+
+    fn push(&mut self, m: &orchestrate_driver::Mark, action: &str, detail: String) {
+        self.report.actions.push(Action {
+            bind: self.bind.name.clone(),
+            batch_id: m.batch_id.clone(),
+            action: action.into(),
+            detail,
+        });
+    }
+
+    fn file(&self, version: &str) -> Option<&orchestrate_core::MigrationFile> {
+        self.chain
+            .as_ref()
+            .and_then(|c| c.find(&Version::from_stored(version)))
+    }
+
+    /// A migration mark: recorded when every statement committed. Returns false when the
+    /// migration stays open (interrupted part-way, or its record failed).
+    fn finish_migration_mark(&mut self, m: &orchestrate_driver::Mark) -> bool {
+        if m.statements_done < m.statements_total || m.statements_total == 0 {
+            self.push(
+                m,
+                "attention",
+                m.describe().replace("<bind>", &self.bind.name),
+            );
+            return false;
+        }
+        // Every statement committed; only the record is missing.
+        let (direction, label) = match m.direction.as_str() {
+            "up" => (Direction::Up, "up"),
+            "down" => (Direction::Down, "down"),
+            "undo-up" => (Direction::Down, "undo"),
+            _ => (Direction::Up, "undo"),
+        };
+        if self.dry_run {
+            let detail = format!(
+                "{}: all {} statement(s) committed before the interruption",
+                m.name, m.statements_total
+            );
+            self.push(m, "would record", detail);
+            return true;
+        }
+        let file = self.file(&m.version);
+        let step = Step::record_only(
+            Version::from_stored(&m.version),
+            m.name.clone(),
+            file.map(|f| f.checksum.clone()),
+            file.and_then(|f| f.down_sql.clone()),
+        );
+        let at = self.at.clone();
+        match self
+            .conn
+            .finish_marked_step(&m.batch_id, direction, label, &step, m, &at)
+        {
+            Ok(()) => {
+                let detail = format!(
+                    "{} ({}): all {} statement(s) had committed before the interruption; recorded",
+                    m.name, m.direction, m.statements_total
+                );
+                self.push(m, "recorded", detail);
+                true
+            }
+            Err(e) => {
+                self.push(m, "attention", format!("cannot record {}: {e}", m.name));
+                false
+            }
+        }
+    }
+
+    /// A batch mark, settled by its batch's decision: kept when decided, undone otherwise.
+    fn settle_batch_mark(&mut self, m: &orchestrate_driver::Mark) {
         let decision = if m.decider.is_empty() {
             Decision::Unknown(
                 "its batch mark names no decider, so whether the batch was decided cannot be read"
                     .into(),
             )
         } else {
-            decision_of(settings, &m.decider, &m.batch_id, dry_run, wait)
-        };
-        let steps = match conn.batch_steps(&m.batch_id) {
-            Ok(s) => s,
-            Err(e) => {
-                push(report, &m.batch_id, "attention", e.to_string());
-                continue;
-            }
-        };
-        match decision {
-            Decision::Unknown(why) => push(report, &m.batch_id, "left alone", why),
-            Decision::Commit if dry_run => push(
-                report,
+            decision_of(
+                self.settings,
+                &m.decider,
                 &m.batch_id,
-                "would settle",
-                format!(
-                    "the batch was decided: its {} migration(s) here stay",
-                    steps.len()
-                ),
-            ),
-            Decision::Commit => match conn.clear_mark(m) {
-                Ok(()) => push(
-                    report,
-                    &m.batch_id,
-                    "settled",
-                    format!(
-                        "the batch was decided: its {} migration(s) here stay",
-                        steps.len()
-                    ),
-                ),
-                Err(e) => push(report, &m.batch_id, "attention", e.to_string()),
+                self.dry_run,
+                self.wait,
+            )
+        };
+        let steps = match self.conn.batch_steps(&m.batch_id) {
+            Ok(s) => s,
+            Err(e) => return self.push(m, "attention", e.to_string()),
+        };
+        let stay = format!(
+            "the batch was decided: its {} migration(s) here stay",
+            steps.len()
+        );
+        match decision {
+            Decision::Unknown(why) => self.push(m, "left alone", why),
+            Decision::Commit if self.dry_run => self.push(m, "would settle", stay),
+            Decision::Commit => match self.conn.clear_mark(m) {
+                Ok(()) => self.push(m, "settled", stay),
+                Err(e) => self.push(m, "attention", e.to_string()),
             },
-            Decision::Abort => {
-                let mut undos = Vec::new();
-                let mut missing: Option<&orchestrate_driver::BatchStep> = None;
-                for st in &steps {
-                    let file = chain
-                        .as_ref()
-                        .and_then(|c| c.find(&Version::from_stored(&st.version)));
-                    let (ran, sql) = if st.direction == "down" {
-                        (Direction::Down, file.map(|f| f.up_sql.clone()))
-                    } else {
-                        (
-                            Direction::Up,
-                            st.down_sql
-                                .clone()
-                                .or_else(|| file.and_then(|f| f.down_sql.clone())),
-                        )
-                    };
-                    let Some(sql) = sql else {
-                        // Undo goes newest first and stops here: older ones wait for it.
-                        missing = Some(st);
-                        break;
-                    };
-                    undos.push(crate::nonatomic::Undo {
-                        step: Step::record_only(
-                            Version::from_stored(&st.version),
-                            st.name.clone(),
-                            st.checksum.clone(),
-                            st.down_sql.clone(),
-                        ),
-                        ran,
-                        sql,
-                    });
-                }
-                if let Some(st) = missing {
-                    // Undo stops at the newest migration without SQL: mark it, so that a
-                    // person undoes it by hand and says so with `resolve`.
-                    let step = Step::record_only(
-                        Version::from_stored(&st.version),
-                        st.name.clone(),
-                        None,
-                        None,
-                    );
-                    let mark = crate::nonatomic::migration_mark(
-                        &m.batch_id,
-                        &m.decider,
-                        &format!("undo-{}", st.direction),
-                        &step,
-                        "",
-                        &at,
-                    );
-                    if dry_run {
-                        push(report, &m.batch_id, "attention", format!("the batch was not decided, so its migrations here must be undone, but there is no SQL to undo {}", st.name));
-                        continue;
-                    }
-                    let result =
-                        crate::nonatomic::undo(&mut conn, &m.batch_id, &m.decider, &undos, &at)
-                            .and_then(|()| conn.put_mark(&mark).map_err(|e| e.to_string()));
-                    let detail = match result {
-                        Ok(()) => format!("the batch was not decided, so its migrations here must be undone; {} were, newest first, and then: {}", undos.len(), mark.describe().replace("<bind>", &bind.name)),
-                        Err(why) => why.replace("<bind>", &bind.name),
-                    };
-                    push(report, &m.batch_id, "attention", detail);
-                    continue;
-                }
-                if dry_run {
-                    push(report, &m.batch_id, "would undo", format!("the batch was not decided: its {} migration(s) here would be reverted with their undo SQL, newest first", undos.len()));
-                    continue;
-                }
-                match crate::nonatomic::undo(&mut conn, &m.batch_id, &m.decider, &undos, &at)
-                    .and_then(|()| conn.clear_mark(m).map_err(|e| e.to_string()))
-                {
-                    Ok(()) => push(report, &m.batch_id, "undone", format!("the batch was not decided: its {} migration(s) here were reverted with their undo SQL, newest first", undos.len())),
-                    Err(why) => push(report, &m.batch_id, "attention", why.replace("<bind>", &bind.name)),
-                }
-            }
+            Decision::Abort => self.undo_batch(m, &steps),
         }
+    }
+
+    /// The undo of each of a batch's steps, newest first, up to the first that has no SQL
+    /// to undo it (returned too: undo stops there).
+    fn undos<'s>(
+        &self,
+        steps: &'s [orchestrate_driver::BatchStep],
+    ) -> (
+        Vec<crate::nonatomic::Undo>,
+        Option<&'s orchestrate_driver::BatchStep>,
+    ) {
+        let mut undos = Vec::new();
+        for st in steps {
+            let file = self.file(&st.version);
+            let (ran, sql) = if st.direction == "down" {
+                (Direction::Down, file.map(|f| f.up_sql.clone()))
+            } else {
+                (
+                    Direction::Up,
+                    st.down_sql
+                        .clone()
+                        .or_else(|| file.and_then(|f| f.down_sql.clone())),
+                )
+            };
+            let Some(sql) = sql else {
+                return (undos, Some(st));
+            };
+            undos.push(crate::nonatomic::Undo {
+                step: Step::record_only(
+                    Version::from_stored(&st.version),
+                    st.name.clone(),
+                    st.checksum.clone(),
+                    st.down_sql.clone(),
+                ),
+                ran,
+                sql,
+            });
+        }
+        (undos, None)
+    }
+
+    /// A batch that was not decided: its migrations here are reverted, newest first.
+    fn undo_batch(
+        &mut self,
+        m: &orchestrate_driver::Mark,
+        steps: &[orchestrate_driver::BatchStep],
+    ) {
+        let (undos, missing) = self.undos(steps);
+        let at = self.at.clone();
+        let bind = self.bind.name.clone();
+        if let Some(st) = missing {
+            return self.undo_until(m, &undos, st);
+        }
+        if self.dry_run {
+            return self.push(m, "would undo", format!("the batch was not decided: its {} migration(s) here would be reverted with their undo SQL, newest first", undos.len()));
+        }
+        match crate::nonatomic::undo(&mut self.conn, &m.batch_id, &m.decider, &undos, &at)
+            .and_then(|()| self.conn.clear_mark(m).map_err(|e| e.to_string()))
+        {
+            Ok(()) => self.push(m, "undone", format!("the batch was not decided: its {} migration(s) here were reverted with their undo SQL, newest first", undos.len())),
+            Err(why) => self.push(m, "attention", why.replace("<bind>", &bind)),
+        }
+    }
+
+    /// Undo stops at the newest migration without SQL: it is marked, so that a person undoes
+    /// it by hand and says so with `resolve`.
+    fn undo_until(
+        &mut self,
+        m: &orchestrate_driver::Mark,
+        undos: &[crate::nonatomic::Undo],
+        st: &orchestrate_driver::BatchStep,
+    ) {
+        let at = self.at.clone();
+        let bind = self.bind.name.clone();
+        let step = Step::record_only(
+            Version::from_stored(&st.version),
+            st.name.clone(),
+            None,
+            None,
+        );
+        let mark = crate::nonatomic::migration_mark(
+            &m.batch_id,
+            &m.decider,
+            &format!("undo-{}", st.direction),
+            &step,
+            "",
+            &at,
+        );
+        if self.dry_run {
+            return self.push(m, "attention", format!("the batch was not decided, so its migrations here must be undone, but there is no SQL to undo {}", st.name));
+        }
+        let result = crate::nonatomic::undo(&mut self.conn, &m.batch_id, &m.decider, undos, &at)
+            .and_then(|()| self.conn.put_mark(&mark).map_err(|e| e.to_string()));
+        let detail = match result {
+            Ok(()) => format!("the batch was not decided, so its migrations here must be undone; {} were, newest first, and then: {}", undos.len(), mark.describe().replace("<bind>", &bind)),
+            Err(why) => why.replace("<bind>", &bind),
+        };
+        self.push(m, "attention", detail);
     }
 }
