@@ -12,8 +12,9 @@ use diesel::{MysqlConnection, PgConnection, SqliteConnection};
 use orchestrate_core::{Applied, Direction, Step, Version};
 
 use crate::endpoint::{Backend, Endpoint};
-use crate::error::DriverError;
-use crate::record::{quote_literal, DecisionRecord, GID_PREFIX};
+use crate::error::{DriverError, ErrorClass};
+use crate::participant::{self, mysql, postgres, sqlite};
+use crate::record::{quote_literal, DecisionRecord, TransactionId, GID_PREFIX};
 use crate::schema::{self, BATCHES, DIESEL_TABLE, HISTORY, IN_PROGRESS};
 
 /// The key of the transaction-scoped advisory lock every PostgreSQL batch takes first. It is
@@ -70,14 +71,14 @@ macro_rules! bound {
 /// In a transaction rolled back at once: whether locking the batch's row with `probe` (a
 /// `FOR UPDATE NOWAIT`) finds it held by another session.
 macro_rules! probe_row {
-    ($c:expr, $probe:expr, $batch_id:expr) => {
+    ($c:expr, $probe:expr, $batch_id:expr, $classify:path) => {
         $c.transaction(|c| {
             match diesel::sql_query($probe.as_str())
                 .bind::<Text, _>($batch_id)
                 .execute(c)
             {
                 Ok(_) => Err(diesel::result::Error::RollbackTransaction),
-                Err(e) if crate::error::is_lock_wait(&e) => Ok(true),
+                Err(e) if $classify(&e) == ErrorClass::LockWait => Ok(true),
                 Err(e) => Err(e),
             }
         })
@@ -513,6 +514,7 @@ impl BindConnection {
         DriverError::Query {
             bind: self.bind(),
             what: what.into(),
+            class: participant::classify(self.backend(), &source),
             source,
         }
     }
@@ -783,9 +785,15 @@ impl BindConnection {
         let row = Step::record_only(Version::from_stored("-"), detail.into(), None, None);
         self.insert_history(batch_id, "heuristic", &row, at)
             .map_err(|e| match e {
-                DriverError::Query { bind, source, .. } => DriverError::Query {
+                DriverError::Query {
+                    bind,
+                    source,
+                    class,
+                    ..
+                } => DriverError::Query {
                     bind,
                     what: "cannot record the heuristic outcome".into(),
+                    class,
                     source,
                 },
                 other => other,
@@ -1049,11 +1057,11 @@ impl BindConnection {
                     let _ = c.batch_execute("ROLLBACK");
                     Ok(false)
                 }
-                Err(e) if crate::error::is_sqlite_busy(&e) => Ok(true),
+                Err(e) if sqlite::classify(&e) == ErrorClass::LockWait => Ok(true),
                 Err(e) => Err(e),
             },
-            Conn::Pg(c) => probe_row!(c, probe, batch_id),
-            Conn::Mysql(c) => probe_row!(c, probe, batch_id),
+            Conn::Pg(c) => probe_row!(c, probe, batch_id, postgres::classify),
+            Conn::Mysql(c) => probe_row!(c, probe, batch_id, mysql::classify),
         };
         self.set_sqlite_busy_timeout(self.lock_timeout);
         held.map_err(|e| self.query_err("cannot probe the batch's row", e))
@@ -1352,7 +1360,7 @@ impl BindConnection {
                 // runs cannot both plan against the same state.
                 if let Err(e) = AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")
                 {
-                    if crate::error::is_sqlite_busy(&e) {
+                    if sqlite::classify(&e) == ErrorClass::LockWait {
                         return Err(busy(self));
                     }
                     return Err(self.query_err("cannot begin the batch transaction", e));
@@ -1450,6 +1458,7 @@ impl BindConnection {
             return Err(DriverError::Migration {
                 bind: self.bind(),
                 name: step.name.clone(),
+                class: participant::classify(self.backend(), &source),
                 source,
             });
         }
@@ -1500,7 +1509,7 @@ impl BindConnection {
                         .map_err(|e| self.query_err("cannot check the transaction", e))?;
                     true
                 }
-                Err(e) if e.to_string().contains("no such savepoint") => {
+                Err(e) if sqlite::classify(&e) == ErrorClass::Missing => {
                     // Whatever the migration left open is not the batch's: end it.
                     let _ = c.batch_execute("ROLLBACK");
                     false
@@ -1593,7 +1602,7 @@ impl BindConnection {
         c.batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gid)))
             .map_err(|source| DriverError::Prepare {
                 bind: self.bind(),
-                hint: crate::error::prepare_hint(&source.to_string()),
+                class: postgres::classify(&source),
                 source,
             })?;
         let found: Count = diesel::sql_query(
@@ -1825,6 +1834,7 @@ impl BindConnection {
         done.map_err(|source| DriverError::Migration {
             bind: self.bind(),
             name: name.into(),
+            class: mysql::classify(&source),
             source,
         })?;
         // Marks and decisions written next must commit on their own whatever the statement
@@ -1928,7 +1938,9 @@ fn xa_survives_disconnect(version: &str) -> bool {
 
 /// The batch and bind of a transaction id `orchestrate:<batch>:<decider>:<bind>`.
 fn split_gid(gid: &str) -> Option<(String, String)> {
-    crate::record::TransactionId::parse(gid).map(|t| (t.batch_id, t.bind))
+    gid.parse::<TransactionId>()
+        .ok()
+        .map(|t| (t.batch_id, t.bind))
 }
 
 #[derive(QueryableByName)]
@@ -1975,7 +1987,7 @@ impl BindConnection {
             .batch_execute(&format!("XA END {id}; XA PREPARE {id}"));
         done.map_err(|source| DriverError::Prepare {
             bind: self.bind(),
-            hint: None,
+            class: mysql::classify(&source),
             source,
         })?;
         self.xa = None;

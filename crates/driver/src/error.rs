@@ -1,5 +1,81 @@
 use crate::endpoint::redact_text;
 
+/// What a database error means to this tool. Each backend decides it in one function (its
+/// `classify`), once, where the error is wrapped into a [`DriverError`]: nothing else reads
+/// error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The connection is gone: the outcome of the statement that was running is unknown.
+    ConnectionLost,
+    /// A lock could not be had in time (PostgreSQL `lock_not_available`, SQLite
+    /// `SQLITE_BUSY` / `SQLITE_LOCKED`, MySQL 1205 / 3572).
+    LockWait,
+    /// The statement names a table or savepoint that does not exist.
+    Missing,
+    /// PostgreSQL refused `PREPARE TRANSACTION` for a reason a person can fix.
+    CannotPrepare(PrepareRefusal),
+    /// Anything else: the statement failed and the connection is usable.
+    Other,
+}
+
+/// Why PostgreSQL refused to prepare a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrepareRefusal {
+    /// `0A000`: the transaction used a temporary object.
+    TemporaryObjects,
+    /// `0A000`: the transaction ran LISTEN, UNLISTEN or NOTIFY.
+    ListenNotify,
+    /// `55000`: `max_prepared_transactions = 0`.
+    Disabled,
+    /// `53200`: every slot of `max_prepared_transactions` is taken.
+    Full,
+}
+
+impl PrepareRefusal {
+    /// What to do about it.
+    pub fn hint(self) -> &'static str {
+        match self {
+            PrepareRefusal::TemporaryObjects => "a migration of this bind used a temporary table or other temporary object, which a prepared transaction cannot hold; use a regular table and drop it in the same migration",
+            PrepareRefusal::ListenNotify => "a migration of this bind ran LISTEN, UNLISTEN or NOTIFY, which a prepared transaction cannot carry; send notifications after the deploy",
+            PrepareRefusal::Disabled => "this server has max_prepared_transactions = 0; set it above the number of binds it serves and restart it",
+            PrepareRefusal::Full => "this server's max_prepared_transactions is too small for the batch, or old prepared transactions fill it; run `orchestrate recover`, or raise the setting and restart the server",
+        }
+    }
+}
+
+impl ErrorClass {
+    fn hint(self) -> Option<&'static str> {
+        match self {
+            ErrorClass::CannotPrepare(refusal) => Some(refusal.hint()),
+            _ => None,
+        }
+    }
+
+    /// What every backend's classifier reads first: diesel's own kinds. `None`: the backend
+    /// must look closer.
+    pub(crate) fn from_diesel(error: &diesel::result::Error) -> Option<ErrorClass> {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match error {
+            Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+            | Error::BrokenTransactionManager => Some(ErrorClass::ConnectionLost),
+            Error::DatabaseError(..) | Error::RollbackErrorOnCommit { .. } => None,
+            _ => Some(ErrorClass::Other),
+        }
+    }
+}
+
+/// The message of a database error, lowercased, for the classifiers' last resort (diesel 2.3
+/// exposes no SQLSTATE, SQLite result code or MySQL error number). A COMMIT that failed and
+/// whose rollback failed too is read by the COMMIT's error.
+pub(crate) fn message_of(error: &diesel::result::Error) -> Option<String> {
+    use diesel::result::Error;
+    match error {
+        Error::DatabaseError(_, info) => Some(info.message().to_lowercase()),
+        Error::RollbackErrorOnCommit { commit_error, .. } => message_of(commit_error),
+        _ => None,
+    }
+}
+
 /// What can go wrong on one bind. Every variant names the bind; none shows a password: the
 /// variants that can carry connection text (a library's connect error quotes the URL, or a
 /// password alone) are shown through [`redact_text`], and `Debug` is the redacted `Display`.
@@ -20,6 +96,7 @@ pub enum DriverError {
     Query {
         bind: String,
         what: String,
+        class: ErrorClass,
         #[source]
         source: diesel::result::Error,
     },
@@ -27,6 +104,7 @@ pub enum DriverError {
     Migration {
         bind: String,
         name: String,
+        class: ErrorClass,
         #[source]
         source: diesel::result::Error,
     },
@@ -34,10 +112,10 @@ pub enum DriverError {
     LeftTransaction { bind: String, name: String },
     #[error("bind `{bind}`: another orchestrate run holds this database's migration lock; waited {waited_ms} ms. Try again when it has finished (raise `lock_timeout_ms` to wait longer)")]
     Busy { bind: String, waited_ms: u64 },
-    #[error("bind `{bind}`: PREPARE TRANSACTION failed: {source}{}", hint.map(|h| format!(" ({h})")).unwrap_or_default())]
+    #[error("bind `{bind}`: PREPARE TRANSACTION failed: {source}{}", class.hint().map(|h| format!(" ({h})")).unwrap_or_default())]
     Prepare {
         bind: String,
-        hint: Option<&'static str>,
+        class: ErrorClass,
         #[source]
         source: diesel::result::Error,
     },
@@ -74,74 +152,31 @@ impl DriverError {
         }
     }
 
+    /// What the database's error means, as its backend classified it (`None`: the error is
+    /// not the database's).
+    pub fn class(&self) -> Option<ErrorClass> {
+        match self {
+            DriverError::Query { class, .. }
+            | DriverError::Migration { class, .. }
+            | DriverError::Prepare { class, .. } => Some(*class),
+            _ => None,
+        }
+    }
+
     /// Whether the error means the connection was lost, so the outcome of the statement that
     /// was running is unknown.
     pub fn is_connection_lost(&self) -> bool {
-        use diesel::result::{DatabaseErrorKind, Error};
-        match self.database_error() {
-            Some(Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _)) => true,
-            Some(Error::DatabaseError(_, info)) => {
-                let m = info.message();
-                m.contains("server closed the connection")
-                    || m.contains("server has gone away")
-                    || m.contains("Lost connection to")
-                    || m.contains("terminating connection")
-                    || m.contains("no connection to the server")
-                    || m.contains("connection to server")
-            }
-            Some(Error::BrokenTransactionManager) => true,
-            _ => false,
-        }
+        self.class() == Some(ErrorClass::ConnectionLost)
     }
-}
 
-impl DriverError {
     /// Whether a statement gave up waiting for a lock held by another session (PostgreSQL
-    /// `lock_timeout`, SQLite busy, InnoDB lock wait timeout).
+    /// `lock_timeout`, SQLite busy, InnoDB lock wait timeout), or the migration lock itself.
     pub fn is_lock_wait(&self) -> bool {
-        match self {
-            DriverError::Busy { .. } => true,
-            _ => self.database_error().is_some_and(is_lock_wait),
-        }
+        matches!(self, DriverError::Busy { .. }) || self.class() == Some(ErrorClass::LockWait)
     }
-}
 
-/// Whether a database error says a lock could not be had in time: PostgreSQL's
-/// `lock_not_available` ("canceling statement due to lock timeout", "could not obtain lock"),
-/// SQLite's SQLITE_BUSY / SQLITE_LOCKED, MySQL's 1205 / 3572. diesel exposes no error codes
-/// for these, so their fixed messages are read, here only.
-pub fn is_lock_wait(error: &diesel::result::Error) -> bool {
-    let diesel::result::Error::DatabaseError(_, info) = error else {
-        return false;
-    };
-    let m = info.message();
-    m.contains("lock timeout")
-        || m.contains("could not obtain lock")
-        || m.contains("Lock wait timeout exceeded")
-        || m.contains("NOWAIT is set")
-        || is_sqlite_busy(error)
-}
-
-/// Whether a SQLite error is SQLITE_BUSY or SQLITE_LOCKED ("database is locked", "database
-/// table is locked", "database schema is locked").
-pub fn is_sqlite_busy(error: &diesel::result::Error) -> bool {
-    let text = error.to_string();
-    text.contains("database is locked")
-        || text.contains("is locked")
-        || text.contains("database is busy")
-}
-
-/// What to do about a PREPARE TRANSACTION that PostgreSQL refused, by its message.
-pub fn prepare_hint(message: &str) -> Option<&'static str> {
-    if message.contains("temporary objects") {
-        Some("a migration of this bind used a temporary table or other temporary object, which a prepared transaction cannot hold; use a regular table and drop it in the same migration")
-    } else if message.contains("LISTEN") || message.contains("NOTIFY") {
-        Some("a migration of this bind ran LISTEN, UNLISTEN or NOTIFY, which a prepared transaction cannot carry; send notifications after the deploy")
-    } else if message.contains("prepared transactions are disabled") {
-        Some("this server has max_prepared_transactions = 0; set it above the number of binds it serves and restart it")
-    } else if message.contains("maximum number of prepared transactions") {
-        Some("this server's max_prepared_transactions is too small for the batch, or old prepared transactions fill it; run `orchestrate recover`, or raise the setting and restart the server")
-    } else {
-        None
+    /// Whether the statement named a table (or savepoint) that does not exist.
+    pub fn is_missing(&self) -> bool {
+        self.class() == Some(ErrorClass::Missing)
     }
 }

@@ -22,6 +22,7 @@
 mod conn;
 mod endpoint;
 mod error;
+mod participant;
 mod record;
 mod schema;
 mod script;
@@ -36,9 +37,10 @@ pub use endpoint::{
     is_secret_key, redact_text, redact_url, register_secret, register_secrets_in, Backend,
     Capabilities, Endpoint,
 };
-pub use error::DriverError;
+pub use error::{DriverError, ErrorClass, PrepareRefusal};
 pub use record::{
-    gid_for, quote_literal, DecisionRecord, Participant, RedoStep, TransactionId, GID_PREFIX,
+    gid_for, quote_literal, DecisionRecord, NotATransactionId, Participant, RedoStep,
+    TransactionId, GID_PREFIX,
 };
 pub use script::{nonatomic_script, script, xa_script, Ending};
 pub use source::{read_chain, SourceError};

@@ -12,12 +12,14 @@ pub const GID_PREFIX: &str = "orchestrate:";
 /// `[a-z0-9_]{1,63}` and batch ids are `[0-9A-Za-z-]`, so it stays under PostgreSQL's 200 bytes
 /// and needs no escaping.
 pub fn gid_for(batch_id: &str, decider: &str, bind: &str) -> String {
-    format!("{GID_PREFIX}{batch_id}:{decider}:{bind}")
+    TransactionId::new(batch_id, decider, bind).to_string()
 }
 
-/// A transaction id of this tool, parsed: the batch, the bind that decides it, and the bind
-/// it belongs to. [`gid_for`] makes them; this is the one place that reads them back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A transaction id of this tool: the batch, the bind that decides it, and the bind it belongs
+/// to. Written by its `Display` (`orchestrate:<batch>:<decider>:<bind>`, see [`gid_for`]) and
+/// read back by [`TransactionId::parse`] (or `str::parse`): the one format and the one parser
+/// of these ids.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TransactionId {
     pub batch_id: String,
     pub decider: String,
@@ -25,6 +27,14 @@ pub struct TransactionId {
 }
 
 impl TransactionId {
+    pub fn new(batch_id: &str, decider: &str, bind: &str) -> TransactionId {
+        TransactionId {
+            batch_id: batch_id.into(),
+            decider: decider.into(),
+            bind: bind.into(),
+        }
+    }
+
     /// `None` for ids that are not this tool's (`orchestrate:<batch>:<decider>:<bind>`).
     pub fn parse(gid: &str) -> Option<TransactionId> {
         let rest = gid.strip_prefix(GID_PREFIX)?;
@@ -33,17 +43,30 @@ impl TransactionId {
         if batch_id.is_empty() || decider.is_empty() || bind.is_empty() {
             return None;
         }
-        Some(TransactionId {
-            batch_id: batch_id.into(),
-            decider: decider.into(),
-            bind: bind.into(),
-        })
+        Some(TransactionId::new(batch_id, decider, bind))
+    }
+}
+
+/// A text that is not a transaction id of this tool.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a transaction id of this tool (orchestrate:<batch>:<decider>:<bind>)")]
+pub struct NotATransactionId(pub String);
+
+impl std::str::FromStr for TransactionId {
+    type Err = NotATransactionId;
+
+    fn from_str(gid: &str) -> Result<TransactionId, NotATransactionId> {
+        TransactionId::parse(gid).ok_or_else(|| NotATransactionId(gid.into()))
     }
 }
 
 impl std::fmt::Display for TransactionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&gid_for(&self.batch_id, &self.decider, &self.bind))
+        write!(
+            f,
+            "{GID_PREFIX}{}:{}:{}",
+            self.batch_id, self.decider, self.bind
+        )
     }
 }
 
@@ -135,6 +158,17 @@ mod tests {
         assert_eq!(TransactionId::parse("_sa_0a1b"), None);
         assert_eq!(TransactionId::parse("orchestrate:b:d"), None);
         assert_eq!(TransactionId::parse("orchestrate:b::x"), None);
+        // Round trip, through FromStr too; a bind name never holds ':', the last part keeps
+        // whatever follows.
+        let id = TransactionId::new("20261124T220000Z-0a1b2c3d", "users", "billing");
+        assert_eq!(id.to_string().parse::<TransactionId>(), Ok(id.clone()));
+        assert_eq!(
+            "orchestrate:b:d:x:y"
+                .parse::<TransactionId>()
+                .map(|t| t.bind),
+            Ok("x:y".to_string())
+        );
+        assert!("someone_else:1".parse::<TransactionId>().is_err());
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(
             quote_literal("'; drop table x; --"),

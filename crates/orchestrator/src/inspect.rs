@@ -57,10 +57,6 @@ pub struct BindReport {
 /// Reads locks for at most this long, so `status` never hangs behind an in-doubt batch.
 const READ_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn is_lock_timeout(e: &DriverError) -> bool {
-    e.to_string().contains("lock timeout")
-}
-
 /// Reads every bind, concurrently.
 pub fn inspect(settings: &Settings, binds: &[&BindSettings]) -> Vec<BindReport> {
     let decisions: Mutex<HashMap<(String, String), String>> = Mutex::new(HashMap::new());
@@ -145,7 +141,7 @@ fn inspect_one(
             s.applied
         }
         Ok(None) => Vec::new(),
-        Err(e) if is_lock_timeout(&e) => {
+        Err(e) if e.is_lock_wait() => {
             report.errors.push(format!(
                 "bind `{}`: its version tables are locked (by an in-doubt batch or another run); waited {} ms. Run `orchestrate recover` if a batch is in doubt",
                 bind.name,

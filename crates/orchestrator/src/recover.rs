@@ -57,10 +57,6 @@ impl RecoverReport {
     }
 }
 
-fn parse_gid(gid: &str) -> Option<TransactionId> {
-    TransactionId::parse(gid)
-}
-
 /// What the decider knows of a batch.
 enum Decision {
     Commit,
@@ -171,7 +167,7 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
             }
         };
         for xact in prepared {
-            let Some(gid) = parse_gid(&xact.gid) else {
+            let Some(gid) = TransactionId::parse(&xact.gid) else {
                 report.actions.push(Action {
                     bind: bind.name.clone(),
                     batch_id: String::new(),
@@ -481,9 +477,7 @@ fn redo(
                 return Some(action("attention", why));
             }
         }
-        Err(e) if !e.to_string().contains("__diesel_schema_migrations") => {
-            return Some(action("attention", e.to_string()))
-        }
+        Err(e) if !e.is_missing() => return Some(action("attention", e.to_string())),
         Err(_) => {
             if let Some(why) = not_the_same(&[]) {
                 return Some(action("attention", why));
@@ -594,7 +588,7 @@ fn recover_nonatomic(
     for m in marks.iter().filter(|m| m.is_batch()) {
         if xa_prepared
             .iter()
-            .any(|gid| parse_gid(gid).is_some_and(|g| g.batch_id == m.batch_id))
+            .any(|gid| TransactionId::parse(gid).is_some_and(|g| g.batch_id == m.batch_id))
         {
             continue;
         }
