@@ -222,7 +222,7 @@ enum Held {
 
 /// One participant after the first phase: its index, its result (`None`: skipped because
 /// another bind had failed), and the milliseconds it took.
-type PhaseOne = (usize, Option<Result<Held, Failed>>, u64);
+type PhaseOne = (usize, Option<Result<Held, Box<Failed>>>, u64);
 
 /// A participant's first phase that failed, with what may need undoing.
 struct Failed {
@@ -500,6 +500,7 @@ impl<'a> Batch<'a> {
                     prepared.held.push((i, h))
                 }
                 Some(Err(f)) => {
+                    let f = *f;
                     if let Some(gid) = f.maybe_prepared {
                         if f.prepare_reply_lost {
                             prepared.held.push((i, Held::ReplyLost { gid }));
@@ -532,11 +533,13 @@ impl<'a> Batch<'a> {
 
     /// One participant's first phase: everything up to PREPARE (PostgreSQL, MySQL through
     /// XA) or up to holding its transaction open (SQLite).
-    fn phase_one(&self, work: &BindWork) -> Result<Held, Failed> {
-        let early = |error: BatchError| Failed {
-            error,
-            maybe_prepared: None,
-            prepare_reply_lost: false,
+    fn phase_one(&self, work: &BindWork) -> Result<Held, Box<Failed>> {
+        let early = |error: BatchError| {
+            Box::new(Failed {
+                error,
+                maybe_prepared: None,
+                prepare_reply_lost: false,
+            })
         };
         check_signal().map_err(early)?;
         let mut conn = BindConnection::connect(&work.endpoint, true, self.options.lock_timeout)
@@ -582,7 +585,7 @@ impl<'a> Batch<'a> {
         mut conn: BindConnection,
         work: &BindWork,
         xa_mark: Option<&orchestrate_driver::Mark>,
-    ) -> Result<Held, Failed> {
+    ) -> Result<Held, Box<Failed>> {
         let gid = gid_for(&self.id, self.decider_name(), &work.endpoint.bind);
         crash_point!("before-prepare");
         if let Err(e) = conn.prepare(&gid) {
@@ -594,11 +597,11 @@ impl<'a> Batch<'a> {
                     tracing::warn!(bind = %work.endpoint.bind, "the XA batch mark could not be cleared; `orchestrate recover` settles it");
                 }
             }
-            return Err(Failed {
+            return Err(Box::new(Failed {
                 error: e.into(),
                 maybe_prepared: Some(gid),
                 prepare_reply_lost,
-            });
+            }));
         }
         crash_point!("after-prepare");
         if work.endpoint.backend == Backend::Mysql {
