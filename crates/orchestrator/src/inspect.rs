@@ -84,7 +84,50 @@ fn inspect_one(
     found: &Mutex<Vec<DecisionRecord>>,
 ) -> BindReport {
     let started = Instant::now();
-    let mut report = BindReport {
+    let mut report = empty_report(bind);
+    let timeout = settings.lock_timeout.min(READ_LOCK_TIMEOUT);
+    let state = match BindConnection::connect(&bind.endpoint, false, timeout) {
+        Ok(mut conn) => {
+            read_prepared(settings, &mut conn, decisions, &mut report);
+            conn.read_applied().map(Some)
+        }
+        Err(DriverError::NoSuchFile { .. }) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let applied = match state {
+        Ok(Some(s)) => {
+            found.lock().unwrap().extend(s.unsettled.iter().cloned());
+            report.unsettled.extend(
+                s.marks
+                    .iter()
+                    .map(|m| m.describe().replace("<bind>", &bind.name)),
+            );
+            Some(s.applied)
+        }
+        Ok(None) => Some(Vec::new()),
+        Err(e) if e.is_lock_wait() => {
+            report.errors.push(format!(
+                "bind `{}`: its version tables are locked (by an in-doubt batch or another run); waited {} ms. Run `orchestrate recover` if a batch is in doubt",
+                bind.name,
+                timeout.as_millis()
+            ));
+            None
+        }
+        Err(e) => {
+            report.errors.push(e.to_string());
+            None
+        }
+    };
+    if let Some(applied) = applied {
+        compare_with_chain(bind, &applied, &mut report);
+    }
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+/// A bind's report before anything is read.
+fn empty_report(bind: &BindSettings) -> BindReport {
+    BindReport {
         bind: bind.name.clone(),
         backend: bind.endpoint.backend.to_string(),
         url: bind.endpoint.redacted().to_string(),
@@ -104,63 +147,45 @@ fn inspect_one(
         .to_string(),
         unsettled: Vec::new(),
         elapsed_ms: 0,
-    };
-    let chain = read_chain(&bind.name, &bind.migrations);
-    let timeout = settings.lock_timeout.min(READ_LOCK_TIMEOUT);
-    let state = match BindConnection::connect(&bind.endpoint, false, timeout) {
-        Ok(mut conn) => {
-            // Prepared transactions first: pg_prepared_xacts takes no lock, so they are
-            // known even when they lock the version tables.
-            match conn.prepared() {
-                Ok(list) => {
-                    for p in list {
-                        report.in_doubt.push(describe(settings, p, decisions));
-                    }
-                }
-                Err(e) => report.errors.push(e.to_string()),
+    }
+}
+
+/// Prepared transactions first: `pg_prepared_xacts` takes no lock, so they are known even
+/// when they lock the version tables. Then foreign ones that hold the migration lock.
+fn read_prepared(
+    settings: &Settings,
+    conn: &mut BindConnection,
+    decisions: &Mutex<HashMap<(String, String), String>>,
+    report: &mut BindReport,
+) {
+    match conn.prepared() {
+        Ok(list) => {
+            for p in list {
+                report.in_doubt.push(describe(settings, p, decisions));
             }
-            match conn.foreign_lock_holders() {
-                Ok(list) => report.unsettled.extend(list.into_iter().map(|gid| format!(
-                    "prepared transaction `{gid}` is not this tool's but holds this database's migration lock (a migration ran PREPARE TRANSACTION itself?), so every batch here waits on it; look at it and end it by hand (COMMIT PREPARED or ROLLBACK PREPARED '{gid}')"
-                ))),
-                Err(e) => report.errors.push(e.to_string()),
-            }
-            conn.read_applied().map(Some)
         }
-        Err(DriverError::NoSuchFile { .. }) => Ok(None),
-        Err(e) => Err(e),
-    };
-    let applied = match state {
-        Ok(Some(s)) => {
-            found.lock().unwrap().extend(s.unsettled.iter().cloned());
-            report.unsettled.extend(
-                s.marks
-                    .iter()
-                    .map(|m| m.describe().replace("<bind>", &bind.name)),
-            );
-            s.applied
-        }
-        Ok(None) => Vec::new(),
-        Err(e) if e.is_lock_wait() => {
-            report.errors.push(format!(
-                "bind `{}`: its version tables are locked (by an in-doubt batch or another run); waited {} ms. Run `orchestrate recover` if a batch is in doubt",
-                bind.name,
-                timeout.as_millis()
-            ));
-            report.elapsed_ms = started.elapsed().as_millis() as u64;
-            return report;
-        }
-        Err(e) => {
-            report.errors.push(e.to_string());
-            report.elapsed_ms = started.elapsed().as_millis() as u64;
-            return report;
-        }
-    };
-    report.current = current(&applied).map(|a| a.version.to_string());
-    match &chain {
+        Err(e) => report.errors.push(e.to_string()),
+    }
+    match conn.foreign_lock_holders() {
+        Ok(list) => report.unsettled.extend(list.into_iter().map(|gid| format!(
+            "prepared transaction `{gid}` is not this tool's but holds this database's migration lock (a migration ran PREPARE TRANSACTION itself?), so every batch here waits on it; look at it and end it by hand (COMMIT PREPARED or ROLLBACK PREPARED '{gid}')"
+        ))),
+        Err(e) => report.errors.push(e.to_string()),
+    }
+}
+
+/// The bind's chain on disk against what it has applied: current, head, pending (and any a
+/// batch would refuse), drift.
+fn compare_with_chain(
+    bind: &BindSettings,
+    applied: &[orchestrate_core::Applied],
+    report: &mut BindReport,
+) {
+    report.current = current(applied).map(|a| a.version.to_string());
+    match read_chain(&bind.name, &bind.migrations) {
         Ok(chain) => {
             report.head = chain.head().map(|m| m.version.to_string());
-            let waiting = pending(chain, &applied);
+            let waiting = pending(&chain, applied);
             report.pending = waiting.iter().map(|m| m.version.to_string()).collect();
             // A pending migration a batch would refuse (see orchestrate_driver::check_plan).
             report.errors.extend(
@@ -170,12 +195,10 @@ fn inspect_one(
             );
             report
                 .problems
-                .extend(problems(chain, &applied).iter().map(|p| p.to_string()));
+                .extend(problems(&chain, applied).iter().map(|p| p.to_string()));
         }
         Err(e) => report.errors.push(e.to_string()),
     }
-    report.elapsed_ms = started.elapsed().as_millis() as u64;
-    report
 }
 
 fn describe(

@@ -5,8 +5,8 @@ use std::fs;
 use std::path::Path;
 use std::time::SystemTime;
 
-use orchestrate_core::{current, Direction, Step, Target, Version};
-use orchestrate_driver::{read_chain, BindConnection, DriverError};
+use orchestrate_core::{current, Chain, Direction, MigrationFile, Step, Target, Version};
+use orchestrate_driver::{read_chain, BindConnection, BindState, DriverError};
 
 use crate::coordinator::new_batch_id;
 use crate::exit;
@@ -148,40 +148,8 @@ pub fn new_migration(bind: &BindSettings, description: &str) -> Result<String, F
 /// applied) without running any migration, in one transaction under the migration lock.
 pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result<String, Failure> {
     let chain = read_chain(&bind.name, &bind.migrations).map_err(|e| invalid(e.to_string()))?;
-    let target: Target = revision
-        .parse()
-        .map_err(|e| invalid(format!("revision `{revision}`: {e}")))?;
-    let keep_up_to: Option<Version> = match &target {
-        Target::Base => None,
-        Target::Revision(_) => {
-            // Resolve the revision exactly as upgrade does, against the whole chain.
-            let plan = orchestrate_core::plan_upgrade(
-                &chain,
-                &[],
-                &target,
-                orchestrate_core::Allow::default(),
-            );
-            match plan {
-                Ok(p) => p.steps.last().map(|s| s.version.clone()),
-                Err(orchestrate_core::PlanError::NonTransactional { .. }) => {
-                    // Stamping runs nothing, so a migration that cannot run in a
-                    // transaction is no obstacle: find the revision by name.
-                    chain
-                        .migrations
-                        .iter()
-                        .find(|m| m.version.as_str() == revision || m.name == revision)
-                        .map(|m| m.version.clone())
-                }
-                Err(e) => return Err(invalid(e.to_string())),
-            }
-        }
-        other => {
-            return Err(invalid(format!(
-                "`{other}` is not a revision to stamp; give a version, a folder name, a unique prefix, or `base`"
-            )))
-        }
-    };
-    let want: Vec<_> = chain
+    let keep_up_to = stamp_target(&chain, revision)?;
+    let want: Vec<&MigrationFile> = chain
         .migrations
         .iter()
         .filter(|m| keep_up_to.as_ref().is_some_and(|k| &m.version <= k))
@@ -189,62 +157,10 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
     let unreachable = |e: DriverError| invalid(e.to_string());
     let mut conn = BindConnection::connect(&bind.endpoint, true, settings.lock_timeout)
         .map_err(unreachable)?;
-    let state = conn.read_state().map_err(unreachable)?;
-    if !state.in_doubt.is_empty() {
-        return Err((
-            exit::ATTENTION,
-            format!(
-                "bind `{}` has a batch in doubt ({}); run `orchestrate recover` first",
-                bind.name, state.in_doubt[0].gid
-            ),
-        ));
-    }
-    if let Some(m) = state.marks.first() {
-        return Err((
-            exit::ATTENTION,
-            format!(
-                "bind `{}`: {}",
-                bind.name,
-                m.describe().replace("<bind>", &bind.name)
-            ),
-        ));
-    }
+    refuse_unsettled(bind, &conn.read_state().map_err(unreachable)?)?;
     let batch = format!("stamp-{}", new_batch_id());
     let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    let result = (|| -> Result<(usize, usize), DriverError> {
-        conn.begin_batch()?;
-        let applied = conn.read_state()?.applied;
-        let is_applied = |v: &Version| applied.iter().any(|a| &a.version == v);
-        let mut added = 0;
-        for m in &want {
-            if !is_applied(&m.version) {
-                let step = Step::record_only(
-                    m.version.clone(),
-                    m.name.clone(),
-                    Some(m.checksum.clone()),
-                    m.down_sql.clone(),
-                );
-                conn.record_step(&batch, Direction::Up, "stamp", &step, &at)?;
-                added += 1;
-            }
-        }
-        let mut removed = 0;
-        for a in &applied {
-            if !want.iter().any(|m| m.version == a.version) {
-                let step = Step::record_only(
-                    a.version.clone(),
-                    a.name.clone().unwrap_or_else(|| a.version.to_string()),
-                    a.checksum.clone(),
-                    None,
-                );
-                conn.record_step(&batch, Direction::Down, "unstamp", &step, &at)?;
-                removed += 1;
-            }
-        }
-        conn.commit()?;
-        Ok((added, removed))
-    })();
-    match result {
+    match record_stamp(&mut conn, &want, &batch, &at) {
         Ok((added, removed)) => {
             let now_at = current(&conn.read_state().map_err(unreachable)?.applied)
                 .map(|a| a.version.to_string())
@@ -259,6 +175,105 @@ pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result
             Err(invalid(format!("{e}; nothing was changed")))
         }
     }
+}
+
+/// The newest version `stamp` keeps recorded (`None`: base), resolved exactly as upgrade
+/// resolves a revision, against the whole chain.
+fn stamp_target(chain: &Chain, revision: &str) -> Result<Option<Version>, Failure> {
+    let target: Target = revision
+        .parse()
+        .map_err(|e| invalid(format!("revision `{revision}`: {e}")))?;
+    match &target {
+        Target::Base => Ok(None),
+        Target::Revision(_) => {
+            let plan = orchestrate_core::plan_upgrade(
+                chain,
+                &[],
+                &target,
+                orchestrate_core::Allow::default(),
+            );
+            match plan {
+                Ok(p) => Ok(p.steps.last().map(|s| s.version.clone())),
+                Err(orchestrate_core::PlanError::NonTransactional { .. }) => {
+                    // Stamping runs nothing, so a migration that cannot run in a
+                    // transaction is no obstacle: find the revision by name.
+                    Ok(chain
+                        .migrations
+                        .iter()
+                        .find(|m| m.version.as_str() == revision || m.name == revision)
+                        .map(|m| m.version.clone()))
+                }
+                Err(e) => Err(invalid(e.to_string())),
+            }
+        }
+        other => Err(invalid(format!(
+            "`{other}` is not a revision to stamp; give a version, a folder name, a unique prefix, or `base`"
+        ))),
+    }
+}
+
+/// A bind with a batch in doubt or a MySQL mark is not stamped: exit 3.
+fn refuse_unsettled(bind: &BindSettings, state: &BindState) -> Result<(), Failure> {
+    if let Some(p) = state.in_doubt.first() {
+        return Err((
+            exit::ATTENTION,
+            format!(
+                "bind `{}` has a batch in doubt ({}); run `orchestrate recover` first",
+                bind.name, p.gid
+            ),
+        ));
+    }
+    if let Some(m) = state.marks.first() {
+        return Err((
+            exit::ATTENTION,
+            format!(
+                "bind `{}`: {}",
+                bind.name,
+                m.describe().replace("<bind>", &bind.name)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Records, in one transaction under the bind's lock, every wanted migration as applied and
+/// every other as not applied, running nothing. Returns how many were added and removed.
+fn record_stamp(
+    conn: &mut BindConnection,
+    want: &[&MigrationFile],
+    batch: &str,
+    at: &str,
+) -> Result<(usize, usize), DriverError> {
+    conn.begin_batch()?;
+    let applied = conn.read_state()?.applied;
+    let is_applied = |v: &Version| applied.iter().any(|a| &a.version == v);
+    let mut added = 0;
+    for m in want.iter().filter(|m| !is_applied(&m.version)) {
+        let step = Step::record_only(
+            m.version.clone(),
+            m.name.clone(),
+            Some(m.checksum.clone()),
+            m.down_sql.clone(),
+        );
+        conn.record_step(batch, Direction::Up, "stamp", &step, at)?;
+        added += 1;
+    }
+    let mut removed = 0;
+    for a in applied
+        .iter()
+        .filter(|a| !want.iter().any(|m| m.version == a.version))
+    {
+        let step = Step::record_only(
+            a.version.clone(),
+            a.name.clone().unwrap_or_else(|| a.version.to_string()),
+            a.checksum.clone(),
+            None,
+        );
+        conn.record_step(batch, Direction::Down, "unstamp", &step, at)?;
+        removed += 1;
+    }
+    conn.commit()?;
+    Ok((added, removed))
 }
 
 /// `orchestrate resolve`: settles a MySQL migration that was interrupted part-way, as the

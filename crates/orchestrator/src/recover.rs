@@ -142,86 +142,24 @@ fn decision_of(
 /// Finds and finishes what earlier batches left behind. With `dry_run` it only reports.
 pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverReport {
     let mut report = RecoverReport::default();
-    let timeout = settings.lock_timeout;
-
-    // 1. Prepared transactions on PostgreSQL binds.
+    // 1. Prepared transactions on PostgreSQL binds (and MySQL ones: data-only migrations
+    // prepare through XA), each ended by its batch's decision, read once per batch.
     let mut decisions: BTreeMap<(String, String), Decision> = BTreeMap::new();
-    // (MySQL binds too: data-only migrations prepare through XA.)
     for bind in settings
         .binds
         .iter()
         .filter(|b| b.endpoint.backend != Backend::Sqlite)
     {
-        let mut conn = match BindConnection::connect(&bind.endpoint, false, timeout) {
-            Ok(c) => c,
-            Err(e) => {
-                report.errors.push(e.to_string());
-                continue;
-            }
+        let mut step = PreparedStep {
+            settings,
+            bind,
+            dry_run,
+            wait,
+            decisions: &mut decisions,
+            report: &mut report,
         };
-        let prepared = match conn.prepared() {
-            Ok(p) => p,
-            Err(e) => {
-                report.errors.push(e.to_string());
-                continue;
-            }
-        };
-        for xact in prepared {
-            let Some(gid) = TransactionId::parse(&xact.gid) else {
-                report.actions.push(Action {
-                    bind: bind.name.clone(),
-                    batch_id: String::new(),
-                    action: "attention".into(),
-                    detail: format!("prepared transaction {} has an id this version does not understand; end it by hand", xact.gid),
-                });
-                continue;
-            };
-            let decision = decisions
-                .entry((gid.batch_id.clone(), gid.decider.clone()))
-                .or_insert_with(|| {
-                    decision_of(settings, &gid.decider, &gid.batch_id, dry_run, wait)
-                });
-            let (action, result) = match decision {
-                Decision::Unknown(why) => ("left alone".to_string(), Err(why.clone())),
-                Decision::Commit if dry_run => ("would commit".into(), Ok(())),
-                Decision::Abort if dry_run => ("would roll back".into(), Ok(())),
-                Decision::Commit => (
-                    "committed".into(),
-                    conn.commit_prepared(&xact.gid)
-                        .or_else(|e| ended_meanwhile(&mut conn, &xact.gid, &gid.batch_id, true, e)),
-                ),
-                Decision::Abort => (
-                    "rolled back".into(),
-                    conn.rollback_prepared(&xact.gid).or_else(|e| {
-                        ended_meanwhile(&mut conn, &xact.gid, &gid.batch_id, false, e)
-                    }),
-                ),
-            };
-            let (action, detail) = match result {
-                Ok(()) => (
-                    action,
-                    format!(
-                        "prepared transaction {} (bind `{}` of the batch, since {})",
-                        xact.gid, gid.bind, xact.prepared_at
-                    ),
-                ),
-                Err(why) if action == "left alone" => {
-                    (action, format!("prepared transaction {}: {why}", xact.gid))
-                }
-                Err(why) => (
-                    "attention".into(),
-                    format!("could not end {}: {why}", xact.gid),
-                ),
-            };
-            report.actions.push(Action {
-                bind: bind.name.clone(),
-                batch_id: gid.batch_id.clone(),
-                action,
-                detail,
-            });
-        }
+        step.run();
     }
-
     // 3 (run first: it needs the same decisions before step 2 changes nothing of theirs).
     for bind in settings
         .binds
@@ -230,46 +168,135 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
     {
         recover_nonatomic(settings, bind, dry_run, wait, &mut report);
     }
-
     // 2. Decided batches not yet settled: every participant must have it. SQLite
     // participants that lost their transaction are brought forward; then the decision is
     // marked settled, so that later runs do not read it again.
     for decider in &settings.binds {
-        let records = match BindConnection::connect(&decider.endpoint, false, timeout)
-            .and_then(|mut c| c.unsettled_decisions())
-        {
-            Ok(found) => found,
-            Err(DriverError::NoSuchFile { .. }) => continue,
-            Err(e) => {
-                report.errors.push(e.to_string());
-                continue;
-            }
-        };
-        for record in records {
-            let mut finished = true;
-            for participant in &record.participants {
-                let (action, done) =
-                    check_participant(settings, &record, participant, timeout, dry_run);
-                report.actions.extend(action);
-                finished &= done;
-            }
-            if finished && !dry_run {
-                let settled = BindConnection::connect(&decider.endpoint, false, timeout)
-                    .and_then(|mut c| c.settle_decision(&record, &now()));
-                if let Err(e) = settled {
-                    report.errors.push(e.to_string());
-                }
-            }
-        }
+        settle_decided(settings, decider, dry_run, &mut report);
     }
-
     // 4. Batches still `begun` that no coordinator holds: whatever they prepared or marked
     // was settled above by the same decision, so `abort` is recorded for them and no batch
     // stays undecided. A batch whose coordinator still holds its row is running: not ours.
     for bind in &settings.binds {
-        abort_abandoned(bind, dry_run, timeout, &mut report);
+        abort_abandoned(bind, dry_run, settings.lock_timeout, &mut report);
     }
     report
+}
+
+/// Step 1 of [`recover`] on one bind: its prepared transactions.
+struct PreparedStep<'a> {
+    settings: &'a Settings,
+    bind: &'a crate::settings::BindSettings,
+    dry_run: bool,
+    wait: Duration,
+    decisions: &'a mut BTreeMap<(String, String), Decision>,
+    report: &'a mut RecoverReport,
+}
+
+impl PreparedStep<'_> {
+    fn run(&mut self) {
+        let timeout = self.settings.lock_timeout;
+        let mut conn = match BindConnection::connect(&self.bind.endpoint, false, timeout) {
+            Ok(c) => c,
+            Err(e) => return self.report.errors.push(e.to_string()),
+        };
+        let prepared = match conn.prepared() {
+            Ok(p) => p,
+            Err(e) => return self.report.errors.push(e.to_string()),
+        };
+        for xact in prepared {
+            let action = self.end(&mut conn, &xact);
+            self.report.actions.push(action);
+        }
+    }
+
+    /// Ends one prepared transaction by its batch's decision (or leaves it, saying why).
+    fn end(
+        &mut self,
+        conn: &mut BindConnection,
+        xact: &orchestrate_driver::PreparedXact,
+    ) -> Action {
+        let action = |batch_id: &str, action: &str, detail: String| Action {
+            bind: self.bind.name.clone(),
+            batch_id: batch_id.into(),
+            action: action.into(),
+            detail,
+        };
+        let Some(gid) = TransactionId::parse(&xact.gid) else {
+            return action("", "attention", format!("prepared transaction {} has an id this version does not understand; end it by hand", xact.gid));
+        };
+        let (settings, dry_run, wait) = (self.settings, self.dry_run, self.wait);
+        let decision = self
+            .decisions
+            .entry((gid.batch_id.clone(), gid.decider.clone()))
+            .or_insert_with(|| decision_of(settings, &gid.decider, &gid.batch_id, dry_run, wait));
+        let (verb, result) = match decision {
+            Decision::Unknown(why) => {
+                let detail = format!("prepared transaction {}: {why}", xact.gid);
+                return action(&gid.batch_id, "left alone", detail);
+            }
+            Decision::Commit if dry_run => ("would commit", Ok(())),
+            Decision::Abort if dry_run => ("would roll back", Ok(())),
+            Decision::Commit => (
+                "committed",
+                conn.commit_prepared(&xact.gid)
+                    .or_else(|e| ended_meanwhile(conn, &xact.gid, &gid.batch_id, true, e)),
+            ),
+            Decision::Abort => (
+                "rolled back",
+                conn.rollback_prepared(&xact.gid)
+                    .or_else(|e| ended_meanwhile(conn, &xact.gid, &gid.batch_id, false, e)),
+            ),
+        };
+        match result {
+            Ok(()) => action(
+                &gid.batch_id,
+                verb,
+                format!(
+                    "prepared transaction {} (bind `{}` of the batch, since {})",
+                    xact.gid, gid.bind, xact.prepared_at
+                ),
+            ),
+            Err(why) => action(
+                &gid.batch_id,
+                "attention",
+                format!("could not end {}: {why}", xact.gid),
+            ),
+        }
+    }
+}
+
+/// Step 2 of [`recover`] on one bind: the decided batches it holds that are not settled.
+fn settle_decided(
+    settings: &Settings,
+    decider: &crate::settings::BindSettings,
+    dry_run: bool,
+    report: &mut RecoverReport,
+) {
+    let timeout = settings.lock_timeout;
+    let records = match BindConnection::connect(&decider.endpoint, false, timeout)
+        .and_then(|mut c| c.unsettled_decisions())
+    {
+        Ok(found) => found,
+        Err(DriverError::NoSuchFile { .. }) => return,
+        Err(e) => return report.errors.push(e.to_string()),
+    };
+    for record in records {
+        let mut finished = true;
+        for participant in &record.participants {
+            let (action, done) =
+                check_participant(settings, &record, participant, timeout, dry_run);
+            report.actions.extend(action);
+            finished &= done;
+        }
+        if finished && !dry_run {
+            let settled = BindConnection::connect(&decider.endpoint, false, timeout)
+                .and_then(|mut c| c.settle_decision(&record, &now()));
+            if let Err(e) = settled {
+                report.errors.push(e.to_string());
+            }
+        }
+    }
 }
 
 /// Step 4 of [`recover`] on one bind. A bind that cannot be reached was reported by step 2.
@@ -458,85 +485,23 @@ fn redo(
         Ok(false) => {}
         Err(e) => return Some(action("attention", e.to_string())),
     }
-    // Only the database the batch was decided for, in the state the batch began from.
-    let not_the_same = |now: &[String]| -> Option<String> {
-        let before = participant.before.as_ref()?;
-        let mut now = now.to_vec();
-        let mut then = before.clone();
-        now.sort();
-        then.sort();
-        (now != then).then(|| format!(
-            "the decided batch is missing here, but this database is not in the state the batch began from (applied then: [{}]; now: [{}]): it was replaced, reset or migrated since, so the batch is not replayed onto it. Bring it where it should be by hand (`orchestrate stamp`, or restore it)",
-            then.join(", "),
-            now.join(", ")
-        ))
-    };
-    match conn.applied_versions() {
-        Ok(now) => {
-            if let Some(why) = not_the_same(&now) {
-                return Some(action("attention", why));
-            }
-        }
+    let now = match conn.applied_versions() {
+        Ok(now) => now,
         Err(e) if !e.is_missing() => return Some(action("attention", e.to_string())),
-        Err(_) => {
-            if let Some(why) = not_the_same(&[]) {
-                return Some(action("attention", why));
-            }
-        }
+        Err(_) => Vec::new(),
+    };
+    if let Some(why) = not_the_same(participant, &now) {
+        return Some(action("attention", why));
     }
     if dry_run {
-        return Some(action(
-            "would redo",
-            format!(
-                "{} step(s) of the decided batch are missing here",
-                steps.len()
-            ),
-        ));
+        let detail = format!(
+            "{} step(s) of the decided batch are missing here",
+            steps.len()
+        );
+        return Some(action("would redo", detail));
     }
-    let direction = record.direction();
-    let work = BindWork {
-        endpoint: bind.endpoint.clone(),
-        plan: orchestrate_core::Plan {
-            bind: bind.name.clone(),
-            direction,
-            steps: steps
-                .iter()
-                .map(|s| Step {
-                    version: Version::from_stored(&s.version),
-                    name: s.name.clone(),
-                    sql: s.sql.clone(),
-                    checksum: s.checksum.clone(),
-                    down_sql: s.down_sql.clone(),
-                    down_source: (direction == Direction::Down)
-                        .then_some(orchestrate_core::DownSqlSource::Stored),
-                    undo_sql: None,
-                    data_only: false,
-                })
-                .collect(),
-        },
-    };
-    let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-    let done = conn.begin_batch().and_then(|()| {
-        // Inside the lock: someone may have finished it meanwhile.
-        if conn.has_batch(&record.batch_id)? {
-            return Ok(false);
-        }
-        if let Some(why) = not_the_same(&conn.applied_versions()?) {
-            return Err(DriverError::Other {
-                bind: bind.name.clone(),
-                detail: why,
-            });
-        }
-        run_steps(&mut conn, &work, &record.batch_id, direction, &at).map_err(|e| match e {
-            crate::coordinator::BatchError::Bind(e) => e,
-            other => DriverError::Other {
-                bind: bind.name.clone(),
-                detail: other.to_string(),
-            },
-        })?;
-        conn.commit()?;
-        Ok(true)
-    });
+    let work = redo_work(bind, record, steps);
+    let done = replay(&mut conn, bind, record, participant, &work);
     match done {
         Ok(true) => Some(action(
             "redone",
@@ -557,6 +522,84 @@ fn redo(
             ))
         }
     }
+}
+
+/// Only the database the batch was decided for, in the state the batch began from, gets a
+/// batch replayed: why not, when `now` (the versions applied now) says it is another.
+fn not_the_same(participant: &orchestrate_driver::Participant, now: &[String]) -> Option<String> {
+    let before = participant.before.as_ref()?;
+    let mut now = now.to_vec();
+    let mut then = before.clone();
+    now.sort();
+    then.sort();
+    (now != then).then(|| format!(
+        "the decided batch is missing here, but this database is not in the state the batch began from (applied then: [{}]; now: [{}]): it was replaced, reset or migrated since, so the batch is not replayed onto it. Bring it where it should be by hand (`orchestrate stamp`, or restore it)",
+        then.join(", "),
+        now.join(", ")
+    ))
+}
+
+/// The steps of a decision record as a bind's work.
+fn redo_work(
+    bind: &crate::settings::BindSettings,
+    record: &DecisionRecord,
+    steps: &[orchestrate_driver::RedoStep],
+) -> BindWork {
+    let direction = record.direction();
+    let steps = steps
+        .iter()
+        .map(|s| Step {
+            version: Version::from_stored(&s.version),
+            name: s.name.clone(),
+            sql: s.sql.clone(),
+            checksum: s.checksum.clone(),
+            down_sql: s.down_sql.clone(),
+            down_source: (direction == Direction::Down)
+                .then_some(orchestrate_core::DownSqlSource::Stored),
+            undo_sql: None,
+            data_only: false,
+        })
+        .collect();
+    BindWork {
+        endpoint: bind.endpoint.clone(),
+        plan: orchestrate_core::Plan {
+            bind: bind.name.clone(),
+            direction,
+            steps,
+        },
+    }
+}
+
+/// Runs a decided batch's steps on a bind that lost them, in one transaction under the bind's
+/// lock, re-checking there that nobody finished it meanwhile. `Ok(false)`: somebody did.
+fn replay(
+    conn: &mut BindConnection,
+    bind: &crate::settings::BindSettings,
+    record: &DecisionRecord,
+    participant: &orchestrate_driver::Participant,
+    work: &BindWork,
+) -> Result<bool, DriverError> {
+    let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    conn.begin_batch()?;
+    if conn.has_batch(&record.batch_id)? {
+        return Ok(false);
+    }
+    if let Some(why) = not_the_same(participant, &conn.applied_versions()?) {
+        return Err(DriverError::Other {
+            bind: bind.name.clone(),
+            detail: why,
+        });
+    }
+    let direction = record.direction();
+    run_steps(conn, work, &record.batch_id, direction, &at).map_err(|e| match e {
+        crate::coordinator::BatchError::Bind(e) => e,
+        other => DriverError::Other {
+            bind: bind.name.clone(),
+            detail: other.to_string(),
+        },
+    })?;
+    conn.commit()?;
+    Ok(true)
 }
 
 /// Settles what batches left on one MySQL bind.
