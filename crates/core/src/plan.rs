@@ -335,8 +335,43 @@ pub fn plan_upgrade(
             problems: drift,
         });
     }
+    let chosen = upgrade_chosen(chain, applied, target)?;
+    let mut steps = Vec::with_capacity(chosen.len());
+    for file in chosen {
+        if let Some(reason) = file.transaction_blocker() {
+            return Err(PlanError::NonTransactional {
+                bind,
+                name: file.name.clone(),
+                reason,
+            });
+        }
+        steps.push(Step {
+            version: file.version.clone(),
+            name: file.name.clone(),
+            sql: file.up_sql.clone(),
+            checksum: Some(file.checksum.clone()),
+            down_sql: file.down_sql.clone(),
+            down_source: None,
+            undo_sql: file.down_sql.clone(),
+            data_only: file.data_only,
+        });
+    }
+    Ok(Plan {
+        bind,
+        direction: Direction::Up,
+        steps,
+    })
+}
+
+/// The pending migrations an upgrade to `target` runs, oldest first.
+fn upgrade_chosen<'c>(
+    chain: &'c Chain,
+    applied: &[Applied],
+    target: &Target,
+) -> Result<Vec<&'c MigrationFile>, PlanError> {
+    let bind = chain.bind.clone();
     let pending = pending(chain, applied);
-    let chosen: Vec<&MigrationFile> = match target {
+    let chosen = match target {
         Target::Head => pending,
         Target::Forward(n) => {
             if *n > pending.len() {
@@ -392,31 +427,7 @@ pub fn plan_upgrade(
             })
         }
     };
-    let mut steps = Vec::with_capacity(chosen.len());
-    for file in chosen {
-        if let Some(reason) = file.transaction_blocker() {
-            return Err(PlanError::NonTransactional {
-                bind,
-                name: file.name.clone(),
-                reason,
-            });
-        }
-        steps.push(Step {
-            version: file.version.clone(),
-            name: file.name.clone(),
-            sql: file.up_sql.clone(),
-            checksum: Some(file.checksum.clone()),
-            down_sql: file.down_sql.clone(),
-            down_source: None,
-            undo_sql: file.down_sql.clone(),
-            data_only: file.data_only,
-        });
-    }
-    Ok(Plan {
-        bind,
-        direction: Direction::Up,
-        steps,
-    })
+    Ok(chosen)
 }
 
 /// What must run on `chain`'s bind to bring it from `applied` down to `target`, newest first.
@@ -494,41 +505,48 @@ pub fn plan_downgrade(
             })
         }
     };
-    let mut steps = Vec::with_capacity(count);
-    for record in newest_first.into_iter().take(count) {
-        let name = name_of(record);
-        let file = chain.find(&record.version);
-        if let Some(file) = file {
-            if !file.run_in_transaction {
-                return Err(PlanError::NonTransactional {
-                    bind,
-                    name,
-                    reason: "sets `run_in_transaction = false` in metadata.toml".into(),
-                });
-            }
-        }
-        let file_down = file.and_then(|f| f.down_sql.clone());
-        let (sql, source) = match (file_down, &record.down_sql) {
-            (Some(f), Some(stored)) if &f != stored => (f, DownSqlSource::FileDiffersFromStored),
-            (Some(f), _) => (f, DownSqlSource::File),
-            (None, Some(stored)) => (stored.clone(), DownSqlSource::Stored),
-            (None, None) => return Err(PlanError::NoDownSql { bind, name }),
-        };
-        steps.push(Step {
-            version: record.version.clone(),
-            name,
-            sql,
-            checksum: record.checksum.clone(),
-            down_sql: None,
-            down_source: Some(source),
-            undo_sql: file.map(|f| f.up_sql.clone()),
-            data_only: file.is_some_and(|f| f.data_only),
-        });
-    }
+    let steps = newest_first
+        .into_iter()
+        .take(count)
+        .map(|record| downgrade_step(chain, record, name_of(record)))
+        .collect::<Result<Vec<Step>, PlanError>>()?;
     Ok(Plan {
         bind,
         direction: Direction::Down,
         steps,
+    })
+}
+
+/// The step that reverts one applied migration: the folder's down.sql, else the copy stored
+/// when it was applied.
+fn downgrade_step(chain: &Chain, record: &Applied, name: String) -> Result<Step, PlanError> {
+    let bind = chain.bind.clone();
+    let file = chain.find(&record.version);
+    if let Some(file) = file {
+        if !file.run_in_transaction {
+            return Err(PlanError::NonTransactional {
+                bind,
+                name,
+                reason: "sets `run_in_transaction = false` in metadata.toml".into(),
+            });
+        }
+    }
+    let file_down = file.and_then(|f| f.down_sql.clone());
+    let (sql, source) = match (file_down, &record.down_sql) {
+        (Some(f), Some(stored)) if &f != stored => (f, DownSqlSource::FileDiffersFromStored),
+        (Some(f), _) => (f, DownSqlSource::File),
+        (None, Some(stored)) => (stored.clone(), DownSqlSource::Stored),
+        (None, None) => return Err(PlanError::NoDownSql { bind, name }),
+    };
+    Ok(Step {
+        version: record.version.clone(),
+        name,
+        sql,
+        checksum: record.checksum.clone(),
+        down_sql: None,
+        down_source: Some(source),
+        undo_sql: file.map(|f| f.up_sql.clone()),
+        data_only: file.is_some_and(|f| f.data_only),
     })
 }
 
