@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use orchestrate_core::{Direction, Plan};
 use orchestrate_driver::{
-    gid_for, Backend, BindConnection, DecisionRecord, DriverError, Endpoint, Participant, RedoStep,
+    gid_for, Atomic, Backend, BatchTransaction, BindConnection, Decider, DecisionRecord,
+    DriverError, Endpoint, Mysql, Participant, Postgres, RedoStep, Resolve, Sqlite, TwoPhase,
 };
 use rayon::prelude::*;
 
@@ -202,7 +203,7 @@ pub fn guarantee(works: &[BindWork], i: usize, decider: Option<usize>) -> &'stat
 enum Held {
     /// A SQLite bind's open transaction, and the versions applied there before the batch.
     Open {
-        conn: Box<BindConnection>,
+        conn: Box<Sqlite>,
         before: Vec<String>,
     },
     /// A PostgreSQL bind's prepared transaction; its connection is released.
@@ -211,15 +212,12 @@ enum Held {
     ReplyLost { gid: String },
     /// A MySQL bind's prepared XA transaction, ended later on the same session: another
     /// session cannot end it while this one is attached (MariaDB answers XAER_NOTA).
-    PreparedHere {
-        conn: Box<BindConnection>,
-        gid: String,
-    },
+    PreparedHere { conn: Box<Mysql>, gid: String },
 }
 
 /// One participant after the first phase: its index, its result (`None`: skipped because
 /// another bind had failed), and the milliseconds it took.
-type PhaseOne = (usize, Option<Result<Held, Failed>>, u64);
+type PhaseOne = (usize, Option<Result<Held, Box<Failed>>>, u64);
 
 /// A participant's first phase that failed, with what may need undoing.
 struct Failed {
@@ -315,23 +313,19 @@ pub fn run_batch(
     // 0. The decider's transaction opens first.
     let decider = &works[decider_index];
     let decider_started = Instant::now();
-    let opened = BindConnection::connect(&decider.endpoint, true, options.lock_timeout).and_then(
-        |mut conn| {
+    let opened = BindConnection::connect(&decider.endpoint, true, options.lock_timeout)
+        .and_then(BindConnection::into_batch_transaction)
+        .and_then(|mut conn| {
             // The batch's row, committed before anything else: from here on the batch is
             // decided by whoever turns it first, this run (commit) or `recover` (abort).
             conn.begin_decision(&batch_id, &now_text())?;
-            let held = conn
-                .tag_as_decider(&batch_id)
-                .and_then(|()| conn.begin_batch())
-                .and_then(|()| conn.hold_decision(&batch_id));
-            if let Err(e) = held {
+            if let Err(e) = conn.begin_deciding(&batch_id) {
                 conn.rollback();
-                record_abort(&mut conn, &batch_id);
+                record_abort(&mut *conn, &batch_id);
                 return Err(e);
             }
             Ok(conn)
-        },
-    );
+        });
     let mut decider_conn = match opened {
         Ok(conn) => conn,
         Err(error) => {
@@ -363,14 +357,14 @@ pub fn run_batch(
                     return (i, None, 0);
                 }
                 let started = Instant::now();
-                let result = phase_one(
-                    &works[i],
-                    &batch_id,
-                    &decider_name,
+                let share = Share {
+                    work: &works[i],
+                    batch_id: &batch_id,
+                    decider: &decider_name,
                     direction,
-                    options.lock_timeout,
-                    &at,
-                );
+                    at: &at,
+                };
+                let result = phase_one(&share, options.lock_timeout);
                 match &result {
                     Ok(_) => progress.line(&format!(
                         "  {}: {} migration(s) {}, {}",
@@ -421,7 +415,7 @@ pub fn run_batch(
     }
     if !errors.is_empty() {
         decider_conn.rollback();
-        record_abort(&mut decider_conn, &batch_id);
+        record_abort(&mut *decider_conn, &batch_id);
         let first = errors.remove(0);
         report.other_errors = errors.iter().map(|e| e.to_string()).collect();
         return abort(
@@ -440,7 +434,7 @@ pub fn run_batch(
     let record = decision_record(&works, &batch_id, &decider_name, direction, &before);
     crash_point!("before-decision");
     let mut running: Vec<nonatomic::Running> = Vec::new();
-    let decided = run_steps(&mut decider_conn, decider, &batch_id, direction, &at)
+    let decided = run_steps(&mut *decider_conn, decider, &batch_id, direction, &at)
         .and_then(|_| {
             // Non-atomic binds last: the decision is made only if they succeed.
             let (ran, result) = nonatomic_phase(
@@ -506,7 +500,7 @@ pub fn run_batch(
     };
     if let Some(error) = failure {
         decider_conn.rollback();
-        record_abort(&mut decider_conn, &batch_id);
+        record_abort(&mut *decider_conn, &batch_id);
         let undone = undo_all(
             running,
             &works,
@@ -550,7 +544,7 @@ pub fn run_batch(
                 let endpoint = &works[i].endpoint;
                 let (outcome, problem) = match h {
                     Held::Prepared { gid } => {
-                        let first = BindConnection::connect(endpoint, false, options.lock_timeout)
+                        let first = Postgres::connect(endpoint, options.lock_timeout)
                             .and_then(|mut c| c.commit_prepared(&gid));
                         match first {
                             Ok(()) => (BindOutcome::Committed, None),
@@ -655,15 +649,15 @@ fn last_step_name(work: &BindWork) -> String {
 /// After a failure before the decision, with the decider's transaction rolled back: records
 /// `abort` for the batch, so that `recover` rolls back whatever a crash of this run leaves
 /// prepared without having to decide. Best effort: without it `recover` decides abort itself.
-fn record_abort(decider: &mut BindConnection, batch_id: &str) {
+fn record_abort<D: Decider + ?Sized>(decider: &mut D, batch_id: &str) {
     if let Err(e) = decider.decide_abort(batch_id, &now_text(), Duration::from_secs(2)) {
         tracing::warn!(batch = %batch_id, error = %e, "could not record the abort decision; `orchestrate recover` will decide it");
     }
 }
 
 /// Runs a bind's steps in its open batch transaction.
-pub(crate) fn run_steps(
-    conn: &mut BindConnection,
+pub(crate) fn run_steps<P: Atomic + ?Sized>(
+    conn: &mut P,
     work: &BindWork,
     batch_id: &str,
     direction: Direction,
@@ -677,81 +671,122 @@ pub(crate) fn run_steps(
     Ok(before)
 }
 
-/// A participant's first phase: everything up to PREPARE (PostgreSQL) or up to holding its
-/// transaction open (SQLite).
-fn phase_one(
-    work: &BindWork,
-    batch_id: &str,
-    decider: &str,
+/// A participant's part of the batch, as its first phase needs it.
+struct Share<'a> {
+    work: &'a BindWork,
+    batch_id: &'a str,
+    decider: &'a str,
     direction: Direction,
-    lock_timeout: Duration,
-    at: &str,
-) -> Result<Held, Failed> {
-    let early = |error: BatchError| Failed {
+    at: &'a str,
+}
+
+/// A failure before anything could be prepared.
+fn early(error: BatchError) -> Box<Failed> {
+    Box::new(Failed {
         error,
         maybe_prepared: None,
         prepare_reply_lost: false,
-    };
-    check_signal().map_err(early)?;
-    let mut conn =
-        BindConnection::connect(&work.endpoint, true, lock_timeout).map_err(|e| early(e.into()))?;
-    let xa_mark = (work.endpoint.backend == Backend::Mysql)
-        .then(|| nonatomic::xa_batch_mark(batch_id, decider, direction, at));
-    let ran = match &xa_mark {
-        // MySQL through XA: lock and tables first (DDL cannot run inside XA), then the batch
-        // mark that names the decider (committed, for recover), then XA START.
-        Some(mark) => nonatomic::begin_xa(&mut conn, batch_id, mark),
-        None => conn.begin_batch().map_err(BatchError::from),
+    })
+}
+
+impl Share<'_> {
+    fn gid(&self) -> String {
+        gid_for(self.batch_id, self.decider, &self.work.endpoint.bind)
     }
-    .and_then(|()| run_steps(&mut conn, work, batch_id, direction, at));
-    let before = match ran {
-        Ok(before) => before,
-        Err(error) => {
+
+    /// Runs the bind's steps in the transaction `opened` began; on any failure it is rolled
+    /// back. Returns the versions applied before the batch.
+    fn run<P: Atomic + ?Sized>(
+        &self,
+        conn: &mut P,
+        opened: Result<(), BatchError>,
+    ) -> Result<Vec<String>, Box<Failed>> {
+        let ran = opened
+            .and_then(|()| run_steps(conn, self.work, self.batch_id, self.direction, self.at));
+        ran.map_err(|error| {
             conn.rollback();
-            if let Some(mark) = &xa_mark {
-                // Best effort: a mark left behind is settled by recover (no XA, no decision).
-                let _ = conn.clear_mark(mark);
-            }
-            return Err(early(error));
-        }
-    };
-    if work.endpoint.backend == Backend::Sqlite {
-        if let Err(e) = conn.vote() {
-            conn.rollback();
-            return Err(early(e.into()));
-        }
-        return Ok(Held::Open {
-            conn: Box::new(conn),
-            before,
-        });
+            early(error)
+        })
     }
-    let gid = gid_for(batch_id, decider, &work.endpoint.bind);
+}
+
+/// PREPARE, with the crash points around it; on failure the transaction is rolled back and
+/// the failure says whether the reply to PREPARE was lost.
+fn prepare<P: TwoPhase + ?Sized>(conn: &mut P, gid: &str) -> Result<(), Box<Failed>> {
     crash_point!("before-prepare");
-    if let Err(e) = conn.prepare(&gid) {
+    if let Err(e) = conn.prepare(gid) {
         let prepare_reply_lost = e.is_connection_lost();
         conn.rollback();
-        if let Some(mark) = &xa_mark {
-            // The XA transaction is rolled back with the session: settle its mark too.
-            if !prepare_reply_lost && conn.clear_mark(mark).is_err() {
-                tracing::warn!(bind = %work.endpoint.bind, "the XA batch mark could not be cleared; `orchestrate recover` settles it");
-            }
-        }
-        return Err(Failed {
+        return Err(Box::new(Failed {
             error: e.into(),
-            maybe_prepared: Some(gid),
+            maybe_prepared: Some(gid.into()),
             prepare_reply_lost,
-        });
+        }));
     }
     crash_point!("after-prepare");
-    if work.endpoint.backend == Backend::Mysql {
-        return Ok(Held::PreparedHere {
+    Ok(())
+}
+
+/// A participant's first phase: everything up to PREPARE (PostgreSQL, MySQL through XA) or up
+/// to holding its transaction open (SQLite).
+fn phase_one(share: &Share, lock_timeout: Duration) -> Result<Held, Box<Failed>> {
+    check_signal().map_err(early)?;
+    let conn = BindConnection::connect(&share.work.endpoint, true, lock_timeout)
+        .map_err(|e| early(e.into()))?;
+    match conn {
+        BindConnection::Postgres(mut conn) => {
+            let opened = conn.begin_batch().map_err(BatchError::from);
+            share.run(&mut conn, opened)?;
+            let gid = share.gid();
+            prepare(&mut conn, &gid)?;
+            // The prepared transaction needs no connection: release it now.
+            drop(conn);
+            Ok(Held::Prepared { gid })
+        }
+        BindConnection::Sqlite(mut conn) => {
+            let opened = conn.begin_batch().map_err(BatchError::from);
+            let before = share.run(&mut conn, opened)?;
+            if let Err(e) = conn.vote() {
+                conn.rollback();
+                return Err(early(e.into()));
+            }
+            Ok(Held::Open {
+                conn: Box::new(conn),
+                before,
+            })
+        }
+        BindConnection::Mysql(conn) => phase_one_xa(share, conn),
+    }
+}
+
+/// A MySQL participant's first phase through XA: lock and tables first (DDL cannot run inside
+/// XA), then the batch mark that names the decider (committed, for recover), then XA START,
+/// the steps and XA PREPARE. The prepared transaction stays on this session.
+fn phase_one_xa(share: &Share, mut conn: Mysql) -> Result<Held, Box<Failed>> {
+    let mark = nonatomic::xa_batch_mark(share.batch_id, share.decider, share.direction, share.at);
+    let gid = share.gid();
+    let prepared = match nonatomic::begin_xa(&mut conn, share.batch_id, &mark) {
+        Err(error) => Err(early(error)),
+        Ok(mut xa) => share
+            .run(&mut xa, Ok(()))
+            .and_then(|_| prepare(&mut xa, &gid)),
+    };
+    match prepared {
+        Ok(()) => Ok(Held::PreparedHere {
             conn: Box::new(conn),
             gid,
-        });
+        }),
+        Err(failed) => {
+            if failed.maybe_prepared.is_none() {
+                // Best effort: a mark left behind is settled by recover (no XA, no decision).
+                let _ = conn.clear_mark(&mark);
+            } else if !failed.prepare_reply_lost && conn.clear_mark(&mark).is_err() {
+                // The XA transaction is rolled back with the session: settle its mark too.
+                tracing::warn!(bind = %share.work.endpoint.bind, "the XA batch mark could not be cleared; `orchestrate recover` settles it");
+            }
+            Err(failed)
+        }
     }
-    // The prepared transaction needs no connection: release it now.
-    drop(conn);
-    Ok(Held::Prepared { gid })
 }
 
 /// Rolls back every participant after a failure before the decision.
@@ -897,7 +932,7 @@ pub fn resolve_prepared(
     lock_timeout: Duration,
 ) -> BindOutcome {
     let attempt = || -> Result<BindOutcome, DriverError> {
-        let mut conn = BindConnection::connect(endpoint, false, lock_timeout)?;
+        let mut conn = BindConnection::connect(endpoint, false, lock_timeout)?.into_resolver()?;
         let still_prepared = conn.prepared()?.iter().any(|p| p.gid == gid);
         if still_prepared {
             if commit {
@@ -1099,12 +1134,10 @@ fn run_nonatomic_only(
     // The batch's row on the decider first, committed: from here on the batch is decided by
     // whoever turns it first, this run (commit) or `recover` (abort). A server that does not
     // flush InnoDB's log at commit could lose the decision: refused.
-    let begun = BindConnection::connect(&works[0].endpoint, false, options.lock_timeout).and_then(
-        |mut conn| {
-            conn.check_durable_commits()?;
-            conn.begin_decision(&batch_id, &at)
-        },
-    );
+    let begun = Mysql::connect(&works[0].endpoint, options.lock_timeout).and_then(|mut conn| {
+        conn.check_durable_commits()?;
+        conn.begin_decision(&batch_id, &at)
+    });
     let mut report = BatchReport {
         batch_id: batch_id.clone(),
         decider: decider.clone(),
@@ -1150,9 +1183,7 @@ fn run_nonatomic_only(
         let undone = undo_all(
             running, &works, &batch_id, &decider, direction, &at, pool, progress,
         );
-        if let Ok(mut conn) =
-            BindConnection::connect(&works[0].endpoint, false, options.lock_timeout)
-        {
+        if let Ok(mut conn) = Mysql::connect(&works[0].endpoint, options.lock_timeout) {
             record_abort(&mut conn, &batch_id);
         }
         report.verdict = Verdict::RolledBack { error };

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use orchestrate_core::{Direction, Step, Version};
 use orchestrate_driver::{
-    Backend, BindConnection, DecisionRecord, DecisionState, DriverError, TransactionId,
+    Atomic, Backend, BatchTransaction, BindConnection, Bookkeeping, DecisionRecord, DecisionState,
+    DriverError, Mysql, Resolve, Sqlite, TransactionId,
 };
 
 use crate::coordinator::{run_steps, BindWork};
@@ -149,7 +150,9 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
         .iter()
         .filter(|b| b.endpoint.backend != Backend::Sqlite)
     {
-        let mut conn = match BindConnection::connect(&bind.endpoint, false, timeout) {
+        let connected = BindConnection::connect(&bind.endpoint, false, timeout)
+            .and_then(BindConnection::into_resolver);
+        let mut conn = match connected {
             Ok(c) => c,
             Err(e) => {
                 report.errors.push(e.to_string());
@@ -184,13 +187,14 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
                 Decision::Abort if dry_run => ("would roll back".into(), Ok(())),
                 Decision::Commit => (
                     "committed".into(),
-                    conn.commit_prepared(&xact.gid)
-                        .or_else(|e| ended_meanwhile(&mut conn, &xact.gid, &gid.batch_id, true, e)),
+                    conn.commit_prepared(&xact.gid).or_else(|e| {
+                        ended_meanwhile(&mut *conn, &xact.gid, &gid.batch_id, true, e)
+                    }),
                 ),
                 Decision::Abort => (
                     "rolled back".into(),
                     conn.rollback_prepared(&xact.gid).or_else(|e| {
-                        ended_meanwhile(&mut conn, &xact.gid, &gid.batch_id, false, e)
+                        ended_meanwhile(&mut *conn, &xact.gid, &gid.batch_id, false, e)
                     }),
                 ),
             };
@@ -307,7 +311,7 @@ fn check_participant(
 /// the bind shows the expected outcome (the batch's history there when committing, none when
 /// rolling back), that is success; otherwise the error stands.
 fn ended_meanwhile(
-    conn: &mut BindConnection,
+    conn: &mut dyn Resolve,
     gid: &str,
     batch_id: &str,
     commit: bool,
@@ -393,7 +397,7 @@ fn redo(
     };
     // Never created: a missing file is a database that was removed or moved, not one to
     // replay a batch onto.
-    let mut conn = match BindConnection::connect(&bind.endpoint, false, timeout) {
+    let mut conn = match Sqlite::connect(&bind.endpoint, false, timeout) {
         Ok(c) => c,
         Err(e) => {
             return Some(action(
@@ -524,7 +528,7 @@ fn recover_nonatomic(
             detail,
         })
     };
-    let mut conn = match BindConnection::connect(&bind.endpoint, false, settings.lock_timeout) {
+    let mut conn = match Mysql::connect(&bind.endpoint, settings.lock_timeout) {
         Ok(c) => c,
         Err(e) => {
             report.errors.push(e.to_string());
