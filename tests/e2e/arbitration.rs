@@ -14,7 +14,10 @@ use std::time::Duration;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, RunQueryDsl};
 use orchestrate_core::{Direction, Step, Version};
-use orchestrate_driver::{BindConnection, DecisionState, DriverError, Endpoint};
+use orchestrate_driver::{
+    Atomic, BatchTransaction, BindConnection, DecisionState, DriverError, Endpoint, Postgres,
+    Sqlite, TwoPhase,
+};
 
 use crate::crash::{recover_until_clean, spawn, wait_until};
 use crate::support::{mysql_admin_url, state, Db, MyDb, OwnCluster, PgDb, Project};
@@ -382,7 +385,7 @@ fn a_step_that_ends_its_transaction_is_caught_by_the_transaction_id() {
     ] {
         let db = PgDb::new();
         let endpoint = Endpoint::parse("hostile", &db.url).unwrap();
-        let mut conn = BindConnection::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
+        let mut conn = Postgres::connect(&endpoint, Duration::from_secs(5)).unwrap();
         conn.begin_batch().unwrap();
         let error = conn
             .run_step("b", Direction::Up, &step(sql), "now")
@@ -410,7 +413,7 @@ fn a_step_that_ends_its_transaction_is_caught_by_the_transaction_id() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.sqlite3").display());
         let endpoint = Endpoint::parse("hostile", &url).unwrap();
-        let mut conn = BindConnection::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
+        let mut conn = Sqlite::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
         conn.begin_batch().unwrap();
         let error = conn
             .run_step("b", Direction::Up, &step(sql), "now")
@@ -1008,7 +1011,7 @@ fn a_decider_commit_whose_outcome_is_unknown_leaves_the_batch_to_recover() {
 fn a_prepare_that_prepared_nothing_is_caught() {
     let db = PgDb::new();
     let endpoint = Endpoint::parse("p", &db.url).unwrap();
-    let mut conn = BindConnection::connect(&endpoint, true, Duration::from_secs(5)).unwrap();
+    let mut conn = Postgres::connect(&endpoint, Duration::from_secs(5)).unwrap();
     conn.begin_batch().unwrap();
     // The batch's transaction is gone (here ended by hand): PREPARE outside a transaction
     // only warns.

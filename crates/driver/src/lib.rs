@@ -6,11 +6,16 @@
 //!   form that is the only one ever printed;
 //! - [`read_chain`]: a bind's migration folders (diesel's layout) read from disk into a
 //!   validated [`orchestrate_core::Chain`];
-//! - [`BindConnection`]: the version tables (diesel's `__diesel_schema_migrations` plus this
-//!   project's `orchestrate_history` and `orchestrate_batches`, all fully qualified), the per-database lock, one
-//!   transaction per batch, `PREPARE TRANSACTION` with a check that it really happened,
-//!   `COMMIT PREPARED` / `ROLLBACK PREPARED`, and the arbitrated decision (`begun`, then
-//!   `commit` by the coordinator or `abort` by `recover`, whichever comes first).
+//! - one participant type per backend ([`Postgres`], [`Sqlite`], [`Mysql`], and [`Xa`] for a
+//!   MySQL session's XA transaction), each owning its diesel connection: the version tables
+//!   (diesel's `__diesel_schema_migrations` plus this project's `orchestrate_history` and
+//!   `orchestrate_batches`, all fully qualified), the per-database lock, one transaction per
+//!   batch, `PREPARE TRANSACTION` with a check that it really happened, `COMMIT PREPARED` /
+//!   `ROLLBACK PREPARED`, MySQL's marks and XA, and the arbitrated decision (`begun`, then
+//!   `commit` by the coordinator or `abort` by `recover`, whichever comes first). What each can
+//!   do is a trait it implements ([`Bookkeeping`], [`Decider`], [`Atomic`],
+//!   [`BatchTransaction`], [`TwoPhase`], [`Resolve`]); [`BindConnection`] is a connection to a
+//!   bind of any backend. Each backend classifies its own errors ([`ErrorClass`]).
 //! - [`Capabilities`]: what a backend can do, as data the coordinator reads.
 //! - [`check_plan`] / [`check_migration`]: the statement check, which refuses at plan time a
 //!   migration that would end or escape the batch's transaction (PostgreSQL SQL read by
@@ -19,7 +24,6 @@
 //! It deliberately knows nothing of other binds: deciding, ordering and recovering across
 //! binds is the orchestrator's job. No function here prints.
 
-mod conn;
 mod endpoint;
 mod error;
 mod participant;
@@ -29,15 +33,16 @@ mod script;
 mod source;
 mod statements;
 
-pub use conn::{
-    BatchStep, BindConnection, BindState, DecisionState, Mark, PreparedXact, LOCK_KEY,
-    MYSQL_LOCK_NAME,
-};
 pub use endpoint::{
     is_secret_key, redact_text, redact_url, register_secret, register_secrets_in, Backend,
     Capabilities, Endpoint,
 };
 pub use error::{DriverError, ErrorClass, PrepareRefusal};
+pub use participant::{
+    Atomic, BatchStep, BatchTransaction, BindConnection, BindState, Bookkeeping, Decider,
+    DecisionState, Mark, Mysql, Postgres, PreparedXact, Resolve, Sqlite, TwoPhase, Xa, LOCK_KEY,
+    MYSQL_LOCK_NAME,
+};
 pub use record::{
     gid_for, quote_literal, DecisionRecord, NotATransactionId, Participant, RedoStep,
     TransactionId, GID_PREFIX,

@@ -13,7 +13,7 @@
 //!   not settled here yet; a `migration` row says a migration (or its undo) started and did not
 //!   finish: how many of its statements committed is in `statements_done`.
 //!
-//! Every statement names these tables fully qualified (see `BindConnection::table`).
+//! Every statement names these tables fully qualified (see `Session::table` in `participant/session.rs`).
 
 pub const DIESEL_TABLE: &str = "__diesel_schema_migrations";
 pub const HISTORY: &str = "orchestrate_history";

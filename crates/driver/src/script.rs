@@ -1,10 +1,10 @@
 //! The text of what a batch runs on one bind, for `--sql`. Built from the same constants and
-//! statements [`crate::BindConnection`] executes; values are shown as SQL literals.
+//! statements the participants (`crate::participant`) execute; values are shown as SQL literals.
 
 use orchestrate_core::{Direction, Plan};
 
-use crate::conn::LOCK_KEY;
 use crate::endpoint::Backend;
+use crate::participant::{XaId, LOCK_KEY, MYSQL_LOCK_NAME};
 use crate::record::quote_literal;
 use crate::schema;
 
@@ -26,7 +26,7 @@ pub fn xa_script(plan: &Plan, batch_id: &str, decider: &str, bind: &str) -> Stri
         out.push_str(s);
         out.push('\n');
     };
-    let xid = crate::conn::xid(batch_id, bind);
+    let xid = XaId::new(batch_id, bind);
     line(&mysql_preamble(
         "until this bind has ended its XA transaction",
     ));
@@ -106,7 +106,7 @@ pub fn nonatomic_script(plan: &Plan, batch_id: &str, decider: &str) -> String {
 fn mysql_preamble(lock_held: &str) -> String {
     let mut text = format!(
         "SELECT GET_LOCK({}, <lock_timeout_ms in seconds>); -- {lock_held}",
-        crate::conn::MYSQL_LOCK_NAME
+        MYSQL_LOCK_NAME
     );
     for (ddl, name) in [
         (schema::DIESEL_TABLE_DDL_MYSQL, schema::DIESEL_TABLE),

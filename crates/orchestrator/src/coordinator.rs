@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use orchestrate_core::{Direction, Plan};
 use orchestrate_driver::{
-    gid_for, Backend, BindConnection, DecisionRecord, DriverError, Endpoint, Participant, RedoStep,
+    gid_for, Atomic, Backend, BatchTransaction, BindConnection, Decider, DecisionRecord,
+    DriverError, Endpoint, Mysql, Participant, Postgres, RedoStep, Resolve, Sqlite, TwoPhase,
 };
 use rayon::prelude::*;
 
@@ -205,7 +206,7 @@ pub fn guarantee(works: &[BindWork], i: usize, decider: Option<usize>) -> &'stat
 enum Held {
     /// A SQLite bind's open transaction, and the versions applied there before the batch.
     Open {
-        conn: Box<BindConnection>,
+        conn: Box<Sqlite>,
         before: Vec<String>,
     },
     /// A PostgreSQL bind's prepared transaction; its connection is released.
@@ -214,10 +215,7 @@ enum Held {
     ReplyLost { gid: String },
     /// A MySQL bind's prepared XA transaction, ended later on the same session: another
     /// session cannot end it while this one is attached (MariaDB answers XAER_NOTA).
-    PreparedHere {
-        conn: Box<BindConnection>,
-        gid: String,
-    },
+    PreparedHere { conn: Box<Mysql>, gid: String },
 }
 
 /// One participant after the first phase: its index, its result (`None`: skipped because
@@ -406,7 +404,7 @@ impl<'a> Batch<'a> {
             &prepared.before,
         );
         crash_point!("before-decision");
-        let (running, decided) = self.decide(&mut decider_conn, &record);
+        let (running, decided) = self.decide(&mut *decider_conn, &record);
         let failure = match decided {
             Err(error) => Some(error),
             Ok(()) => match decider_conn.commit() {
@@ -439,17 +437,14 @@ impl<'a> Batch<'a> {
     /// Phase 0: the batch's row, committed before anything else (from here on the batch is
     /// decided by whoever turns it first, this run or `recover`), then the decider's batch
     /// transaction, which holds that row until the decision.
-    fn open_decider(&self) -> Result<BindConnection, DriverError> {
+    fn open_decider(&self) -> Result<Box<dyn BatchTransaction>, DriverError> {
         let endpoint = &self.works[self.decider].endpoint;
-        let mut conn = BindConnection::connect(endpoint, true, self.options.lock_timeout)?;
+        let mut conn = BindConnection::connect(endpoint, true, self.options.lock_timeout)
+            .and_then(BindConnection::into_batch_transaction)?;
         conn.begin_decision(&self.id, &now_text())?;
-        let held = conn
-            .tag_as_decider(&self.id)
-            .and_then(|()| conn.begin_batch())
-            .and_then(|()| conn.hold_decision(&self.id));
-        if let Err(e) = held {
+        if let Err(e) = conn.begin_deciding(&self.id) {
             conn.rollback();
-            record_abort(&mut conn, &self.id);
+            record_abort(&mut *conn, &self.id);
             return Err(e);
         }
         Ok(conn)
@@ -471,7 +466,14 @@ impl<'a> Batch<'a> {
                         return (i, None, 0);
                     }
                     let started = Instant::now();
-                    let result = self.phase_one(&self.works[i]);
+                    let share = Share {
+                        work: &self.works[i],
+                        batch_id: &self.id,
+                        decider: self.decider_name(),
+                        direction: self.direction,
+                        at: &self.at,
+                    };
+                    let result = phase_one(&share, self.options.lock_timeout);
                     match &result {
                         Ok(_) => self.progress.line(&self.prepared_line(i)),
                         Err(_) => failed_flag.store(true, Ordering::SeqCst),
@@ -531,109 +533,31 @@ impl<'a> Batch<'a> {
         )
     }
 
-    /// One participant's first phase: everything up to PREPARE (PostgreSQL, MySQL through
-    /// XA) or up to holding its transaction open (SQLite).
-    fn phase_one(&self, work: &BindWork) -> Result<Held, Box<Failed>> {
-        let early = |error: BatchError| {
-            Box::new(Failed {
-                error,
-                maybe_prepared: None,
-                prepare_reply_lost: false,
-            })
-        };
-        check_signal().map_err(early)?;
-        let mut conn = BindConnection::connect(&work.endpoint, true, self.options.lock_timeout)
-            .map_err(|e| early(e.into()))?;
-        let xa_mark = (work.endpoint.backend == Backend::Mysql).then(|| {
-            nonatomic::xa_batch_mark(&self.id, self.decider_name(), self.direction, &self.at)
-        });
-        let ran = match &xa_mark {
-            // MySQL through XA: lock and tables first (DDL cannot run inside XA), then the
-            // batch mark that names the decider (committed, for recover), then XA START.
-            Some(mark) => nonatomic::begin_xa(&mut conn, &self.id, mark),
-            None => conn.begin_batch().map_err(BatchError::from),
-        }
-        .and_then(|()| run_steps(&mut conn, work, &self.id, self.direction, &self.at));
-        let before = match ran {
-            Ok(before) => before,
-            Err(error) => {
-                conn.rollback();
-                if let Some(mark) = &xa_mark {
-                    // Best effort: a mark left behind is settled by recover (no XA, no decision).
-                    let _ = conn.clear_mark(mark);
-                }
-                return Err(early(error));
-            }
-        };
-        if work.endpoint.backend == Backend::Sqlite {
-            if let Err(e) = conn.vote() {
-                conn.rollback();
-                return Err(early(e.into()));
-            }
-            return Ok(Held::Open {
-                conn: Box::new(conn),
-                before,
-            });
-        }
-        self.prepare(conn, work, xa_mark.as_ref())
-    }
-
-    /// PREPARE (PostgreSQL: verified, then the connection is released; MySQL: XA PREPARE,
-    /// and the session is kept to end it).
-    fn prepare(
-        &self,
-        mut conn: BindConnection,
-        work: &BindWork,
-        xa_mark: Option<&orchestrate_driver::Mark>,
-    ) -> Result<Held, Box<Failed>> {
-        let gid = gid_for(&self.id, self.decider_name(), &work.endpoint.bind);
-        crash_point!("before-prepare");
-        if let Err(e) = conn.prepare(&gid) {
-            let prepare_reply_lost = e.is_connection_lost();
-            conn.rollback();
-            if let Some(mark) = xa_mark {
-                // The XA transaction is rolled back with the session: settle its mark too.
-                if !prepare_reply_lost && conn.clear_mark(mark).is_err() {
-                    tracing::warn!(bind = %work.endpoint.bind, "the XA batch mark could not be cleared; `orchestrate recover` settles it");
-                }
-            }
-            return Err(Box::new(Failed {
-                error: e.into(),
-                maybe_prepared: Some(gid),
-                prepare_reply_lost,
-            }));
-        }
-        crash_point!("after-prepare");
-        if work.endpoint.backend == Backend::Mysql {
-            return Ok(Held::PreparedHere {
-                conn: Box::new(conn),
-                gid,
-            });
-        }
-        // The prepared transaction needs no connection: release it now.
-        drop(conn);
-        Ok(Held::Prepared { gid })
-    }
-
     /// Phase 2: the decider's own steps, then the non-atomic binds (last: the decision is
     /// made only if they succeed), then the decision row turned to `commit`, inside the
     /// decider's transaction. Returns the non-atomic binds reached, and whether all went well.
     fn decide(
         &self,
-        decider_conn: &mut BindConnection,
+        decider_conn: &mut dyn BatchTransaction,
         record: &DecisionRecord,
     ) -> (Vec<nonatomic::Running>, Result<(), BatchError>) {
         let decider = &self.works[self.decider];
         let mut running = Vec::new();
-        let decided = run_steps(decider_conn, decider, &self.id, self.direction, &self.at)
-            .and_then(|_| {
-                let (ran, result) = self.nonatomic_phase(&self.nonatomic());
-                running = ran;
-                result
-            })
-            .and_then(|()| Ok(decider_conn.decide_commit(record, &now_text())?))
-            .and_then(|()| Ok(decider_conn.prepare_to_decide(&last_step_name(decider))?))
-            .and_then(|()| check_signal());
+        let decided = run_steps(
+            &mut *decider_conn,
+            decider,
+            &self.id,
+            self.direction,
+            &self.at,
+        )
+        .and_then(|_| {
+            let (ran, result) = self.nonatomic_phase(&self.nonatomic());
+            running = ran;
+            result
+        })
+        .and_then(|()| Ok(decider_conn.decide_commit(record, &now_text())?))
+        .and_then(|()| Ok(decider_conn.prepare_to_decide(&last_step_name(decider))?))
+        .and_then(|()| check_signal());
         (running, decided)
     }
 
@@ -680,14 +604,14 @@ impl<'a> Batch<'a> {
     /// the non-atomic binds are undone, every participant is rolled back.
     fn fail_before_decision(
         &self,
-        mut decider_conn: BindConnection,
+        mut decider_conn: Box<dyn BatchTransaction>,
         report: BatchReport,
         prepared: Prepared,
         running: Vec<nonatomic::Running>,
         error: BatchError,
     ) -> BatchReport {
         decider_conn.rollback();
-        record_abort(&mut decider_conn, &self.id);
+        record_abort(&mut *decider_conn, &self.id);
         let undone = self.undo_all(running);
         let report = self.abort(report, prepared.held, prepared.maybe_prepared, error);
         with_outcomes(report, undone, true)
@@ -700,7 +624,7 @@ impl<'a> Batch<'a> {
         mut report: BatchReport,
         held: Vec<(usize, Held)>,
         running: Vec<nonatomic::Running>,
-        mut decider_conn: BindConnection,
+        mut decider_conn: Box<dyn BatchTransaction>,
         record: &DecisionRecord,
     ) -> BatchReport {
         self.progress.phase("commit", held.len());
@@ -776,8 +700,8 @@ impl<'a> Batch<'a> {
         };
         match held {
             Held::Prepared { gid } => {
-                let first = BindConnection::connect(endpoint, false, timeout)
-                    .and_then(|mut c| c.commit_prepared(&gid));
+                let first =
+                    Postgres::connect(endpoint, timeout).and_then(|mut c| c.commit_prepared(&gid));
                 match first {
                     Ok(()) => (BindOutcome::Committed, None),
                     Err(e) => {
@@ -1062,9 +986,12 @@ impl<'a> Batch<'a> {
         }
     }
 
-    fn connect_decider(&self) -> Result<BindConnection, DriverError> {
-        let endpoint = &self.works[self.decider].endpoint;
-        BindConnection::connect(endpoint, false, self.options.lock_timeout)
+    /// A connection to the decider of a MySQL-only batch.
+    fn connect_decider(&self) -> Result<Mysql, DriverError> {
+        Mysql::connect(
+            &self.works[self.decider].endpoint,
+            self.options.lock_timeout,
+        )
     }
 
     /// A MySQL-only batch that failed before its decision: every bind undone, `abort` recorded.
@@ -1161,15 +1088,15 @@ fn last_step_name(work: &BindWork) -> String {
 /// After a failure before the decision, with the decider's transaction rolled back: records
 /// `abort` for the batch, so that `recover` rolls back whatever a crash of this run leaves
 /// prepared without having to decide. Best effort: without it `recover` decides abort itself.
-fn record_abort(decider: &mut BindConnection, batch_id: &str) {
+fn record_abort<D: Decider + ?Sized>(decider: &mut D, batch_id: &str) {
     if let Err(e) = decider.decide_abort(batch_id, &now_text(), Duration::from_secs(2)) {
         tracing::warn!(batch = %batch_id, error = %e, "could not record the abort decision; `orchestrate recover` will decide it");
     }
 }
 
 /// Runs a bind's steps in its open batch transaction.
-pub(crate) fn run_steps(
-    conn: &mut BindConnection,
+pub(crate) fn run_steps<P: Atomic + ?Sized>(
+    conn: &mut P,
     work: &BindWork,
     batch_id: &str,
     direction: Direction,
@@ -1181,6 +1108,124 @@ pub(crate) fn run_steps(
         conn.run_step(batch_id, direction, step, at)?;
     }
     Ok(before)
+}
+
+/// A participant's part of the batch, as its first phase needs it.
+struct Share<'a> {
+    work: &'a BindWork,
+    batch_id: &'a str,
+    decider: &'a str,
+    direction: Direction,
+    at: &'a str,
+}
+
+/// A failure before anything could be prepared.
+fn early(error: BatchError) -> Box<Failed> {
+    Box::new(Failed {
+        error,
+        maybe_prepared: None,
+        prepare_reply_lost: false,
+    })
+}
+
+impl Share<'_> {
+    fn gid(&self) -> String {
+        gid_for(self.batch_id, self.decider, &self.work.endpoint.bind)
+    }
+
+    /// Runs the bind's steps in the transaction `opened` began; on any failure it is rolled
+    /// back. Returns the versions applied before the batch.
+    fn run<P: Atomic + ?Sized>(
+        &self,
+        conn: &mut P,
+        opened: Result<(), BatchError>,
+    ) -> Result<Vec<String>, Box<Failed>> {
+        let ran = opened
+            .and_then(|()| run_steps(conn, self.work, self.batch_id, self.direction, self.at));
+        ran.map_err(|error| {
+            conn.rollback();
+            early(error)
+        })
+    }
+}
+
+/// PREPARE, with the crash points around it; on failure the transaction is rolled back and
+/// the failure says whether the reply to PREPARE was lost.
+fn prepare<P: TwoPhase + ?Sized>(conn: &mut P, gid: &str) -> Result<(), Box<Failed>> {
+    crash_point!("before-prepare");
+    if let Err(e) = conn.prepare(gid) {
+        let prepare_reply_lost = e.is_connection_lost();
+        conn.rollback();
+        return Err(Box::new(Failed {
+            error: e.into(),
+            maybe_prepared: Some(gid.into()),
+            prepare_reply_lost,
+        }));
+    }
+    crash_point!("after-prepare");
+    Ok(())
+}
+
+/// A participant's first phase: everything up to PREPARE (PostgreSQL, MySQL through XA) or up
+/// to holding its transaction open (SQLite).
+fn phase_one(share: &Share, lock_timeout: Duration) -> Result<Held, Box<Failed>> {
+    check_signal().map_err(early)?;
+    let conn = BindConnection::connect(&share.work.endpoint, true, lock_timeout)
+        .map_err(|e| early(e.into()))?;
+    match conn {
+        BindConnection::Postgres(mut conn) => {
+            let opened = conn.begin_batch().map_err(BatchError::from);
+            share.run(&mut conn, opened)?;
+            let gid = share.gid();
+            prepare(&mut conn, &gid)?;
+            // The prepared transaction needs no connection: release it now.
+            drop(conn);
+            Ok(Held::Prepared { gid })
+        }
+        BindConnection::Sqlite(mut conn) => {
+            let opened = conn.begin_batch().map_err(BatchError::from);
+            let before = share.run(&mut conn, opened)?;
+            if let Err(e) = conn.vote() {
+                conn.rollback();
+                return Err(early(e.into()));
+            }
+            Ok(Held::Open {
+                conn: Box::new(conn),
+                before,
+            })
+        }
+        BindConnection::Mysql(conn) => phase_one_xa(share, conn),
+    }
+}
+
+/// A MySQL participant's first phase through XA: lock and tables first (DDL cannot run inside
+/// XA), then the batch mark that names the decider (committed, for recover), then XA START,
+/// the steps and XA PREPARE. The prepared transaction stays on this session.
+fn phase_one_xa(share: &Share, mut conn: Mysql) -> Result<Held, Box<Failed>> {
+    let mark = nonatomic::xa_batch_mark(share.batch_id, share.decider, share.direction, share.at);
+    let gid = share.gid();
+    let prepared = match nonatomic::begin_xa(&mut conn, share.batch_id, &mark) {
+        Err(error) => Err(early(error)),
+        Ok(mut xa) => share
+            .run(&mut xa, Ok(()))
+            .and_then(|_| prepare(&mut xa, &gid)),
+    };
+    match prepared {
+        Ok(()) => Ok(Held::PreparedHere {
+            conn: Box::new(conn),
+            gid,
+        }),
+        Err(failed) => {
+            if failed.maybe_prepared.is_none() {
+                // Best effort: a mark left behind is settled by recover (no XA, no decision).
+                let _ = conn.clear_mark(&mark);
+            } else if !failed.prepare_reply_lost && conn.clear_mark(&mark).is_err() {
+                // The XA transaction is rolled back with the session: settle its mark too.
+                tracing::warn!(bind = %share.work.endpoint.bind, "the XA batch mark could not be cleared; `orchestrate recover` settles it");
+            }
+            Err(failed)
+        }
+    }
 }
 
 /// [`resolve_prepared`] once the session that prepared a MySQL XA transaction has been
@@ -1213,7 +1258,7 @@ pub fn resolve_prepared(
     lock_timeout: Duration,
 ) -> BindOutcome {
     let attempt = || -> Result<BindOutcome, DriverError> {
-        let mut conn = BindConnection::connect(endpoint, false, lock_timeout)?;
+        let mut conn = BindConnection::connect(endpoint, false, lock_timeout)?.into_resolver()?;
         let still_prepared = conn.prepared()?.iter().any(|p| p.gid == gid);
         if still_prepared {
             if commit {

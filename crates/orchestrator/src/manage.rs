@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use orchestrate_core::{current, Chain, Direction, MigrationFile, Step, Target, Version};
-use orchestrate_driver::{read_chain, BindConnection, BindState, DriverError};
+use orchestrate_driver::{read_chain, BindConnection, BindState, Bookkeeping, DriverError, Mysql};
 
 use crate::coordinator::new_batch_id;
 use crate::exit;
@@ -292,8 +292,7 @@ pub fn resolve(
         )));
     }
     let unreachable = |e: DriverError| invalid(e.to_string());
-    let mut conn = BindConnection::connect(&bind.endpoint, false, settings.lock_timeout)
-        .map_err(unreachable)?;
+    let mut conn = Mysql::connect(&bind.endpoint, settings.lock_timeout).map_err(unreachable)?;
     conn.begin_nonatomic().map_err(unreachable)?;
     let marks = conn.marks().map_err(unreachable)?;
     let interrupted: Vec<_> = marks.iter().filter(|m| !m.is_batch()).collect();

@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use orchestrate_core::{split_statements, Direction, Step};
-use orchestrate_driver::{BindConnection, DriverError, Mark};
+use orchestrate_driver::{Bookkeeping, DriverError, Mark, Mysql, Xa};
 
 use crate::coordinator::{BatchError, BindWork};
 use crate::signals;
@@ -30,7 +30,7 @@ use crate::signals;
 /// A MySQL bind that has run (part of) its share of a batch and still holds its lock.
 pub struct Running {
     pub index: usize,
-    pub conn: BindConnection,
+    pub conn: Mysql,
     /// The steps that completed, in the order they ran.
     pub done: Vec<Step>,
     pub batch_mark: Mark,
@@ -87,7 +87,7 @@ pub fn batch_mark(batch_id: &str, decider: &str, direction: Direction, at: &str)
 
 /// Takes a MySQL bind's lock (and makes its tables), and fails when an earlier batch left
 /// anything unsettled there.
-fn lock_settled(conn: &mut BindConnection) -> Result<(), DriverError> {
+fn lock_settled(conn: &mut Mysql) -> Result<(), DriverError> {
     conn.begin_nonatomic()?;
     match conn.marks()?.first() {
         Some(m) => Err(DriverError::Other {
@@ -105,11 +105,14 @@ fn lock_settled(conn: &mut BindConnection) -> Result<(), DriverError> {
 /// tables first (DDL is refused inside XA), a check that nothing earlier is unsettled, the
 /// batch mark naming the decider (committed, so that recover can find the decision), then
 /// `XA START`.
-pub fn begin_xa(conn: &mut BindConnection, batch_id: &str, mark: &Mark) -> Result<(), BatchError> {
+pub fn begin_xa<'a>(
+    conn: &'a mut Mysql,
+    batch_id: &str,
+    mark: &Mark,
+) -> Result<Xa<'a>, BatchError> {
     lock_settled(conn)?;
     conn.put_mark(mark)?;
-    conn.start_xa(batch_id)?;
-    Ok(())
+    Ok(conn.start_xa(batch_id)?)
 }
 
 /// Runs `sql` statement by statement under `mark`. Returns `Ok(true)` when every statement
@@ -119,7 +122,7 @@ pub fn begin_xa(conn: &mut BindConnection, batch_id: &str, mark: &Mark) -> Resul
 /// changed nothing: true of InnoDB statements and of MySQL 8's atomic DDL, not of MariaDB's
 /// multi-table `DROP TABLE a, b` or of non-transactional engines).
 fn run_marked(
-    conn: &mut BindConnection,
+    conn: &mut Mysql,
     m: &mut Mark,
     name: &str,
     sql: &str,
@@ -181,7 +184,7 @@ pub fn run(
             reached: Some(running),
         })
     };
-    let mut conn = BindConnection::connect(&work.endpoint, true, lock_timeout).map_err(bare)?;
+    let mut conn = Mysql::connect(&work.endpoint, lock_timeout).map_err(bare)?;
     lock_settled(&mut conn).map_err(bare)?;
     conn.check_plan_still_valid(direction, &work.plan.steps)
         .map_err(bare)?;
@@ -238,7 +241,7 @@ pub struct Undo {
 /// Undoes `undos` (newest first) on a MySQL bind whose lock this connection holds. Stops at
 /// the first failure, leaving that undo marked, and says what is left.
 pub fn undo(
-    conn: &mut BindConnection,
+    conn: &mut Mysql,
     batch_id: &str,
     decider: &str,
     undos: &[Undo],

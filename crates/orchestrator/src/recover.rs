@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use orchestrate_core::{Direction, Step, Version};
 use orchestrate_driver::{
-    Backend, BindConnection, DecisionRecord, DecisionState, DriverError, TransactionId,
+    Atomic, Backend, BatchTransaction, BindConnection, Bookkeeping, DecisionRecord, DecisionState,
+    DriverError, Mysql, Resolve, Sqlite, TransactionId,
 };
 
 use crate::coordinator::{run_steps, BindWork};
@@ -196,7 +197,9 @@ struct PreparedStep<'a> {
 impl PreparedStep<'_> {
     fn run(&mut self) {
         let timeout = self.settings.lock_timeout;
-        let mut conn = match BindConnection::connect(&self.bind.endpoint, false, timeout) {
+        let connected = BindConnection::connect(&self.bind.endpoint, false, timeout)
+            .and_then(BindConnection::into_resolver);
+        let mut conn = match connected {
             Ok(c) => c,
             Err(e) => return self.report.errors.push(e.to_string()),
         };
@@ -205,17 +208,13 @@ impl PreparedStep<'_> {
             Err(e) => return self.report.errors.push(e.to_string()),
         };
         for xact in prepared {
-            let action = self.end(&mut conn, &xact);
+            let action = self.end(&mut *conn, &xact);
             self.report.actions.push(action);
         }
     }
 
     /// Ends one prepared transaction by its batch's decision (or leaves it, saying why).
-    fn end(
-        &mut self,
-        conn: &mut BindConnection,
-        xact: &orchestrate_driver::PreparedXact,
-    ) -> Action {
+    fn end(&mut self, conn: &mut dyn Resolve, xact: &orchestrate_driver::PreparedXact) -> Action {
         let action = |batch_id: &str, action: &str, detail: String| Action {
             bind: self.bind.name.clone(),
             batch_id: batch_id.into(),
@@ -385,7 +384,7 @@ fn check_participant(
 /// the bind shows the expected outcome (the batch's history there when committing, none when
 /// rolling back), that is success; otherwise the error stands.
 fn ended_meanwhile(
-    conn: &mut BindConnection,
+    conn: &mut dyn Resolve,
     gid: &str,
     batch_id: &str,
     commit: bool,
@@ -471,7 +470,7 @@ fn redo(
     };
     // Never created: a missing file is a database that was removed or moved, not one to
     // replay a batch onto.
-    let mut conn = match BindConnection::connect(&bind.endpoint, false, timeout) {
+    let mut conn = match Sqlite::connect(&bind.endpoint, false, timeout) {
         Ok(c) => c,
         Err(e) => {
             return Some(action(
@@ -573,7 +572,7 @@ fn redo_work(
 /// Runs a decided batch's steps on a bind that lost them, in one transaction under the bind's
 /// lock, re-checking there that nobody finished it meanwhile. `Ok(false)`: somebody did.
 fn replay(
-    conn: &mut BindConnection,
+    conn: &mut Sqlite,
     bind: &crate::settings::BindSettings,
     record: &DecisionRecord,
     participant: &orchestrate_driver::Participant,
@@ -649,7 +648,7 @@ struct MarksRecovery<'a> {
     bind: &'a crate::settings::BindSettings,
     dry_run: bool,
     wait: Duration,
-    conn: BindConnection,
+    conn: Mysql,
     chain: Option<orchestrate_core::Chain>,
     at: String,
     report: &'a mut RecoverReport,
@@ -678,7 +677,7 @@ impl<'a> MarksRecovery<'a> {
             report.errors.push(e.to_string());
             None
         };
-        let mut conn = match BindConnection::connect(&bind.endpoint, false, settings.lock_timeout) {
+        let mut conn = match Mysql::connect(&bind.endpoint, settings.lock_timeout) {
             Ok(c) => c,
             Err(e) => return fail(report, e),
         };

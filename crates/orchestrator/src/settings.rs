@@ -157,7 +157,7 @@ fn expand_template(
             let database = t.discover_database.as_deref().unwrap_or("postgres");
             let endpoint = Endpoint::parse_in(template, &t.url.replace("{name}", database), root)?;
             let timeout = Duration::from_millis(lock_timeout_ms.unwrap_or(10_000));
-            let found = orchestrate_driver::BindConnection::connect(&endpoint, false, timeout)
+            let found = orchestrate_driver::Postgres::connect(&endpoint, timeout)
                 .and_then(|mut c| c.databases_like(pattern))
                 .map_err(|e| invalid(format!("cannot discover its databases: {e}")))?;
             if found.is_empty() {

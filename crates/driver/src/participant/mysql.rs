@@ -1,6 +1,528 @@
-//! MySQL and MariaDB binds.
+//! MySQL and MariaDB binds: their DDL commits statement by statement, so a batch cannot be
+//! rolled back there. Each migration runs one statement at a time between a mark written
+//! before it and cleared (in the same transaction as the version-table rows) after it, so that
+//! a crash leaves the exact migration, and how far it got, on record. Here: the connection
+//! (a greeting within the connect timeout, autocommit set and checked), the per-database
+//! `GET_LOCK`, the marks in `orchestrate_in_progress`, statements run with autocommit turned
+//! back on after each, the history of a batch for undoing it, the durability a MySQL decider
+//! needs, and what MySQL's errors mean. XA transactions are in `xa.rs`.
 
-use crate::error::{message_of, ErrorClass};
+use std::time::{Duration, Instant};
+
+use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use diesel::MysqlConnection;
+use orchestrate_core::Direction;
+use orchestrate_core::Step;
+
+use super::{wrong_backend, Arg, CanDecide, Count, Db, HasSession, HistoryRow, Row, Session};
+use crate::endpoint::{Backend, Endpoint};
+use crate::error::{message_of, DriverError, ErrorClass};
+use crate::schema::{self, DIESEL_TABLE, HISTORY, IN_PROGRESS};
+
+/// The name of the session-level lock a MySQL batch holds on its bind from start to end, as an
+/// SQL expression: named locks are server-wide, so the name carries the database (hashed, to
+/// stay within MySQL's 64 characters). A crashed coordinator's session ends, and the server
+/// releases the lock with it, so a free lock proves no coordinator is still working on the bind.
+pub const MYSQL_LOCK_NAME: &str = "CONCAT('orchestrate:', SHA1(DATABASE()))";
+
+/// A row of `orchestrate_in_progress` (MySQL binds): something started and not settled.
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName, serde::Serialize)]
+pub struct Mark {
+    /// `batch`: a batch touched this bind and its outcome is not settled here (`xa-batch`: the
+    /// same, for a batch whose part here is an XA transaction); `migration`:
+    /// a migration (or, with direction `undo-up`/`undo-down`, its undo) started and did not
+    /// finish.
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Text)]
+    pub batch_id: String,
+    /// The migration's version (`-` for a batch mark).
+    #[diesel(sql_type = Text)]
+    pub version: String,
+    /// The bind whose `orchestrate_batches` decides the batch.
+    #[diesel(sql_type = Text)]
+    pub decider: String,
+    /// `up`, `down`, `undo-up` (reverting an applied migration) or `undo-down`.
+    #[diesel(sql_type = Text)]
+    pub direction: String,
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    #[diesel(sql_type = BigInt)]
+    pub statements_done: i64,
+    #[diesel(sql_type = BigInt)]
+    pub statements_total: i64,
+    #[diesel(sql_type = Text)]
+    pub started_at: String,
+}
+
+impl Mark {
+    /// A batch mark: `batch` (a non-atomic participant) or `xa-batch` (an XA participant).
+    pub fn is_batch(&self) -> bool {
+        self.kind == "batch" || self.kind == "xa-batch"
+    }
+
+    /// What the mark means, for people.
+    pub fn describe(&self) -> String {
+        if self.is_batch() {
+            return format!(
+                "batch {} (decider `{}`) started here at {} and its outcome is not settled on this bind; run `orchestrate recover`",
+                self.batch_id,
+                if self.decider.is_empty() { "none" } else { &self.decider },
+                self.started_at
+            );
+        }
+        let what = match self.direction.as_str() {
+            "up" => "applying",
+            "down" => "reverting",
+            "undo-up" => "undoing (reverting) the applied",
+            _ => "undoing (re-applying) the reverted",
+        };
+        format!(
+            "interrupted while {what} migration {} (batch {}, started {}): {}. Look at the database and bring migration {} either fully in or fully out by hand, then run `orchestrate resolve --bind <bind> {} --applied` if it is now fully in the database, or `--reverted` if none of it is; then `orchestrate recover` settles the rest of the batch",
+            self.name,
+            self.batch_id,
+            self.started_at,
+            self.progress(),
+            self.name,
+            self.version
+        )
+    }
+
+    /// How far a marked migration got, for people.
+    fn progress(&self) -> String {
+        if self.statements_done == 0 && self.statements_total == 0 {
+            "there is no SQL to undo it, so it must be undone by hand".to_string()
+        } else if self.statements_done >= self.statements_total {
+            format!(
+                "all {} of its statement(s) committed; only the record is missing",
+                self.statements_total
+            )
+        } else {
+            format!(
+                "{} of its {} statement(s) are known to have committed; statement {} failed or was running, so check whether its change is there; the rest did not run",
+                self.statements_done,
+                self.statements_total,
+                self.statements_done + 1
+            )
+        }
+    }
+}
+
+/// A history row of one batch on one bind, newest first (for undoing a batch on MySQL).
+#[derive(Clone, Debug)]
+pub struct BatchStep {
+    pub version: String,
+    pub name: String,
+    pub direction: String,
+    pub down_sql: Option<String>,
+    pub checksum: Option<String>,
+}
+
+/// MariaDB Connector/C tears OpenSSL down when its last connection closes
+/// (`mariadb_deinitialize_ssl`, on by default). With connections opened and closed on several
+/// threads (and libpq using OpenSSL too), a thread that ends afterwards runs OpenSSL's
+/// thread-exit cleanup on freed state: observed here as SIGSEGV or heap corruption at thread exit
+/// in about 1 run in 100. Turn that off once, before the first connection. (Alone this did not
+/// remove the crash, 1 in 800 runs; with the orchestrator's worker threads never exiting, none
+/// was seen in 1,000.) Looked up at run time so that a build against Oracle's libmysqlclient,
+/// which has no such variable, works too.
+fn keep_openssl_initialised() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: dlsym with a NUL-terminated name; the symbol, when present, is libmariadb's
+        // `unsigned int mariadb_deinitialize_ssl`, written once before any connection exists.
+        unsafe {
+            let symbol = libc::dlsym(libc::RTLD_DEFAULT, c"mariadb_deinitialize_ssl".as_ptr());
+            if !symbol.is_null() {
+                *(symbol as *mut libc::c_uint) = 0;
+            }
+        }
+    });
+}
+
+/// Whether a MySQL server at `host:port` accepts a connection and sends its greeting within
+/// [`crate::endpoint::CONNECT_TIMEOUT`].
+fn mysql_greets(host: &str, port: u16) -> Result<(), String> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let timeout = crate::endpoint::CONNECT_TIMEOUT;
+    let addresses: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    let mut last = format!("no address for {host}");
+    for address in addresses {
+        match TcpStream::connect_timeout(&address, timeout) {
+            Ok(stream) => return greeting(stream, timeout),
+            Err(e) => last = format!("{address}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Whether the server on `stream` sends its first byte within `timeout`.
+fn greeting(mut stream: std::net::TcpStream, timeout: Duration) -> Result<(), String> {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut first = [0u8; 1];
+    match stream.read(&mut first) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err("the server closed the connection without a greeting".into()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(format!(
+                "the server accepted the connection but sent nothing within {} s; is this a MySQL server?",
+                timeout.as_secs()
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Db for MysqlConnection {
+    const QUOTE: char = '`';
+    const HISTORY_DDL: &'static str = schema::HISTORY_DDL_MYSQL;
+    const BATCHES_DDL: &'static str = schema::BATCHES_DDL_MYSQL;
+    const ROW_LOCK: &'static str = " FOR UPDATE";
+
+    fn tables_sql(_schema: &str) -> String {
+        "SELECT CAST(table_name AS CHAR) AS s FROM information_schema.tables WHERE table_schema = DATABASE()".into()
+    }
+
+    fn classify(error: &diesel::result::Error) -> ErrorClass {
+        classify(error)
+    }
+
+    fn exec_bound(&mut self, sql: &str, args: &[Arg]) -> QueryResult<usize> {
+        bound!(sql, args).execute(self)
+    }
+
+    fn load_bound<T: Row>(&mut self, sql: &str, args: &[Arg]) -> QueryResult<Vec<T>> {
+        bound!(sql, args).load::<T>(self)
+    }
+
+    fn marks(s: &mut Session<Self>, tables: &[String]) -> Result<Vec<Mark>, DriverError> {
+        if !tables.iter().any(|t| t == IN_PROGRESS) {
+            return Ok(Vec::new());
+        }
+        load_marks(s)
+    }
+
+    /// InnoDB's durability is the server's (`innodb_flush_log_at_trx_commit`, checked by
+    /// [`Mysql::check_durable_commits`]).
+    fn make_commit_durable(_: &mut Session<Self>) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    fn decision_held(s: &mut Session<Self>, batch_id: &str) -> Result<bool, DriverError> {
+        s.probe_row(batch_id)
+    }
+}
+
+fn load_marks(s: &mut Session<MysqlConnection>) -> Result<Vec<Mark>, DriverError> {
+    s.rows(
+        "cannot read orchestrate_in_progress",
+        "SELECT kind, batch_id, version, decider, direction, name, statements_done, \
+         statements_total, started_at FROM {orchestrate_in_progress} ORDER BY started_at, kind",
+        &[],
+    )
+}
+
+/// A connection to a MySQL or MariaDB bind.
+pub struct Mysql {
+    s: Session<MysqlConnection>,
+}
+
+impl HasSession for Mysql {
+    type Conn = MysqlConnection;
+
+    fn session(&mut self) -> &mut Session<MysqlConnection> {
+        &mut self.s
+    }
+
+    fn session_ref(&self) -> &Session<MysqlConnection> {
+        &self.s
+    }
+}
+
+/// A batch of MySQL binds alone is decided on its first bind.
+impl CanDecide for Mysql {}
+
+impl Mysql {
+    /// Connects. The session waits for locks at most `lock_timeout` and commits every
+    /// statement (`autocommit = 1`, checked: a server or user default of 0 would leave marks
+    /// and decisions uncommitted).
+    pub fn connect(endpoint: &Endpoint, lock_timeout: Duration) -> Result<Mysql, DriverError> {
+        if endpoint.backend != Backend::Mysql {
+            return Err(wrong_backend(endpoint, Backend::Mysql));
+        }
+        let bind = endpoint.bind.clone();
+        // The client library has no connect timeout diesel can set: a server that accepts and
+        // never answers would hold the command for the OS's TCP timeout.
+        if let Some((host, port)) = endpoint.mysql_tcp_address() {
+            mysql_greets(&host, port).map_err(|detail| DriverError::Other {
+                bind: bind.clone(),
+                detail: format!("cannot connect to {}: {detail}", endpoint.redacted()),
+            })?;
+        }
+        keep_openssl_initialised();
+        let mut conn = MysqlConnection::establish(endpoint.connect_url()).map_err(|source| {
+            DriverError::Connect {
+                bind: bind.clone(),
+                url: endpoint.redacted().to_string(),
+                source,
+            }
+        })?;
+        let seconds = lock_timeout.as_millis().div_ceil(1000).max(1);
+        if let Err(source) = conn.batch_execute(&format!(
+            "SET SESSION autocommit = 1, SESSION innodb_lock_wait_timeout = {seconds}, SESSION lock_wait_timeout = {seconds}"
+        )) {
+            return Err(DriverError::Query {
+                bind,
+                what: "cannot set up the session".into(),
+                class: classify(&source),
+                source,
+            });
+        }
+        let s = Session::open(
+            endpoint,
+            conn,
+            lock_timeout,
+            "SELECT CASE WHEN @@autocommit = 1 THEN DATABASE() END AS s",
+            "the session has no database selected, or autocommit cannot be turned on; put the database in the URL (mysql://user@host/DATABASE)",
+        )?;
+        Ok(Mysql { s })
+    }
+
+    /// Takes the bind's session lock (waiting at most the lock timeout) and creates the
+    /// version tables and `orchestrate_in_progress`. The lock stays until the connection
+    /// closes, so a crash releases it.
+    pub fn begin_nonatomic(&mut self) -> Result<(), DriverError> {
+        let started = Instant::now();
+        let seconds = self.s.lock_timeout().as_millis().div_ceil(1000).max(1);
+        let got: Result<Count, _> = diesel::sql_query(format!(
+            "SELECT CAST(coalesce(GET_LOCK({MYSQL_LOCK_NAME}, {seconds}), 0) AS SIGNED) AS n"
+        ))
+        .get_result(&mut self.s.conn);
+        match got {
+            Ok(Count { n: 1 }) => {}
+            Ok(_) => return Err(self.s.busy(started)),
+            Err(e) => return Err(self.s.query_err("cannot take the migration lock", e)),
+        }
+        self.s.create_tables(
+            "cannot create the version tables",
+            &[
+                (schema::DIESEL_TABLE_DDL_MYSQL, DIESEL_TABLE),
+                (schema::HISTORY_DDL_MYSQL, HISTORY),
+                (schema::IN_PROGRESS_DDL_MYSQL, IN_PROGRESS),
+            ],
+        )
+    }
+
+    /// The lock and tables of [`Mysql::begin_nonatomic`], then a transaction for bookkeeping
+    /// (`stamp`): DDL commits on MySQL, so the tables are made before it opens.
+    pub fn begin_batch(&mut self) -> Result<(), DriverError> {
+        self.begin_nonatomic()?;
+        self.s.begin("cannot begin the batch transaction")
+    }
+
+    /// Commits the open bookkeeping transaction.
+    pub fn commit(&mut self) -> Result<(), DriverError> {
+        self.s.commit()
+    }
+
+    /// Rolls back the open bookkeeping transaction, if there is one.
+    pub fn rollback(&mut self) {
+        self.s.rollback()
+    }
+
+    /// Whether no session holds this bind's migration lock: no coordinator is working on it.
+    pub fn session_lock_free(&mut self) -> Result<bool, DriverError> {
+        let found: Result<Count, _> = diesel::sql_query(format!(
+            "SELECT CAST(coalesce(IS_FREE_LOCK({MYSQL_LOCK_NAME}), 0) AS SIGNED) AS n"
+        ))
+        .get_result(&mut self.s.conn);
+        found
+            .map(|c| c.n == 1)
+            .map_err(|e| self.s.query_err("cannot read the migration lock", e))
+    }
+
+    /// Refuses to decide on a server whose InnoDB does not flush its log at every commit
+    /// (`innodb_flush_log_at_trx_commit` other than 1): a decision there could be lost by a
+    /// crash after the binds were told it was made.
+    pub fn check_durable_commits(&mut self) -> Result<(), DriverError> {
+        let n = self.s.count(
+            "cannot read innodb_flush_log_at_trx_commit",
+            "SELECT CAST(@@innodb_flush_log_at_trx_commit AS SIGNED) AS n",
+            &[],
+        )?;
+        if n != 1 {
+            return Err(self.s.other(format!("this server has innodb_flush_log_at_trx_commit = {n}, so a committed decision can be lost in a crash; a batch of MySQL binds alone records its decision here. Set it to 1 (SET GLOBAL innodb_flush_log_at_trx_commit = 1), or add a PostgreSQL or SQLite bind to the batch to decide it")));
+        }
+        Ok(())
+    }
+
+    /// What is under way and not settled on this bind.
+    pub fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
+        if !self.s.table_exists(IN_PROGRESS)? {
+            return Ok(Vec::new());
+        }
+        load_marks(&mut self.s)
+    }
+
+    /// Writes a mark (committed at once).
+    pub fn put_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
+        self.s
+            .exec(
+                "cannot write to orchestrate_in_progress",
+                "INSERT INTO {orchestrate_in_progress} (kind, batch_id, version, decider, direction, name, \
+                 statements_done, statements_total, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                &[
+                    Arg::Text(&mark.kind),
+                    Arg::Text(&mark.batch_id),
+                    Arg::Text(&mark.version),
+                    Arg::Text(&mark.decider),
+                    Arg::Text(&mark.direction),
+                    Arg::Text(&mark.name),
+                    Arg::Int(mark.statements_done),
+                    Arg::Int(mark.statements_total),
+                    Arg::Text(&mark.started_at),
+                ],
+            )
+            .map(|_| ())
+    }
+
+    /// Records how many statements of a marked migration have committed.
+    pub fn set_mark_progress(&mut self, mark: &Mark, done: i64) -> Result<(), DriverError> {
+        self.s
+            .exec(
+                "cannot write to orchestrate_in_progress",
+                "UPDATE {orchestrate_in_progress} SET statements_done = ? WHERE kind = ? AND batch_id = ? AND version = ?",
+                &[
+                    Arg::Int(done),
+                    Arg::Text(&mark.kind),
+                    Arg::Text(&mark.batch_id),
+                    Arg::Text(&mark.version),
+                ],
+            )
+            .map(|_| ())
+    }
+
+    /// Removes a mark (committed at once, or with the open transaction). A mark that is not
+    /// there is an error: someone else settled it, and what was about to be recorded with its
+    /// removal must not be.
+    pub fn clear_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
+        let deleted = self.s.exec(
+            "cannot write to orchestrate_in_progress",
+            "DELETE FROM {orchestrate_in_progress} WHERE kind = ? AND batch_id = ? AND version = ?",
+            &[
+                Arg::Text(&mark.kind),
+                Arg::Text(&mark.batch_id),
+                Arg::Text(&mark.version),
+            ],
+        )?;
+        if deleted == 1 {
+            return Ok(());
+        }
+        Err(self.s.other(format!(
+            "the mark of {} (batch {}) is gone: another run settled it meanwhile",
+            if mark.is_batch() {
+                "the batch"
+            } else {
+                &mark.name
+            },
+            mark.batch_id
+        )))
+    }
+
+    /// Removes every batch mark (`batch`, `xa-batch`) of `batch_id`.
+    pub(crate) fn clear_batch_marks(&mut self, batch_id: &str) -> Result<usize, DriverError> {
+        self.s.exec(
+            "cannot write to orchestrate_in_progress",
+            "DELETE FROM {orchestrate_in_progress} WHERE kind IN ('batch', 'xa-batch') AND batch_id = ?",
+            &[Arg::Text(batch_id)],
+        )
+    }
+
+    /// Turns autocommit back on: marks and decisions written next must commit on their own
+    /// whatever a statement did to the session (a procedure it called may have turned
+    /// autocommit off; turning it back on commits what that statement left open, as it would
+    /// have anyway).
+    pub(crate) fn autocommit(&mut self) -> Result<(), DriverError> {
+        self.s.execute_plain(
+            "cannot turn autocommit back on",
+            "SET SESSION autocommit = 1",
+        )
+    }
+
+    /// Runs one statement of a migration, outside any transaction (it commits by itself).
+    pub fn run_statement(&mut self, name: &str, sql: &str) -> Result<(), DriverError> {
+        let done = self.s.conn.batch_execute(sql);
+        done.map_err(|source| self.s.migration_err(name, source))?;
+        self.autocommit()
+    }
+
+    /// Records a finished step in the version tables and clears its mark, in one
+    /// transaction: either the step is recorded and unmarked, or still marked.
+    pub fn finish_marked_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        label: &str,
+        step: &Step,
+        mark: &Mark,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        let begun = AnsiTransactionManager::begin_transaction(&mut self.s.conn);
+        begun.map_err(|e| self.s.query_err("cannot begin a transaction", e))?;
+        let done = self
+            .s
+            .record_step(batch_id, direction, label, step, at)
+            .and_then(|()| self.clear_mark(mark))
+            .and_then(|()| self.s.commit());
+        if done.is_err() {
+            self.s.rollback();
+        }
+        done
+    }
+
+    /// The steps `batch_id` applied or reverted on this bind and that no undo has reverted
+    /// since, newest first.
+    pub fn batch_steps(&mut self, batch_id: &str) -> Result<Vec<BatchStep>, DriverError> {
+        if !self.s.table_exists(HISTORY)? {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<HistoryRow> = self.s.rows(
+            "cannot read orchestrate_history",
+            "SELECT version, name, direction, checksum, down_sql FROM {orchestrate_history} \
+             WHERE batch_id = ? ORDER BY id",
+            &[Arg::Text(batch_id)],
+        )?;
+        let mut steps: Vec<BatchStep> = Vec::new();
+        for row in rows {
+            match row.direction.as_str() {
+                "up" | "down" => steps.push(BatchStep {
+                    version: row.version,
+                    name: row.name,
+                    direction: row.direction,
+                    down_sql: row.down_sql,
+                    checksum: row.checksum,
+                }),
+                "undo" => steps.retain(|s| s.version != row.version),
+                _ => {}
+            }
+        }
+        steps.reverse();
+        Ok(steps)
+    }
+}
 
 /// What a MySQL or MariaDB error means. diesel keeps the error number to itself, so the fixed
 /// messages of the numbers this tool acts on are read, here only, in any case (libmysqlclient

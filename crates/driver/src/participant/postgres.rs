@@ -1,6 +1,438 @@
-//! PostgreSQL binds.
+//! PostgreSQL binds: the batch transaction under a transaction-scoped advisory lock, a
+//! migration that left its transaction caught by the transaction id, `PREPARE TRANSACTION`
+//! (sent alone, as the login role) checked in `pg_prepared_xacts`, `COMMIT` / `ROLLBACK
+//! PREPARED`, the decider's durable COMMIT, decisions found in another schema, what `status`
+//! reads of the server (foreign lock holders, `max_prepared_transactions`, databases), and what
+//! PostgreSQL's errors mean.
 
-use crate::error::{message_of, ErrorClass, PrepareRefusal};
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::PgConnection;
+use orchestrate_core::{Direction, Step};
+
+use super::session::quote_ident;
+use super::{
+    wrong_backend, Arg, Atomic, BatchRow, BatchTransaction, CanDecide, Count, Db, Decider,
+    DecisionState, HasSession, Name, PreparedXact, Resolve, Row, Session, TwoPhase,
+};
+use crate::endpoint::{Backend, Endpoint};
+use crate::error::{message_of, DriverError, ErrorClass, PrepareRefusal};
+use crate::record::{quote_literal, GID_PREFIX};
+use crate::schema::{self, DIESEL_TABLE, HISTORY};
+
+/// The key of the transaction-scoped advisory lock every PostgreSQL batch takes first. It is
+/// released by COMMIT, ROLLBACK, COMMIT PREPARED, ROLLBACK PREPARED or the end of the session,
+/// never left behind by a crash; a prepared batch keeps it until it is resolved.
+pub const LOCK_KEY: i64 = 0x6f72_6368_6573_7472; // "orchestr"
+
+/// The first schema of the search path that already holds diesel's table (where diesel itself
+/// reads it), else the first schema of the search path (where it would be created): a schema
+/// named after the role, created by a migration, must not move the bookkeeping of every later
+/// session.
+const SCHEMA_SQL: &str = "SELECT coalesce((SELECT s.nspname FROM unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS s(nspname, n) \
+     WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
+     WHERE ns.nspname = s.nspname AND c.relname = '__diesel_schema_migrations' AND c.relkind IN ('r', 'p')) \
+     ORDER BY s.n LIMIT 1), pg_catalog.current_schema()) AS s";
+
+#[derive(QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    ok: bool,
+}
+
+/// The `application_name` of a batch's decider session.
+fn decider_tag(batch_id: &str) -> String {
+    format!("orchestrate-decider:{batch_id}")
+}
+
+/// PostgreSQL numbers its placeholders: `?` becomes `$1`, `$2`, ... (bookkeeping SQL holds no
+/// other `?`).
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Db for PgConnection {
+    const QUOTE: char = '"';
+    const HISTORY_DDL: &'static str = schema::HISTORY_DDL_PG;
+    const BATCHES_DDL: &'static str = schema::BATCHES_DDL;
+    const ROW_LOCK: &'static str = " FOR UPDATE";
+
+    /// Compared against the schema fixed at connect, not against whatever the session's search
+    /// path is now.
+    fn tables_sql(schema: &str) -> String {
+        format!(
+            "SELECT c.relname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = {} AND c.relkind IN ('r', 'p') AND (c.relname LIKE 'orchestrate%' OR c.relname = '__diesel_schema_migrations')",
+            quote_literal(schema)
+        )
+    }
+
+    fn placeholders(sql: String) -> String {
+        numbered(&sql)
+    }
+
+    fn classify(error: &diesel::result::Error) -> ErrorClass {
+        classify(error)
+    }
+
+    fn exec_bound(&mut self, sql: &str, args: &[Arg]) -> QueryResult<usize> {
+        bound!(sql, args).execute(self)
+    }
+
+    fn load_bound<T: Row>(&mut self, sql: &str, args: &[Arg]) -> QueryResult<Vec<T>> {
+        bound!(sql, args).load::<T>(self)
+    }
+
+    /// `SET LOCAL synchronous_commit = on`: a migration, the database or the role may have set
+    /// it off.
+    fn make_commit_durable(s: &mut Session<Self>) -> Result<(), DriverError> {
+        s.execute_plain(
+            "cannot make the commit durable",
+            "SET LOCAL synchronous_commit = on",
+        )
+    }
+
+    fn decision_held(s: &mut Session<Self>, batch_id: &str) -> Result<bool, DriverError> {
+        s.probe_row(batch_id)
+    }
+
+    fn limit_abort_wait(s: &mut Session<Self>, wait: Duration) -> Result<(), DriverError> {
+        s.execute_plain(
+            "cannot set the lock timeout",
+            &format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1)),
+        )
+    }
+
+    /// The batch's row in an `orchestrate_batches` of another schema than the one this
+    /// connection resolved (the database's or role's default search_path changed since the
+    /// batch began). A batch id is unique, so finding it there is no guess; the rest of this
+    /// connection's work on the batch then uses that schema.
+    fn other_batch_schemas(s: &mut Session<Self>) -> Result<Vec<String>, DriverError> {
+        let here = s.schema_name();
+        let schemas: Vec<Name> = s.rows(
+            "cannot read the catalog",
+            "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'orchestrate_batches' AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
+            &[Arg::Text(&here)],
+        )?;
+        Ok(schemas.into_iter().filter_map(|n| n.s).collect())
+    }
+
+    fn decision_elsewhere(
+        s: &mut Session<Self>,
+        batch_id: &str,
+    ) -> Result<Option<DecisionState>, DriverError> {
+        let here = s.schema_name();
+        for schema in Self::other_batch_schemas(s)? {
+            let qualifier = format!("{}.", quote_ident::<Self>(&schema));
+            let rows: Vec<BatchRow> = s.rows(
+                "cannot read orchestrate_batches",
+                &format!("SELECT batch_id, state, record FROM {qualifier}\"orchestrate_batches\" WHERE batch_id = ?"),
+                &[Arg::Text(batch_id)],
+            )?;
+            if let Some(row) = rows.into_iter().next() {
+                tracing::warn!(bind = %s.endpoint().bind, batch = %batch_id, schema = %schema, "the batch's decision is in schema {schema}, not in {here} where this session's search_path points now");
+                s.set_schema(&schema);
+                return s.state_of(row).map(Some);
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A connection to a PostgreSQL bind.
+pub struct Postgres {
+    s: Session<PgConnection>,
+    /// The transaction id of the open batch transaction, to notice a migration that ended it
+    /// and started another (`COMMIT AND CHAIN`, `COMMIT; BEGIN`).
+    xact: Option<i64>,
+}
+
+impl HasSession for Postgres {
+    type Conn = PgConnection;
+
+    fn session(&mut self) -> &mut Session<PgConnection> {
+        &mut self.s
+    }
+
+    fn session_ref(&self) -> &Session<PgConnection> {
+        &self.s
+    }
+}
+
+impl CanDecide for Postgres {}
+
+impl Postgres {
+    /// Connects. `lock_timeout` bounds every wait for a lock: it travels in the startup packet
+    /// (no extra round trip), so reads never hang on locks held by a prepared (in-doubt) batch.
+    pub fn connect(endpoint: &Endpoint, lock_timeout: Duration) -> Result<Postgres, DriverError> {
+        if endpoint.backend != Backend::Postgres {
+            return Err(wrong_backend(endpoint, Backend::Postgres));
+        }
+        let url = endpoint
+            .connect_url_with_options(&format!("-c lock_timeout={}", lock_timeout.as_millis()));
+        let conn = PgConnection::establish(&url).map_err(|source| DriverError::Connect {
+            bind: endpoint.bind.clone(),
+            url: endpoint.redacted().to_string(),
+            source,
+        })?;
+        let s = Session::open(
+            endpoint,
+            conn,
+            lock_timeout,
+            SCHEMA_SQL,
+            "the search_path of this database and role names no schema that exists, so there is nowhere to keep the version tables; set search_path (for example to public)",
+        )?;
+        Ok(Postgres { s, xact: None })
+    }
+
+    /// Prepared transactions that are not this tool's but hold its migration lock here (a
+    /// migration that ran `PREPARE TRANSACTION` itself, in a form the plan-time check could not
+    /// see): every later batch would wait on them.
+    pub fn foreign_lock_holders(&mut self) -> Result<Vec<String>, DriverError> {
+        let rows: Result<Vec<Name>, _> = diesel::sql_query(
+            "SELECT p.gid AS s FROM pg_catalog.pg_prepared_xacts p \
+             JOIN pg_catalog.pg_locks t ON t.locktype = 'transactionid' AND t.transactionid = p.transaction \
+             JOIN pg_catalog.pg_locks l ON l.virtualtransaction = t.virtualtransaction AND l.pid IS NULL \
+             WHERE p.database = pg_catalog.current_database() AND NOT starts_with(p.gid, $1) \
+             AND l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
+             AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = $2 ORDER BY p.prepared",
+        )
+        .bind::<Text, _>(GID_PREFIX)
+        .bind::<BigInt, _>(LOCK_KEY)
+        .load(&mut self.s.conn);
+        rows.map(|r| r.into_iter().filter_map(|n| n.s).collect())
+            .map_err(|e| self.s.query_err("cannot read pg_locks", e))
+    }
+
+    /// The databases of this server whose name matches `pattern` (SQL `LIKE`), in name order;
+    /// templates and databases that refuse connections are left out.
+    pub fn databases_like(&mut self, pattern: &str) -> Result<Vec<String>, DriverError> {
+        #[derive(QueryableByName)]
+        struct Database {
+            #[diesel(sql_type = Text)]
+            datname: String,
+        }
+        let rows: Vec<Database> = diesel::sql_query(
+            "SELECT datname FROM pg_database WHERE datname LIKE $1 AND datallowconn AND NOT datistemplate ORDER BY datname",
+        )
+        .bind::<Text, _>(pattern)
+        .load(&mut self.s.conn)
+        .map_err(|e| self.s.query_err("cannot list the server's databases", e))?;
+        Ok(rows.into_iter().map(|r| r.datname).collect())
+    }
+
+    /// The server's `max_prepared_transactions`.
+    pub fn max_prepared_transactions(&mut self) -> Result<i64, DriverError> {
+        let found: Count = diesel::sql_query(
+            "SELECT CAST(setting AS BIGINT) AS n FROM pg_settings WHERE name = 'max_prepared_transactions'",
+        )
+        .get_result(&mut self.s.conn)
+        .map_err(|e| self.s.query_err("cannot read max_prepared_transactions", e))?;
+        Ok(found.n)
+    }
+
+    /// Names this session after the batch it decides, for people reading
+    /// `pg_stat_activity`. Nothing depends on it: a migration may change it.
+    fn tag_as_decider(&mut self, batch_id: &str) -> Result<(), DriverError> {
+        let sql = format!(
+            "SET application_name = {}",
+            quote_literal(&decider_tag(batch_id))
+        );
+        self.s.execute_plain("cannot set application_name", &sql)
+    }
+
+    /// Takes the migration lock in the open transaction, trying until the lock timeout. A
+    /// busy lock held by a prepared transaction that is not this tool's is named.
+    fn take_lock(&mut self, started: Instant) -> Result<(), DriverError> {
+        loop {
+            let got: Result<Flag, _> =
+                diesel::sql_query("SELECT pg_catalog.pg_try_advisory_xact_lock($1) AS ok")
+                    .bind::<BigInt, _>(LOCK_KEY)
+                    .get_result(&mut self.s.conn);
+            match got {
+                Ok(Flag { ok: true }) => return Ok(()),
+                Ok(Flag { ok: false }) if started.elapsed() < self.s.lock_timeout() => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(Flag { ok: false }) => {
+                    let busy = self.s.busy(started);
+                    self.rollback();
+                    return Err(match self.foreign_lock_holders() {
+                        Ok(gids) if !gids.is_empty() => self.s.other(format!("prepared transaction `{}`, which is not this tool's, holds this database's migration lock (a migration ran PREPARE TRANSACTION itself?); no orchestrate run does. Look at it and end it by hand: COMMIT PREPARED or ROLLBACK PREPARED '{}'", gids[0], gids[0])),
+                        _ => busy,
+                    });
+                }
+                Err(e) => return Err(self.s.query_err("cannot take the migration lock", e)),
+            }
+        }
+    }
+
+    /// `SET ROLE NONE`, then `sql`, each alone: COMMIT/ROLLBACK PREPARED run as the login role
+    /// (see [`TwoPhase::prepare`]), and cannot run inside a transaction block, which a
+    /// multi-statement string is.
+    fn as_login_role(&mut self, sql: &str, what: &str) -> Result<(), DriverError> {
+        self.s
+            .execute_plain("cannot reset the role", "SET ROLE NONE")?;
+        self.s.execute_plain(what, sql)
+    }
+}
+
+fn transaction_id(s: &mut Session<PgConnection>) -> Result<i64, DriverError> {
+    s.count(
+        "cannot read the transaction id",
+        "SELECT pg_catalog.txid_current() AS n",
+        &[],
+    )
+}
+
+/// Whether a migration's own SQL ended the batch transaction `xact` (COMMIT, ROLLBACK, END,
+/// `COMMIT AND CHAIN`, PREPARE TRANSACTION): what ran before it may then be committed. "Still
+/// in a transaction" is not enough (`COMMIT AND CHAIN` opens another): the transaction id must
+/// be the batch's. diesel follows libpq's transaction status after every statement.
+fn left_transaction(s: &mut Session<PgConnection>, xact: Option<i64>) -> Result<bool, DriverError> {
+    if !s.in_transaction() {
+        return Ok(true);
+    }
+    match xact {
+        Some(id) => Ok(transaction_id(s)? != id),
+        None => Ok(false),
+    }
+}
+
+impl Atomic for Postgres {
+    fn run_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        step: &Step,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        let xact = self.xact;
+        self.s
+            .run_step(batch_id, direction, step, at, |s| left_transaction(s, xact))
+    }
+
+    fn rollback(&mut self) {
+        self.s.rollback()
+    }
+}
+
+impl BatchTransaction for Postgres {
+    fn begin_batch(&mut self) -> Result<(), DriverError> {
+        let started = Instant::now();
+        self.s.begin("cannot begin the batch transaction")?;
+        self.take_lock(started)?;
+        self.xact = Some(transaction_id(&mut self.s)?);
+        self.s.create_tables(
+            "cannot create the version tables",
+            &[
+                (schema::DIESEL_TABLE_DDL, DIESEL_TABLE),
+                (schema::HISTORY_DDL_PG, HISTORY),
+            ],
+        )
+    }
+
+    /// The session is tagged with the batch first, for people reading `pg_stat_activity`.
+    fn begin_deciding(&mut self, batch_id: &str) -> Result<(), DriverError> {
+        self.tag_as_decider(batch_id)?;
+        self.begin_batch()?;
+        self.hold_decision(batch_id)
+    }
+
+    fn prepare_to_decide(&mut self, last_step: &str) -> Result<(), DriverError> {
+        if left_transaction(&mut self.s, self.xact)? {
+            return Err(DriverError::LeftTransaction {
+                bind: self.s.bind(),
+                name: last_step.into(),
+            });
+        }
+        self.s.execute_plain(
+            "a deferred constraint failed",
+            "SET CONSTRAINTS ALL IMMEDIATE",
+        )?;
+        PgConnection::make_commit_durable(&mut self.s)
+    }
+
+    fn commit(&mut self) -> Result<(), DriverError> {
+        self.s.commit()
+    }
+}
+
+impl TwoPhase for Postgres {
+    /// The prepared transaction belongs to the role current at PREPARE, and only that role
+    /// (or a superuser) may end it: a migration's `SET ROLE` (or a role default set with
+    /// ALTER ROLE ... SET role) would leave it unfinishable by this tool. `SET ROLE NONE`
+    /// brings back the login role; COMMIT/ROLLBACK PREPARED run as it too. Two statements,
+    /// not one string: outside a transaction a multi-statement string is an implicit
+    /// transaction of its own, which PREPARE would prepare (empty) instead of warning.
+    fn prepare(&mut self, gid: &str) -> Result<(), DriverError> {
+        self.s
+            .execute_plain("cannot reset the role before PREPARE", "SET ROLE NONE")?;
+        let prepared = self
+            .s
+            .conn
+            .batch_execute(&format!("PREPARE TRANSACTION {}", quote_literal(gid)));
+        prepared.map_err(|source| DriverError::Prepare {
+            bind: self.s.bind(),
+            class: classify(&source),
+            source,
+        })?;
+        let found: Count = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_catalog.pg_prepared_xacts WHERE gid = $1 AND database = pg_catalog.current_database()",
+        )
+        .bind::<Text, _>(gid)
+        .get_result(&mut self.s.conn)
+        .map_err(|e| self.s.query_err("cannot verify the prepared transaction", e))?;
+        if found.n != 1 {
+            return Err(DriverError::PrepareNotRecorded {
+                bind: self.s.bind(),
+                gid: gid.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Resolve for Postgres {
+    fn prepared(&mut self) -> Result<Vec<PreparedXact>, DriverError> {
+        diesel::sql_query(
+            "SELECT gid, CAST(prepared AS TEXT) AS prepared_at, \
+             CAST(date_trunc('second', now() - prepared) AS TEXT) AS age FROM pg_catalog.pg_prepared_xacts \
+             WHERE database = pg_catalog.current_database() AND starts_with(gid, $1) ORDER BY prepared",
+        )
+        .bind::<Text, _>(GID_PREFIX)
+        .load(&mut self.s.conn)
+        .map_err(|e| self.s.query_err("cannot read pg_prepared_xacts", e))
+    }
+
+    fn commit_prepared(&mut self, gid: &str) -> Result<(), DriverError> {
+        self.as_login_role(
+            &format!("COMMIT PREPARED {}", quote_literal(gid)),
+            &format!("COMMIT PREPARED of {gid} failed"),
+        )
+    }
+
+    fn rollback_prepared(&mut self, gid: &str) -> Result<(), DriverError> {
+        self.as_login_role(
+            &format!("ROLLBACK PREPARED {}", quote_literal(gid)),
+            &format!("ROLLBACK PREPARED of {gid} failed"),
+        )
+    }
+}
 
 /// What a PostgreSQL error means. diesel keeps the SQLSTATE to itself (it only maps class
 /// `08`, connection exceptions, and a broken connection to `ClosedConnection`), so the fixed

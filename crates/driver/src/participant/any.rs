@@ -1,0 +1,249 @@
+//! [`BindConnection`]: a connection to a bind of any backend, for what every backend does —
+//! reading a bind's state, the decision, stamping — with one `match` per method onto the
+//! backend's own type. What only some backends do is reached through those types (or
+//! [`BindConnection::resolver`]), never answered "unsupported" at run time.
+
+use std::time::Duration;
+
+use orchestrate_core::{Direction, Step};
+
+use super::{
+    BatchTransaction, BindState, Bookkeeping, Decider, DecisionState, Mark, Mysql, Postgres,
+    PreparedXact, Resolve, Sqlite,
+};
+use crate::endpoint::{Backend, Endpoint};
+use crate::error::DriverError;
+use crate::record::DecisionRecord;
+
+/// One open connection to one bind, of whichever backend its URL names.
+pub enum BindConnection {
+    Postgres(Postgres),
+    Sqlite(Sqlite),
+    Mysql(Mysql),
+}
+
+/// `$body` on the backend's own connection, whichever it is.
+macro_rules! each {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            BindConnection::Postgres($c) => $body,
+            BindConnection::Sqlite($c) => $body,
+            BindConnection::Mysql($c) => $body,
+        }
+    };
+}
+
+impl BindConnection {
+    /// Connects. With `create` a SQLite file (and its folder) is created when missing;
+    /// without it a missing file is [`DriverError::NoSuchFile`], so that reading the state of
+    /// a bind never creates anything. `lock_timeout` bounds every wait for a lock.
+    pub fn connect(
+        endpoint: &Endpoint,
+        create: bool,
+        lock_timeout: Duration,
+    ) -> Result<BindConnection, DriverError> {
+        Ok(match endpoint.backend {
+            Backend::Postgres => {
+                BindConnection::Postgres(Postgres::connect(endpoint, lock_timeout)?)
+            }
+            Backend::Sqlite => {
+                BindConnection::Sqlite(Sqlite::connect(endpoint, create, lock_timeout)?)
+            }
+            Backend::Mysql => BindConnection::Mysql(Mysql::connect(endpoint, lock_timeout)?),
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        each!(self, c => c.endpoint())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.endpoint().backend
+    }
+
+    /// The bind as a holder of prepared transactions (PostgreSQL; MySQL through XA). A SQLite
+    /// bind holds none: its transaction stays open instead.
+    pub fn into_resolver(self) -> Result<Box<dyn Resolve>, DriverError> {
+        match self {
+            BindConnection::Postgres(c) => Ok(Box::new(c)),
+            BindConnection::Mysql(c) => Ok(Box::new(c)),
+            BindConnection::Sqlite(c) => Err(DriverError::Other {
+                bind: c.endpoint().bind.clone(),
+                detail: "a SQLite bind holds no prepared transactions".into(),
+            }),
+        }
+    }
+
+    /// The bind as the decider of an atomic batch (PostgreSQL, SQLite). A MySQL bind cannot
+    /// be one: its DDL commits statement by statement, so its COMMIT cannot be the decision.
+    pub fn into_batch_transaction(self) -> Result<Box<dyn BatchTransaction>, DriverError> {
+        match self {
+            BindConnection::Postgres(c) => Ok(Box::new(c)),
+            BindConnection::Sqlite(c) => Ok(Box::new(c)),
+            BindConnection::Mysql(c) => Err(DriverError::Other {
+                bind: c.endpoint().bind.clone(),
+                detail: "a MySQL bind cannot decide an atomic batch: its DDL commits statement by statement".into(),
+            }),
+        }
+    }
+
+    /// Reads what the database has applied, and this tool's prepared transactions on it.
+    /// Creates nothing.
+    pub fn read_state(&mut self) -> Result<BindState, DriverError> {
+        let mut state = self.read_applied()?;
+        state.in_doubt = self.prepared()?;
+        Ok(state)
+    }
+
+    /// Reads what the database has applied (not its prepared transactions). Creates nothing.
+    pub fn read_applied(&mut self) -> Result<BindState, DriverError> {
+        each!(self, c => c.read_applied())
+    }
+
+    /// This tool's prepared transactions on this database (none on SQLite).
+    pub fn prepared(&mut self) -> Result<Vec<PreparedXact>, DriverError> {
+        match self {
+            BindConnection::Postgres(c) => c.prepared(),
+            BindConnection::Mysql(c) => c.prepared(),
+            BindConnection::Sqlite(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Prepared transactions that are not this tool's but hold its migration lock here
+    /// (PostgreSQL; see [`Postgres::foreign_lock_holders`]). Other backends have none.
+    pub fn foreign_lock_holders(&mut self) -> Result<Vec<String>, DriverError> {
+        match self {
+            BindConnection::Postgres(c) => c.foreign_lock_holders(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The server's `max_prepared_transactions` (`None`: not a PostgreSQL server).
+    pub fn max_prepared_transactions(&mut self) -> Result<Option<i64>, DriverError> {
+        match self {
+            BindConnection::Postgres(c) => c.max_prepared_transactions().map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// What is under way and not settled on this bind (MySQL marks; nothing elsewhere).
+    pub fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
+        match self {
+            BindConnection::Mysql(c) => c.marks(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The versions in diesel's table.
+    pub fn applied_versions(&mut self) -> Result<Vec<String>, DriverError> {
+        each!(self, c => c.applied_versions())
+    }
+
+    /// See [`Bookkeeping::has_batch`].
+    pub fn has_batch(&mut self, batch_id: &str) -> Result<bool, DriverError> {
+        each!(self, c => c.has_batch(batch_id))
+    }
+
+    /// See [`Bookkeeping::has_heuristic`].
+    pub fn has_heuristic(&mut self, batch_id: &str) -> Result<bool, DriverError> {
+        each!(self, c => c.has_heuristic(batch_id))
+    }
+
+    /// See [`Bookkeeping::record_heuristic`].
+    pub fn record_heuristic(
+        &mut self,
+        batch_id: &str,
+        detail: &str,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        each!(self, c => c.record_heuristic(batch_id, detail, at))
+    }
+
+    /// See [`Bookkeeping::record_step`].
+    pub fn record_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        label: &str,
+        step: &Step,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        each!(self, c => c.record_step(batch_id, direction, label, step, at))
+    }
+
+    /// Opens a transaction for bookkeeping under the bind's migration lock, with the version
+    /// tables made (PostgreSQL and SQLite: the batch transaction; MySQL: see
+    /// [`Mysql::begin_batch`]).
+    pub fn begin_batch(&mut self) -> Result<(), DriverError> {
+        each!(self, c => c.begin_batch())
+    }
+
+    /// Commits the transaction [`BindConnection::begin_batch`] opened.
+    pub fn commit(&mut self) -> Result<(), DriverError> {
+        each!(self, c => c.commit())
+    }
+
+    /// Rolls back the open transaction, if there is one; errors are ignored because dropping
+    /// the connection rolls back too.
+    pub fn rollback(&mut self) {
+        match self {
+            BindConnection::Postgres(c) => super::Atomic::rollback(c),
+            BindConnection::Sqlite(c) => super::Atomic::rollback(c),
+            BindConnection::Mysql(c) => c.rollback(),
+        }
+    }
+
+    /// See [`Decider::begin_decision`].
+    pub fn begin_decision(&mut self, batch_id: &str, at: &str) -> Result<(), DriverError> {
+        each!(self, c => c.begin_decision(batch_id, at))
+    }
+
+    /// See [`Decider::hold_decision`].
+    pub fn hold_decision(&mut self, batch_id: &str) -> Result<(), DriverError> {
+        each!(self, c => c.hold_decision(batch_id))
+    }
+
+    /// See [`Decider::decide_commit`].
+    pub fn decide_commit(&mut self, record: &DecisionRecord, at: &str) -> Result<(), DriverError> {
+        each!(self, c => c.decide_commit(record, at))
+    }
+
+    /// See [`Decider::decide_abort`].
+    pub fn decide_abort(
+        &mut self,
+        batch_id: &str,
+        at: &str,
+        wait: Duration,
+    ) -> Result<bool, DriverError> {
+        each!(self, c => c.decide_abort(batch_id, at, wait))
+    }
+
+    /// See [`Decider::decision_held`].
+    pub fn decision_held(&mut self, batch_id: &str) -> Result<bool, DriverError> {
+        each!(self, c => c.decision_held(batch_id))
+    }
+
+    /// See [`Decider::decision_state`].
+    pub fn decision_state(&mut self, batch_id: &str) -> Result<Option<DecisionState>, DriverError> {
+        each!(self, c => c.decision_state(batch_id))
+    }
+
+    /// See [`Decider::unsettled_decisions`].
+    pub fn unsettled_decisions(&mut self) -> Result<Vec<DecisionRecord>, DriverError> {
+        each!(self, c => c.unsettled_decisions())
+    }
+
+    /// See [`Decider::begun_batches`].
+    pub fn begun_batches(&mut self) -> Result<Vec<String>, DriverError> {
+        each!(self, c => c.begun_batches())
+    }
+
+    /// See [`Decider::settle_decision`].
+    pub fn settle_decision(
+        &mut self,
+        record: &DecisionRecord,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        each!(self, c => c.settle_decision(record, at))
+    }
+}

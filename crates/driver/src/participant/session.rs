@@ -1,0 +1,448 @@
+//! The bookkeeping every backend does with the same SQL: one open diesel connection with where
+//! this tool's tables are (fixed at connect), bound statements on them, diesel's version table
+//! and `orchestrate_history`, and the plain transaction around them. What differs per backend
+//! comes from [`Db`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use orchestrate_core::{Applied, Direction, Step, Version};
+
+use super::{Arg, Count, Db, HistoryRow, Name, Row, VersionRow};
+use crate::endpoint::Endpoint;
+use crate::error::DriverError;
+use crate::participant::BindState;
+use crate::schema::{self, BATCHES, DIESEL_TABLE, HISTORY, IN_PROGRESS};
+
+/// One open connection to one bind, and where this tool's tables are on it.
+pub(crate) struct Session<C: Db> {
+    endpoint: Endpoint,
+    pub(crate) conn: C,
+    lock_timeout: Duration,
+    /// Where this tool's tables live, quoted, with a trailing dot: the PostgreSQL schema first
+    /// in the search path when the connection opened, `main.` on SQLite, the database on MySQL.
+    /// Fixed at connect, before any migration can move the search path.
+    qualifier: String,
+}
+
+/// Quotes an identifier (a schema or database name read from the server) with the backend's
+/// quote, doubling it inside.
+pub(crate) fn quote_ident<C: Db>(name: &str) -> String {
+    let q = C::QUOTE;
+    format!("{q}{}{q}", name.replace(q, &format!("{q}{q}")))
+}
+
+impl<C: Db> Session<C> {
+    /// A session on `conn`, whose tables are found by `where_sql` (one row, column `s`: the
+    /// schema or database name; `NULL` or no row: `missing` is the error).
+    pub(crate) fn open(
+        endpoint: &Endpoint,
+        conn: C,
+        lock_timeout: Duration,
+        where_sql: &str,
+        missing: &str,
+    ) -> Result<Session<C>, DriverError> {
+        let mut session = Session {
+            endpoint: endpoint.clone(),
+            conn,
+            lock_timeout,
+            qualifier: String::new(),
+        };
+        let found: Vec<Name> = session.rows("cannot read the session's schema", where_sql, &[])?;
+        let Some(name) = found.into_iter().next().and_then(|n| n.s) else {
+            return Err(session.other(missing));
+        };
+        session.set_schema(&name);
+        Ok(session)
+    }
+
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub(crate) fn lock_timeout(&self) -> Duration {
+        self.lock_timeout
+    }
+
+    pub(crate) fn bind(&self) -> String {
+        self.endpoint.bind.clone()
+    }
+
+    pub(crate) fn query_err(&self, what: &str, source: diesel::result::Error) -> DriverError {
+        DriverError::Query {
+            bind: self.bind(),
+            what: what.into(),
+            class: C::classify(&source),
+            source,
+        }
+    }
+
+    pub(crate) fn migration_err(&self, name: &str, source: diesel::result::Error) -> DriverError {
+        DriverError::Migration {
+            bind: self.bind(),
+            name: name.into(),
+            class: C::classify(&source),
+            source,
+        }
+    }
+
+    pub(crate) fn other(&self, detail: impl Into<String>) -> DriverError {
+        DriverError::Other {
+            bind: self.bind(),
+            detail: detail.into(),
+        }
+    }
+
+    /// From now on this tool's tables are in `schema` (PostgreSQL schema, MySQL database).
+    pub(crate) fn set_schema(&mut self, schema: &str) {
+        self.qualifier = format!("{}.", quote_ident::<C>(schema));
+    }
+
+    /// The PostgreSQL schema (or MySQL database) name behind the qualifier, unquoted.
+    pub(crate) fn schema_name(&self) -> String {
+        let q = C::QUOTE;
+        let quoted = self.qualifier.trim_end_matches('.');
+        quoted[1..quoted.len() - 1].replace(&format!("{q}{q}"), &q.to_string())
+    }
+
+    /// The fully qualified name of one of this tool's tables.
+    pub(crate) fn table(&self, name: &str) -> String {
+        format!("{}{}", self.qualifier, quote_ident::<C>(name))
+    }
+
+    /// A DDL template of [`schema`] with its table's qualified name.
+    pub(crate) fn ddl(&self, template: &str, name: &str) -> String {
+        template.replace("{t}", &self.table(name))
+    }
+
+    /// The bookkeeping statement `sql` with `{name}` placeholders replaced by qualified table
+    /// names and `?` placeholders written as the backend wants them.
+    pub(crate) fn sql(&self, sql: &str) -> String {
+        let mut text = sql.to_string();
+        for name in [
+            DIESEL_TABLE,
+            HISTORY,
+            BATCHES,
+            IN_PROGRESS,
+            schema::LEGACY_DECISIONS,
+        ] {
+            text = text.replace(&format!("{{{name}}}"), &self.table(name));
+        }
+        C::placeholders(text)
+    }
+
+    /// Runs a bookkeeping statement.
+    pub(crate) fn exec(
+        &mut self,
+        what: &str,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<usize, DriverError> {
+        let sql = self.sql(sql);
+        let done = self.conn.exec_bound(&sql, args);
+        done.map_err(|e| self.query_err(what, e))
+    }
+
+    /// Runs a bookkeeping query.
+    pub(crate) fn rows<T: Row>(
+        &mut self,
+        what: &str,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<Vec<T>, DriverError> {
+        let sql = self.sql(sql);
+        let done = self.conn.load_bound::<T>(&sql, args);
+        done.map_err(|e| self.query_err(what, e))
+    }
+
+    pub(crate) fn count(
+        &mut self,
+        what: &str,
+        sql: &str,
+        args: &[Arg],
+    ) -> Result<i64, DriverError> {
+        let rows: Vec<Count> = self.rows(what, sql, args)?;
+        Ok(rows.first().map_or(0, |r| r.n))
+    }
+
+    /// Runs plain SQL of this crate (no values).
+    pub(crate) fn execute_plain(&mut self, what: &str, sql: &str) -> Result<(), DriverError> {
+        let done = self.conn.batch_execute(sql);
+        done.map_err(|e| self.query_err(what, e))
+    }
+
+    /// Creates each `(template, table)` of [`schema`] that is missing.
+    pub(crate) fn create_tables(
+        &mut self,
+        what: &str,
+        tables: &[(&str, &str)],
+    ) -> Result<(), DriverError> {
+        for (template, name) in tables {
+            let ddl = self.ddl(template, name);
+            self.execute_plain(what, &ddl)?;
+        }
+        Ok(())
+    }
+
+    /// Begins a transaction that will write (SQLite: taking the write lock now).
+    pub(crate) fn begin(&mut self, what: &str) -> Result<(), DriverError> {
+        let begun = self.conn.begin_write();
+        begun.map_err(|e| self.query_err(what, e))
+    }
+
+    /// Commits the open transaction.
+    pub(crate) fn commit(&mut self) -> Result<(), DriverError> {
+        let done = AnsiTransactionManager::commit_transaction(&mut self.conn);
+        done.map_err(|e| self.query_err("COMMIT failed", e))
+    }
+
+    /// Whether diesel knows of an open transaction on this connection.
+    pub(crate) fn in_transaction(&mut self) -> bool {
+        matches!(
+            AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn)
+                .transaction_depth(),
+            Ok(Some(_))
+        )
+    }
+
+    /// Rolls back the open transaction, if there is one; errors are only logged because
+    /// dropping the connection rolls back too.
+    pub(crate) fn rollback(&mut self) {
+        if !self.in_transaction() {
+            return;
+        }
+        if let Err(e) = AnsiTransactionManager::rollback_transaction(&mut self.conn) {
+            tracing::warn!(bind = %self.endpoint.bind, error = %e, "rollback failed; the connection is dropped instead");
+        }
+    }
+
+    /// Which of this tool's tables exist where this connection keeps them.
+    pub(crate) fn existing_tables(&mut self) -> Result<Vec<String>, DriverError> {
+        let sql = C::tables_sql(&self.schema_name());
+        let rows: Vec<Name> = self.rows("cannot read the catalog", &sql, &[])?;
+        Ok(rows.into_iter().filter_map(|r| r.s).collect())
+    }
+
+    pub(crate) fn table_exists(&mut self, table: &str) -> Result<bool, DriverError> {
+        Ok(self.existing_tables()?.iter().any(|t| t == table))
+    }
+}
+
+/// The version tables and `orchestrate_history`.
+impl<C: Db> Session<C> {
+    /// What the database has applied, its marks (MySQL) and its unsettled decisions. Creates
+    /// nothing.
+    pub(crate) fn read_applied(&mut self) -> Result<BindState, DriverError> {
+        let mut state = BindState {
+            exists: true,
+            ..BindState::default()
+        };
+        let tables = self.existing_tables()?;
+        let has = |t: &str| tables.iter().any(|x| x == t);
+        state.marks = C::marks(self, &tables)?;
+        if has(BATCHES) || has(schema::LEGACY_DECISIONS) {
+            state.unsettled = self.unsettled_decisions()?;
+        }
+        if has(DIESEL_TABLE) {
+            let recorded = if has(HISTORY) {
+                self.recorded_steps()?
+            } else {
+                HashMap::new()
+            };
+            state.applied = self.applied_with(recorded)?;
+        }
+        Ok(state)
+    }
+
+    /// The newest `up` or `stamp` history row of each version: name, checksum, down SQL.
+    fn recorded_steps(&mut self) -> Result<HashMap<String, HistoryRow>, DriverError> {
+        let rows: Vec<HistoryRow> = self.rows(
+            "cannot read orchestrate_history",
+            "SELECT version, name, direction, checksum, down_sql FROM {orchestrate_history} \
+             WHERE direction IN ('up', 'stamp') ORDER BY id",
+            &[],
+        )?;
+        Ok(rows.into_iter().map(|r| (r.version.clone(), r)).collect())
+    }
+
+    /// diesel's versions, with what the history recorded of each, in version order.
+    fn applied_with(
+        &mut self,
+        mut recorded: HashMap<String, HistoryRow>,
+    ) -> Result<Vec<Applied>, DriverError> {
+        let mut applied: Vec<Applied> = self
+            .applied_versions()?
+            .into_iter()
+            .map(|v| {
+                let row = recorded.remove(&v);
+                Applied {
+                    version: Version::from_stored(&v),
+                    name: row.as_ref().map(|r| r.name.clone()),
+                    checksum: row.as_ref().and_then(|r| r.checksum.clone()),
+                    down_sql: row.and_then(|r| r.down_sql),
+                }
+            })
+            .collect();
+        applied.sort_by(|a, b| a.version.cmp(&b.version));
+        Ok(applied)
+    }
+
+    /// The versions in diesel's table.
+    pub(crate) fn applied_versions(&mut self) -> Result<Vec<String>, DriverError> {
+        let rows: Vec<VersionRow> = self.rows(
+            "cannot read __diesel_schema_migrations",
+            "SELECT version FROM {__diesel_schema_migrations}",
+            &[],
+        )?;
+        Ok(rows.into_iter().map(|r| r.version).collect())
+    }
+
+    /// Whether the history holds rows of `batch_id` matching `condition`.
+    pub(crate) fn has_history(
+        &mut self,
+        batch_id: &str,
+        condition: &str,
+    ) -> Result<bool, DriverError> {
+        if !self.table_exists(HISTORY)? {
+            return Ok(false);
+        }
+        let n = self.count(
+            "cannot read orchestrate_history",
+            &format!("SELECT count(*) AS n FROM {{orchestrate_history}} WHERE batch_id = ? AND {condition}"),
+            &[Arg::Text(batch_id)],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Records, once, that this bind's part of a decided batch was ended against the decision
+    /// by someone else (a heuristic outcome).
+    pub(crate) fn record_heuristic(
+        &mut self,
+        batch_id: &str,
+        detail: &str,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        self.create_tables(
+            "cannot create orchestrate_history",
+            &[(C::HISTORY_DDL, HISTORY)],
+        )?;
+        let row = Step::record_only(Version::from_stored("-"), detail.into(), None, None);
+        self.insert_history(batch_id, "heuristic", &row, at)
+            .map_err(|e| match e {
+                DriverError::Query {
+                    bind,
+                    source,
+                    class,
+                    ..
+                } => DriverError::Query {
+                    bind,
+                    what: "cannot record the heuristic outcome".into(),
+                    class,
+                    source,
+                },
+                other => other,
+            })
+    }
+
+    /// One row of `orchestrate_history`: `step`'s version, name, checksum and down SQL under
+    /// `direction` (`up`, `down`, `stamp`, `unstamp`, `undo`, `heuristic`).
+    fn insert_history(
+        &mut self,
+        batch_id: &str,
+        direction: &str,
+        step: &Step,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        self.exec(
+            "cannot record the migration in orchestrate_history",
+            "INSERT INTO {orchestrate_history} (batch_id, version, name, direction, checksum, down_sql, at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            &[
+                Arg::Text(batch_id),
+                Arg::Text(step.version.as_str()),
+                Arg::Text(&step.name),
+                Arg::Text(direction),
+                Arg::MaybeText(step.checksum.as_deref()),
+                Arg::MaybeText(step.down_sql.as_deref()),
+                Arg::Text(at),
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// Records a step in the version tables without running it (see
+    /// [`super::Bookkeeping::record_step`]).
+    pub(crate) fn record_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        label: &str,
+        step: &Step,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        let version = step.version.as_str();
+        let sql = match direction {
+            Direction::Up => "INSERT INTO {__diesel_schema_migrations} (version) VALUES (?)",
+            Direction::Down => "DELETE FROM {__diesel_schema_migrations} WHERE version = ?",
+        };
+        self.exec(
+            "cannot record the migration in __diesel_schema_migrations",
+            sql,
+            &[Arg::Text(version)],
+        )?;
+        self.insert_history(batch_id, label, step, at)
+    }
+
+    /// See [`super::Bookkeeping::check_plan_still_valid`].
+    pub(crate) fn check_plan_still_valid(
+        &mut self,
+        direction: Direction,
+        steps: &[Step],
+    ) -> Result<Vec<String>, DriverError> {
+        let applied = self.applied_versions()?;
+        for step in steps {
+            let is_applied = applied.iter().any(|v| v == step.version.as_str());
+            let expected = direction == Direction::Down;
+            if is_applied != expected {
+                return Err(DriverError::Moved {
+                    bind: self.bind(),
+                    detail: format!(
+                        "{} is {} now",
+                        step.name,
+                        if is_applied { "applied" } else { "not applied" }
+                    ),
+                });
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Runs one migration's SQL in the open batch transaction and records it. `left` says
+    /// whether the batch's transaction ended under the migration (then
+    /// [`DriverError::LeftTransaction`] is the answer, even when the migration failed
+    /// afterwards: what it ran before may be committed, which "rolled back" would hide).
+    pub(crate) fn run_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        step: &Step,
+        at: &str,
+        left: impl Fn(&mut Self) -> Result<bool, DriverError>,
+    ) -> Result<(), DriverError> {
+        let left_transaction = |bind: String| DriverError::LeftTransaction {
+            bind,
+            name: step.name.clone(),
+        };
+        if let Err(source) = self.conn.batch_execute(&step.sql) {
+            if matches!(left(self), Ok(true)) {
+                return Err(left_transaction(self.bind()));
+            }
+            return Err(self.migration_err(&step.name, source));
+        }
+        if left(self)? {
+            return Err(left_transaction(self.bind()));
+        }
+        self.record_step(batch_id, direction, &direction.to_string(), step, at)
+    }
+}
