@@ -28,25 +28,25 @@ MUTATIONS = [
         "decider-row-not-held",
         "the decider never holds its batch's row (once: its session was never tagged), so "
         "recover cannot see a live coordinator",
-        "crates/orchestrator/src/coordinator.rs",
-        ".and_then(|()| conn.hold_decision(&self.id));",
-        ";",
+        "crates/driver/src/participant/postgres.rs",
+        "        self.begin_batch()?;\n        self.hold_decision(batch_id)\n",
+        "        let _ = batch_id;\n        self.begin_batch()\n",
     ),
     (
         "sqlite-decider-always-gone",
         "a SQLite decider always counts as gone (its write lock is never probed)",
-        "crates/driver/src/conn.rs",
-        'Conn::Sqlite(_) => "BEGIN IMMEDIATE".to_string(),',
-        'Conn::Sqlite(_) => "SELECT 1".to_string(),',
+        "crates/driver/src/participant/sqlite.rs",
+        'let held = match s.conn.batch_execute("BEGIN IMMEDIATE") {',
+        'let held = match s.conn.batch_execute("SELECT 1") {',
     ),
     (
         "decision-after-commit",
         "the decision is written after the decider's COMMIT instead of inside its transaction",
         "crates/orchestrator/src/coordinator.rs",
-        "            .and_then(|()| Ok(decider_conn.decide_commit(record, &now_text())?))\n",
-        "            .and_then(|()| Ok(decider_conn.commit()?))\n"
-        "            .and_then(|()| Ok(decider_conn.decide_commit(record, &now_text())?))\n"
-        "            .and_then(|()| Ok(decider_conn.begin_batch()?))\n",
+        "        .and_then(|()| Ok(decider_conn.decide_commit(record, &now_text())?))\n",
+        "        .and_then(|()| Ok(decider_conn.commit()?))\n"
+        "        .and_then(|()| Ok(decider_conn.decide_commit(record, &now_text())?))\n"
+        "        .and_then(|()| Ok(decider_conn.begin_batch()?))\n",
     ),
     (
         "commit-lost-not-in-doubt",
@@ -59,14 +59,14 @@ MUTATIONS = [
     (
         "xa-rollback-never-sent",
         "XA ROLLBACK is never sent",
-        "crates/driver/src/conn.rs",
-        'return self.xa_finish(gid, "ROLLBACK");',
-        "return Ok(());",
+        "crates/driver/src/participant/xa.rs",
+        'self.xa_finish(gid, "ROLLBACK")',
+        "{ let _ = gid; Ok(()) }",
     ),
     (
         "prepare-not-verified",
         "PREPARE TRANSACTION is not checked in pg_prepared_xacts",
-        "crates/driver/src/conn.rs",
+        "crates/driver/src/participant/postgres.rs",
         "if found.n != 1 {",
         "if found.n != 1 && false {",
     ),
