@@ -73,10 +73,10 @@ MUTATIONS = [
 ]
 
 
-def run(name, what, path, text, replacement, target_dir):
+def run(name, what, path, text, replacement, target_dir, commit):
     with tempfile.TemporaryDirectory(prefix="orchestrate-mutant-") as tmp:
         tree = os.path.join(tmp, "tree")
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", tree, "HEAD"], cwd=REPO, check=True)
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", tree, commit], cwd=REPO, check=True)
         try:
             file = os.path.join(tree, path)
             source = open(file).read()
@@ -105,7 +105,10 @@ def main():
     # A target directory of its own: a build of the project running meanwhile writes the same
     # binary paths, and tests would run the other build's binary.
     target_dir = os.environ.get("MUTANTS_TARGET_DIR", os.path.join(REPO, "target", "mutants"))
-    results = [run(*m, target_dir) for m in chosen]
+    # Every mutation of one run applies to the same commit, even if HEAD moves meanwhile.
+    commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=REPO, text=True).strip()
+    print(f"mutating {commit}", flush=True)
+    results = [run(*m, target_dir, commit) for m in chosen]
     if any(r is None for r in results):
         sys.exit(2)
     sys.exit(0 if all(results) else 1)
