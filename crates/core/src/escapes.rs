@@ -316,28 +316,13 @@ fn lex(d: Dialect, sql: &str) -> Vec<Token> {
                 i = skip_line(b, i)
             }
             b'#' if d == Dialect::Mysql => i = skip_line(b, i),
-            b'/' if next == Some(b'*') => {
-                let rest = &b[i + 2..];
-                let marker = if d != Dialect::Mysql {
-                    None
-                } else if rest.starts_with(b"!") {
-                    Some(1)
-                } else if rest.starts_with(b"M!") {
-                    Some(2)
-                } else {
-                    None
-                };
-                match marker {
-                    Some(m) => {
-                        i += 2 + m;
-                        while i < b.len() && b[i].is_ascii_digit() {
-                            i += 1;
-                        }
-                        executable = true;
-                    }
-                    None => i = skip_block_comment(b, i, d == Dialect::Postgres),
+            b'/' if next == Some(b'*') => match executable_comment(d, b, i) {
+                Some(end) => {
+                    i = end;
+                    executable = true;
                 }
-            }
+                None => i = skip_block_comment(b, i, d == Dialect::Postgres),
+            },
             b'*' if executable && next == Some(b'/') => {
                 executable = false;
                 i += 2;
@@ -381,25 +366,9 @@ fn lex(d: Dialect, sql: &str) -> Vec<Token> {
                 i += 1;
             }
             c if is_word_byte(c) => {
-                let mut j = i;
-                while j < b.len() && is_word_byte(b[j]) {
-                    j += 1;
-                }
-                let word = sql[i..j].to_ascii_uppercase();
-                if d == Dialect::Postgres && word == "E" && b.get(j) == Some(&b'\'') {
-                    push(&mut out, Tok::Str);
-                    i = skip_quoted(b, j, b'\'', true);
-                } else if d == Dialect::Postgres
-                    && word == "U"
-                    && b.get(j) == Some(&b'&')
-                    && b.get(j + 1) == Some(&b'\'')
-                {
-                    push(&mut out, Tok::Str);
-                    i = skip_quoted(b, j + 1, b'\'', false);
-                } else {
-                    push(&mut out, Tok::Word(word));
-                    i = j;
-                }
+                let (tok, end) = word_token(d, sql, i);
+                push(&mut out, tok);
+                i = end;
             }
             other => {
                 push(&mut out, Tok::Punct(other as char));
@@ -408,6 +377,49 @@ fn lex(d: Dialect, sql: &str) -> Vec<Token> {
         }
     }
     out
+}
+
+/// MySQL's executable comments, `/*! ... */` and `/*M! ... */` (with an optional version
+/// number), whose text the server runs: where that text starts, or `None` for a comment.
+fn executable_comment(d: Dialect, b: &[u8], i: usize) -> Option<usize> {
+    if d != Dialect::Mysql {
+        return None;
+    }
+    let rest = &b[i + 2..];
+    let marker = if rest.starts_with(b"!") {
+        1
+    } else if rest.starts_with(b"M!") {
+        2
+    } else {
+        return None;
+    };
+    let mut end = i + 2 + marker;
+    while end < b.len() && b[end].is_ascii_digit() {
+        end += 1;
+    }
+    Some(end)
+}
+
+/// The word starting at `i`, upper-cased, and where it ends; PostgreSQL's `E'...'` and
+/// `U&'...'` are strings, not words.
+fn word_token(d: Dialect, sql: &str, i: usize) -> (Tok, usize) {
+    let b = sql.as_bytes();
+    let mut j = i;
+    while j < b.len() && is_word_byte(b[j]) {
+        j += 1;
+    }
+    let word = sql[i..j].to_ascii_uppercase();
+    if d == Dialect::Postgres && word == "E" && b.get(j) == Some(&b'\'') {
+        (Tok::Str, skip_quoted(b, j, b'\'', true))
+    } else if d == Dialect::Postgres
+        && word == "U"
+        && b.get(j) == Some(&b'&')
+        && b.get(j + 1) == Some(&b'\'')
+    {
+        (Tok::Str, skip_quoted(b, j + 1, b'\'', false))
+    } else {
+        (Tok::Word(word), j)
+    }
 }
 
 fn word(t: Option<&Token>) -> &str {
@@ -506,137 +518,186 @@ fn with_chain(name: &str, w: &[String]) -> String {
 
 /// What a statement (its top-level words, uppercased) would do to a batch, if anything.
 fn classify(d: Dialect, w: &[String]) -> Option<(String, Hazard)> {
-    let at = |i: usize| w.get(i).map(String::as_str).unwrap_or("");
-    let has = |x: &str| w.iter().any(|y| y == x);
-    let named = |s: &str, h: Hazard| Some((s.to_string(), h));
+    let w = Words(w);
+    transaction_control(d, &w).or_else(|| match d {
+        Dialect::Postgres => postgres_hazard(&w),
+        Dialect::Sqlite => sqlite_hazard(&w),
+        Dialect::Mysql => mysql_hazard(&w),
+    })
+}
+
+/// A statement's leading words, upper-cased.
+struct Words<'a>(&'a [String]);
+
+impl Words<'_> {
+    fn at(&self, i: usize) -> &str {
+        self.0.get(i).map(String::as_str).unwrap_or("")
+    }
+
+    fn has(&self, x: &str) -> bool {
+        self.0.iter().any(|y| y == x)
+    }
+}
+
+fn named(s: &str, h: Hazard) -> Option<(String, Hazard)> {
+    Some((s.to_string(), h))
+}
+
+/// Statements that end, open or two-phase the transaction, in every dialect that has them.
+fn transaction_control(d: Dialect, w: &Words) -> Option<(String, Hazard)> {
     use Dialect::*;
     use Hazard::*;
-    match (d, at(0)) {
+    match (d, w.at(0)) {
         (_, "BEGIN") => named("BEGIN", StartsTransaction),
-        (_, "START") if at(1) == "TRANSACTION" => named("START TRANSACTION", StartsTransaction),
-        (Postgres, "COMMIT") if at(1) == "PREPARED" => named("COMMIT PREPARED", TwoPhase),
-        (Postgres, "ROLLBACK") if at(1) == "PREPARED" => named("ROLLBACK PREPARED", TwoPhase),
-        (Postgres, "PREPARE") if at(1) == "TRANSACTION" => named("PREPARE TRANSACTION", TwoPhase),
-        (_, "COMMIT") => Some((with_chain("COMMIT", w), EndsTransaction)),
+        (_, "START") if w.at(1) == "TRANSACTION" => named("START TRANSACTION", StartsTransaction),
+        (Postgres, "COMMIT") if w.at(1) == "PREPARED" => named("COMMIT PREPARED", TwoPhase),
+        (Postgres, "ROLLBACK") if w.at(1) == "PREPARED" => named("ROLLBACK PREPARED", TwoPhase),
+        (Postgres, "PREPARE") if w.at(1) == "TRANSACTION" => named("PREPARE TRANSACTION", TwoPhase),
+        (_, "COMMIT") => Some((with_chain("COMMIT", w.0), EndsTransaction)),
         // ROLLBACK [WORK | TRANSACTION] TO [SAVEPOINT] name is a savepoint's: fine.
-        (_, "ROLLBACK") if !has("TO") => Some((with_chain("ROLLBACK", w), EndsTransaction)),
-        (Postgres | Sqlite, "END") => Some((with_chain("END", w), EndsTransaction)),
-        (Postgres, "ABORT") => Some((with_chain("ABORT", w), EndsTransaction)),
-        (Postgres, "SET") => {
-            let k = if matches!(at(1), "SESSION" | "LOCAL") {
-                2
-            } else {
-                1
-            };
-            match at(k) {
-                "TRANSACTION" => named("SET TRANSACTION", TransactionSettings),
-                "CHARACTERISTICS" => named(
-                    "SET SESSION CHARACTERISTICS AS TRANSACTION",
-                    TransactionSettings,
-                ),
-                "TRANSACTION_ISOLATION" | "TRANSACTION_READ_ONLY" | "TRANSACTION_DEFERRABLE" => {
-                    Some((
-                        format!("SET {}", at(k).to_ascii_lowercase()),
-                        TransactionSettings,
-                    ))
-                }
-                "AUTHORIZATION" if at(k - 1) == "SESSION" => {
-                    named("SET SESSION AUTHORIZATION", SessionIdentity)
-                }
-                "SESSION" if at(k + 1) == "AUTHORIZATION" => {
-                    named("SET SESSION AUTHORIZATION", SessionIdentity)
-                }
-                "SESSION_AUTHORIZATION" => named("SET SESSION AUTHORIZATION", SessionIdentity),
-                _ => None,
-            }
-        }
-        (Postgres, "RESET")
-            if (at(1) == "SESSION" && at(2) == "AUTHORIZATION")
-                || at(1) == "SESSION_AUTHORIZATION" =>
+        (_, "ROLLBACK") if !w.has("TO") => Some((with_chain("ROLLBACK", w.0), EndsTransaction)),
+        (Postgres | Sqlite, "END") => Some((with_chain("END", w.0), EndsTransaction)),
+        (Postgres, "ABORT") => Some((with_chain("ABORT", w.0), EndsTransaction)),
+        _ => None,
+    }
+}
+
+/// PostgreSQL: session settings and identity, and statements that cannot run in a
+/// transaction block.
+fn postgres_hazard(w: &Words) -> Option<(String, Hazard)> {
+    use Hazard::*;
+    match w.at(0) {
+        "SET" => postgres_set(w),
+        "RESET"
+            if (w.at(1) == "SESSION" && w.at(2) == "AUTHORIZATION")
+                || w.at(1) == "SESSION_AUTHORIZATION" =>
         {
             named("RESET SESSION AUTHORIZATION", SessionIdentity)
         }
-        (Postgres, "DISCARD") if at(1) == "ALL" => named("DISCARD ALL", SessionIdentity),
-        (Postgres, "CREATE") => {
-            let k = if at(1) == "UNIQUE" { 2 } else { 1 };
-            match (at(k), at(k + 1)) {
+        "DISCARD" if w.at(1) == "ALL" => named("DISCARD ALL", SessionIdentity),
+        "CREATE" => {
+            let k = if w.at(1) == "UNIQUE" { 2 } else { 1 };
+            match (w.at(k), w.at(k + 1)) {
                 ("INDEX", "CONCURRENTLY") => named("CREATE INDEX CONCURRENTLY", OutsideTransaction),
                 ("DATABASE", _) => named("CREATE DATABASE", OutsideTransaction),
                 ("TABLESPACE", _) => named("CREATE TABLESPACE", OutsideTransaction),
                 _ => None,
             }
         }
-        (Postgres, "DROP") => match (at(1), at(2)) {
+        "DROP" => match (w.at(1), w.at(2)) {
             ("INDEX", "CONCURRENTLY") => named("DROP INDEX CONCURRENTLY", OutsideTransaction),
             ("DATABASE", _) => named("DROP DATABASE", OutsideTransaction),
             ("TABLESPACE", _) => named("DROP TABLESPACE", OutsideTransaction),
             _ => None,
         },
-        (Postgres, "REINDEX") if has("CONCURRENTLY") => {
-            named("REINDEX CONCURRENTLY", OutsideTransaction)
-        }
-        (Postgres | Sqlite, "VACUUM") => named("VACUUM", OutsideTransaction),
-        (Postgres, "ALTER") => match at(1) {
+        "REINDEX" if w.has("CONCURRENTLY") => named("REINDEX CONCURRENTLY", OutsideTransaction),
+        "VACUUM" => named("VACUUM", OutsideTransaction),
+        "ALTER" => match w.at(1) {
             "SYSTEM" => named("ALTER SYSTEM", OutsideTransaction),
-            "TABLE" if has("DETACH") && has("CONCURRENTLY") => named(
+            "TABLE" if w.has("DETACH") && w.has("CONCURRENTLY") => named(
                 "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY",
                 OutsideTransaction,
             ),
-            "DATABASE" if has("SET") && has("TABLESPACE") => {
+            "DATABASE" if w.has("SET") && w.has("TABLESPACE") => {
                 named("ALTER DATABASE ... SET TABLESPACE", OutsideTransaction)
             }
             _ => None,
         },
-        (Sqlite, "ATTACH") => named("ATTACH", AttachDetach),
-        (Sqlite, "DETACH") => named("DETACH", AttachDetach),
-        (Sqlite, "PRAGMA") => {
-            let k = if at(2) == "." { 3 } else { 1 };
-            let setting = matches!(at(k + 1), "=" | "(");
-            match at(k) {
+        _ => None,
+    }
+}
+
+/// PostgreSQL `SET`: transaction characteristics and the session's identity.
+fn postgres_set(w: &Words) -> Option<(String, Hazard)> {
+    use Hazard::*;
+    let k = if matches!(w.at(1), "SESSION" | "LOCAL") {
+        2
+    } else {
+        1
+    };
+    match w.at(k) {
+        "TRANSACTION" => named("SET TRANSACTION", TransactionSettings),
+        "CHARACTERISTICS" => named(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION",
+            TransactionSettings,
+        ),
+        "TRANSACTION_ISOLATION" | "TRANSACTION_READ_ONLY" | "TRANSACTION_DEFERRABLE" => Some((
+            format!("SET {}", w.at(k).to_ascii_lowercase()),
+            TransactionSettings,
+        )),
+        "AUTHORIZATION" if w.at(k - 1) == "SESSION" => {
+            named("SET SESSION AUTHORIZATION", SessionIdentity)
+        }
+        "SESSION" if w.at(k + 1) == "AUTHORIZATION" => {
+            named("SET SESSION AUTHORIZATION", SessionIdentity)
+        }
+        "SESSION_AUTHORIZATION" => named("SET SESSION AUTHORIZATION", SessionIdentity),
+        _ => None,
+    }
+}
+
+/// SQLite: other databases attached, durability pragmas, VACUUM.
+fn sqlite_hazard(w: &Words) -> Option<(String, Hazard)> {
+    use Hazard::*;
+    match w.at(0) {
+        "VACUUM" => named("VACUUM", OutsideTransaction),
+        "ATTACH" => named("ATTACH", AttachDetach),
+        "DETACH" => named("DETACH", AttachDetach),
+        "PRAGMA" => {
+            let k = if w.at(2) == "." { 3 } else { 1 };
+            let setting = matches!(w.at(k + 1), "=" | "(");
+            match w.at(k) {
                 p @ ("SYNCHRONOUS" | "JOURNAL_MODE" | "LOCKING_MODE") if setting => {
                     Some((format!("PRAGMA {}", p.to_ascii_lowercase()), Durability))
                 }
                 _ => None,
             }
         }
-        (Mysql, "XA") => Some((format!("XA {}", at(1)).trim_end().to_string(), Xa)),
-        (Mysql, "USE") => named("USE", UseDatabase),
-        (Mysql, "LOCK") if matches!(at(1), "TABLES" | "TABLE") => named("LOCK TABLES", TableLocks),
-        (Mysql, "UNLOCK") if matches!(at(1), "TABLES" | "TABLE") => {
-            named("UNLOCK TABLES", TableLocks)
-        }
-        (Mysql, "SET") => {
-            if at(1) == "TRANSACTION"
-                || (matches!(at(1), "GLOBAL" | "SESSION" | "LOCAL") && at(2) == "TRANSACTION")
-            {
-                return named("SET TRANSACTION", TransactionSettings);
-            }
-            // An assignment to a system variable: `name =`, `@@name =`, `@@session.name :=`;
-            // not a user variable (`@name`).
-            for (i, x) in w.iter().enumerate() {
-                let assigned = matches!(at(i + 1), "=" | ":");
-                let user_variable = i >= 1 && at(i - 1) == "@" && (i < 2 || at(i - 2) != "@");
-                if !assigned || user_variable {
-                    continue;
-                }
-                match x.as_str() {
-                    "AUTOCOMMIT" => return named("SET autocommit", Autocommit),
-                    "TRANSACTION_ISOLATION"
-                    | "TX_ISOLATION"
-                    | "TRANSACTION_READ_ONLY"
-                    | "TX_READ_ONLY" => {
-                        return Some((
-                            format!("SET {}", x.to_ascii_lowercase()),
-                            TransactionSettings,
-                        ))
-                    }
-                    _ => {}
-                }
-            }
-            None
-        }
         _ => None,
     }
+}
+
+/// MySQL: XA, USE, table locks, and `SET` of autocommit or transaction characteristics.
+fn mysql_hazard(w: &Words) -> Option<(String, Hazard)> {
+    use Hazard::*;
+    match w.at(0) {
+        "XA" => Some((format!("XA {}", w.at(1)).trim_end().to_string(), Xa)),
+        "USE" => named("USE", UseDatabase),
+        "LOCK" if matches!(w.at(1), "TABLES" | "TABLE") => named("LOCK TABLES", TableLocks),
+        "UNLOCK" if matches!(w.at(1), "TABLES" | "TABLE") => named("UNLOCK TABLES", TableLocks),
+        "SET" => mysql_set(w),
+        _ => None,
+    }
+}
+
+/// MySQL `SET`: `SET TRANSACTION`, or an assignment to a system variable that changes how
+/// the session's transactions work (`name =`, `@@name =`, `@@session.name :=`; not a user
+/// variable, `@name`).
+fn mysql_set(w: &Words) -> Option<(String, Hazard)> {
+    use Hazard::*;
+    if w.at(1) == "TRANSACTION"
+        || (matches!(w.at(1), "GLOBAL" | "SESSION" | "LOCAL") && w.at(2) == "TRANSACTION")
+    {
+        return named("SET TRANSACTION", TransactionSettings);
+    }
+    for (i, x) in w.0.iter().enumerate() {
+        let assigned = matches!(w.at(i + 1), "=" | ":");
+        let user_variable = i >= 1 && w.at(i - 1) == "@" && (i < 2 || w.at(i - 2) != "@");
+        if !assigned || user_variable {
+            continue;
+        }
+        match x.as_str() {
+            "AUTOCOMMIT" => return named("SET autocommit", Autocommit),
+            "TRANSACTION_ISOLATION" | "TX_ISOLATION" | "TRANSACTION_READ_ONLY" | "TX_READ_ONLY" => {
+                return Some((
+                    format!("SET {}", x.to_ascii_lowercase()),
+                    TransactionSettings,
+                ))
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -118,65 +118,9 @@ impl Endpoint {
         }
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
-            Some("mysql") => {
-                let parsed =
-                    url::Url::parse(url).map_err(|e| bad(format!("not a valid MySQL URL: {e}")))?;
-                register_url_secrets(&parsed);
-                if parsed.path().trim_matches('/').is_empty() {
-                    return Err(bad(
-                        "a MySQL URL must name its database: mysql://USER:PASSWORD@HOST:3306/DB"
-                            .into(),
-                    ));
-                }
-                Ok(Endpoint {
-                    bind: bind.into(),
-                    backend: Backend::Mysql,
-                    url: parsed.into(),
-                    redacted: redact_url(url),
-                    sqlite_path: None,
-                })
-            }
-            Some("postgres") | Some("postgresql") => {
-                let parsed = url::Url::parse(url)
-                    .map_err(|e| bad(format!("not a valid PostgreSQL URL: {e}")))?;
-                register_url_secrets(&parsed);
-                // A bounded wait for unreachable servers, unless the user chose one.
-                let mut connect = parsed.clone();
-                if !parsed.query_pairs().any(|(k, _)| k == "connect_timeout") {
-                    connect
-                        .query_pairs_mut()
-                        .append_pair("connect_timeout", "10");
-                }
-                Ok(Endpoint {
-                    bind: bind.into(),
-                    backend: Backend::Postgres,
-                    url: connect.into(),
-                    redacted: redact_url(url),
-                    sqlite_path: None,
-                })
-            }
-            Some("sqlite") => {
-                let path = &url["sqlite://".len()..];
-                if path.is_empty() {
-                    return Err(bad(
-                        "`sqlite://` needs a file path, such as sqlite://var/app.sqlite3".into(),
-                    ));
-                }
-                if path.to_ascii_lowercase().starts_with("file:") {
-                    return Err(bad(
-                        "SQLite URI filenames (file:...) are not supported; give a path: sqlite://var/NAME.sqlite3 (relative to the project root) or sqlite:///absolute/path".into(),
-                    ));
-                }
-                let path = root.join(path);
-                let shown = path.display().to_string();
-                Ok(Endpoint {
-                    bind: bind.into(),
-                    backend: Backend::Sqlite,
-                    url: shown.clone(),
-                    redacted: format!("sqlite://{shown}"),
-                    sqlite_path: Some(path),
-                })
-            }
+            Some("mysql") => Self::mysql(bind, url).map_err(bad),
+            Some("postgres") | Some("postgresql") => Self::postgres(bind, url).map_err(bad),
+            Some("sqlite") => Self::sqlite(bind, &url["sqlite://".len()..], root).map_err(bad),
             Some(other) => Err(bad(format!(
                 "the scheme `{other}://` is not supported; use postgres://USER@HOST/DB, mysql://USER@HOST/DB or sqlite://PATH"
             ))),
@@ -188,6 +132,64 @@ impl Endpoint {
                     .into(),
             )),
         }
+    }
+
+    fn mysql(bind: &str, url: &str) -> Result<Endpoint, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("not a valid MySQL URL: {e}"))?;
+        register_url_secrets(&parsed);
+        if parsed.path().trim_matches('/').is_empty() {
+            return Err(
+                "a MySQL URL must name its database: mysql://USER:PASSWORD@HOST:3306/DB".into(),
+            );
+        }
+        Ok(Endpoint {
+            bind: bind.into(),
+            backend: Backend::Mysql,
+            url: parsed.into(),
+            redacted: redact_url(url),
+            sqlite_path: None,
+        })
+    }
+
+    fn postgres(bind: &str, url: &str) -> Result<Endpoint, String> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
+        register_url_secrets(&parsed);
+        // A bounded wait for unreachable servers, unless the user chose one.
+        let mut connect = parsed.clone();
+        if !parsed.query_pairs().any(|(k, _)| k == "connect_timeout") {
+            connect
+                .query_pairs_mut()
+                .append_pair("connect_timeout", "10");
+        }
+        Ok(Endpoint {
+            bind: bind.into(),
+            backend: Backend::Postgres,
+            url: connect.into(),
+            redacted: redact_url(url),
+            sqlite_path: None,
+        })
+    }
+
+    /// `path` is what follows `sqlite://`, relative to `root` unless absolute.
+    fn sqlite(bind: &str, path: &str, root: &Path) -> Result<Endpoint, String> {
+        if path.is_empty() {
+            return Err("`sqlite://` needs a file path, such as sqlite://var/app.sqlite3".into());
+        }
+        if path.to_ascii_lowercase().starts_with("file:") {
+            return Err(
+                "SQLite URI filenames (file:...) are not supported; give a path: sqlite://var/NAME.sqlite3 (relative to the project root) or sqlite:///absolute/path".into(),
+            );
+        }
+        let path = root.join(path);
+        let shown = path.display().to_string();
+        Ok(Endpoint {
+            bind: bind.into(),
+            backend: Backend::Sqlite,
+            url: shown.clone(),
+            redacted: format!("sqlite://{shown}"),
+            sqlite_path: Some(path),
+        })
     }
 
     /// What names this bind's database, for finding two binds that name one: the backend,

@@ -181,62 +181,8 @@ fn alter_set_name(what: &str, set: Option<&pg_query::protobuf::VariableSetStmt>)
 fn postgres_statement(node: &NodeEnum, first_word: &str) -> Option<(String, Hazard)> {
     let named = |s: &str, h: Hazard| Some((s.to_string(), h));
     match node {
-        NodeEnum::TransactionStmt(t) => {
-            let chain = if t.chain { " AND CHAIN" } else { "" };
-            match TransactionStmtKind::try_from(t.kind).ok()? {
-                TransactionStmtKind::TransStmtBegin => named("BEGIN", Hazard::StartsTransaction),
-                TransactionStmtKind::TransStmtStart => {
-                    named("START TRANSACTION", Hazard::StartsTransaction)
-                }
-                TransactionStmtKind::TransStmtCommit | TransactionStmtKind::TransStmtRollback => {
-                    Some((format!("{first_word}{chain}"), Hazard::EndsTransaction))
-                }
-                TransactionStmtKind::TransStmtPrepare => {
-                    named("PREPARE TRANSACTION", Hazard::TwoPhase)
-                }
-                TransactionStmtKind::TransStmtCommitPrepared => {
-                    named("COMMIT PREPARED", Hazard::TwoPhase)
-                }
-                TransactionStmtKind::TransStmtRollbackPrepared => {
-                    named("ROLLBACK PREPARED", Hazard::TwoPhase)
-                }
-                TransactionStmtKind::TransStmtSavepoint
-                | TransactionStmtKind::TransStmtRelease
-                | TransactionStmtKind::TransStmtRollbackTo
-                | TransactionStmtKind::Undefined => None,
-            }
-        }
-        NodeEnum::VariableSetStmt(v) => {
-            let kind = VariableSetKind::try_from(v.kind).ok()?;
-            let name = v.name.to_ascii_lowercase();
-            match name.as_str() {
-                "session_authorization" if kind == VariableSetKind::VarReset => {
-                    named("RESET SESSION AUTHORIZATION", Hazard::SessionIdentity)
-                }
-                "session_authorization" => {
-                    named("SET SESSION AUTHORIZATION", Hazard::SessionIdentity)
-                }
-                "transaction" | "transaction snapshot" => {
-                    named("SET TRANSACTION", Hazard::TransactionSettings)
-                }
-                "session characteristics" => named(
-                    "SET SESSION CHARACTERISTICS AS TRANSACTION",
-                    Hazard::TransactionSettings,
-                ),
-                "standard_conforming_strings" => {
-                    named("SET standard_conforming_strings", Hazard::StringSyntax)
-                }
-                "transaction_isolation" | "transaction_read_only" | "transaction_deferrable" => {
-                    let verb = if kind == VariableSetKind::VarReset {
-                        "RESET"
-                    } else {
-                        "SET"
-                    };
-                    Some((format!("{verb} {name}"), Hazard::TransactionSettings))
-                }
-                _ => None,
-            }
-        }
+        NodeEnum::TransactionStmt(t) => transaction_statement(t, first_word),
+        NodeEnum::VariableSetStmt(v) => variable_set(v),
         NodeEnum::AlterDatabaseSetStmt(a) if sets_search_path(a.setstmt.as_ref()) => Some((
             alter_set_name("DATABASE", a.setstmt.as_ref()),
             Hazard::SearchPathDefault,
@@ -271,26 +217,86 @@ fn postgres_statement(node: &NodeEnum, first_word: &str) -> Option<(String, Haza
                 Hazard::OutsideTransaction,
             )
         }
-        NodeEnum::AlterTableStmt(a) => {
-            let detaches_concurrently = a.cmds.iter().any(|c| {
-                let Some(NodeEnum::AlterTableCmd(cmd)) = &c.node else {
-                    return false;
-                };
-                cmd.subtype == AlterTableType::AtDetachPartition as i32
-                    && matches!(
-                        cmd.def.as_ref().and_then(|d| d.node.as_ref()),
-                        Some(NodeEnum::PartitionCmd(p)) if p.concurrent
-                    )
-            });
-            detaches_concurrently.then(|| {
-                (
-                    "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY".to_string(),
-                    Hazard::OutsideTransaction,
-                )
-            })
+        NodeEnum::AlterTableStmt(a) if detaches_concurrently(a) => named(
+            "ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY",
+            Hazard::OutsideTransaction,
+        ),
+        _ => None,
+    }
+}
+
+/// Transaction control: what ends, opens or two-phases the batch's transaction (savepoints
+/// are fine).
+fn transaction_statement(
+    t: &pg_query::protobuf::TransactionStmt,
+    first_word: &str,
+) -> Option<(String, Hazard)> {
+    let named = |s: &str, h: Hazard| Some((s.to_string(), h));
+    let chain = if t.chain { " AND CHAIN" } else { "" };
+    match TransactionStmtKind::try_from(t.kind).ok()? {
+        TransactionStmtKind::TransStmtBegin => named("BEGIN", Hazard::StartsTransaction),
+        TransactionStmtKind::TransStmtStart => {
+            named("START TRANSACTION", Hazard::StartsTransaction)
+        }
+        TransactionStmtKind::TransStmtCommit | TransactionStmtKind::TransStmtRollback => {
+            Some((format!("{first_word}{chain}"), Hazard::EndsTransaction))
+        }
+        TransactionStmtKind::TransStmtPrepare => named("PREPARE TRANSACTION", Hazard::TwoPhase),
+        TransactionStmtKind::TransStmtCommitPrepared => named("COMMIT PREPARED", Hazard::TwoPhase),
+        TransactionStmtKind::TransStmtRollbackPrepared => {
+            named("ROLLBACK PREPARED", Hazard::TwoPhase)
+        }
+        TransactionStmtKind::TransStmtSavepoint
+        | TransactionStmtKind::TransStmtRelease
+        | TransactionStmtKind::TransStmtRollbackTo
+        | TransactionStmtKind::Undefined => None,
+    }
+}
+
+/// `SET` / `RESET` of the session's identity, transaction characteristics or string syntax.
+fn variable_set(v: &pg_query::protobuf::VariableSetStmt) -> Option<(String, Hazard)> {
+    let named = |s: &str, h: Hazard| Some((s.to_string(), h));
+    let kind = VariableSetKind::try_from(v.kind).ok()?;
+    let name = v.name.to_ascii_lowercase();
+    match name.as_str() {
+        "session_authorization" if kind == VariableSetKind::VarReset => {
+            named("RESET SESSION AUTHORIZATION", Hazard::SessionIdentity)
+        }
+        "session_authorization" => named("SET SESSION AUTHORIZATION", Hazard::SessionIdentity),
+        "transaction" | "transaction snapshot" => {
+            named("SET TRANSACTION", Hazard::TransactionSettings)
+        }
+        "session characteristics" => named(
+            "SET SESSION CHARACTERISTICS AS TRANSACTION",
+            Hazard::TransactionSettings,
+        ),
+        "standard_conforming_strings" => {
+            named("SET standard_conforming_strings", Hazard::StringSyntax)
+        }
+        "transaction_isolation" | "transaction_read_only" | "transaction_deferrable" => {
+            let verb = if kind == VariableSetKind::VarReset {
+                "RESET"
+            } else {
+                "SET"
+            };
+            Some((format!("{verb} {name}"), Hazard::TransactionSettings))
         }
         _ => None,
     }
+}
+
+/// `ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY`.
+fn detaches_concurrently(a: &pg_query::protobuf::AlterTableStmt) -> bool {
+    a.cmds.iter().any(|c| {
+        let Some(NodeEnum::AlterTableCmd(cmd)) = &c.node else {
+            return false;
+        };
+        cmd.subtype == AlterTableType::AtDetachPartition as i32
+            && matches!(
+                cmd.def.as_ref().and_then(|d| d.node.as_ref()),
+                Some(NodeEnum::PartitionCmd(p)) if p.concurrent
+            )
+    })
 }
 
 #[cfg(test)]
