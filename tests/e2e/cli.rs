@@ -349,3 +349,125 @@ fn check_exit_codes() {
     assert!(run.stdout.contains("no up.sql"), "{}", run.stdout);
     p.assert_states(&done);
 }
+
+/// The `error: ...` lines a run printed.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect()
+}
+
+/// `check` is the gate for what `upgrade --all-binds` would do: for each kind of batch that
+/// upgrade refuses, check fails with the same exit code and the same error lines, touches
+/// nothing, and with `--json` both say it in one JSON object on stdout.
+#[test]
+fn check_refuses_what_upgrade_refuses() {
+    // A server that cannot hold the batch's prepared transactions.
+    let cluster = crate::support::OwnCluster::start_with(&[("PG_MAX_PREPARED", "1")]);
+    let mut small = Project::new();
+    small.config("decider = \"a_lite\"");
+    small
+        .add_sqlite("a_lite")
+        .add_pg_at("b_pg", &cluster.url)
+        .add_pg_at("c_pg", &cluster.url);
+    // A MySQL bind with a schema change, without --allow-non-atomic.
+    let mut consent = Project::new();
+    consent.add_pg("a_pg").add_mysql("shop");
+    // A statement that cannot run inside the batch's transaction.
+    let mut concurrently = Project::new();
+    concurrently.add_pg("a_pg");
+    concurrently.migration(
+        "a_pg",
+        "2_idx",
+        "CREATE INDEX CONCURRENTLY t_idx ON t (id);",
+        Some("DROP INDEX t_idx;"),
+    );
+    for (name, p) in [
+        ("capacity", &mut small),
+        ("consent", &mut consent),
+        ("concurrently", &mut concurrently),
+    ] {
+        let binds: Vec<String> = p.binds.iter().map(|(b, _)| b.clone()).collect();
+        for bind in &binds {
+            p.create_table(bind, "1_t", &format!("t_{bind}"));
+        }
+        if name == "concurrently" {
+            p.create_table("a_pg", "1_t", "t");
+        }
+        let upgrade = p.run(&["upgrade", "--all-binds"]);
+        let check = p.run(&["check"]);
+        assert!(upgrade.code != 0, "{name}: {upgrade:?}");
+        assert_eq!(check.code, upgrade.code, "{name}: {check:?}\n{upgrade:?}");
+        let wanted = error_lines(&upgrade.stderr);
+        assert!(!wanted.is_empty(), "{name}: {upgrade:?}");
+        for line in &wanted {
+            assert!(
+                check.stderr.contains(line),
+                "{name}: check lacks `{line}`: {check:?}"
+            );
+        }
+        assert!(check.stdout.contains("check failed"), "{name}: {check:?}");
+        for args in [
+            &["upgrade", "--all-binds", "--json"][..],
+            &["check", "--json"][..],
+        ] {
+            let run = p.run(args);
+            let v: serde_json::Value = serde_json::from_str(&run.stdout)
+                .unwrap_or_else(|e| panic!("{name}: {args:?}: not JSON ({e}): {run:?}"));
+            assert_eq!(v["error"]["exit"], upgrade.code, "{name}: {args:?}: {v}");
+            assert_eq!(v["error"]["changed"], false, "{name}: {args:?}: {v}");
+            assert!(
+                wanted.contains(
+                    &format!("error: {}", v["error"]["message"].as_str().unwrap()).as_str()
+                ),
+                "{name}: {args:?}: {v}"
+            );
+        }
+        if name != "consent" {
+            // --sql shows no plan that would be refused.
+            let sql = p.run(&["upgrade", "--all-binds", "--sql"]);
+            assert_eq!(sql.code, upgrade.code, "{name}: {sql:?}");
+        }
+        let untouched: Vec<(&str, crate::support::DbState)> = binds
+            .iter()
+            .map(|b| (b.as_str(), state(&[], &[])))
+            .collect();
+        p.assert_states(&untouched);
+    }
+}
+
+/// An environment variable that would override a bind no file defines (a typo of its name) is
+/// refused, naming the variable and the binds that exist, instead of migrating the file's URL.
+#[test]
+fn an_override_for_a_bind_that_does_not_exist_is_refused() {
+    let mut p = Project::new();
+    p.add_sqlite("users");
+    p.create_table("users", "1_t", "t");
+    let run = p.run_with(
+        &["upgrade", "--bind", "users"],
+        &[(
+            "ORCHESTRATE__BINDS__USER__URL",
+            "sqlite://var/elsewhere.sqlite3",
+        )],
+    );
+    run.expect(2);
+    assert!(
+        run.stderr.contains("ORCHESTRATE__BINDS__USER__URL")
+            && run.stderr.contains("configured binds: users"),
+        "{}",
+        run.stderr
+    );
+    p.assert_states(&[("users", state(&[], &[]))]);
+    // The right name overrides as before.
+    let Db::Sqlite(path) = p.db("users") else {
+        unreachable!()
+    };
+    let url = format!("sqlite://{}", path.display());
+    p.run_with(
+        &["upgrade", "--bind", "users"],
+        &[("ORCHESTRATE__BINDS__USERS__URL", &url)],
+    )
+    .expect(0);
+    p.assert_states(&[("users", state(&["t"], &["1"]))]);
+}

@@ -78,6 +78,11 @@ pub enum Command {
         /// Count pending migrations as a problem (for a gate after a deploy).
         #[arg(long)]
         no_pending: bool,
+        /// Check the batch `upgrade --all-binds --allow-non-atomic` would run, for deploys
+        /// that pass it (without it, pending migrations on MySQL binds that cannot join
+        /// atomically fail the check, as they fail such an upgrade).
+        #[arg(long)]
+        allow_non_atomic: bool,
     },
     /// Record a bind as being at REV without running anything (`base`: nothing applied), for
     /// adopting a database that was migrated by other means.
@@ -207,10 +212,18 @@ pub struct MigrateArgs {
     pub allow_non_atomic: bool,
 }
 
-/// Runs a parsed command line and returns the exit code.
 /// Runs one command and returns its exit code ([`exit`]).
 pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
-    let mut o = Output { out, err };
+    let json = match &cli.command {
+        Command::Status { json, .. }
+        | Command::History { json, .. }
+        | Command::Check { json, .. }
+        | Command::Recover { json, .. } => *json,
+        Command::Upgrade(args) => args.common.json,
+        Command::Downgrade(args) => args.json,
+        _ => false,
+    };
+    let mut o = Output { out, err, json };
     // Commands that only read end at once on a signal; upgrade and downgrade only once their
     // batch starts writing (the coordinator says so), the others from the start.
     if !matches!(
@@ -255,9 +268,11 @@ fn dispatch(command: Command, settings: &Settings, o: &mut Output) -> i32 {
             commands::migrate::migrate(settings, Direction::Down, &args, Allow::default(), o)
         }
         Command::History { bind, json } => commands::history::history(settings, &bind, json, o),
-        Command::Check { json, no_pending } => {
-            commands::status::check(settings, json, no_pending, o)
-        }
+        Command::Check {
+            json,
+            no_pending,
+            allow_non_atomic,
+        } => commands::status::check(settings, json, no_pending, allow_non_atomic, o),
         Command::Init => unreachable!("handled before the settings are loaded"),
         Command::New { bind, description } => match one(bind) {
             Ok(b) => o.result(crate::manage::new_migration(b, &description.join(" "))),

@@ -193,6 +193,54 @@ fn expand_template(
         .collect()
 }
 
+/// An environment variable can override a bind or template that a configuration file
+/// defines, never create one: `ORCHESTRATE__BINDS__USER__URL` when the files define `users`
+/// is a typo that would otherwise migrate the file's URL and add a bind nobody meant.
+fn check_env_overrides(
+    files: &config::ConfigBuilder<config::builder::DefaultState>,
+    sources: &Sources,
+) -> Result<(), SettingsError> {
+    let vars: Vec<String> = match &sources.environment {
+        Some(vars) => vars.keys().cloned().collect(),
+        None => std::env::vars().map(|(k, _)| k).collect(),
+    };
+    let mut defined: Option<config::Config> = None;
+    for var in vars {
+        let upper = var.to_ascii_uppercase();
+        let Some(rest) = upper.strip_prefix("ORCHESTRATE__") else {
+            continue;
+        };
+        let mut parts = rest.split("__");
+        let (Some(section @ ("BINDS" | "TEMPLATES")), Some(name)) = (parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let section = section.to_ascii_lowercase();
+        let config = match &defined {
+            Some(c) => c,
+            None => defined.insert(
+                files
+                    .clone()
+                    .build()
+                    .map_err(|e| SettingsError::Invalid(e.to_string()))?,
+            ),
+        };
+        let known: Vec<String> = config
+            .get_table(&section)
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        if !known.iter().any(|k| k.eq_ignore_ascii_case(name)) {
+            return Err(SettingsError::Invalid(format!(
+                "the environment variable {var} overrides {} `{}`, which no configuration file defines (configured {section}: {}); fix the variable's name, or define it in config/default.toml",
+                if section == "binds" { "bind" } else { "template" },
+                name.to_ascii_lowercase(),
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Settings {
     pub fn load(sources: &Sources) -> Result<Settings, SettingsError> {
         // Secrets in the files and variables are known before the parser can quote them.
@@ -242,6 +290,7 @@ impl Settings {
             }
             builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
         }
+        check_env_overrides(&builder, sources)?;
         let environment = Environment::with_prefix("ORCHESTRATE")
             .separator("__")
             .ignore_empty(true)

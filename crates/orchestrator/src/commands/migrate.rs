@@ -34,19 +34,12 @@ pub fn migrate(
     allow: Allow,
     o: &mut Output,
 ) -> i32 {
-    let plans = match validate(settings, direction, args, allow) {
-        Ok(plans) => plans,
+    let checked = match check_batch(settings, direction, args, allow) {
+        Ok(checked) => checked,
         Err(refusal) => return o.refuse(refusal),
     };
-    print_down_sql_notes(&plans, o);
-    let works: Vec<BindWork> = plans
-        .iter()
-        .filter(|(_, p)| !p.steps.is_empty())
-        .map(|(b, p)| BindWork {
-            endpoint: b.endpoint.clone(),
-            plan: p.clone(),
-        })
-        .collect();
+    print_down_sql_notes(&checked.plans, o);
+    let works = checked.works;
     if works.is_empty() {
         if args.json {
             o.json(&json!({"result": "nothing to do", "binds": []}));
@@ -55,19 +48,12 @@ pub fn migrate(
         }
         return exit::OK;
     }
-    let refusals = consent_refusals(&works, direction, args);
-    if !refusals.is_empty() {
-        return o.refuse(Refusal::invalid(refusals));
-    }
     if args.sql {
         print_sql(settings, &works, &mut *o.out);
         return exit::OK;
     }
     if !args.json {
         print_guarantees(settings, &works, o);
-    }
-    if let Err(problems) = check_prepared_capacity(settings, &works) {
-        return o.refuse(Refusal::invalid(problems));
     }
     let migrations: BTreeMap<String, usize> = works
         .iter()
@@ -91,6 +77,41 @@ pub fn migrate(
     } else {
         print_outcome(report, o)
     }
+}
+
+/// A batch that passed every check, ready to run: every selected bind's plan, and the work
+/// of those with something to do.
+pub(crate) struct Checked<'s> {
+    pub plans: Vec<(&'s BindSettings, Plan)>,
+    pub works: Vec<BindWork>,
+}
+
+/// The one validation of a batch, shared by `upgrade`, `downgrade`, their `--sql`, and
+/// `check`: the plans ([`validate`]), then consent for non-atomic binds, then the servers'
+/// capacity for prepared transactions. A refusal here is exactly what the command would say.
+pub(crate) fn check_batch<'s>(
+    settings: &'s Settings,
+    direction: Direction,
+    args: &MigrateArgs,
+    allow: Allow,
+) -> Result<Checked<'s>, Refusal> {
+    let plans = validate(settings, direction, args, allow)?;
+    let works: Vec<BindWork> = plans
+        .iter()
+        .filter(|(_, p)| !p.steps.is_empty())
+        .map(|(b, p)| BindWork {
+            endpoint: b.endpoint.clone(),
+            plan: p.clone(),
+        })
+        .collect();
+    if !works.is_empty() {
+        let refusals = consent_refusals(&works, direction, args);
+        if !refusals.is_empty() {
+            return Err(Refusal::invalid(refusals));
+        }
+        check_prepared_capacity(settings, &works).map_err(Refusal::invalid)?;
+    }
+    Ok(Checked { plans, works })
 }
 
 /// Everything checked before a batch touches anything: the selected binds, their targets,

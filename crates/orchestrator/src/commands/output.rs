@@ -11,6 +11,8 @@ use crate::exit;
 pub struct Output<'a> {
     pub out: &'a mut (dyn Write + Send),
     pub err: &'a mut dyn Write,
+    /// The command was given `--json`: a refusal is also a JSON error object on `out`.
+    pub json: bool,
 }
 
 /// Why a command stops before touching anything: the exit code, the errors, and the closing
@@ -23,6 +25,22 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// The refusal as the `error` object of `--json` output.
+    pub fn to_json(&self) -> serde_json::Value {
+        let kind = match self.code {
+            exit::FAILED => "failed",
+            exit::ATTENTION => "attention",
+            _ => "invalid",
+        };
+        serde_json::json!({
+            "kind": kind,
+            "exit": self.code,
+            "message": self.errors.first(),
+            "errors": self.errors,
+            "changed": false,
+        })
+    }
+
     /// Invalid input (exit 2) with "nothing was changed".
     pub fn invalid(errors: Vec<String>) -> Refusal {
         Refusal {
@@ -64,13 +82,19 @@ impl Output<'_> {
         let _ = writeln!(self.err, "{text}");
     }
 
-    /// Prints a refusal and returns its exit code.
+    /// Prints a refusal and returns its exit code. With `--json` it is also printed on `out`
+    /// as `{"error": {"kind", "exit", "message", "errors", "changed"}}`: `kind` is `failed`
+    /// (exit 1: another run is busy there), `invalid` (exit 2) or `attention` (exit 3),
+    /// `message` the first error, `errors` all of them, and `changed` always false.
     pub fn refuse(&mut self, refusal: Refusal) -> i32 {
         for e in &refusal.errors {
             self.error(e);
         }
         if let Some(closing) = refusal.closing {
             self.note(closing);
+        }
+        if self.json {
+            self.json(&serde_json::json!({ "error": refusal.to_json() }));
         }
         refusal.code
     }
@@ -82,10 +106,11 @@ impl Output<'_> {
                 self.line(text);
                 exit::OK
             }
-            Err((code, text)) => {
-                self.error(text);
-                code
-            }
+            Err((code, text)) => self.refuse(Refusal {
+                code,
+                errors: vec![text],
+                closing: None,
+            }),
         }
     }
 }

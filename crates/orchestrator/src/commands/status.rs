@@ -3,8 +3,12 @@
 use orchestrate_driver::BindState;
 use serde_json::json;
 
+use orchestrate_core::{Allow, Direction};
+
+use super::migrate::check_batch;
 use super::output::{Output, Refusal};
 use super::select;
+use crate::cli::MigrateArgs;
 use crate::exit;
 use crate::inspect::{inspect, BindReport};
 use crate::settings::{BindSettings, Settings};
@@ -101,18 +105,58 @@ pub fn status(settings: &Settings, names: &[String], json: bool, o: &mut Output)
     verdict(&reports, false, false)
 }
 
+/// What `upgrade --all-binds` would refuse now, if anything.
+fn upgrade_refusal(settings: &Settings, allow_non_atomic: bool) -> Option<Refusal> {
+    let upgrade = MigrateArgs {
+        all_binds: true,
+        binds: Vec::new(),
+        target: None,
+        targets: Vec::new(),
+        sql: false,
+        json: false,
+        allow_non_atomic,
+    };
+    check_batch(settings, Direction::Up, &upgrade, Allow::default()).err()
+}
+
 /// `orchestrate check`: `status` for CI, which also fails on drift (and on pending migrations
-/// with `--no-pending`).
-pub fn check(settings: &Settings, json: bool, no_pending: bool, o: &mut Output) -> i32 {
+/// with `--no-pending`), and on any batch `upgrade --all-binds` would refuse, with the same
+/// messages and exit code.
+pub fn check(
+    settings: &Settings,
+    json: bool,
+    no_pending: bool,
+    allow_non_atomic: bool,
+    o: &mut Output,
+) -> i32 {
     let binds: Vec<&BindSettings> = settings.binds.iter().collect();
     let reports = inspect(settings, &binds);
-    print_reports(&reports, json, o);
-    let code = verdict(&reports, true, no_pending);
+    let mut code = verdict(&reports, true, no_pending);
+    // A batch in doubt is reported as such; otherwise what upgrade would refuse, with its
+    // words (a bind that cannot be read, or a migration no batch can run, included).
+    let refusal = (code == exit::OK || code == exit::INVALID)
+        .then(|| upgrade_refusal(settings, allow_non_atomic))
+        .flatten();
+    if json {
+        let error = refusal.as_ref().map(Refusal::to_json);
+        o.json(&json!({ "binds": reports, "error": error }));
+    } else {
+        print_reports(&reports, false, o);
+    }
+    let refused = refusal.is_some();
+    if let Some(refusal) = refusal {
+        // The same lines `upgrade` prints; the JSON form is in the object above.
+        o.json = false;
+        code = o.refuse(refusal);
+    }
     if !json {
         let summary = match code {
             exit::OK => "check passed".to_string(),
             exit::ATTENTION => {
                 "check failed: a batch is in doubt or unsettled; run `orchestrate recover` (and `orchestrate resolve` for an interrupted MySQL migration)".to_string()
+            }
+            _ if refused => {
+                "check failed: `orchestrate upgrade --all-binds` would refuse this batch, for the reasons on stderr".to_string()
             }
             exit::INVALID => {
                 "check failed: a bind could not be read (see the errors above)".to_string()
