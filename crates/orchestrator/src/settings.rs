@@ -241,6 +241,12 @@ fn check_env_overrides(
     Ok(())
 }
 
+/// PostgreSQL's largest `lock_timeout`, in milliseconds (`INT_MAX`).
+const MAX_LOCK_TIMEOUT_MS: u64 = 2_147_483_647;
+
+/// The most binds worked on at once: each is a thread and a database connection.
+const MAX_PARALLELISM: usize = 256;
+
 impl Settings {
     pub fn load(sources: &Sources) -> Result<Settings, SettingsError> {
         // Secrets in the files and variables are known before the parser can quote them.
@@ -308,6 +314,16 @@ impl Settings {
             return Err(SettingsError::Invalid(
                 "`lock_timeout_ms = 0` would let PostgreSQL wait forever on a lock held by a prepared transaction (0 means no timeout there); give the longest wait you accept, such as 10000 (the default)".into(),
             ));
+        }
+        if let Some(ms) = raw.lock_timeout_ms.filter(|ms| *ms > MAX_LOCK_TIMEOUT_MS) {
+            return Err(SettingsError::Invalid(format!(
+                "`lock_timeout_ms = {ms}` is out of range: give 1 to {MAX_LOCK_TIMEOUT_MS} (PostgreSQL's largest lock_timeout, about 24 days); 10000 is the default"
+            )));
+        }
+        if let Some(n) = raw.parallelism.filter(|n| *n > MAX_PARALLELISM) {
+            return Err(SettingsError::Invalid(format!(
+                "`parallelism = {n}` is out of range: give 1 to {MAX_PARALLELISM} (each unit is a thread and a database connection); 8 is the default"
+            )));
         }
         let mut binds = Vec::with_capacity(raw.binds.len());
         for (template, t) in &raw.templates {
@@ -552,6 +568,12 @@ mod tests {
         fs::create_dir_all(tmp.path().join("var")).unwrap();
         let cases = [
             ("lock_timeout_ms = 0\n[binds.a]\nurl = \"sqlite://a\"\n", "lock_timeout_ms = 0"),
+            (
+                "lock_timeout_ms = 2147483648\n[binds.a]\nurl = \"sqlite://a\"\n",
+                "give 1 to 2147483647",
+            ),
+            ("parallelism = 20000\n[binds.a]\nurl = \"sqlite://a\"\n", "give 1 to 256"),
+            ("parallelism = 4294967296\n[binds.a]\nurl = \"sqlite://a\"\n", "give 1 to 256"),
             ("[binds.a]\nurl = \"sqlite://:memory:\"\n", "in-memory"),
             ("[binds.a]\nurl = \"sqlite::memory:\"\n", "in-memory"),
             ("[binds.a]\nurl = \"sqlite://file::memory:\"\n", "in-memory"),
