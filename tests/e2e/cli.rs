@@ -471,3 +471,80 @@ fn an_override_for_a_bind_that_does_not_exist_is_refused() {
     .expect(0);
     p.assert_states(&[("users", state(&["t"], &["1"]))]);
 }
+
+/// Validates a command's JSON output against its published schema in `schemas/`.
+#[track_caller]
+fn assert_matches_schema(schema: &str, run: &crate::support::Run) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas")
+        .join(schema);
+    let schema_json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema_json)
+        .unwrap_or_else(|e| panic!("{schema} is not a valid schema: {e}"));
+    let value: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {run:?}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{schema}: {errors:?}\n{}", run.stdout);
+}
+
+/// Every command's `--json` output, success and refusal, matches its schema in `schemas/`.
+#[test]
+fn json_outputs_match_their_schemas() {
+    let mut p = Project::new();
+    p.config("decider = \"a_lite\"");
+    p.add_sqlite("a_lite").add_pg("b_pg");
+    for bind in ["a_lite", "b_pg"] {
+        p.create_table(bind, "1_t", &format!("t_{bind}"));
+        p.create_table(bind, "2_u", &format!("u_{bind}"));
+    }
+    assert_matches_schema("status.schema.json", &p.run(&["status", "--json"]));
+    assert_matches_schema("check.schema.json", &p.run(&["check", "--json"]));
+    let up = p.run(&["upgrade", "--all-binds", "--json", "1"]);
+    up.expect(0);
+    assert_matches_schema("migrate.schema.json", &up);
+    let nothing = p.run(&["upgrade", "--all-binds", "--json", "1"]);
+    assert_matches_schema("migrate.schema.json", &nothing);
+    assert_matches_schema(
+        "history.schema.json",
+        &p.run(&["history", "--bind", "b_pg", "--json"]),
+    );
+    assert_matches_schema("recover.schema.json", &p.run(&["recover", "--json"]));
+    // A failing batch: rolled back, with its error.
+    p.migration("b_pg", "3_bad", "CREATE TABLE nope (;", Some("SELECT 1;"));
+    let failed = p.run(&["upgrade", "--all-binds", "--json"]);
+    failed.expect(1);
+    assert_matches_schema("migrate.schema.json", &failed);
+    // Refusals: a bad target, an unknown bind, an edited migration.
+    for args in [
+        &["upgrade", "--all-binds", "--json", "nonsense!"][..],
+        &["downgrade", "--bind", "nobody", "--json"][..],
+        &["status", "--bind", "nobody", "--json"][..],
+        &["history", "--bind", "nobody", "--json"][..],
+    ] {
+        let run = p.run(args);
+        run.expect(2);
+        let schema = match args[0] {
+            "upgrade" | "downgrade" => "migrate.schema.json",
+            other => &format!("{other}.schema.json"),
+        };
+        assert_matches_schema(schema, &run);
+    }
+    fs::remove_dir_all(p.path().join("migrations/b_pg/3_bad")).unwrap();
+    fs::write(
+        p.path().join("migrations/b_pg/1_t/up.sql"),
+        "CREATE TABLE t_b_pg (id BIGINT);",
+    )
+    .unwrap();
+    let edited = p.run(&["upgrade", "--all-binds", "--json"]);
+    edited.expect(2);
+    assert_matches_schema("migrate.schema.json", &edited);
+    assert_matches_schema("check.schema.json", &p.run(&["check", "--json"]));
+    // A configuration that cannot load is a refusal too.
+    let broken = p.run_with(&["status", "--json"], &[("ORCHESTRATE__PARALLELISM", "0")]);
+    broken.expect(2);
+    assert_matches_schema("status.schema.json", &broken);
+}

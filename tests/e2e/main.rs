@@ -5,6 +5,7 @@
 //! throwaway cluster); MariaDB from `ORCHESTRATE_TEST_MYSQL_URL` (likewise). Without them these
 //! tests fail; they never skip.
 
+mod adversarial;
 mod arbitration;
 mod cli;
 mod config;

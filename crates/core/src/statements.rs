@@ -115,15 +115,21 @@ fn is_only_comments(text: &str) -> bool {
 /// Whether the SQL defines a routine, trigger or event with a `BEGIN ... END` body, whose
 /// inner `;` [`split_statements`] would cut.
 pub fn has_compound_body(sql: &str) -> bool {
+    let words = |text: &str| -> Vec<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_uppercase)
+            .collect()
+    };
     split_statements(sql).iter().any(|s| {
-        let upper = s.to_ascii_uppercase();
-        let words: Vec<&str> = upper.split_whitespace().collect();
-        words.first() == Some(&"CREATE")
-            && words
+        // The routine's kind is in the header, before the first parenthesis: a table with
+        // columns named `event` and `begin` is not a routine.
+        let header = words(s.split('(').next().unwrap_or(""));
+        header.first().map(String::as_str) == Some("CREATE")
+            && header
                 .iter()
-                .take(6)
-                .any(|w| ["PROCEDURE", "FUNCTION", "TRIGGER", "EVENT"].contains(w))
-            && words.contains(&"BEGIN")
+                .any(|w| ["PROCEDURE", "FUNCTION", "TRIGGER", "EVENT"].contains(&w.as_str()))
+            && words(s).iter().any(|w| w == "BEGIN")
     })
 }
 

@@ -919,21 +919,9 @@ impl<'a> Batch<'a> {
             self.decider_name()
         ));
         let mut report = self.report();
-        // The batch's row on the decider first, committed. A server that does not flush
-        // InnoDB's log at commit could lose the decision: refused.
-        let begun = self.connect_decider().and_then(|mut conn| {
-            conn.check_durable_commits()?;
-            conn.begin_decision(&self.id, &self.at)
-        });
-        if let Err(error) = begun {
-            self.progress.line(&format!("  failed: {error}"));
-            report.verdict = Verdict::RolledBack {
-                error: error.into(),
-            };
-            return report;
-        }
-        // The decider first, alone: its lock, held until the decision is written, is what
-        // tells `recover` that this coordinator may still decide.
+        // The decider first, alone: it takes its lock, then writes the batch's `begun` row
+        // (nonatomic::run); the lock, held until the decision is written, is what tells
+        // `recover` that this coordinator may still decide.
         let (mut running, mut result) = self.nonatomic_phase(&[0]);
         if result.is_ok() && self.works.len() > 1 {
             let rest: Vec<usize> = (1..self.works.len()).collect();

@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use orchestrate_core::{split_statements, Direction, Step};
-use orchestrate_driver::{Bookkeeping, DriverError, Mark, Mysql, Xa};
+use orchestrate_driver::{Bookkeeping, Decider, DriverError, Mark, Mysql, Xa};
 
 use crate::coordinator::{BatchError, BindWork};
 use crate::signals;
@@ -185,7 +185,19 @@ pub fn run(
         })
     };
     let mut conn = Mysql::connect(&work.endpoint, lock_timeout).map_err(bare)?;
+    let decides = work.endpoint.bind == decider;
+    if decides {
+        // A server that does not flush InnoDB's log at commit could lose the decision of a
+        // batch decided here: refused before anything is written.
+        conn.check_durable_commits().map_err(bare)?;
+    }
     lock_settled(&mut conn).map_err(bare)?;
+    if decides {
+        // A batch of MySQL binds alone, decided here: its `begun` row is written under this
+        // bind's lock, which the coordinator holds until the decision, so that `recover`
+        // never finds the row of a live batch unheld.
+        conn.begin_decision(batch_id, at).map_err(bare)?;
+    }
     conn.check_plan_still_valid(direction, &work.plan.steps)
         .map_err(bare)?;
     let batch_mark = batch_mark(batch_id, decider, direction, at);

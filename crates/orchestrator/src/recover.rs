@@ -320,7 +320,12 @@ fn abort_abandoned(
             detail: detail.into(),
         };
         let gone = "begun by a coordinator that is gone, and nothing of it is prepared or committed on any bind recover could read";
-        match conn.decision_held(&batch_id) {
+        // A MySQL-only coordinator holds its decider's migration lock, not the row.
+        let held = match &mut conn {
+            BindConnection::Mysql(m) => m.session_lock_free().map(|free| !free),
+            _ => conn.decision_held(&batch_id),
+        };
+        match held {
             Ok(true) => continue,
             Ok(false) if dry_run => report.actions.push(action(
                 "would abort",
