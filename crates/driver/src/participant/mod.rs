@@ -175,6 +175,24 @@ pub(crate) trait HasSession {
     fn session_ref(&self) -> &Session<Self::Conn>;
 }
 
+/// `HasSession` for a participant that keeps its session in a field `s`.
+macro_rules! has_session {
+    ($participant:ty, $conn:ty) => {
+        impl super::HasSession for $participant {
+            type Conn = $conn;
+
+            fn session(&mut self) -> &mut super::Session<$conn> {
+                &mut self.s
+            }
+
+            fn session_ref(&self) -> &super::Session<$conn> {
+                &self.s
+            }
+        }
+    };
+}
+pub(crate) use has_session;
+
 /// The participants that may decide a batch (not an XA transaction under way).
 pub(crate) trait CanDecide: HasSession {}
 

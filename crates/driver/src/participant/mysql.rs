@@ -16,7 +16,7 @@ use diesel::MysqlConnection;
 use orchestrate_core::Direction;
 use orchestrate_core::Step;
 
-use super::{wrong_backend, Arg, CanDecide, Count, Db, HasSession, HistoryRow, Row, Session};
+use super::{wrong_backend, Arg, CanDecide, Count, Db, HistoryRow, Row, Session};
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::{message_of, DriverError, ErrorClass};
 use crate::schema::{self, DIESEL_TABLE, HISTORY, IN_PROGRESS};
@@ -240,17 +240,7 @@ pub struct Mysql {
     s: Session<MysqlConnection>,
 }
 
-impl HasSession for Mysql {
-    type Conn = MysqlConnection;
-
-    fn session(&mut self) -> &mut Session<MysqlConnection> {
-        &mut self.s
-    }
-
-    fn session_ref(&self) -> &Session<MysqlConnection> {
-        &self.s
-    }
-}
+super::has_session!(Mysql, MysqlConnection);
 
 /// A batch of MySQL binds alone is decided on its first bind.
 impl CanDecide for Mysql {}

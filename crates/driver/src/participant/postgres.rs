@@ -16,7 +16,7 @@ use orchestrate_core::{Direction, Step};
 use super::session::quote_ident;
 use super::{
     wrong_backend, Arg, Atomic, BatchRow, BatchTransaction, CanDecide, Count, Db, Decider,
-    DecisionState, HasSession, Name, PreparedXact, Resolve, Row, Session, TwoPhase,
+    DecisionState, Name, PreparedXact, Resolve, Row, Session, TwoPhase,
 };
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::{message_of, DriverError, ErrorClass, PrepareRefusal};
@@ -161,17 +161,7 @@ pub struct Postgres {
     xact: Option<i64>,
 }
 
-impl HasSession for Postgres {
-    type Conn = PgConnection;
-
-    fn session(&mut self) -> &mut Session<PgConnection> {
-        &mut self.s
-    }
-
-    fn session_ref(&self) -> &Session<PgConnection> {
-        &self.s
-    }
-}
+super::has_session!(Postgres, PgConnection);
 
 impl CanDecide for Postgres {}
 

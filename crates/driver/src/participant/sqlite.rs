@@ -11,9 +11,7 @@ use diesel::prelude::*;
 use diesel::SqliteConnection;
 use orchestrate_core::{Direction, Step};
 
-use super::{
-    wrong_backend, Arg, Atomic, BatchTransaction, CanDecide, Db, Decider, HasSession, Row, Session,
-};
+use super::{wrong_backend, Arg, Atomic, BatchTransaction, CanDecide, Db, Decider, Row, Session};
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::{message_of, DriverError, ErrorClass};
 use crate::schema::{self, DIESEL_TABLE, HISTORY};
@@ -108,17 +106,7 @@ pub struct Sqlite {
     s: Session<SqliteConnection>,
 }
 
-impl HasSession for Sqlite {
-    type Conn = SqliteConnection;
-
-    fn session(&mut self) -> &mut Session<SqliteConnection> {
-        &mut self.s
-    }
-
-    fn session_ref(&self) -> &Session<SqliteConnection> {
-        &self.s
-    }
-}
+super::has_session!(Sqlite, SqliteConnection);
 
 impl CanDecide for Sqlite {}
 
