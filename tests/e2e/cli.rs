@@ -548,3 +548,34 @@ fn json_outputs_match_their_schemas() {
     broken.expect(2);
     assert_matches_schema("status.schema.json", &broken);
 }
+
+/// Every invalid migration folder is named, not only the first, and while the chain is invalid
+/// `status` says its head is unknown instead of showing an empty chain.
+#[test]
+fn every_invalid_folder_is_reported_and_status_says_the_chain_is_invalid() {
+    let mut p = Project::new();
+    p.add_sqlite("app");
+    p.create_table("app", "1_t", "t");
+    p.migration("app", "2_later", "-- to be written", None);
+    p.migration("app", "3_empty", "", None);
+    let status = p.run(&["status"]);
+    status.expect(2);
+    assert!(
+        status.stdout.contains("head:    unknown") && status.stdout.contains("pending: unknown"),
+        "{}",
+        status.stdout
+    );
+    for run in [
+        &status,
+        &p.run(&["upgrade", "--all-binds"]),
+        &p.run(&["check"]),
+    ] {
+        let text = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            text.contains("2_later") && text.contains("3_empty"),
+            "{run:?}"
+        );
+    }
+    assert_matches_schema("status.schema.json", &p.run(&["status", "--json"]));
+    p.assert_states(&[("app", state(&[], &[]))]);
+}

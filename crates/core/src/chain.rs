@@ -66,6 +66,9 @@ pub enum ChainError {
         first: String,
         second: String,
     },
+    /// More than one folder is wrong: every one is reported, not only the first.
+    #[error("{} migration folders are invalid: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Several(Vec<ChainError>),
 }
 
 /// The checksum of a migration's SQL, pinned: SHA-256, lowercase hex, of the text after
@@ -78,40 +81,56 @@ pub fn checksum(sql: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+impl MigrationFile {
+    /// One folder, checked: its name, its version, a non-empty up.sql.
+    fn from_source(source: MigrationSource) -> Result<MigrationFile, ChainError> {
+        let Some((version_text, _description)) = source.folder.split_once('_') else {
+            return Err(ChainError::NoSeparator {
+                location: source.location,
+            });
+        };
+        let version =
+            Version::parse(version_text).map_err(|source_err| ChainError::BadVersion {
+                location: source.location.clone(),
+                source: source_err,
+            })?;
+        let Some(up_sql) = source.up_sql else {
+            return Err(ChainError::MissingUp {
+                location: source.location,
+            });
+        };
+        if is_blank_sql(&up_sql) {
+            return Err(ChainError::EmptyUp {
+                location: source.location,
+            });
+        }
+        Ok(MigrationFile {
+            checksum: checksum(&up_sql),
+            version,
+            name: source.folder,
+            up_sql,
+            down_sql: source.down_sql.filter(|sql| !is_blank_sql(sql)),
+            run_in_transaction: source.run_in_transaction,
+            data_only: source.data_only,
+        })
+    }
+}
+
 impl Chain {
     /// Validates the folders of one bind and orders them by version.
     pub fn new(bind: &str, sources: Vec<MigrationSource>) -> Result<Chain, ChainError> {
         let mut migrations = Vec::with_capacity(sources.len());
+        let mut errors = Vec::new();
         for source in sources {
-            let Some((version_text, _description)) = source.folder.split_once('_') else {
-                return Err(ChainError::NoSeparator {
-                    location: source.location,
-                });
-            };
-            let version =
-                Version::parse(version_text).map_err(|source_err| ChainError::BadVersion {
-                    location: source.location.clone(),
-                    source: source_err,
-                })?;
-            let Some(up_sql) = source.up_sql else {
-                return Err(ChainError::MissingUp {
-                    location: source.location,
-                });
-            };
-            if is_blank_sql(&up_sql) {
-                return Err(ChainError::EmptyUp {
-                    location: source.location,
-                });
+            match MigrationFile::from_source(source) {
+                Ok(m) => migrations.push(m),
+                Err(e) => errors.push(e),
             }
-            migrations.push(MigrationFile {
-                checksum: checksum(&up_sql),
-                version,
-                name: source.folder,
-                up_sql,
-                down_sql: source.down_sql.filter(|sql| !is_blank_sql(sql)),
-                run_in_transaction: source.run_in_transaction,
-                data_only: source.data_only,
-            });
+        }
+        match errors.len() {
+            0 => {}
+            1 => return Err(errors.remove(0)),
+            _ => return Err(ChainError::Several(errors)),
         }
         migrations.sort_by(|a, b| a.version.cmp(&b.version).then(a.name.cmp(&b.name)));
         for pair in migrations.windows(2) {
@@ -199,6 +218,28 @@ mod tests {
         let names: Vec<_> = chain.migrations.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["9_nine", "10_ten", "100_hundred"]);
         assert_eq!(chain.head().unwrap().name, "100_hundred");
+    }
+
+    #[test]
+    fn every_invalid_folder_is_reported() {
+        let err = Chain::new(
+            "app",
+            vec![
+                src("1_a", Some("-- later")),
+                src("2_b", Some("select 1;")),
+                src("3_c", Some("")),
+                src("4_d", None),
+            ],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, ChainError::Several(e) if e.len() == 3),
+            "{err:?}"
+        );
+        for folder in ["1_a", "3_c", "4_d"] {
+            assert!(text.contains(folder), "{folder}: {text}");
+        }
     }
 
     #[test]

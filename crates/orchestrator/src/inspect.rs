@@ -52,6 +52,9 @@ pub struct BindReport {
     pub unsettled: Vec<String>,
     /// How long reading this bind took.
     pub elapsed_ms: u64,
+    /// Why the bind's migration folders are not a valid chain (then `head` and `pending` are
+    /// unknown, not empty); also in `errors`.
+    pub chain_error: Option<String>,
 }
 
 /// Reads locks for at most this long, so `status` never hangs behind an in-doubt batch.
@@ -147,6 +150,7 @@ fn empty_report(bind: &BindSettings) -> BindReport {
         .to_string(),
         unsettled: Vec::new(),
         elapsed_ms: 0,
+        chain_error: None,
     }
 }
 
@@ -170,7 +174,10 @@ fn read_prepared(
         Ok(list) => report.unsettled.extend(list.into_iter().map(|gid| format!(
             "prepared transaction `{gid}` is not this tool's but holds this database's migration lock (a migration ran PREPARE TRANSACTION itself?), so every batch here waits on it; look at it and end it by hand (COMMIT PREPARED or ROLLBACK PREPARED '{gid}')"
         ))),
-        Err(e) => report.errors.push(e.to_string()),
+        Err(e) => {
+            report.chain_error = Some(e.to_string());
+            report.errors.push(e.to_string());
+        }
     }
 }
 
@@ -197,7 +204,10 @@ fn compare_with_chain(
                 .problems
                 .extend(problems(&chain, applied).iter().map(|p| p.to_string()));
         }
-        Err(e) => report.errors.push(e.to_string()),
+        Err(e) => {
+            report.chain_error = Some(e.to_string());
+            report.errors.push(e.to_string());
+        }
     }
 }
 

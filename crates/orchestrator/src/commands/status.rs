@@ -63,8 +63,14 @@ fn print_reports(reports: &[BindReport], json: bool, o: &mut Output) {
             r.url,
             r.guarantee,
             r.current.clone().unwrap_or_else(none),
-            r.head.clone().unwrap_or_else(none),
-            if r.pending.is_empty() {
+            match (&r.chain_error, &r.head) {
+                (Some(_), _) =>
+                    "unknown: the migration folders are invalid (see the error below)".to_string(),
+                (None, head) => head.clone().unwrap_or_else(none),
+            },
+            if r.chain_error.is_some() {
+                "unknown".to_string()
+            } else if r.pending.is_empty() {
                 none()
             } else {
                 format!("{} ({})", r.pending.len(), r.pending.join(", "))
