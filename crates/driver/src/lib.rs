@@ -47,6 +47,6 @@ pub use record::{
     gid_for, quote_literal, DecisionRecord, NotATransactionId, Participant, RedoStep,
     TransactionId, GID_PREFIX,
 };
-pub use script::{nonatomic_script, script, xa_script, Ending};
+pub use script::{nonatomic_script, script, session_script, xa_script, Ending};
 pub use source::{read_chain, SourceError};
 pub use statements::{check_migration, check_migrations, check_plan, check_sql};

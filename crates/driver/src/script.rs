@@ -168,6 +168,32 @@ fn ddl_for(template: &str, name: &str) -> String {
     template.replace("{t}", name)
 }
 
+/// The settings a bind's session takes when it connects, before its part of the batch (and,
+/// on the decider, the tag it carries), as SQL with the configured values.
+pub fn session_script(backend: Backend, lock_timeout_ms: u128, decider_of: Option<&str>) -> String {
+    let mut out = String::new();
+    match backend {
+        Backend::Postgres => {
+            out.push_str(&format!(
+                "SET lock_timeout = {lock_timeout_ms}; -- sent at connect (startup options): every wait for a lock is bounded\n"
+            ));
+            if let Some(batch_id) = decider_of {
+                out.push_str(&format!(
+                    "SET application_name = {}; -- for people reading pg_stat_activity; nothing depends on it\n",
+                    quote_literal(&format!("orchestrate-decider:{batch_id}"))
+                ));
+            }
+        }
+        Backend::Sqlite => out.push_str(&format!(
+            "PRAGMA busy_timeout = {lock_timeout_ms}; PRAGMA synchronous = FULL; -- at connect: bounded waits for the write lock, durable commits\n"
+        )),
+        Backend::Mysql => out.push_str(
+            "SET SESSION autocommit = 1; -- at connect (checked), and again after every migration statement and XA COMMIT/ROLLBACK\n",
+        ),
+    }
+    out
+}
+
 /// The script of one bind's part of a batch.
 pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>) -> String {
     let mut out = String::new();
@@ -193,7 +219,8 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
             ));
         }
         Backend::Sqlite => {
-            line("BEGIN IMMEDIATE; -- waits at most lock_timeout_ms for the write lock")
+            line("BEGIN IMMEDIATE; -- waits at most lock_timeout_ms for the write lock");
+            line("SAVEPOINT orchestrate_batch_guard_<random>; -- released and taken again after every step: gone means a migration ended the transaction");
         }
         Backend::Mysql => return nonatomic_script(plan, batch_id, ""),
     }
@@ -226,12 +253,15 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
     }
     match ending {
         Ending::Prepare { gid } => {
+            line("SET ROLE NONE; -- the login role owns the prepared transaction, whatever role a migration set");
             line(&format!("PREPARE TRANSACTION {};", quote_literal(gid)));
             line("SELECT count(*) FROM pg_prepared_xacts WHERE gid = <the id above> AND database = current_database(); -- must be 1");
-            line("-- once every bind is prepared and the decider has committed:");
+            line("-- once every bind is prepared and the decider has committed, on a new connection:");
+            line("SET ROLE NONE;");
             line(&format!("COMMIT PREPARED {};", quote_literal(gid)));
         }
         Ending::HoldOpen => {
+            line("PRAGMA foreign_key_check; -- the vote: must return nothing, since this COMMIT comes after the decision");
             line("-- the transaction stays open until the decider has committed, then:");
             line("COMMIT;");
         }
@@ -244,7 +274,7 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
                 line("SET CONSTRAINTS ALL IMMEDIATE;");
                 line("SET LOCAL synchronous_commit = on;");
             } else {
-                line("PRAGMA main.synchronous = FULL;");
+                line("PRAGMA synchronous; -- must still be FULL (2), as set at connect: a migration that lowered it fails the batch");
             }
             line("COMMIT; -- the decision: the batch commits everywhere from here on");
         }

@@ -9,8 +9,8 @@ use orchestrate_core::{
     plan_downgrade, plan_upgrade, Allow, Chain, Direction, DownSqlSource, Plan, Target,
 };
 use orchestrate_driver::{
-    gid_for, nonatomic_script, read_chain, script, xa_script, Backend, BindConnection, BindState,
-    DecisionRecord, DriverError, Ending,
+    gid_for, nonatomic_script, read_chain, script, session_script, xa_script, Backend,
+    BindConnection, BindState, DecisionRecord, DriverError, Ending,
 };
 use serde_json::json;
 
@@ -612,6 +612,13 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
             };
             script(w.endpoint.backend, &w.plan, batch_id, ending)
         };
+        let decider_tag = (Some(i) == decider_index).then_some(batch_id);
+        let session = session_script(
+            w.endpoint.backend,
+            settings.lock_timeout.as_millis(),
+            decider_tag,
+        );
+        let _ = write!(out, "{session}");
         let _ = write!(out, "{body}");
     }
 }
