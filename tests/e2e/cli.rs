@@ -83,9 +83,9 @@ fn sql_prints_the_batch_and_touches_nothing() {
         "COMMIT PREPARED 'orchestrate:<batch-id>:side:main';",
         "BEGIN IMMEDIATE;",
         "UPDATE orchestrate_batches SET state = 'commit'",
-        // The session settings, with the configured values.
-        "SET lock_timeout = 10000;",
-        "PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL;",
+        // The session settings, with the configured values (the test projects say 5000 ms).
+        "SET lock_timeout = 5000;",
+        "PRAGMA busy_timeout = 5000; PRAGMA synchronous = FULL;",
         "SET ROLE NONE;",
         "SAVEPOINT orchestrate_batch_guard_<random>;",
     ] {
