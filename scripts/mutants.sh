@@ -6,7 +6,8 @@
 #
 # Starts throwaway PostgreSQL and MariaDB servers (as scripts/test.sh does), then runs
 # `cargo mutants` on the files given, each mutant built once and tested with the e2e tests of
-# the protocol (arbitration, crash, recover, mysql). Results go to mutants.out/ (caught.txt,
+# the protocol (arbitration, crash, recover, mysql), with every feature on (the e2e tests
+# need `failpoints`). Results go to mutants.out/ (caught.txt,
 # missed.txt, timeout.txt, unviable.txt, outcomes.json); MUTANTS.md summarises a run and gives
 # a reason for every survivor. Installs cargo-mutants when missing. Expect about 2 minutes per
 # mutant on 2 cores: the whole default set (about 650 mutants) takes most of a day; give
@@ -46,6 +47,6 @@ export ORCHESTRATE_TEST_PG_URL ORCHESTRATE_TEST_MYSQL_URL
 file_args=()
 for f in "${files[@]}"; do file_args+=(--file "$f"); done
 # shellcheck disable=SC2086
-cargo mutants --no-shuffle --features orchestrate/failpoints --test-package orchestrate \
+cargo mutants --no-shuffle --all-features --test-workspace=true \
   --timeout 300 ${MUTANTS_ARGS:-} "${file_args[@]}" \
   -- --test e2e -- arbitration crash recover mysql
