@@ -65,12 +65,14 @@ pub enum Command {
     /// TARGET is `-1` (the default), `-N`, `base` (revert everything), or a revision: it is
     /// kept and everything applied after it is reverted.
     Downgrade(MigrateArgs),
-    /// Validate configuration, chains, drift and in-doubt batches on every bind: a CI gate.
+    /// Validate configuration, chains, drift and in-doubt batches on every bind, and the batch
+    /// `upgrade --all-binds` would run: a CI gate.
     ///
     /// Exits 0 when all is well; 1 on migration history problems (an applied migration
     /// edited or deleted, a pending one out of order) or, with --no-pending, pending
-    /// migrations; 2 when a bind cannot be read (invalid migrations, unreachable, locked); 3
-    /// while a batch is in doubt.
+    /// migrations; 2 when a bind cannot be read (invalid migrations, unreachable, locked) or
+    /// `upgrade --all-binds` would refuse its batch (with the same error lines); 3 while a
+    /// batch is in doubt (recover, and `resolve` first for an interrupted MySQL migration).
     Check {
         /// Print JSON, as `status --json`.
         #[arg(long)]
@@ -87,6 +89,7 @@ pub enum Command {
     /// Record a bind as being at REV without running anything (`base`: nothing applied), for
     /// adopting a database that was migrated by other means.
     Stamp {
+        /// The bind to record (one configured bind).
         #[arg(long = "bind", value_name = "NAME", required = true)]
         bind: String,
         /// A version, a full folder name, a unique prefix of either, or `base`.
@@ -95,6 +98,7 @@ pub enum Command {
     },
     /// Create the next migration folder of a bind, with empty up.sql and down.sql.
     New {
+        /// The bind whose migrations folder gets the new migration.
         #[arg(long = "bind", value_name = "NAME", required = true)]
         bind: String,
         /// What the migration does, such as "create users"; becomes the folder's name.
@@ -124,7 +128,8 @@ pub enum Command {
         /// alone (exit 3). Default: lock_timeout_ms.
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
-        /// Print JSON: {"actions":[{"bind","batch_id","action","detail"}],"errors":[..]}.
+        /// Print JSON: {"actions":[{"bind","batch_id","action","detail"}],"errors":[..]}
+        /// (schemas/recover.schema.json).
         #[arg(long)]
         json: bool,
     },
@@ -154,9 +159,10 @@ pub enum Command {
     },
     /// List a bind's migrations in order: applied, pending, or applied with no folder.
     History {
+        /// The bind to list.
         #[arg(long = "bind", value_name = "NAME", required = true)]
         bind: String,
-        /// Print JSON.
+        /// Print JSON: {"bind","migrations":[{"version","name","state"}]} (schemas/history.schema.json).
         #[arg(long)]
         json: bool,
     },
@@ -199,7 +205,10 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub sql: bool,
     /// Print the result as JSON (no progress): {"batch_id","decider","direction","result",
-    /// "error","binds":[{"bind","outcome","migrations","elapsed_ms"}]}.
+    /// "error","other_errors","binds":[{"bind","outcome","detail","migrations","elapsed_ms"}]},
+    /// or {"error":{"kind","exit","message","errors","changed"}} when refused; see
+    /// schemas/migrate.schema.json (`detail`: what an undone, prepared or attention outcome
+    /// means; `other_errors`: further failures beyond `error`).
     #[arg(long)]
     pub json: bool,
     /// Accept MySQL/MariaDB binds in the batch although they cannot be atomic: their DDL
