@@ -584,3 +584,39 @@ fn every_invalid_folder_is_reported_and_status_says_the_chain_is_invalid() {
     assert_matches_schema("status.schema.json", &p.run(&["status", "--json"]));
     p.assert_states(&[("app", state(&[], &[]))]);
 }
+
+/// `--target` names: an unknown bind is said to be unknown, a bind not selected is said to be
+/// not selected, and a bind given two targets is refused; nothing is touched.
+#[test]
+fn target_names_are_checked() {
+    let mut p = Project::new();
+    p.add_sqlite("users").add_sqlite("billing");
+    p.create_table("users", "1_u", "u");
+    p.create_table("billing", "1_b", "b");
+    for (args, says) in [
+        (
+            &["upgrade", "--all-binds", "--target", "user=head"][..],
+            "no bind is named `user`; configured binds: billing, users",
+        ),
+        (
+            &["upgrade", "--bind", "users", "--target", "billing=head"][..],
+            "bind `billing` is not selected",
+        ),
+        (
+            &[
+                "upgrade",
+                "--all-binds",
+                "--target",
+                "users=head",
+                "--target",
+                "users=1",
+            ][..],
+            "bind `users` is given a target twice",
+        ),
+    ] {
+        let run = p.run(args);
+        run.expect(2);
+        assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
+    }
+    p.assert_states(&[("billing", state(&[], &[])), ("users", state(&[], &[]))]);
+}

@@ -124,7 +124,7 @@ fn validate<'s>(
     allow: Allow,
 ) -> Result<Vec<(&'s BindSettings, Plan)>, Refusal> {
     let binds = select(settings, &args.binds, args.all_binds).map_err(Refusal::argument)?;
-    let (targets, mut errors) = parse_targets(&binds, args, direction);
+    let (targets, mut errors) = parse_targets(settings, &binds, args, direction);
     let mut chains: Vec<(&BindSettings, Chain)> = Vec::new();
     for b in &binds {
         match read_chain(&b.name, &b.migrations) {
@@ -162,6 +162,7 @@ fn validate<'s>(
 /// The target of every selected bind: `--target` for all (default `head` up, `-1` down),
 /// then `--target NAME=TARGET` per bind. Returns the targets and the errors found.
 fn parse_targets(
+    settings: &Settings,
     binds: &[&BindSettings],
     args: &MigrateArgs,
     direction: Direction,
@@ -188,6 +189,7 @@ fn parse_targets(
         }
         Err(e) => errors.push(e),
     }
+    let mut seen = std::collections::BTreeSet::new();
     for spec in &args.targets {
         let Some((name, text)) = spec.split_once('=') else {
             errors.push(format!(
@@ -195,9 +197,23 @@ fn parse_targets(
             ));
             continue;
         };
+        if settings.bind(name).is_none() {
+            let known: Vec<&str> = settings.binds.iter().map(|b| b.name.as_str()).collect();
+            errors.push(format!(
+                "--target `{spec}`: no bind is named `{name}`; configured binds: {}",
+                known.join(", ")
+            ));
+            continue;
+        }
         if !binds.iter().any(|b| b.name == name) {
             errors.push(format!(
                 "--target `{spec}`: bind `{name}` is not selected; add --bind {name} or use --all-binds"
+            ));
+            continue;
+        }
+        if !seen.insert(name) {
+            errors.push(format!(
+                "--target `{spec}`: bind `{name}` is given a target twice; give each bind one"
             ));
             continue;
         }
