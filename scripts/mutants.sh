@@ -47,6 +47,6 @@ export ORCHESTRATE_TEST_PG_URL ORCHESTRATE_TEST_MYSQL_URL
 file_args=()
 for f in "${files[@]}"; do file_args+=(--file "$f"); done
 # shellcheck disable=SC2086
-cargo mutants --no-shuffle --all-features --test-workspace=true \
+cargo mutants --no-shuffle --all-features --test-package orchestrate \
   --timeout 300 ${MUTANTS_ARGS:-} "${file_args[@]}" \
   -- --test e2e -- arbitration crash recover mysql
