@@ -52,3 +52,9 @@ fi
 # The failpoints feature compiles the crash points the crash tests use (inert without FAILPOINTS).
 # ORCHESTRATE_KILL_LOOPS sets how many random kills the kill-loop test makes (default 5).
 cargo test --workspace --locked --features orchestrate/failpoints "$@"
+
+# The default build too (no failpoints, as users get it), on the commands a new user runs first;
+# only when the whole suite was asked for.
+if [ $# -eq 0 ]; then
+  cargo test -p orchestrate --locked --test e2e -- cli:: seed::
+fi

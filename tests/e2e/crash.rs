@@ -233,6 +233,39 @@ fn sigint_before_the_decision_rolls_back_everything() {
     signal_before_the_decision(pg_decider(), "INT");
 }
 
+/// A second Ctrl-C ends the process at once (exit 130), which is a crash like any other: the
+/// batch is left in doubt (`status` says so, exit 3), and one `recover` rolls it back
+/// everywhere; the next upgrade works.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn a_second_sigint_ends_at_once_and_recover_finishes_the_batch() {
+    let p = pg_decider();
+    let child = spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "before-decision=sleep(3000)",
+    );
+    wait_until("b_pg is prepared", || {
+        !p.db("b_pg").state().prepared.is_empty()
+    });
+    signal(&child, "INT");
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, "INT");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(all_or_nothing(&p), None, "the crash leaves b_pg prepared");
+    p.run(&["status"]).expect(3);
+    let seen = recover_until_clean(&p);
+    assert!(seen.contains("rolled back"), "{seen}");
+    assert_eq!(all_or_nothing(&p), Some(false), "{:#?}", p.states());
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    assert_eq!(all_or_nothing(&p), Some(true));
+}
+
 /// A signal while a batch is paused before its decision (`b_pg` prepared): every bind rolls
 /// back (exit 1), and the next upgrade works.
 pub(crate) fn signal_before_the_decision(p: Project, name: &str) {
