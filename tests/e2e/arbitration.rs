@@ -745,10 +745,17 @@ fn a_mysql_only_batch_refuses_a_server_that_does_not_flush_at_commit() {
         p.create_table(bind, "1_t", &format!("{bind}_t"));
     }
     let run = p.run(&["upgrade", "--all-binds", "--allow-non-atomic"]);
-    run.expect(1);
+    run.expect(2);
     assert!(
         run.stderr.contains("innodb_flush_log_at_trx_commit = 2"),
         "{run:?}"
+    );
+    // check says the same, as the gate for that upgrade.
+    let check = p.run(&["check", "--allow-non-atomic"]);
+    check.expect(2);
+    assert!(
+        check.stderr.contains("innodb_flush_log_at_trx_commit = 2"),
+        "{check:?}"
     );
     let admin = server.url.clone();
     let tables = |db: &str| -> String {

@@ -6,6 +6,7 @@
 //! tests fail; they never skip.
 
 mod adversarial;
+mod adversarial2;
 mod arbitration;
 mod cli;
 mod config;

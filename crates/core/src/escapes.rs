@@ -54,9 +54,17 @@ pub enum Hazard {
     /// `session_authorization` (or `RESET` them, or `RESET ALL`): where later connections look
     /// for the version tables and decisions, and which role ends prepared transactions.
     SearchPathDefault,
-    /// PostgreSQL `SET standard_conforming_strings`: how the server reads backslashes in the
-    /// strings of the statements after it, which the plan-time check reads as the default.
+    /// PostgreSQL `SET standard_conforming_strings`, MySQL `SET sql_mode`: how the server reads
+    /// the strings and quoted names of the statements after it, which the plan-time check reads
+    /// as the default.
     StringSyntax,
+    /// MySQL/MariaDB dynamic SQL (`EXECUTE IMMEDIATE`, `PREPARE ... FROM`, `EXECUTE`) and
+    /// compound statements run at once outside a routine (`BEGIN NOT ATOMIC`, `IF`, `CASE`,
+    /// `WHILE`, `LOOP`, `REPEAT`): they run statements this check cannot read.
+    Unreadable,
+    /// MySQL `RELEASE_LOCK` / `RELEASE_ALL_LOCKS`, `SET completion_type`: they give up the
+    /// batch's lock or end its session at the next COMMIT.
+    SessionLock,
 }
 
 impl Hazard {
@@ -76,7 +84,9 @@ impl Hazard {
             Hazard::TableLocks => "commits the open transaction (LOCK TABLES also makes every table it does not name unusable for the rest of the batch)",
             Hazard::Xa => "is orchestrate's own two-phase commit on MySQL binds; run by a migration it ends or disturbs the batch's transaction",
             Hazard::SearchPathDefault => "changes the search_path or role later sessions start with: orchestrate finds this bind's version tables and decisions through the search_path, and ends prepared transactions as the login role",
-            Hazard::StringSyntax => "changes how the server reads backslashes in strings, so the statements after it would not be read by the server the way this check reads them",
+            Hazard::StringSyntax => "changes how the server reads backslashes in strings (or double quotes), so the statements after it would not be read by the server the way this check reads them",
+            Hazard::Unreadable => "runs SQL that this check cannot read before it runs (a string built at run time, or a block that runs at once), so a statement that would end or escape the batch could hide in it",
+            Hazard::SessionLock => "gives up the lock that tells `orchestrate recover` this bind's batch is still running (or ends the session at its next COMMIT, with the lock)",
         }
     }
 
@@ -95,7 +105,9 @@ impl Hazard {
             Hazard::TableLocks => "Remove it: each statement takes the locks it needs",
             Hazard::Xa => "Remove it: a MySQL bind joins a batch through XA by itself when every migration it runs says `data_only = true`",
             Hazard::SearchPathDefault => "Change it outside migrations (keeping the schema that holds __diesel_schema_migrations in the search_path), or qualify the application's names instead",
-            Hazard::StringSyntax => "Remove it; write strings with E'...' where backslash escapes are wanted",
+            Hazard::StringSyntax => "Remove it; write strings with E'...' where backslash escapes are wanted (PostgreSQL), or set the server's default sql_mode outside migrations (MySQL)",
+            Hazard::Unreadable => "Write the statements themselves in the migration; put procedural code in a routine (CREATE PROCEDURE) and CALL it",
+            Hazard::SessionLock => "Remove it: orchestrate takes and releases the bind's lock itself",
         }
     }
 }
@@ -173,7 +185,19 @@ fn line_at(sql: &str, byte: usize) -> usize {
 
 /// The first statement of `sql` that cannot be part of a batch, if any.
 pub fn escaping_statement(dialect: Dialect, sql: &str) -> Option<Found> {
-    let tokens = lex(dialect, sql);
+    let found = escaping_statement_as(dialect, sql, false);
+    if found.is_some() || dialect != Dialect::Mysql {
+        return found;
+    }
+    // A MySQL server whose sql_mode has NO_BACKSLASH_ESCAPES or ANSI_QUOTES reads strings and
+    // double quotes otherwise: what hides from one reading must not hide from the other.
+    escaping_statement_as(dialect, sql, true)
+}
+
+/// [`escaping_statement`] with MySQL strings read one way: `plain` is NO_BACKSLASH_ESCAPES
+/// and ANSI_QUOTES (no backslash escapes; `"` quotes names).
+fn escaping_statement_as(dialect: Dialect, sql: &str, plain: bool) -> Option<Found> {
+    let tokens = lex_as(dialect, sql, plain);
     for statement in statements(dialect, &tokens) {
         let words: Vec<String> = statement.iter().map(|t| t.tok.text()).collect();
         if let Some((name, hazard)) = classify(dialect, &words) {
@@ -297,6 +321,13 @@ fn dollar_quote(b: &[u8], i: usize) -> Option<usize> {
 
 /// The tokens of `sql` that are code.
 fn lex(d: Dialect, sql: &str) -> Vec<Token> {
+    lex_as(d, sql, false)
+}
+
+/// [`lex`]; with `plain`, MySQL strings have no backslash escapes and `"` quotes names
+/// (NO_BACKSLASH_ESCAPES, ANSI_QUOTES).
+fn lex_as(d: Dialect, sql: &str, plain: bool) -> Vec<Token> {
+    let backslash = d == Dialect::Mysql && !plain;
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -329,10 +360,10 @@ fn lex(d: Dialect, sql: &str) -> Vec<Token> {
             }
             b'\'' => {
                 push(&mut out, Tok::Str);
-                i = skip_quoted(b, i, b'\'', d == Dialect::Mysql);
+                i = skip_quoted(b, i, b'\'', backslash);
             }
             b'"' => {
-                if d == Dialect::Mysql {
+                if backslash {
                     push(&mut out, Tok::Str);
                     i = skip_quoted(b, i, b'"', true);
                 } else {
@@ -434,30 +465,44 @@ fn word(t: Option<&Token>) -> &str {
 /// Whether the `BEGIN` at `tokens[k]` opens a body (of a routine, trigger or anonymous
 /// block) given the statement's code so far.
 fn opens_body(d: Dialect, head: &[&Token], tokens: &[Token], k: usize) -> bool {
-    // The routine's kind is named in the statement's header, before its first parenthesis:
-    // `CREATE TABLE events (trigger TEXT, begin INT)` names columns, and defines no body.
-    let header: Vec<&&Token> = head
-        .iter()
-        .take_while(|t| t.tok != Tok::Punct('('))
-        .collect();
-    let has = |words: &[&str]| {
-        header
-            .iter()
-            .any(|t| words.iter().any(|w| t.tok.is_word(w)))
-    };
-    let creates = head.first().is_some_and(|t| t.tok.is_word("CREATE"));
     let next = word(tokens.get(k + 1));
     match d {
-        Dialect::Postgres => creates && has(&["FUNCTION", "PROCEDURE"]) && next == "ATOMIC",
-        Dialect::Sqlite => creates && has(&["TRIGGER"]),
-        Dialect::Mysql => {
-            (creates && has(&["PROCEDURE", "FUNCTION", "TRIGGER", "EVENT"]))
-                // MariaDB's anonymous block, perhaps labelled.
-                || (next == "NOT"
-                    && (head.is_empty()
-                        || (head.len() == 2 && head[1].tok == Tok::Punct(':'))))
+        Dialect::Postgres => routine_header(head, &["FUNCTION", "PROCEDURE"]) && next == "ATOMIC",
+        Dialect::Sqlite => routine_header(head, &["TRIGGER"]),
+        // MariaDB's anonymous block (`BEGIN NOT ATOMIC`) runs at once: it is no body, and is
+        // refused as such (`classify`).
+        Dialect::Mysql => routine_header(head, &["PROCEDURE", "FUNCTION", "TRIGGER", "EVENT"]),
+    }
+}
+
+/// Whether a statement's header is `CREATE [OR REPLACE] [TEMP] [DEFINER = user] [AGGREGATE]
+/// <kind>`: only then does a `BEGIN` after it open a body. `CREATE TABLE events (trigger ...,
+/// begin ...)` or `CREATE VIEW v AS SELECT 1 AS trigger, 2 AS begin` name columns, and define
+/// nothing that runs later.
+fn routine_header(head: &[&Token], kinds: &[&str]) -> bool {
+    if !head.first().is_some_and(|t| t.tok.is_word("CREATE")) {
+        return false;
+    }
+    for (i, t) in head.iter().enumerate().skip(1) {
+        let after_definer = matches!(head[i - 1].tok, Tok::Punct('=') | Tok::Punct('@'));
+        match &t.tok {
+            Tok::Word(w) if kinds.contains(&w.as_str()) => return true,
+            Tok::Word(w)
+                if after_definer
+                    || matches!(
+                        w.as_str(),
+                        "OR" | "REPLACE"
+                            | "TEMP"
+                            | "TEMPORARY"
+                            | "DEFINER"
+                            | "AGGREGATE"
+                            | "CURRENT_USER"
+                    ) => {}
+            Tok::Punct('=' | '@' | '(' | ')') | Tok::Quoted | Tok::Str => {}
+            _ => return false,
         }
     }
+    false
 }
 
 /// Whether a `BEGIN` inside a body opens a nested block: only where a statement starts (after
@@ -485,20 +530,34 @@ fn statements(d: Dialect, tokens: &[Token]) -> Vec<Vec<&Token>> {
     let mut current: Vec<&Token> = Vec::new();
     let mut body = 0usize;
     let mut parens = 0usize;
+    // Inside a body: whether the body's current statement began with DECLARE (a handler's
+    // `BEGIN ... END` block follows `DECLARE ... HANDLER FOR ...`).
+    let mut declares = false;
+    let mut statement_starts = false;
     for (k, t) in tokens.iter().enumerate() {
         if body > 0 {
             // `NEW.begin`, `old.end`: a qualified name, not a keyword.
             let qualified = k > 0 && matches!(tokens[k - 1].tok, Tok::Punct('.'));
+            if statement_starts {
+                declares = t.tok.is_word("DECLARE");
+            }
+            statement_starts = t.tok == Tok::Semi;
             if qualified {
                 continue;
             }
-            if t.tok.is_word("CASE") || (t.tok.is_word("BEGIN") && opens_block(d, tokens, k)) {
+            let nested_begin = t.tok.is_word("BEGIN")
+                && (opens_block(d, tokens, k) || (declares && d == Dialect::Mysql));
+            // `END CASE` closes a CASE statement: that CASE opens nothing.
+            let opens_case = t.tok.is_word("CASE") && !(k > 0 && tokens[k - 1].tok.is_word("END"));
+            if opens_case || nested_begin {
                 body += 1;
+                statement_starts = nested_begin;
             } else if t.tok.is_word("END")
-                && !matches!(
-                    word(tokens.get(k + 1)),
-                    "IF" | "LOOP" | "WHILE" | "REPEAT" | "FOR"
-                )
+                && (d == Dialect::Sqlite
+                    || !matches!(
+                        word(tokens.get(k + 1)),
+                        "IF" | "LOOP" | "WHILE" | "REPEAT" | "FOR"
+                    ))
             {
                 body -= 1;
             }
@@ -515,10 +574,7 @@ fn statements(d: Dialect, tokens: &[Token]) -> Vec<Vec<&Token>> {
             Tok::Punct(')') => parens = parens.saturating_sub(1),
             Tok::Word(w) if w == "BEGIN" && opens_body(d, &current, tokens, k) => {
                 body = 1;
-                if current.is_empty() {
-                    // An anonymous block (MariaDB's BEGIN NOT ATOMIC): nothing but its body.
-                    continue;
-                }
+                statement_starts = true;
             }
             _ => {}
         }
@@ -527,8 +583,19 @@ fn statements(d: Dialect, tokens: &[Token]) -> Vec<Vec<&Token>> {
     if !current.is_empty() {
         list.push(current);
     }
+    if body > 0 {
+        // A body that never ends: where it should have ended cannot be told, so nothing after
+        // its start may pass unread.
+        list.push(vec![&UNBALANCED]);
+    }
     list
 }
+
+/// Stands for a routine body whose END this check could not find (see [`statements`]).
+static UNBALANCED: Token = Token {
+    tok: Tok::Word(String::new()),
+    at: 0,
+};
 
 /// `COMMIT`, `ROLLBACK`, ... with ` AND CHAIN` when the statement chains.
 fn with_chain(name: &str, w: &[String]) -> String {
@@ -545,6 +612,12 @@ fn with_chain(name: &str, w: &[String]) -> String {
 
 /// What a statement (its top-level words, uppercased) would do to a batch, if anything.
 fn classify(d: Dialect, w: &[String]) -> Option<(String, Hazard)> {
+    if w.len() == 1 && w[0].is_empty() {
+        return named(
+            "a routine body whose END cannot be found",
+            Hazard::Unreadable,
+        );
+    }
     let w = Words(w);
     transaction_control(d, &w).or_else(|| match d {
         Dialect::Postgres => postgres_hazard(&w),
@@ -575,6 +648,9 @@ fn transaction_control(d: Dialect, w: &Words) -> Option<(String, Hazard)> {
     use Dialect::*;
     use Hazard::*;
     match (d, w.at(0)) {
+        (Mysql, "BEGIN") if w.at(1) == "NOT" && w.at(2) == "ATOMIC" => {
+            named("BEGIN NOT ATOMIC", Unreadable)
+        }
         (_, "BEGIN") => named("BEGIN", StartsTransaction),
         (_, "START") if w.at(1) == "TRANSACTION" => named("START TRANSACTION", StartsTransaction),
         (Postgres, "COMMIT") if w.at(1) == "PREPARED" => named("COMMIT PREPARED", TwoPhase),
@@ -687,6 +763,22 @@ fn sqlite_hazard(w: &Words) -> Option<(String, Hazard)> {
 /// MySQL: XA, USE, table locks, and `SET` of autocommit or transaction characteristics.
 fn mysql_hazard(w: &Words) -> Option<(String, Hazard)> {
     use Hazard::*;
+    if w.has("RELEASE_LOCK") || w.has("RELEASE_ALL_LOCKS") {
+        return named("RELEASE_LOCK / RELEASE_ALL_LOCKS", SessionLock);
+    }
+    // A label (`name: BEGIN ...`) or a compound statement run at once, outside a routine.
+    let first = if w.at(1) == ":" { w.at(2) } else { w.at(0) };
+    match first {
+        "BEGIN" | "IF" | "CASE" | "WHILE" | "LOOP" | "REPEAT" | "FOR" | "DECLARE" => {
+            return Some((
+                format!("{first} (a compound statement outside a routine)"),
+                Unreadable,
+            ))
+        }
+        "EXECUTE" => return named("EXECUTE (dynamic SQL)", Unreadable),
+        "PREPARE" if w.has("FROM") => return named("PREPARE ... FROM (dynamic SQL)", Unreadable),
+        _ => {}
+    }
     match w.at(0) {
         "XA" => Some((format!("XA {}", w.at(1)).trim_end().to_string(), Xa)),
         "USE" => named("USE", UseDatabase),
@@ -715,6 +807,8 @@ fn mysql_set(w: &Words) -> Option<(String, Hazard)> {
         }
         match x.as_str() {
             "AUTOCOMMIT" => return named("SET autocommit", Autocommit),
+            "COMPLETION_TYPE" => return named("SET completion_type", SessionLock),
+            "SQL_MODE" => return named("SET sql_mode", StringSyntax),
             "TRANSACTION_ISOLATION" | "TX_ISOLATION" | "TRANSACTION_READ_ONLY" | "TX_READ_ONLY" => {
                 return Some((
                     format!("SET {}", x.to_ascii_lowercase()),
@@ -772,6 +866,13 @@ mod tests {
             Mysql,
             "CREATE PROCEDURE p() BEGIN SELECT 1 AS begin; END;\nSET autocommit = 0;",
             "SET autocommit",
+            2,
+        );
+        // A server whose sql_mode has NO_BACKSLASH_ESCAPES reads `'a\'` as a whole string.
+        refused(
+            Mysql,
+            "SELECT 'a\\';\nLOCK TABLES t WRITE;\nSELECT '\\';",
+            "LOCK TABLES",
             2,
         );
         // Real bodies still hide what they only define.
@@ -1066,7 +1167,13 @@ mod tests {
             "COMMIT",
             2,
         );
-        allowed(Mysql, "BEGIN NOT ATOMIC SELECT 1; COMMIT; END;");
+        // MariaDB's anonymous block runs at once: refused, whatever it holds.
+        refused(
+            Mysql,
+            "BEGIN NOT ATOMIC SELECT 1; COMMIT; END;",
+            "BEGIN NOT ATOMIC",
+            1,
+        );
     }
 
     #[test]
@@ -1077,6 +1184,164 @@ mod tests {
         assert_eq!(
             code_at(Postgres, "/* a /* b */ */\nend", 0),
             (2, "END".to_string())
+        );
+    }
+}
+
+#[cfg(test)]
+/// Probes of a second adversarial review (each failed on commit ceb4c37): statements that ran
+/// on the server but that this check let through. Each must now be refused (under whatever
+/// name: the point is that it does not pass).
+mod review2 {
+    use super::*;
+    use Dialect::*;
+
+    fn find(d: Dialect, sql: &str) -> Option<(String, usize)> {
+        escaping_statement(d, sql).map(|f| (f.statement, f.line))
+    }
+
+    fn refused(d: Dialect, sql: &str, _name: &str, _line: usize) {
+        assert!(find(d, sql).is_some(), "{d:?}: not refused: {sql}");
+    }
+
+    /// A view (no parenthesis before its select list) whose columns are named `trigger` and
+    /// `begin`: the header check reads the select list as the header, takes `begin` for a
+    /// trigger body, and everything after it is skipped. Both run on SQLite as written.
+    #[test]
+    fn sqlite_view_with_trigger_and_begin_columns_hides_commit() {
+        refused(
+            Sqlite,
+            "CREATE VIEW v AS SELECT 1 AS trigger, 2 AS begin;\nCOMMIT;",
+            "COMMIT",
+            2,
+        );
+    }
+
+    #[test]
+    fn sqlite_index_named_trigger_hides_commit() {
+        refused(
+            Sqlite,
+            "CREATE TABLE t (a, begin);\nCREATE INDEX trigger ON t (begin);\nCOMMIT;",
+            "COMMIT",
+            3,
+        );
+    }
+
+    /// `CASE ... END loop`: `loop` is an alias (no keyword in SQLite), but `END LOOP` is
+    /// taken to close nothing, so the trigger body never closes.
+    #[test]
+    fn sqlite_case_alias_loop_keeps_the_body_open() {
+        refused(
+            Sqlite,
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT CASE WHEN 1 THEN 2 END loop; END;\nCOMMIT;",
+            "COMMIT",
+            2,
+        );
+    }
+
+    #[test]
+    fn mysql_view_with_event_and_begin_columns_hides_lock_tables() {
+        refused(
+            Mysql,
+            "CREATE VIEW v AS SELECT 1 AS event, 2 AS begin;\nLOCK TABLES t WRITE;",
+            "LOCK TABLES",
+            2,
+        );
+    }
+
+    /// `ELSE begin` (a column named begin, accepted by MariaDB 10.11 in a procedure) opens a
+    /// nested block that never closes.
+    #[test]
+    fn mysql_else_begin_column_keeps_the_body_open() {
+        refused(
+            Mysql,
+            "CREATE PROCEDURE p() BEGIN SELECT CASE WHEN 1 THEN 0 ELSE begin END FROM t; END;\nLOCK TABLES t WRITE;",
+            "LOCK TABLES",
+            2,
+        );
+    }
+
+    /// MariaDB's anonymous block runs its body at once: it is not a definition.
+    /// (MariaDB 10.11: `BEGIN NOT ATOMIC SET autocommit=0; END` leaves @@autocommit = 0.)
+    #[test]
+    fn mysql_begin_not_atomic_runs_its_body() {
+        refused(
+            Mysql,
+            "BEGIN NOT ATOMIC SET autocommit = 0; END;",
+            "SET autocommit",
+            1,
+        );
+    }
+
+    /// MariaDB runs IF / CASE / WHILE compound statements outside stored programs
+    /// (MariaDB 10.11: `IF 1 THEN START TRANSACTION; ... END IF` leaves @@in_transaction = 1).
+    #[test]
+    fn mysql_top_level_if_runs_its_statements() {
+        refused(
+            Mysql,
+            "IF 1 THEN SET autocommit = 0; END IF;",
+            "SET autocommit",
+            1,
+        );
+        refused(Mysql, "IF 1 THEN COMMIT; END IF;", "COMMIT", 1);
+    }
+
+    /// Dynamic SQL runs any refused statement (MariaDB 10.11 ran each of these).
+    #[test]
+    fn mysql_dynamic_sql_runs_refused_statements() {
+        assert!(find(Mysql, "EXECUTE IMMEDIATE 'LOCK TABLES t WRITE';").is_some());
+        assert!(find(Mysql, "PREPARE s FROM 'SET autocommit = 0'; EXECUTE s;").is_some());
+        assert!(find(Mysql, "EXECUTE IMMEDIATE 'XA END ''x''';").is_some());
+    }
+
+    /// The lexer always reads `\` as an escape in MySQL strings; after NO_BACKSLASH_ESCAPES
+    /// (set by the migration, or the server's sql_mode) the server does not.
+    #[test]
+    fn mysql_no_backslash_escapes_hides_lock_tables() {
+        refused(
+            Mysql,
+            "SET sql_mode = 'NO_BACKSLASH_ESCAPES';\nSELECT 'a\\';\nLOCK TABLES t WRITE;\nSELECT '';",
+            "LOCK TABLES",
+            3,
+        );
+    }
+
+    /// Under ANSI_QUOTES `"` quotes identifiers (no backslash escapes) in MySQL.
+    #[test]
+    fn mysql_ansi_quotes_hides_lock_tables() {
+        refused(
+            Mysql,
+            "SET sql_mode = 'ANSI_QUOTES';\nSELECT 1 AS \"a\\\";\nLOCK TABLES t WRITE;\nSELECT 1 AS \"\";",
+            "LOCK TABLES",
+            3,
+        );
+    }
+
+    /// completion_type = RELEASE makes the bookkeeping's own COMMIT (finish_marked_step)
+    /// disconnect the session, releasing its GET_LOCK mid-batch; CHAIN opens a transaction
+    /// after it. Session state the bookkeeping depends on, not refused.
+    #[test]
+    fn mysql_completion_type_is_refused() {
+        assert!(find(Mysql, "SET completion_type = 'RELEASE';").is_some());
+        assert!(find(Mysql, "SET SESSION completion_type = 1;").is_some());
+    }
+
+    /// The migration lock of a MySQL bind is a GET_LOCK the migration can give up.
+    #[test]
+    fn mysql_release_of_the_batch_lock_is_refused() {
+        assert!(find(Mysql, "DO RELEASE_ALL_LOCKS();").is_some());
+    }
+    /// The usual MySQL handler (`DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ... END;`): its
+    /// BEGIN follows a word that is no statement start, so it is not counted, its END closes
+    /// the procedure's body, and the procedure's own transaction control is refused.
+    #[test]
+    fn mysql_handler_block_closes_the_body() {
+        assert_eq!(
+            find(
+                Mysql,
+                "CREATE PROCEDURE p() BEGIN\n  DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; END;\n  START TRANSACTION;\n  INSERT INTO t VALUES (1);\n  COMMIT;\nEND;"
+            ),
+            None
         );
     }
 }

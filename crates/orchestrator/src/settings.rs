@@ -206,7 +206,8 @@ fn check_env_overrides(
     };
     let mut defined: Option<config::Config> = None;
     for var in vars {
-        let upper = var.to_ascii_uppercase();
+        // The config crate reads `.` in a variable's name as a separator too.
+        let upper = var.to_ascii_uppercase().replace('.', "__");
         let Some(rest) = upper.strip_prefix("ORCHESTRATE__") else {
             continue;
         };

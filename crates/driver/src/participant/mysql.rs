@@ -272,7 +272,7 @@ impl Mysql {
         })?;
         let seconds = lock_timeout.as_millis().div_ceil(1000).max(1);
         if let Err(source) = conn.batch_execute(&format!(
-            "SET SESSION autocommit = 1, SESSION innodb_lock_wait_timeout = {seconds}, SESSION lock_wait_timeout = {seconds}"
+            "SET SESSION autocommit = 1, SESSION completion_type = 0, SESSION innodb_lock_wait_timeout = {seconds}, SESSION lock_wait_timeout = {seconds}"
         )) {
             return Err(DriverError::Query {
                 bind,
@@ -441,14 +441,15 @@ impl Mysql {
         )
     }
 
-    /// Turns autocommit back on: marks and decisions written next must commit on their own
-    /// whatever a statement did to the session (a procedure it called may have turned
-    /// autocommit off; turning it back on commits what that statement left open, as it would
-    /// have anyway).
+    /// Turns autocommit back on, and COMMIT back to a plain commit: marks and decisions
+    /// written next must commit on their own, and keep the session (and its lock), whatever a
+    /// statement did to the session (a procedure it called may have turned autocommit off or
+    /// set `completion_type = RELEASE`; turning autocommit back on commits what that statement
+    /// left open, as it would have anyway).
     pub(crate) fn autocommit(&mut self) -> Result<(), DriverError> {
         self.s.execute_plain(
             "cannot turn autocommit back on",
-            "SET SESSION autocommit = 1",
+            "SET SESSION autocommit = 1, SESSION completion_type = 0",
         )
     }
 

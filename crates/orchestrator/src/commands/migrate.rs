@@ -110,6 +110,7 @@ pub(crate) fn check_batch<'s>(
             return Err(Refusal::invalid(refusals));
         }
         check_prepared_capacity(settings, &works).map_err(Refusal::invalid)?;
+        check_durable_decider(settings, &works).map_err(|e| Refusal::invalid(vec![e]))?;
     }
     Ok(Checked { plans, works })
 }
@@ -531,6 +532,18 @@ fn print_outcome(report: BatchReport, o: &mut Output) -> i32 {
         }
     }
     code
+}
+
+/// A batch of MySQL binds alone is decided on its first bind: a server that does not flush
+/// InnoDB's log at every commit could lose that decision, so the batch is refused before
+/// anything is touched (the coordinator checks again when it starts).
+fn check_durable_decider(settings: &Settings, works: &[BindWork]) -> Result<(), String> {
+    if choose_decider(works, settings.decider.as_deref()).is_some() {
+        return Ok(());
+    }
+    orchestrate_driver::Mysql::connect(&works[0].endpoint, settings.lock_timeout)
+        .and_then(|mut c| c.check_durable_commits())
+        .map_err(|e| e.to_string())
 }
 
 /// Fails early, before anything is touched, when a server cannot hold the prepared
