@@ -50,7 +50,7 @@ if [ -z "${ORCHESTRATE_TEST_MYSQL_URL:-}" ]; then
 fi
 
 # The failpoints feature compiles the crash points the crash tests use (inert without FAILPOINTS).
-# ORCHESTRATE_KILL_LOOPS sets how many random kills the kill-loop test makes (default 5).
+# ORCHESTRATE_KILL_LOOPS sets how many kills each kill loop makes (defaults: 30, 20 and 5).
 cargo test --workspace --locked --features orchestrate/failpoints "$@"
 
 # The default build too (no failpoints, as users get it), on the commands a new user runs first;
