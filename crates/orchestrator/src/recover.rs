@@ -35,10 +35,77 @@ use crate::settings::Settings;
 pub struct Action {
     pub bind: String,
     pub batch_id: String,
-    /// committed, rolled back, redone, would commit, would roll back, would redo, left alone,
-    /// attention
-    pub action: String,
+    pub action: ActionKind,
     pub detail: String,
+}
+
+/// What recover did to a batch on a bind; a dry run's `would ...`; or why it did nothing.
+/// Shown (and serialised) as the words in quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum ActionKind {
+    /// A prepared transaction committed.
+    #[serde(rename = "committed")]
+    Committed,
+    #[serde(rename = "rolled back")]
+    RolledBack,
+    /// A SQLite bind brought forward from the decision record.
+    #[serde(rename = "redone")]
+    Redone,
+    /// A MySQL migration whose every statement committed, recorded.
+    #[serde(rename = "recorded")]
+    Recorded,
+    /// A MySQL batch mark settled by its decision.
+    #[serde(rename = "settled")]
+    Settled,
+    /// A MySQL bind's migrations of an undecided batch, reverted.
+    #[serde(rename = "undone")]
+    Undone,
+    /// A `begun` batch no coordinator holds, recorded as aborted.
+    #[serde(rename = "aborted")]
+    Aborted,
+    #[serde(rename = "would commit")]
+    WouldCommit,
+    #[serde(rename = "would roll back")]
+    WouldRollBack,
+    #[serde(rename = "would redo")]
+    WouldRedo,
+    #[serde(rename = "would record")]
+    WouldRecord,
+    #[serde(rename = "would settle")]
+    WouldSettle,
+    #[serde(rename = "would undo")]
+    WouldUndo,
+    #[serde(rename = "would abort")]
+    WouldAbort,
+    /// Nothing done: a coordinator still holds the batch, or the evidence is missing.
+    #[serde(rename = "left alone")]
+    LeftAlone,
+    /// Nothing done: a person must look (and say so with `resolve`, or end it by hand).
+    #[serde(rename = "attention")]
+    Attention,
+}
+
+impl ActionKind {
+    /// Whether it leaves something for a person or a later run (a dry run's `would ...` too).
+    pub fn needs_attention(self) -> bool {
+        !matches!(
+            self,
+            ActionKind::Committed
+                | ActionKind::RolledBack
+                | ActionKind::Redone
+                | ActionKind::Recorded
+                | ActionKind::Settled
+                | ActionKind::Undone
+                | ActionKind::Aborted
+        )
+    }
+}
+
+impl std::fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = serde_json::to_value(self).expect("action kinds serialise");
+        f.write_str(text.as_str().expect("a string"))
+    }
 }
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -51,10 +118,7 @@ pub struct RecoverReport {
 impl RecoverReport {
     /// Whether anything is left for a person or a later run (a dry run's "would ..." too).
     pub fn needs_attention(&self) -> bool {
-        !self.errors.is_empty()
-            || self.actions.iter().any(|a| {
-                a.action == "attention" || a.action == "left alone" || a.action.starts_with("would")
-            })
+        !self.errors.is_empty() || self.actions.iter().any(|a| a.action.needs_attention())
     }
 }
 
@@ -215,14 +279,14 @@ impl PreparedStep<'_> {
 
     /// Ends one prepared transaction by its batch's decision (or leaves it, saying why).
     fn end(&mut self, conn: &mut dyn Resolve, xact: &orchestrate_driver::PreparedXact) -> Action {
-        let action = |batch_id: &str, action: &str, detail: String| Action {
+        let action = |batch_id: &str, action: ActionKind, detail: String| Action {
             bind: self.bind.name.clone(),
             batch_id: batch_id.into(),
-            action: action.into(),
+            action,
             detail,
         };
         let Some(gid) = TransactionId::parse(&xact.gid) else {
-            return action("", "attention", format!("prepared transaction {} has an id this version does not understand; end it by hand", xact.gid));
+            return action("", ActionKind::Attention, format!("prepared transaction {} has an id this version does not understand; end it by hand", xact.gid));
         };
         let (settings, dry_run, wait) = (self.settings, self.dry_run, self.wait);
         let decision = self
@@ -232,17 +296,17 @@ impl PreparedStep<'_> {
         let (verb, result) = match decision {
             Decision::Unknown(why) => {
                 let detail = format!("prepared transaction {}: {why}", xact.gid);
-                return action(&gid.batch_id, "left alone", detail);
+                return action(&gid.batch_id, ActionKind::LeftAlone, detail);
             }
-            Decision::Commit if dry_run => ("would commit", Ok(())),
-            Decision::Abort if dry_run => ("would roll back", Ok(())),
+            Decision::Commit if dry_run => (ActionKind::WouldCommit, Ok(())),
+            Decision::Abort if dry_run => (ActionKind::WouldRollBack, Ok(())),
             Decision::Commit => (
-                "committed",
+                ActionKind::Committed,
                 conn.commit_prepared(&xact.gid)
                     .or_else(|e| ended_meanwhile(conn, &xact.gid, &gid.batch_id, true, e)),
             ),
             Decision::Abort => (
-                "rolled back",
+                ActionKind::RolledBack,
                 conn.rollback_prepared(&xact.gid)
                     .or_else(|e| ended_meanwhile(conn, &xact.gid, &gid.batch_id, false, e)),
             ),
@@ -258,7 +322,7 @@ impl PreparedStep<'_> {
             ),
             Err(why) => action(
                 &gid.batch_id,
-                "attention",
+                ActionKind::Attention,
                 format!("could not end {}: {why}", xact.gid),
             ),
         }
@@ -313,10 +377,10 @@ fn abort_abandoned(
         Err(e) => return report.errors.push(e.to_string()),
     };
     for batch_id in begun {
-        let action = |action: &str, detail: &str| Action {
+        let action = |action: ActionKind, detail: &str| Action {
             bind: bind.endpoint.bind.clone(),
             batch_id: batch_id.clone(),
-            action: action.into(),
+            action,
             detail: detail.into(),
         };
         let gone = "begun by a coordinator that is gone, and nothing of it is prepared or committed on any bind recover could read";
@@ -328,13 +392,14 @@ fn abort_abandoned(
         match held {
             Ok(true) => continue,
             Ok(false) if dry_run => report.actions.push(action(
-                "would abort",
+                ActionKind::WouldAbort,
                 &format!("{gone}: would record abort"),
             )),
             Ok(false) => match conn.decide_abort(&batch_id, &now(), Duration::ZERO) {
-                Ok(true) => report
-                    .actions
-                    .push(action("aborted", &format!("{gone}: recorded abort"))),
+                Ok(true) => report.actions.push(action(
+                    ActionKind::Aborted,
+                    &format!("{gone}: recorded abort"),
+                )),
                 Ok(false) => {}
                 Err(e) if e.is_lock_wait() => {}
                 Err(e) => report.errors.push(e.to_string()),
@@ -360,7 +425,7 @@ fn check_participant(
         let action = Action {
             bind: participant.bind.clone(),
             batch_id: record.batch_id.clone(),
-            action: "attention".into(),
+            action: ActionKind::Attention,
             detail: format!("the decided batch includes bind `{}`, which is not configured; it cannot be checked", participant.bind),
         };
         return (Some(action), false);
@@ -370,7 +435,9 @@ fn check_participant(
     }
     if let Some(steps) = &participant.redo {
         let action = redo(bind, record, participant, steps, timeout, dry_run);
-        let done = action.as_ref().is_none_or(|a| a.action == "redone");
+        let done = action
+            .as_ref()
+            .is_none_or(|a| a.action == ActionKind::Redone);
         return (action, done);
     }
     // A non-atomic MySQL participant: finished once its batch mark is gone (step 3 above).
@@ -419,7 +486,7 @@ fn check_committed(
     let Some(bind) = settings.bind(bind_name) else {
         return (None, false);
     };
-    let action = |action: &str, detail: String| Action {
+    let action = |action: ActionKind, detail: String| Action {
         bind: bind_name.into(),
         batch_id: record.batch_id.clone(),
         action: action.into(),
@@ -444,13 +511,13 @@ fn check_committed(
                 &now(),
             )?;
         }
-        Ok((Some(action("attention", detail)), !dry_run))
+        Ok((Some(action(ActionKind::Attention, detail)), !dry_run))
     };
     match look() {
         Ok(a) => a,
         Err(e) => (
             Some(action(
-                "attention",
+                ActionKind::Attention,
                 format!("cannot check prepared transaction {gid}: {e}"),
             )),
             false,
@@ -467,7 +534,7 @@ fn redo(
     timeout: Duration,
     dry_run: bool,
 ) -> Option<Action> {
-    let action = |action: &str, detail: String| Action {
+    let action = |action: ActionKind, detail: String| Action {
         bind: bind.name.clone(),
         batch_id: record.batch_id.clone(),
         action: action.into(),
@@ -479,7 +546,7 @@ fn redo(
         Ok(c) => c,
         Err(e) => {
             return Some(action(
-                "attention",
+                ActionKind::Attention,
                 format!("the decided batch is not known to be here and cannot be checked: {e}"),
             ))
         }
@@ -487,28 +554,28 @@ fn redo(
     match conn.has_batch(&record.batch_id) {
         Ok(true) => return None,
         Ok(false) => {}
-        Err(e) => return Some(action("attention", e.to_string())),
+        Err(e) => return Some(action(ActionKind::Attention, e.to_string())),
     }
     let now = match conn.applied_versions() {
         Ok(now) => now,
-        Err(e) if !e.is_missing() => return Some(action("attention", e.to_string())),
+        Err(e) if !e.is_missing() => return Some(action(ActionKind::Attention, e.to_string())),
         Err(_) => Vec::new(),
     };
     if let Some(why) = not_the_same(participant, &now) {
-        return Some(action("attention", why));
+        return Some(action(ActionKind::Attention, why));
     }
     if dry_run {
         let detail = format!(
             "{} step(s) of the decided batch are missing here",
             steps.len()
         );
-        return Some(action("would redo", detail));
+        return Some(action(ActionKind::WouldRedo, detail));
     }
     let work = redo_work(bind, record, steps);
     let done = replay(&mut conn, bind, record, participant, &work);
     match done {
         Ok(true) => Some(action(
-            "redone",
+            ActionKind::Redone,
             format!(
                 "{} step(s) re-applied from the decision record",
                 steps.len()
@@ -521,7 +588,7 @@ fn redo(
         Err(e) => {
             conn.rollback();
             Some(action(
-                "attention",
+                ActionKind::Attention,
                 format!("could not re-apply the decided batch: {e}"),
             ))
         }
@@ -640,7 +707,7 @@ fn recover_nonatomic(
             continue;
         }
         if open_migrations > 0 {
-            r.push(m, "attention", "this batch is settled here once the interrupted migration above is resolved with `orchestrate resolve`; then run recover again".into());
+            r.push(m, ActionKind::Attention, "this batch is settled here once the interrupted migration above is resolved with `orchestrate resolve`; then run recover again".into());
             continue;
         }
         r.settle_batch_mark(m);
@@ -674,7 +741,7 @@ impl<'a> MarksRecovery<'a> {
             report.actions.push(Action {
                 bind: bind.name.clone(),
                 batch_id: String::new(),
-                action: "left alone".into(),
+                action: ActionKind::LeftAlone,
                 detail: "a coordinator (or another recover) holds this bind's migration lock, so its batch is still running; run recover again once it has finished or died".into(),
             });
         };
@@ -721,11 +788,11 @@ impl<'a> MarksRecovery<'a> {
         })
     }
 
-    fn push(&mut self, m: &orchestrate_driver::Mark, action: &str, detail: String) {
+    fn push(&mut self, m: &orchestrate_driver::Mark, action: ActionKind, detail: String) {
         self.report.actions.push(Action {
             bind: self.bind.name.clone(),
             batch_id: m.batch_id.clone(),
-            action: action.into(),
+            action,
             detail,
         });
     }
@@ -742,7 +809,7 @@ impl<'a> MarksRecovery<'a> {
         if m.statements_done < m.statements_total || m.statements_total == 0 {
             self.push(
                 m,
-                "attention",
+                ActionKind::Attention,
                 m.describe().replace("<bind>", &self.bind.name),
             );
             return false;
@@ -759,7 +826,7 @@ impl<'a> MarksRecovery<'a> {
                 "{}: all {} statement(s) committed before the interruption",
                 m.name, m.statements_total
             );
-            self.push(m, "would record", detail);
+            self.push(m, ActionKind::WouldRecord, detail);
             return true;
         }
         let file = self.file(&m.version);
@@ -779,11 +846,15 @@ impl<'a> MarksRecovery<'a> {
                     "{} ({}): all {} statement(s) had committed before the interruption; recorded",
                     m.name, m.direction, m.statements_total
                 );
-                self.push(m, "recorded", detail);
+                self.push(m, ActionKind::Recorded, detail);
                 true
             }
             Err(e) => {
-                self.push(m, "attention", format!("cannot record {}: {e}", m.name));
+                self.push(
+                    m,
+                    ActionKind::Attention,
+                    format!("cannot record {}: {e}", m.name),
+                );
                 false
             }
         }
@@ -807,18 +878,18 @@ impl<'a> MarksRecovery<'a> {
         };
         let steps = match self.conn.batch_steps(&m.batch_id) {
             Ok(s) => s,
-            Err(e) => return self.push(m, "attention", e.to_string()),
+            Err(e) => return self.push(m, ActionKind::Attention, e.to_string()),
         };
         let stay = format!(
             "the batch was decided: its {} migration(s) here stay",
             steps.len()
         );
         match decision {
-            Decision::Unknown(why) => self.push(m, "left alone", why),
-            Decision::Commit if self.dry_run => self.push(m, "would settle", stay),
+            Decision::Unknown(why) => self.push(m, ActionKind::LeftAlone, why),
+            Decision::Commit if self.dry_run => self.push(m, ActionKind::WouldSettle, stay),
             Decision::Commit => match self.conn.clear_mark(m) {
-                Ok(()) => self.push(m, "settled", stay),
-                Err(e) => self.push(m, "attention", e.to_string()),
+                Ok(()) => self.push(m, ActionKind::Settled, stay),
+                Err(e) => self.push(m, ActionKind::Attention, e.to_string()),
             },
             Decision::Abort => self.undo_batch(m, &steps),
         }
@@ -876,13 +947,13 @@ impl<'a> MarksRecovery<'a> {
             return self.undo_until(m, &undos, st);
         }
         if self.dry_run {
-            return self.push(m, "would undo", format!("the batch was not decided: its {} migration(s) here would be reverted with their undo SQL, newest first", undos.len()));
+            return self.push(m, ActionKind::WouldUndo, format!("the batch was not decided: its {} migration(s) here would be reverted with their undo SQL, newest first", undos.len()));
         }
         match crate::nonatomic::undo(&mut self.conn, &m.batch_id, &m.decider, &undos, &at)
             .and_then(|()| self.conn.clear_mark(m).map_err(|e| e.to_string()))
         {
-            Ok(()) => self.push(m, "undone", format!("the batch was not decided: its {} migration(s) here were reverted with their undo SQL, newest first", undos.len())),
-            Err(why) => self.push(m, "attention", why.replace("<bind>", &bind)),
+            Ok(()) => self.push(m, ActionKind::Undone, format!("the batch was not decided: its {} migration(s) here were reverted with their undo SQL, newest first", undos.len())),
+            Err(why) => self.push(m, ActionKind::Attention, why.replace("<bind>", &bind)),
         }
     }
 
@@ -911,7 +982,7 @@ impl<'a> MarksRecovery<'a> {
             &at,
         );
         if self.dry_run {
-            return self.push(m, "attention", format!("the batch was not decided, so its migrations here must be undone, but there is no SQL to undo {}", st.name));
+            return self.push(m, ActionKind::Attention, format!("the batch was not decided, so its migrations here must be undone, but there is no SQL to undo {}", st.name));
         }
         let result = crate::nonatomic::undo(&mut self.conn, &m.batch_id, &m.decider, undos, &at)
             .and_then(|()| self.conn.put_mark(&mark).map_err(|e| e.to_string()));
@@ -919,6 +990,6 @@ impl<'a> MarksRecovery<'a> {
             Ok(()) => format!("the batch was not decided, so its migrations here must be undone; {} were, newest first, and then: {}", undos.len(), mark.describe().replace("<bind>", &bind)),
             Err(why) => why.replace("<bind>", &bind),
         };
-        self.push(m, "attention", detail);
+        self.push(m, ActionKind::Attention, detail);
     }
 }
