@@ -489,7 +489,7 @@ fn check_committed(
     let action = |action: ActionKind, detail: String| Action {
         bind: bind_name.into(),
         batch_id: record.batch_id.clone(),
-        action: action.into(),
+        action,
         detail,
     };
     let look = || -> Result<(Option<Action>, bool), DriverError> {
@@ -537,7 +537,7 @@ fn redo(
     let action = |action: ActionKind, detail: String| Action {
         bind: bind.name.clone(),
         batch_id: record.batch_id.clone(),
-        action: action.into(),
+        action,
         detail,
     };
     // Never created: a missing file is a database that was removed or moved, not one to
