@@ -324,13 +324,10 @@ pub fn resolve(
         file.as_ref().and_then(|f| f.down_sql.clone()),
     );
     // What the person's answer means for the version tables.
-    let record = match (mark.direction.as_str(), applied) {
-        ("up", true) => Some((Direction::Up, "up")),
-        ("down", false) => Some((Direction::Down, "down")),
-        ("undo-up", false) => Some((Direction::Down, "undo")),
-        ("undo-down", true) => Some((Direction::Up, "undo")),
-        _ => None,
-    };
+    let record = mark
+        .direction()
+        .filter(|d| d.leaves_it_applied() == applied)
+        .map(|d| d.recorded_as());
     let is_applied = conn
         .read_applied()
         .map_err(unreachable)?

@@ -22,7 +22,9 @@
 use std::time::Duration;
 
 use orchestrate_core::{split_statements, Direction, Step};
-use orchestrate_driver::{Bookkeeping, Decider, DriverError, Mark, Mysql, Xa};
+use orchestrate_driver::{
+    Bookkeeping, Decider, DriverError, Mark, MarkDirection, MarkKind, Mysql, Xa,
+};
 
 use crate::coordinator::{BatchError, BindWork};
 use crate::signals;
@@ -38,22 +40,22 @@ pub struct Running {
     pub partial: Option<Mark>,
 }
 
-/// The mark of one migration (or undo, `direction` `undo-up`/`undo-down`) about to run `sql`,
-/// with the number of its statements.
+/// The mark of one migration (or its undo) about to run `sql`, with the number of its
+/// statements.
 pub fn migration_mark(
     batch_id: &str,
     decider: &str,
-    direction: &str,
+    direction: MarkDirection,
     step: &Step,
     sql: &str,
     at: &str,
 ) -> Mark {
     Mark {
-        kind: "migration".into(),
+        kind: MarkKind::Migration.as_str().into(),
         batch_id: batch_id.into(),
         version: step.version.as_str().into(),
         decider: decider.into(),
-        direction: direction.into(),
+        direction: direction.as_str().into(),
         name: step.name.clone(),
         statements_done: 0,
         statements_total: split_statements(sql).len() as i64,
@@ -65,7 +67,7 @@ pub fn migration_mark(
 /// `recover` look for prepared XA transactions only where such a mark exists.
 pub fn xa_batch_mark(batch_id: &str, decider: &str, direction: Direction, at: &str) -> Mark {
     Mark {
-        kind: "xa-batch".into(),
+        kind: MarkKind::XaBatch.as_str().into(),
         ..batch_mark(batch_id, decider, direction, at)
     }
 }
@@ -73,7 +75,7 @@ pub fn xa_batch_mark(batch_id: &str, decider: &str, direction: Direction, at: &s
 /// The mark that says a batch touched a MySQL bind and is not settled there.
 pub fn batch_mark(batch_id: &str, decider: &str, direction: Direction, at: &str) -> Mark {
     Mark {
-        kind: "batch".into(),
+        kind: MarkKind::Batch.as_str().into(),
         batch_id: batch_id.into(),
         version: "-".into(),
         decider: decider.into(),
@@ -213,14 +215,11 @@ pub fn run(
         if signals::interrupted() {
             return Err(fail(BatchError::Interrupted, running));
         }
-        let mut m = migration_mark(
-            batch_id,
-            decider,
-            &direction.to_string(),
-            step,
-            &step.sql,
-            at,
-        );
+        let marked = match direction {
+            Direction::Up => MarkDirection::Up,
+            Direction::Down => MarkDirection::Down,
+        };
+        let mut m = migration_mark(batch_id, decider, marked, step, &step.sql, at);
         if let Err((e, cleared)) =
             run_marked(&mut running.conn, &mut m, &step.name, &step.sql, true)
         {
@@ -260,8 +259,8 @@ pub fn undo(
     at: &str,
 ) -> Result<(), String> {
     for u in undos {
-        let direction = format!("undo-{}", u.ran);
-        let mut m = migration_mark(batch_id, decider, &direction, &u.step, &u.sql, at);
+        let direction = MarkDirection::undo_of(u.ran);
+        let mut m = migration_mark(batch_id, decider, direction, &u.step, &u.sql, at);
         if u.sql.trim().is_empty() {
             // Nothing says how to undo it: a person must.
             return Err(match conn.put_mark(&m) {

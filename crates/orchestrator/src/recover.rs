@@ -24,7 +24,7 @@ use std::time::Duration;
 use orchestrate_core::{Direction, Step, Version};
 use orchestrate_driver::{
     Atomic, Backend, BatchTransaction, BindConnection, Bookkeeping, DecisionRecord, DecisionState,
-    DriverError, Mysql, Resolve, Sqlite, TransactionId,
+    DriverError, MarkDirection, Mysql, Resolve, Sqlite, TransactionId,
 };
 
 use crate::coordinator::{run_steps, BindWork};
@@ -815,12 +815,10 @@ impl<'a> MarksRecovery<'a> {
             return false;
         }
         // Every statement committed; only the record is missing.
-        let (direction, label) = match m.direction.as_str() {
-            "up" => (Direction::Up, "up"),
-            "down" => (Direction::Down, "down"),
-            "undo-up" => (Direction::Down, "undo"),
-            _ => (Direction::Up, "undo"),
-        };
+        let (direction, label) = m
+            .direction()
+            .unwrap_or(MarkDirection::UndoDown)
+            .recorded_as();
         if self.dry_run {
             let detail = format!(
                 "{}: all {} statement(s) committed before the interruption",
@@ -976,7 +974,11 @@ impl<'a> MarksRecovery<'a> {
         let mark = crate::nonatomic::migration_mark(
             &m.batch_id,
             &m.decider,
-            &format!("undo-{}", st.direction),
+            MarkDirection::undo_of(if st.direction == "down" {
+                Direction::Down
+            } else {
+                Direction::Up
+            }),
             &step,
             "",
             &at,

@@ -66,7 +66,7 @@ mod sqlite;
 mod xa;
 
 pub use any::BindConnection;
-pub use mysql::{BatchStep, Mark, Mysql, MYSQL_LOCK_NAME};
+pub use mysql::{BatchStep, Mark, MarkDirection, MarkKind, Mysql, MYSQL_LOCK_NAME};
 pub use postgres::{Postgres, LOCK_KEY};
 pub(crate) use session::Session;
 pub use sqlite::Sqlite;

@@ -57,10 +57,102 @@ pub struct Mark {
     pub started_at: String,
 }
 
+/// What a mark stands for (its `kind` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkKind {
+    /// A non-atomic participant's batch, unsettled here (`batch`).
+    Batch,
+    /// An XA participant's batch, unsettled here (`xa-batch`).
+    XaBatch,
+    /// A migration, or its undo, under way (`migration`).
+    Migration,
+}
+
+impl MarkKind {
+    /// The `kind` column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarkKind::Batch => "batch",
+            MarkKind::XaBatch => "xa-batch",
+            MarkKind::Migration => "migration",
+        }
+    }
+}
+
+/// What a marked migration was doing (its `direction` column).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MarkDirection {
+    /// Applying it (`up`).
+    Up,
+    /// Reverting it (`down`).
+    Down,
+    /// Undoing an applied migration, that is reverting it, in a failed batch (`undo-up`).
+    UndoUp,
+    /// Undoing a reverted migration, that is applying it again (`undo-down`).
+    UndoDown,
+}
+
+impl MarkDirection {
+    /// The `direction` column's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarkDirection::Up => "up",
+            MarkDirection::Down => "down",
+            MarkDirection::UndoUp => "undo-up",
+            MarkDirection::UndoDown => "undo-down",
+        }
+    }
+
+    /// The undo of a step that ran in `ran`.
+    pub fn undo_of(ran: Direction) -> MarkDirection {
+        match ran {
+            Direction::Up => MarkDirection::UndoUp,
+            Direction::Down => MarkDirection::UndoDown,
+        }
+    }
+
+    /// How the migration is recorded once it has fully happened: the version-table change
+    /// (applied: up; reverted: down) and the history label (`up`, `down` or `undo`).
+    pub fn recorded_as(self) -> (Direction, &'static str) {
+        match self {
+            MarkDirection::Up => (Direction::Up, "up"),
+            MarkDirection::Down => (Direction::Down, "down"),
+            MarkDirection::UndoUp => (Direction::Down, "undo"),
+            MarkDirection::UndoDown => (Direction::Up, "undo"),
+        }
+    }
+
+    /// Whether the migration is in the database once this has fully happened.
+    pub fn leaves_it_applied(self) -> bool {
+        matches!(self, MarkDirection::Up | MarkDirection::UndoDown)
+    }
+}
+
 impl Mark {
+    /// The mark's kind; an unknown value (a newer version's) reads as a migration mark, the
+    /// kind that needs a person.
+    pub fn kind(&self) -> MarkKind {
+        match self.kind.as_str() {
+            "batch" => MarkKind::Batch,
+            "xa-batch" => MarkKind::XaBatch,
+            _ => MarkKind::Migration,
+        }
+    }
+
+    /// A migration mark's direction (`None` for a batch mark or an unknown value).
+    pub fn direction(&self) -> Option<MarkDirection> {
+        match self.direction.as_str() {
+            "up" => Some(MarkDirection::Up),
+            "down" => Some(MarkDirection::Down),
+            "undo-up" => Some(MarkDirection::UndoUp),
+            "undo-down" => Some(MarkDirection::UndoDown),
+            _ => None,
+        }
+    }
+
     /// A batch mark: `batch` (a non-atomic participant) or `xa-batch` (an XA participant).
     pub fn is_batch(&self) -> bool {
-        self.kind == "batch" || self.kind == "xa-batch"
+        matches!(self.kind(), MarkKind::Batch | MarkKind::XaBatch)
     }
 
     /// What the mark means, for people.
@@ -73,10 +165,10 @@ impl Mark {
                 self.started_at
             );
         }
-        let what = match self.direction.as_str() {
-            "up" => "applying",
-            "down" => "reverting",
-            "undo-up" => "undoing (reverting) the applied",
+        let what = match self.direction() {
+            Some(MarkDirection::Up) => "applying",
+            Some(MarkDirection::Down) => "reverting",
+            Some(MarkDirection::UndoUp) => "undoing (reverting) the applied",
             _ => "undoing (re-applying) the reverted",
         };
         format!(

@@ -170,7 +170,7 @@ impl Resolve for Mysql {
         let marks: Vec<Mark> = self
             .marks()?
             .into_iter()
-            .filter(|m| m.kind == "xa-batch")
+            .filter(|m| m.kind() == super::mysql::MarkKind::XaBatch)
             .collect();
         if marks.is_empty() {
             // Every XA participant writes its `xa-batch` mark before XA START and it stays
