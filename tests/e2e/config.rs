@@ -547,3 +547,38 @@ fn sighup_before_the_decision_rolls_back_everything() {
 fn sighup_after_the_decision_finishes_committing() {
     crate::crash::signal_after_the_decision(pg_and_sqlite(), "HUP");
 }
+
+/// Outside a project, or with paths that are wrong, the message says what was looked for and
+/// what to do: no default.toml where it looked, a configuration folder that does not exist,
+/// a `--config` that names a folder.
+#[test]
+fn wrong_configuration_paths_say_what_to_do() {
+    let empty = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_orchestrate"))
+            .args(args)
+            .current_dir(empty.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(&["status"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("config/default.toml does not exist") && err.contains("orchestrate init"),
+        "{err}"
+    );
+    let (code, err) = run(&["status", "--config-dir", "/nonexistent/config"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("the configuration folder /nonexistent/config does not exist"),
+        "{err}"
+    );
+    let folder = empty.path().display().to_string();
+    let (code, err) = run(&["status", "--config", &folder]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is a folder, not a TOML file"), "{err}");
+}

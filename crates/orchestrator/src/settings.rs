@@ -21,6 +21,12 @@ use serde::Deserialize;
 pub enum SettingsError {
     #[error("configuration file {} does not exist", .0.display())]
     MissingFile(PathBuf),
+    #[error("--config {} is a folder, not a TOML file; give the file, or use --config-dir for the folder holding default.toml", .0.display())]
+    FolderNotFile(PathBuf),
+    #[error("the configuration folder {} does not exist; give the folder holding default.toml with --config-dir", .0.display())]
+    MissingFolder(PathBuf),
+    #[error("no configuration found: {} does not exist. Run `orchestrate init` to start a project here, or run from the project's folder, or point at it with --config-dir DIR", .0.display())]
+    NoProject(PathBuf),
     #[error("invalid configuration: {}", redact_text(.0))]
     Invalid(String),
     #[error("no binds are configured; add a [binds.NAME] table with a `url` to config/default.toml (or the file given with --config)")]
@@ -193,6 +199,26 @@ fn expand_template(
         .collect()
 }
 
+/// Says what is wrong with the paths a command was given before anything reads them: a
+/// configuration folder that does not exist, a `--config` that is a folder, or no project at
+/// all (no default.toml and no `--config`).
+fn check_config_paths(sources: &Sources, default: &Path) -> Result<(), SettingsError> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if let Some(file) = &sources.extra_file {
+        if file.is_dir() {
+            return Err(SettingsError::FolderNotFile(file.clone()));
+        }
+    }
+    let default_folder = sources.config_dir == Path::new("config");
+    if !sources.config_dir.is_dir() && !default_folder && sources.extra_file.is_none() {
+        return Err(SettingsError::MissingFolder(absolute(&sources.config_dir)));
+    }
+    if !default.is_file() && sources.extra_file.is_none() {
+        return Err(SettingsError::NoProject(absolute(default)));
+    }
+    Ok(())
+}
+
 /// An environment variable can override a bind or template that a configuration file
 /// defines, never create one: `ORCHESTRATE__BINDS__USER__URL` when the files define `users`
 /// is a typo that would otherwise migrate the file's URL and add a bind nobody meant.
@@ -259,6 +285,7 @@ impl Settings {
         }
         let mut builder = Config::builder();
         let default = sources.config_dir.join("default.toml");
+        check_config_paths(sources, &default)?;
         let env_file = sources
             .env_name
             .as_deref()
