@@ -7,6 +7,7 @@
 
 mod adversarial;
 mod adversarial2;
+mod adversarial3;
 mod arbitration;
 mod cli;
 mod config;

@@ -65,6 +65,8 @@ pub enum Hazard {
     /// MySQL `RELEASE_LOCK` / `RELEASE_ALL_LOCKS`, `SET completion_type`: they give up the
     /// batch's lock or end its session at the next COMMIT.
     SessionLock,
+    /// PostgreSQL `dblink` functions: SQL run on another connection, which commits on its own.
+    OtherConnection,
 }
 
 impl Hazard {
@@ -87,6 +89,7 @@ impl Hazard {
             Hazard::StringSyntax => "changes how the server reads backslashes in strings (or double quotes), so the statements after it would not be read by the server the way this check reads them",
             Hazard::Unreadable => "runs SQL that this check cannot read before it runs (a string built at run time, or a block that runs at once), so a statement that would end or escape the batch could hide in it",
             Hazard::SessionLock => "gives up the lock that tells `orchestrate recover` this bind's batch is still running (or ends the session at its next COMMIT, with the lock)",
+            Hazard::OtherConnection => "runs SQL on another connection, which commits on its own: what it does stays when the batch rolls back",
         }
     }
 
@@ -108,6 +111,7 @@ impl Hazard {
             Hazard::StringSyntax => "Remove it; write strings with E'...' where backslash escapes are wanted (PostgreSQL), or set the server's default sql_mode outside migrations (MySQL)",
             Hazard::Unreadable => "Write the statements themselves in the migration; put procedural code in a routine (CREATE PROCEDURE) and CALL it",
             Hazard::SessionLock => "Remove it: orchestrate takes and releases the bind's lock itself",
+            Hazard::OtherConnection => "Give that database a bind of its own, or do it outside migrations",
         }
     }
 }
@@ -753,6 +757,9 @@ fn sqlite_hazard(w: &Words) -> Option<(String, Hazard)> {
                 p @ ("SYNCHRONOUS" | "JOURNAL_MODE" | "LOCKING_MODE") if setting => {
                     Some((format!("PRAGMA {}", p.to_ascii_lowercase()), Durability))
                 }
+                // SQLite also takes the pragma's name quoted (`'journal_mode'`, `"x"`, `[x]`):
+                // which one it is cannot be read here, so a quoted one that sets is refused.
+                "\"\"" | "''" if setting => named("PRAGMA with a quoted name", Durability),
                 _ => None,
             }
         }
@@ -1342,6 +1349,33 @@ mod review2 {
                 "CREATE PROCEDURE p() BEGIN\n  DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; END;\n  START TRANSACTION;\n  INSERT INTO t VALUES (1);\n  COMMIT;\nEND;"
             ),
             None
+        );
+    }
+}
+
+/// Probes of a third adversarial review: SQLite takes a PRAGMA's name quoted (`'x'`, `"x"`,
+/// `[x]`, `` `x` ``), and the check refuses only the bare word.
+#[cfg(test)]
+mod review3 {
+    use super::*;
+
+    #[test]
+    fn review3_sqlite_quoted_pragma_names() {
+        let passed: Vec<&str> = [
+            "PRAGMA 'journal_mode' = OFF",
+            "PRAGMA \"journal_mode\" = OFF",
+            "PRAGMA [journal_mode] = OFF",
+            "PRAGMA `journal_mode` = OFF",
+            "PRAGMA main.'journal_mode' = OFF",
+            "PRAGMA 'locking_mode' = EXCLUSIVE",
+            "PRAGMA 'synchronous' = OFF",
+        ]
+        .into_iter()
+        .filter(|sql| escaping_statement(Dialect::Sqlite, sql).is_none())
+        .collect();
+        assert!(
+            passed.is_empty(),
+            "these pass the check, PRAGMA journal_mode/locking_mode/synchronous = ... does not: {passed:?}"
         );
     }
 }

@@ -36,7 +36,9 @@ fn dialect(backend: Backend) -> Dialect {
 pub fn check_sql(backend: Backend, sql: &str) -> Option<Found> {
     if backend == Backend::Postgres {
         if let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
-            return postgres(sql, &parsed.protobuf);
+            return postgres(sql, &parsed.protobuf)
+                .or_else(|| other_connection(sql, &parsed))
+                .or_else(|| session_setting_call(sql, &parsed));
         }
     }
     escaping_statement(dialect(backend), sql)
@@ -134,6 +136,77 @@ fn postgres(sql: &str, parsed: &pg_query::protobuf::ParseResult) -> Option<Found
         }
     }
     None
+}
+
+/// A call of a `dblink` function anywhere in `sql` (in a SELECT, a DO block's text is not
+/// parsed): SQL on another connection, which commits whatever the batch does.
+fn other_connection(sql: &str, parsed: &pg_query::ParseResult) -> Option<Found> {
+    let name = parsed.functions().into_iter().find(|f| {
+        let bare = f.rsplit('.').next().unwrap_or(f).to_ascii_lowercase();
+        bare.starts_with("dblink")
+    })?;
+    let bare = name
+        .rsplit('.')
+        .next()
+        .unwrap_or(&name)
+        .to_ascii_lowercase();
+    let offset = sql.to_ascii_lowercase().find(&bare).unwrap_or(0);
+    let (line, _) = code_at(Dialect::Postgres, sql, line_start(sql, offset));
+    Some(Found {
+        line,
+        statement: format!("{bare}(...)"),
+        hazard: Hazard::OtherConnection,
+    })
+}
+
+/// `set_config(name, ...)` of a setting `SET` may not change in a migration (the transaction's
+/// characteristics, the session's identity), or of a name that is not a literal (which one it
+/// is cannot be read): the function form of a refused `SET`.
+fn session_setting_call(sql: &str, parsed: &pg_query::ParseResult) -> Option<Found> {
+    if !parsed
+        .functions()
+        .iter()
+        .any(|f| f.rsplit('.').next().unwrap_or(f).eq_ignore_ascii_case("set_config"))
+    {
+        return None;
+    }
+    let lower = sql.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find("set_config") {
+        let start = from + at;
+        from = start + "set_config".len();
+        let rest = lower[from..].trim_start();
+        let Some(args) = rest.strip_prefix('(') else {
+            continue;
+        };
+        let args = args.trim_start();
+        let name = args
+            .strip_prefix('\'')
+            .and_then(|a| a.split_once('\''))
+            .map(|(name, _)| name.to_string());
+        let (statement, hazard) = match name.as_deref() {
+            Some(
+                "transaction_read_only" | "transaction_isolation" | "transaction_deferrable",
+            ) => ("set_config of a transaction setting", Hazard::TransactionSettings),
+            Some("session_authorization") => {
+                ("set_config('session_authorization')", Hazard::SessionIdentity)
+            }
+            Some(_) => continue,
+            None => ("set_config of a name not written out", Hazard::Unreadable),
+        };
+        let (line, _) = code_at(Dialect::Postgres, sql, line_start(sql, start));
+        return Some(Found {
+            line,
+            statement: statement.into(),
+            hazard,
+        });
+    }
+    None
+}
+
+/// The offset of the start of the line holding `offset`.
+fn line_start(sql: &str, offset: usize) -> usize {
+    sql[..offset].rfind('\n').map_or(0, |i| i + 1)
 }
 
 /// Whether an option (`CONCURRENTLY`, `CONCURRENTLY true`) is on.
@@ -387,6 +460,43 @@ mod tests {
                 4,
             );
         }
+    }
+
+    /// Found by a third adversarial review: `dblink_exec` ran DDL on another connection,
+    /// which stayed committed when the batch rolled back.
+    #[test]
+    fn set_config_of_refused_settings_is_refused() {
+        refused(
+            "SELECT set_config('transaction_read_only', 'on', true);",
+            "set_config of a transaction setting",
+            1,
+        );
+        refused(
+            "SELECT 1;\nSELECT set_config('session_authorization', 'bob', false);",
+            "set_config('session_authorization')",
+            2,
+        );
+        assert_eq!(
+            find(
+                Backend::Postgres,
+                "SELECT set_config('search_path', 'app, public', true);"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn dblink_calls_are_refused() {
+        refused(
+            "CREATE TABLE t (x int);\nSELECT dblink_exec('dbname=app', 'CREATE TABLE leaked (x int)');",
+            "dblink_exec(...)",
+            2,
+        );
+        refused(
+            "SELECT * FROM public.dblink('dbname=app', 'SELECT 1') AS t(x int);",
+            "dblink(...)",
+            1,
+        );
     }
 
     #[test]

@@ -68,11 +68,12 @@ pub enum Command {
     /// Validate configuration, chains, drift and in-doubt batches on every bind, and the batch
     /// `upgrade --all-binds` would run: a CI gate.
     ///
-    /// Exits 0 when all is well; 1 on migration history problems (an applied migration
-    /// edited or deleted, a pending one out of order) or, with --no-pending, pending
-    /// migrations; 2 when a bind cannot be read (invalid migrations, unreachable, locked) or
-    /// `upgrade --all-binds` would refuse its batch (with the same error lines); 3 while a
-    /// batch is in doubt (recover, and `resolve` first for an interrupted MySQL migration).
+    /// Exits 0 when all is well; 2 on migration history problems (an applied migration
+    /// edited or deleted, a pending one out of order), when a bind cannot be read (invalid
+    /// migrations, unreachable, locked) or when `upgrade --all-binds` would refuse its batch,
+    /// with the same error lines; 1 with --no-pending while migrations are pending, or while
+    /// another run is in the middle of a batch; 3 while a batch is in doubt (recover, and
+    /// `resolve` first for an interrupted MySQL migration).
     Check {
         /// Print JSON, as `status --json`.
         #[arg(long)]

@@ -26,8 +26,9 @@ pub struct InDoubt {
     /// How long it has been prepared, as PostgreSQL counts it (`HH:MM:SS`).
     pub age: String,
     /// `commit` (the decider holds the decision; recover commits it), `abort` (recover rolls
-    /// it back), `none` (not decided yet: recover decides abort once its coordinator no longer
-    /// holds the batch), or `unknown: why` (no evidence: recover changes nothing).
+    /// it back), `running` (its coordinator holds the batch: not in doubt, busy), `none` (not
+    /// decided yet: recover decides abort once its coordinator no longer holds the batch), or
+    /// `unknown: why` (no evidence: recover changes nothing).
     pub decision: String,
 }
 
@@ -229,6 +230,9 @@ fn describe(
             {
                 Ok(Some(DecisionState::Commit(_))) => "commit".into(),
                 Ok(Some(DecisionState::Abort)) => "abort".into(),
+                Ok(Some(DecisionState::Begun)) if batch_is_running(settings, &p.gid) => {
+                    "running".into()
+                }
                 Ok(Some(DecisionState::Begun)) => "none".into(),
                 Ok(None) => format!("unknown: no row for the batch in the decider `{decider}`'s orchestrate_batches"),
                 Err(e) => format!("unknown: {e}"),

@@ -14,7 +14,10 @@ fn main() {
     let _failpoints = fail::FailScenario::setup();
     install_logging();
     install_panic_hook();
-    let cli = orchestrate::cli::Cli::parse();
+    let cli = match orchestrate::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     if let Err(e) = orchestrate::signals::install() {
         eprintln!(
             "warning: cannot install signal handlers ({e}); Ctrl-C will end the process at once"
@@ -31,6 +34,32 @@ fn main() {
     };
     let _ = std::io::stdout().flush();
     std::process::exit(code);
+}
+
+/// A command line clap cannot read: its message (exit 2, or `--help`/`--version`, exit 0);
+/// with `--json` among the arguments, also the JSON error object every refusal prints.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    let json = std::env::args().any(|a| a == "--json");
+    if json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let text = e.to_string();
+        let head = text.split("\n\nUsage").next().unwrap_or(&text);
+        let message = head
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim_start_matches("error: ")
+            .to_string();
+        let refusal = orchestrate::commands::Refusal::argument(message);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "error": refusal.to_json() }))
+                .expect("JSON values serialise")
+        );
+        eprint!("{text}");
+        std::process::exit(exit::INVALID);
+    }
+    e.exit()
 }
 
 /// Replaces the default panic message (which could quote anything, a URL included) with one

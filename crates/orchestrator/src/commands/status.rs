@@ -29,9 +29,11 @@ pub(crate) fn in_doubt_message(bind: &str, state: &BindState) -> Vec<String> {
 
 /// The exit code of `status` (`strict` false) or `check` (`strict` true) for these reports.
 fn verdict(reports: &[BindReport], strict: bool, no_pending: bool) -> i32 {
+    // A batch its coordinator still runs is busy, not in doubt (upgrade says the same).
+    let in_doubt = |r: &BindReport| r.in_doubt.iter().any(|d| d.decision != "running");
     if reports
         .iter()
-        .any(|r| !r.in_doubt.is_empty() || !r.unsettled.is_empty())
+        .any(|r| in_doubt(r) || !r.unsettled.is_empty())
     {
         exit::ATTENTION
     } else if reports.iter().any(|r| !r.errors.is_empty()) {
@@ -80,11 +82,17 @@ fn print_reports(reports: &[BindReport], json: bool, o: &mut Output) {
             let known = match d.decision.as_str() {
                 "commit" => "decided to commit; `orchestrate recover` commits it".to_string(),
                 "none" => "no decision recorded; `orchestrate recover` rolls it back once its coordinator is gone".to_string(),
+                "running" => "its coordinator is running it (not in doubt); wait for it to end".to_string(),
                 other => other.to_string(),
+            };
+            let label = if d.decision == "running" {
+                "running"
+            } else {
+                "in doubt"
             };
             let _ = writeln!(
                 out,
-                "  in doubt: batch {} (prepared transaction {}, for {}, decider `{}`): {known}",
+                "  {label}: batch {} (prepared transaction {}, for {}, decider `{}`): {known}",
                 d.batch_id, d.gid, d.age, d.decider
             );
         }
@@ -140,7 +148,7 @@ pub fn check(
     let mut code = verdict(&reports, true, no_pending);
     // A batch in doubt is reported as such; otherwise what upgrade would refuse, with its
     // words (a bind that cannot be read, or a migration no batch can run, included).
-    let refusal = (code == exit::OK || code == exit::INVALID)
+    let refusal = (code != exit::ATTENTION)
         .then(|| upgrade_refusal(settings, allow_non_atomic))
         .flatten();
     if json {
