@@ -163,11 +163,12 @@ fn other_connection(sql: &str, parsed: &pg_query::ParseResult) -> Option<Found> 
 /// characteristics, the session's identity), or of a name that is not a literal (which one it
 /// is cannot be read): the function form of a refused `SET`.
 fn session_setting_call(sql: &str, parsed: &pg_query::ParseResult) -> Option<Found> {
-    if !parsed
-        .functions()
-        .iter()
-        .any(|f| f.rsplit('.').next().unwrap_or(f).eq_ignore_ascii_case("set_config"))
-    {
+    if !parsed.functions().iter().any(|f| {
+        f.rsplit('.')
+            .next()
+            .unwrap_or(f)
+            .eq_ignore_ascii_case("set_config")
+    }) {
         return None;
     }
     let lower = sql.to_ascii_lowercase();
@@ -185,12 +186,14 @@ fn session_setting_call(sql: &str, parsed: &pg_query::ParseResult) -> Option<Fou
             .and_then(|a| a.split_once('\''))
             .map(|(name, _)| name.to_string());
         let (statement, hazard) = match name.as_deref() {
-            Some(
-                "transaction_read_only" | "transaction_isolation" | "transaction_deferrable",
-            ) => ("set_config of a transaction setting", Hazard::TransactionSettings),
-            Some("session_authorization") => {
-                ("set_config('session_authorization')", Hazard::SessionIdentity)
-            }
+            Some("transaction_read_only" | "transaction_isolation" | "transaction_deferrable") => (
+                "set_config of a transaction setting",
+                Hazard::TransactionSettings,
+            ),
+            Some("session_authorization") => (
+                "set_config('session_authorization')",
+                Hazard::SessionIdentity,
+            ),
             Some(_) => continue,
             None => ("set_config of a name not written out", Hazard::Unreadable),
         };

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use orchestrate_core::{Direction, Plan};
+use orchestrate_core::Direction;
 use orchestrate_driver::{
     gid_for, Atomic, Backend, BatchTransaction, BindConnection, Decider, DecisionRecord,
     DriverError, Endpoint, Mysql, Participant, Postgres, RedoStep, Resolve, Sqlite, TwoPhase,
@@ -32,51 +32,9 @@ use rayon::prelude::*;
 
 use crate::nonatomic;
 use crate::signals;
-
-/// A named point where a test can stop or crash the coordinator (cargo feature `failpoints`,
-/// set with `FAILPOINTS=name=action;...` in the `fail` crate's syntax). The action `return`
-/// sends the process SIGKILL on the spot: no destructor, rollback or flush runs, as in a real
-/// crash. `sleep(ms)`, `pause` and `panic` work as the `fail` crate defines them. Without the
-/// feature this is nothing.
-macro_rules! crash_point {
-    ($name:literal) => {
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!($name, |_| {
-            eprintln!("failpoint {}: crashing with SIGKILL", $name);
-            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGKILL);
-            std::process::abort()
-        });
-    };
-}
-
-/// Where a test can crash a MySQL migration between two of its statements.
-pub(crate) fn crash_point_mid_migration() {
-    crash_point!("mysql-mid-migration");
-}
-
-/// Why a batch failed before its decision.
-#[derive(Debug, thiserror::Error)]
-pub enum BatchError {
-    #[error(transparent)]
-    Bind(#[from] DriverError),
-    #[error("interrupted by a signal before the decision")]
-    Interrupted,
-}
-
-fn check_signal() -> Result<(), BatchError> {
-    if signals::interrupted() {
-        Err(BatchError::Interrupted)
-    } else {
-        Ok(())
-    }
-}
-
-/// One bind's share of a batch.
-#[derive(Clone, Debug)]
-pub struct BindWork {
-    pub endpoint: Endpoint,
-    pub plan: Plan,
-}
+use crate::work::crash_point;
+use crate::work::{check_signal, run_steps};
+pub use crate::work::{BatchError, BindWork};
 
 /// Where a bind ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1080,22 +1038,6 @@ fn record_abort<D: Decider + ?Sized>(decider: &mut D, batch_id: &str) {
     if let Err(e) = decider.decide_abort(batch_id, &now_text(), Duration::from_secs(2)) {
         tracing::warn!(batch = %batch_id, error = %e, "could not record the abort decision; `orchestrate recover` will decide it");
     }
-}
-
-/// Runs a bind's steps in its open batch transaction.
-pub(crate) fn run_steps<P: Atomic + ?Sized>(
-    conn: &mut P,
-    work: &BindWork,
-    batch_id: &str,
-    direction: Direction,
-    at: &str,
-) -> Result<Vec<String>, BatchError> {
-    let before = conn.check_plan_still_valid(direction, &work.plan.steps)?;
-    for step in &work.plan.steps {
-        check_signal()?;
-        conn.run_step(batch_id, direction, step, at)?;
-    }
-    Ok(before)
 }
 
 /// A participant's part of the batch, as its first phase needs it.

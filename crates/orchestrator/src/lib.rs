@@ -25,6 +25,7 @@ pub mod nonatomic;
 pub mod recover;
 pub mod settings;
 pub mod signals;
+pub mod work;
 
 /// The worker threads of this process, `n` of them, made once and never ended.
 ///

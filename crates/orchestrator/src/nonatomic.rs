@@ -26,8 +26,8 @@ use orchestrate_driver::{
     Bookkeeping, Decider, DriverError, Mark, MarkDirection, MarkKind, Mysql, Xa,
 };
 
-use crate::coordinator::{BatchError, BindWork};
 use crate::signals;
+use crate::work::{BatchError, BindWork};
 
 /// A MySQL bind that has run (part of) its share of a batch and still holds its lock.
 pub struct Running {
@@ -144,7 +144,7 @@ fn run_marked(
             .map_err(|e| (e, false))?;
         m.statements_done = i as i64 + 1;
         if i == 0 && statements.len() > 1 {
-            crate::coordinator::crash_point_mid_migration();
+            crate::work::crash_point_mid_migration();
         }
     }
     Ok(())

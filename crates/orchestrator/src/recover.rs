@@ -27,8 +27,8 @@ use orchestrate_driver::{
     DriverError, MarkDirection, Mysql, Resolve, Sqlite, TransactionId,
 };
 
-use crate::coordinator::{run_steps, BindWork};
 use crate::settings::Settings;
+use crate::work::{run_steps, BindWork};
 
 /// What recover did, or would do, for one batch on one bind.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -663,7 +663,7 @@ fn replay(
     }
     let direction = record.direction();
     run_steps(conn, work, &record.batch_id, direction, &at).map_err(|e| match e {
-        crate::coordinator::BatchError::Bind(e) => e,
+        crate::work::BatchError::Bind(e) => e,
         other => DriverError::Other {
             bind: bind.name.clone(),
             detail: other.to_string(),
