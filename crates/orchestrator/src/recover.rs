@@ -245,6 +245,9 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
     for bind in &settings.binds {
         abort_abandoned(bind, dry_run, settings.lock_timeout, &mut report);
     }
+    // A bind that cannot be reached is met by several steps: say it once.
+    let mut seen = std::collections::BTreeSet::new();
+    report.errors.retain(|e| seen.insert(e.clone()));
     report
 }
 
