@@ -575,3 +575,21 @@ fn the_end_of_test_check_sees_each_broken_promise() {
     );
     p.assert_consistent();
 }
+
+/// A bind that cannot be reached is reported once by recover, which says it could not look
+/// (exit 3: what it holds is unknown), and changes nothing elsewhere.
+#[test]
+fn an_unreachable_bind_is_reported_once() {
+    let mut p = Project::new();
+    p.add_sqlite("local");
+    p.config("[binds.gone]\nurl = \"postgres://postgres@127.0.0.1:1/nowhere\"");
+    let run = p.run(&["recover"]);
+    run.expect(3);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:") && l.contains("gone"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    p.assert_states(&[("local", state(&[], &[]))]);
+}
