@@ -189,19 +189,52 @@ fn line_at(sql: &str, byte: usize) -> usize {
 
 /// The first statement of `sql` that cannot be part of a batch, if any.
 pub fn escaping_statement(dialect: Dialect, sql: &str) -> Option<Found> {
-    let found = escaping_statement_as(dialect, sql, false);
-    if found.is_some() || dialect != Dialect::Mysql {
-        return found;
+    if dialect != Dialect::Mysql {
+        return escaping_statement_as(dialect, sql, Reading::default());
     }
-    // A MySQL server whose sql_mode has NO_BACKSLASH_ESCAPES or ANSI_QUOTES reads strings and
-    // double quotes otherwise: what hides from one reading must not hide from the other.
-    escaping_statement_as(dialect, sql, true)
+    // A MySQL server reads strings and double quotes as its sql_mode says (NO_BACKSLASH_ESCAPES,
+    // ANSI_QUOTES, each on or off): what hides from one reading must not hide from another.
+    [false, true].iter().find_map(|&no_backslash| {
+        [false, true].iter().find_map(|&ansi_quotes| {
+            let reading = Reading {
+                no_backslash,
+                ansi_quotes,
+            };
+            escaping_statement_as(dialect, sql, reading)
+        })
+    })
 }
 
-/// [`escaping_statement`] with MySQL strings read one way: `plain` is NO_BACKSLASH_ESCAPES
-/// and ANSI_QUOTES (no backslash escapes; `"` quotes names).
-fn escaping_statement_as(dialect: Dialect, sql: &str, plain: bool) -> Option<Found> {
-    let tokens = lex_as(dialect, sql, plain);
+/// The first call, anywhere in `sql` (outside strings and comments), of a function whose name
+/// starts with `prefix` (upper case): a word followed by `(`, perhaps schema-qualified.
+pub fn calls_function(dialect: Dialect, sql: &str, prefix: &str) -> Option<Found> {
+    let tokens = lex(dialect, sql);
+    let k = tokens.iter().enumerate().position(|(k, t)| {
+        matches!(&t.tok, Tok::Word(w) if w.starts_with(prefix))
+            && tokens.get(k + 1).is_some_and(|n| n.tok == Tok::Punct('('))
+    })?;
+    let Tok::Word(name) = &tokens[k].tok else {
+        return None;
+    };
+    Some(Found {
+        line: line_at(sql, tokens[k].at),
+        statement: format!("{}(...)", name.to_ascii_lowercase()),
+        hazard: Hazard::OtherConnection,
+    })
+}
+
+/// How a MySQL server reads strings (its sql_mode); the defaults elsewhere.
+#[derive(Clone, Copy, Default)]
+struct Reading {
+    /// NO_BACKSLASH_ESCAPES: a backslash in a string is a backslash.
+    no_backslash: bool,
+    /// ANSI_QUOTES: `"` quotes names, not strings.
+    ansi_quotes: bool,
+}
+
+/// [`escaping_statement`] with MySQL strings read one way.
+fn escaping_statement_as(dialect: Dialect, sql: &str, reading: Reading) -> Option<Found> {
+    let tokens = lex_as(dialect, sql, reading);
     for statement in statements(dialect, &tokens) {
         let words: Vec<String> = statement.iter().map(|t| t.tok.text()).collect();
         if let Some((name, hazard)) = classify(dialect, &words) {
@@ -325,13 +358,13 @@ fn dollar_quote(b: &[u8], i: usize) -> Option<usize> {
 
 /// The tokens of `sql` that are code.
 fn lex(d: Dialect, sql: &str) -> Vec<Token> {
-    lex_as(d, sql, false)
+    lex_as(d, sql, Reading::default())
 }
 
-/// [`lex`]; with `plain`, MySQL strings have no backslash escapes and `"` quotes names
-/// (NO_BACKSLASH_ESCAPES, ANSI_QUOTES).
-fn lex_as(d: Dialect, sql: &str, plain: bool) -> Vec<Token> {
-    let backslash = d == Dialect::Mysql && !plain;
+/// [`lex`], with MySQL strings read as `reading` says.
+fn lex_as(d: Dialect, sql: &str, reading: Reading) -> Vec<Token> {
+    let backslash = d == Dialect::Mysql && !reading.no_backslash;
+    let double_quoted_strings = d == Dialect::Mysql && !reading.ansi_quotes;
     let b = sql.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
@@ -346,7 +379,7 @@ fn lex_as(d: Dialect, sql: &str, plain: bool) -> Vec<Token> {
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => i += 1,
             b'-' if next == Some(b'-')
                 && (d != Dialect::Mysql
-                    || !matches!(b.get(i + 2), Some(c) if !c.is_ascii_whitespace())) =>
+                    || !matches!(b.get(i + 2), Some(c) if !(c.is_ascii_whitespace() || c.is_ascii_control()))) =>
             {
                 i = skip_line(b, i)
             }
@@ -367,9 +400,9 @@ fn lex_as(d: Dialect, sql: &str, plain: bool) -> Vec<Token> {
                 i = skip_quoted(b, i, b'\'', backslash);
             }
             b'"' => {
-                if backslash {
+                if double_quoted_strings {
                     push(&mut out, Tok::Str);
-                    i = skip_quoted(b, i, b'"', true);
+                    i = skip_quoted(b, i, b'"', backslash);
                 } else {
                     push(&mut out, Tok::Quoted);
                     i = skip_quoted(b, i, b'"', false);
@@ -673,8 +706,25 @@ fn transaction_control(d: Dialect, w: &Words) -> Option<(String, Hazard)> {
 /// transaction block.
 fn postgres_hazard(w: &Words) -> Option<(String, Hazard)> {
     use Hazard::*;
+    // Read by this lexer only when pg_query could not parse the file: what the parser's path
+    // refuses by name is refused here by word (more broadly: the arguments cannot be read).
+    if w.0.iter().any(|x| x.starts_with("DBLINK")) {
+        return named("dblink(...)", OtherConnection);
+    }
+    if w.has("SET_CONFIG") {
+        return named("set_config(...)", Unreadable);
+    }
+    if matches!(w.at(0), "ALTER")
+        && matches!(w.at(1), "DATABASE" | "ROLE" | "USER")
+        && (w.has("SET") || w.has("RESET"))
+    {
+        return named("ALTER DATABASE / ROLE ... SET", SearchPathDefault);
+    }
     match w.at(0) {
         "SET" => postgres_set(w),
+        "RESET" if w.0.iter().any(|x| x.starts_with("TRANSACTION_")) => {
+            named("RESET of a transaction setting", TransactionSettings)
+        }
         "RESET"
             if (w.at(1) == "SESSION" && w.at(2) == "AUTHORIZATION")
                 || w.at(1) == "SESSION_AUTHORIZATION" =>
@@ -739,6 +789,28 @@ fn postgres_set(w: &Words) -> Option<(String, Hazard)> {
             named("SET SESSION AUTHORIZATION", SessionIdentity)
         }
         "SESSION_AUTHORIZATION" => named("SET SESSION AUTHORIZATION", SessionIdentity),
+        "STANDARD_CONFORMING_STRINGS" => named("SET standard_conforming_strings", StringSyntax),
+        "CLIENT_ENCODING" | "NAMES" => {
+            let value = w.0[k + 1..]
+                .iter()
+                .find(|x| !matches!(x.as_str(), "=" | "TO"))
+                .map_or("", String::as_str);
+            match value {
+                "UTF8" | "UNICODE" | "SQL_ASCII" | "LATIN1" | "DEFAULT" => None,
+                _ => named(
+                    "SET client_encoding of an encoding this check cannot read",
+                    StringSyntax,
+                ),
+            }
+        }
+        "DEFAULT_TRANSACTION_READ_ONLY"
+        | "DEFAULT_TRANSACTION_ISOLATION"
+        | "DEFAULT_TRANSACTION_DEFERRABLE" => Some((
+            format!("SET {}", w.at(k).to_ascii_lowercase()),
+            TransactionSettings,
+        )),
+        // A quoted setting name: which one cannot be read.
+        "\"\"" => named("SET of a quoted setting name", Unreadable),
         _ => None,
     }
 }
@@ -790,6 +862,9 @@ fn mysql_hazard(w: &Words) -> Option<(String, Hazard)> {
         "XA" => Some((format!("XA {}", w.at(1)).trim_end().to_string(), Xa)),
         "USE" => named("USE", UseDatabase),
         "LOCK" if matches!(w.at(1), "TABLES" | "TABLE") => named("LOCK TABLES", TableLocks),
+        "FLUSH" if (w.has("READ") && w.has("LOCK")) || w.has("EXPORT") => {
+            named("FLUSH TABLES ... WITH READ LOCK / FOR EXPORT", TableLocks)
+        }
         "UNLOCK" if matches!(w.at(1), "TABLES" | "TABLE") => named("UNLOCK TABLES", TableLocks),
         "SET" => mysql_set(w),
         _ => None,
@@ -801,6 +876,13 @@ fn mysql_hazard(w: &Words) -> Option<(String, Hazard)> {
 /// variable, `@name`).
 fn mysql_set(w: &Words) -> Option<(String, Hazard)> {
     use Hazard::*;
+    // MariaDB's `SET STATEMENT var = value [, ...] FOR statement`: the statement is what runs.
+    if w.at(1) == "STATEMENT" {
+        if let Some(k) = w.0.iter().position(|x| x == "FOR") {
+            let rest: Vec<String> = w.0[k + 1..].to_vec();
+            return classify(Dialect::Mysql, &rest);
+        }
+    }
     if w.at(1) == "TRANSACTION"
         || (matches!(w.at(1), "GLOBAL" | "SESSION" | "LOCAL") && w.at(2) == "TRANSACTION")
     {
@@ -813,9 +895,13 @@ fn mysql_set(w: &Words) -> Option<(String, Hazard)> {
             continue;
         }
         match x.as_str() {
+            // A system variable's name may be quoted (`` `autocommit` ``): which one cannot be read.
+            "\"\"" => return named("SET of a quoted variable name", Unreadable),
             "AUTOCOMMIT" => return named("SET autocommit", Autocommit),
             "COMPLETION_TYPE" => return named("SET completion_type", SessionLock),
-            "SQL_MODE" => return named("SET sql_mode", StringSyntax),
+            "SQL_MODE" | "CHARACTER_SET_CLIENT" | "CHARACTER_SET_CONNECTION" => {
+                return Some((format!("SET {}", x.to_ascii_lowercase()), StringSyntax))
+            }
             "TRANSACTION_ISOLATION" | "TX_ISOLATION" | "TRANSACTION_READ_ONLY" | "TX_READ_ONLY" => {
                 return Some((
                     format!("SET {}", x.to_ascii_lowercase()),
@@ -825,7 +911,25 @@ fn mysql_set(w: &Words) -> Option<(String, Hazard)> {
             _ => {}
         }
     }
-    None
+    // A client character set where a byte of a character can be a backslash (gbk, big5, sjis,
+    // cp932, gb18030) makes the server read strings differently from this check: only the
+    // safe ones, written out, pass.
+    let charset = if matches!(w.at(1), "NAMES" | "CHARSET") {
+        Some(w.at(2))
+    } else if w.at(1) == "CHARACTER" && w.at(2) == "SET" {
+        Some(w.at(3))
+    } else {
+        None
+    };
+    match charset {
+        Some("UTF8" | "UTF8MB3" | "UTF8MB4" | "LATIN1" | "ASCII" | "BINARY" | "DEFAULT") | None => {
+            None
+        }
+        Some(_) => named(
+            "SET NAMES / CHARACTER SET of a charset this check cannot read",
+            StringSyntax,
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -1377,5 +1481,185 @@ mod review3 {
             passed.is_empty(),
             "these pass the check, PRAGMA journal_mode/locking_mode/synchronous = ... does not: {passed:?}"
         );
+    }
+}
+
+/// Probes of a fourth adversarial review. Each asserts that SQL which, run by the server,
+/// ends/escapes the batch or changes session state the tool depends on is refused.
+#[cfg(test)]
+mod review4 {
+    use super::*;
+    use Dialect::*;
+
+    fn passing<'a>(d: Dialect, sqls: &[&'a str]) -> Vec<&'a str> {
+        sqls.iter()
+            .copied()
+            .filter(|sql| escaping_statement(d, sql).is_none())
+            .collect()
+    }
+
+    /// MySQL takes a system variable's name quoted with backticks (`internal_variable_name` /
+    /// `lvalue_variable` is an `ident`, which includes a quoted one): `` SET `sql_mode` = ...``
+    /// is `SET sql_mode = ...`.
+    #[test]
+    fn review4_mysql_backtick_quoted_system_variables() {
+        let passed = passing(
+            Mysql,
+            &[
+                "SET SESSION `sql_mode` = 'ANSI_QUOTES'",
+                "SET `sql_mode` = 'NO_BACKSLASH_ESCAPES'",
+                "SET @@session.`completion_type` = 'RELEASE'",
+                "SET @@`completion_type` = 2",
+                "SET `transaction_read_only` = 1",
+                "SET SESSION `transaction_isolation` = 'SERIALIZABLE'",
+                "SET `autocommit` = 0",
+            ],
+        );
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+    }
+
+    /// `sql_mode=ANSI` (REAL_AS_FLOAT, PIPES_AS_CONCAT, ANSI_QUOTES, IGNORE_SPACE, ...) has
+    /// ANSI_QUOTES *without* NO_BACKSLASH_ESCAPES: `"` quotes names (no backslash escapes),
+    /// `'` strings keep them. The check reads MySQL SQL two ways (backslash + `"` strings; no
+    /// backslash + `"` names), never this third way. Read by such a server:
+    /// `SELECT 1 AS "\", '\', '` then `; DO RELEASE_ALL_LOCKS();` then a `-- ` comment.
+    #[test]
+    fn review4_mysql_ansi_quotes_with_backslash_escapes() {
+        let sql = "SELECT 1 AS \"\\\", '\\', '; DO RELEASE_ALL_LOCKS(); -- ';";
+        assert!(
+            escaping_statement(Mysql, sql).is_some(),
+            "passes the check, but a server with sql_mode=ANSI runs DO RELEASE_ALL_LOCKS(): {sql}"
+        );
+    }
+
+    /// The character set the server reads a statement in: with `character_set_client` gbk
+    /// (big5, sjis, cp932, gb18030 likewise) a lead byte eats the next `\`, so the bytes
+    /// E4 B8 AD (UTF-8 `中`) + `\\'` are `中` then an escaped quote to a GBK server, while the
+    /// check reads `\\` and the end of the string. Refused like `SET sql_mode`: it changes how
+    /// the server reads strings in the statements after it.
+    #[test]
+    fn review4_mysql_client_character_set() {
+        let passed = passing(
+            Mysql,
+            &[
+                "SET NAMES gbk",
+                "SET NAMES 'big5'",
+                "SET CHARACTER SET sjis",
+                "SET CHARSET cp932",
+                "SET character_set_client = gbk",
+                "SET @@session.character_set_client = gb18030",
+            ],
+        );
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+        // The payload a later statement/migration of the batch could then carry.
+        let payload = "SET NAMES gbk;\nSELECT '中\\\\', '; DO RELEASE_ALL_LOCKS(); -- ';";
+        assert!(escaping_statement(Mysql, payload).is_some(), "{payload}");
+    }
+
+    /// MySQL ends a `--` comment's marker on a space *or control* character (`my_isspace ||
+    /// my_iscntrl`, and its space class includes \x0b); the check only on Rust's
+    /// `is_ascii_whitespace` (no \x0b, no \x01..\x08, \x0e..\x1f, \x7f). Reading `--\x0b'` as
+    /// code, the check opens a string that swallows the next line the server runs.
+    #[test]
+    fn review4_mysql_dash_dash_control_character() {
+        let passed = passing(
+            Mysql,
+            &[
+                "SELECT 1; --\x0b'\nDO RELEASE_ALL_LOCKS();\n-- '",
+                "SELECT 1; --\x01'\nLOCK TABLES t WRITE;\n-- '",
+                "SELECT 1; --\x7f'\nUSE other;\n-- '",
+            ],
+        );
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+    }
+
+    /// MariaDB `SET STATEMENT var=value [, ...] FOR <statement>` runs any statement; the check
+    /// classifies it as a SET (a common form: `SET STATEMENT lock_wait_timeout=5 FOR ...`).
+    #[test]
+    fn review4_mariadb_set_statement_for() {
+        let passed = passing(
+            Mysql,
+            &[
+                "SET STATEMENT lock_wait_timeout=5 FOR LOCK TABLES t WRITE",
+                "SET STATEMENT max_statement_time=0 FOR USE other_db",
+                "SET STATEMENT max_statement_time=0 FOR EXECUTE s",
+                "SET STATEMENT lock_wait_timeout=5 FOR XA END 'x'",
+            ],
+        );
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+    }
+
+    /// `FLUSH TABLES ... WITH READ LOCK` / `FOR EXPORT` take table locks as LOCK TABLES does
+    /// (released only by UNLOCK TABLES, which is refused); the global form also blocks every
+    /// write of this session, the bookkeeping's included, and of every other client.
+    #[test]
+    fn review4_mysql_flush_tables_locks() {
+        let passed = passing(
+            Mysql,
+            &[
+                "FLUSH TABLES WITH READ LOCK",
+                "FLUSH TABLES t WITH READ LOCK",
+                "FLUSH TABLES t FOR EXPORT",
+            ],
+        );
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+    }
+
+    /// The hand lexer is PostgreSQL's fallback for SQL pg_query cannot parse (e.g. a column
+    /// named `system_user` on a PostgreSQL <= 15 server: SYSTEM_USER is reserved from 16, and
+    /// pg_query is 18). README's PostgreSQL refusals that only the pg_query path knows:
+    #[test]
+    fn review4_postgres_fallback_lexer_misses_readme_refusals() {
+        let passed = passing(
+            Postgres,
+            &[
+                "SELECT dblink_exec('dbname=other', 'DELETE FROM t')",
+                "SELECT public.dblink('dbname=other', 'SELECT 1') AS t(x int)",
+                "SELECT set_config('transaction_read_only', 'on', false)",
+                "SELECT set_config('session_authorization', 'bob', false)",
+                "ALTER ROLE app SET search_path = other",
+                "ALTER DATABASE app SET search_path = other",
+                "ALTER ROLE app RESET ALL",
+                "SET standard_conforming_strings = off",
+                "RESET transaction_isolation",
+                "SET \"transaction_read_only\" = on",
+            ],
+        );
+        assert!(
+            passed.is_empty(),
+            "these pass the fallback check: {passed:?}"
+        );
+    }
+
+    /// What held up (passes): forms of the brief's ideas that are already refused.
+    #[test]
+    fn review4_held() {
+        let passed = passing(
+            Mysql,
+            &[
+                "/*!50000 SET autocommit=0 */",
+                "/*M!100000 SET autocommit=0 */",
+                "SET/**/autocommit=0",
+                "SET @@session.autocommit = 0",
+                "SET @@local.autocommit := 0",
+                "SET @x = 1, autocommit = 0",
+                "START/**/TRANSACTION",
+                "START -- c\n TRANSACTION",
+                "SET GLOBAL sql_mode = 'ANSI_QUOTES'",
+                "SET PERSIST completion_type = 2",
+                "lbl: BEGIN NOT ATOMIC COMMIT; END",
+            ],
+        );
+        assert!(passed.is_empty(), "{passed:?}");
+        let passed = passing(
+            Sqlite,
+            &[
+                "PRAGMA main.journal_mode = OFF",
+                "pragma journal_mode(off)",
+                "PRAGMA \"main\".synchronous(0)",
+                "PRAGMA temp . locking_mode = EXCLUSIVE",
+            ],
+        );
+        assert!(passed.is_empty(), "{passed:?}");
     }
 }

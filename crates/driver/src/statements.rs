@@ -38,7 +38,8 @@ pub fn check_sql(backend: Backend, sql: &str) -> Option<Found> {
         if let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
             return postgres(sql, &parsed.protobuf)
                 .or_else(|| other_connection(sql, &parsed))
-                .or_else(|| session_setting_call(sql, &parsed));
+                .or_else(|| session_setting_call(sql, &parsed))
+                .or_else(|| orchestrate_core::calls_function(Dialect::Postgres, sql, "DBLINK"));
         }
     }
     escaping_statement(dialect(backend), sql)
@@ -186,10 +187,20 @@ fn session_setting_call(sql: &str, parsed: &pg_query::ParseResult) -> Option<Fou
             .and_then(|a| a.split_once('\''))
             .map(|(name, _)| name.to_string());
         let (statement, hazard) = match name.as_deref() {
-            Some("transaction_read_only" | "transaction_isolation" | "transaction_deferrable") => (
+            Some(
+                "transaction_read_only"
+                | "transaction_isolation"
+                | "transaction_deferrable"
+                | "default_transaction_read_only"
+                | "default_transaction_isolation"
+                | "default_transaction_deferrable",
+            ) => (
                 "set_config of a transaction setting",
                 Hazard::TransactionSettings,
             ),
+            Some("standard_conforming_strings" | "client_encoding") => {
+                ("set_config of how strings are read", Hazard::StringSyntax)
+            }
             Some("session_authorization") => (
                 "set_config('session_authorization')",
                 Hazard::SessionIdentity,
@@ -202,6 +213,15 @@ fn session_setting_call(sql: &str, parsed: &pg_query::ParseResult) -> Option<Fou
             line,
             statement: statement.into(),
             hazard,
+        });
+    }
+    // Called, but not written `set_config(` (a quoted name, a comment before the parenthesis):
+    // which setting it changes cannot be read.
+    if !lower.contains("set_config(") {
+        return Some(Found {
+            line: 1,
+            statement: "set_config written so that its setting cannot be read".into(),
+            hazard: Hazard::Unreadable,
         });
     }
     None
@@ -236,9 +256,15 @@ fn option_on(node: &pg_query::protobuf::Node, name: &str) -> bool {
 /// (setting or resetting it, or `RESET ALL`).
 fn sets_search_path(set: Option<&pg_query::protobuf::VariableSetStmt>) -> bool {
     set.is_some_and(|v| {
-        ["search_path", "role", "session_authorization"]
-            .iter()
-            .any(|n| v.name.eq_ignore_ascii_case(n))
+        [
+            "search_path",
+            "role",
+            "session_authorization",
+            "standard_conforming_strings",
+            "client_encoding",
+        ]
+        .iter()
+        .any(|n| v.name.eq_ignore_ascii_case(n))
             || VariableSetKind::try_from(v.kind).ok() == Some(VariableSetKind::VarResetAll)
     })
 }
@@ -339,6 +365,15 @@ fn variable_set(v: &pg_query::protobuf::VariableSetStmt) -> Option<(String, Haza
             named("RESET SESSION AUTHORIZATION", Hazard::SessionIdentity)
         }
         "session_authorization" => named("SET SESSION AUTHORIZATION", Hazard::SessionIdentity),
+        "default_transaction_read_only"
+        | "default_transaction_isolation"
+        | "default_transaction_deferrable" => {
+            Some((format!("SET {name}"), Hazard::TransactionSettings))
+        }
+        "client_encoding" if !safe_encoding(v) => named(
+            "SET client_encoding of an encoding this check cannot read",
+            Hazard::StringSyntax,
+        ),
         "transaction" | "transaction snapshot" => {
             named("SET TRANSACTION", Hazard::TransactionSettings)
         }
@@ -358,6 +393,25 @@ fn variable_set(v: &pg_query::protobuf::VariableSetStmt) -> Option<(String, Haza
             Some((format!("{verb} {name}"), Hazard::TransactionSettings))
         }
         _ => None,
+    }
+}
+
+/// Whether `SET client_encoding` (or `SET NAMES`) names an encoding in which no byte of a
+/// character is a backslash or a quote, so that the server reads strings as this check does.
+fn safe_encoding(v: &pg_query::protobuf::VariableSetStmt) -> bool {
+    let value = v.args.first().and_then(|a| match a.node.as_ref() {
+        Some(NodeEnum::AConst(c)) => match c.val.as_ref() {
+            Some(pg_query::protobuf::a_const::Val::Sval(s)) => Some(s.sval.to_ascii_uppercase()),
+            _ => None,
+        },
+        _ => None,
+    });
+    match value.as_deref() {
+        None => VariableSetKind::try_from(v.kind).ok() != Some(VariableSetKind::VarSetValue),
+        Some(e) => matches!(
+            e,
+            "UTF8" | "UTF-8" | "UNICODE" | "SQL_ASCII" | "LATIN1" | "DEFAULT"
+        ),
     }
 }
 
@@ -630,5 +684,99 @@ mod tests {
             text.starts_with("bind `app`: migration 1_x, down.sql line 2: CREATE INDEX CONCURRENTLY cannot run inside a transaction block"),
             "{text}"
         );
+    }
+}
+
+/// Probes of a fourth adversarial review (PostgreSQL through pg_query).
+#[cfg(test)]
+mod review4 {
+    use super::*;
+
+    fn passing<'a>(sqls: &[&'a str]) -> Vec<&'a str> {
+        sqls.iter()
+            .copied()
+            .filter(|sql| check_sql(Backend::Postgres, sql).is_none())
+            .collect()
+    }
+
+    /// A realistic migration pg_query 18 cannot parse but a PostgreSQL <= 15 server runs
+    /// (`system_user` is a reserved word from 16 on): the whole file falls back to the hand
+    /// lexer, which knows neither dblink nor set_config nor ALTER ROLE ... SET search_path.
+    #[test]
+    fn review4_postgres_fallback_drops_refusals() {
+        let head = "CREATE TABLE audit (id int, system_user text);\n";
+        assert!(
+            pg_query::parse(head, pg_query::ParserOptions::DEFAULT).is_err(),
+            "pg_query should not parse {head}"
+        );
+        let passed: Vec<String> = [
+            "SELECT dblink_exec('dbname=other', 'INSERT INTO log VALUES (1)');",
+            "SELECT set_config('transaction_read_only', 'on', false);",
+            "ALTER ROLE app SET search_path = other;",
+            "SET standard_conforming_strings = off;",
+        ]
+        .iter()
+        .map(|s| format!("{head}{s}"))
+        .filter(|sql| check_sql(Backend::Postgres, sql).is_none())
+        .collect();
+        assert!(passed.is_empty(), "these pass the check: {passed:#?}");
+    }
+
+    /// dblink called where pg_query's function list may not look: a CHECK constraint or a
+    /// volatile DEFAULT is evaluated for every existing row when the column/constraint is
+    /// added.
+    #[test]
+    fn review4_dblink_in_ddl_expressions() {
+        let passed = passing(&[
+            "ALTER TABLE t ADD CONSTRAINT c CHECK (dblink_exec('dbname=o', 'DELETE FROM x') IS NOT NULL);",
+            "ALTER TABLE t ADD COLUMN c text DEFAULT dblink_exec('dbname=o', 'DELETE FROM x');",
+            "UPDATE t SET c = (SELECT dblink_exec('dbname=o', 'DELETE FROM x'));",
+            "CREATE TABLE t2 AS SELECT dblink_exec('dbname=o', 'DELETE FROM x') AS r;",
+        ]);
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+    }
+
+    /// set_config through a quoted function name (what SQL generators write): pg_query lists
+    /// `set_config`, the text scan finds `"set_config"(` and skips it.
+    #[test]
+    fn review4_set_config_quoted_name() {
+        let passed = passing(&[
+            "SELECT \"set_config\"('transaction_read_only', 'on', false);",
+            "SELECT pg_catalog.\"set_config\"('session_authorization', 'bob', false);",
+            "SELECT set_config /* x */ ('transaction_read_only', 'on', false);",
+        ]);
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+    }
+
+    /// The function and per-database/role forms of the refused `SET standard_conforming_strings`,
+    /// and `SET client_encoding` to an encoding whose second byte can be `\` (SJIS, BIG5, GBK,
+    /// GB18030, JOHAB): PostgreSQL converts a query from the client encoding *before* lexing,
+    /// so UTF-8 `丁` (E4 B8 81) + `\\'` is read as E4B8, 815C, then `\'` (an escaped quote in
+    /// an E'' string), while the check reads `\\` and the string's end. A later migration of
+    /// the same batch (`SELECT E'丁\\', ' ; COMMIT; -- ';`) then commits the batch's work so far.
+    #[test]
+    fn review4_postgres_string_syntax_other_forms() {
+        let passed = passing(&[
+            "SELECT set_config('standard_conforming_strings', 'off', false);",
+            "SELECT pg_catalog.set_config('standard_conforming_strings', 'off', true);",
+            "ALTER DATABASE app SET standard_conforming_strings = off;",
+            "ALTER ROLE app SET standard_conforming_strings = off;",
+            "SET client_encoding = 'SJIS';",
+            "SET NAMES 'BIG5';",
+            "SELECT set_config('client_encoding', 'GBK', false);",
+        ]);
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+    }
+
+    /// `SET default_transaction_*` is what `SET SESSION CHARACTERISTICS AS TRANSACTION` sets
+    /// (refused); the GUC spelling is not.
+    #[test]
+    fn review4_postgres_session_characteristics_as_gucs() {
+        let passed = passing(&[
+            "SET default_transaction_read_only = on;",
+            "SET SESSION default_transaction_isolation = 'serializable';",
+            "SELECT set_config('default_transaction_read_only', 'on', false);",
+        ]);
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
     }
 }
