@@ -4,26 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (https://rustup.rs) first" >&2; exit 1; }
-need=()
-if ! pkg-config --exists libpq 2>/dev/null && [ ! -f /usr/include/postgresql/libpq-fe.h ]; then
-  need+=(libpq-dev)
-fi
-if ! pkg-config --exists mysqlclient 2>/dev/null && ! pkg-config --exists libmariadb 2>/dev/null; then
-  need+=(libmariadb-dev libmariadb-dev-compat)
-fi
-command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
-# pg_query (PostgreSQL's parser, for the statement check) runs bindgen, which needs libclang.
-if [ -z "${LIBCLANG_PATH:-}" ] && ! compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null \
-  && ! compgen -G "/usr/lib/*/libclang*.so*" >/dev/null; then
-  need+=(libclang-dev)
-fi
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "missing build dependencies: install ${need[*]} (Debian/Ubuntu), or libpq and mysql-client (Homebrew)" >&2; exit 1
-  fi
-fi
+# The C libraries and headers the build needs (libpq, MariaDB client, libclang for pg_query),
+# installed with apt-get when missing and run as root; otherwise it says what to install.
+scripts/deps.sh
+echo "demo: building orchestrate (release; a few minutes the first time, seconds after)" >&2
 cargo build --release --locked --quiet
+echo "demo: orchestrate upgrade --all-binds" >&2
 target/release/orchestrate upgrade --all-binds
+echo "demo: orchestrate status" >&2
 target/release/orchestrate status
