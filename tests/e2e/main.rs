@@ -8,6 +8,7 @@
 mod adversarial;
 mod adversarial2;
 mod adversarial3;
+mod adversarial5;
 mod arbitration;
 mod cli;
 mod config;

@@ -139,13 +139,15 @@ fn now() -> String {
 /// to `wait` for a coordinator that still holds the batch), and only then may anything be
 /// rolled back; the coordinator's own `commit` and this `abort` contend for the same row, so
 /// exactly one of them wins. With `dry_run` nothing is written. Missing evidence (no decider,
-/// no file, no table, no row) is never an abort.
+/// no file, no table, no row) is never an abort. A MySQL decider's batch is running while its
+/// migration lock is held, unless `holds_decider_lock` (this recover holds it).
 fn decision_of(
     settings: &Settings,
     decider: &str,
     batch_id: &str,
     dry_run: bool,
     wait: Duration,
+    holds_decider_lock: bool,
 ) -> Decision {
     let Some(bind) = settings.bind(decider) else {
         return Decision::Unknown(format!(
@@ -173,11 +175,19 @@ fn decision_of(
             DecisionState::Commit(_) => Decision::Commit,
             DecisionState::Abort => Decision::Abort,
             DecisionState::Begun if dry_run => {
-                if conn.decision_held(batch_id)? {
+                if !holds_decider_lock && held_by_coordinator(&mut conn, batch_id)? {
                     Decision::Unknown(running.clone())
                 } else {
                     Decision::Abort
                 }
+            }
+            // A MySQL-only coordinator holds its decider's migration lock, not the row.
+            DecisionState::Begun
+                if matches!(conn, BindConnection::Mysql(_))
+                    && !holds_decider_lock
+                    && held_by_coordinator(&mut conn, batch_id)? =>
+            {
+                Decision::Unknown(running.clone())
             }
             DecisionState::Begun => match conn.decide_abort(batch_id, &now(), wait) {
                 Ok(true) => Decision::Abort,
@@ -295,7 +305,9 @@ impl PreparedStep<'_> {
         let decision = self
             .decisions
             .entry((gid.batch_id.clone(), gid.decider.clone()))
-            .or_insert_with(|| decision_of(settings, &gid.decider, &gid.batch_id, dry_run, wait));
+            .or_insert_with(|| {
+                decision_of(settings, &gid.decider, &gid.batch_id, dry_run, wait, false)
+            });
         let (verb, result) = match decision {
             Decision::Unknown(why) => {
                 let detail = format!("prepared transaction {}: {why}", xact.gid);
@@ -365,6 +377,16 @@ fn settle_decided(
     }
 }
 
+/// Whether a live coordinator holds a `begun` batch on this decider: the row (PostgreSQL,
+/// SQLite: the write lock), or the bind's migration lock (a MySQL-only batch's coordinator
+/// holds that, not the row). Found without waiting and without writing anything.
+fn held_by_coordinator(conn: &mut BindConnection, batch_id: &str) -> Result<bool, DriverError> {
+    match conn {
+        BindConnection::Mysql(m) => m.session_lock_free().map(|free| !free),
+        _ => conn.decision_held(batch_id),
+    }
+}
+
 /// Step 4 of [`recover`] on one bind. A bind that cannot be reached was reported by step 2.
 fn abort_abandoned(
     bind: &crate::settings::BindSettings,
@@ -387,12 +409,7 @@ fn abort_abandoned(
             detail: detail.into(),
         };
         let gone = "begun by a coordinator that is gone, and nothing of it is prepared or committed on any bind recover could read";
-        // A MySQL-only coordinator holds its decider's migration lock, not the row.
-        let held = match &mut conn {
-            BindConnection::Mysql(m) => m.session_lock_free().map(|free| !free),
-            _ => conn.decision_held(&batch_id),
-        };
-        match held {
+        match held_by_coordinator(&mut conn, &batch_id) {
             Ok(true) => continue,
             Ok(false) if dry_run => report.actions.push(action(
                 ActionKind::WouldAbort,
@@ -869,12 +886,15 @@ impl<'a> MarksRecovery<'a> {
                     .into(),
             )
         } else {
+            // Recovering the decider itself: this recover holds (or found free) its lock, so
+            // no coordinator holds it.
             decision_of(
                 self.settings,
                 &m.decider,
                 &m.batch_id,
                 self.dry_run,
                 self.wait,
+                m.decider == self.bind.name,
             )
         };
         let steps = match self.conn.batch_steps(&m.batch_id) {

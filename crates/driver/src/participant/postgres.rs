@@ -247,6 +247,19 @@ impl Postgres {
 
     /// Takes the migration lock in the open transaction, trying until the lock timeout. A
     /// busy lock held by a prepared transaction that is not this tool's is named.
+    /// Inside the batch transaction: the bind's lock, the transaction's id, the version tables.
+    fn lock_and_tables(&mut self, started: Instant) -> Result<(), DriverError> {
+        self.take_lock(started)?;
+        self.xact = Some(transaction_id(&mut self.s)?);
+        self.s.create_tables(
+            "cannot create the version tables",
+            &[
+                (schema::DIESEL_TABLE_DDL, DIESEL_TABLE),
+                (schema::HISTORY_DDL_PG, HISTORY),
+            ],
+        )
+    }
+
     fn take_lock(&mut self, started: Instant) -> Result<(), DriverError> {
         loop {
             let got: Result<Flag, _> =
@@ -325,22 +338,18 @@ impl BatchTransaction for Postgres {
     fn begin_batch(&mut self) -> Result<(), DriverError> {
         let started = Instant::now();
         self.s.begin("cannot begin the batch transaction")?;
-        self.take_lock(started)?;
-        self.xact = Some(transaction_id(&mut self.s)?);
-        self.s.create_tables(
-            "cannot create the version tables",
-            &[
-                (schema::DIESEL_TABLE_DDL, DIESEL_TABLE),
-                (schema::HISTORY_DDL_PG, HISTORY),
-            ],
-        )
+        self.lock_and_tables(started)
     }
 
     /// The session is tagged with the batch first, for people reading `pg_stat_activity`.
+    /// The batch's row is held before the bind's lock is waited for: from then on `recover`
+    /// sees a live coordinator, however long another batch keeps that lock.
     fn begin_deciding(&mut self, batch_id: &str) -> Result<(), DriverError> {
         self.tag_as_decider(batch_id)?;
-        self.begin_batch()?;
-        self.hold_decision(batch_id)
+        let started = Instant::now();
+        self.s.begin("cannot begin the batch transaction")?;
+        self.hold_decision(batch_id)?;
+        self.lock_and_tables(started)
     }
 
     fn prepare_to_decide(&mut self, last_step: &str) -> Result<(), DriverError> {
