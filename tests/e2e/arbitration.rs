@@ -70,6 +70,15 @@ fn committed(child: std::process::Child) {
     assert!(stdout.contains("committed on every bind"), "{stdout}");
 }
 
+/// Runs `upgrade --all-binds` and kills it (SIGKILL) right after its decision committed.
+fn killed_after_the_decision(p: &Project) {
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+}
+
 #[test]
 fn a_decider_migration_that_moves_search_path_keeps_the_decision_where_recover_looks() {
     let mut p = Project::new();
@@ -81,11 +90,7 @@ fn a_decider_migration_that_moves_search_path_keeps_the_decision_where_recover_l
         "CREATE SCHEMA app; SET search_path TO app, public; CREATE TABLE t (id INT);",
     );
     // Killed right after the decision: the participant is still prepared.
-    let run = p.run_with(
-        &["upgrade", "--all-binds"],
-        &[("FAILPOINTS", "after-decision=return")],
-    );
-    assert!(run.code != 0, "{run:?}");
+    killed_after_the_decision(&p);
     assert_eq!(p.db("b_pg").state().prepared.len(), 1);
     let seen = recover_until_clean(&p);
     assert!(seen.contains("committed"), "{seen}");
@@ -162,11 +167,7 @@ fn a_sqlite_participant_that_lost_a_decided_batch_blocks_upgrade_until_recovered
     let mut p = Project::new();
     p.add_pg("a_pg").add_sqlite("b_lite");
     two_binds(&mut p, "a_pg", "b_lite", "CREATE TABLE d (id INT);");
-    let run = p.run_with(
-        &["upgrade", "--all-binds"],
-        &[("FAILPOINTS", "after-decision=return")],
-    );
-    assert!(run.code != 0, "{run:?}");
+    killed_after_the_decision(&p);
     assert_eq!(p.db("b_lite").state(), state(&[], &[]));
     for args in [&["status"][..], &["check"][..]] {
         let run = p.run(args);
@@ -277,11 +278,7 @@ fn a_sqlite_decider_that_cannot_be_found_leaves_the_batch_in_doubt() {
     let mut p = Project::new();
     p.add_pg("a_pg").add_sqlite("b_lite");
     two_binds(&mut p, "b_lite", "a_pg", "CREATE TABLE d (id INT);");
-    let run = p.run_with(
-        &["upgrade", "--all-binds"],
-        &[("FAILPOINTS", "after-decision=return")],
-    );
-    assert!(run.code != 0, "{run:?}");
+    killed_after_the_decision(&p);
     assert_eq!(p.db("a_pg").state().prepared.len(), 1);
     let Db::Sqlite(path) = p.db("b_lite") else {
         unreachable!()
@@ -830,11 +827,7 @@ fn a_decision_is_found_after_the_default_search_path_changed() {
     let mut p = Project::new();
     p.add_pg("a_pg").add_pg("b_pg");
     two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
-    let run = p.run_with(
-        &["upgrade", "--all-binds"],
-        &[("FAILPOINTS", "after-decision=return")],
-    );
-    assert!(run.code != 0, "{run:?}");
+    killed_after_the_decision(&p);
     let Db::Pg(decider) = p.db("a_pg") else {
         unreachable!()
     };
