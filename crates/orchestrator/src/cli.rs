@@ -25,8 +25,10 @@ other bind commits. MySQL/MariaDB binds are atomic only for data-only migrations
 others run only with --allow-non-atomic, and are undone with down.sql if the batch fails.\n\n\
 Configuration: config/default.toml, then config/$ORCHESTRATE_ENV.toml, then --config FILE, \
 then environment variables such as ORCHESTRATE__BINDS__USERS__URL.",
-    after_help = "Exit codes: 0 done; 1 failed and every bind is as it was; 2 invalid input, \
-configuration or migration files, nothing touched; 3 needs attention (run `orchestrate recover`)."
+    after_help = "Exit codes: 0 done; 1 failed and every bind is as it was (or another run is \
+in the middle of a batch there); 2 invalid input, configuration or migration files, or an \
+unreachable database, nothing touched; 3 needs attention (a batch in doubt: run `orchestrate \
+recover`; an interrupted MySQL migration: `orchestrate resolve` first)."
 )]
 pub struct Cli {
     /// A TOML file read after config/default.toml and config/$ORCHESTRATE_ENV.toml.
