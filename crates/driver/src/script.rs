@@ -211,9 +211,19 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
             quote_literal(batch_id)
         ));
     }
+    let hold_row = |batch_id: &str, lock: &str| {
+        format!(
+            "SELECT state FROM orchestrate_batches WHERE batch_id = {}{lock}; -- must be 'begun'; held until COMMIT, so a `recover` waits for this run",
+            quote_literal(batch_id)
+        )
+    };
     match backend {
         Backend::Postgres => {
             line("BEGIN;");
+            if let Ending::Decide { batch_id } = &ending {
+                // The decider holds its row before it waits for the bind's lock.
+                line(&hold_row(batch_id, " FOR UPDATE"));
+            }
             line(&format!(
                 "SELECT pg_try_advisory_xact_lock({LOCK_KEY}); -- repeated until it returns true, for at most lock_timeout_ms"
             ));
@@ -224,12 +234,8 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
         }
         Backend::Mysql => return nonatomic_script(plan, batch_id, ""),
     }
-    if let Ending::Decide { batch_id } = &ending {
-        line(&format!(
-            "SELECT state FROM orchestrate_batches WHERE batch_id = {}{}; -- must be 'begun'; held until COMMIT, so a `recover` waits for this run",
-            quote_literal(batch_id),
-            if backend == Backend::Postgres { " FOR UPDATE" } else { "" }
-        ));
+    if let (Ending::Decide { batch_id }, Backend::Sqlite) = (&ending, backend) {
+        line(&hold_row(batch_id, ""));
     }
     line(&format!(
         "{};",

@@ -187,7 +187,9 @@ fn decision_of(
                     && !holds_decider_lock
                     && held_by_coordinator(&mut conn, batch_id)? =>
             {
-                Decision::Unknown(running.clone())
+                Decision::Unknown(format!(
+                    "the migration lock of the decider `{decider}` is held, by batch {batch_id}'s coordinator or by another session there (another recover, a stamp, a batch); left alone. Run recover again once that session has ended"
+                ))
             }
             DecisionState::Begun => match conn.decide_abort(batch_id, &now(), wait) {
                 Ok(true) => Decision::Abort,
