@@ -6,7 +6,7 @@
 #
 # Starts throwaway PostgreSQL and MariaDB servers (as scripts/test.sh does), then runs
 # `cargo mutants` on the files given, each mutant built once and tested with the e2e tests of
-# the protocol (arbitration, crash, recover, mysql), with every feature on (the e2e tests
+# the protocol (arbitration, crash, recover, mysql) under nextest, with every feature on (the e2e tests
 # need `failpoints`). Results go to mutants.out/ (caught.txt,
 # missed.txt, timeout.txt, unviable.txt, outcomes.json); MUTANTS.md summarises a run and gives
 # a reason for every survivor. Installs cargo-mutants when missing. Expect about 2 minutes per
@@ -29,6 +29,9 @@ files=("$@")
 
 scripts/deps.sh
 command -v cargo-mutants >/dev/null 2>&1 || cargo install --locked cargo-mutants
+# nextest stops at the first failing test: a caught mutant costs its build and one failure,
+# not the whole filter (cargo test runs every test of the e2e binary to the end).
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 
 pg_dir=$(mktemp -d /tmp/orchestrate-mutants-pg.XXXXXX)
 maria_dir=$(mktemp -d /tmp/orchestrate-mutants-maria.XXXXXX)
@@ -41,10 +44,14 @@ trap cleanup EXIT
 ORCHESTRATE_TEST_PG_URL=$(scripts/pg-cluster.sh start "$pg_dir")
 ORCHESTRATE_TEST_MYSQL_URL=$(scripts/mariadb-server.sh start "$maria_dir")
 export ORCHESTRATE_TEST_PG_URL ORCHESTRATE_TEST_MYSQL_URL
+# Four kills per kill loop: every kill still ends in the all-or-nothing check, and below five
+# the loops do not require both outcomes, which a few random kills could miss by chance (a
+# chance failure would count a surviving mutant as caught).
+export ORCHESTRATE_KILL_LOOPS=${ORCHESTRATE_KILL_LOOPS:-4}
 
 file_args=()
 for f in "${files[@]}"; do file_args+=(--file "$f"); done
 # shellcheck disable=SC2086
-cargo mutants --no-shuffle --all-features \
+cargo mutants --no-shuffle --all-features --test-tool=nextest \
   --timeout 300 ${MUTANTS_ARGS:-} "${file_args[@]}" \
-  -- --test e2e -- arbitration crash recover mysql
+  -- --test e2e arbitration crash recover mysql
