@@ -11,7 +11,8 @@
 # missed.txt, timeout.txt, unviable.txt, outcomes.json); MUTANTS.md summarises a run and gives
 # a reason for every survivor. Installs cargo-mutants when missing. Expect about 2 minutes per
 # mutant on 2 cores: the whole default set (about 260 mutants) takes most of a working day;
-# give fewer files, or MUTANTS_ARGS="--shard 1/4", to split it.
+# give fewer files, MUTANTS_RE='function names' to pick mutants, or MUTANTS_ARGS="--shard 1/4",
+# to split it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +52,8 @@ export ORCHESTRATE_KILL_LOOPS=${ORCHESTRATE_KILL_LOOPS:-4}
 
 file_args=()
 for f in "${files[@]}"; do file_args+=(--file "$f"); done
+# MUTANTS_RE: only the mutants whose names match this regular expression (it may hold spaces).
+[ -z "${MUTANTS_RE:-}" ] || file_args+=(--re "$MUTANTS_RE")
 # shellcheck disable=SC2086
 cargo mutants --no-shuffle --all-features --test-tool=nextest \
   --timeout 300 ${MUTANTS_ARGS:-} "${file_args[@]}" \
