@@ -137,6 +137,7 @@ impl Endpoint {
     fn mysql(bind: &str, url: &str) -> Result<Endpoint, String> {
         let parsed = url::Url::parse(url).map_err(|e| format!("not a valid MySQL URL: {e}"))?;
         register_url_secrets(&parsed);
+        refuse_fragment(&parsed)?;
         if parsed.path().trim_matches('/').is_empty() {
             return Err(
                 "a MySQL URL must name its database: mysql://USER:PASSWORD@HOST:3306/DB".into(),
@@ -155,6 +156,7 @@ impl Endpoint {
         let parsed =
             url::Url::parse(url).map_err(|e| format!("not a valid PostgreSQL URL: {e}"))?;
         register_url_secrets(&parsed);
+        refuse_fragment(&parsed)?;
         // A bounded wait for unreachable servers, unless the user chose one.
         let mut connect = parsed.clone();
         if !parsed.query_pairs().any(|(k, _)| k == "connect_timeout") {
@@ -179,6 +181,35 @@ impl Endpoint {
         if path.to_ascii_lowercase().starts_with("file:") {
             return Err(
                 "SQLite URI filenames (file:...) are not supported; give a path: sqlite://var/NAME.sqlite3 (relative to the project root) or sqlite:///absolute/path".into(),
+            );
+        }
+        // `sqlite://PATH` is a path and nothing else: what a server URL carries besides
+        // (user and password, a query string, a fragment) would become part of a folder or
+        // file name here, so it is refused rather than taken literally.
+        let first = path.split('/').next().unwrap_or_default();
+        if let Some((userinfo, _)) = first.split_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                register_secret(password);
+            }
+            return Err(
+                "a SQLite URL takes no user or password (SQLite has no logins): write sqlite://PATH, such as sqlite://var/app.sqlite3".into(),
+            );
+        }
+        if path.contains('?') {
+            if let Some((_, query)) = path.split_once('?') {
+                for pair in query.split('&') {
+                    if let Some((_, value)) = pair.split_once('=') {
+                        register_secret(value);
+                    }
+                }
+            }
+            return Err(
+                "a SQLite URL takes no query string (`?...`): write sqlite://PATH, such as sqlite://var/app.sqlite3; a file name with `?` in it is not supported".into(),
+            );
+        }
+        if path.contains('#') {
+            return Err(
+                "a SQLite URL takes no fragment (`#...`): write sqlite://PATH, such as sqlite://var/app.sqlite3; a file name with `#` in it is not supported".into(),
             );
         }
         let path = root.join(path);
@@ -377,6 +408,22 @@ pub fn register_secret(value: &str) {
 pub fn register_secrets_in(text: &str) {
     for span in secret_spans(text) {
         register_secret(&text[span]);
+    }
+}
+
+/// A `#fragment` means nothing to a database: libpq and the MySQL client would read it as part
+/// of the last parameter (`lock_timeout=2000#x`), so it is refused. The fragment itself is not
+/// shown: a password with an unencoded `#` ends up there.
+fn refuse_fragment(url: &url::Url) -> Result<(), String> {
+    match url.fragment() {
+        Some(fragment) => {
+            register_secret(fragment);
+            Err(
+                "a database URL takes no `#fragment`; if a password holds `#`, write it as %23"
+                    .into(),
+            )
+        }
+        None => Ok(()),
     }
 }
 
@@ -731,6 +778,45 @@ mod tests {
         assert_eq!(e.redacted(), "sqlite:///proj/var/a.sqlite3");
         let e = Endpoint::parse_in("a", "sqlite:///abs/a.sqlite3", Path::new("/proj")).unwrap();
         assert_eq!(e.sqlite_path().unwrap(), &PathBuf::from("/abs/a.sqlite3"));
+    }
+
+    /// What a server URL carries besides a path (user and password, a query, a fragment)
+    /// means nothing for a SQLite URL and is refused, never turned into folder or file names;
+    /// a fragment on a server URL would reach the server inside a parameter. No message shows
+    /// the secret it refuses.
+    #[test]
+    fn refuses_url_parts_that_mean_nothing_for_the_database() {
+        for (url, says, secret) in [
+            (
+                "sqlite://app:pw7781@var/x.sqlite3",
+                "no user or password",
+                "pw7781",
+            ),
+            ("sqlite://app@var/x.sqlite3", "no user or password", ""),
+            (
+                "sqlite://var/x.sqlite3?password=zz9912",
+                "no query string",
+                "zz9912",
+            ),
+            ("sqlite://var/x.sqlite3#frag", "no fragment", ""),
+            ("sqlite://file:var/x", "URI filenames", ""),
+            (
+                "postgres://u:p%23ss1@h/db#frag55",
+                "no `#fragment`",
+                "frag55",
+            ),
+            ("postgres://u:pass#word44@h/db", "", "word44@h/db"),
+            ("mysql://u@h/db#x", "no `#fragment`", ""),
+        ] {
+            let err = Endpoint::parse("a", url).unwrap_err().to_string();
+            assert!(err.contains(says), "{url}: {err}");
+            if !secret.is_empty() {
+                assert!(!err.contains(secret), "{url}: {err}");
+            }
+        }
+        // A path may hold `@` below its first folder, and a server URL's query stays.
+        assert!(Endpoint::parse("a", "sqlite://var/me@home/x.sqlite3").is_ok());
+        assert!(Endpoint::parse("a", "postgres://h/db?sslmode=disable").is_ok());
     }
 
     #[test]
