@@ -100,10 +100,13 @@ pub enum DriverError {
         #[source]
         source: diesel::result::Error,
     },
-    #[error("bind `{bind}`: migration {name} failed: {source}")]
+    #[error("bind `{bind}`: migration {name} failed{}: {source}", .at.as_deref().map(|at| format!(" at {at}")).unwrap_or_default())]
     Migration {
         bind: String,
         name: String,
+        /// Where in the migration's SQL, when the server said (PostgreSQL's error position):
+        /// `line 3, column 15 of up.sql: SELECT * FROM nope`.
+        at: Option<String>,
         class: ErrorClass,
         #[source]
         source: diesel::result::Error,

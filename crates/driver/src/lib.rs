@@ -40,8 +40,8 @@ pub use endpoint::{
 pub use error::{DriverError, ErrorClass, PrepareRefusal};
 pub use participant::{
     Atomic, BatchStep, BatchTransaction, BindConnection, BindState, Bookkeeping, Decider,
-    DecisionState, Mark, MarkDirection, MarkKind, Mysql, Postgres, PreparedXact, Resolve, Sqlite,
-    TwoPhase, Xa, LOCK_KEY, MYSQL_LOCK_NAME,
+    DecisionState, HistoryEvent, Mark, MarkDirection, MarkKind, Mysql, Postgres, PreparedXact,
+    Resolve, Sqlite, TwoPhase, Xa, LOCK_KEY, MYSQL_LOCK_NAME,
 };
 pub use record::{
     gid_for, quote_literal, DecisionRecord, NotATransactionId, Participant, RedoStep,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use orchestrate_core::{Direction, Step};
 
 use super::{
-    BatchTransaction, BindState, Bookkeeping, Decider, DecisionState, Mark, Mysql, Postgres,
-    PreparedXact, Resolve, Sqlite,
+    BatchTransaction, BindState, Bookkeeping, Decider, DecisionState, HistoryEvent, Mark, Mysql,
+    Postgres, PreparedXact, Resolve, Sqlite,
 };
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::DriverError;
@@ -142,6 +142,11 @@ impl BindConnection {
     /// See [`Bookkeeping::has_batch`].
     pub fn has_batch(&mut self, batch_id: &str) -> Result<bool, DriverError> {
         each!(self, c => c.has_batch(batch_id))
+    }
+
+    /// See [`Bookkeeping::history_events`].
+    pub fn history_events(&mut self) -> Result<Vec<HistoryEvent>, DriverError> {
+        each!(self, c => c.history_events())
     }
 
     /// See [`Bookkeeping::has_heuristic`].

@@ -213,6 +213,10 @@ pub trait Bookkeeping {
     /// Whether a heuristic outcome of `batch_id` was already recorded here.
     fn has_heuristic(&mut self, batch_id: &str) -> Result<bool, DriverError>;
 
+    /// Every step recorded in `orchestrate_history`, oldest first (none when the table does
+    /// not exist yet).
+    fn history_events(&mut self) -> Result<Vec<HistoryEvent>, DriverError>;
+
     /// Records, once, that this bind's part of a decided batch was ended against the decision
     /// by someone else (a heuristic outcome), so that it is reported once and not retried.
     fn record_heuristic(
@@ -262,6 +266,10 @@ impl<P: HasSession> Bookkeeping for P {
     fn has_batch(&mut self, batch_id: &str) -> Result<bool, DriverError> {
         self.session()
             .has_history(batch_id, "direction IN ('up', 'down')")
+    }
+
+    fn history_events(&mut self) -> Result<Vec<HistoryEvent>, DriverError> {
+        self.session().history_events()
     }
 
     fn has_heuristic(&mut self, batch_id: &str) -> Result<bool, DriverError> {
@@ -508,6 +516,23 @@ pub(crate) struct Name {
 pub(crate) struct VersionRow {
     #[diesel(sql_type = Text)]
     pub(crate) version: String,
+}
+
+/// One row of `orchestrate_history`: a step a batch took on this bind, in the order taken.
+#[derive(Clone, Debug, PartialEq, Eq, QueryableByName, serde::Serialize)]
+pub struct HistoryEvent {
+    #[diesel(sql_type = Text)]
+    pub batch_id: String,
+    #[diesel(sql_type = Text)]
+    pub version: String,
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    /// `up`, `down`, `undo` (a MySQL step taken back), `stamp`, `unstamp`, `heuristic`.
+    #[diesel(sql_type = Text)]
+    pub direction: String,
+    /// When the step was recorded (RFC 3339, UTC).
+    #[diesel(sql_type = Text)]
+    pub at: String,
 }
 
 #[derive(QueryableByName)]

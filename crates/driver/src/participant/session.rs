@@ -82,8 +82,45 @@ impl<C: Db> Session<C> {
         DriverError::Migration {
             bind: self.bind(),
             name: name.into(),
+            at: None,
             class: C::classify(&source),
             source,
+        }
+    }
+
+    /// [`Session::migration_err`] with where in `sql` (the file `file`) the error is, when
+    /// the server gave a position.
+    pub(crate) fn migration_err_in(
+        &self,
+        name: &str,
+        file: &str,
+        sql: &str,
+        source: diesel::result::Error,
+    ) -> DriverError {
+        let at = match &source {
+            diesel::result::Error::DatabaseError(_, info) => info
+                .statement_position()
+                .and_then(|p| locate(sql, p))
+                .map(|(line, column, text)| {
+                    format!("line {line}, column {column} of {file}: {text}")
+                }),
+            _ => None,
+        };
+        match self.migration_err(name, source) {
+            DriverError::Migration {
+                bind,
+                name,
+                class,
+                source,
+                ..
+            } => DriverError::Migration {
+                bind,
+                name,
+                at,
+                class,
+                source,
+            },
+            other => other,
         }
     }
 
@@ -299,6 +336,18 @@ impl<C: Db> Session<C> {
     }
 
     /// Whether the history holds rows of `batch_id` matching `condition`.
+    /// Every row of `orchestrate_history`, oldest first.
+    pub(crate) fn history_events(&mut self) -> Result<Vec<super::HistoryEvent>, DriverError> {
+        if !self.table_exists(HISTORY)? {
+            return Ok(Vec::new());
+        }
+        self.rows(
+            "cannot read orchestrate_history",
+            "SELECT batch_id, version, name, direction, at FROM {orchestrate_history} ORDER BY id",
+            &[],
+        )
+    }
+
     pub(crate) fn has_history(
         &mut self,
         batch_id: &str,
@@ -438,11 +487,70 @@ impl<C: Db> Session<C> {
             if matches!(left(self), Ok(true)) {
                 return Err(left_transaction(self.bind()));
             }
-            return Err(self.migration_err(&step.name, source));
+            let file = match direction {
+                Direction::Up => "up.sql",
+                Direction::Down => "down.sql",
+            };
+            return Err(self.migration_err_in(&step.name, file, &step.sql, source));
         }
         if left(self)? {
             return Err(left_transaction(self.bind()));
         }
         self.record_step(batch_id, direction, &direction.to_string(), step, at)
+    }
+}
+
+/// The line and column (from 1) of the character at `position` (1-based, in characters, as
+/// PostgreSQL counts its error position) in `sql`, and that line's text (trimmed, at most 120
+/// characters). `None` when the position is outside the text.
+pub(crate) fn locate(sql: &str, position: i32) -> Option<(usize, usize, String)> {
+    let index = usize::try_from(position).ok()?.checked_sub(1)?;
+    let mut line = 1;
+    let mut column = 1;
+    let mut line_start = 0;
+    for (i, (byte, c)) in sql.char_indices().enumerate() {
+        if i == index {
+            let text: String = sql[line_start..]
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .chars()
+                .take(120)
+                .collect();
+            return Some((line, column, text));
+        }
+        if c == '\n' {
+            line += 1;
+            column = 1;
+            line_start = byte + 1;
+        } else {
+            column += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod locate_tests {
+    use super::locate;
+
+    #[test]
+    fn finds_the_line_and_column_of_a_position() {
+        let sql = "CREATE TABLE a (id INT);\n\n  SELECT * FROM nope;\n";
+        let pos = sql.find("nope").unwrap() as i32 + 1;
+        assert_eq!(
+            locate(sql, pos),
+            Some((3, 17, "SELECT * FROM nope;".to_string()))
+        );
+        assert_eq!(
+            locate(sql, 1),
+            Some((1, 1, "CREATE TABLE a (id INT);".into()))
+        );
+        // Characters, not bytes.
+        let sql = "-- é\nSELECT x;";
+        assert_eq!(locate(sql, 7), Some((2, 2, "SELECT x;".into())));
+        assert_eq!(locate(sql, 0), None);
+        assert_eq!(locate(sql, 500), None);
     }
 }

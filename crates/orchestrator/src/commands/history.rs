@@ -1,12 +1,13 @@
-//! `history`: one bind's migrations, applied (as recorded) and pending (on disk).
+//! `history`: one bind's migrations, applied (as recorded, with when and by which batch) and
+//! pending (on disk), then every step recorded in `orchestrate_history`.
 
 use std::collections::BTreeMap;
 
-use orchestrate_driver::read_chain;
+use orchestrate_driver::{read_chain, BindConnection, BindState, DriverError, HistoryEvent};
 use serde_json::json;
 
 use super::output::{Output, Refusal};
-use super::{read_state, select};
+use super::select;
 use crate::exit;
 use crate::settings::Settings;
 
@@ -20,10 +21,32 @@ pub fn history(settings: &Settings, name: &str, json: bool, o: &mut Output) -> i
         Ok(c) => c,
         Err(e) => return o.refuse(Refusal::argument(e.to_string())),
     };
-    let state = match read_state(bind, settings) {
-        Ok(s) => s,
+    // One connection reads the state and the steps; a SQLite file not created yet has
+    // neither.
+    let read = match BindConnection::connect(&bind.endpoint, false, settings.lock_timeout) {
+        Ok(mut conn) => conn
+            .read_state()
+            .and_then(|state| Ok((state, conn.history_events()?))),
+        Err(DriverError::NoSuchFile { .. }) => Ok((BindState::default(), Vec::new())),
+        Err(e) => Err(e),
+    };
+    let (state, events) = match read {
+        Ok(read) => read,
         Err(e) => return o.refuse(Refusal::argument(e.to_string())),
     };
+    // The step that applied each version: its newest `up` or `stamp` row.
+    let mut applied_by: BTreeMap<String, &HistoryEvent> = BTreeMap::new();
+    for e in &events {
+        match e.direction.as_str() {
+            "up" | "stamp" => {
+                applied_by.insert(e.version.clone(), e);
+            }
+            "down" | "unstamp" | "undo" => {
+                applied_by.remove(&e.version);
+            }
+            _ => {}
+        }
+    }
     let mut entries: BTreeMap<orchestrate_core::Version, (String, &'static str)> = BTreeMap::new();
     for m in &chain.migrations {
         entries.insert(m.version.clone(), (m.name.clone(), "pending"));
@@ -43,12 +66,22 @@ pub fn history(settings: &Settings, name: &str, json: bool, o: &mut Output) -> i
         };
         entries.insert(a.version.clone(), (name, st));
     }
+    let by = |v: &orchestrate_core::Version| applied_by.get(&v.to_string()).copied();
     if json {
         let list: Vec<_> = entries
             .iter()
-            .map(|(v, (n, s))| json!({"version": v.to_string(), "name": n, "state": s}))
+            .map(|(v, (n, s))| {
+                let step = by(v).filter(|_| *s != "pending");
+                json!({
+                    "version": v.to_string(),
+                    "name": n,
+                    "state": s,
+                    "batch_id": step.map(|e| e.batch_id.clone()),
+                    "applied_at": step.map(|e| e.at.clone()),
+                })
+            })
             .collect();
-        o.json(&json!({"bind": bind.name, "migrations": list}));
+        o.json(&json!({"bind": bind.name, "migrations": list, "steps": events}));
     } else {
         let out = &mut *o.out;
         let _ = writeln!(
@@ -61,8 +94,25 @@ pub fn history(settings: &Settings, name: &str, json: bool, o: &mut Output) -> i
         if entries.is_empty() {
             let _ = writeln!(out, "  no migrations");
         }
-        for (n, s) in entries.values() {
-            let _ = writeln!(out, "  {s:<8} {n}");
+        for (v, (n, s)) in &entries {
+            match by(v).filter(|_| *s != "pending") {
+                Some(e) => {
+                    let _ = writeln!(out, "  {s:<8} {n}  ({} by batch {})", e.at, e.batch_id);
+                }
+                None => {
+                    let _ = writeln!(out, "  {s:<8} {n}");
+                }
+            }
+        }
+        if !events.is_empty() {
+            let _ = writeln!(out, "steps, oldest first:");
+            for e in &events {
+                let _ = writeln!(
+                    out,
+                    "  {}  {:<9} {}  batch {}",
+                    e.at, e.direction, e.name, e.batch_id
+                );
+            }
         }
     }
     exit::OK
