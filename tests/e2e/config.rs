@@ -582,3 +582,239 @@ fn wrong_configuration_paths_say_what_to_do() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("is a folder, not a TOML file"), "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `config`, templates' bind names, URL parts that mean nothing
+// ---------------------------------------------------------------------------------------------
+
+/// `config` prints every effective value and the layer it came from (default.toml, the
+/// environment's file, a variable, or the default), with the URL's password redacted, as text
+/// and as JSON that matches schemas/config.schema.json.
+#[test]
+fn config_shows_each_value_and_the_layer_it_came_from() {
+    let mut p = Project::new();
+    p.config("[templates.tenant]\nurl = \"sqlite://var/{name}.sqlite3\"\nnames = [\"tenant_acme\", \"globex\"]");
+    p.add_sqlite("a_lite");
+    fs::write(p.path().join("config/staging.toml"), "parallelism = 3\n").unwrap();
+    let password = "Secr3t-7781";
+    let env = [
+        ("ORCHESTRATE_ENV", "staging"),
+        (
+            "ORCHESTRATE__BINDS__A_LITE__URL",
+            "postgres://app:Secr3t-7781@127.0.0.1:1/x",
+        ),
+    ];
+    let run = p.run_with(&["config", "--json"], &env);
+    run.expect(0);
+    assert!(!run.stdout.contains(password) && !run.stderr.contains(password));
+    crate::cli::assert_matches_schema("config.schema.json", &run);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["lock_timeout_ms"]["value"], 5000);
+    assert!(
+        v["lock_timeout_ms"]["from"]
+            .as_str()
+            .unwrap()
+            .ends_with("config/default.toml"),
+        "{v}"
+    );
+    assert_eq!(v["parallelism"]["value"], 3);
+    assert!(
+        v["parallelism"]["from"]
+            .as_str()
+            .unwrap()
+            .ends_with("config/staging.toml"),
+        "{v}"
+    );
+    assert_eq!(v["decider"]["from"], "default");
+    let binds: Vec<&str> = v["binds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    // A database whose name already starts with `tenant_` is not named `tenant_tenant_acme`.
+    assert_eq!(binds, ["a_lite", "tenant_acme", "tenant_globex"], "{v}");
+    let a = &v["binds"][0];
+    assert_eq!(a["backend"], "postgres");
+    assert_eq!(
+        a["url"]["from"],
+        "environment variable ORCHESTRATE__BINDS__A_LITE__URL"
+    );
+    assert!(a["url"]["value"].as_str().unwrap().contains("***"), "{a}");
+    assert_eq!(a["migrations"]["from"], "default");
+    assert_eq!(v["binds"][1]["template"], "tenant");
+    assert!(v["binds"][1]["url"]["from"]
+        .as_str()
+        .unwrap()
+        .ends_with("config/default.toml"));
+    assert_eq!(
+        v["templates"][0]["binds"],
+        serde_json::json!(["tenant_acme", "tenant_globex"])
+    );
+    let text = p.run_with(&["config"], &env);
+    text.expect(0);
+    assert!(!text.stdout.contains(password) && !text.stderr.contains(password));
+    for needle in [
+        "from environment variable ORCHESTRATE__BINDS__A_LITE__URL",
+        "config/staging.toml",
+        "template tenant: 2 bind(s): tenant_acme, tenant_globex",
+        "bind tenant_globex (sqlite, of template tenant)",
+    ] {
+        assert!(text.stdout.contains(needle), "{needle}\n{}", text.stdout);
+    }
+    // A configuration that cannot load is the same JSON refusal as for every command.
+    let broken = p.run_with(&["config", "--json"], &[("ORCHESTRATE__PARALLELISM", "0")]);
+    broken.expect(2);
+    crate::cli::assert_matches_schema("config.schema.json", &broken);
+}
+
+/// A template chooses its binds' names (`bind_name`), `new --bind TEMPLATE` adds a migration
+/// to the template's shared folder, and what cannot work is said: a pattern without `{name}`,
+/// `discover` on SQLite, an unknown name.
+#[test]
+fn templates_name_their_binds_and_new_adds_to_their_folder() {
+    let mut p = Project::new();
+    p.config(
+        "[templates.shard]\nurl = \"sqlite://var/shard_{name}.sqlite3\"\nnames = [\"eu\", \"us\"]\nbind_name = \"{name}_{template}\"",
+    );
+    p.add_sqlite("a_lite");
+    let run = p.run(&["config", "--json"]);
+    run.expect(0);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let names: Vec<&str> = v["binds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a_lite", "eu_shard", "us_shard"]);
+    let new = p.run(&["new", "--bind", "shard", "create orders"]);
+    new.expect(0);
+    let created: Vec<String> = fs::read_dir(p.path().join("migrations/shard"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        created.len() == 1 && created[0].ends_with("_create_orders"),
+        "{created:?}"
+    );
+    // The new (empty) migration is part of both of the template's chains.
+    let status = p.run(&["status", "--bind", "eu_shard"]);
+    assert!(
+        status.stdout.contains("create_orders") || status.stderr.contains("create_orders"),
+        "{}\n{}",
+        status.stdout,
+        status.stderr
+    );
+    let unknown = p.run(&["new", "--bind", "nobody", "x"]);
+    unknown.expect(2);
+    assert!(
+        unknown.stderr.contains("no bind is named `nobody`"),
+        "{}",
+        unknown.stderr
+    );
+    let config = p.path().join("config/default.toml");
+    let good = fs::read_to_string(&config).unwrap();
+    for (change, needle) in [
+        ("bind_name = \"{name}_{template}\"", "needs `{name}`"),
+        ("names = [\"eu\", \"us\"]", "asks a PostgreSQL server"),
+    ] {
+        let replacement = if needle == "needs `{name}`" {
+            "bind_name = \"fixed\"".to_string()
+        } else {
+            "discover = \"%\"".to_string()
+        };
+        fs::write(&config, good.replace(change, &replacement)).unwrap();
+        let run = p.run(&["status"]);
+        run.expect(2);
+        assert!(run.stderr.contains(needle), "{}", run.stderr);
+    }
+    fs::write(&config, good).unwrap();
+}
+
+/// What a server URL carries besides a path (a user and password, a query, a fragment) means
+/// nothing for `sqlite://`: refused (exit 2, nothing created, no password shown) rather than
+/// turned into folder and file names; a `#fragment` on a server URL is refused too, since it
+/// would reach the server inside a parameter.
+#[test]
+fn url_parts_that_mean_nothing_are_refused() {
+    let mut p = Project::new();
+    p.add_pg("a_pg");
+    two_migrations_each(&mut p);
+    let pg = p.db("a_pg").url();
+    let config = p.path().join("config/default.toml");
+    for (url, needle, secret) in [
+        (
+            "sqlite://app:Pw-44871@var/x.sqlite3".to_string(),
+            "no user or password",
+            "Pw-44871",
+        ),
+        (
+            "sqlite://var/x.sqlite3?password=Zq-55123".to_string(),
+            "no query string",
+            "Zq-55123",
+        ),
+        ("sqlite://var/x.sqlite3#frag".to_string(), "no fragment", ""),
+        (format!("{pg}#frag-9931"), "no `#fragment`", "frag-9931"),
+    ] {
+        fs::write(
+            &config,
+            format!("[binds.a_pg]\nurl = \"{pg}\"\n[binds.other]\nurl = \"{url}\"\n"),
+        )
+        .unwrap();
+        for args in [
+            &["upgrade", "--all-binds"][..],
+            &["status"][..],
+            &["config"][..],
+        ] {
+            let run = p.run(args);
+            run.expect(2);
+            assert!(run.stderr.contains(needle), "{url}: {}", run.stderr);
+            if !secret.is_empty() {
+                assert!(
+                    !run.stderr.contains(secret) && !run.stdout.contains(secret),
+                    "{url}: {}",
+                    run.stderr
+                );
+            }
+        }
+        assert_eq!(p.db("a_pg").state(), state(&[], &[]), "{url}");
+        assert!(!p.path().join("var").exists(), "{url}: nothing was created");
+        assert!(!p.path().join("app:Pw-44871@var").exists());
+    }
+}
+
+/// A SQLite bind whose file cannot be created (a file stands where its folder would be) is
+/// refused before anything runs, exit 2, like any bind that cannot be opened; `check` says the
+/// same.
+#[test]
+fn a_sqlite_file_that_cannot_be_created_is_refused_before_anything_runs() {
+    let mut p = Project::new();
+    p.add_pg("a_pg");
+    two_migrations_each(&mut p);
+    let pg = p.db("a_pg").url();
+    fs::write(p.path().join("blocker"), "not a folder").unwrap();
+    fs::write(
+        p.path().join("config/default.toml"),
+        format!("[binds.a_pg]\nurl = \"{pg}\"\n[binds.lite]\nurl = \"sqlite://blocker/sub/lite.sqlite3\"\n"),
+    )
+    .unwrap();
+    p.migration(
+        "lite",
+        "1_x",
+        "CREATE TABLE x (id INT);",
+        Some("DROP TABLE x;"),
+    );
+    for args in [&["upgrade", "--all-binds"][..], &["check"][..]] {
+        let run = p.run(args);
+        run.expect(2);
+        assert!(
+            run.stderr
+                .contains("bind `lite`: cannot create its SQLite database")
+                && run.stderr.contains("blocker is a file, not a folder"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(p.db("a_pg").state(), state(&[], &[]));
+}

@@ -88,7 +88,9 @@ fn one_batch_over_more_binds_than_connections() {
 }
 
 /// A template discovers every database matching a pattern; each becomes a bind with its own
-/// history, migrated together in one batch.
+/// history, migrated together in one batch. The template is named as the databases' prefix,
+/// as with `discover = "tenant\\_%"`: its binds are the databases' names, not
+/// `tenant_tenant_acme`.
 #[test]
 fn a_template_discovers_tenant_databases() {
     use crate::support::{pg_admin_url, Db, PgDb};
@@ -102,10 +104,10 @@ fn a_template_discovers_tenant_databases() {
     std::fs::create_dir_all(p.path().join("config")).unwrap();
     std::fs::write(
         p.path().join("config/default.toml"),
-        format!("[templates.tenant]\nurl = \"{url}\"\ndiscover = \"{prefix}\\\\_%\"\n"),
+        format!("[templates.{prefix}]\nurl = \"{url}\"\ndiscover = \"{prefix}\\\\_%\"\n"),
     )
     .unwrap();
-    let dir = p.path().join("migrations/tenant/1_accounts");
+    let dir = p.path().join(format!("migrations/{prefix}/1_accounts"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("up.sql"), "CREATE TABLE accounts (id INT);").unwrap();
     std::fs::write(dir.join("down.sql"), "DROP TABLE accounts;").unwrap();
@@ -120,7 +122,7 @@ fn a_template_discovers_tenant_databases() {
         .collect();
     let expected: Vec<String> = ["a", "b", "c"]
         .iter()
-        .map(|t| format!("tenant_{prefix}_{t}"))
+        .map(|t| format!("{prefix}_{t}"))
         .collect();
     assert_eq!(names, expected);
     p.run(&["upgrade", "--all-binds"]).expect(0);

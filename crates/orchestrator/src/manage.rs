@@ -87,14 +87,13 @@ fn increment(digits: &str) -> String {
 
 /// `orchestrate new --bind NAME DESCRIPTION`: the next migration folder, versioned by the UTC
 /// time in diesel's style (`2026-11-24-223000`), always after the chain's head.
-pub fn new_migration(bind: &BindSettings, description: &str) -> Result<String, Failure> {
+pub fn new_migration(dir: &Path, description: &str) -> Result<String, Failure> {
     let name = slug(description);
     if name.is_empty() {
         return Err(invalid(
             "the description needs at least one letter or digit, such as \"create users\"",
         ));
     }
-    let dir = &bind.migrations;
     // The newest version among the folder names; folders still being written (an empty
     // up.sql) do not stop the next one from being created.
     let head = fs::read_dir(dir)

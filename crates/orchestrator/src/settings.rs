@@ -69,6 +69,20 @@ struct RawTemplate {
     discover: Option<String>,
     /// The database to connect to for discovery (default `postgres`).
     discover_database: Option<String>,
+    /// Each bind's name, with `{name}` for the database's name and `{template}` for the
+    /// template's. Default: `{template}_{name}`, or the database's name alone when it already
+    /// starts with `<template>_` (so `discover = "tenant\\_%"` gives `tenant_acme`, not
+    /// `tenant_tenant_acme`).
+    bind_name: Option<String>,
+}
+
+/// One configured template: its name, the folder of its shared chain and the binds it
+/// expanded to.
+#[derive(Clone, Debug)]
+pub struct TemplateSettings {
+    pub name: String,
+    pub migrations: PathBuf,
+    pub members: Vec<String>,
 }
 
 /// One configured bind.
@@ -84,6 +98,8 @@ pub struct BindSettings {
 pub struct Settings {
     /// Binds in name order.
     pub binds: Vec<BindSettings>,
+    /// Templates in name order (their binds are in `binds` too).
+    pub templates: Vec<TemplateSettings>,
     /// The folder relative paths resolve against (absolute): see [`Sources::project_root`].
     pub root: PathBuf,
     /// The bind that decides batches it takes part in, if the user chose one.
@@ -92,6 +108,12 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// How many binds are read or worked on at once.
     pub parallelism: usize,
+    /// Where each value set by a layer came from (`binds.users.url` -> `config/default.toml`,
+    /// or `environment variable ORCHESTRATE__BINDS__USERS__URL`); a key not here took its
+    /// default. Keys are lowercase and dotted.
+    pub origins: BTreeMap<String, String>,
+    /// The layers read, in order (later ones win).
+    pub layers: Vec<String>,
 }
 
 /// Where the configuration comes from. Its `Debug` leaves out the environment's values, which
@@ -143,7 +165,8 @@ impl Sources {
     }
 }
 
-/// A template's binds: `<template>_<database name>`, each with the template's chain.
+/// A template's binds, named by its `bind_name` pattern (see [`RawTemplate::bind_name`]), each
+/// with the template's chain.
 fn expand_template(
     template: &str,
     t: &RawTemplate,
@@ -162,6 +185,12 @@ fn expand_template(
         (None, Some(pattern)) => {
             let database = t.discover_database.as_deref().unwrap_or("postgres");
             let endpoint = Endpoint::parse_in(template, &t.url.replace("{name}", database), root)?;
+            if endpoint.backend != orchestrate_driver::Backend::Postgres {
+                return Err(invalid(format!(
+                    "`discover` asks a PostgreSQL server for its databases, and this template is {}; list its databases with `names = [...]`",
+                    endpoint.backend
+                )));
+            }
             let timeout = Duration::from_millis(lock_timeout_ms.unwrap_or(10_000));
             let found = orchestrate_driver::Postgres::connect(&endpoint, timeout)
                 .and_then(|mut c| c.databases_like(pattern))
@@ -180,6 +209,13 @@ fn expand_template(
             ))
         }
     };
+    if let Some(pattern) = &t.bind_name {
+        if !pattern.contains("{name}") {
+            return Err(invalid(format!(
+                "`bind_name = \"{pattern}\"` needs `{{name}}` where each database's name goes, or every bind would have the same name"
+            )));
+        }
+    }
     let migrations = root.join(
         t.migrations
             .clone()
@@ -188,7 +224,13 @@ fn expand_template(
     names
         .iter()
         .map(|db| {
-            let name = format!("{template}_{db}");
+            let name = match &t.bind_name {
+                Some(pattern) => pattern
+                    .replace("{template}", template)
+                    .replace("{name}", db),
+                None if db.starts_with(&format!("{template}_")) => db.clone(),
+                None => format!("{template}_{db}"),
+            };
             validate_bind_name(&name).map_err(|e| invalid(format!("database `{db}` gives {e}")))?;
             Ok(BindSettings {
                 endpoint: Endpoint::parse_in(&name, &t.url.replace("{name}", db), root)?,
@@ -268,6 +310,36 @@ fn check_env_overrides(
     Ok(())
 }
 
+/// Records where every leaf value of `table` came from, under dotted lowercase keys: the file
+/// it was read from, or the environment variable that set it (named in its canonical form).
+fn collect_origins(
+    prefix: &str,
+    table: &config::Map<String, config::Value>,
+    out: &mut BTreeMap<String, String>,
+) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.to_ascii_lowercase()
+        } else {
+            format!("{prefix}.{}", key.to_ascii_lowercase())
+        };
+        match &value.kind {
+            config::ValueKind::Table(inner) => collect_origins(&path, inner, out),
+            _ => {
+                let origin = match value.origin() {
+                    Some("the environment") => format!(
+                        "environment variable ORCHESTRATE__{}",
+                        path.to_ascii_uppercase().replace('.', "__")
+                    ),
+                    Some(file) => file.to_string(),
+                    None => "unknown".to_string(),
+                };
+                out.insert(path, origin);
+            }
+        }
+    }
+}
+
 /// PostgreSQL's largest `lock_timeout`, in milliseconds (`INT_MAX`).
 const MAX_LOCK_TIMEOUT_MS: u64 = 2_147_483_647;
 
@@ -330,11 +402,32 @@ impl Settings {
             .ignore_empty(true)
             .source(sources.environment.clone().map(|m| m.into_iter().collect()));
         builder = builder.add_source(environment);
-        let raw: RawSettings = builder
+        let config = builder
             .build()
-            .and_then(|c| c.try_deserialize())
             .map_err(|e| SettingsError::Invalid(e.to_string()))?;
-        Self::validate(raw, &sources.project_root())
+        let mut origins = BTreeMap::new();
+        if let Ok(table) = config::Source::collect(&config) {
+            collect_origins("", &table, &mut origins);
+        }
+        let raw: RawSettings = config
+            .try_deserialize()
+            .map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        let mut settings = Self::validate(raw, &sources.project_root())?;
+        settings.origins = origins;
+        settings.layers = [
+            Some(&default),
+            env_file.as_ref(),
+            sources.extra_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|f| f.is_file())
+        .map(|f| f.display().to_string())
+        .chain(std::iter::once(
+            "environment variables ORCHESTRATE__*".to_string(),
+        ))
+        .collect();
+        Ok(settings)
     }
 
     fn validate(raw: RawSettings, root: &Path) -> Result<Settings, SettingsError> {
@@ -354,8 +447,19 @@ impl Settings {
             )));
         }
         let mut binds = Vec::with_capacity(raw.binds.len());
+        let mut templates = Vec::with_capacity(raw.templates.len());
         for (template, t) in &raw.templates {
-            binds.extend(expand_template(template, t, raw.lock_timeout_ms, root)?);
+            let expanded = expand_template(template, t, raw.lock_timeout_ms, root)?;
+            templates.push(TemplateSettings {
+                name: template.clone(),
+                migrations: root.join(
+                    t.migrations
+                        .clone()
+                        .unwrap_or_else(|| Path::new("migrations").join(template)),
+                ),
+                members: expanded.iter().map(|b| b.name.clone()).collect(),
+            });
+            binds.extend(expanded);
         }
         for (name, bind) in raw.binds {
             validate_bind_name(&name).map_err(SettingsError::Invalid)?;
@@ -409,6 +513,9 @@ impl Settings {
             root: root.to_path_buf(),
             parallelism,
             binds,
+            templates,
+            origins: BTreeMap::new(),
+            layers: Vec::new(),
             decider: raw.decider,
             lock_timeout: Duration::from_millis(raw.lock_timeout_ms.unwrap_or(10_000)),
         })
@@ -416,6 +523,16 @@ impl Settings {
 
     pub fn bind(&self, name: &str) -> Option<&BindSettings> {
         self.binds.iter().find(|b| b.name == name)
+    }
+
+    pub fn template(&self, name: &str) -> Option<&TemplateSettings> {
+        self.templates.iter().find(|t| t.name == name)
+    }
+
+    /// Where the value at `key` (dotted, lowercase) came from: a file, an environment
+    /// variable, or `default`.
+    pub fn origin(&self, key: &str) -> &str {
+        self.origins.get(key).map_or("default", String::as_str)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The commands' logic, one module per command family, each printing through [`Output`];
 //! `cli` only parses the arguments and dispatches here.
 
+pub mod config;
 pub mod history;
 pub mod migrate;
 pub mod output;
