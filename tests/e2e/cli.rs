@@ -480,7 +480,7 @@ fn an_override_for_a_bind_that_does_not_exist_is_refused() {
 
 /// Validates a command's JSON output against its published schema in `schemas/`.
 #[track_caller]
-fn assert_matches_schema(schema: &str, run: &crate::support::Run) {
+pub(crate) fn assert_matches_schema(schema: &str, run: &crate::support::Run) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../schemas")
         .join(schema);
@@ -620,4 +620,114 @@ fn target_names_are_checked() {
         assert!(run.stderr.contains(says), "{args:?}: {}", run.stderr);
     }
     p.assert_states(&[("billing", state(&[], &[])), ("users", state(&[], &[]))]);
+}
+
+/// A batch over many binds prints a summary, not a line per bind: how many committed, the
+/// slowest, and a line only for a bind that did not end cleanly; `status` groups binds by
+/// where they are and shows in full only those that need a look. `--verbose` gives every line.
+#[test]
+fn output_scales_with_the_number_of_binds() {
+    let mut p = Project::new();
+    let binds: Vec<String> = (0..25).map(|i| format!("t{i:02}")).collect();
+    for b in &binds {
+        p.add_sqlite(b);
+        p.create_table(b, "1_first", &format!("first_{b}"));
+    }
+    let up = p.run(&["upgrade", "--all-binds"]);
+    up.expect(0);
+    assert!(
+        up.stdout.contains("25 binds: 25 committed; slowest: "),
+        "{}",
+        up.stdout
+    );
+    assert!(!up.stdout.contains("t07: committed"), "{}", up.stdout);
+    assert!(up.stdout.lines().count() < 15, "{}", up.stdout);
+    // status: one group line for the 24 binds up to date, the 25th (pending) in its own group.
+    p.create_table("t07", "2_second", "second_t07");
+    let st = p.run(&["status"]);
+    st.expect(0);
+    assert!(
+        st.stdout
+            .contains("24 bind(s) at 1_first, up to date: t00, t01"),
+        "{}",
+        st.stdout
+    );
+    assert!(
+        st.stdout
+            .contains("1 bind(s) at 1_first, 1 pending (2_second): t07"),
+        "{}",
+        st.stdout
+    );
+    assert!(st.stdout.lines().count() < 6, "{}", st.stdout);
+    let verbose = p.run(&["status", "--verbose"]);
+    verbose.expect(0);
+    assert_eq!(verbose.stdout.matches("  current: 1_first").count(), 25);
+    // A failing batch over every bind: every bind rolled back, the failure named on stderr.
+    let down = p.run(&["downgrade", "--all-binds", "base"]);
+    down.expect(0);
+    assert!(
+        down.stdout.contains("25 binds: 25 committed"),
+        "{}",
+        down.stdout
+    );
+    p.migration("t11", "2_bad", "CREATE TABLE nope (;", Some("SELECT 1;"));
+    let failed = p.run(&["upgrade", "--all-binds"]);
+    failed.expect(1);
+    assert!(
+        failed
+            .stdout
+            .contains("25 binds: 0 committed; 25 rolled back, unchanged"),
+        "{}",
+        failed.stdout
+    );
+    assert!(failed.stderr.contains("t11"), "{}", failed.stderr);
+    fs::remove_dir_all(p.path().join("migrations/t11/2_bad")).unwrap();
+    let verbose_up = p.run(&["upgrade", "--all-binds", "--verbose"]);
+    verbose_up.expect(0);
+    assert!(
+        verbose_up.stdout.contains("  t07: committed"),
+        "{}",
+        verbose_up.stdout
+    );
+    let expected: Vec<(&str, crate::support::DbState)> = binds
+        .iter()
+        .map(|b| {
+            let first = format!("first_{b}");
+            let st = if b == "t07" {
+                crate::support::state(&[&first, "second_t07"], &["1", "2"])
+            } else {
+                crate::support::state(&[&first], &["1"])
+            };
+            (b.as_str(), st)
+        })
+        .collect();
+    p.assert_states(&expected);
+}
+
+/// A failing PostgreSQL migration's error says where in up.sql it failed (the server's error
+/// position, as a line and column, with the line's text), and the batch rolls back.
+#[test]
+fn a_postgres_error_names_the_line_of_up_sql() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_sqlite("b_lite");
+    p.create_table("b_lite", "1_t", "t_b");
+    p.migration(
+        "a_pg",
+        "1_t",
+        "CREATE TABLE t_a (id INT);\n\n  SELECT * FROM no_such_table;\n",
+        Some("DROP TABLE t_a;"),
+    );
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains(
+            "migration 1_t failed at line 3, column 17 of up.sql: SELECT * FROM no_such_table;"
+        ),
+        "{}",
+        run.stderr
+    );
+    p.assert_states(&[
+        ("a_pg", crate::support::state(&[], &[])),
+        ("b_lite", crate::support::state(&[], &[])),
+    ]);
 }

@@ -52,10 +52,15 @@ pub enum Command {
         /// Only this bind (repeatable). Default: every bind.
         #[arg(long = "bind", value_name = "NAME")]
         binds: Vec<String>,
-        /// Print JSON: {"binds":[{"bind","backend","url","current","head","pending","problems",
-        /// "errors","in_doubt","guarantee","unsettled","elapsed_ms"}]}.
+        /// Print JSON: {"binds":[{"bind","backend","url","current","head","pending",
+        /// "current_name","head_name","pending_names","problems","errors","in_doubt",
+        /// "guarantee","unsettled","elapsed_ms","chain_error"}]} (schemas/status.schema.json).
         #[arg(long)]
         json: bool,
+        /// Every bind in full; by default more than 20 binds are grouped by where they are,
+        /// and only those with drift, errors or a batch in doubt are shown in full.
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Apply pending migrations on the selected binds as one atomic batch.
     ///
@@ -101,7 +106,8 @@ pub enum Command {
     },
     /// Create the next migration folder of a bind, with empty up.sql and down.sql.
     New {
-        /// The bind whose migrations folder gets the new migration.
+        /// The bind whose migrations folder gets the new migration, or a template (its binds'
+        /// shared folder).
         #[arg(long = "bind", value_name = "NAME", required = true)]
         bind: String,
         /// What the migration does, such as "create users"; becomes the folder's name.
@@ -160,12 +166,22 @@ pub enum Command {
         #[arg(long)]
         reverted: bool,
     },
+    /// Print the effective configuration after every layer (config/default.toml,
+    /// config/<ORCHESTRATE_ENV>.toml, --config FILE, ORCHESTRATE__* variables) and, for each
+    /// value, the layer it came from. Passwords are redacted. Connects to nothing, except a
+    /// template with `discover`, which asks its server for the database names.
+    Config {
+        /// Print JSON (schemas/config.schema.json): every value as {"value","from"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// List a bind's migrations in order: applied, pending, or applied with no folder.
     History {
         /// The bind to list.
         #[arg(long = "bind", value_name = "NAME", required = true)]
         bind: String,
-        /// Print JSON: {"bind","migrations":[{"version","name","state"}]} (schemas/history.schema.json).
+        /// Print JSON: {"bind","migrations":[{"version","name","state","batch_id","applied_at"}],
+        /// "steps":[{"batch_id","version","name","direction","at"}]} (schemas/history.schema.json).
         #[arg(long)]
         json: bool,
     },
@@ -214,6 +230,11 @@ pub struct MigrateArgs {
     /// means; `other_errors`: further failures beyond `error`).
     #[arg(long)]
     pub json: bool,
+    /// A line per bind in a batch of more than 20 binds (by default such a batch prints how
+    /// many binds ended each way, the slowest, and a line for each bind that did not commit
+    /// or roll back cleanly).
+    #[arg(long, short)]
+    pub verbose: bool,
     /// Accept MySQL/MariaDB binds in the batch although they cannot be atomic: their DDL
     /// commits statement by statement. (Not needed for a MySQL bind whose migrations are all
     /// `data_only = true` when a PostgreSQL or SQLite bind decides: it joins through XA.) They run after every atomic bind has prepared; if
@@ -230,6 +251,7 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         Command::Status { json, .. }
         | Command::History { json, .. }
         | Command::Check { json, .. }
+        | Command::Config { json }
         | Command::Recover { json, .. } => *json,
         Command::Upgrade(args) => args.common.json,
         Command::Downgrade(args) => args.json,
@@ -243,6 +265,7 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         Command::Status { .. }
             | Command::History { .. }
             | Command::Check { .. }
+            | Command::Config { .. }
             | Command::Upgrade(_)
             | Command::Downgrade(_)
     ) {
@@ -267,7 +290,11 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
 fn dispatch(command: Command, settings: &Settings, o: &mut Output) -> i32 {
     let one = |name: String| select(settings, &[name], false).map(|b| b[0]);
     match command {
-        Command::Status { binds, json } => commands::status::status(settings, &binds, json, o),
+        Command::Status {
+            binds,
+            json,
+            verbose,
+        } => commands::status::status(settings, &binds, json, verbose, o),
         Command::Upgrade(args) => {
             let allow = Allow {
                 out_of_order: args.allow_out_of_order,
@@ -280,16 +307,27 @@ fn dispatch(command: Command, settings: &Settings, o: &mut Output) -> i32 {
             commands::migrate::migrate(settings, Direction::Down, &args, Allow::default(), o)
         }
         Command::History { bind, json } => commands::history::history(settings, &bind, json, o),
+        Command::Config { json } => commands::config::config(settings, json, o),
         Command::Check {
             json,
             no_pending,
             allow_non_atomic,
         } => commands::status::check(settings, json, no_pending, allow_non_atomic, o),
         Command::Init => unreachable!("handled before the settings are loaded"),
-        Command::New { bind, description } => match one(bind) {
-            Ok(b) => o.result(crate::manage::new_migration(b, &description.join(" "))),
-            Err(e) => o.result(Err((exit::INVALID, e))),
-        },
+        Command::New { bind, description } => {
+            // A template's binds share one folder: `new --bind TEMPLATE` adds to it.
+            let folder = match (settings.bind(&bind), settings.template(&bind)) {
+                (Some(b), _) => Ok(b.migrations.as_path()),
+                (None, Some(t)) => Ok(t.migrations.as_path()),
+                (None, None) => one(bind).map(|b| b.migrations.as_path()),
+            };
+            match folder {
+                Ok(folder) => {
+                    o.result(crate::manage::new_migration(folder, &description.join(" ")))
+                }
+                Err(e) => o.result(Err((exit::INVALID, e))),
+            }
+        }
         Command::Resolve {
             bind,
             version,

@@ -88,6 +88,11 @@ pub struct BatchReport {
 pub trait Progress: Sync {
     /// A line worth showing.
     fn line(&self, text: &str);
+    /// A line about one bind that went as planned (prepared, committed): a printer may leave
+    /// these out of a large batch's output. Failures and attention go through `line`.
+    fn bind_line(&self, text: &str) {
+        self.line(text)
+    }
     /// A phase over `total` binds begins.
     fn phase(&self, name: &str, total: usize);
     /// One bind of the current phase is done.
@@ -433,7 +438,7 @@ impl<'a> Batch<'a> {
                     };
                     let result = phase_one(&share, self.options.lock_timeout);
                     match &result {
-                        Ok(_) => self.progress.line(&self.prepared_line(i)),
+                        Ok(_) => self.progress.bind_line(&self.prepared_line(i)),
                         Err(_) => failed_flag.store(true, Ordering::SeqCst),
                     }
                     self.progress.tick();
@@ -793,7 +798,7 @@ impl<'a> Batch<'a> {
                         );
                         match &result {
                             Err(_) => failed.store(true, Ordering::SeqCst),
-                            Ok(_) => self.progress.line(&format!(
+                            Ok(_) => self.progress.bind_line(&format!(
                                 "  {}: {} migration(s) {} and committed (NOT atomic: undone if the batch fails), {} ms",
                                 self.works[i].endpoint.bind,
                                 self.works[i].plan.steps.len(),

@@ -41,6 +41,12 @@ pub struct BindReport {
     pub current: Option<String>,
     pub head: Option<String>,
     pub pending: Vec<String>,
+    /// The folder names of `current`, `head` and `pending` (`2026-11-24-223000_create_users`):
+    /// the version with what the migration does. `current_name` comes from the folder, or
+    /// from what the history recorded when the folder is gone.
+    pub current_name: Option<String>,
+    pub head_name: Option<String>,
+    pub pending_names: Vec<String>,
     /// Drift between the chain and the database (edited, missing, out of order).
     pub problems: Vec<String>,
     /// Why the bind could not be read fully: invalid migrations, unreachable, locked.
@@ -137,6 +143,9 @@ fn empty_report(bind: &BindSettings) -> BindReport {
         url: bind.endpoint.redacted().to_string(),
         current: None,
         head: None,
+        current_name: None,
+        head_name: None,
+        pending_names: Vec::new(),
         pending: Vec::new(),
         problems: Vec::new(),
         errors: Vec::new(),
@@ -189,12 +198,19 @@ fn compare_with_chain(
     applied: &[orchestrate_core::Applied],
     report: &mut BindReport,
 ) {
-    report.current = current(applied).map(|a| a.version.to_string());
+    let now = current(applied);
+    report.current = now.map(|a| a.version.to_string());
+    report.current_name = now.and_then(|a| a.name.clone());
     match read_chain(&bind.name, &bind.migrations) {
         Ok(chain) => {
             report.head = chain.head().map(|m| m.version.to_string());
+            report.head_name = chain.head().map(|m| m.name.clone());
+            if let Some(m) = now.and_then(|a| chain.find(&a.version)) {
+                report.current_name = Some(m.name.clone());
+            }
             let waiting = pending(&chain, applied);
             report.pending = waiting.iter().map(|m| m.version.to_string()).collect();
+            report.pending_names = waiting.iter().map(|m| m.name.clone()).collect();
             // A pending migration a batch would refuse (see orchestrate_driver::check_plan).
             report.errors.extend(
                 orchestrate_driver::check_migrations(bind.endpoint.backend, &bind.name, waiting)

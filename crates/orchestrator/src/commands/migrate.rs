@@ -15,12 +15,12 @@ use orchestrate_driver::{
 use serde_json::json;
 
 use super::output::{Output, Refusal};
-use super::progress::{Bars, Lines, Quiet};
+use super::progress::{Bars, Lines, Quiet, WithoutBindLines};
 use super::status::in_doubt_message;
 use super::{error_chain, read_state, select};
 use crate::cli::MigrateArgs;
 use crate::coordinator::{
-    choose_decider, guarantee, is_atomic, run_batch, BatchReport, BindOutcome, BindWork,
+    choose_decider, guarantee, is_atomic, run_batch, BatchReport, BindOutcome, BindWork, Progress,
     RunOptions, Verdict,
 };
 use crate::exit;
@@ -64,20 +64,33 @@ pub fn migrate(
         lock_timeout: settings.lock_timeout,
         parallelism: settings.parallelism,
     };
+    // A large batch prints a summary instead of a line per bind, unless --verbose.
+    let summarise = works.len() > SUMMARY_ABOVE && !args.verbose;
+    let run = |progress: &dyn Progress| {
+        if summarise {
+            run_batch(works, direction, &options, &WithoutBindLines(progress))
+        } else {
+            run_batch(works, direction, &options, progress)
+        }
+    };
     let report = if args.json {
-        run_batch(works, direction, &options, &Quiet)
+        run(&Quiet)
     } else if std::io::stderr().is_terminal() {
-        run_batch(works, direction, &options, &Bars::default())
+        run(&Bars::default())
     } else {
         let lines = Lines(std::sync::Mutex::new(&mut *o.out));
-        run_batch(works, direction, &options, &lines)
+        run(&lines)
     };
     if args.json {
         print_json_outcome(&report, &migrations, o)
     } else {
-        print_outcome(report, o)
+        print_outcome(report, summarise, o)
     }
 }
+
+/// Above this many binds, a batch's text output is a summary: how many binds ended each way,
+/// the slowest, and a line for every bind that did not commit (`--verbose`: a line per bind).
+const SUMMARY_ABOVE: usize = 20;
 
 /// A batch that passed every check, ready to run: every selected bind's plan, and the work
 /// of those with something to do.
@@ -109,10 +122,61 @@ pub(crate) fn check_batch<'s>(
         if !refusals.is_empty() {
             return Err(Refusal::invalid(refusals));
         }
+        let unwritable = sqlite_paths_refused(&works);
+        if !unwritable.is_empty() {
+            return Err(Refusal::invalid(unwritable));
+        }
         check_prepared_capacity(settings, &works).map_err(Refusal::invalid)?;
         check_durable_decider(settings, &works).map_err(|e| Refusal::invalid(vec![e]))?;
     }
     Ok(Checked { plans, works })
+}
+
+/// A SQLite bind whose file does not exist yet is created by its batch, with its folders: the
+/// nearest folder that exists must be a folder this process can write in, or the bind could
+/// not be opened (exit 2 before anything runs, like any bind that cannot be opened, rather
+/// than a failure in the middle of the batch).
+fn sqlite_paths_refused(works: &[BindWork]) -> Vec<String> {
+    let mut refused = Vec::new();
+    for w in works {
+        let Some(path) = w.endpoint.sqlite_path() else {
+            continue;
+        };
+        if path.exists() {
+            continue;
+        }
+        let Some(existing) = path.ancestors().skip(1).find(|a| a.exists()) else {
+            continue;
+        };
+        let problem = if !existing.is_dir() {
+            Some(format!("{} is a file, not a folder", existing.display()))
+        } else if !writable(existing) {
+            Some(format!(
+                "the folder {} is not writable by this user",
+                existing.display()
+            ))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            refused.push(format!(
+                "bind `{}`: cannot create its SQLite database {}: {problem}; fix the path in its url, or create the file",
+                w.endpoint.bind,
+                path.display()
+            ));
+        }
+    }
+    refused
+}
+
+/// Whether this process may create entries in `dir` (`access(2)` with write and search).
+fn writable(dir: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
 }
 
 /// Everything checked before a batch touches anything: the selected binds, their targets,
@@ -494,10 +558,60 @@ fn print_json_outcome(
     code
 }
 
-/// Text: a line per bind, then the batch's verdict (errors on the error stream).
-fn print_outcome(report: BatchReport, o: &mut Output) -> i32 {
+/// Text: a line per bind (or, for a large batch, a count of the binds that committed, the
+/// slowest, and a line per bind that did not), then the batch's verdict (errors on the error
+/// stream).
+fn print_outcome(report: BatchReport, summarise: bool, o: &mut Output) -> i32 {
     let (code, _, error_text) = verdict(&report);
+    if summarise {
+        let committed = report
+            .binds
+            .iter()
+            .filter(|(_, outcome)| matches!(outcome, BindOutcome::Committed))
+            .count();
+        let rolled_back = report
+            .binds
+            .iter()
+            .filter(|(_, outcome)| {
+                matches!(
+                    outcome,
+                    BindOutcome::RolledBack | BindOutcome::Undone { count: 0 }
+                )
+            })
+            .count();
+        let mut slowest: Vec<(&String, &u64)> = report.timings.iter().collect();
+        slowest.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let slowest: Vec<String> = slowest
+            .iter()
+            .take(3)
+            .map(|(bind, ms)| format!("{bind} {ms} ms"))
+            .collect();
+        let otherwise = report.binds.len() - committed - rolled_back;
+        let mut counts = vec![format!("{committed} committed")];
+        if rolled_back > 0 {
+            counts.push(format!("{rolled_back} rolled back, unchanged"));
+        }
+        if otherwise > 0 {
+            counts.push(format!("{otherwise} otherwise, each below"));
+        }
+        if !slowest.is_empty() {
+            counts.push(format!("slowest: {}", slowest.join(", ")));
+        }
+        o.line(format!(
+            "  {} binds: {} (--verbose: a line per bind)",
+            report.binds.len(),
+            counts.join("; ")
+        ));
+    }
     for (bind, outcome) in &report.binds {
+        if summarise
+            && matches!(
+                outcome,
+                BindOutcome::Committed | BindOutcome::RolledBack | BindOutcome::Undone { count: 0 }
+            )
+        {
+            continue;
+        }
         let text = match outcome {
             BindOutcome::Committed => "committed".to_string(),
             BindOutcome::RolledBack | BindOutcome::Undone { count: 0 } => {

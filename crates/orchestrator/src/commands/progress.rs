@@ -63,3 +63,20 @@ impl Drop for Bars {
         }
     }
 }
+
+/// Another printer without its per-bind lines (a large batch, without `--verbose`): the bars
+/// or the summary say how far it got, and failures still print.
+pub struct WithoutBindLines<'p>(pub &'p dyn Progress);
+
+impl Progress for WithoutBindLines<'_> {
+    fn line(&self, text: &str) {
+        self.0.line(text)
+    }
+    fn bind_line(&self, _text: &str) {}
+    fn phase(&self, name: &str, total: usize) {
+        self.0.phase(name, total)
+    }
+    fn tick(&self) {
+        self.0.tick()
+    }
+}

@@ -49,13 +49,75 @@ fn verdict(reports: &[BindReport], strict: bool, no_pending: bool) -> i32 {
     }
 }
 
-fn print_reports(reports: &[BindReport], json: bool, o: &mut Output) {
+/// Above this many binds, `status` groups the binds that need nothing but (maybe) their
+/// pending migrations by where they are; `--verbose` prints every bind in full.
+const GROUP_ABOVE: usize = 20;
+
+/// Whether a bind needs more than its pending migrations: drift, an error, a batch in doubt.
+fn needs_a_look(r: &BindReport) -> bool {
+    !r.problems.is_empty()
+        || !r.errors.is_empty()
+        || !r.in_doubt.is_empty()
+        || !r.unsettled.is_empty()
+        || r.chain_error.is_some()
+}
+
+fn print_reports(reports: &[BindReport], json: bool, verbose: bool, o: &mut Output) {
     if json {
         o.json(&json!({ "binds": reports }));
         return;
     }
+    let group = reports.len() > GROUP_ABOVE && !verbose;
     let out = &mut *o.out;
-    for r in reports {
+    if group {
+        // (current, pending) -> binds.
+        let mut groups: std::collections::BTreeMap<(String, Vec<String>), Vec<&str>> =
+            Default::default();
+        for r in reports.iter().filter(|r| !needs_a_look(r)) {
+            let at = r
+                .current_name
+                .clone()
+                .or_else(|| r.current.clone())
+                .map_or_else(
+                    || "with nothing applied".to_string(),
+                    |at| format!("at {at}"),
+                );
+            groups
+                .entry((at, r.pending_names.clone()))
+                .or_default()
+                .push(&r.bind);
+        }
+        for ((at, pending), binds) in &groups {
+            let shown: Vec<&str> = binds.iter().take(10).copied().collect();
+            let more = if binds.len() > 10 {
+                format!(" and {} more", binds.len() - 10)
+            } else {
+                String::new()
+            };
+            let state = if pending.is_empty() {
+                "up to date".to_string()
+            } else {
+                format!("{} pending ({})", pending.len(), pending.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "{} bind(s) {at}, {state}: {}{more}",
+                binds.len(),
+                shown.join(", ")
+            );
+        }
+        let look = reports.iter().filter(|r| needs_a_look(r)).count();
+        let _ = writeln!(
+            out,
+            "({} binds; {}; --verbose shows every bind in full)",
+            reports.len(),
+            match look {
+                0 => "none needs a look".to_string(),
+                n => format!("{n} need a look, shown in full below"),
+            }
+        );
+    }
+    for r in reports.iter().filter(|r| !group || needs_a_look(r)) {
         let none = || "none".to_string();
         let _ = writeln!(
             out,
@@ -64,8 +126,11 @@ fn print_reports(reports: &[BindReport], json: bool, o: &mut Output) {
             r.backend,
             r.url,
             r.guarantee,
-            r.current.clone().unwrap_or_else(none),
-            match (&r.chain_error, &r.head) {
+            r.current_name
+                .clone()
+                .or_else(|| r.current.clone())
+                .unwrap_or_else(none),
+            match (&r.chain_error, &r.head_name) {
                 (Some(_), _) =>
                     "unknown: the migration folders are invalid (see the error below)".to_string(),
                 (None, head) => head.clone().unwrap_or_else(none),
@@ -75,7 +140,7 @@ fn print_reports(reports: &[BindReport], json: bool, o: &mut Output) {
             } else if r.pending.is_empty() {
                 none()
             } else {
-                format!("{} ({})", r.pending.len(), r.pending.join(", "))
+                format!("{} ({})", r.pending.len(), r.pending_names.join(", "))
             },
         );
         for d in &r.in_doubt {
@@ -109,13 +174,19 @@ fn print_reports(reports: &[BindReport], json: bool, o: &mut Output) {
 }
 
 /// `orchestrate status`: every selected bind's state; exit 3 when a batch is in doubt.
-pub fn status(settings: &Settings, names: &[String], json: bool, o: &mut Output) -> i32 {
+pub fn status(
+    settings: &Settings,
+    names: &[String],
+    json: bool,
+    verbose: bool,
+    o: &mut Output,
+) -> i32 {
     let binds = match select(settings, names, false) {
         Ok(b) => b,
         Err(e) => return o.refuse(Refusal::argument(e)),
     };
     let reports = inspect(settings, &binds);
-    print_reports(&reports, json, o);
+    print_reports(&reports, json, verbose, o);
     verdict(&reports, false, false)
 }
 
@@ -128,6 +199,7 @@ fn upgrade_refusal(settings: &Settings, allow_non_atomic: bool) -> Option<Refusa
         targets: Vec::new(),
         sql: false,
         json: false,
+        verbose: false,
         allow_non_atomic,
     };
     check_batch(settings, Direction::Up, &upgrade, Allow::default()).err()
@@ -155,7 +227,7 @@ pub fn check(
         let error = refusal.as_ref().map(Refusal::to_json);
         o.json(&json!({ "binds": reports, "error": error }));
     } else {
-        print_reports(&reports, false, o);
+        print_reports(&reports, false, false, o);
     }
     let refused = refusal.is_some();
     if let Some(refusal) = refusal {
