@@ -16,6 +16,7 @@ mod crash;
 mod drift;
 mod hang;
 mod mysql;
+mod protocol_gaps;
 mod recover;
 mod scale;
 mod seed;

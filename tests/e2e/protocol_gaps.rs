@@ -1,0 +1,129 @@
+//! Tests written for the mutants that cargo-mutants found surviving (see MUTANTS.md): each pins
+//! down a property of the protocol that no other test checked.
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::Bool;
+
+use crate::support::{state, Db, Project};
+
+fn pg(p: &Project, bind: &str) -> diesel::PgConnection {
+    match p.db(bind) {
+        Db::Pg(db) => db.conn(),
+        _ => panic!("{bind} is not PostgreSQL"),
+    }
+}
+
+/// The decision record a real batch writes names each PostgreSQL participant's prepared
+/// transaction: killed after its decision, with that transaction then rolled back by hand,
+/// the batch is reported by `recover` as a heuristic outcome (once), not settled as if the
+/// participant had committed.
+#[test]
+fn a_participant_rolled_back_by_hand_after_a_real_decision_is_a_heuristic_outcome() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_a", "a");
+    p.create_table("b_pg", "1_b", "b");
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    let prepared = p.db("b_pg").state().prepared;
+    assert_eq!(prepared.len(), 1, "{prepared:?}");
+    pg(&p, "b_pg")
+        .batch_execute(&format!("ROLLBACK PREPARED '{}'", prepared[0]))
+        .unwrap();
+    let run = p.run(&["recover"]);
+    run.expect(3);
+    assert!(
+        run.stdout.contains("heuristic outcome") && run.stdout.contains(&prepared[0]),
+        "{}",
+        run.stdout
+    );
+    let again = p.run(&["recover"]);
+    again.expect(0);
+    assert!(!again.stdout.contains("heuristic"), "{}", again.stdout);
+    p.assert_states(&[("a_pg", state(&["a"], &["1"])), ("b_pg", state(&[], &[]))]);
+}
+
+/// A decider COMMIT that the server refuses (its migration broke a deferred constraint, which
+/// PostgreSQL checks at COMMIT) is an answer, not a lost connection: the decision did not
+/// commit, so every bind is rolled back (exit 1) and nothing is left in doubt.
+#[test]
+fn a_decider_commit_the_server_refuses_rolls_every_bind_back() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE parent (id INT PRIMARY KEY);\n\
+         CREATE TABLE child (pid INT REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);\n\
+         INSERT INTO child VALUES (1);",
+        Some("DROP TABLE child; DROP TABLE parent;"),
+    );
+    p.create_table("b_pg", "1_b", "b");
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("foreign key constraint"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("rolled back: every bind is as it was before"),
+        "{}",
+        run.stderr
+    );
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+    p.run(&["status"]).expect(0);
+}
+
+/// Once a participant fails, the participants not yet started never start: with
+/// `parallelism = 1` they run one at a time in name order, and a sequence (which no rollback
+/// undoes) shows whether the later bind's migration ran.
+#[test]
+fn participants_not_started_when_one_fails_never_start() {
+    #[derive(QueryableByName)]
+    struct Called {
+        #[diesel(sql_type = Bool)]
+        is_called: bool,
+    }
+    let mut p = Project::new();
+    p.config("decider = \"a_lite\"\nparallelism = 1");
+    p.add_sqlite("a_lite").add_pg("b_pg").add_pg("c_pg");
+    p.create_table("a_lite", "1_a", "a");
+    p.migration(
+        "b_pg",
+        "1_b",
+        "SELECT * FROM no_such_table;",
+        Some("SELECT 1;"),
+    );
+    pg(&p, "c_pg")
+        .batch_execute("CREATE SEQUENCE probe")
+        .unwrap();
+    p.migration(
+        "c_pg",
+        "1_c",
+        "CREATE TABLE c (id INT);\nSELECT nextval('probe');",
+        Some("DROP TABLE c;"),
+    );
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(run.stderr.contains("no_such_table"), "{}", run.stderr);
+    let called: Called = diesel::sql_query("SELECT is_called FROM probe")
+        .get_result(&mut pg(&p, "c_pg"))
+        .unwrap();
+    assert!(
+        !called.is_called,
+        "c_pg's migration ran although b_pg had already failed"
+    );
+    p.assert_states(&[
+        ("a_lite", state(&[], &[])),
+        ("b_pg", state(&[], &[])),
+        ("c_pg", state(&[], &[])),
+    ]);
+}
