@@ -48,11 +48,11 @@ fn a_participant_rolled_back_by_hand_after_a_real_decision_is_a_heuristic_outcom
     p.assert_states(&[("a_pg", state(&["a"], &["1"])), ("b_pg", state(&[], &[]))]);
 }
 
-/// A decider COMMIT that the server refuses (its migration broke a deferred constraint, which
-/// PostgreSQL checks at COMMIT) is an answer, not a lost connection: the decision did not
-/// commit, so every bind is rolled back (exit 1) and nothing is left in doubt.
+/// A decider migration that breaks a deferred constraint (which PostgreSQL would only check at
+/// COMMIT, after the decision was written) fails before the decision, where the tool checks
+/// every deferred constraint: every bind is rolled back (exit 1), nothing is left in doubt.
 #[test]
-fn a_decider_commit_the_server_refuses_rolls_every_bind_back() {
+fn a_decider_migration_that_breaks_a_deferred_constraint_rolls_every_bind_back() {
     let mut p = Project::new();
     p.config("decider = \"a_pg\"");
     p.add_pg("a_pg").add_pg("b_pg");
@@ -126,4 +126,72 @@ fn participants_not_started_when_one_fails_never_start() {
         ("b_pg", state(&[], &[])),
         ("c_pg", state(&[], &[])),
     ]);
+}
+
+/// A SQLite decider whose COMMIT cannot get its write lock (another program keeps a read
+/// transaction open on the file) gets an answer, "database is locked", not a lost connection:
+/// the decision did not commit, so every bind is rolled back (exit 1) and nothing is left
+/// prepared. The reader still holds the file when the run records `abort`, so the run says that
+/// it could not, and `recover` records it.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn a_sqlite_decider_commit_that_cannot_get_its_lock_rolls_every_bind_back() {
+    use std::io::BufRead;
+    let mut p = Project::new();
+    p.config("decider = \"a_lite\"");
+    p.add_sqlite("a_lite").add_pg("b_pg");
+    p.create_table("a_lite", "1_a", "a");
+    p.create_table("b_pg", "1_b", "b");
+    let mut child = crate::crash::spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "before-decision=sleep(1500)",
+    );
+    crate::crash::wait_until("b_pg is prepared", || {
+        p.db("b_pg").state().prepared.len() == 1
+    });
+    let Db::Sqlite(path) = p.db("a_lite") else {
+        panic!("a_lite is SQLite")
+    };
+    // A reader's transaction: it keeps a shared lock on the file until it ends.
+    let mut reader = diesel::SqliteConnection::establish(&path.display().to_string()).unwrap();
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM sqlite_master;")
+        .unwrap();
+    // Kept until the batch says it failed.
+    let stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("failed") {
+            reader.batch_execute("ROLLBACK").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{seen}\n{stderr}");
+    assert!(seen.contains("locked"), "{seen}\n{stderr}");
+    assert!(
+        seen.contains("could not record `abort` on the decider `a_lite`"),
+        "{seen}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("rolled back: every bind is as it was before"),
+        "{seen}\n{stderr}"
+    );
+    assert!(p.db("b_pg").state().prepared.is_empty());
+    let recover = p.run(&["recover"]);
+    recover.expect(0);
+    assert!(
+        recover.stdout.contains("recorded abort"),
+        "{}",
+        recover.stdout
+    );
+    p.assert_states(&[("a_lite", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+    p.run(&["status"]).expect(0);
 }

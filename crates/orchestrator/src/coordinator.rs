@@ -407,7 +407,8 @@ impl<'a> Batch<'a> {
         conn.begin_decision(&self.id, &now_text())?;
         if let Err(e) = conn.begin_deciding(&self.id) {
             conn.rollback();
-            record_abort(&mut *conn, &self.id);
+            // Best effort (see record_abort); the error that stopped the batch is reported.
+            let _ = record_abort(&mut *conn, &self.id);
             return Err(e);
         }
         Ok(conn)
@@ -574,7 +575,12 @@ impl<'a> Batch<'a> {
         error: BatchError,
     ) -> BatchReport {
         decider_conn.rollback();
-        record_abort(&mut *decider_conn, &self.id);
+        if let Err(e) = record_abort(&mut *decider_conn, &self.id) {
+            self.progress.line(&format!(
+                "  could not record `abort` on the decider `{}` ({e}); the decision was not taken, so nothing commits anywhere, and `orchestrate recover` records it",
+                self.decider_name()
+            ));
+        }
         let undone = self.undo_all(running);
         let report = self.abort(report, prepared.held, prepared.maybe_prepared, error);
         with_outcomes(report, undone, true)
@@ -955,7 +961,8 @@ impl<'a> Batch<'a> {
         self.progress.line(&format!("  failed: {error}"));
         let undone = self.undo_all(running);
         if let Ok(mut conn) = self.connect_decider() {
-            record_abort(&mut conn, &self.id);
+            // Best effort (see record_abort): the batch marks, not this row, drive recovery.
+            let _ = record_abort(&mut conn, &self.id);
         }
         report.verdict = Verdict::RolledBack { error };
         with_outcomes(report, undone, false)
@@ -1038,11 +1045,15 @@ fn last_step_name(work: &BindWork) -> String {
 
 /// After a failure before the decision, with the decider's transaction rolled back: records
 /// `abort` for the batch, so that `recover` rolls back whatever a crash of this run leaves
-/// prepared without having to decide. Best effort: without it `recover` decides abort itself.
-fn record_abort<D: Decider + ?Sized>(decider: &mut D, batch_id: &str) {
-    if let Err(e) = decider.decide_abort(batch_id, &now_text(), Duration::from_secs(2)) {
-        tracing::warn!(batch = %batch_id, error = %e, "could not record the abort decision; `orchestrate recover` will decide it");
-    }
+/// prepared without having to decide. Best effort: without it `recover` decides abort itself
+/// (the batch's row stays `begun`, and a `begun` row whose coordinator is gone is aborted).
+fn record_abort<D: Decider + ?Sized>(decider: &mut D, batch_id: &str) -> Result<(), DriverError> {
+    decider
+        .decide_abort(batch_id, &now_text(), Duration::from_secs(2))
+        .map(|_| ())
+        .inspect_err(|e| {
+            tracing::warn!(batch = %batch_id, error = %e, "could not record the abort decision; `orchestrate recover` will decide it");
+        })
 }
 
 /// A participant's part of the batch, as its first phase needs it.
