@@ -57,4 +57,4 @@ for f in "${files[@]}"; do file_args+=(--file "$f"); done
 # shellcheck disable=SC2086
 cargo mutants --no-shuffle --all-features --test-tool=nextest \
   --timeout 300 ${MUTANTS_ARGS:-} "${file_args[@]}" \
-  -- --test e2e arbitration crash recover mysql
+  -- --test e2e arbitration crash recover mysql protocol_gaps

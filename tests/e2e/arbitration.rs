@@ -955,11 +955,16 @@ fn a_second_run_waits_for_a_busy_sqlite_decider() {
 fn a_decider_commit_whose_outcome_is_unknown_leaves_the_batch_to_recover() {
     let cluster = OwnCluster::start();
     let mut p = Project::new();
-    p.add_pg_at("a_pg", &cluster.url).add_pg("b_pg");
+    p.add_pg_at("a_pg", &cluster.url)
+        .add_pg("b_pg")
+        .add_sqlite("c_lite")
+        .add_mysql("d_my");
     two_binds(&mut p, "a_pg", "b_pg", "CREATE TABLE d (id INT);");
+    p.create_table("c_lite", "1_c", "c");
+    p.create_table("d_my", "1_m", "m");
     let child = spawn(
         &p,
-        &["upgrade", "--all-binds"],
+        &["upgrade", "--all-binds", "--allow-non-atomic"],
         "before-decision=sleep(2000)",
     );
     wait_until("the participant is prepared", || {
@@ -999,12 +1004,25 @@ fn a_decider_commit_whose_outcome_is_unknown_leaves_the_batch_to_recover() {
         stderr.contains("whether batch") && stderr.contains("orchestrate recover"),
         "{stderr}"
     );
-    // Nothing was rolled back: the participant is still prepared.
+    // Nothing was rolled back: the participant is still prepared, and each bind says what it
+    // is left in.
     assert_eq!(p.db("b_pg").state().prepared.len(), 1);
+    for line in [
+        "  a_pg: the decider's COMMIT may or may not have happened",
+        "  b_pg: left prepared as orchestrate:",
+        "  c_lite: its open transaction was dropped; `orchestrate recover` re-applies it",
+        "  d_my: NOT atomic: its migrations of this batch are committed and marked",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
     let seen = recover_until_clean(&p);
     assert!(seen.contains("committed"), "{seen}");
-    assert_eq!(p.db("a_pg").state(), state(&["d"], &["1"]));
-    assert_eq!(p.db("b_pg").state(), state(&["p"], &["1"]));
+    p.assert_states(&[
+        ("a_pg", state(&["d"], &["1"])),
+        ("b_pg", state(&["p"], &["1"])),
+        ("c_lite", state(&["c"], &["1"])),
+        ("d_my", state(&["m"], &["1"])),
+    ]);
 }
 
 /// PostgreSQL answers PREPARE TRANSACTION with success, and prepares nothing, when no
