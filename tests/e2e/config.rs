@@ -625,7 +625,7 @@ fn config_shows_each_value_and_the_layer_it_came_from() {
             .ends_with("config/staging.toml"),
         "{v}"
     );
-    assert_eq!(v["decider"]["from"], "default");
+    assert_eq!(v["decider"], serde_json::json!({"value": null, "from": "default"}));
     let binds: Vec<&str> = v["binds"]
         .as_array()
         .unwrap()

@@ -62,10 +62,7 @@ pub fn config(settings: &Settings, json: bool, o: &mut Output) -> i32 {
     let report = json!({
         "root": settings.root.display().to_string(),
         "layers": settings.layers,
-        "decider": entry(
-            settings.decider.as_ref().map_or(json!(DEFAULT_DECIDER), |d| json!(d)),
-            settings.origin("decider"),
-        ),
+        "decider": entry(json!(settings.decider), settings.origin("decider")),
         "lock_timeout_ms": entry(json!(settings.lock_timeout.as_millis() as u64), settings.origin("lock_timeout_ms")),
         "parallelism": entry(json!(settings.parallelism), settings.origin("parallelism")),
         "binds": binds,
@@ -77,6 +74,8 @@ pub fn config(settings: &Settings, json: bool, o: &mut Output) -> i32 {
     }
     let text = |v: &Value| match v {
         Value::String(s) => s.clone(),
+        // Only the decider can be unset.
+        Value::Null => DEFAULT_DECIDER.to_string(),
         other => other.to_string(),
     };
     o.line(format_args!("project root: {}", settings.root.display()));
