@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, with apt-get when missing (root only), what building and testing need besides Rust:
-# a C compiler, pkg-config, libpq and MariaDB client headers, and libclang (pg_query, the
-# PostgreSQL parser of the statement check, runs bindgen). Called by scripts/test.sh and by
+# a C compiler, pkg-config, libpq and MariaDB client headers, libclang (pg_query, the
+# PostgreSQL parser of the statement check, runs bindgen), and cmake and OpenSSL's headers for
+# the `bundled` build. Called by scripts/test.sh and by
 # .ci/run before its first cargo command.
 set -euo pipefail
 
@@ -26,6 +27,10 @@ fi
 if ! pkg-config --exists mysqlclient 2>/dev/null && ! pkg-config --exists libmariadb 2>/dev/null; then
   need_apt+=(libmariadb-dev libmariadb-dev-compat)
 fi
+# The `bundled` build (libpq and the MySQL client library from source, which scripts/test.sh
+# installs and checks) needs cmake and OpenSSL's headers.
+command -v cmake >/dev/null 2>&1 || need_apt+=(cmake)
+pkg-config --exists openssl 2>/dev/null || need_apt+=(libssl-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { say "missing packages: ${need_apt[*]}; install them and run again"; exit 1; }
   say "installing ${need_apt[*]}"

@@ -54,6 +54,8 @@ file_args=()
 for f in "${files[@]}"; do file_args+=(--file "$f"); done
 # MUTANTS_RE: only the mutants whose names match this regular expression (it may hold spaces).
 [ -z "${MUTANTS_RE:-}" ] || file_args+=(--re "$MUTANTS_RE")
+# MUTANTS_EXCLUDE_RE: leave out the mutants whose names match this one.
+[ -z "${MUTANTS_EXCLUDE_RE:-}" ] || file_args+=(--exclude-re "$MUTANTS_EXCLUDE_RE")
 # shellcheck disable=SC2086
 cargo mutants --no-shuffle --all-features --test-tool=nextest \
   --timeout 300 ${MUTANTS_ARGS:-} "${file_args[@]}" \

@@ -625,7 +625,10 @@ fn config_shows_each_value_and_the_layer_it_came_from() {
             .ends_with("config/staging.toml"),
         "{v}"
     );
-    assert_eq!(v["decider"], serde_json::json!({"value": null, "from": "default"}));
+    assert_eq!(
+        v["decider"],
+        serde_json::json!({"value": null, "from": "default"})
+    );
     let binds: Vec<&str> = v["binds"]
         .as_array()
         .unwrap()
@@ -662,6 +665,22 @@ fn config_shows_each_value_and_the_layer_it_came_from() {
     ] {
         assert!(text.stdout.contains(needle), "{needle}\n{}", text.stdout);
     }
+    // Each value's origin is spelled as in `layers` (absolute paths), whatever the folder.
+    let layers: Vec<String> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        layers.contains(&v["parallelism"]["from"].as_str().unwrap().to_string()),
+        "{v}"
+    );
+    assert_eq!(
+        layers.last().unwrap(),
+        "environment variables ORCHESTRATE__* (1 set)",
+        "{v}"
+    );
     // A configuration that cannot load is the same JSON refusal as for every command.
     let broken = p.run_with(&["config", "--json"], &[("ORCHESTRATE__PARALLELISM", "0")]);
     broken.expect(2);
@@ -757,9 +776,10 @@ fn url_parts_that_mean_nothing_are_refused() {
         ("sqlite://var/x.sqlite3#frag".to_string(), "no fragment", ""),
         (format!("{pg}#frag-9931"), "no `#fragment`", "frag-9931"),
     ] {
+        // An example URL in a comment (as `orchestrate init` writes) makes no word a secret.
         fs::write(
             &config,
-            format!("[binds.a_pg]\nurl = \"{pg}\"\n[binds.other]\nurl = \"{url}\"\n"),
+            format!("# url = \"postgres://user:password@host/db\"\n[binds.a_pg]\nurl = \"{pg}\"\n[binds.other]\nurl = \"{url}\"\n"),
         )
         .unwrap();
         for args in [

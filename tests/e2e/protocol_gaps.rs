@@ -195,3 +195,95 @@ fn a_sqlite_decider_commit_that_cannot_get_its_lock_rolls_every_bind_back() {
     p.assert_states(&[("a_lite", state(&[], &[])), ("b_pg", state(&[], &[]))]);
     p.run(&["status"]).expect(0);
 }
+
+/// A batch over `a_pg` (deciding, `CREATE TABLE d`) and `b_pg` (`CREATE TABLE p`), spawned with
+/// `failpoints`, returned once `b_pg` is prepared.
+fn live_pg_batch(failpoints: &str) -> (Project, std::process::Child) {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_d", "d");
+    p.create_table("b_pg", "1_p", "p");
+    let child = crate::crash::spawn(&p, &["upgrade", "--all-binds"], failpoints);
+    crate::crash::wait_until("b_pg is prepared", || {
+        p.db("b_pg").state().prepared.len() == 1
+    });
+    (p, child)
+}
+
+/// `recover --wait` run while a live coordinator holds its batch before the decision waits for
+/// it, and when the coordinator then decides to commit, follows that decision: exit 0,
+/// committed everywhere, not "changed while deciding".
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_that_waits_for_a_live_coordinator_follows_its_commit() {
+    let (p, child) = live_pg_batch("before-decision=sleep(2000)");
+    let run = p.run(&["recover", "--wait", "60"]);
+    run.expect(0);
+    assert!(run.stdout.contains("committed"), "{}", run.stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.assert_states(&[
+        ("a_pg", state(&["d"], &["1"])),
+        ("b_pg", state(&["p"], &["1"])),
+    ]);
+}
+
+/// When `recover` cannot record `abort` on a decider for another reason than a held row (here
+/// the decider's database was made read-only), it says why, not that a coordinator still holds
+/// the batch; nothing is changed, and once the database is writable again recover finishes.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_that_cannot_write_the_decision_says_why() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_d", "d");
+    p.create_table("b_pg", "1_p", "p");
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "before-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    assert_eq!(p.db("b_pg").state().prepared.len(), 1);
+    let Db::Pg(decider) = p.db("a_pg") else {
+        unreachable!()
+    };
+    let name = decider.name.clone();
+    let read_only = |on: bool| {
+        let mut c = pg(&p, "a_pg");
+        c.batch_execute("SET default_transaction_read_only = off")
+            .unwrap();
+        c.batch_execute(&format!(
+            "ALTER DATABASE {name} SET default_transaction_read_only = {}",
+            if on { "on" } else { "off" }
+        ))
+        .unwrap();
+    };
+    read_only(true);
+    let run = p.run(&["recover", "--wait", "1"]);
+    run.expect(3);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("read-only"), "{said}");
+    assert!(!said.contains("still holds"), "{said}");
+    assert_eq!(
+        p.db("b_pg").state().prepared.len(),
+        1,
+        "nothing was changed"
+    );
+    read_only(false);
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+}

@@ -611,8 +611,12 @@ impl Project {
     }
 
     /// The binary, set up to run in this project, without the test's ORCHESTRATE variables.
+    /// `ORCHESTRATE_TEST_BIN` runs another build of it (CI runs the seed scenarios against the
+    /// binary `cargo install --features bundled` made).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_orchestrate"));
+        let bin = std::env::var("ORCHESTRATE_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_orchestrate").to_string());
+        let mut cmd = Command::new(bin);
         cmd.current_dir(self.path())
             .args(args)
             .env_remove("FAILPOINTS");

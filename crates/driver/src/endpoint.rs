@@ -186,8 +186,15 @@ impl Endpoint {
         // `sqlite://PATH` is a path and nothing else: what a server URL carries besides
         // (user and password, a query string, a fragment) would become part of a folder or
         // file name here, so it is refused rather than taken literally.
+        // `user@` or `user:password@` before the path; a password may hold `/`, so a `:` in
+        // the first segment followed by an `@` anywhere is taken as userinfo too.
         let first = path.split('/').next().unwrap_or_default();
-        if let Some((userinfo, _)) = first.split_once('@') {
+        let userinfo = match (first.split_once('@'), first.contains(':')) {
+            (Some((userinfo, _)), _) => Some(userinfo),
+            (None, true) => path.rsplit_once('@').map(|(userinfo, _)| userinfo),
+            (None, false) => None,
+        };
+        if let Some(userinfo) = userinfo {
             if let Some((_, password)) = userinfo.split_once(':') {
                 register_secret(password);
             }
@@ -412,17 +419,13 @@ pub fn register_secrets_in(text: &str) {
 }
 
 /// A `#fragment` means nothing to a database: libpq and the MySQL client would read it as part
-/// of the last parameter (`lock_timeout=2000#x`), so it is refused. The fragment itself is not
-/// shown: a password with an unencoded `#` ends up there.
+/// of the last parameter (`lock_timeout=2000#x`), so it is refused. The message does not quote
+/// the fragment, which may hold the end of a password with an unencoded `#`.
 fn refuse_fragment(url: &url::Url) -> Result<(), String> {
     match url.fragment() {
-        Some(fragment) => {
-            register_secret(fragment);
-            Err(
-                "a database URL takes no `#fragment`; if a password holds `#`, write it as %23"
-                    .into(),
-            )
-        }
+        Some(_) => Err(
+            "a database URL takes no `#fragment`; if a password holds `#`, write it as %23".into(),
+        ),
         None => Ok(()),
     }
 }
@@ -793,6 +796,16 @@ mod tests {
                 "pw7781",
             ),
             ("sqlite://app@var/x.sqlite3", "no user or password", ""),
+            (
+                "sqlite://admin:hun/ter22@var/x.sqlite3",
+                "no user or password",
+                "hun/ter22",
+            ),
+            (
+                "postgres://u:pw@h/db#URL",
+                "a database URL takes no `#fragment`",
+                "",
+            ),
             (
                 "sqlite://var/x.sqlite3?password=zz9912",
                 "no query string",

@@ -93,6 +93,9 @@ pub enum Command {
         /// atomically fail the check, as they fail such an upgrade).
         #[arg(long)]
         allow_non_atomic: bool,
+        /// Every bind in full (as `status --verbose`).
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// Record a bind as being at REV without running anything (`base`: nothing applied), for
     /// adopting a database that was migrated by other means.
@@ -312,7 +315,8 @@ fn dispatch(command: Command, settings: &Settings, o: &mut Output) -> i32 {
             json,
             no_pending,
             allow_non_atomic,
-        } => commands::status::check(settings, json, no_pending, allow_non_atomic, o),
+            verbose,
+        } => commands::status::check(settings, json, no_pending, allow_non_atomic, verbose, o),
         Command::Init => unreachable!("handled before the settings are loaded"),
         Command::New { bind, description } => {
             // A template's binds share one folder: `new --bind TEMPLATE` adds to it.

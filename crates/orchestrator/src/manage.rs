@@ -62,8 +62,8 @@ pub fn init(config_dir: &Path) -> Result<String, Failure> {
 fn slug(description: &str) -> String {
     let mut out = String::new();
     for c in description.trim().chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c.to_ascii_lowercase());
+        if c.is_alphanumeric() {
+            out.extend(c.to_lowercase());
         } else if !out.ends_with('_') {
             out.push('_');
         }
@@ -361,6 +361,8 @@ mod tests {
         assert_eq!(slug("Create users!"), "create_users");
         assert_eq!(slug("  add  e-mail index "), "add_e_mail_index");
         assert_eq!(slug("!!"), "");
+        assert_eq!(slug("ünïcode Tåble"), "ünïcode_tåble");
+        assert_eq!(slug("名前"), "名前");
         assert_eq!(increment("19"), "20");
         assert_eq!(increment("99"), "100");
         assert_eq!(increment("20261124223000"), "20261124223001");

@@ -181,6 +181,11 @@ fn expand_template(
         ));
     }
     let names: Vec<String> = match (&t.names, &t.discover) {
+        (Some(names), None) if names.is_empty() => {
+            return Err(invalid(
+                "`names = []` lists no database; list at least one, or remove the template".into(),
+            ))
+        }
         (Some(names), None) => names.clone(),
         (None, Some(pattern)) => {
             let database = t.discover_database.as_deref().unwrap_or("postgres");
@@ -221,6 +226,12 @@ fn expand_template(
             .clone()
             .unwrap_or_else(|| Path::new("migrations").join(template)),
     );
+    if names.iter().any(|db| db.trim().is_empty()) {
+        return Err(invalid(
+            "an empty database name in `names`; give each database's name".into(),
+        ));
+    }
+    let mut given: HashMap<String, &str> = HashMap::new();
     names
         .iter()
         .map(|db| {
@@ -232,6 +243,16 @@ fn expand_template(
                 None => format!("{template}_{db}"),
             };
             validate_bind_name(&name).map_err(|e| invalid(format!("database `{db}` gives {e}")))?;
+            if let Some(other) = given.insert(name.clone(), db) {
+                if other == db {
+                    return Err(invalid(format!(
+                        "database `{db}` is listed twice in `names`"
+                    )));
+                }
+                return Err(invalid(format!(
+                    "databases `{other}` and `{db}` both give bind `{name}`; set `bind_name` (such as \"{{template}}_{{name}}\") so that each database has its own bind"
+                )));
+            }
             Ok(BindSettings {
                 endpoint: Endpoint::parse_in(&name, &t.url.replace("{name}", db), root)?,
                 name,
@@ -372,7 +393,15 @@ impl Settings {
         .flatten()
         {
             if let Ok(text) = std::fs::read_to_string(file) {
-                register_secrets_in(&text);
+                // Comment lines are not configuration: an example URL in a comment
+                // (`postgres://user:password@host/db`) must not make "password" a secret
+                // that every later message hides.
+                let values: String = text
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with('#'))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                register_secrets_in(&values);
             }
         }
         builder = builder.add_source(
@@ -413,8 +442,15 @@ impl Settings {
             .try_deserialize()
             .map_err(|e| SettingsError::Invalid(e.to_string()))?;
         let mut settings = Self::validate(raw, &sources.project_root())?;
-        settings.origins = origins;
-        settings.layers = [
+        // Files by their absolute paths, the same in `layers` and in each value's origin
+        // (the config crate names a file relative to the working folder).
+        let absolute = |p: &Path| {
+            std::path::absolute(p)
+                .unwrap_or_else(|_| p.to_path_buf())
+                .display()
+                .to_string()
+        };
+        let files: Vec<String> = [
             Some(&default),
             env_file.as_ref(),
             sources.extra_file.as_ref(),
@@ -422,11 +458,39 @@ impl Settings {
         .into_iter()
         .flatten()
         .filter(|f| f.is_file())
-        .map(|f| f.display().to_string())
-        .chain(std::iter::once(
-            "environment variables ORCHESTRATE__*".to_string(),
-        ))
+        .map(|f| absolute(f))
         .collect();
+        let variables: Vec<String> = match &sources.environment {
+            Some(vars) => vars.keys().cloned().collect::<Vec<String>>(),
+            None => std::env::vars().map(|(k, _)| k).collect::<Vec<String>>(),
+        }
+        .into_iter()
+        .filter(|k| k.to_ascii_uppercase().starts_with("ORCHESTRATE__"))
+        .collect();
+        for origin in origins.values_mut() {
+            match origin.strip_prefix("environment variable ") {
+                // The variable as it is spelled in the environment.
+                Some(canonical) => {
+                    if let Some(k) = variables
+                        .iter()
+                        .find(|k| k.to_ascii_uppercase().replace('.', "__") == canonical)
+                    {
+                        *origin = format!("environment variable {k}");
+                    }
+                }
+                None => *origin = absolute(Path::new(origin.as_str())),
+            }
+        }
+        settings.origins = origins;
+        settings.layers = files;
+        settings.layers.push(if variables.is_empty() {
+            "environment variables ORCHESTRATE__* (none set)".to_string()
+        } else {
+            format!(
+                "environment variables ORCHESTRATE__* ({} set)",
+                variables.len()
+            )
+        });
         Ok(settings)
     }
 
@@ -482,6 +546,18 @@ impl Settings {
             return Err(SettingsError::Invalid(format!(
                 "bind `{}` is configured twice (a template expands to the same name as another bind or template)",
                 w[0].name
+            )));
+        }
+        // `new --bind NAME` and the messages take NAME as a bind first: a bind must not carry
+        // another template's name.
+        if let Some(b) = binds.iter().find(|b| {
+            templates
+                .iter()
+                .any(|t: &TemplateSettings| t.name == b.name)
+        }) {
+            return Err(SettingsError::Invalid(format!(
+                "bind `{}` has the name of template `{}`; rename one of them (a template's binds are named by its `bind_name`)",
+                b.name, b.name
             )));
         }
         let mut seen: HashMap<String, &BindSettings> = HashMap::new();

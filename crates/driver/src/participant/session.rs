@@ -487,9 +487,12 @@ impl<C: Db> Session<C> {
             if matches!(left(self), Ok(true)) {
                 return Err(left_transaction(self.bind()));
             }
-            let file = match direction {
-                Direction::Up => "up.sql",
-                Direction::Down => "down.sql",
+            let file = match (direction, step.down_source) {
+                (Direction::Up, _) => "up.sql",
+                (Direction::Down, Some(orchestrate_core::DownSqlSource::Stored)) => {
+                    "the down SQL stored when it was applied"
+                }
+                (Direction::Down, _) => "down.sql",
             };
             return Err(self.migration_err_in(&step.name, file, &step.sql, source));
         }
@@ -502,23 +505,28 @@ impl<C: Db> Session<C> {
 
 /// The line and column (from 1) of the character at `position` (1-based, in characters, as
 /// PostgreSQL counts its error position) in `sql`, and that line's text (trimmed, at most 120
-/// characters). `None` when the position is outside the text.
+/// characters). One past the last character ("syntax error at end of input") is the end of
+/// the last line. `None` when the position is outside the text.
 pub(crate) fn locate(sql: &str, position: i32) -> Option<(usize, usize, String)> {
     let index = usize::try_from(position).ok()?.checked_sub(1)?;
     let mut line = 1;
     let mut column = 1;
     let mut line_start = 0;
+    let text_of = |start: usize| -> String {
+        sql[start..]
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .take(120)
+            .collect()
+    };
+    let mut count = 0;
     for (i, (byte, c)) in sql.char_indices().enumerate() {
+        count = i + 1;
         if i == index {
-            let text: String = sql[line_start..]
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .chars()
-                .take(120)
-                .collect();
-            return Some((line, column, text));
+            return Some((line, column, text_of(line_start)));
         }
         if c == '\n' {
             line += 1;
@@ -528,7 +536,15 @@ pub(crate) fn locate(sql: &str, position: i32) -> Option<(usize, usize, String)>
             column += 1;
         }
     }
-    None
+    if index != count || count == 0 {
+        return None;
+    }
+    // At the end of input: the end of the last line with text (a file ends with a newline).
+    let trimmed = sql.trim_end();
+    if trimmed.len() < sql.len() && !trimmed.is_empty() {
+        return locate(trimmed, trimmed.chars().count() as i32 + 1);
+    }
+    Some((line, column, text_of(line_start)))
 }
 
 #[cfg(test)]
@@ -552,5 +568,16 @@ mod locate_tests {
         assert_eq!(locate(sql, 7), Some((2, 2, "SELECT x;".into())));
         assert_eq!(locate(sql, 0), None);
         assert_eq!(locate(sql, 500), None);
+        // At end of input: one past the last character.
+        for sql in [
+            "SELECT 1;\nCREATE TABLE t (",
+            "SELECT 1;\nCREATE TABLE t (\n\n",
+        ] {
+            assert_eq!(
+                locate(sql, sql.chars().count() as i32 + 1),
+                Some((2, 17, "CREATE TABLE t (".into())),
+                "{sql:?}"
+            );
+        }
     }
 }

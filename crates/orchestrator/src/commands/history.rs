@@ -34,16 +34,26 @@ pub fn history(settings: &Settings, name: &str, json: bool, o: &mut Output) -> i
         Ok(read) => read,
         Err(e) => return o.refuse(Refusal::argument(e.to_string())),
     };
-    // The step that applied each version: its newest `up` or `stamp` row.
+    // The step that applied each version, replaying the steps in order: `up` and `stamp`
+    // apply, `down` and `unstamp` revert, and `undo` (a MySQL step taken back) does the
+    // opposite of what the version's last step did.
     let mut applied_by: BTreeMap<String, &HistoryEvent> = BTreeMap::new();
     for e in &events {
         match e.direction.as_str() {
             "up" | "stamp" => {
                 applied_by.insert(e.version.clone(), e);
             }
-            "down" | "unstamp" | "undo" => {
+            "down" | "unstamp" => {
                 applied_by.remove(&e.version);
             }
+            "undo" => match applied_by.entry(e.version.clone()) {
+                std::collections::btree_map::Entry::Occupied(applied) => {
+                    applied.remove();
+                }
+                std::collections::btree_map::Entry::Vacant(reverted) => {
+                    reverted.insert(e);
+                }
+            },
             _ => {}
         }
     }
@@ -97,10 +107,10 @@ pub fn history(settings: &Settings, name: &str, json: bool, o: &mut Output) -> i
         for (v, (n, s)) in &entries {
             match by(v).filter(|_| *s != "pending") {
                 Some(e) => {
-                    let _ = writeln!(out, "  {s:<8} {n}  ({} by batch {})", e.at, e.batch_id);
+                    let _ = writeln!(out, "  {s:<23} {n}  ({} by batch {})", e.at, e.batch_id);
                 }
                 None => {
-                    let _ = writeln!(out, "  {s:<8} {n}");
+                    let _ = writeln!(out, "  {s:<23} {n}");
                 }
             }
         }

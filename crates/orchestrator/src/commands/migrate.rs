@@ -145,14 +145,30 @@ fn sqlite_paths_refused(works: &[BindWork]) -> Vec<String> {
         if path.exists() {
             continue;
         }
-        let Some(existing) = path.ancestors().skip(1).find(|a| a.exists()) else {
+        // The nearest ancestor there is, a dangling symbolic link included.
+        let Some(existing) = path
+            .ancestors()
+            .skip(1)
+            .find(|a| a.symlink_metadata().is_ok())
+        else {
             continue;
         };
-        let problem = if !existing.is_dir() {
-            Some(format!("{} is a file, not a folder", existing.display()))
+        let problem = if !existing.exists() {
+            Some(format!(
+                "{} is a symbolic link to {}, which does not exist; fix the path in its url, or create that folder",
+                existing.display(),
+                std::fs::read_link(existing)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_else(|_| "a missing target".into())
+            ))
+        } else if !existing.is_dir() {
+            Some(format!(
+                "{} is a file, not a folder; fix the path in its url",
+                existing.display()
+            ))
         } else if !writable(existing) {
             Some(format!(
-                "the folder {} is not writable by this user",
+                "the folder {} is not writable by this user; fix the path in its url, or create the file with a user who may",
                 existing.display()
             ))
         } else {
@@ -160,7 +176,7 @@ fn sqlite_paths_refused(works: &[BindWork]) -> Vec<String> {
         };
         if let Some(problem) = problem {
             refused.push(format!(
-                "bind `{}`: cannot create its SQLite database {}: {problem}; fix the path in its url, or create the file",
+                "bind `{}`: cannot create its SQLite database {}: {problem}",
                 w.endpoint.bind,
                 path.display()
             ));

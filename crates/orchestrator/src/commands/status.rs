@@ -94,10 +94,14 @@ fn print_reports(reports: &[BindReport], json: bool, verbose: bool, o: &mut Outp
             } else {
                 String::new()
             };
-            let state = if pending.is_empty() {
-                "up to date".to_string()
-            } else {
-                format!("{} pending ({})", pending.len(), pending.join(", "))
+            let state = match pending.len() {
+                0 => "up to date".to_string(),
+                n if n <= 5 => format!("{n} pending ({})", pending.join(", ")),
+                n => format!(
+                    "{n} pending ({} ... {})",
+                    pending[..2].join(", "),
+                    pending[n - 1]
+                ),
             };
             let _ = writeln!(
                 out,
@@ -113,6 +117,7 @@ fn print_reports(reports: &[BindReport], json: bool, verbose: bool, o: &mut Outp
             reports.len(),
             match look {
                 0 => "none needs a look".to_string(),
+                1 => "1 needs a look, shown in full below".to_string(),
                 n => format!("{n} need a look, shown in full below"),
             }
         );
@@ -213,6 +218,7 @@ pub fn check(
     json: bool,
     no_pending: bool,
     allow_non_atomic: bool,
+    verbose: bool,
     o: &mut Output,
 ) -> i32 {
     let binds: Vec<&BindSettings> = settings.binds.iter().collect();
@@ -227,7 +233,7 @@ pub fn check(
         let error = refusal.as_ref().map(Refusal::to_json);
         o.json(&json!({ "binds": reports, "error": error }));
     } else {
-        print_reports(&reports, false, false, o);
+        print_reports(&reports, false, verbose, o);
     }
     let refused = refusal.is_some();
     if let Some(refusal) = refusal {
