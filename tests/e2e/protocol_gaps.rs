@@ -287,3 +287,65 @@ fn recover_that_cannot_write_the_decision_says_why() {
     run.expect(0);
     p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
 }
+
+/// `recover` that cannot end a prepared transaction says so and leaves it (exit 3), in either
+/// direction (a batch decided to commit, and one never decided); it never reports a
+/// transaction ended that is still prepared. Here the bind's URL names a role that may connect
+/// but not finish another role's prepared transaction (PostgreSQL allows only the role that
+/// prepared it, or a superuser); with the right role, recover finishes it.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_that_cannot_end_a_prepared_transaction_says_so() {
+    let cluster = crate::support::OwnCluster::start();
+    let mut admin = diesel::PgConnection::establish(&cluster.url).unwrap();
+    let role = format!("orch_other_{:08x}", rand::random::<u32>());
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
+        .unwrap();
+    for (failpoint, decided) in [
+        ("after-decision=return", true),
+        ("before-decision=return", false),
+    ] {
+        let mut p = Project::new();
+        p.config("decider = \"a_pg\"");
+        p.add_pg_at("a_pg", &cluster.url)
+            .add_pg_at("b_pg", &cluster.url);
+        p.create_table("a_pg", "1_d", "d");
+        p.create_table("b_pg", "1_p", "p");
+        let run = p.run_with(&["upgrade", "--all-binds"], &[("FAILPOINTS", failpoint)]);
+        assert!(run.code != 0, "{failpoint}: {run:?}");
+        let prepared = p.db("b_pg").state().prepared;
+        assert_eq!(prepared.len(), 1, "{failpoint}");
+        let Db::Pg(b) = p.db("b_pg") else {
+            unreachable!()
+        };
+        let other = b.url.replacen("postgres@", &format!("{role}@"), 1);
+        assert_ne!(other, b.url, "the test's URL names the postgres role");
+        let run = p.run_with(&["recover"], &[("ORCHESTRATE__BINDS__B_PG__URL", &other)]);
+        run.expect(3);
+        let said = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            said.contains(&format!("could not end {}", prepared[0]))
+                && said.contains("permission denied"),
+            "{failpoint}: {said}"
+        );
+        assert_eq!(
+            p.db("b_pg").state().prepared,
+            prepared,
+            "{failpoint}: still prepared"
+        );
+        p.run(&["recover"]).expect(0);
+        if decided {
+            p.assert_states(&[
+                ("a_pg", state(&["d"], &["1"])),
+                ("b_pg", state(&["p"], &["1"])),
+            ]);
+        } else {
+            p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+        }
+    }
+    admin.batch_execute(&format!("DROP ROLE {role}")).unwrap();
+}
