@@ -349,3 +349,98 @@ fn recover_that_cannot_end_a_prepared_transaction_says_so() {
     }
     admin.batch_execute(&format!("DROP ROLE {role}")).unwrap();
 }
+
+/// `recover --dry-run` changes nothing, whatever the decision: a batch decided to commit keeps
+/// its prepared transaction (reported as "would commit"), one never decided keeps its `begun`
+/// row and prepared transaction ("would roll back"); a real recover then finishes each.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_dry_run_changes_nothing_whatever_the_decision() {
+    for (failpoint, decided) in [
+        ("after-decision=return", true),
+        ("before-decision=return", false),
+    ] {
+        let mut p = Project::new();
+        p.config("decider = \"a_pg\"");
+        p.add_pg("a_pg").add_pg("b_pg");
+        p.create_table("a_pg", "1_d", "d");
+        p.create_table("b_pg", "1_p", "p");
+        let run = p.run_with(&["upgrade", "--all-binds"], &[("FAILPOINTS", failpoint)]);
+        assert!(run.code != 0, "{failpoint}: {run:?}");
+        let before = p.states();
+        assert_eq!(p.db("b_pg").state().prepared.len(), 1, "{failpoint}");
+        for _ in 0..2 {
+            let dry = p.run(&["recover", "--dry-run"]);
+            dry.expect(3);
+            let expected = if decided {
+                "would commit"
+            } else {
+                "would roll back"
+            };
+            assert!(dry.stdout.contains(expected), "{failpoint}: {}", dry.stdout);
+            assert_eq!(
+                p.states(),
+                before,
+                "{failpoint}: --dry-run changed something"
+            );
+        }
+        p.run(&["recover"]).expect(0);
+        if decided {
+            p.assert_states(&[
+                ("a_pg", state(&["d"], &["1"])),
+                ("b_pg", state(&["p"], &["1"])),
+            ]);
+        } else {
+            p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+        }
+    }
+}
+
+/// A batch abandoned before anything was prepared leaves only its `begun` row; when recover
+/// cannot record `abort` there (the decider's database is read-only), it says why (exit 3)
+/// instead of passing over it, and records it once it can.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_that_cannot_record_an_abandoned_batch_says_why() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_d", "d");
+    p.create_table("b_pg", "1_p", "p");
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "before-prepare=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    assert!(p.db("b_pg").state().prepared.is_empty());
+    let Db::Pg(decider) = p.db("a_pg") else {
+        unreachable!()
+    };
+    let name = decider.name.clone();
+    let read_only = |on: bool| {
+        let mut c = pg(&p, "a_pg");
+        c.batch_execute("SET default_transaction_read_only = off")
+            .unwrap();
+        c.batch_execute(&format!(
+            "ALTER DATABASE {name} SET default_transaction_read_only = {}",
+            if on { "on" } else { "off" }
+        ))
+        .unwrap();
+    };
+    read_only(true);
+    let run = p.run(&["recover"]);
+    run.expect(3);
+    let said = format!("{}{}", run.stdout, run.stderr);
+    assert!(said.contains("read-only"), "{said}");
+    read_only(false);
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("recorded abort"), "{}", run.stdout);
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+}
