@@ -6,7 +6,8 @@
 #
 # Starts throwaway PostgreSQL and MariaDB servers (as scripts/test.sh does), then runs
 # `cargo mutants` on the files given, each mutant built once and tested with the e2e tests of
-# the protocol (arbitration, crash, recover, mysql) under nextest, with every feature on (the e2e tests
+# the protocol (arbitration, crash, recover, mysql, protocol_gaps, adversarial*) under nextest,
+# three at a time (they mostly wait on databases), with every feature on (the e2e tests
 # need `failpoints`). Results go to mutants.out/ (caught.txt,
 # missed.txt, timeout.txt, unviable.txt, outcomes.json); MUTANTS.md summarises a run and gives
 # a reason for every survivor. Installs cargo-mutants when missing. Expect about 2 minutes per
@@ -24,6 +25,7 @@ PROTOCOL=(
   crates/orchestrator/src/coordinator.rs
   crates/orchestrator/src/recover.rs
   crates/orchestrator/src/nonatomic.rs
+  crates/orchestrator/src/work.rs
 )
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=("${PROTOCOL[@]}")
@@ -59,4 +61,5 @@ for f in "${files[@]}"; do file_args+=(--file "$f"); done
 # shellcheck disable=SC2086
 cargo mutants --no-shuffle --all-features --test-tool=nextest \
   --timeout 300 ${MUTANTS_ARGS:-} "${file_args[@]}" \
-  -- --test e2e arbitration crash recover mysql protocol_gaps
+  -- --test e2e --test-threads "${MUTANTS_TEST_THREADS:-3}" \
+  -E 'test(/^(arbitration|crash|recover|mysql|protocol_gaps|adversarial)/)'

@@ -5,7 +5,7 @@
 #
 #   scripts/recheck-mutants.sh DIFF... [-- TEST_FILTER...]
 #
-# Default filter: the protocol tests (arbitration crash recover mysql protocol_gaps). Each mutant
+# Default filter: the protocol tests (arbitration crash recover mysql protocol_gaps adversarial). Each mutant
 # is applied with `patch` in a worktree of HEAD (its own checkout; the target folder is shared
 # with this checkout's, so only the workspace crates are rebuilt), on throwaway PostgreSQL and
 # MariaDB servers. Prints `caught`, `MISSED`, `unviable` or `NOT APPLIED` (the code moved) per mutant; exits
@@ -21,7 +21,7 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do
 done
 [ "${1:-}" = "--" ] && shift
 filters=("$@")
-[ ${#filters[@]} -gt 0 ] || filters=(arbitration crash recover mysql protocol_gaps)
+[ ${#filters[@]} -gt 0 ] || filters=(arbitration crash recover mysql protocol_gaps adversarial)
 [ ${#diffs[@]} -gt 0 ] || { echo "usage: $0 DIFF... [-- TEST_FILTER...]" >&2; exit 2; }
 
 scripts/deps.sh
