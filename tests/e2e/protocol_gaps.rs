@@ -400,8 +400,8 @@ fn recover_dry_run_changes_nothing_whatever_the_decision() {
 }
 
 /// A batch abandoned before anything was prepared leaves only its `begun` row; when recover
-/// cannot record `abort` there (the decider's database is read-only), it says why (exit 3)
-/// instead of passing over it, and records it once it can.
+/// cannot record `abort` there (a trigger on the decider refuses every decision write), it says
+/// why (exit 3) instead of passing over it, and records it once it can.
 #[test]
 #[cfg_attr(
     not(feature = "failpoints"),
@@ -419,26 +419,21 @@ fn recover_that_cannot_record_an_abandoned_batch_says_why() {
     );
     assert!(run.code != 0, "{run:?}");
     assert!(p.db("b_pg").state().prepared.is_empty());
-    let Db::Pg(decider) = p.db("a_pg") else {
-        unreachable!()
-    };
-    let name = decider.name.clone();
-    let read_only = |on: bool| {
-        let mut c = pg(&p, "a_pg");
-        c.batch_execute("SET default_transaction_read_only = off")
-            .unwrap();
-        c.batch_execute(&format!(
-            "ALTER DATABASE {name} SET default_transaction_read_only = {}",
-            if on { "on" } else { "off" }
-        ))
+    pg(&p, "a_pg")
+        .batch_execute(
+            "CREATE FUNCTION refuse_decisions() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'decision writes are refused here'; END $$; \
+             CREATE TRIGGER refuse_decisions BEFORE UPDATE ON orchestrate_batches \
+             FOR EACH ROW EXECUTE FUNCTION refuse_decisions();",
+        )
         .unwrap();
-    };
-    read_only(true);
     let run = p.run(&["recover"]);
     run.expect(3);
     let said = format!("{}{}", run.stdout, run.stderr);
-    assert!(said.contains("read-only"), "{said}");
-    read_only(false);
+    assert!(said.contains("decision writes are refused here"), "{said}");
+    pg(&p, "a_pg")
+        .batch_execute("DROP TRIGGER refuse_decisions ON orchestrate_batches")
+        .unwrap();
     let run = p.run(&["recover"]);
     run.expect(0);
     assert!(run.stdout.contains("recorded abort"), "{}", run.stdout);
