@@ -439,3 +439,56 @@ fn recover_that_cannot_record_an_abandoned_batch_says_why() {
     assert!(run.stdout.contains("recorded abort"), "{}", run.stdout);
     p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
 }
+
+/// The coordinator's own decision write fails (a trigger on the decider refuses it): the batch
+/// was not decided, so every bind is rolled back (exit 1), nothing is left prepared, the run
+/// says that it could not record `abort` either, and `recover` records it once it can.
+#[test]
+fn a_decision_write_that_fails_rolls_every_bind_back() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_d", "d");
+    p.create_table("b_pg", "1_p", "p");
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    p.create_table("a_pg", "2_d", "d2");
+    p.create_table("b_pg", "2_p", "p2");
+    pg(&p, "a_pg")
+        .batch_execute(
+            "CREATE FUNCTION refuse_decisions() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'decision writes are refused here'; END $$; \
+             CREATE TRIGGER refuse_decisions BEFORE UPDATE ON orchestrate_batches \
+             FOR EACH ROW EXECUTE FUNCTION refuse_decisions();",
+        )
+        .unwrap();
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(
+        run.stderr.contains("decision writes are refused here"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains("could not record `abort` on the decider `a_pg`"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("rolled back: every bind is as it was before"),
+        "{}",
+        run.stderr
+    );
+    assert!(p.db("b_pg").state().prepared.is_empty());
+    pg(&p, "a_pg")
+        .batch_execute("DROP TRIGGER refuse_decisions ON orchestrate_batches")
+        .unwrap();
+    let rec = p.run(&["recover"]);
+    rec.expect(0);
+    assert!(rec.stdout.contains("recorded abort"), "{}", rec.stdout);
+    p.assert_states(&[
+        ("a_pg", state(&["d"], &["1"])),
+        ("b_pg", state(&["p"], &["1"])),
+    ]);
+}
