@@ -6,8 +6,8 @@
 #   scripts/recheck-mutants.sh DIFF... [-- TEST_FILTER...]
 #
 # Default filter: the protocol tests (arbitration crash recover mysql protocol_gaps adversarial). Each mutant
-# is applied with `patch` in a worktree of HEAD (its own checkout; the target folder is shared
-# with this checkout's, so only the workspace crates are rebuilt), on throwaway PostgreSQL and
+# is applied with `patch` in a worktree of HEAD (its own checkout, and its own target folder,
+# target/recheck: the first run builds everything), on throwaway PostgreSQL and
 # MariaDB servers. Prints `caught`, `MISSED`, `unviable` or `NOT APPLIED` (the code moved) per mutant; exits
 # 1 when any mutant was missed or could not be applied.
 set -euo pipefail
@@ -42,7 +42,9 @@ ORCHESTRATE_TEST_PG_URL=$(scripts/pg-cluster.sh start "$pg_dir")
 ORCHESTRATE_TEST_MYSQL_URL=$(scripts/mariadb-server.sh start "$maria_dir")
 export ORCHESTRATE_TEST_PG_URL ORCHESTRATE_TEST_MYSQL_URL
 export ORCHESTRATE_KILL_LOOPS=${ORCHESTRATE_KILL_LOOPS:-4}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+# A target folder of its own: a build in the checkout meanwhile must not replace the mutated
+# binary the tests run (they run target/.../debug/orchestrate).
+export CARGO_TARGET_DIR=${RECHECK_TARGET_DIR:-$root/target/recheck}
 
 status=0
 cd "$work/tree"
