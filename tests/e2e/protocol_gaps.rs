@@ -35,6 +35,33 @@ fn a_participant_rolled_back_by_hand_after_a_real_decision_is_a_heuristic_outcom
     pg(&p, "b_pg")
         .batch_execute(&format!("ROLLBACK PREPARED '{}'", prepared[0]))
         .unwrap();
+    let heuristic_rows = || -> i64 {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_catalog.pg_tables t WHERE t.tablename = 'orchestrate_history'",
+        )
+        .get_result::<N>(&mut pg(&p, "b_pg"))
+        .map(|t| t.n)
+        .and_then(|tables| {
+            if tables == 0 {
+                return Ok(0);
+            }
+            diesel::sql_query(
+                "SELECT count(*) AS n FROM orchestrate_history WHERE direction = 'heuristic'",
+            )
+            .get_result::<N>(&mut pg(&p, "b_pg"))
+            .map(|r| r.n)
+        })
+        .unwrap()
+    };
+    // A dry run records nothing; the real run records the heuristic outcome on the bind.
+    let dry = p.run(&["recover", "--dry-run"]);
+    dry.expect(3);
+    assert_eq!(heuristic_rows(), 0, "{}", dry.stdout);
     let run = p.run(&["recover"]);
     run.expect(3);
     assert!(
@@ -42,6 +69,7 @@ fn a_participant_rolled_back_by_hand_after_a_real_decision_is_a_heuristic_outcom
         "{}",
         run.stdout
     );
+    assert_eq!(heuristic_rows(), 1, "{}", run.stdout);
     let again = p.run(&["recover"]);
     again.expect(0);
     assert!(!again.stdout.contains("heuristic"), "{}", again.stdout);
@@ -336,6 +364,11 @@ fn recover_that_cannot_end_a_prepared_transaction_says_so() {
             p.db("b_pg").state().prepared,
             prepared,
             "{failpoint}: still prepared"
+        );
+        // Still prepared is neither a heuristic outcome nor something that cannot be checked.
+        assert!(
+            !said.contains("heuristic") && !said.contains("cannot check"),
+            "{failpoint}: {said}"
         );
         p.run(&["recover"]).expect(0);
         if decided {
