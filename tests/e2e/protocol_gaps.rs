@@ -528,3 +528,98 @@ fn a_decision_write_that_fails_rolls_every_bind_back() {
         ("b_pg", state(&["p"], &["1"])),
     ]);
 }
+
+fn my(p: &Project, bind: &str) -> diesel::MysqlConnection {
+    match p.db(bind) {
+        Db::My(db) => diesel::MysqlConnection::establish(&db.url).unwrap(),
+        _ => panic!("{bind} is not MariaDB"),
+    }
+}
+
+#[derive(QueryableByName)]
+struct LockHolder {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    holder: Option<i64>,
+}
+
+/// Who holds a MySQL bind's migration lock (its connection id), if anyone.
+fn lock_holder(conn: &mut diesel::MysqlConnection) -> Option<i64> {
+    diesel::sql_query(
+        "SELECT CAST(IS_USED_LOCK(CONCAT('orchestrate:', SHA1(DATABASE()))) AS SIGNED) AS holder",
+    )
+    .get_result::<LockHolder>(conn)
+    .unwrap()
+    .holder
+}
+
+/// A MySQL bind with nothing to recover is not recover's business even while another session
+/// holds its migration lock: recover says there is nothing to recover (exit 0), not that a
+/// batch is running there.
+#[test]
+fn recover_passes_over_a_locked_mysql_bind_with_nothing_to_recover() {
+    let mut p = Project::new();
+    p.add_mysql("a_my").add_sqlite("b_lite");
+    p.create_table("a_my", "1_a", "a");
+    p.create_table("b_lite", "1_b", "b");
+    p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
+        .expect(0);
+    let mut holder = my(&p, "a_my");
+    diesel::sql_query("DO GET_LOCK(CONCAT('orchestrate:', SHA1(DATABASE())), 0)")
+        .execute(&mut holder)
+        .unwrap();
+    assert!(lock_holder(&mut my(&p, "a_my")).is_some());
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(run.stdout.contains("Nothing to recover"), "{}", run.stdout);
+    drop(holder);
+}
+
+/// `recover` undoing a MySQL batch that was never decided holds the bind's migration lock while
+/// it runs the undo SQL, so no batch can start there meanwhile.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_holds_a_mysql_bind_s_lock_while_undoing_it() {
+    let mut p = Project::new();
+    p.add_mysql("a_my").add_mysql("b_my");
+    for bind in ["a_my", "b_my"] {
+        p.migration(
+            bind,
+            "1_t",
+            &format!("CREATE TABLE t_{bind} (id INT)"),
+            Some(&format!("SELECT SLEEP(1.5);\nDROP TABLE t_{bind}")),
+        );
+    }
+    let run = p.run_with(
+        &["upgrade", "--all-binds", "--allow-non-atomic"],
+        &[("FAILPOINTS", "before-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    let mut child = p
+        .command(&["recover"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut watch: Vec<diesel::MysqlConnection> = vec![my(&p, "a_my"), my(&p, "b_my")];
+    let mut seen_held = false;
+    while child.try_wait().unwrap().is_none() {
+        seen_held |= watch.iter_mut().any(|c| lock_holder(c).is_some());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        seen_held,
+        "recover undid the batch without holding the lock"
+    );
+    p.assert_states(&[("a_my", state(&[], &[])), ("b_my", state(&[], &[]))]);
+}
