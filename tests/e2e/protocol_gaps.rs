@@ -623,3 +623,31 @@ fn recover_holds_a_mysql_bind_s_lock_while_undoing_it() {
     );
     p.assert_states(&[("a_my", state(&[], &[])), ("b_my", state(&[], &[]))]);
 }
+
+/// An undecided MySQL downgrade is undone by `recover` with each migration's up.sql from its
+/// folder (re-applying what the downgrade reverted): every bind is back where it was.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_undoes_an_undecided_mysql_downgrade_with_the_folders_up_sql() {
+    let mut p = Project::new();
+    p.add_mysql("a_my").add_mysql("b_my");
+    p.create_table("a_my", "1_a", "a");
+    p.create_table("b_my", "1_b", "b");
+    p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
+        .expect(0);
+    let run = p.run_with(
+        &["downgrade", "--all-binds", "--allow-non-atomic"],
+        &[("FAILPOINTS", "before-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    assert_eq!(p.db("a_my").state(), state(&[], &[]), "the downgrade ran");
+    let rec = p.run(&["recover"]);
+    rec.expect(0);
+    p.assert_states(&[
+        ("a_my", state(&["a"], &["1"])),
+        ("b_my", state(&["b"], &["1"])),
+    ]);
+}
