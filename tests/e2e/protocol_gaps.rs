@@ -651,3 +651,84 @@ fn recover_undoes_an_undecided_mysql_downgrade_with_the_folders_up_sql() {
         ("b_my", state(&["b"], &["1"])),
     ]);
 }
+
+/// Rows of `orchestrate_in_progress` (MySQL marks) on a bind.
+fn marks(p: &Project, bind: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query("SELECT count(*) AS n FROM orchestrate_in_progress")
+        .get_result::<N>(&mut my(p, bind))
+        .unwrap()
+        .n
+}
+
+/// `recover --dry-run` writes nothing on MySQL binds either: the batch marks of a batch decided
+/// to commit stay (reported as "would settle") until a real recover settles them.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_dry_run_leaves_mysql_marks_alone() {
+    let mut p = Project::new();
+    p.add_mysql("a_my").add_mysql("b_my");
+    p.create_table("a_my", "1_a", "a");
+    p.create_table("b_my", "1_b", "b");
+    let run = p.run_with(
+        &["upgrade", "--all-binds", "--allow-non-atomic"],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    let before = (marks(&p, "a_my"), marks(&p, "b_my"));
+    assert!(before.0 > 0 && before.1 > 0, "{before:?}");
+    let dry = p.run(&["recover", "--dry-run"]);
+    dry.expect(3);
+    assert!(dry.stdout.contains("would settle"), "{}", dry.stdout);
+    assert_eq!((marks(&p, "a_my"), marks(&p, "b_my")), before);
+    p.run(&["recover"]).expect(0);
+    assert_eq!((marks(&p, "a_my"), marks(&p, "b_my")), (0, 0));
+    p.assert_states(&[
+        ("a_my", state(&["a"], &["1"])),
+        ("b_my", state(&["b"], &["1"])),
+    ]);
+}
+
+/// A MySQL migration whose every statement committed but whose mark was not yet turned into a
+/// record (the process died in between) is recorded by `recover`, not reported as interrupted;
+/// the batch, never decided, is then undone everywhere.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_records_a_mysql_migration_that_ran_to_its_end() {
+    let mut p = Project::new();
+    p.add_mysql("a_my").add_mysql("b_my");
+    p.migration(
+        "a_my",
+        "1_a",
+        "CREATE TABLE a1 (id INT);\nCREATE TABLE a2 (id INT);",
+        Some("DROP TABLE a2;\nDROP TABLE a1;"),
+    );
+    p.create_table("b_my", "1_b", "b");
+    let run = p.run_with(
+        &["upgrade", "--all-binds", "--allow-non-atomic"],
+        &[("FAILPOINTS", "mysql-mid-migration=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    // What the dead process would have done next: the second statement, and its progress.
+    my(&p, "a_my")
+        .batch_execute(
+            "CREATE TABLE a2 (id INT); \
+             UPDATE orchestrate_in_progress SET statements_done = statements_total \
+             WHERE kind = 'migration'",
+        )
+        .unwrap();
+    let rec = p.run(&["recover"]);
+    rec.expect(0);
+    assert!(!rec.stdout.contains("resolve"), "{}", rec.stdout);
+    p.assert_states(&[("a_my", state(&[], &[])), ("b_my", state(&[], &[]))]);
+}
