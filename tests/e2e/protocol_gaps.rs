@@ -1,6 +1,8 @@
 //! Tests written for the mutants that cargo-mutants found surviving (see MUTANTS.md): each pins
 //! down a property of the protocol that no other test checked.
 
+use std::fs;
+
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Bool;
@@ -731,4 +733,54 @@ fn recover_records_a_mysql_migration_that_ran_to_its_end() {
     rec.expect(0);
     assert!(!rec.stdout.contains("resolve"), "{}", rec.stdout);
     p.assert_states(&[("a_my", state(&[], &[])), ("b_my", state(&[], &[]))]);
+}
+
+/// An undecided MySQL downgrade whose migration folder is gone by the time `recover` runs:
+/// recover cannot re-apply that migration without its up.sql, so it undoes what it can, stops
+/// there and says a person must redo it and then `resolve` it; once they have, recover
+/// finishes and every bind is where it was.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn recover_stops_at_a_mysql_step_it_cannot_undo_until_it_is_resolved() {
+    let mut p = Project::new();
+    p.add_mysql("a_my").add_mysql("b_my");
+    p.create_table("a_my", "1_a", "a");
+    p.create_table("b_my", "1_b", "b");
+    p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
+        .expect(0);
+    let run = p.run_with(
+        &["downgrade", "--all-binds", "--allow-non-atomic"],
+        &[("FAILPOINTS", "before-decision=return")],
+    );
+    assert!(run.code != 0, "{run:?}");
+    assert_eq!(p.db("a_my").state(), state(&[], &[]), "{run:?}");
+    // The folder disappears before recover runs (a checkout of another branch).
+    fs::remove_dir_all(p.path().join("migrations/a_my/1_a")).unwrap();
+    let rec = p.run(&["recover"]);
+    rec.expect(3);
+    assert!(
+        rec.stdout.contains("no SQL to undo") || rec.stdout.contains("must be undone"),
+        "{}",
+        rec.stdout
+    );
+    assert!(rec.stdout.contains("resolve"), "{}", rec.stdout);
+    assert_eq!(
+        p.db("b_my").state(),
+        state(&["b"], &["1"]),
+        "b_my was undone"
+    );
+    // The person redoes it by hand and says so.
+    my(&p, "a_my")
+        .batch_execute("CREATE TABLE a (id INT PRIMARY KEY)")
+        .unwrap();
+    p.run(&["resolve", "--bind", "a_my", "1", "--applied"])
+        .expect(0);
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("a_my", state(&["a"], &["1"])),
+        ("b_my", state(&["b"], &["1"])),
+    ]);
 }
