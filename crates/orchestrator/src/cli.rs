@@ -169,7 +169,9 @@ pub enum Command {
         #[arg(long)]
         reverted: bool,
     },
-    /// Print the effective configuration after every layer (config/default.toml,
+    /// Print the effective configuration, and where each value came from.
+    ///
+    /// The configuration after every layer (config/default.toml,
     /// config/<ORCHESTRATE_ENV>.toml, --config FILE, ORCHESTRATE__* variables) and, for each
     /// value, the layer it came from. Passwords are redacted. Connects to nothing, except a
     /// template with `discover`, which asks its server for the database names.
