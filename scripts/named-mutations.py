@@ -29,8 +29,8 @@ MUTATIONS = [
         "the decider never holds its batch's row (once: its session was never tagged), so "
         "recover cannot see a live coordinator",
         "crates/driver/src/participant/postgres.rs",
-        "        self.begin_batch()?;\n        self.hold_decision(batch_id)\n",
-        "        let _ = batch_id;\n        self.begin_batch()\n",
+        "        self.hold_decision(batch_id)?;\n        self.lock_and_tables(started)\n",
+        "        let _ = batch_id;\n        self.lock_and_tables(started)\n",
     ),
     (
         "sqlite-decider-always-gone",
