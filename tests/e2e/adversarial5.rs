@@ -12,16 +12,9 @@ struct S {
     s: String,
 }
 
-fn pg_conn(db: &Db) -> diesel::PgConnection {
-    let Db::Pg(db) = db else {
-        panic!("PostgreSQL only")
-    };
-    db.conn()
-}
-
 /// The states of the `orchestrate_batches` rows on a PostgreSQL bind ("" if none or no table).
 fn pg_batch_states(db: &Db) -> String {
-    let mut c = pg_conn(db);
+    let mut c = db.pg();
     let exists = diesel::sql_query(
         "SELECT coalesce(to_regclass('public.orchestrate_batches')::text, '') AS s",
     )
@@ -53,7 +46,7 @@ fn recover_aborts_a_live_batch_whose_postgres_decider_waits_for_its_lock() {
     p.create_table("a_pg", "1_d", "d");
     p.create_table("b_pg", "1_p", "p");
     // Someone else holds a_pg's migration lock for a moment (as another batch would).
-    let mut holder = pg_conn(p.db("a_pg"));
+    let mut holder = p.db("a_pg").pg();
     holder
         .batch_execute(&format!(
             "BEGIN; SELECT pg_advisory_xact_lock({});",

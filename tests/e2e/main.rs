@@ -9,6 +9,7 @@ mod adversarial;
 mod adversarial2;
 mod adversarial3;
 mod adversarial5;
+mod adversarial6;
 mod arbitration;
 mod cli;
 mod config;

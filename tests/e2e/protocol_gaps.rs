@@ -9,13 +9,6 @@ use diesel::sql_types::Bool;
 
 use crate::support::{state, Db, Project};
 
-fn pg(p: &Project, bind: &str) -> diesel::PgConnection {
-    match p.db(bind) {
-        Db::Pg(db) => db.conn(),
-        _ => panic!("{bind} is not PostgreSQL"),
-    }
-}
-
 /// The decision record a real batch writes names each PostgreSQL participant's prepared
 /// transaction: killed after its decision, with that transaction then rolled back by hand,
 /// the batch is reported by `recover` as a heuristic outcome (once), not settled as if the
@@ -27,38 +20,16 @@ fn a_participant_rolled_back_by_hand_after_a_real_decision_is_a_heuristic_outcom
     p.add_pg("a_pg").add_pg("b_pg");
     p.create_table("a_pg", "1_a", "a");
     p.create_table("b_pg", "1_b", "b");
-    let run = p.run_with(
-        &["upgrade", "--all-binds"],
-        &[("FAILPOINTS", "after-decision=return")],
-    );
-    assert!(run.code != 0, "{run:?}");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
     let prepared = p.db("b_pg").state().prepared;
     assert_eq!(prepared.len(), 1, "{prepared:?}");
-    pg(&p, "b_pg")
+    p.db("b_pg")
+        .pg()
         .batch_execute(&format!("ROLLBACK PREPARED '{}'", prepared[0]))
         .unwrap();
-    let heuristic_rows = || -> i64 {
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        diesel::sql_query(
-            "SELECT count(*) AS n FROM pg_catalog.pg_tables t WHERE t.tablename = 'orchestrate_history'",
-        )
-        .get_result::<N>(&mut pg(&p, "b_pg"))
-        .map(|t| t.n)
-        .and_then(|tables| {
-            if tables == 0 {
-                return Ok(0);
-            }
-            diesel::sql_query(
-                "SELECT count(*) AS n FROM orchestrate_history WHERE direction = 'heuristic'",
-            )
-            .get_result::<N>(&mut pg(&p, "b_pg"))
-            .map(|r| r.n)
-        })
-        .unwrap()
+    let heuristic_rows = || {
+        p.db("b_pg")
+            .count("SELECT count(*) AS n FROM orchestrate_history WHERE direction = 'heuristic'")
     };
     // A dry run records nothing; the real run records the heuristic outcome on the bind.
     let dry = p.run(&["recover", "--dry-run"]);
@@ -135,7 +106,8 @@ fn participants_not_started_when_one_fails_never_start() {
         "SELECT * FROM no_such_table;",
         Some("SELECT 1;"),
     );
-    pg(&p, "c_pg")
+    p.db("c_pg")
+        .pg()
         .batch_execute("CREATE SEQUENCE probe")
         .unwrap();
     p.migration(
@@ -148,7 +120,7 @@ fn participants_not_started_when_one_fails_never_start() {
     run.expect(1);
     assert!(run.stderr.contains("no_such_table"), "{}", run.stderr);
     let called: Called = diesel::sql_query("SELECT is_called FROM probe")
-        .get_result(&mut pg(&p, "c_pg"))
+        .get_result(&mut p.db("c_pg").pg())
         .unwrap();
     assert!(
         !called.is_called,
@@ -284,18 +256,14 @@ fn recover_that_cannot_write_the_decision_says_why() {
     p.add_pg("a_pg").add_pg("b_pg");
     p.create_table("a_pg", "1_d", "d");
     p.create_table("b_pg", "1_p", "p");
-    let run = p.run_with(
-        &["upgrade", "--all-binds"],
-        &[("FAILPOINTS", "before-decision=return")],
-    );
-    assert!(run.code != 0, "{run:?}");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "before-decision");
     assert_eq!(p.db("b_pg").state().prepared.len(), 1);
     let Db::Pg(decider) = p.db("a_pg") else {
         unreachable!()
     };
     let name = decider.name.clone();
     let read_only = |on: bool| {
-        let mut c = pg(&p, "a_pg");
+        let mut c = p.db("a_pg").pg();
         c.batch_execute("SET default_transaction_read_only = off")
             .unwrap();
         c.batch_execute(&format!(
@@ -451,13 +419,10 @@ fn recover_that_cannot_record_an_abandoned_batch_says_why() {
     p.add_pg("a_pg").add_pg("b_pg");
     p.create_table("a_pg", "1_d", "d");
     p.create_table("b_pg", "1_p", "p");
-    let run = p.run_with(
-        &["upgrade", "--all-binds"],
-        &[("FAILPOINTS", "before-prepare=return")],
-    );
-    assert!(run.code != 0, "{run:?}");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "before-prepare");
     assert!(p.db("b_pg").state().prepared.is_empty());
-    pg(&p, "a_pg")
+    p.db("a_pg")
+        .pg()
         .batch_execute(
             "CREATE FUNCTION refuse_decisions() RETURNS trigger LANGUAGE plpgsql AS \
              $$ BEGIN RAISE EXCEPTION 'decision writes are refused here'; END $$; \
@@ -469,7 +434,8 @@ fn recover_that_cannot_record_an_abandoned_batch_says_why() {
     run.expect(3);
     let said = format!("{}{}", run.stdout, run.stderr);
     assert!(said.contains("decision writes are refused here"), "{said}");
-    pg(&p, "a_pg")
+    p.db("a_pg")
+        .pg()
         .batch_execute("DROP TRIGGER refuse_decisions ON orchestrate_batches")
         .unwrap();
     let run = p.run(&["recover"]);
@@ -491,7 +457,8 @@ fn a_decision_write_that_fails_rolls_every_bind_back() {
     p.run(&["upgrade", "--all-binds"]).expect(0);
     p.create_table("a_pg", "2_d", "d2");
     p.create_table("b_pg", "2_p", "p2");
-    pg(&p, "a_pg")
+    p.db("a_pg")
+        .pg()
         .batch_execute(
             "CREATE FUNCTION refuse_decisions() RETURNS trigger LANGUAGE plpgsql AS \
              $$ BEGIN RAISE EXCEPTION 'decision writes are refused here'; END $$; \
@@ -519,7 +486,8 @@ fn a_decision_write_that_fails_rolls_every_bind_back() {
         run.stderr
     );
     assert!(p.db("b_pg").state().prepared.is_empty());
-    pg(&p, "a_pg")
+    p.db("a_pg")
+        .pg()
         .batch_execute("DROP TRIGGER refuse_decisions ON orchestrate_batches")
         .unwrap();
     let rec = p.run(&["recover"]);
@@ -529,13 +497,6 @@ fn a_decision_write_that_fails_rolls_every_bind_back() {
         ("a_pg", state(&["d"], &["1"])),
         ("b_pg", state(&["p"], &["1"])),
     ]);
-}
-
-fn my(p: &Project, bind: &str) -> diesel::MysqlConnection {
-    match p.db(bind) {
-        Db::My(db) => diesel::MysqlConnection::establish(&db.url).unwrap(),
-        _ => panic!("{bind} is not MariaDB"),
-    }
 }
 
 #[derive(QueryableByName)]
@@ -565,11 +526,11 @@ fn recover_passes_over_a_locked_mysql_bind_with_nothing_to_recover() {
     p.create_table("b_lite", "1_b", "b");
     p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
         .expect(0);
-    let mut holder = my(&p, "a_my");
+    let mut holder = p.db("a_my").my();
     diesel::sql_query("DO GET_LOCK(CONCAT('orchestrate:', SHA1(DATABASE())), 0)")
         .execute(&mut holder)
         .unwrap();
-    assert!(lock_holder(&mut my(&p, "a_my")).is_some());
+    assert!(lock_holder(&mut p.db("a_my").my()).is_some());
     let run = p.run(&["recover"]);
     run.expect(0);
     assert!(run.stdout.contains("Nothing to recover"), "{}", run.stdout);
@@ -594,18 +555,17 @@ fn recover_holds_a_mysql_bind_s_lock_while_undoing_it() {
             Some(&format!("SELECT SLEEP(1.5);\nDROP TABLE t_{bind}")),
         );
     }
-    let run = p.run_with(
+    p.run_stopped_at(
         &["upgrade", "--all-binds", "--allow-non-atomic"],
-        &[("FAILPOINTS", "before-decision=return")],
+        "before-decision",
     );
-    assert!(run.code != 0, "{run:?}");
     let mut child = p
         .command(&["recover"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut watch: Vec<diesel::MysqlConnection> = vec![my(&p, "a_my"), my(&p, "b_my")];
+    let mut watch: Vec<diesel::MysqlConnection> = vec![p.db("a_my").my(), p.db("b_my").my()];
     let mut seen_held = false;
     while child.try_wait().unwrap().is_none() {
         seen_held |= watch.iter_mut().any(|c| lock_holder(c).is_some());
@@ -634,17 +594,13 @@ fn recover_holds_a_mysql_bind_s_lock_while_undoing_it() {
     ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
 )]
 fn recover_undoes_an_undecided_mysql_downgrade_with_the_folders_up_sql() {
-    let mut p = Project::new();
-    p.add_mysql("a_my").add_mysql("b_my");
-    p.create_table("a_my", "1_a", "a");
-    p.create_table("b_my", "1_b", "b");
+    let p = two_mysql_binds();
     p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
         .expect(0);
-    let run = p.run_with(
+    p.run_stopped_at(
         &["downgrade", "--all-binds", "--allow-non-atomic"],
-        &[("FAILPOINTS", "before-decision=return")],
+        "before-decision",
     );
-    assert!(run.code != 0, "{run:?}");
     assert_eq!(p.db("a_my").state(), state(&[], &[]), "the downgrade ran");
     let rec = p.run(&["recover"]);
     rec.expect(0);
@@ -654,17 +610,19 @@ fn recover_undoes_an_undecided_mysql_downgrade_with_the_folders_up_sql() {
     ]);
 }
 
+/// Two MariaDB binds, `a_my` and `b_my`, each with one migration that creates a table.
+fn two_mysql_binds() -> Project {
+    let mut p = Project::new();
+    p.add_mysql("a_my").add_mysql("b_my");
+    p.create_table("a_my", "1_a", "a");
+    p.create_table("b_my", "1_b", "b");
+    p
+}
+
 /// Rows of `orchestrate_in_progress` (MySQL marks) on a bind.
 fn marks(p: &Project, bind: &str) -> i64 {
-    #[derive(QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    diesel::sql_query("SELECT count(*) AS n FROM orchestrate_in_progress")
-        .get_result::<N>(&mut my(p, bind))
-        .unwrap()
-        .n
+    p.db(bind)
+        .count("SELECT count(*) AS n FROM orchestrate_in_progress")
 }
 
 /// `recover --dry-run` writes nothing on MySQL binds either: the batch marks of a batch decided
@@ -675,15 +633,11 @@ fn marks(p: &Project, bind: &str) -> i64 {
     ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
 )]
 fn recover_dry_run_leaves_mysql_marks_alone() {
-    let mut p = Project::new();
-    p.add_mysql("a_my").add_mysql("b_my");
-    p.create_table("a_my", "1_a", "a");
-    p.create_table("b_my", "1_b", "b");
-    let run = p.run_with(
+    let p = two_mysql_binds();
+    p.run_stopped_at(
         &["upgrade", "--all-binds", "--allow-non-atomic"],
-        &[("FAILPOINTS", "after-decision=return")],
+        "after-decision",
     );
-    assert!(run.code != 0, "{run:?}");
     let before = (marks(&p, "a_my"), marks(&p, "b_my"));
     assert!(before.0 > 0 && before.1 > 0, "{before:?}");
     let dry = p.run(&["recover", "--dry-run"]);
@@ -716,13 +670,13 @@ fn recover_records_a_mysql_migration_that_ran_to_its_end() {
         Some("DROP TABLE a2;\nDROP TABLE a1;"),
     );
     p.create_table("b_my", "1_b", "b");
-    let run = p.run_with(
+    p.run_stopped_at(
         &["upgrade", "--all-binds", "--allow-non-atomic"],
-        &[("FAILPOINTS", "mysql-mid-migration=return")],
+        "mysql-mid-migration",
     );
-    assert!(run.code != 0, "{run:?}");
     // What the dead process would have done next: the second statement, and its progress.
-    my(&p, "a_my")
+    p.db("a_my")
+        .my()
         .batch_execute(
             "CREATE TABLE a2 (id INT); \
              UPDATE orchestrate_in_progress SET statements_done = statements_total \
@@ -745,17 +699,13 @@ fn recover_records_a_mysql_migration_that_ran_to_its_end() {
     ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
 )]
 fn recover_stops_at_a_mysql_step_it_cannot_undo_until_it_is_resolved() {
-    let mut p = Project::new();
-    p.add_mysql("a_my").add_mysql("b_my");
-    p.create_table("a_my", "1_a", "a");
-    p.create_table("b_my", "1_b", "b");
+    let p = two_mysql_binds();
     p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
         .expect(0);
-    let run = p.run_with(
+    let run = p.run_stopped_at(
         &["downgrade", "--all-binds", "--allow-non-atomic"],
-        &[("FAILPOINTS", "before-decision=return")],
+        "before-decision",
     );
-    assert!(run.code != 0, "{run:?}");
     assert_eq!(p.db("a_my").state(), state(&[], &[]), "{run:?}");
     // The folder disappears before recover runs (a checkout of another branch).
     fs::remove_dir_all(p.path().join("migrations/a_my/1_a")).unwrap();
@@ -773,7 +723,8 @@ fn recover_stops_at_a_mysql_step_it_cannot_undo_until_it_is_resolved() {
         "b_my was undone"
     );
     // The person redoes it by hand and says so.
-    my(&p, "a_my")
+    p.db("a_my")
+        .my()
         .batch_execute("CREATE TABLE a (id INT PRIMARY KEY)")
         .unwrap();
     p.run(&["resolve", "--bind", "a_my", "1", "--applied"])

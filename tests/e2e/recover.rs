@@ -14,17 +14,10 @@ fn new_batch() -> String {
     format!("20260101T000000Z-{:08x}", rand::random::<u32>())
 }
 
-fn pg(p: &Project, bind: &str) -> diesel::PgConnection {
-    match p.db(bind) {
-        Db::Pg(db) => db.conn(),
-        _ => panic!("{bind} is not PostgreSQL"),
-    }
-}
-
 /// What a coordinator killed after preparing `side` leaves behind.
 fn prepare_by_hand(p: &Project, bind: &str, decider: &str, batch: &str) -> String {
     let gid = gid_for(batch, decider, bind);
-    pg(p, bind)
+    p.db(bind).pg()
         .batch_execute(&format!(
             "BEGIN; CREATE TABLE x (id INT); \
              CREATE TABLE IF NOT EXISTS __diesel_schema_migrations (version VARCHAR(50) PRIMARY KEY NOT NULL, run_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP); \
@@ -41,7 +34,7 @@ const BATCHES_DDL: &str = "CREATE TABLE IF NOT EXISTS orchestrate_batches (batch
 
 /// What a coordinator commits on its decider before any bind prepares: the batch's `begun` row.
 fn begin_by_hand(p: &Project, decider: &str, batch: &str) {
-    pg(p, decider)
+    p.db(decider).pg()
         .batch_execute(&format!(
             "{BATCHES_DDL}; INSERT INTO orchestrate_batches (batch_id, state, begun_at) VALUES ('{batch}', 'begun', 'now');"
         ))
@@ -61,7 +54,7 @@ fn decision_json(decider: &str, batch: &str, participants: Vec<Participant>) -> 
 /// The decider's commit decision for a batch.
 fn record_decision(p: &Project, decider: &str, batch: &str, participants: Vec<Participant>) {
     let json = decision_json(decider, batch, participants);
-    pg(p, decider)
+    p.db(decider).pg()
         .batch_execute(&format!(
             "{BATCHES_DDL}; INSERT INTO orchestrate_batches (batch_id, state, begun_at, decided_at, record) VALUES ('{batch}', 'commit', 'now', 'now', '{json}') \
              ON CONFLICT (batch_id) DO UPDATE SET state = 'commit', decided_at = 'now', record = EXCLUDED.record;"
@@ -72,7 +65,7 @@ fn record_decision(p: &Project, decider: &str, batch: &str, participants: Vec<Pa
 /// A commit decision as versions before `orchestrate_batches` wrote it.
 fn record_legacy_decision(p: &Project, decider: &str, batch: &str, participants: Vec<Participant>) {
     let json = decision_json(decider, batch, participants);
-    pg(p, decider)
+    p.db(decider).pg()
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS orchestrate_decisions (batch_id TEXT PRIMARY KEY NOT NULL, decided_at TEXT NOT NULL, record TEXT NOT NULL); \
              INSERT INTO orchestrate_decisions VALUES ('{batch}', 'now', '{json}');"
@@ -91,7 +84,7 @@ fn batch_state(p: &Project, decider: &str, batch: &str) -> String {
     diesel::sql_query(format!(
         "SELECT coalesce((SELECT state || CASE WHEN settled_at IS NULL THEN '' ELSE ',settled' END FROM orchestrate_batches WHERE batch_id = '{batch}'), 'missing') AS s"
     ))
-    .get_result::<S>(&mut pg(p, decider))
+    .get_result::<S>(&mut p.db(decider).pg())
     .unwrap()
     .s
 }
@@ -246,7 +239,7 @@ fn a_batch_whose_decider_is_alive_is_left_alone() {
     begin_by_hand(&p, "main", &batch);
     let gid = prepare_by_hand(&p, "side", "main", &batch);
     // A coordinator holds its batch's row from before any bind prepares until it decides.
-    let mut coordinator = pg(&p, "main");
+    let mut coordinator = p.db("main").pg();
     coordinator
         .batch_execute(&format!(
             "BEGIN; SELECT * FROM orchestrate_batches WHERE batch_id = '{batch}' FOR UPDATE;"
@@ -447,7 +440,7 @@ fn status_does_not_hang_on_a_locking_in_doubt_batch() {
     p.run(&["upgrade", "--all-binds"]).expect(0);
     let gid = gid_for(&batch, "main", "side");
     begin_by_hand(&p, "main", &batch);
-    pg(&p, "side")
+    p.db("side").pg()
         .batch_execute(&format!(
             "BEGIN; LOCK TABLE __diesel_schema_migrations IN ACCESS EXCLUSIVE MODE; PREPARE TRANSACTION '{gid}';"
         ))
@@ -505,7 +498,8 @@ fn a_prepared_transaction_rolled_back_by_hand_is_a_heuristic_outcome() {
             before: None,
         }],
     );
-    pg(&p, "side")
+    p.db("side")
+        .pg()
         .batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
         .unwrap();
     let run = p.run(&["recover"]);

@@ -356,12 +356,17 @@ impl Db {
 
     /// How many `up` rows `orchestrate_history` holds (0 when it does not exist).
     pub fn history_ups(&self) -> i64 {
+        self.count("SELECT count(*) AS n FROM orchestrate_history WHERE direction = 'up'")
+    }
+
+    /// The one `n` of a `SELECT count(*) AS n ...`: 0 when the table it reads does not exist;
+    /// any other error fails the test.
+    pub fn count(&self, sql: &str) -> i64 {
         #[derive(QueryableByName)]
         struct N {
             #[diesel(sql_type = diesel::sql_types::BigInt)]
             n: i64,
         }
-        let sql = "SELECT count(*) AS n FROM orchestrate_history WHERE direction = 'up'";
         let found = match self {
             Db::Pg(db) => diesel::sql_query(sql).get_result::<N>(&mut db.conn()),
             Db::Sqlite(path) => diesel::sql_query(sql).get_result::<N>(&mut sqlite(path)),
@@ -376,7 +381,23 @@ impl Db {
             {
                 0
             }
-            Err(e) => panic!("cannot read orchestrate_history: {e}"),
+            Err(e) => panic!("cannot run {sql}: {e}"),
+        }
+    }
+
+    /// A new connection to this PostgreSQL database (panics on another backend).
+    pub fn pg(&self) -> PgConnection {
+        match self {
+            Db::Pg(db) => db.conn(),
+            _ => panic!("{} is not PostgreSQL", self.url()),
+        }
+    }
+
+    /// A new connection to this MariaDB database (panics on another backend).
+    pub fn my(&self) -> MysqlConnection {
+        match self {
+            Db::My(db) => db.conn(),
+            _ => panic!("{} is not MariaDB", self.url()),
         }
     }
 }
@@ -626,6 +647,14 @@ impl Project {
             }
         }
         cmd
+    }
+
+    /// Runs the binary with the failpoint `failpoint=return`, which stops the run there as a
+    /// crash would (nothing after it runs), and checks that the run did not succeed.
+    pub fn run_stopped_at(&self, args: &[&str], failpoint: &str) -> Run {
+        let run = self.run_with(args, &[("FAILPOINTS", &format!("{failpoint}=return"))]);
+        assert!(run.code != 0, "stopped at {failpoint}, yet: {run:?}");
+        run
     }
 
     pub fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {

@@ -67,6 +67,13 @@ pub enum Hazard {
     SessionLock,
     /// PostgreSQL `dblink` functions: SQL run on another connection, which commits on its own.
     OtherConnection,
+    /// A name of orchestrate's own tables (`__diesel_schema_migrations`, `orchestrate_*`),
+    /// anywhere in a statement, a string or a routine's body.
+    Bookkeeping,
+    /// MySQL `SET GLOBAL` / `SET PERSIST` / `@@global.`: a setting of the whole server.
+    ServerSettings,
+    /// `RELEASE` / `ROLLBACK TO` a savepoint the same migration did not open.
+    ForeignSavepoint,
 }
 
 impl Hazard {
@@ -90,6 +97,9 @@ impl Hazard {
             Hazard::Unreadable => "runs SQL that this check cannot read before it runs (a string built at run time, or a block that runs at once), so a statement that would end or escape the batch could hide in it",
             Hazard::SessionLock => "gives up the lock that tells `orchestrate recover` this bind's batch is still running (or ends the session at its next COMMIT, with the lock)",
             Hazard::OtherConnection => "runs SQL on another connection, which commits on its own: what it does stays when the batch rolls back",
+            Hazard::Bookkeeping => "names one of orchestrate's own tables (version rows, history, batch decisions, MySQL marks): a statement, trigger or function that changes them can make the batch's record, and what `orchestrate recover` decides from it, differ from what happened",
+            Hazard::ServerSettings => "changes a setting of the whole server, for every session, and does not roll back with the batch: a durability setting such as innodb_flush_log_at_trx_commit or sync_binlog would weaken the commits the batch's decision relies on",
+            Hazard::ForeignSavepoint => "releases or rolls back to a savepoint this migration did not open: it would undo or fold in the bookkeeping orchestrate wrote for an earlier migration of the batch, so the bind would not end where the batch says it did",
         }
     }
 
@@ -112,6 +122,9 @@ impl Hazard {
             Hazard::Unreadable => "Write the statements themselves in the migration; put procedural code in a routine (CREATE PROCEDURE) and CALL it",
             Hazard::SessionLock => "Remove it: orchestrate takes and releases the bind's lock itself",
             Hazard::OtherConnection => "Give that database a bind of its own, or do it outside migrations",
+            Hazard::Bookkeeping => "Remove it: orchestrate writes these tables itself; to correct what is recorded use `orchestrate stamp` or `orchestrate resolve`",
+            Hazard::ServerSettings => "Change server settings outside migrations, in the server's configuration",
+            Hazard::ForeignSavepoint => "Open the savepoint in the same migration (`SAVEPOINT name` ... `ROLLBACK TO SAVEPOINT name`), or remove it",
         }
     }
 }
@@ -223,6 +236,89 @@ pub fn calls_function(dialect: Dialect, sql: &str, prefix: &str) -> Option<Found
     })
 }
 
+/// The tables orchestrate keeps its own records in, on every backend.
+pub const BOOKKEEPING_TABLES: [&str; 5] = [
+    "__diesel_schema_migrations",
+    "orchestrate_batches",
+    "orchestrate_history",
+    "orchestrate_decisions",
+    "orchestrate_in_progress",
+];
+
+/// The first mention, outside comments, of one of orchestrate's own tables: in a name (quoted
+/// or not), a string, or a routine's or `DO` block's body (strings and dollar-quoted text are
+/// read as text, so `EXECUTE 'DELETE FROM orchestrate_batches'` is found too).
+pub fn touches_bookkeeping(dialect: Dialect, sql: &str) -> Option<Found> {
+    readings(dialect).find_map(|reading| {
+        lex_as(dialect, sql, reading).into_iter().find_map(|t| {
+            let text = sql.get(t.at..t.end)?.to_ascii_lowercase();
+            let table = BOOKKEEPING_TABLES.iter().find(|n| text.contains(*n))?;
+            Some(Found {
+                line: line_at(sql, t.at),
+                statement: format!("a statement naming {table}"),
+                hazard: Hazard::Bookkeeping,
+            })
+        })
+    })
+}
+
+/// The first `RELEASE [SAVEPOINT] name` or `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] name`
+/// whose savepoint was not opened earlier in the same SQL (one migration's file): it would
+/// reach back into an earlier migration of the batch, past the bookkeeping written after it.
+pub fn foreign_savepoint(dialect: Dialect, sql: &str) -> Option<Found> {
+    readings(dialect).find_map(|reading| {
+        let tokens = lex_as(dialect, sql, reading);
+        let mut opened: Vec<String> = Vec::new();
+        for statement in statements(dialect, &tokens) {
+            let first = word(statement.first().copied());
+            let name_at = |k: usize| -> Option<String> {
+                let t = statement.get(k)?;
+                let raw = sql.get(t.at..t.end)?;
+                Some(match t.tok {
+                    Tok::Word(ref w) => w.clone(),
+                    _ => raw.to_string(),
+                })
+            };
+            let skip = |k: usize, w: &str| k + usize::from(word(statement.get(k).copied()) == w);
+            let (name, label) = match first {
+                "SAVEPOINT" => {
+                    opened.extend(name_at(1));
+                    continue;
+                }
+                "RELEASE" => (name_at(skip(1, "SAVEPOINT")), "RELEASE SAVEPOINT"),
+                "ROLLBACK" => {
+                    let Some(to) = statement.iter().position(|t| t.tok.is_word("TO")) else {
+                        continue;
+                    };
+                    (name_at(skip(to + 1, "SAVEPOINT")), "ROLLBACK TO SAVEPOINT")
+                }
+                _ => continue,
+            };
+            if !name.as_ref().is_some_and(|n| opened.contains(n)) {
+                let shown = name.unwrap_or_default().to_ascii_lowercase();
+                return Some(Found {
+                    line: line_at(sql, statement[0].at),
+                    statement: format!("{label} {shown}").trim_end().to_string(),
+                    hazard: Hazard::ForeignSavepoint,
+                });
+            }
+        }
+        None
+    })
+}
+
+/// Every way `dialect`'s server may read strings: MySQL's four sql_mode combinations, else one.
+fn readings(dialect: Dialect) -> impl Iterator<Item = Reading> {
+    let all = [(false, false), (false, true), (true, false), (true, true)];
+    let n = if dialect == Dialect::Mysql { 4 } else { 1 };
+    all.into_iter()
+        .take(n)
+        .map(|(no_backslash, ansi_quotes)| Reading {
+            no_backslash,
+            ansi_quotes,
+        })
+}
+
 /// How a MySQL server reads strings (its sql_mode); the defaults elsewhere.
 #[derive(Clone, Copy, Default)]
 struct Reading {
@@ -281,6 +377,8 @@ struct Token {
     tok: Tok,
     /// Byte offset in the SQL.
     at: usize,
+    /// Byte offset just after the token (after a string's closing quote).
+    end: usize,
 }
 
 fn is_word_byte(b: u8) -> bool {
@@ -374,7 +472,8 @@ fn lex_as(d: Dialect, sql: &str, reading: Reading) -> Vec<Token> {
         let c = b[i];
         let next = b.get(i + 1).copied();
         let at = i;
-        let push = |out: &mut Vec<Token>, tok: Tok| out.push(Token { tok, at });
+        let pushed = out.len();
+        let push = |out: &mut Vec<Token>, tok: Tok| out.push(Token { tok, at, end: at });
         match c {
             b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => i += 1,
             b'-' if next == Some(b'-')
@@ -441,6 +540,11 @@ fn lex_as(d: Dialect, sql: &str, reading: Reading) -> Vec<Token> {
             other => {
                 push(&mut out, Tok::Punct(other as char));
                 i += 1;
+            }
+        }
+        if out.len() > pushed {
+            if let Some(last) = out.last_mut() {
+                last.end = i.min(b.len());
             }
         }
     }
@@ -632,6 +736,7 @@ fn statements(d: Dialect, tokens: &[Token]) -> Vec<Vec<&Token>> {
 static UNBALANCED: Token = Token {
     tok: Tok::Word(String::new()),
     at: 0,
+    end: 0,
 };
 
 /// `COMMIT`, `ROLLBACK`, ... with ` AND CHAIN` when the statement chains.
@@ -888,9 +993,18 @@ fn mysql_set(w: &Words) -> Option<(String, Hazard)> {
     {
         return named("SET TRANSACTION", TransactionSettings);
     }
+    let user_variable = |i: usize| i >= 1 && w.at(i - 1) == "@" && (i < 2 || w.at(i - 2) != "@");
+    if let Some(scope) = w.0.iter().enumerate().find(|(i, x)| {
+        matches!(x.as_str(), "GLOBAL" | "PERSIST" | "PERSIST_ONLY") && !user_variable(*i)
+    }) {
+        return Some((
+            format!("SET {} (a setting of the whole server)", scope.1),
+            ServerSettings,
+        ));
+    }
     for (i, x) in w.0.iter().enumerate() {
         let assigned = matches!(w.at(i + 1), "=" | ":");
-        let user_variable = i >= 1 && w.at(i - 1) == "@" && (i < 2 || w.at(i - 2) != "@");
+        let user_variable = user_variable(i);
         if !assigned || user_variable {
             continue;
         }

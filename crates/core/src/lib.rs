@@ -27,7 +27,10 @@ mod target;
 mod version;
 
 pub use chain::{checksum, Chain, ChainError, MigrationFile, MigrationSource};
-pub use escapes::{calls_function, code_at, escaping_statement, Dialect, Found, Hazard, Refusal};
+pub use escapes::{
+    calls_function, code_at, escaping_statement, foreign_savepoint, touches_bookkeeping, Dialect,
+    Found, Hazard, Refusal, BOOKKEEPING_TABLES,
+};
 pub use plan::{
     current, pending, plan_downgrade, plan_upgrade, problems, Allow, Applied, Direction,
     DownSqlSource, Plan, PlanError, Problem, Step,

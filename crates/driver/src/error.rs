@@ -124,7 +124,7 @@ pub enum DriverError {
     },
     #[error("bind `{bind}`: PREPARE TRANSACTION reported success but no prepared transaction `{gid}` exists; the batch was not prepared")]
     PrepareNotRecorded { bind: String, gid: String },
-    #[error("bind `{bind}`: batch {batch_id} was decided by someone else before this run could decide it (its row in orchestrate_batches is `{state}`, not `begun`): a concurrent `orchestrate recover` aborted it, so this run rolls every bind back")]
+    #[error("bind `{bind}`: batch {batch_id}'s row in orchestrate_batches reads `{state}`, not what this run expected or wrote: a concurrent `orchestrate recover` decided it first, or a trigger or rule on that table changed it; this run rolls every bind back")]
     DecisionLost {
         bind: String,
         batch_id: String,

@@ -8,14 +8,17 @@
 //! parser (`pg_query`, libpg_query) and its top-level statements are looked at as parse
 //! nodes; SQL it cannot parse (an extension's syntax, a newer server's) is read by the hand
 //! lexer of `orchestrate-core` instead, silently. SQLite and MySQL SQL is read by that lexer.
-//! The bodies of functions, procedures, triggers and `DO` blocks are not looked into: they
-//! run nothing when a migration defines them, and a `DO` block or a call that leaves the
-//! transaction at run time is caught by the check after each step (`BindConnection`).
+//! The bodies of PostgreSQL functions, procedures and `DO` blocks are looked into too (a body
+//! in SQL gets the whole check, a PL/pgSQL body a reading of its text for dblink and for
+//! database, role or session settings); a `DO` block or a call that leaves the transaction at
+//! run time is also caught by the check after each step (`BindConnection`). On every backend,
+//! a migration may not name orchestrate's own tables (anywhere outside comments) nor release
+//! or roll back to a savepoint it did not open.
 //! The kinds of statement and the words a user reads are `orchestrate_core::Hazard`'s.
 
 use orchestrate_core::{
-    code_at, escaping_statement, Chain, Dialect, DownSqlSource, Found, Hazard, MigrationFile, Plan,
-    PlanError, Refusal,
+    code_at, escaping_statement, foreign_savepoint, touches_bookkeeping, Chain, Dialect,
+    DownSqlSource, Found, Hazard, MigrationFile, Plan, PlanError, Refusal,
 };
 use pg_query::protobuf::{
     AlterTableType, DiscardMode, ObjectType, TransactionStmtKind, VariableSetKind,
@@ -34,15 +37,130 @@ fn dialect(backend: Backend) -> Dialect {
 
 /// The first statement of `sql` that cannot be part of a batch on `backend`, if any.
 pub fn check_sql(backend: Backend, sql: &str) -> Option<Found> {
-    if backend == Backend::Postgres {
-        if let Ok(parsed) = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
-            return postgres(sql, &parsed.protobuf)
-                .or_else(|| other_connection(sql, &parsed))
-                .or_else(|| session_setting_call(sql, &parsed))
-                .or_else(|| orchestrate_core::calls_function(Dialect::Postgres, sql, "DBLINK"));
+    let statements = if backend == Backend::Postgres {
+        match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+            Ok(parsed) => check_parsed(sql, &parsed, 0),
+            Err(_) => escaping_statement(Dialect::Postgres, sql),
+        }
+    } else {
+        escaping_statement(dialect(backend), sql)
+    };
+    statements
+        .or_else(|| touches_bookkeeping(dialect(backend), sql))
+        .or_else(|| foreign_savepoint(dialect(backend), sql))
+}
+
+/// PostgreSQL SQL that pg_query parsed: its top-level statements, its calls, then the bodies
+/// of the functions, procedures and `DO` blocks it holds (`depth` bodies deep).
+fn check_parsed(sql: &str, parsed: &pg_query::ParseResult, depth: usize) -> Option<Found> {
+    postgres(sql, &parsed.protobuf)
+        .or_else(|| other_connection(sql, parsed))
+        .or_else(|| session_setting_call(sql, parsed))
+        .or_else(|| orchestrate_core::calls_function(Dialect::Postgres, sql, "DBLINK"))
+        .or_else(|| bodies(sql, &parsed.protobuf, depth))
+}
+
+/// A refused statement inside the body of a `DO` block, function or procedure: run later, at
+/// once for `DO`, so the top-level check alone would let it through. A body that pg_query
+/// parses as SQL (`LANGUAGE sql`) gets the whole check; any other body (PL/pgSQL) is read as
+/// text for what no such body may do in a migration: call dblink, change a database's or
+/// role's defaults, or the session's identity or string syntax. SQL a body builds at run time
+/// from pieces (`EXECUTE 'ALTER ' || 'DATABASE ...'`) cannot be read before it runs.
+fn bodies(sql: &str, parsed: &pg_query::protobuf::ParseResult, depth: usize) -> Option<Found> {
+    for raw in &parsed.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+            continue;
+        };
+        let (options, what) = match node {
+            NodeEnum::DoStmt(d) => (&d.args, "a DO block"),
+            NodeEnum::CreateFunctionStmt(f) => (&f.options, "a function or procedure body"),
+            _ => continue,
+        };
+        let offset = usize::try_from(raw.stmt_location).unwrap_or(0);
+        let (line, _) = code_at(Dialect::Postgres, sql, offset);
+        for body in body_texts(options) {
+            if let Some((statement, hazard)) = body_hazard(&body, depth) {
+                return Some(Found {
+                    line,
+                    statement: format!("{statement} in {what}"),
+                    hazard,
+                });
+            }
         }
     }
-    escaping_statement(dialect(backend), sql)
+    None
+}
+
+/// The text of the `AS` option of a `DO` block or `CREATE FUNCTION` (its body; for a C
+/// function, its file and symbol).
+fn body_texts(options: &[pg_query::protobuf::Node]) -> Vec<String> {
+    let mut texts = Vec::new();
+    for option in options {
+        let Some(NodeEnum::DefElem(def)) = &option.node else {
+            continue;
+        };
+        if def.defname != "as" {
+            continue;
+        }
+        match def.arg.as_ref().and_then(|a| a.node.as_ref()) {
+            Some(NodeEnum::String(s)) => texts.push(s.sval.clone()),
+            Some(NodeEnum::List(list)) => {
+                texts.extend(list.items.iter().filter_map(|i| match &i.node {
+                    Some(NodeEnum::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                }))
+            }
+            _ => {}
+        }
+    }
+    texts
+}
+
+/// What a body may not do (see [`bodies`]), by the statement's name and hazard.
+fn body_hazard(body: &str, depth: usize) -> Option<(String, Hazard)> {
+    if depth < 4 {
+        if let Ok(parsed) = pg_query::parse(body, pg_query::ParserOptions::DEFAULT) {
+            if let Some(found) = check_parsed(body, &parsed, depth + 1) {
+                return Some((found.statement, found.hazard));
+            }
+        }
+    }
+    // PL/pgSQL (or SQL that did not parse), read as lowercase words with spaces between.
+    let text = body
+        .to_ascii_lowercase()
+        .split(|c: char| c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let word_at = |i: usize| {
+        i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric() && text.as_bytes()[i - 1] != b'_'
+    };
+    let mut from = 0;
+    while let Some(at) = text[from..].find("dblink") {
+        let start = from + at;
+        from = start + "dblink".len();
+        let rest = text[from..].trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
+        if word_at(start) && rest.trim_start().starts_with('(') {
+            return Some(("a dblink call".into(), Hazard::OtherConnection));
+        }
+    }
+    let found = |needle: &str| text.match_indices(needle).any(|(i, _)| word_at(i));
+    if ["alter database ", "alter role ", "alter user "]
+        .iter()
+        .any(|n| found(n))
+    {
+        return Some((
+            "ALTER DATABASE / ROLE (the setting it changes cannot be checked in a body)".into(),
+            Hazard::SearchPathDefault,
+        ));
+    }
+    if found("session_authorization") || found("session authorization") {
+        return Some(("SESSION AUTHORIZATION".into(), Hazard::SessionIdentity));
+    }
+    if found("standard_conforming_strings") {
+        return Some(("standard_conforming_strings".into(), Hazard::StringSyntax));
+    }
+    None
 }
 
 /// Both files of a migration: `up.sql`, then `down.sql`.
@@ -633,6 +751,131 @@ mod tests {
             Some(("COMMIT".to_string(), 2))
         );
         assert_eq!(find(Backend::Postgres, "CREATE MAGIC THING x;"), None);
+    }
+
+    /// Found by a sixth adversarial review: a DO block or a function body called dblink, or
+    /// changed the database's default search_path, past a check that read top-level
+    /// statements only.
+    #[test]
+    fn review6_bodies_are_read() {
+        refused(
+            "CREATE TABLE t (id int);\nDO $$ BEGIN PERFORM dblink_exec('dbname=a', 'CREATE TABLE leaked (x int)'); END $$;",
+            "a dblink call in a DO block",
+            2,
+        );
+        refused(
+            "CREATE FUNCTION leak(q text) RETURNS text LANGUAGE sql AS 'SELECT dblink_exec(''dbname=a'', q)';",
+            "dblink_exec(...) in a function or procedure body",
+            1,
+        );
+        refused(
+            "DO $$ BEGIN EXECUTE 'ALTER DATABASE app SET search_path = elsewhere'; END $$;",
+            "ALTER DATABASE / ROLE (the setting it changes cannot be checked in a body) in a DO block",
+            1,
+        );
+        refused(
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $f$\nBEGIN\n  PERFORM set_config('session_authorization', 'x', false);\nEND $f$;",
+            "SESSION AUTHORIZATION in a function or procedure body",
+            1,
+        );
+        refused(
+            "CREATE PROCEDURE p() LANGUAGE sql AS $$ ALTER ROLE app SET search_path = x $$;",
+            "ALTER ROLE ... SET search_path in a function or procedure body",
+            1,
+        );
+        // Ordinary bodies pass: DDL, dynamic SQL, a function's own search_path setting.
+        allowed(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 't') THEN EXECUTE format('CREATE TABLE %I (id int)', 't'); END IF; END $$;",
+        );
+        allowed(
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql SET search_path = public AS $$\nBEGIN NEW.updated_at := now(); RETURN NEW; END $$;",
+        );
+        allowed("CREATE FUNCTION add(a int, b int) RETURNS int LANGUAGE sql AS 'SELECT a + b';");
+        allowed("CREATE FUNCTION old_dblinker() RETURNS int LANGUAGE sql AS 'SELECT 1';");
+    }
+
+    /// Found by a sixth adversarial review: a migration's trigger turned the decider's
+    /// `commit` into `abort`, and a MySQL migration deleted its own marks.
+    #[test]
+    fn review6_bookkeeping_tables_are_refused() {
+        refused(
+            "CREATE TABLE d (id int);\nCREATE TRIGGER flip BEFORE UPDATE ON orchestrate_batches FOR EACH ROW EXECUTE FUNCTION flip();",
+            "a statement naming orchestrate_batches",
+            2,
+        );
+        refused(
+            "DO $$ BEGIN EXECUTE 'DELETE FROM \"orchestrate_history\"'; END $$;",
+            "a statement naming orchestrate_history",
+            1,
+        );
+        refused(
+            "SELECT count(*) FROM public.__diesel_schema_migrations;",
+            "a statement naming __diesel_schema_migrations",
+            1,
+        );
+        allowed("-- orchestrate_batches is orchestrate's own\nCREATE TABLE batches (id int);");
+        for backend in [Backend::Mysql, Backend::Sqlite] {
+            assert_eq!(
+                find(
+                    backend,
+                    "CREATE TABLE m (id int);\nDELETE FROM `orchestrate_in_progress`;"
+                ),
+                Some(("a statement naming orchestrate_in_progress".to_string(), 2)),
+                "{backend:?}"
+            );
+            assert_eq!(
+                find(backend, "# orchestrate_in_progress\nSELECT 1;").is_some(),
+                backend == Backend::Sqlite
+            );
+        }
+    }
+
+    /// Found by a sixth adversarial review: a savepoint left open by one migration was rolled
+    /// back to by the next, undoing the first one's version row.
+    #[test]
+    fn review6_savepoints_stay_within_their_migration() {
+        allowed("SAVEPOINT a;\nCREATE TABLE t (id int);\nROLLBACK TO SAVEPOINT a;\nRELEASE a;");
+        allowed("SAVEPOINT \"A b\";\nROLLBACK TRANSACTION TO \"A b\";");
+        refused(
+            "CREATE TABLE t (id int);\nROLLBACK TO SAVEPOINT s;",
+            "ROLLBACK TO SAVEPOINT s",
+            2,
+        );
+        refused("RELEASE SAVEPOINT s;", "RELEASE SAVEPOINT s", 1);
+        refused("SAVEPOINT t;\nRELEASE s;", "RELEASE SAVEPOINT s", 2);
+        for backend in [Backend::Mysql, Backend::Sqlite] {
+            assert_eq!(
+                find(backend, "INSERT INTO t VALUES (1);\nROLLBACK WORK TO s;"),
+                Some(("ROLLBACK TO SAVEPOINT s".to_string(), 2)),
+                "{backend:?}"
+            );
+            assert_eq!(
+                find(backend, "SAVEPOINT s;\nROLLBACK TO s;"),
+                None,
+                "{backend:?}"
+            );
+        }
+    }
+
+    /// Found by a sixth adversarial review: a MySQL migration turned off the server's
+    /// durability (`innodb_flush_log_at_trx_commit = 0`) before the batch's decision.
+    #[test]
+    fn review6_mysql_server_settings_are_refused() {
+        for sql in [
+            "SET GLOBAL innodb_flush_log_at_trx_commit = 0;",
+            "SET @@global.sync_binlog = 0;",
+            "SET PERSIST max_connections = 10;",
+            "SET PERSIST_ONLY x = 1;",
+            "SET @a = 1, GLOBAL sync_binlog = 0;",
+        ] {
+            assert!(
+                find(Backend::Mysql, sql).is_some_and(|(n, _)| n.contains("whole server")),
+                "{sql}: {:?}",
+                find(Backend::Mysql, sql)
+            );
+        }
+        assert_eq!(find(Backend::Mysql, "SET @global = 1;"), None);
+        assert_eq!(find(Backend::Mysql, "SET @x = 'GLOBAL';"), None);
     }
 
     #[test]

@@ -78,13 +78,60 @@ pub fn inspect(settings: &Settings, binds: &[&BindSettings]) -> Vec<BindReport> 
             .map(|b| inspect_one(settings, b, &decisions, &found))
             .collect()
     });
-    let found = found.into_inner().unwrap();
-    for (bind, message) in lost_decided_batches(settings, &found, binds) {
+    let mut found = found.into_inner().unwrap();
+    let (elsewhere, unreadable) = decisions_elsewhere(settings, binds);
+    found.extend(elsewhere);
+    for (bind, message) in lost_decided_batches(settings, &found, binds)
+        .into_iter()
+        .chain(unreadable)
+    {
         if let Some(r) = reports.iter_mut().find(|r| r.bind == bind) {
             r.unsettled.push(message);
         }
     }
     reports
+}
+
+/// When `selected` holds a SQLite bind: the unsettled commit decisions on the binds not
+/// selected that could have decided a batch it took part in (PostgreSQL and SQLite binds;
+/// a MySQL bind never decides a batch with an atomic bind in it), and, for each selected
+/// SQLite bind, a message per such bind that cannot be read. An unreadable bind is missing
+/// evidence: it may hold the decision of a batch whose part the SQLite bind lost, so that
+/// bind is in doubt until it can be read. A SQLite file that does not exist holds no decision.
+pub fn decisions_elsewhere(
+    settings: &Settings,
+    selected: &[&BindSettings],
+) -> (Vec<DecisionRecord>, Vec<(String, String)>) {
+    let sqlite: Vec<&str> = selected
+        .iter()
+        .filter(|b| b.endpoint.backend == Backend::Sqlite)
+        .map(|b| b.name.as_str())
+        .collect();
+    let mut decisions = Vec::new();
+    let mut unreadable = Vec::new();
+    if sqlite.is_empty() {
+        return (decisions, unreadable);
+    }
+    for other in settings.binds.iter().filter(|o| {
+        o.endpoint.backend != Backend::Mysql && !selected.iter().any(|b| b.name == o.name)
+    }) {
+        let read = BindConnection::connect(&other.endpoint, false, READ_LOCK_TIMEOUT)
+            .and_then(|mut c| c.unsettled_decisions());
+        match read {
+            Ok(found) => decisions.extend(found),
+            Err(DriverError::NoSuchFile { .. }) => {}
+            Err(e) => unreadable.extend(sqlite.iter().map(|s| {
+                (
+                    s.to_string(),
+                    format!(
+                        "bind `{s}` may have lost its part of a batch decided on bind `{}`, which cannot be read ({e}): run again when `{}` can be reached, then `orchestrate recover` if it reports a lost part",
+                        other.name, other.name
+                    ),
+                )
+            })),
+        }
+    }
+    (decisions, unreadable)
 }
 
 fn inspect_one(

@@ -97,7 +97,27 @@ impl<C: Db> Session<C> {
             &[Arg::Text(at), Arg::Text(&text), Arg::Text(&record.batch_id)],
         )?;
         if updated == 1 {
-            return Ok(());
+            // Read back inside the same transaction: a trigger (or a rule) a migration left
+            // on the table could have written something else than this decision, and the
+            // COMMIT that follows is the decision only if the row says so.
+            let rows: Vec<BatchRow> = self.rows(
+                "cannot read back the decision",
+                "SELECT batch_id, state, record FROM {orchestrate_batches} WHERE batch_id = ?",
+                &[Arg::Text(&record.batch_id)],
+            )?;
+            let stored = rows
+                .into_iter()
+                .next()
+                .map(|r| self.state_of(r))
+                .transpose()?;
+            let state = match stored {
+                Some(DecisionState::Commit(stored)) if *stored == *record => return Ok(()),
+                Some(DecisionState::Commit(_)) => "commit, with another decision record",
+                Some(DecisionState::Abort) => "abort",
+                Some(DecisionState::Begun) => "begun",
+                None => "missing",
+            };
+            return Err(self.decision_lost(&record.batch_id, state));
         }
         let state = match self.decision_state(&record.batch_id) {
             Ok(Some(DecisionState::Abort)) => "abort",

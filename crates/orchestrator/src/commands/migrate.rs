@@ -399,32 +399,19 @@ fn set_aside_running(
 }
 
 /// A SQLite bind that lost its part of a decided batch must be brought forward first: the
-/// messages for such binds among `selected`.
+/// messages for such binds among `selected`, and for those whose possible deciders cannot be
+/// read (in doubt, never passed over).
 fn lost_batches(
     settings: &Settings,
     mut decisions: Vec<DecisionRecord>,
     selected: &[&BindSettings],
 ) -> Vec<String> {
-    if selected
-        .iter()
-        .any(|b| b.endpoint.backend == Backend::Sqlite)
-    {
-        // Their deciders may not be among the selected binds.
-        for other in settings
-            .binds
-            .iter()
-            .filter(|o| !selected.iter().any(|b| b.name == o.name))
-        {
-            if let Ok(found) =
-                BindConnection::connect(&other.endpoint, false, settings.lock_timeout)
-                    .and_then(|mut c| c.unsettled_decisions())
-            {
-                decisions.extend(found);
-            }
-        }
-    }
+    // Their deciders may not be among the selected binds.
+    let (elsewhere, unreadable) = crate::inspect::decisions_elsewhere(settings, selected);
+    decisions.extend(elsewhere);
     crate::inspect::lost_decided_batches(settings, &decisions, selected)
         .into_iter()
+        .chain(unreadable)
         .map(|(_, m)| m)
         .collect()
 }

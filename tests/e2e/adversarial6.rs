@@ -1,0 +1,267 @@
+//! What a sixth adversarial review broke, each as it was reproduced: migrations that escaped
+//! the statement check through a function or `DO` body, changed orchestrate's own tables, or
+//! reached into an earlier migration through a savepoint; a MySQL migration that turned off
+//! the server's durability.
+
+use crate::support::{state, Project};
+
+/// `check` and `upgrade` both refuse the batch (exit 2) with `expect` in the message, and no
+/// bind is touched.
+#[track_caller]
+fn refused_everywhere(p: &Project, args: &[&str], expect: &str) {
+    let mut check = vec!["check"];
+    check.extend(args.iter().filter(|a| **a != "--all-binds"));
+    let checked = p.run(&check);
+    checked.expect(2);
+    assert!(
+        checked.stderr.contains(expect) || checked.stdout.contains(expect),
+        "check: {checked:?}"
+    );
+    let mut upgrade = vec!["upgrade"];
+    upgrade.extend(args);
+    let run = p.run(&upgrade);
+    run.expect(2);
+    assert!(run.stderr.contains(expect), "upgrade: {run:?}");
+    for (bind, found) in p.states() {
+        assert_eq!(found, state(&[], &[]), "{bind} was touched");
+    }
+}
+
+/// A `DO` block that writes through dblink, and a SQL function that does, are refused before
+/// anything runs (the review's table `leaked_via_do` stayed after a rollback).
+#[test]
+fn review6_dblink_in_a_do_block_or_function_is_refused() {
+    let mut p = Project::new();
+    p.config("decider = \"b_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE t (id int);\n\
+         DO $$ BEGIN PERFORM dblink_exec('dbname=x', 'CREATE TABLE leaked_via_do (x int)'); END $$;",
+        Some("DROP TABLE t;"),
+    );
+    p.create_table("b_pg", "1_b", "u");
+    refused_everywhere(
+        &p,
+        &["--all-binds"],
+        "up.sql line 2: a dblink call in a DO block",
+    );
+
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE FUNCTION leak(q text) RETURNS text LANGUAGE sql AS 'SELECT dblink_exec(''dbname=x'', q)';",
+        Some("DROP FUNCTION leak;"),
+    );
+    refused_everywhere(
+        &p,
+        &["--all-binds"],
+        "dblink_exec(...) in a function or procedure body",
+    );
+}
+
+/// `ALTER DATABASE ... SET search_path` run through `EXECUTE` in a `DO` block (the review's
+/// upgrade exited 0 and the next run applied the migration again) is refused.
+#[test]
+fn review6_alter_database_in_a_do_block_is_refused() {
+    let mut p = Project::new();
+    p.add_pg("a_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE t (id int);\nCREATE SCHEMA elsewhere;\n\
+         DO $$ BEGIN EXECUTE 'ALTER DATABASE ' || current_database() || ' SET search_path = elsewhere'; END $$;",
+        Some("DROP TABLE t; DROP SCHEMA elsewhere;"),
+    );
+    refused_everywhere(&p, &["--all-binds"], "ALTER DATABASE / ROLE");
+}
+
+/// A migration naming orchestrate's own tables (the review's trigger that turned `commit`
+/// into `abort`; a MySQL migration deleting its marks) is refused.
+#[test]
+fn review6_migrations_naming_orchestrates_tables_are_refused() {
+    let mut p = Project::new();
+    p.config("decider = \"d_pg\"");
+    p.add_pg("d_pg").add_pg("p_pg");
+    p.migration(
+        "d_pg",
+        "1_d",
+        "CREATE TABLE d_t (id int);\n\
+         CREATE FUNCTION flip() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN IF NEW.state = 'commit' THEN NEW.state := 'abort'; END IF; RETURN NEW; END $f$;\n\
+         CREATE TRIGGER flip BEFORE UPDATE ON orchestrate_batches FOR EACH ROW EXECUTE FUNCTION flip();",
+        Some("DROP TABLE d_t;"),
+    );
+    p.create_table("p_pg", "1_p", "p");
+    refused_everywhere(
+        &p,
+        &["--all-binds"],
+        "up.sql line 3: a statement naming orchestrate_batches",
+    );
+
+    let mut m = Project::new();
+    m.add_mysql("a_my");
+    m.migration(
+        "a_my",
+        "1_m",
+        "CREATE TABLE m_t (id int);\nDELETE FROM orchestrate_in_progress;",
+        Some("DROP TABLE m_t;"),
+    );
+    refused_everywhere(
+        &m,
+        &["--all-binds", "--allow-non-atomic"],
+        "a statement naming orchestrate_in_progress",
+    );
+}
+
+/// The review's trigger, installed through SQL built at run time (which no check can read
+/// before it runs): the decider's read-back of its own decision finds `abort` where it wrote
+/// `commit`, so the batch fails before its decision and every bind is rolled back -- nothing
+/// is left for `recover` to undo the wrong way.
+#[test]
+fn review6_a_trigger_that_rewrites_the_decision_fails_the_batch_before_it_commits() {
+    let mut p = Project::new();
+    p.config("decider = \"d_pg\"");
+    p.add_pg("d_pg").add_pg("p_pg");
+    p.migration(
+        "d_pg",
+        "1_d",
+        "CREATE TABLE d_t (id int);\n\
+         CREATE FUNCTION flip() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN IF NEW.state = 'commit' THEN NEW.state := 'abort'; END IF; RETURN NEW; END $f$;\n\
+         DO $$ BEGIN EXECUTE 'CREATE TRIGGER flip BEFORE UPDATE ON orchestrate_' || 'batches FOR EACH ROW EXECUTE FUNCTION flip()'; END $$;",
+        Some("DROP TABLE d_t;"),
+    );
+    p.create_table("p_pg", "1_p", "p");
+    p.run(&["check"]).expect(0);
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(run.stderr.contains("reads `abort`"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("rolled back: every bind is as it was before"),
+        "{}",
+        run.stderr
+    );
+    p.assert_states(&[("d_pg", state(&[], &[])), ("p_pg", state(&[], &[]))]);
+    let rec = p.run(&["recover"]);
+    rec.expect(0);
+    p.assert_states(&[("d_pg", state(&[], &[])), ("p_pg", state(&[], &[]))]);
+}
+
+/// A savepoint left open by one migration and rolled back to by the next (the review's batch
+/// reported "committed" with the first migration's version row gone) is refused.
+#[test]
+fn review6_a_savepoint_reaching_into_an_earlier_migration_is_refused() {
+    let mut p = Project::new();
+    p.add_pg("a_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE one (id int);\nSAVEPOINT s;\nCREATE TABLE one_b (id int);",
+        Some("DROP TABLE one_b; DROP TABLE one;"),
+    );
+    p.migration(
+        "a_pg",
+        "2_a",
+        "ROLLBACK TO SAVEPOINT s;\nCREATE TABLE two (id int);",
+        Some("DROP TABLE two;"),
+    );
+    refused_everywhere(
+        &p,
+        &["--all-binds"],
+        "migration 2_a, up.sql line 1: ROLLBACK TO SAVEPOINT s",
+    );
+    // Within one migration, a savepoint is fine.
+    p.migration(
+        "a_pg",
+        "2_a",
+        "SAVEPOINT s2;\nCREATE TABLE two (id int);\nROLLBACK TO SAVEPOINT s2;\nCREATE TABLE two (id int);",
+        Some("DROP TABLE two;"),
+    );
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    p.assert_states(&[("a_pg", state(&["one", "one_b", "two"], &["1", "2"]))]);
+}
+
+/// A MySQL migration that changes a server-wide setting (the review turned off
+/// `innodb_flush_log_at_trx_commit` before the batch's decision) is refused.
+#[test]
+fn review6_mysql_set_global_is_refused() {
+    let mut p = Project::new();
+    p.add_mysql("a_my").add_mysql("b_my");
+    p.migration(
+        "a_my",
+        "1_a",
+        "CREATE TABLE at1 (id int);\nSET GLOBAL innodb_flush_log_at_trx_commit = 0;",
+        Some("DROP TABLE at1;"),
+    );
+    p.create_table("b_my", "1_b", "b");
+    refused_everywhere(
+        &p,
+        &["--all-binds", "--allow-non-atomic"],
+        "up.sql line 2: SET GLOBAL (a setting of the whole server)",
+    );
+}
+
+/// A SQLite bind that lost its part of a decided batch (killed after the decision) is
+/// reported by `status --bind` for that bind alone, and cannot be migrated past while the
+/// decider cannot be read (the review's `upgrade --bind s` ran a new batch with `s` as its own
+/// decider, and the lost batch could never be brought forward).
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn review6_a_sqlite_bind_that_lost_its_part_waits_for_its_decider() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+
+    let mut p = Project::new();
+    p.config("decider = \"d_pg\"");
+    p.add_pg("d_pg").add_sqlite("s_lite");
+    p.create_table("d_pg", "1_d", "d");
+    p.create_table("s_lite", "1_s", "s1");
+    p.create_table("s_lite", "2_s", "s2");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    let half = || {
+        assert_eq!(p.db("d_pg").state(), state(&["d"], &["1"]));
+        assert_eq!(p.db("s_lite").state(), state(&[], &[]));
+    };
+    half();
+
+    let status = p.run(&["status", "--bind", "s_lite"]);
+    status.expect(3);
+    assert!(status.stdout.contains("lost its part"), "{status:?}");
+
+    // The decider cannot be reached (its database refuses connections for a while).
+    let crate::support::Db::Pg(d) = p.db("d_pg") else {
+        panic!("d_pg is PostgreSQL")
+    };
+    let d_name = d.name.clone();
+    let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {d_name} ALLOW_CONNECTIONS false"))
+        .unwrap();
+    let status = p.run(&["status", "--bind", "s_lite"]);
+    let upgrade = p.run(&["upgrade", "--bind", "s_lite"]);
+    admin
+        .batch_execute(&format!("ALTER DATABASE {d_name} ALLOW_CONNECTIONS true"))
+        .unwrap();
+    status.expect(3);
+    assert!(status.stdout.contains("cannot be read"), "{status:?}");
+    upgrade.expect(3);
+    assert!(
+        upgrade
+            .stderr
+            .contains("may have lost its part of a batch decided on bind `d_pg`"),
+        "{upgrade:?}"
+    );
+    half();
+
+    // Once it can be read, recover brings the SQLite bind forward.
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("d_pg", state(&["d"], &["1"])),
+        ("s_lite", state(&["s1", "s2"], &["1", "2"])),
+    ]);
+    p.run(&["status"]).expect(0);
+}
