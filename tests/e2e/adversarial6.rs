@@ -265,3 +265,51 @@ fn review6_a_sqlite_bind_that_lost_its_part_waits_for_its_decider() {
     ]);
     p.run(&["status"]).expect(0);
 }
+
+/// A second `upgrade` while a batch with an XA (data-only MariaDB) bind is live is busy
+/// (exit 1), as it is for the batch's PostgreSQL binds, not "in doubt, run recover" (exit 3):
+/// the review's second run read the XA bind's batch mark as an unsettled batch.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn review6_a_second_upgrade_during_a_live_xa_batch_is_busy() {
+    let mut p = Project::new();
+    p.add_sqlite("a_lite").add_pg("b_pg").add_mysql("c_my");
+    p.config("decider = \"a_lite\"");
+    p.create_table("c_my", "1_c", "c");
+    p.run(&["upgrade", "--bind", "c_my", "--allow-non-atomic"])
+        .expect(0);
+    p.migration(
+        "c_my",
+        "2_rows",
+        "INSERT INTO c VALUES (1);",
+        Some("DELETE FROM c;"),
+    )
+    .metadata("c_my", "2_rows", "data_only = true\n");
+    p.create_table("a_lite", "1_a", "a");
+    p.create_table("b_pg", "1_b", "b");
+    let child = crate::crash::spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "before-decision=sleep(4000)",
+    );
+    crate::crash::wait_until("the XA bind's batch mark is written", || {
+        !p.db("c_my").marks().is_empty()
+    });
+    let run = p.run(&["upgrade", "--all-binds"]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    run.expect(1);
+    assert!(
+        run.stderr.contains("in the middle of") && !run.stderr.contains("recover"),
+        "{}",
+        run.stderr
+    );
+    p.assert_states(&[
+        ("a_lite", state(&["a"], &["1"])),
+        ("b_pg", state(&["b"], &["1"])),
+        ("c_my", state(&["c"], &["1", "2"])),
+    ]);
+}

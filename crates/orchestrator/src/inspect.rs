@@ -317,17 +317,20 @@ fn describe(
 /// Whether the batch of a prepared transaction is still being run by its coordinator (which
 /// holds the batch's row on its decider until it decides): then it is not in doubt, only busy.
 pub fn batch_is_running(settings: &Settings, gid: &str) -> bool {
-    let Some(id) = TransactionId::parse(gid) else {
-        return false;
-    };
-    let Some(decider) = settings.bind(&id.decider) else {
+    TransactionId::parse(gid).is_some_and(|id| batch_running(settings, &id.decider, &id.batch_id))
+}
+
+/// Whether batch `batch_id`, decided on bind `decider`, is `begun` there and its row is held
+/// by its coordinator (alive, still working). Anything unknown reads as not running.
+pub fn batch_running(settings: &Settings, decider: &str, batch_id: &str) -> bool {
+    let Some(decider) = settings.bind(decider) else {
         return false;
     };
     BindConnection::connect(&decider.endpoint, false, READ_LOCK_TIMEOUT)
         .and_then(|mut c| {
             Ok(
-                matches!(c.decision_state(&id.batch_id)?, Some(DecisionState::Begun))
-                    && c.decision_held(&id.batch_id)?,
+                matches!(c.decision_state(batch_id)?, Some(DecisionState::Begun))
+                    && c.decision_held(batch_id)?,
             )
         })
         .unwrap_or(false)

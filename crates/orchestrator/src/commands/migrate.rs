@@ -354,13 +354,26 @@ fn plan_binds<'s>(
         planned.decisions.extend(state.unsettled.iter().cloned());
         let state = set_aside_running(settings, b, state, &mut planned.busy);
         planned.in_doubt.extend(in_doubt_message(&b.name, &state));
-        planned.in_doubt.extend(state.marks.iter().map(|m| {
-            format!(
-                "bind `{}`: {}",
-                b.name,
-                m.describe().replace("<bind>", &b.name)
-            )
-        }));
+        for m in &state.marks {
+            // A mark of a batch whose coordinator is still working on it: busy, not in doubt.
+            if !m.decider.is_empty()
+                && crate::inspect::batch_running(settings, &m.decider, &m.batch_id)
+            {
+                let busy = format!(
+                    "bind `{}`: another orchestrate run is in the middle of batch {} here (decider `{}`); nothing was changed. Run again once it has finished",
+                    b.name, m.batch_id, m.decider
+                );
+                if !planned.busy.contains(&busy) {
+                    planned.busy.push(busy);
+                }
+            } else {
+                planned.in_doubt.push(format!(
+                    "bind `{}`: {}",
+                    b.name,
+                    m.describe().replace("<bind>", &b.name)
+                ));
+            }
+        }
         let target = &targets[&b.name];
         let plan = match direction {
             Direction::Up => plan_upgrade(chain, &state.applied, target, allow),
