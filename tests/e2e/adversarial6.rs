@@ -313,3 +313,52 @@ fn review6_a_second_upgrade_during_a_live_xa_batch_is_busy() {
         ("c_my", state(&["c"], &["1", "2"])),
     ]);
 }
+
+/// Two PostgreSQL binds that are one database, one reached over TCP and one through the
+/// server's Unix socket, are refused before anything runs (exit 2), by what the server says
+/// it is; the review's batch waited out its lock timeout and blamed another run.
+#[test]
+fn review6_one_database_reached_through_two_urls_is_refused() {
+    let cluster = crate::support::OwnCluster::start();
+    let mut p = Project::new();
+    p.add_pg_at("x_pg", &cluster.url);
+    let crate::support::Db::Pg(x) = p.db("x_pg") else {
+        panic!("x_pg is PostgreSQL")
+    };
+    let y_url = cluster.socket_url(&x.name);
+    p.config(&format!("[binds.y_pg]\nurl = \"{y_url}\""));
+    p.create_table("x_pg", "1_x", "x");
+    p.create_table("y_pg", "1_y", "y");
+    refused_everywhere(
+        &p,
+        &["--all-binds"],
+        "binds `x_pg`, `y_pg` are one database",
+    );
+}
+
+/// `max_prepared_transactions` is counted per server as the server identifies itself: two
+/// binds on a server that allows one prepared transaction, reached as `127.0.0.1` and through
+/// its socket, are refused before anything runs (the review's check passed and the batch failed
+/// at its second PREPARE).
+#[test]
+fn review6_prepared_capacity_counts_one_server_reached_two_ways() {
+    let cluster = crate::support::OwnCluster::start_with(&[("PG_MAX_PREPARED", "1")]);
+    let mut p = Project::new();
+    p.config("decider = \"a_lite\"");
+    p.add_sqlite("a_lite")
+        .add_pg_at("c1_pg", &cluster.url)
+        .add_pg_at("c2_pg", &cluster.url);
+    let crate::support::Db::Pg(c2) = p.db("c2_pg") else {
+        panic!("c2_pg is PostgreSQL")
+    };
+    let c2_socket = cluster.socket_url(&c2.name);
+    let c2_tcp = c2.url.clone();
+    // c2 is written with the socket; the test's own helpers still reach it over TCP.
+    let config = p.path().join("config/default.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace(&c2_tcp, &c2_socket)).unwrap();
+    for bind in ["a_lite", "c1_pg", "c2_pg"] {
+        p.create_table(bind, &format!("1_{bind}"), &format!("t_{bind}"));
+    }
+    refused_everywhere(&p, &["--all-binds"], "max_prepared_transactions is 1");
+}

@@ -689,6 +689,27 @@ impl OwnCluster {
         OwnCluster::start_with(&[])
     }
 
+    /// `url` with its database replaced by `database` and its host by the cluster's Unix socket
+    /// folder: the same server, reached another way.
+    pub fn socket_url(&self, database: &str) -> String {
+        let folder = self
+            .dir
+            .path()
+            .join("pg")
+            .display()
+            .to_string()
+            .replace('/', "%2F");
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap();
+        format!("postgres://postgres@{folder}:{port}/{database}")
+    }
+
     /// Starts one with environment for scripts/pg-cluster.sh, such as PG_MAX_PREPARED.
     pub fn start_with(env: &[(&str, &str)]) -> OwnCluster {
         let dir = tempfile::tempdir().unwrap();

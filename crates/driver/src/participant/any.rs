@@ -92,6 +92,9 @@ impl BindConnection {
     pub fn read_state(&mut self) -> Result<BindState, DriverError> {
         let mut state = self.read_applied()?;
         state.in_doubt = self.prepared()?;
+        if let BindConnection::Postgres(c) = self {
+            state.server = Some(c.server_identity()?);
+        }
         Ok(state)
     }
 

@@ -486,6 +486,23 @@ pub struct BindState {
     /// The commit decisions this bind holds as a decider whose participants are not all known
     /// to have finished (normally none).
     pub unsettled: Vec<DecisionRecord>,
+    /// PostgreSQL: which server and database this is, as the server says (whatever URL
+    /// reached it). `None` elsewhere.
+    pub server: Option<ServerIdentity>,
+}
+
+/// A PostgreSQL database as its server identifies it: two URLs (a host name and an address, a
+/// socket and TCP) that reach the same server give the same `server`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, QueryableByName)]
+pub struct ServerIdentity {
+    /// When the server started, and its port: `2026-11-26 06:00:01.123+00, port 5432`.
+    #[diesel(sql_type = Text)]
+    pub server: String,
+    #[diesel(sql_type = Text)]
+    pub database: String,
+    /// The server's `max_prepared_transactions`.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub max_prepared: i64,
 }
 
 /// A prepared transaction of this tool, found in `pg_prepared_xacts` (or by `XA RECOVER`).

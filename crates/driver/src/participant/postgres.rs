@@ -16,7 +16,7 @@ use orchestrate_core::{Direction, Step};
 use super::session::quote_ident;
 use super::{
     wrong_backend, Arg, Atomic, BatchRow, BatchTransaction, CanDecide, Count, Db, Decider,
-    DecisionState, Name, PreparedXact, Resolve, Row, Session, TwoPhase,
+    DecisionState, Name, PreparedXact, Resolve, Row, ServerIdentity, Session, TwoPhase,
 };
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::{message_of, DriverError, ErrorClass, PrepareRefusal};
@@ -223,6 +223,18 @@ impl Postgres {
         .load(&mut self.s.conn)
         .map_err(|e| self.s.query_err("cannot list the server's databases", e))?;
         Ok(rows.into_iter().map(|r| r.datname).collect())
+    }
+
+    /// Which server and database this is, and the server's `max_prepared_transactions`.
+    pub fn server_identity(&mut self) -> Result<ServerIdentity, DriverError> {
+        diesel::sql_query(
+            "SELECT CAST(pg_catalog.pg_postmaster_start_time() AS TEXT) || ', port ' || \
+             pg_catalog.current_setting('port') AS server, \
+             CAST(pg_catalog.current_database() AS TEXT) AS database, \
+             CAST(pg_catalog.current_setting('max_prepared_transactions') AS BIGINT) AS max_prepared",
+        )
+        .get_result(&mut self.s.conn)
+        .map_err(|e| self.s.query_err("cannot read which server this is", e))
     }
 
     /// The server's `max_prepared_transactions`.

@@ -10,7 +10,7 @@ use orchestrate_core::{
 };
 use orchestrate_driver::{
     gid_for, nonatomic_script, read_chain, script, session_script, xa_script, Backend,
-    BindConnection, BindState, DecisionRecord, DriverError, Ending,
+    BindConnection, BindState, DecisionRecord, DriverError, Ending, ServerIdentity,
 };
 use serde_json::json;
 
@@ -108,7 +108,7 @@ pub(crate) fn check_batch<'s>(
     args: &MigrateArgs,
     allow: Allow,
 ) -> Result<Checked<'s>, Refusal> {
-    let plans = validate(settings, direction, args, allow)?;
+    let (plans, servers) = validate(settings, direction, args, allow)?;
     let works: Vec<BindWork> = plans
         .iter()
         .filter(|(_, p)| !p.steps.is_empty())
@@ -126,7 +126,7 @@ pub(crate) fn check_batch<'s>(
         if !unwritable.is_empty() {
             return Err(Refusal::invalid(unwritable));
         }
-        check_prepared_capacity(settings, &works).map_err(Refusal::invalid)?;
+        check_prepared_capacity(settings, &works, &servers).map_err(Refusal::invalid)?;
         check_durable_decider(settings, &works).map_err(|e| Refusal::invalid(vec![e]))?;
     }
     Ok(Checked { plans, works })
@@ -203,7 +203,7 @@ fn validate<'s>(
     direction: Direction,
     args: &MigrateArgs,
     allow: Allow,
-) -> Result<Vec<(&'s BindSettings, Plan)>, Refusal> {
+) -> Result<Validated<'s>, Refusal> {
     let binds = select(settings, &args.binds, args.all_binds).map_err(Refusal::argument)?;
     let (targets, mut errors) = parse_targets(settings, &binds, args, direction);
     let mut chains: Vec<(&BindSettings, Chain)> = Vec::new();
@@ -219,6 +219,10 @@ fn validate<'s>(
     let planned = plan_binds(settings, &chains, &targets, direction, allow);
     if !planned.errors.is_empty() {
         return Err(Refusal::invalid(planned.errors));
+    }
+    let twice = same_database(&planned.servers);
+    if !twice.is_empty() {
+        return Err(Refusal::invalid(twice));
     }
     let selected: Vec<&BindSettings> = chains.iter().map(|(b, _)| *b).collect();
     let mut in_doubt = planned.in_doubt;
@@ -237,7 +241,30 @@ fn validate<'s>(
             closing: Some("nothing was changed; an earlier batch must be resolved first"),
         });
     }
-    Ok(planned.plans)
+    Ok((planned.plans, planned.servers))
+}
+
+/// PostgreSQL binds that are one database reached through different URLs (a host name and an
+/// address, a socket and TCP), which the configuration could not tell: their batches would
+/// wait on each other's lock, and one database would take part twice.
+fn same_database(servers: &BTreeMap<String, ServerIdentity>) -> Vec<String> {
+    let mut by_database: BTreeMap<(&str, &str), Vec<&str>> = BTreeMap::new();
+    for (bind, id) in servers {
+        by_database
+            .entry((id.server.as_str(), id.database.as_str()))
+            .or_default()
+            .push(bind.as_str());
+    }
+    by_database
+        .into_iter()
+        .filter(|(_, binds)| binds.len() > 1)
+        .map(|((server, database), binds)| {
+            format!(
+                "binds `{}` are one database, `{database}` on the server started {server}, reached through different URLs; give each database one bind",
+                binds.join("`, `")
+            )
+        })
+        .collect()
 }
 
 /// The target of every selected bind: `--target` for all (default `head` up, `-1` down),
@@ -309,8 +336,16 @@ fn parse_targets(
 }
 
 /// What reading every selected bind's state and planning it found.
+/// Every selected bind's plan, and the server and database each PostgreSQL bind reached.
+type Validated<'s> = (
+    Vec<(&'s BindSettings, Plan)>,
+    BTreeMap<String, ServerIdentity>,
+);
+
 struct Planned<'s> {
     plans: Vec<(&'s BindSettings, Plan)>,
+    /// Which server and database each PostgreSQL bind is, as its server said.
+    servers: BTreeMap<String, ServerIdentity>,
     errors: Vec<String>,
     /// Batches an earlier run left in doubt on these binds (exit 3).
     in_doubt: Vec<String>,
@@ -330,6 +365,7 @@ fn plan_binds<'s>(
 ) -> Planned<'s> {
     let mut planned = Planned {
         plans: Vec::new(),
+        servers: BTreeMap::new(),
         errors: Vec::new(),
         in_doubt: Vec::new(),
         busy: Vec::new(),
@@ -352,6 +388,9 @@ fn plan_binds<'s>(
             }
         };
         planned.decisions.extend(state.unsettled.iter().cloned());
+        if let Some(id) = &state.server {
+            planned.servers.insert(b.name.clone(), id.clone());
+        }
         let state = set_aside_running(settings, b, state, &mut planned.busy);
         planned.in_doubt.extend(in_doubt_message(&b.name, &state));
         for m in &state.marks {
@@ -678,25 +717,42 @@ fn check_durable_decider(settings: &Settings, works: &[BindWork]) -> Result<(), 
 
 /// Fails early, before anything is touched, when a server cannot hold the prepared
 /// transactions the batch needs there (PostgreSQL's default max_prepared_transactions is 0).
-fn check_prepared_capacity(settings: &Settings, works: &[BindWork]) -> Result<(), Vec<String>> {
+fn check_prepared_capacity(
+    settings: &Settings,
+    works: &[BindWork],
+    servers: &BTreeMap<String, ServerIdentity>,
+) -> Result<(), Vec<String>> {
     let decider = choose_decider(works, settings.decider.as_deref());
-    let mut servers: BTreeMap<String, Vec<&BindWork>> = BTreeMap::new();
+    // Grouped by the server as it identified itself when its binds were read (a host name
+    // and an address for one server are one server), else by the URL's host and port.
+    let mut by_server: BTreeMap<String, (Option<i64>, Vec<&BindWork>)> = BTreeMap::new();
     for (i, w) in works.iter().enumerate() {
         if Some(i) == decider {
             continue;
         }
-        if let Some(server) = w.endpoint.server() {
-            servers.entry(server).or_default().push(w);
-        }
+        let (key, max) = match servers.get(&w.endpoint.bind) {
+            Some(id) => (id.server.clone(), Some(id.max_prepared)),
+            None => match w.endpoint.server() {
+                Some(server) => (server, None),
+                None => continue,
+            },
+        };
+        let entry = by_server.entry(key).or_default();
+        entry.0 = entry.0.or(max);
+        entry.1.push(w);
     }
     let mut problems = Vec::new();
-    for (server, binds) in servers {
+    for (server, (known, binds)) in by_server {
         let names: Vec<&str> = binds.iter().map(|w| w.endpoint.bind.as_str()).collect();
-        let max = BindConnection::connect(&binds[0].endpoint, false, settings.lock_timeout)
-            .and_then(|mut c| c.max_prepared_transactions());
+        let max = match known {
+            Some(max) => Ok(Some(max)),
+            None => BindConnection::connect(&binds[0].endpoint, false, settings.lock_timeout)
+                .and_then(|mut c| c.max_prepared_transactions()),
+        };
+        let shown = binds[0].endpoint.server().unwrap_or_else(|| server.clone());
         match max {
             Ok(Some(max)) if (names.len() as i64) > max => problems.push(format!(
-                "the batch prepares {} transaction(s) on server {server} (bind(s) {}), but its max_prepared_transactions is {max}; set it to at least {} and restart that server",
+                "the batch prepares {} transaction(s) on server {shown} (bind(s) {}), but its max_prepared_transactions is {max}; set it to at least {} and restart that server",
                 names.len(),
                 names.join(", "),
                 names.len()
