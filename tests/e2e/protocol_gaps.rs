@@ -735,3 +735,94 @@ fn recover_stops_at_a_mysql_step_it_cannot_undo_until_it_is_resolved() {
         ("b_my", state(&["b"], &["1"])),
     ]);
 }
+
+/// Each bind's plan line says what the batch promises it, and which bind decides: a
+/// PostgreSQL decider and participant, SQLite participants; then a SQLite decider.
+#[test]
+fn plans_name_the_decider_and_each_binds_guarantee() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg").add_sqlite("c_lite");
+    for bind in ["a_pg", "b_pg", "c_lite"] {
+        p.create_table(bind, &format!("1_{bind}"), &format!("t_{bind}"));
+    }
+    let sql = p.run(&["upgrade", "--all-binds", "--sql"]);
+    sql.expect(0);
+    let line = |bind: &str| -> String {
+        sql.stdout
+            .lines()
+            .find(|l| l.contains(&format!("{bind} (")) && l.contains("atomic"))
+            .unwrap_or_else(|| panic!("no plan line for {bind}: {}", sql.stdout))
+            .to_string()
+    };
+    assert!(line("a_pg").contains("atomic: decider"), "{}", sql.stdout);
+    assert!(
+        line("b_pg").contains("atomic: two-phase commit"),
+        "{}",
+        sql.stdout
+    );
+    assert!(
+        line("c_lite").contains("atomic: held open until the decision"),
+        "{}",
+        sql.stdout
+    );
+
+    let mut q = Project::new();
+    q.add_pg("a_pg").add_sqlite("b_lite").add_sqlite("c_lite");
+    for bind in ["a_pg", "b_lite", "c_lite"] {
+        q.create_table(bind, &format!("1_{bind}"), &format!("t_{bind}"));
+    }
+    let sql = q.run(&["upgrade", "--all-binds", "--sql"]);
+    sql.expect(0);
+    let line = |bind: &str| -> String {
+        sql.stdout
+            .lines()
+            .find(|l| l.contains(&format!("{bind} (")) && l.contains("atomic"))
+            .unwrap_or_else(|| panic!("no plan line for {bind}: {}", sql.stdout))
+            .to_string()
+    };
+    assert!(
+        line("a_pg").contains("atomic: two-phase commit"),
+        "{}",
+        sql.stdout
+    );
+    assert!(
+        line("b_lite").contains("atomic: last resource (decider)"),
+        "{}",
+        sql.stdout
+    );
+    assert!(
+        line("c_lite").contains("atomic: held open until the decision"),
+        "{}",
+        sql.stdout
+    );
+}
+
+/// In a batch of MySQL binds only, the decider runs first and alone: when its migration
+/// fails, the other binds never start (nothing to undo, no mark left anywhere).
+#[test]
+fn a_mysql_only_batch_whose_decider_fails_starts_no_other_bind() {
+    let mut p = Project::new();
+    p.add_mysql("a_my").add_mysql("b_my");
+    p.migration(
+        "a_my",
+        "1_a",
+        "SELECT * FROM no_such_table;",
+        Some("SELECT 1;"),
+    );
+    p.create_table("b_my", "1_b", "b");
+    let run = p.run(&["upgrade", "--all-binds", "--allow-non-atomic"]);
+    run.expect(1);
+    assert!(run.stderr.contains("no_such_table"), "{}", run.stderr);
+    assert!(
+        p.db("b_my").marks().is_empty(),
+        "{:?}",
+        p.db("b_my").marks()
+    );
+    assert!(
+        p.db("a_my").marks().is_empty(),
+        "{:?}",
+        p.db("a_my").marks()
+    );
+    p.assert_states(&[("a_my", state(&[], &[])), ("b_my", state(&[], &[]))]);
+}
