@@ -135,7 +135,15 @@ fn review6_a_trigger_that_rewrites_the_decision_fails_the_batch_before_it_commit
     p.run(&["check"]).expect(0);
     let run = p.run(&["upgrade", "--all-binds"]);
     run.expect(1);
-    assert!(run.stderr.contains("reads `abort`"), "{}", run.stderr);
+    // Refused by the look at the table's triggers before the decision is written (the
+    // read-back behind it would find `abort`).
+    assert!(
+        run.stderr
+            .contains("has a trigger, rule or row security policy")
+            || run.stderr.contains("reads `abort`"),
+        "{}",
+        run.stderr
+    );
     assert!(
         run.stderr
             .contains("rolled back: every bind is as it was before"),
@@ -361,4 +369,160 @@ fn review6_prepared_capacity_counts_one_server_reached_two_ways() {
         p.create_table(bind, &format!("1_{bind}"), &format!("t_{bind}"));
     }
     refused_everywhere(&p, &["--all-binds"], "max_prepared_transactions is 1");
+}
+
+/// Found by a seventh adversarial review: a deferred constraint trigger on the decider's
+/// `orchestrate_batches` turned `commit` into `abort` after the decision was read back, and a
+/// crash then split the batch. A trigger there (made by any means; here by hand, as the
+/// statement check refuses one in a migration) now fails the batch before its decision.
+#[test]
+fn review7_a_trigger_on_orchestrate_batches_fails_the_batch_before_its_decision() {
+    use diesel::connection::SimpleConnection;
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_a", "a");
+    p.create_table("b_pg", "1_b", "b");
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    p.db("a_pg")
+        .pg()
+        .batch_execute(
+            "CREATE FUNCTION flip() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN \
+               UPDATE orchestrate_batches SET state = 'abort' WHERE batch_id = NEW.batch_id; RETURN NULL; END $f$;\n\
+             CREATE CONSTRAINT TRIGGER flip AFTER UPDATE ON orchestrate_batches DEFERRABLE INITIALLY DEFERRED \
+               FOR EACH ROW WHEN (NEW.state = 'commit') EXECUTE FUNCTION flip();",
+        )
+        .unwrap();
+    p.create_table("a_pg", "2_a", "a2");
+    p.create_table("b_pg", "2_b", "b2");
+    let run = p.run(&["upgrade", "--all-binds"]);
+    run.expect(1);
+    assert!(
+        run.stderr
+            .contains("has a trigger, rule or row security policy"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("could not record `abort`"), "{run:?}");
+    assert!(p.db("b_pg").state().prepared.is_empty());
+    // Whoever put the trigger there removes it; recover then records the abort.
+    p.db("a_pg")
+        .execute("DROP TRIGGER flip ON orchestrate_batches; DROP FUNCTION flip();");
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("a_pg", state(&["a"], &["1"])),
+        ("b_pg", state(&["b"], &["1"])),
+    ]);
+}
+
+/// Found by the seventh review: `RELEASE s` then `ROLLBACK TO s` in a migration reached the
+/// savepoint the migration before it left open, and the first migration vanished while the
+/// batch said it was applied.
+#[test]
+fn review7_a_released_savepoint_cannot_be_rolled_back_to() {
+    let mut p = Project::new();
+    p.add_pg("e_pg");
+    p.migration(
+        "e_pg",
+        "1_one",
+        "SAVEPOINT s;\nCREATE TABLE one (id int);",
+        Some("DROP TABLE one;"),
+    );
+    p.migration(
+        "e_pg",
+        "2_two",
+        "SAVEPOINT s;\nRELEASE s;\nROLLBACK TO s;\nCREATE TABLE two (id int);",
+        Some("DROP TABLE two;"),
+    );
+    refused_everywhere(
+        &p,
+        &["--all-binds"],
+        "up.sql line 3: ROLLBACK TO SAVEPOINT s",
+    );
+}
+
+/// Found by the seventh review: `ALTER DATABASE ... SET default_transaction_read_only = on`
+/// in a migration made every later session of the tool read-only (later batches failed;
+/// recover could not have written a decision). The tool's sessions now start read-write
+/// whatever the database's defaults.
+#[test]
+fn review7_a_read_only_default_does_not_stop_the_tools_own_sessions() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    let crate::support::Db::Pg(b) = p.db("b_pg") else {
+        panic!("b_pg is PostgreSQL")
+    };
+    let b_name = b.name.clone();
+    p.create_table("a_pg", "1_a", "a");
+    p.migration(
+        "b_pg",
+        "1_b",
+        &format!("CREATE TABLE b (id int);\nALTER DATABASE {b_name} SET default_transaction_read_only = on;"),
+        Some("DROP TABLE b;"),
+    );
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    p.create_table("a_pg", "2_a", "a2");
+    p.create_table("b_pg", "2_b", "b2");
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    // A crash after the decision: recover must still write on b_pg.
+    p.create_table("a_pg", "3_a", "a3");
+    p.create_table("b_pg", "3_b", "b3");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("a_pg", state(&["a", "a2", "a3"], &["1", "2", "3"])),
+        ("b_pg", state(&["b", "b2", "b3"], &["1", "2", "3"])),
+    ]);
+}
+
+/// Found by the seventh review: a MySQL migration lowered the server's durability through a
+/// procedure (`CREATE PROCEDURE p() SET GLOBAL ...`, read as a routine's body), before a
+/// MySQL-only batch wrote its decision. The durability is checked again just before the
+/// decision: the batch is undone instead (on a server of its own, since the setting is
+/// global).
+#[test]
+fn review7_mysql_durability_lowered_during_the_batch_stops_the_decision() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let server = crate::support::OwnMariaDb::start();
+    let mut p = Project::new();
+    let (a, b) = (server.database("a"), server.database("b"));
+    p.config(&format!(
+        "[binds.a_my]\nurl = \"{a}\"\n[binds.b_my]\nurl = \"{b}\""
+    ));
+    p.migration(
+        "a_my",
+        "1_a",
+        "CREATE TABLE m_t (id int);\nCREATE PROCEDURE weaken() SET GLOBAL innodb_flush_log_at_trx_commit = 2;\nCALL weaken();",
+        Some("DROP PROCEDURE weaken;\nDROP TABLE m_t;"),
+    );
+    p.create_table("b_my", "1_b", "b_t");
+    let run = p.run(&["upgrade", "--all-binds", "--allow-non-atomic"]);
+    let mut root = diesel::MysqlConnection::establish(&server.url).unwrap();
+    root.batch_execute("SET GLOBAL innodb_flush_log_at_trx_commit = 1")
+        .unwrap();
+    run.expect(1);
+    assert!(
+        run.stderr.contains("innodb_flush_log_at_trx_commit"),
+        "{run:?}"
+    );
+    let mut c = diesel::MysqlConnection::establish(&a).unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct S {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        s: String,
+    }
+    let tables = |c: &mut diesel::MysqlConnection| -> String {
+        diesel::RunQueryDsl::get_result::<S>(
+            diesel::sql_query(
+                "SELECT CAST(coalesce(group_concat(table_name ORDER BY table_name), '') AS CHAR) AS s FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name NOT LIKE 'orchestrate%' AND table_name <> '__diesel_schema_migrations'",
+            ),
+            c,
+        )
+        .unwrap()
+        .s
+    };
+    assert_eq!(tables(&mut c), "", "a_my was not undone");
+    let mut c = diesel::MysqlConnection::establish(&b).unwrap();
+    assert_eq!(tables(&mut c), "", "b_my was not undone");
 }

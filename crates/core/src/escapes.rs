@@ -218,12 +218,14 @@ pub fn escaping_statement(dialect: Dialect, sql: &str) -> Option<Found> {
     })
 }
 
-/// The first call, anywhere in `sql` (outside strings and comments), of a function whose name
-/// starts with `prefix` (upper case): a word followed by `(`, perhaps schema-qualified.
+/// The first call, anywhere in `sql` (outside strings and comments), of a function named
+/// `prefix` (upper case) or `prefix_...`: a word followed by `(`, perhaps schema-qualified
+/// (`dblink`, `dblink_exec`; not `dblinks_count`).
 pub fn calls_function(dialect: Dialect, sql: &str, prefix: &str) -> Option<Found> {
     let tokens = lex(dialect, sql);
+    let family = format!("{prefix}_");
     let k = tokens.iter().enumerate().position(|(k, t)| {
-        matches!(&t.tok, Tok::Word(w) if w.starts_with(prefix))
+        matches!(&t.tok, Tok::Word(w) if w == prefix || w.starts_with(&family))
             && tokens.get(k + 1).is_some_and(|n| n.tok == Tok::Punct('('))
     })?;
     let Tok::Word(name) = &tokens[k].tok else {
@@ -251,8 +253,8 @@ pub const BOOKKEEPING_TABLES: [&str; 5] = [
 pub fn touches_bookkeeping(dialect: Dialect, sql: &str) -> Option<Found> {
     readings(dialect).find_map(|reading| {
         lex_as(dialect, sql, reading).into_iter().find_map(|t| {
-            let text = sql.get(t.at..t.end)?.to_ascii_lowercase();
-            let table = BOOKKEEPING_TABLES.iter().find(|n| text.contains(*n))?;
+            let raw = sql.get(t.at..t.end)?;
+            let table = names_bookkeeping(raw)?;
             Some(Found {
                 line: line_at(sql, t.at),
                 statement: format!("a statement naming {table}"),
@@ -262,39 +264,164 @@ pub fn touches_bookkeeping(dialect: Dialect, sql: &str) -> Option<Found> {
     })
 }
 
+/// The bookkeeping table `text` names as a whole word (not `orchestrate_history_view`), read
+/// as written and with its backslash escapes decoded both ways PostgreSQL reads them
+/// (`U&"orchestrate\005fbatches"`, `E'orchestrate\x5fbatches'`, `\137`).
+pub fn names_bookkeeping(text: &str) -> Option<&'static str> {
+    let lower = text.to_ascii_lowercase();
+    [
+        lower.clone(),
+        decode_escapes(&lower, true),
+        decode_escapes(&lower, false),
+    ]
+    .iter()
+    .find_map(|t| {
+        BOOKKEEPING_TABLES
+            .iter()
+            .find(|name| {
+                t.match_indices(*name).any(|(i, m)| {
+                    let b = t.as_bytes();
+                    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+                    (i == 0 || !word(b[i - 1])) && b.get(i + m.len()).is_none_or(|c| !word(*c))
+                })
+            })
+            .copied()
+    })
+}
+
+/// `text` with backslash escapes decoded: `unicode` as in `U&'...'` (`\XXXX`, `\+XXXXXX`),
+/// else as in `E'...'` (`\xHH`, `\ooo`, `\uXXXX`, `\UXXXXXXXX`). Anything else stays.
+fn decode_escapes(text: &str, unicode: bool) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    let hex = |from: usize, n: usize| -> Option<char> {
+        let s: String = chars.get(from..from + n)?.iter().collect();
+        u32::from_str_radix(&s, 16).ok().and_then(char::from_u32)
+    };
+    while i < chars.len() {
+        if chars[i] == '\\' {
+            let decoded = if unicode {
+                match chars.get(i + 1) {
+                    Some('+') => hex(i + 2, 6).map(|c| (c, 8)),
+                    _ => hex(i + 1, 4).map(|c| (c, 5)),
+                }
+            } else {
+                match chars.get(i + 1) {
+                    Some('x') => hex(i + 2, 2).map(|c| (c, 4)),
+                    Some('u') => hex(i + 2, 4).map(|c| (c, 6)),
+                    Some('U') => hex(i + 2, 8).map(|c| (c, 10)),
+                    Some(c) if c.is_digit(8) => {
+                        let s: String = chars[i + 1..]
+                            .iter()
+                            .take(3)
+                            .take_while(|c| c.is_digit(8))
+                            .collect();
+                        u32::from_str_radix(&s, 8)
+                            .ok()
+                            .and_then(char::from_u32)
+                            .map(|c| (c, 1 + s.len()))
+                    }
+                    _ => None,
+                }
+            };
+            if let Some((c, len)) = decoded {
+                out.push(c);
+                i += len;
+                continue;
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+/// `sql` with its comments (as `dialect` has them) turned into spaces, line breaks kept and
+/// every byte offset the same: strings, quoted names and code stay where they were.
+pub fn blank_comments(dialect: Dialect, sql: &str) -> String {
+    let mut keep = vec![false; sql.len()];
+    for t in lex(dialect, sql) {
+        for k in keep.iter_mut().take(t.end.min(sql.len())).skip(t.at) {
+            *k = true;
+        }
+    }
+    // Byte for byte: a blanked character becomes as many spaces as it has bytes, so offsets
+    // into `sql` hold in the result.
+    let mut out = String::with_capacity(sql.len());
+    for (i, c) in sql.char_indices() {
+        if keep[i] || c.is_whitespace() {
+            out.push(c);
+        } else {
+            out.extend(std::iter::repeat_n(' ', c.len_utf8()));
+        }
+    }
+    out
+}
+
+/// The string literals of PostgreSQL `sql` (quoted and dollar-quoted, as written, quotes
+/// included) and the line each starts on: the bodies of `DO` blocks and functions among them.
+pub fn string_literals(sql: &str) -> Vec<(usize, String)> {
+    lex(Dialect::Postgres, sql)
+        .into_iter()
+        .filter(|t| t.tok == Tok::Str)
+        .filter_map(|t| Some((line_at(sql, t.at), sql.get(t.at..t.end)?.to_string())))
+        .collect()
+}
+
 /// The first `RELEASE [SAVEPOINT] name` or `ROLLBACK [WORK|TRANSACTION] TO [SAVEPOINT] name`
 /// whose savepoint was not opened earlier in the same SQL (one migration's file): it would
 /// reach back into an earlier migration of the batch, past the bookkeeping written after it.
 pub fn foreign_savepoint(dialect: Dialect, sql: &str) -> Option<Found> {
     readings(dialect).find_map(|reading| {
         let tokens = lex_as(dialect, sql, reading);
+        // The savepoints open at this point, oldest first: RELEASE drops the one named and
+        // every later one, ROLLBACK TO keeps the one named and drops the later ones.
         let mut opened: Vec<String> = Vec::new();
         for statement in statements(dialect, &tokens) {
             let first = word(statement.first().copied());
+            // A name as the server compares it: unquoted names fold to lower case, quoted ones
+            // keep theirs in PostgreSQL (MySQL and SQLite compare savepoint names without case).
             let name_at = |k: usize| -> Option<String> {
                 let t = statement.get(k)?;
                 let raw = sql.get(t.at..t.end)?;
                 Some(match t.tok {
-                    Tok::Word(ref w) => w.clone(),
-                    _ => raw.to_string(),
+                    Tok::Word(ref w) => w.to_ascii_lowercase(),
+                    _ => {
+                        let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or("");
+                        if dialect == Dialect::Postgres {
+                            inner.replace("\"\"", "\"")
+                        } else {
+                            inner.to_ascii_lowercase()
+                        }
+                    }
                 })
             };
             let skip = |k: usize, w: &str| k + usize::from(word(statement.get(k).copied()) == w);
-            let (name, label) = match first {
+            let (name, label, keep) = match first {
                 "SAVEPOINT" => {
                     opened.extend(name_at(1));
                     continue;
                 }
-                "RELEASE" => (name_at(skip(1, "SAVEPOINT")), "RELEASE SAVEPOINT"),
+                "RELEASE" => (name_at(skip(1, "SAVEPOINT")), "RELEASE SAVEPOINT", 0),
                 "ROLLBACK" => {
                     let Some(to) = statement.iter().position(|t| t.tok.is_word("TO")) else {
                         continue;
                     };
-                    (name_at(skip(to + 1, "SAVEPOINT")), "ROLLBACK TO SAVEPOINT")
+                    (
+                        name_at(skip(to + 1, "SAVEPOINT")),
+                        "ROLLBACK TO SAVEPOINT",
+                        1,
+                    )
                 }
                 _ => continue,
             };
-            if !name.as_ref().is_some_and(|n| opened.contains(n)) {
+            let newest = name
+                .as_ref()
+                .and_then(|n| opened.iter().rposition(|o| o == n));
+            if let Some(at) = newest {
+                opened.truncate(at + keep);
+            } else {
                 let shown = name.unwrap_or_default().to_ascii_lowercase();
                 return Some(Found {
                     line: line_at(sql, statement[0].at),

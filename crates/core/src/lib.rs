@@ -28,8 +28,9 @@ mod version;
 
 pub use chain::{checksum, Chain, ChainError, MigrationFile, MigrationSource};
 pub use escapes::{
-    calls_function, code_at, escaping_statement, foreign_savepoint, touches_bookkeeping, Dialect,
-    Found, Hazard, Refusal, BOOKKEEPING_TABLES,
+    blank_comments, calls_function, code_at, escaping_statement, foreign_savepoint,
+    names_bookkeeping, string_literals, touches_bookkeeping, Dialect, Found, Hazard, Refusal,
+    BOOKKEEPING_TABLES,
 };
 pub use plan::{
     current, pending, plan_downgrade, plan_upgrade, problems, Allow, Applied, Direction,

@@ -272,16 +272,21 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
             line("COMMIT;");
         }
         Ending::Decide { batch_id } => {
-            line(&format!(
-                "UPDATE orchestrate_batches SET state = 'commit', decided_at = <now>, record = <the batch's participants and the SQL of its SQLite binds, as JSON> WHERE batch_id = {} AND state = 'begun'; -- must change 1 row: else a `recover` aborted the batch first",
-                quote_literal(batch_id)
-            ));
             if backend == Backend::Postgres {
                 line("SET CONSTRAINTS ALL IMMEDIATE;");
                 line("SET LOCAL synchronous_commit = on;");
             } else {
                 line("PRAGMA synchronous; -- must still be FULL (2), as set at connect: a migration that lowered it fails the batch");
             }
+            line("-- orchestrate_batches must have no trigger, rule or row security (they could rewrite the decision)");
+            line(&format!(
+                "UPDATE orchestrate_batches SET state = 'commit', decided_at = <now>, record = <the batch's participants and the SQL of its SQLite binds, as JSON> WHERE batch_id = {} AND state = 'begun'; -- must change 1 row: else a `recover` aborted the batch first",
+                quote_literal(batch_id)
+            ));
+            line(&format!(
+                "SELECT state, record FROM orchestrate_batches WHERE batch_id = {}; -- must read back exactly what was written",
+                quote_literal(batch_id)
+            ));
             line("COMMIT; -- the decision: the batch commits everywhere from here on");
         }
     }

@@ -17,8 +17,9 @@
 //! The kinds of statement and the words a user reads are `orchestrate_core::Hazard`'s.
 
 use orchestrate_core::{
-    code_at, escaping_statement, foreign_savepoint, touches_bookkeeping, Chain, Dialect,
-    DownSqlSource, Found, Hazard, MigrationFile, Plan, PlanError, Refusal,
+    blank_comments, code_at, escaping_statement, foreign_savepoint, names_bookkeeping,
+    string_literals, touches_bookkeeping, Chain, Dialect, DownSqlSource, Found, Hazard,
+    MigrationFile, Plan, PlanError, Refusal,
 };
 use pg_query::protobuf::{
     AlterTableType, DiscardMode, ObjectType, TransactionStmtKind, VariableSetKind,
@@ -40,7 +41,18 @@ pub fn check_sql(backend: Backend, sql: &str) -> Option<Found> {
     let statements = if backend == Backend::Postgres {
         match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
             Ok(parsed) => check_parsed(sql, &parsed, 0),
-            Err(_) => escaping_statement(Dialect::Postgres, sql),
+            // What pg_query cannot parse is read by the lexer, and every string in it as a
+            // body could be (the lexer cannot tell which strings are bodies).
+            Err(_) => escaping_statement(Dialect::Postgres, sql).or_else(|| {
+                string_literals(sql).into_iter().find_map(|(line, text)| {
+                    let body = unquote_body(&text);
+                    body_hazard(&body, 1).map(|(statement, hazard)| Found {
+                        line,
+                        statement: format!("{statement} in a string or body"),
+                        hazard,
+                    })
+                })
+            }),
         }
     } else {
         escaping_statement(dialect(backend), sql)
@@ -54,10 +66,48 @@ pub fn check_sql(backend: Backend, sql: &str) -> Option<Found> {
 /// of the functions, procedures and `DO` blocks it holds (`depth` bodies deep).
 fn check_parsed(sql: &str, parsed: &pg_query::ParseResult, depth: usize) -> Option<Found> {
     postgres(sql, &parsed.protobuf)
+        .or_else(|| own_tables(sql, parsed))
         .or_else(|| other_connection(sql, parsed))
         .or_else(|| session_setting_call(sql, parsed))
         .or_else(|| orchestrate_core::calls_function(Dialect::Postgres, sql, "DBLINK"))
         .or_else(|| bodies(sql, &parsed.protobuf, depth))
+}
+
+/// A table of orchestrate's own named by a statement, as PostgreSQL's parser reads the name
+/// (`U&"orchestrate\005fbatches"` is `orchestrate_batches`).
+fn own_tables(sql: &str, parsed: &pg_query::ParseResult) -> Option<Found> {
+    let table = parsed
+        .tables()
+        .into_iter()
+        .find_map(|t| names_bookkeeping(t.rsplit('.').next().unwrap_or(&t)))?;
+    Some(Found {
+        line: 1,
+        statement: format!("a statement naming {table}"),
+        hazard: Hazard::Bookkeeping,
+    })
+    .map(|f| Found {
+        line: touches_bookkeeping(Dialect::Postgres, sql).map_or(f.line, |t| t.line),
+        ..f
+    })
+}
+
+/// The text inside a string literal as the lexer gave it: `$tag$...$tag$`, `'...'` (doubled
+/// quotes undone), or `E'...'`.
+fn unquote_body(literal: &str) -> String {
+    if let Some(after) = literal.strip_prefix('$') {
+        if let Some(end) = after.find('$') {
+            let tag = &literal[..end + 2];
+            return literal
+                .get(tag.len()..literal.len().saturating_sub(tag.len()))
+                .unwrap_or("")
+                .to_string();
+        }
+    }
+    let inner = literal.trim_start_matches(['E', 'e', 'U', 'u', '&']);
+    inner
+        .get(1..inner.len().saturating_sub(1))
+        .unwrap_or("")
+        .replace("''", "'")
 }
 
 /// A refused statement inside the body of a `DO` block, function or procedure: run later, at
@@ -125,40 +175,116 @@ fn body_hazard(body: &str, depth: usize) -> Option<(String, Hazard)> {
             }
         }
     }
-    // PL/pgSQL (or SQL that did not parse), read as lowercase words with spaces between.
+    // PL/pgSQL (or SQL that did not parse), read as lowercase words with single spaces, its
+    // comments and double quotes (quoted names) taken out: `"dblink_exec"/**/(` is a call.
+    // Read twice: with the comments PostgreSQL sees, and with every `/* */` and `--` taken
+    // out even inside strings, since a string may be SQL that `EXECUTE` runs.
+    word_hazard(&blank_comments(Dialect::Postgres, body))
+        .or_else(|| word_hazard(&strip_comment_marks(body)))
+}
+
+/// `text` without anything between `/*` and `*/`, or from `--` to the end of its line.
+fn strip_comment_marks(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    loop {
+        let block = rest.find("/*");
+        let line = rest.find("--");
+        match (block, line) {
+            (Some(b), l) if l.is_none_or(|l| b < l) => {
+                out.push_str(&rest[..b]);
+                out.push(' ');
+                rest = rest[b + 2..]
+                    .split_once("*/")
+                    .map_or("", |(_, after)| after);
+            }
+            (_, Some(l)) => {
+                out.push_str(&rest[..l]);
+                out.push(' ');
+                rest = rest[l..].split_once('\n').map_or("", |(_, after)| after);
+            }
+            _ => {
+                out.push_str(rest);
+                return out;
+            }
+        }
+    }
+}
+
+/// What [`body_hazard`] finds in a body's text, read word by word.
+fn word_hazard(body: &str) -> Option<(String, Hazard)> {
     let text = body
         .to_ascii_lowercase()
-        .split(|c: char| c.is_whitespace())
-        .filter(|w| !w.is_empty())
+        .replace('"', " ")
+        .split_whitespace()
         .collect::<Vec<_>>()
-        .join(" ");
+        .join(" ")
+        .replace(" (", "(")
+        .replace("( ", "(");
     let word_at = |i: usize| {
-        i == 0 || !text.as_bytes()[i - 1].is_ascii_alphanumeric() && text.as_bytes()[i - 1] != b'_'
+        i == 0 || {
+            let c = text.as_bytes()[i - 1];
+            !(c.is_ascii_alphanumeric() || c == b'_' || c == b'$')
+        }
     };
-    let mut from = 0;
-    while let Some(at) = text[from..].find("dblink") {
-        let start = from + at;
-        from = start + "dblink".len();
-        let rest = text[from..].trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
-        if word_at(start) && rest.trim_start().starts_with('(') {
+    let found = |needle: &str| text.match_indices(needle).any(|(i, _)| word_at(i));
+    // `dblink(` or `dblink_...(`, not `dblinks_count(`.
+    for (i, _) in text.match_indices("dblink") {
+        let rest = &text[i + "dblink".len()..];
+        let name_end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        let (suffix, after) = rest.split_at(name_end);
+        if word_at(i) && (suffix.is_empty() || suffix.starts_with('_')) && after.starts_with('(') {
             return Some(("a dblink call".into(), Hazard::OtherConnection));
         }
     }
-    let found = |needle: &str| text.match_indices(needle).any(|(i, _)| word_at(i));
-    if ["alter database ", "alter role ", "alter user "]
-        .iter()
-        .any(|n| found(n))
-    {
-        return Some((
-            "ALTER DATABASE / ROLE (the setting it changes cannot be checked in a body)".into(),
-            Hazard::SearchPathDefault,
-        ));
+    // `ALTER DATABASE|ROLE|USER ... SET|RESET ...` within one statement (up to a `;`): what
+    // later sessions start with. An `ALTER ROLE` without SET, or the words in a message
+    // (`RAISE EXCEPTION 'cannot alter user x; ...'`), pass.
+    for what in ["alter database", "alter role", "alter user"] {
+        for (i, _) in text.match_indices(what) {
+            let statement = text[i..].split(';').next().unwrap_or("");
+            if word_at(i) && (statement.contains(" set ") || statement.contains(" reset ")) {
+                return Some((
+                    "ALTER DATABASE / ROLE ... SET (the setting it changes cannot be checked in a body)"
+                        .into(),
+                    Hazard::SearchPathDefault,
+                ));
+            }
+        }
     }
-    if found("session_authorization") || found("session authorization") {
-        return Some(("SESSION AUTHORIZATION".into(), Hazard::SessionIdentity));
-    }
-    if found("standard_conforming_strings") {
-        return Some(("standard_conforming_strings".into(), Hazard::StringSyntax));
+    // Changing the session's identity or string syntax (reading them passes).
+    for (needle, statement, hazard) in [
+        (
+            "set session authorization",
+            "SET SESSION AUTHORIZATION",
+            Hazard::SessionIdentity,
+        ),
+        (
+            "reset session authorization",
+            "RESET SESSION AUTHORIZATION",
+            Hazard::SessionIdentity,
+        ),
+        (
+            "set_config('session_authorization'",
+            "SESSION AUTHORIZATION",
+            Hazard::SessionIdentity,
+        ),
+        (
+            "set standard_conforming_strings",
+            "standard_conforming_strings",
+            Hazard::StringSyntax,
+        ),
+        (
+            "set_config('standard_conforming_strings'",
+            "standard_conforming_strings",
+            Hazard::StringSyntax,
+        ),
+    ] {
+        if found(needle) {
+            return Some((statement.into(), hazard));
+        }
     }
     None
 }
@@ -262,7 +388,7 @@ fn postgres(sql: &str, parsed: &pg_query::protobuf::ParseResult) -> Option<Found
 fn other_connection(sql: &str, parsed: &pg_query::ParseResult) -> Option<Found> {
     let name = parsed.functions().into_iter().find(|f| {
         let bare = f.rsplit('.').next().unwrap_or(f).to_ascii_lowercase();
-        bare.starts_with("dblink")
+        bare == "dblink" || bare.starts_with("dblink_")
     })?;
     let bare = name
         .rsplit('.')
@@ -290,7 +416,8 @@ fn session_setting_call(sql: &str, parsed: &pg_query::ParseResult) -> Option<Fou
     }) {
         return None;
     }
-    let lower = sql.to_ascii_lowercase();
+    // Comments are blanked (same length): `-- no set_config(here)` is not a call.
+    let lower = blank_comments(Dialect::Postgres, sql).to_ascii_lowercase();
     let mut from = 0;
     while let Some(at) = lower[from..].find("set_config") {
         let start = from + at;
@@ -770,7 +897,7 @@ mod tests {
         );
         refused(
             "DO $$ BEGIN EXECUTE 'ALTER DATABASE app SET search_path = elsewhere'; END $$;",
-            "ALTER DATABASE / ROLE (the setting it changes cannot be checked in a body) in a DO block",
+            "ALTER DATABASE / ROLE ... SET (the setting it changes cannot be checked in a body) in a DO block",
             1,
         );
         refused(
@@ -792,6 +919,96 @@ mod tests {
         );
         allowed("CREATE FUNCTION add(a int, b int) RETURNS int LANGUAGE sql AS 'SELECT a + b';");
         allowed("CREATE FUNCTION old_dblinker() RETURNS int LANGUAGE sql AS 'SELECT 1';");
+    }
+
+    /// Found by a seventh adversarial review: ways around the body reading (a quoted or
+    /// commented call, a file pg_query cannot parse, words run together), and escaped
+    /// spellings of the tool's own tables.
+    #[test]
+    fn review7_bodies_and_names_however_written() {
+        refused(
+            "DO $$ BEGIN PERFORM \"dblink_exec\"('dbname=a', 'CREATE TABLE leaked (x int)'); END $$;",
+            "a dblink call in a DO block",
+            1,
+        );
+        refused(
+            "DO $$ BEGIN PERFORM dblink_exec/**/('dbname=a', 'x'); END $$;",
+            "a dblink call in a DO block",
+            1,
+        );
+        refused(
+            "DO $$ BEGIN EXECUTE 'ALTER/**/DATABASE app SET search_path = x'; END $$;",
+            "ALTER DATABASE / ROLE ... SET (the setting it changes cannot be checked in a body) in a DO block",
+            1,
+        );
+        refused(
+            "DO $$ BEGIN EXECUTE 'ALTER DATABASE\"app\" SET search_path = x'; END $$;",
+            "ALTER DATABASE / ROLE ... SET (the setting it changes cannot be checked in a body) in a DO block",
+            1,
+        );
+        // A file pg_query cannot parse: its strings are read as bodies.
+        let unparsable = "CREATE TABLE audit (id int, system_user text);\nDO $$ BEGIN PERFORM dblink_exec('dbname=a', 'x'); END $$;";
+        assert!(!parses(unparsable) || find(Backend::Postgres, unparsable).is_some());
+        assert_eq!(
+            find(Backend::Postgres, "CREATE TABLE t (x int) WITH SOMETHING NEW;\nDO $$ BEGIN PERFORM dblink_exec('dbname=a', 'x'); END $$;"),
+            Some(("a dblink call in a string or body".to_string(), 2))
+        );
+        for sql in [
+            "CREATE TRIGGER x BEFORE UPDATE ON U&\"orchestrate\\005fbatches\" FOR EACH ROW EXECUTE FUNCTION f();",
+            "DELETE FROM U&\"orchestrate\\005fhistory\";",
+            "UPDATE public.U&\"__diesel\\005fschema\\005fmigrations\" SET version = '9';",
+            "DO $$ BEGIN EXECUTE U&'DELETE FROM orchestrate\\005fhistory'; END $$;",
+            "DO $$ BEGIN EXECUTE E'DELETE FROM orchestrate\\x5fhistory'; END $$;",
+            "DO $$ BEGIN EXECUTE E'DELETE FROM orchestrate\\137history'; END $$;",
+        ] {
+            assert!(
+                find(Backend::Postgres, sql).is_some_and(|(n, _)| n.starts_with("a statement naming")),
+                "{sql}: {:?}",
+                find(Backend::Postgres, sql)
+            );
+        }
+    }
+
+    /// Ordinary migrations the seventh review found refused.
+    #[test]
+    fn review7_ordinary_migrations_pass() {
+        allowed("CREATE FUNCTION guard() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n  RAISE EXCEPTION 'You cannot alter user admin; ask a DBA';\nEND $$;");
+        allowed("CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$\nBEGIN\n  INSERT INTO audit_log VALUES (current_setting('session_authorization'), now());\n  RETURN NEW;\nEND $$;");
+        allowed("CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$\nBEGIN\n  -- Note: we never ALTER ROLE x SET anything here\n  PERFORM 1;\nEND $$;");
+        allowed("SELECT dblinks_count();");
+        allowed("SAVEPOINT \"a\";\nCREATE TABLE t (id int);\nROLLBACK TO a;");
+        allowed("SAVEPOINT a;\nROLLBACK TO SAVEPOINT \"a\";");
+        allowed("-- we avoid set_config(here) on purpose\nSELECT set_config('search_path', 'public', true);");
+        allowed("CREATE TABLE orchestrate_history_view (id int);");
+        assert_eq!(
+            find(
+                Backend::Sqlite,
+                "CREATE TABLE t (orchestrate_history_view int);"
+            ),
+            None
+        );
+    }
+
+    /// Found by the seventh review: `RELEASE s` then `ROLLBACK TO s` reached the savepoint an
+    /// earlier migration left open.
+    #[test]
+    fn review7_a_released_savepoint_is_gone() {
+        refused(
+            "SAVEPOINT s;\nRELEASE s;\nROLLBACK TO s;",
+            "ROLLBACK TO SAVEPOINT s",
+            3,
+        );
+        refused(
+            "SAVEPOINT s;\nSAVEPOINT t;\nRELEASE s;\nRELEASE t;",
+            "RELEASE SAVEPOINT t",
+            4,
+        );
+        allowed("SAVEPOINT s;\nSAVEPOINT t;\nROLLBACK TO s;\nRELEASE s;");
+        refused(
+            "SAVEPOINT s;\nSAVEPOINT t;\nROLLBACK TO s;\nRELEASE t;",
+            "RELEASE SAVEPOINT t",
+            4,
+        );
     }
 
     /// Found by a sixth adversarial review: a migration's trigger turned the decider's

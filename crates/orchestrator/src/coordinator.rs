@@ -519,8 +519,10 @@ impl<'a> Batch<'a> {
             running = ran;
             result
         })
-        .and_then(|()| Ok(decider_conn.decide_commit(record, &now_text())?))
+        // Deferred constraints (and the triggers they fire) are checked before the decision
+        // is written, so that nothing a migration deferred runs after its read-back.
         .and_then(|()| Ok(decider_conn.prepare_to_decide(&last_step_name(decider))?))
+        .and_then(|()| Ok(decider_conn.decide_commit(record, &now_text())?))
         .and_then(|()| check_signal());
         (running, decided)
     }
@@ -909,12 +911,16 @@ impl<'a> Batch<'a> {
             self.direction,
             &BTreeMap::new(),
         );
-        let written = running
+        let decider_conn = &mut running
             .iter_mut()
             .find(|r| r.index == 0)
             .expect("every bind ran")
-            .conn
-            .decide_commit(&record, &now_text());
+            .conn;
+        // Checked again here: a migration (a procedure it called, an event) may have turned
+        // the server's durability down since the batch began.
+        let written = decider_conn
+            .check_durable_commits()
+            .and_then(|()| decider_conn.decide_commit(&record, &now_text()));
         match written {
             Ok(()) => {
                 crash_point!("after-decision");

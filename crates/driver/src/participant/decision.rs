@@ -90,6 +90,7 @@ impl<C: Db> Session<C> {
         at: &str,
     ) -> Result<(), DriverError> {
         let text = serde_json::to_string(record).expect("decision records serialise");
+        self.refuse_hooks()?;
         let updated = self.exec(
             "cannot write the decision",
             "UPDATE {orchestrate_batches} SET state = 'commit', decided_at = ?, record = ? \
@@ -128,6 +129,25 @@ impl<C: Db> Session<C> {
         Err(self.decision_lost(&record.batch_id, state))
     }
 
+    /// A trigger, rule or row security policy on `orchestrate_batches` (a migration may create
+    /// one, under any spelling of its name; so may anyone) could rewrite a decision as it is
+    /// written, or at COMMIT after it was read back: a decision is written only when there is
+    /// none.
+    fn refuse_hooks(&mut self) -> Result<(), DriverError> {
+        let hooks = self.count(
+            "cannot read the triggers on orchestrate_batches",
+            &C::hooks_sql(&self.schema_name()),
+            &[],
+        )?;
+        if hooks > 0 {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: "orchestrate_batches has a trigger, rule or row security policy, which could change the batch's decision behind its back; nothing was decided. Drop it (orchestrate creates none) and run again".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// See [`super::Decider::decide_abort`].
     pub(crate) fn decide_abort(
         &mut self,
@@ -135,6 +155,7 @@ impl<C: Db> Session<C> {
         at: &str,
         wait: Duration,
     ) -> Result<bool, DriverError> {
+        self.refuse_hooks()?;
         let started = Instant::now();
         let deadline = started + wait;
         C::set_write_wait(self, wait);

@@ -111,6 +111,10 @@ pub(crate) trait Db:
     /// A query listing the tables (column `s`) in `schema`, where this tool keeps its own.
     fn tables_sql(schema: &str) -> String;
 
+    /// A query counting (column `n`) what could change a row of `orchestrate_batches` in
+    /// `schema` behind the writer's back: triggers, and on PostgreSQL rules and row security.
+    fn hooks_sql(schema: &str) -> String;
+
     /// Bookkeeping SQL's `?` placeholders as this backend writes them.
     fn placeholders(sql: String) -> String {
         sql

@@ -288,6 +288,10 @@ impl Db for MysqlConnection {
         "SELECT CAST(table_name AS CHAR) AS s FROM information_schema.tables WHERE table_schema = DATABASE()".into()
     }
 
+    fn hooks_sql(_schema: &str) -> String {
+        "SELECT count(*) AS n FROM information_schema.triggers WHERE event_object_schema = DATABASE() AND event_object_table = 'orchestrate_batches'".into()
+    }
+
     fn classify(error: &diesel::result::Error) -> ErrorClass {
         classify(error)
     }

@@ -80,6 +80,22 @@ impl Db for PgConnection {
         )
     }
 
+    fn hooks_sql(schema: &str) -> String {
+        let of = format!(
+            "JOIN pg_catalog.pg_class c ON c.oid = {{}} JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
+             WHERE ns.nspname = {} AND c.relname = 'orchestrate_batches'",
+            quote_literal(schema)
+        );
+        format!(
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_trigger t {} AND NOT t.tgisinternal) \
+             + (SELECT count(*) FROM pg_catalog.pg_rewrite r {}) \
+             + (SELECT count(*) FROM pg_catalog.pg_class x {} AND x.relrowsecurity) AS n",
+            of.replace("{}", "t.tgrelid"),
+            of.replace("{}", "r.ev_class"),
+            of.replace("{}", "x.oid"),
+        )
+    }
+
     fn placeholders(sql: String) -> String {
         numbered(&sql)
     }
@@ -168,12 +184,17 @@ impl CanDecide for Postgres {}
 impl Postgres {
     /// Connects. `lock_timeout` bounds every wait for a lock: it travels in the startup packet
     /// (no extra round trip), so reads never hang on locks held by a prepared (in-doubt) batch.
+    /// So does `default_transaction_read_only = off`: a migration's `ALTER DATABASE` / `ALTER
+    /// ROLE ... SET default_transaction_read_only = on` must not stop this tool's own sessions
+    /// (recover among them) from writing their bookkeeping.
     pub fn connect(endpoint: &Endpoint, lock_timeout: Duration) -> Result<Postgres, DriverError> {
         if endpoint.backend != Backend::Postgres {
             return Err(wrong_backend(endpoint, Backend::Postgres));
         }
-        let url = endpoint
-            .connect_url_with_options(&format!("-c lock_timeout={}", lock_timeout.as_millis()));
+        let url = endpoint.connect_url_with_options(&format!(
+            "-c lock_timeout={} -c default_transaction_read_only=off",
+            lock_timeout.as_millis()
+        ));
         let conn = PgConnection::establish(&url).map_err(|source| DriverError::Connect {
             bind: endpoint.bind.clone(),
             url: endpoint.redacted().to_string(),

@@ -45,6 +45,10 @@ impl Db for SqliteConnection {
         "SELECT name AS s FROM main.sqlite_master WHERE type = 'table'".into()
     }
 
+    fn hooks_sql(_schema: &str) -> String {
+        "SELECT count(*) AS n FROM main.sqlite_master WHERE type = 'trigger' AND tbl_name = 'orchestrate_batches'".into()
+    }
+
     fn classify(error: &diesel::result::Error) -> ErrorClass {
         classify(error)
     }
