@@ -759,10 +759,10 @@ impl<'a> MarksRecovery<'a> {
         wait: Duration,
         report: &'a mut RecoverReport,
     ) -> Option<MarksRecovery<'a>> {
-        let busy = |report: &mut RecoverReport| {
+        let busy = |report: &mut RecoverReport, batch_id: String| {
             report.actions.push(Action {
                 bind: bind.name.clone(),
-                batch_id: String::new(),
+                batch_id,
                 action: ActionKind::LeftAlone,
                 detail: "a coordinator (or another recover) holds this bind's migration lock, so its batch is still running; run recover again once it has finished or died".into(),
             });
@@ -775,15 +775,15 @@ impl<'a> MarksRecovery<'a> {
             Ok(c) => c,
             Err(e) => return fail(report, e),
         };
-        match conn.marks() {
+        let batch_id = match conn.marks() {
             Ok(m) if m.is_empty() => return None,
-            Ok(_) => {}
+            Ok(m) => m[0].batch_id.clone(),
             Err(e) => return fail(report, e),
-        }
+        };
         match conn.session_lock_free() {
             Ok(true) => {}
             Ok(false) => {
-                busy(report);
+                busy(report, batch_id.clone());
                 return None;
             }
             Err(e) => return fail(report, e),
@@ -792,7 +792,7 @@ impl<'a> MarksRecovery<'a> {
             match conn.begin_nonatomic() {
                 Ok(()) => {}
                 Err(DriverError::Busy { .. }) => {
-                    busy(report);
+                    busy(report, batch_id);
                     return None;
                 }
                 Err(e) => return fail(report, e),
