@@ -966,3 +966,44 @@ fn a_failed_batch_whose_mysql_undo_fails_says_so() {
     p.run(&["recover"]).expect(0);
     p.assert_states(&[("a_pg", state(&[], &[])), ("c_my", state(&[], &[]))]);
 }
+
+/// A failure before the decision after someone committed a participant's prepared transaction
+/// by hand (a heuristic outcome): that bind is migrated and cannot be rolled back, so the run
+/// says so and exits 3, never "every bind is as it was".
+#[test]
+fn a_failed_batch_with_a_participant_committed_by_hand_says_so() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE a (id int);\nSELECT pg_sleep(3);\nSELECT 1/0;",
+        Some("DROP TABLE a;"),
+    );
+    p.create_table("b_pg", "1_b", "b");
+    let child = crate::crash::spawn(&p, &["upgrade", "--all-binds"], "");
+    crate::crash::wait_until("b_pg is prepared", || {
+        !p.db("b_pg").state().prepared.is_empty()
+    });
+    let gid = p.db("b_pg").state().prepared[0].clone();
+    p.db("b_pg").execute(&format!("COMMIT PREPARED '{gid}'"));
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("could not be rolled back for sure"), "{text}");
+    assert!(text.contains("heuristic outcome"), "{text}");
+    assert!(!text.contains("every bind is as it was"), "{text}");
+    // b_pg is migrated by the hand that committed it; a_pg is not: a person must reconcile.
+    assert_eq!(p.db("b_pg").state(), state(&["b"], &["1"]));
+    assert_eq!(p.db("a_pg").state(), state(&[], &[]));
+    p.db("b_pg").execute(
+        "DROP TABLE b; DELETE FROM __diesel_schema_migrations; DELETE FROM orchestrate_history;",
+    );
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+}
