@@ -526,3 +526,39 @@ fn review7_mysql_durability_lowered_during_the_batch_stops_the_decision() {
     let mut c = diesel::MysqlConnection::establish(&b).unwrap();
     assert_eq!(tables(&mut c), "", "b_my was not undone");
 }
+
+/// Found by an eighth adversarial review: a deferrable constraint trigger fired by the
+/// decider's `SET CONSTRAINTS ALL IMMEDIATE` deferred again, and what it queued rewrote the
+/// decision at COMMIT, after the read-back (here through SQL built at run time, which the
+/// statement check cannot read). A decider whose database has any deferrable constraint trigger
+/// of its own decides nothing: every bind is rolled back.
+#[test]
+fn review8_a_trigger_that_defers_again_cannot_rewrite_the_decision() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE t_a (x int);\nCREATE TABLE q1 (a int);\nCREATE TABLE q2 (a int);\n\
+         CREATE FUNCTION f1() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN SET CONSTRAINTS ALL DEFERRED; INSERT INTO q2 VALUES (1); RETURN NULL; END $$;\n\
+         CREATE FUNCTION f2() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN EXECUTE format('UPDATE %I SET state = ''abort'' WHERE state = ''commit'' AND settled_at IS NULL', 'orchestrate' || '_batches'); RETURN NULL; END $$;\n\
+         CREATE CONSTRAINT TRIGGER c1 AFTER INSERT ON q1 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION f1();\n\
+         CREATE CONSTRAINT TRIGGER c2 AFTER INSERT ON q2 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION f2();\n\
+         INSERT INTO q1 VALUES (1);",
+        Some("DROP TABLE q1; DROP TABLE q2; DROP TABLE t_a;"),
+    );
+    p.create_table("b_pg", "1_b", "t_b");
+    p.run(&["check"]).expect(0);
+    let run = p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("deferrable constraint trigger"),
+        "{run:?}"
+    );
+    assert!(p.db("b_pg").state().prepared.is_empty(), "{run:?}");
+    assert_eq!(p.db("a_pg").state(), state(&[], &[]));
+    assert_eq!(p.db("b_pg").state(), state(&[], &[]));
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+}

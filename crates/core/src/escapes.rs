@@ -254,7 +254,7 @@ pub fn touches_bookkeeping(dialect: Dialect, sql: &str) -> Option<Found> {
     readings(dialect).find_map(|reading| {
         lex_as(dialect, sql, reading).into_iter().find_map(|t| {
             let raw = sql.get(t.at..t.end)?;
-            let table = names_bookkeeping(raw)?;
+            let table = names_bookkeeping_in(raw, sql)?;
             Some(Found {
                 line: line_at(sql, t.at),
                 statement: format!("a statement naming {table}"),
@@ -268,30 +268,50 @@ pub fn touches_bookkeeping(dialect: Dialect, sql: &str) -> Option<Found> {
 /// as written and with its backslash escapes decoded both ways PostgreSQL reads them
 /// (`U&"orchestrate\005fbatches"`, `E'orchestrate\x5fbatches'`, `\137`).
 pub fn names_bookkeeping(text: &str) -> Option<&'static str> {
-    let lower = text.to_ascii_lowercase();
-    [
-        lower.clone(),
-        decode_escapes(&lower, true),
-        decode_escapes(&lower, false),
-    ]
-    .iter()
-    .find_map(|t| {
-        BOOKKEEPING_TABLES
-            .iter()
-            .find(|name| {
-                t.match_indices(*name).any(|(i, m)| {
-                    let b = t.as_bytes();
-                    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
-                    (i == 0 || !word(b[i - 1])) && b.get(i + m.len()).is_none_or(|c| !word(*c))
-                })
-            })
-            .copied()
-    })
+    names_bookkeeping_in(text, text)
 }
 
-/// `text` with backslash escapes decoded: `unicode` as in `U&'...'` (`\XXXX`, `\+XXXXXX`),
-/// else as in `E'...'` (`\xHH`, `\ooo`, `\uXXXX`, `\UXXXXXXXX`). Anything else stays.
-fn decode_escapes(text: &str, unicode: bool) -> String {
+/// [`names_bookkeeping`], with the escape characters `UESCAPE` names anywhere in `context`
+/// (the statement or file around `text`) tried too.
+fn names_bookkeeping_in(text: &str, context: &str) -> Option<&'static str> {
+    // Escapes are decoded before case is folded (`\U` and `\u` differ); `U&` text may name
+    // its own escape character (`UESCAPE '!'`).
+    let mut escapes = vec!['\\'];
+    let lower_all = context.to_ascii_lowercase();
+    for (i, _) in lower_all.match_indices("uescape") {
+        if let Some(c) = context[i + "uescape".len()..]
+            .trim_start()
+            .strip_prefix('\'')
+            .and_then(|rest| rest.chars().next())
+        {
+            escapes.push(c);
+        }
+    }
+    let mut readings = vec![text.to_string(), decode_escapes(text, '\\', false)];
+    readings.extend(escapes.iter().map(|e| decode_escapes(text, *e, true)));
+    readings
+        .iter()
+        .map(|t| t.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .iter()
+        .find_map(|t| {
+            BOOKKEEPING_TABLES
+                .iter()
+                .find(|name| {
+                    t.match_indices(*name).any(|(i, m)| {
+                        let b = t.as_bytes();
+                        let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+                        (i == 0 || !word(b[i - 1])) && b.get(i + m.len()).is_none_or(|c| !word(*c))
+                    })
+                })
+                .copied()
+        })
+}
+
+/// `text` with escapes decoded: `unicode` as in `U&'...'` (`<escape>XXXX`,
+/// `<escape>+XXXXXX`), else as in `E'...'` (backslash `xHH`, `ooo`, `uXXXX`, `UXXXXXXXX`).
+/// Anything else stays.
+fn decode_escapes(text: &str, escape: char, unicode: bool) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::new();
     let mut i = 0;
@@ -300,7 +320,7 @@ fn decode_escapes(text: &str, unicode: bool) -> String {
         u32::from_str_radix(&s, 16).ok().and_then(char::from_u32)
     };
     while i < chars.len() {
-        if chars[i] == '\\' {
+        if chars[i] == escape {
             let decoded = if unicode {
                 match chars.get(i + 1) {
                     Some('+') => hex(i + 2, 6).map(|c| (c, 8)),

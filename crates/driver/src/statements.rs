@@ -960,6 +960,10 @@ mod tests {
             "DO $$ BEGIN EXECUTE U&'DELETE FROM orchestrate\\005fhistory'; END $$;",
             "DO $$ BEGIN EXECUTE E'DELETE FROM orchestrate\\x5fhistory'; END $$;",
             "DO $$ BEGIN EXECUTE E'DELETE FROM orchestrate\\137history'; END $$;",
+            // Found by an eighth review: an escape character of the text's own, and `\U`.
+            "CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE U&\"orchestrate!005fbatches\" UESCAPE '!' SET state = 'abort'; RETURN NULL; END $$;",
+            "SELECT E'orchestrate\\U0000005Fbatches';",
+            "SELECT U&'orchestrate!+00005fbatches' UESCAPE '!';",
         ] {
             assert!(
                 find(Backend::Postgres, sql).is_some_and(|(n, _)| n.starts_with("a statement naming")),

@@ -142,7 +142,7 @@ impl<C: Db> Session<C> {
         if hooks > 0 {
             return Err(DriverError::Other {
                 bind: self.bind(),
-                detail: "orchestrate_batches has a trigger, rule or row security policy, which could change the batch's decision behind its back; nothing was decided. Drop it (orchestrate creates none) and run again".into(),
+                detail: "orchestrate_batches has a trigger, rule or row security policy, or (PostgreSQL) the database has a deferrable constraint trigger, which runs at COMMIT after the decision is read back: either could change the batch's decision behind its back; nothing was decided. Drop it (orchestrate creates none) or make that trigger NOT DEFERRABLE, or choose another bind as decider (`decider = \"NAME\"`), and run again".into(),
             });
         }
         Ok(())

@@ -112,7 +112,8 @@ pub(crate) trait Db:
     fn tables_sql(schema: &str) -> String;
 
     /// A query counting (column `n`) what could change a row of `orchestrate_batches` in
-    /// `schema` behind the writer's back: triggers, and on PostgreSQL rules and row security.
+    /// `schema` behind the writer's back: triggers, and on PostgreSQL rules, row security and
+    /// any deferrable constraint trigger in the database.
     fn hooks_sql(schema: &str) -> String;
 
     /// Bookkeeping SQL's `?` placeholders as this backend writes them.

@@ -86,10 +86,14 @@ impl Db for PgConnection {
              WHERE ns.nspname = {} AND c.relname = 'orchestrate_batches'",
             quote_literal(schema)
         );
+        // Also any deferrable constraint trigger of the database's own (not a foreign key's):
+        // one fired by SET CONSTRAINTS ALL IMMEDIATE can defer again, and what it queues runs
+        // at COMMIT, after the decision was read back.
         format!(
             "SELECT (SELECT count(*) FROM pg_catalog.pg_trigger t {} AND NOT t.tgisinternal) \
              + (SELECT count(*) FROM pg_catalog.pg_rewrite r {}) \
-             + (SELECT count(*) FROM pg_catalog.pg_class x {} AND x.relrowsecurity) AS n",
+             + (SELECT count(*) FROM pg_catalog.pg_class x {} AND x.relrowsecurity) \
+             + (SELECT count(*) FROM pg_catalog.pg_trigger d WHERE d.tgdeferrable AND NOT d.tgisinternal) AS n",
             of.replace("{}", "t.tgrelid"),
             of.replace("{}", "r.ev_class"),
             of.replace("{}", "x.oid"),
