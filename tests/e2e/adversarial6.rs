@@ -241,10 +241,7 @@ fn review6_a_sqlite_bind_that_lost_its_part_waits_for_its_decider() {
     assert!(status.stdout.contains("lost its part"), "{status:?}");
 
     // The decider cannot be reached (its database refuses connections for a while).
-    let crate::support::Db::Pg(d) = p.db("d_pg") else {
-        panic!("d_pg is PostgreSQL")
-    };
-    let d_name = d.name.clone();
+    let d_name = p.db("d_pg").pg_name();
     let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
     admin
         .batch_execute(&format!("ALTER DATABASE {d_name} ALLOW_CONNECTIONS false"))
@@ -449,10 +446,7 @@ fn review7_a_read_only_default_does_not_stop_the_tools_own_sessions() {
     let mut p = Project::new();
     p.config("decider = \"a_pg\"");
     p.add_pg("a_pg").add_pg("b_pg");
-    let crate::support::Db::Pg(b) = p.db("b_pg") else {
-        panic!("b_pg is PostgreSQL")
-    };
-    let b_name = b.name.clone();
+    let b_name = p.db("b_pg").pg_name();
     p.create_table("a_pg", "1_a", "a");
     p.migration(
         "b_pg",

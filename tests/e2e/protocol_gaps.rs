@@ -859,13 +859,8 @@ fn a_mysql_only_batch_that_loses_its_decider_while_deciding_is_left_to_recover()
     for id in ids.split(',') {
         let _ = admin.batch_execute(&format!("KILL {id}"));
     }
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(3), "{text}");
+    let (code, text) = finished(child);
+    assert_eq!(code, Some(3), "{text}");
     assert!(
         text.contains("was lost while writing the decision"),
         "{text}"
@@ -880,12 +875,9 @@ fn a_mysql_only_batch_that_loses_its_decider_while_deciding_is_left_to_recover()
     p.assert_states(&[("a_my", state(&[], &[])), ("b_my", state(&[], &[]))]);
 }
 
-/// A failure before the decision (the decider's migration fails) while a prepared participant
-/// cannot be reached to roll it back: the run says so and exits 3, never "every bind is as it
-/// was"; `recover` rolls it back once it can.
-#[test]
-fn a_failed_batch_with_a_participant_left_prepared_says_so() {
-    use diesel::Connection;
+/// A batch of `a_pg` (decider) and `b_pg` whose decider's migration sleeps 3 s and then fails:
+/// it runs in the background and is returned once `b_pg` has prepared.
+fn batch_failing_after_b_pg_prepared() -> (Project, std::process::Child) {
     let mut p = Project::new();
     p.config("decider = \"a_pg\"");
     p.add_pg("a_pg").add_pg("b_pg");
@@ -896,28 +888,41 @@ fn a_failed_batch_with_a_participant_left_prepared_says_so() {
         Some("DROP TABLE a;"),
     );
     p.create_table("b_pg", "1_b", "b");
-    let crate::support::Db::Pg(b) = p.db("b_pg") else {
-        panic!("b_pg is PostgreSQL")
-    };
-    let b_name = b.name.clone();
     let child = crate::crash::spawn(&p, &["upgrade", "--all-binds"], "");
     crate::crash::wait_until("b_pg is prepared", || {
         !p.db("b_pg").state().prepared.is_empty()
     });
-    let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
-    admin
-        .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS false"))
-        .unwrap();
+    (p, child)
+}
+
+/// A background run's exit code, and its stdout and stderr together.
+fn finished(child: std::process::Child) -> (Option<i32>, String) {
     let out = child.wait_with_output().unwrap();
-    admin
-        .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS true"))
-        .unwrap();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(3), "{text}");
+    (out.status.code(), text)
+}
+
+/// A failure before the decision (the decider's migration fails) while a prepared participant
+/// cannot be reached to roll it back: the run says so and exits 3, never "every bind is as it
+/// was"; `recover` rolls it back once it can.
+#[test]
+fn a_failed_batch_with_a_participant_left_prepared_says_so() {
+    use diesel::Connection;
+    let (p, child) = batch_failing_after_b_pg_prepared();
+    let b_name = p.db("b_pg").pg_name();
+    let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS false"))
+        .unwrap();
+    let (code, text) = finished(child);
+    admin
+        .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS true"))
+        .unwrap();
+    assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("could not be rolled back for sure"), "{text}");
     assert!(!text.contains("every bind is as it was"), "{text}");
     assert_eq!(p.db("b_pg").state().prepared.len(), 1, "{text}");
@@ -972,29 +977,11 @@ fn a_failed_batch_whose_mysql_undo_fails_says_so() {
 /// says so and exits 3, never "every bind is as it was".
 #[test]
 fn a_failed_batch_with_a_participant_committed_by_hand_says_so() {
-    let mut p = Project::new();
-    p.config("decider = \"a_pg\"");
-    p.add_pg("a_pg").add_pg("b_pg");
-    p.migration(
-        "a_pg",
-        "1_a",
-        "CREATE TABLE a (id int);\nSELECT pg_sleep(3);\nSELECT 1/0;",
-        Some("DROP TABLE a;"),
-    );
-    p.create_table("b_pg", "1_b", "b");
-    let child = crate::crash::spawn(&p, &["upgrade", "--all-binds"], "");
-    crate::crash::wait_until("b_pg is prepared", || {
-        !p.db("b_pg").state().prepared.is_empty()
-    });
+    let (p, child) = batch_failing_after_b_pg_prepared();
     let gid = p.db("b_pg").state().prepared[0].clone();
     p.db("b_pg").execute(&format!("COMMIT PREPARED '{gid}'"));
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(out.status.code(), Some(3), "{text}");
+    let (code, text) = finished(child);
+    assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("could not be rolled back for sure"), "{text}");
     assert!(text.contains("heuristic outcome"), "{text}");
     assert!(!text.contains("every bind is as it was"), "{text}");

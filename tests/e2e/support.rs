@@ -385,6 +385,14 @@ impl Db {
         }
     }
 
+    /// This PostgreSQL database's name (panics on another backend).
+    pub fn pg_name(&self) -> String {
+        match self {
+            Db::Pg(db) => db.name.clone(),
+            _ => panic!("{} is not PostgreSQL", self.url()),
+        }
+    }
+
     /// A new connection to this PostgreSQL database (panics on another backend).
     pub fn pg(&self) -> PgConnection {
         match self {
