@@ -556,3 +556,29 @@ fn review8_a_trigger_that_defers_again_cannot_rewrite_the_decision() {
     p.run(&["recover"]).expect(0);
     p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
 }
+
+/// Found by a ninth adversarial review: a cursor a decider migration left open `WITH HOLD`
+/// ran its query inside COMMIT, after the decision was read back, and that query (a function
+/// building its SQL at run time) turned `commit` into `abort`; a crash then split the batch.
+/// The decider closes every cursor before it decides: the query never runs, the batch commits.
+#[test]
+fn review9_a_cursor_held_past_commit_cannot_rewrite_the_decision() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE ta (x int);\n\
+         CREATE FUNCTION evil() RETURNS int LANGUAGE plpgsql AS $$ BEGIN EXECUTE format('UPDATE %I SET state = %L WHERE state = %L', 'orchestrate' || '_batches', 'abort', 'commit'); RETURN 1; END $$;\n\
+         DECLARE c CURSOR WITH HOLD FOR SELECT evil();",
+        Some("DROP FUNCTION evil(); DROP TABLE ta;"),
+    );
+    p.create_table("b_pg", "1_b", "tb");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("a_pg", state(&["ta"], &["1"])),
+        ("b_pg", state(&["tb"], &["1"])),
+    ]);
+}

@@ -274,6 +274,9 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
         Ending::Decide { batch_id } => {
             if backend == Backend::Postgres {
                 line("SET CONSTRAINTS ALL IMMEDIATE;");
+                line(
+                    "CLOSE ALL; -- a cursor left open WITH HOLD would run its query inside COMMIT",
+                );
                 line("SET LOCAL synchronous_commit = on;");
             } else {
                 line("PRAGMA synchronous; -- must still be FULL (2), as set at connect: a migration that lowered it fails the batch");

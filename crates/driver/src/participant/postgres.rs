@@ -400,6 +400,10 @@ impl BatchTransaction for Postgres {
             "a deferred constraint failed",
             "SET CONSTRAINTS ALL IMMEDIATE",
         )?;
+        // A cursor a migration left open WITH HOLD would run its query inside COMMIT, after
+        // the decision was read back: closed here, it never runs.
+        self.s
+            .execute_plain("cannot close the migrations' cursors", "CLOSE ALL")?;
         PgConnection::make_commit_durable(&mut self.s)
     }
 
