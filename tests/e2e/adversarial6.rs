@@ -582,3 +582,159 @@ fn review9_a_cursor_held_past_commit_cannot_rewrite_the_decision() {
         ("b_pg", state(&["tb"], &["1"])),
     ]);
 }
+
+/// How many of the guard's two triggers on a PostgreSQL bind's `orchestrate_batches` are there
+/// and enabled ALWAYS.
+fn guard_triggers(p: &Project, bind: &str) -> i64 {
+    p.db(bind).count(
+        "SELECT count(*) AS n FROM pg_trigger WHERE tgrelid = 'orchestrate_batches'::regclass \
+         AND tgname IN ('orchestrate_guard', 'orchestrate_guard_truncate') AND tgenabled = 'A'",
+    )
+}
+
+/// Found by a tenth adversarial review: a deferred foreign key whose unique index uses an
+/// operator class of the migration's own runs its PL/pgSQL equality inside the decider's
+/// COMMIT, after the decision was read back; there it deferred itself again and turned
+/// `commit` into `abort` through SQL built at run time. A crash then split the batch (the
+/// decider's migration committed, `recover` rolled the other bind back). The guard on
+/// `orchestrate_batches` refuses the change: the COMMIT fails, nothing is decided, every bind
+/// is rolled back.
+#[test]
+fn review10_a_foreign_key_check_at_commit_cannot_rewrite_the_decision() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE st (x int);\n\
+         CREATE FUNCTION myeq(int, int) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$\n\
+         BEGIN\n\
+           IF (SELECT count(*) FROM st) = 0 THEN\n\
+             INSERT INTO st VALUES (1);\n\
+             SET CONSTRAINTS ALL DEFERRED;\n\
+             INSERT INTO ch VALUES (1);\n\
+           ELSE\n\
+             EXECUTE format('UPDATE %I SET state = %L WHERE state = %L', 'orchestrate' || '_batches', 'abort', 'commit');\n\
+           END IF;\n\
+           RETURN $1 = $2;\n\
+         END $$;\n\
+         CREATE FUNCTION mycmp(int, int) RETURNS int LANGUAGE sql IMMUTABLE AS $$ SELECT btint4cmp($1, $2) $$;\n\
+         CREATE OPERATOR === (LEFTARG = int, RIGHTARG = int, FUNCTION = myeq, COMMUTATOR = ===);\n\
+         CREATE OPERATOR CLASS myops FOR TYPE int USING btree AS OPERATOR 3 ===, FUNCTION 1 mycmp(int, int);\n\
+         CREATE TABLE pk (id int);\n\
+         CREATE UNIQUE INDEX pk_u ON pk (id myops);\n\
+         CREATE TABLE ch (id int REFERENCES pk (id) DEFERRABLE INITIALLY DEFERRED);\n\
+         INSERT INTO pk VALUES (1);\n\
+         INSERT INTO ch VALUES (1);",
+        Some("DROP TABLE ch; DROP TABLE pk; DROP TABLE st;"),
+    );
+    p.create_table("b_pg", "1_b", "tb");
+    p.run(&["check"]).expect(0);
+    // Without the guard this run reaches the crash point, its decision rewritten.
+    let run = p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("its decision in orchestrate_batches cannot change"),
+        "{run:?}"
+    );
+    assert!(p.db("b_pg").state().prepared.is_empty(), "{run:?}");
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+    assert_eq!(
+        p.db("a_pg")
+            .count("SELECT count(*) AS n FROM orchestrate_batches WHERE state = 'abort'"),
+        1
+    );
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+}
+
+/// The decider decides only when the guard is whole: a decider migration that drops, disables,
+/// narrows to `ENABLE` (silenced by `session_replication_role = replica`) or rewrites it (here
+/// through SQL built at run time, which the statement check cannot read) is caught at the
+/// decision, and every bind is rolled back; the rollback puts the guard back.
+#[test]
+fn review10_the_decider_decides_only_with_its_guard_whole() {
+    let variants = [
+        "EXECUTE format('DROP TRIGGER %I ON %I', 'orchestrate' || '_guard', 'orchestrate' || '_batches');",
+        "EXECUTE format('ALTER TABLE %I DISABLE TRIGGER %I', 'orchestrate' || '_batches', 'orchestrate' || '_guard_truncate');",
+        "EXECUTE format('ALTER TABLE %I ENABLE TRIGGER %I', 'orchestrate' || '_batches', 'orchestrate' || '_guard');",
+        "EXECUTE format('CREATE OR REPLACE FUNCTION %I() RETURNS trigger LANGUAGE plpgsql AS %L', 'orchestrate' || '_batches_guard', 'BEGIN RETURN NEW; END');",
+    ];
+    for body in variants {
+        let mut p = Project::new();
+        p.config("decider = \"a_pg\"");
+        p.add_pg("a_pg").add_pg("b_pg");
+        p.migration(
+            "a_pg",
+            "1_a",
+            &format!("CREATE TABLE ta (x int);\nDO $$ BEGIN {body} END $$;"),
+            Some("DROP TABLE ta;"),
+        );
+        p.create_table("b_pg", "1_b", "tb");
+        let run = p.run(&["upgrade", "--all-binds"]);
+        run.expect(1);
+        assert!(
+            run.stderr
+                .contains("orchestrate's guard on orchestrate_batches"),
+            "{body}: {run:?}"
+        );
+        assert!(p.db("b_pg").state().prepared.is_empty(), "{body}: {run:?}");
+        p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+        assert_eq!(guard_triggers(&p, "a_pg"), 2, "{body}");
+    }
+}
+
+/// A guard removed between runs (by hand, or by an earlier version) is put back by the next
+/// run before it begins; a decided row then refuses every change but its settlement.
+#[test]
+fn review10_the_guard_is_put_back_and_refuses_hand_edits() {
+    use diesel::connection::SimpleConnection;
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_a", "ta");
+    p.create_table("b_pg", "1_b", "tb");
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    assert_eq!(guard_triggers(&p, "a_pg"), 2);
+    p.db("a_pg").execute(
+        "DROP TRIGGER orchestrate_guard ON orchestrate_batches; \
+         ALTER TABLE orchestrate_batches DISABLE TRIGGER orchestrate_guard_truncate",
+    );
+    assert_eq!(guard_triggers(&p, "a_pg"), 0);
+    p.create_table("a_pg", "2_a", "ta2");
+    p.create_table("b_pg", "2_b", "tb2");
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    assert_eq!(guard_triggers(&p, "a_pg"), 2);
+    p.assert_states(&[
+        ("a_pg", state(&["ta", "ta2"], &["1", "2"])),
+        ("b_pg", state(&["tb", "tb2"], &["1", "2"])),
+    ]);
+    let mut c = p.db("a_pg").pg();
+    for refused in [
+        "UPDATE orchestrate_batches SET state = 'abort'",
+        "UPDATE orchestrate_batches SET record = '{}'",
+        "UPDATE orchestrate_batches SET batch_id = batch_id || 'x'",
+        "DELETE FROM orchestrate_batches",
+        "TRUNCATE orchestrate_batches",
+        "SET session_replication_role = replica; UPDATE orchestrate_batches SET state = 'begun'",
+    ] {
+        let err = c
+            .batch_execute(refused)
+            .expect_err(&format!("the guard let through: {refused}"));
+        assert!(
+            err.to_string().contains("orchestrate_batches"),
+            "{refused}: {err}"
+        );
+        let _ = c.batch_execute("RESET session_replication_role");
+    }
+    c.batch_execute("UPDATE orchestrate_batches SET settled_at = settled_at")
+        .expect("settling a decided batch");
+    assert_eq!(
+        p.db("a_pg")
+            .count("SELECT count(*) AS n FROM orchestrate_batches WHERE state = 'commit'"),
+        2
+    );
+    p.assert_consistent();
+}

@@ -531,7 +531,19 @@ fn the_end_of_test_check_sees_each_broken_promise() {
     }
     p.run(&["upgrade", "--all-binds"]).expect(0);
     p.assert_consistent();
+    // The guard on orchestrate_batches refuses a change to a decided row: forge around it.
+    let unguarded = |sql: &str| {
+        if sql.contains("orchestrate_batches") {
+            format!(
+                "ALTER TABLE orchestrate_batches DISABLE TRIGGER orchestrate_guard; {sql}; \
+                 ALTER TABLE orchestrate_batches ENABLE ALWAYS TRIGGER orchestrate_guard"
+            )
+        } else {
+            sql.to_string()
+        }
+    };
     let broken = |forge: &str, undo: &str, bind: &str, says: &str| {
+        let (forge, undo) = (&unguarded(forge), &unguarded(undo));
         p.db(bind).execute(forge);
         let caught =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.assert_consistent()));

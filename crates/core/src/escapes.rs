@@ -238,13 +238,18 @@ pub fn calls_function(dialect: Dialect, sql: &str, prefix: &str) -> Option<Found
     })
 }
 
-/// The tables orchestrate keeps its own records in, on every backend.
-pub const BOOKKEEPING_TABLES: [&str; 5] = [
+/// The tables orchestrate keeps its own records in, on every backend, and the names of its
+/// guard on `orchestrate_batches`: no migration may name them.
+pub const BOOKKEEPING_TABLES: [&str; 8] = [
     "__diesel_schema_migrations",
     "orchestrate_batches",
     "orchestrate_history",
     "orchestrate_decisions",
     "orchestrate_in_progress",
+    // The guard on orchestrate_batches (PostgreSQL): its function and its two triggers.
+    "orchestrate_batches_guard",
+    "orchestrate_guard",
+    "orchestrate_guard_truncate",
 ];
 
 /// The first mention, outside comments, of one of orchestrate's own tables: in a name (quoted

@@ -75,3 +75,43 @@ pub const BATCHES_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS {t} (\
 /// The table of decisions written by versions before `orchestrate_batches`: a row there is a
 /// commit decision. It is read, never written.
 pub const LEGACY_DECISIONS: &str = "orchestrate_decisions";
+
+/// PostgreSQL: orchestrate's guard on `orchestrate_batches`, a function of that name in the
+/// table's schema and two triggers calling it, enabled `ALWAYS` (so `session_replication_role`
+/// does not silence them). Once a batch is decided its row never changes again but for
+/// `settled_at`: a change of state, record or batch id, a DELETE or a TRUNCATE raises, whatever
+/// runs it. That includes code a migration leaves to run inside the decider's COMMIT, after the
+/// decision was read back (a deferred foreign-key check calling a PL/pgSQL operator, for one):
+/// the COMMIT then fails, and nothing is decided. The decider checks the guard is whole before
+/// it decides (see `Db::guard_sql`), and installs it when it is missing or changed.
+pub const GUARD_FUNCTION: &str = "orchestrate_batches_guard";
+/// The guard's two triggers: rows (UPDATE, DELETE) and the TRUNCATE statement.
+pub const GUARD_TRIGGERS: [&str; 2] = ["orchestrate_guard", "orchestrate_guard_truncate"];
+/// The guard function's body, compared with `pg_proc.prosrc` before every decision.
+pub const GUARD_BODY: &str = "
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    RAISE EXCEPTION 'orchestrate_batches holds the decisions of orchestrate''s batches: it cannot be truncated';
+  END IF;
+  IF TG_OP = 'DELETE' THEN
+    RAISE EXCEPTION 'batch % (%): a row of orchestrate_batches cannot be deleted', OLD.batch_id, OLD.state;
+  END IF;
+  IF NEW.batch_id IS DISTINCT FROM OLD.batch_id
+     OR (OLD.state <> 'begun'
+         AND (NEW.state IS DISTINCT FROM OLD.state OR NEW.record IS DISTINCT FROM OLD.record)) THEN
+    RAISE EXCEPTION 'batch % is decided (%): its decision in orchestrate_batches cannot change (orchestrate''s guard refused it; when a batch''s COMMIT fails on this, a migration of the decider left code that rewrote the decision, and the batch is rolled back)', OLD.batch_id, OLD.state;
+  END IF;
+  RETURN NEW;
+END
+";
+/// The statements installing the guard, in one transaction: `{t}` is the table, `{f}` the
+/// function, both fully qualified; `{body}` is [`GUARD_BODY`].
+pub const GUARD_DDL_PG: [&str; 7] = [
+    "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql AS $orchestrate_guard${body}$orchestrate_guard$",
+    "DROP TRIGGER IF EXISTS orchestrate_guard ON {t}",
+    "DROP TRIGGER IF EXISTS orchestrate_guard_truncate ON {t}",
+    "CREATE TRIGGER orchestrate_guard BEFORE UPDATE OR DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {f}()",
+    "CREATE TRIGGER orchestrate_guard_truncate BEFORE TRUNCATE ON {t} FOR EACH STATEMENT EXECUTE FUNCTION {f}()",
+    "ALTER TABLE {t} ENABLE ALWAYS TRIGGER orchestrate_guard",
+    "ALTER TABLE {t} ENABLE ALWAYS TRIGGER orchestrate_guard_truncate",
+];

@@ -210,6 +210,9 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
             "INSERT INTO orchestrate_batches (batch_id, state, begun_at) VALUES ({}, 'begun', <now>); -- committed (durably) before any bind prepares",
             quote_literal(batch_id)
         ));
+        if backend == Backend::Postgres {
+            line("-- orchestrate's guard on orchestrate_batches, installed once if missing or changed: the function orchestrate_batches_guard() and the triggers orchestrate_guard (BEFORE UPDATE OR DELETE, each row) and orchestrate_guard_truncate, enabled ALWAYS; once decided, a batch's row can only be settled");
+        }
     }
     let hold_row = |batch_id: &str, lock: &str| {
         format!(
@@ -281,7 +284,11 @@ pub fn script(backend: Backend, plan: &Plan, batch_id: &str, ending: Ending<'_>)
             } else {
                 line("PRAGMA synchronous; -- must still be FULL (2), as set at connect: a migration that lowered it fails the batch");
             }
-            line("-- orchestrate_batches must have no trigger, rule or row security (they could rewrite the decision)");
+            if backend == Backend::Postgres {
+                line("-- orchestrate_batches must have no trigger but the guard, which must be as installed; no rule, no row security (they could rewrite the decision)");
+            } else {
+                line("-- orchestrate_batches must have no trigger, rule or row security (they could rewrite the decision)");
+            }
             line(&format!(
                 "UPDATE orchestrate_batches SET state = 'commit', decided_at = <now>, record = <the batch's participants and the SQL of its SQLite binds, as JSON> WHERE batch_id = {} AND state = 'begun'; -- must change 1 row: else a `recover` aborted the batch first",
                 quote_literal(batch_id)

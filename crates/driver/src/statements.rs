@@ -1034,6 +1034,18 @@ mod tests {
             "a statement naming __diesel_schema_migrations",
             1,
         );
+        // The guard on orchestrate_batches, by its names.
+        refused(
+            "ALTER TABLE t DISABLE TRIGGER orchestrate_guard;",
+            "a statement naming orchestrate_guard",
+            1,
+        );
+        refused(
+            "DROP FUNCTION orchestrate_batches_guard() CASCADE;",
+            "a statement naming orchestrate_batches_guard",
+            1,
+        );
+        allowed("CREATE TABLE orchestrate_guards (id int);");
         allowed("-- orchestrate_batches is orchestrate's own\nCREATE TABLE batches (id int);");
         for backend in [Backend::Mysql, Backend::Sqlite] {
             assert_eq!(

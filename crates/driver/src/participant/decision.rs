@@ -45,6 +45,7 @@ impl<C: Db> Session<C> {
     pub(crate) fn begin_decision(&mut self, batch_id: &str, at: &str) -> Result<(), DriverError> {
         let started = Instant::now();
         self.create_tables("cannot create orchestrate_batches", &[(C::BATCHES_DDL, BATCHES)])
+            .and_then(|()| C::ensure_guard(self))
             .and_then(|()| {
                 self.durable(|this| {
                     this.exec(
@@ -139,6 +140,17 @@ impl<C: Db> Session<C> {
             &C::hooks_sql(&self.schema_name()),
             &[],
         )?;
+        if hooks == 0 && !C::guard_whole(self)? {
+            return Err(DriverError::Other {
+                bind: self.bind(),
+                detail: format!(
+                    "orchestrate's guard on orchestrate_batches (triggers {} and {}, function {}) is missing, disabled or changed since this run installed it: a migration of this batch (or someone) altered it, and without it code a migration leaves to run at COMMIT could rewrite the decision; nothing was decided. Remove what alters it from the migration; the next run reinstalls the guard",
+                    schema::GUARD_TRIGGERS[0],
+                    schema::GUARD_TRIGGERS[1],
+                    schema::GUARD_FUNCTION
+                ),
+            });
+        }
         if hooks > 0 {
             return Err(DriverError::Other {
                 bind: self.bind(),
@@ -155,6 +167,7 @@ impl<C: Db> Session<C> {
         at: &str,
         wait: Duration,
     ) -> Result<bool, DriverError> {
+        C::ensure_guard(self)?;
         self.refuse_hooks()?;
         let started = Instant::now();
         let deadline = started + wait;

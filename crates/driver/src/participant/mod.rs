@@ -157,6 +157,18 @@ pub(crate) trait Db:
     /// backends bound their waits per statement).
     fn set_write_wait(_: &mut Session<Self>, _wait: Duration) {}
 
+    /// Whether orchestrate's guard on `orchestrate_batches` (PostgreSQL, see
+    /// [`crate::schema::GUARD_BODY`]) is whole in this session's schema: both triggers, as
+    /// installed, always enabled, calling the function as written. True where there is none.
+    fn guard_whole(_: &mut Session<Self>) -> Result<bool, DriverError> {
+        Ok(true)
+    }
+
+    /// Installs the guard when it is not whole, in a transaction of its own (PostgreSQL).
+    fn ensure_guard(_: &mut Session<Self>) -> Result<(), DriverError> {
+        Ok(())
+    }
+
     /// The schemas other than this session's that hold an `orchestrate_batches` (PostgreSQL:
     /// decisions written under an earlier default search_path).
     fn other_batch_schemas(_: &mut Session<Self>) -> Result<Vec<String>, DriverError> {

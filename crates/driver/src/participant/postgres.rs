@@ -28,6 +28,10 @@ use crate::schema::{self, DIESEL_TABLE, HISTORY};
 /// never left behind by a crash; a prepared batch keeps it until it is resolved.
 pub const LOCK_KEY: i64 = 0x6f72_6368_6573_7472; // "orchestr"
 
+/// The key of the transaction-scoped advisory lock under which the guard on
+/// `orchestrate_batches` is installed.
+const GUARD_LOCK_KEY: i64 = 0x6f72_6368_6775_6172; // "orchguar"
+
 /// The first schema of the search path that already holds diesel's table (where diesel itself
 /// reads it), else the first schema of the search path (where it would be created): a schema
 /// named after the role, created by a migration, must not move the bookkeeping of every later
@@ -86,11 +90,13 @@ impl Db for PgConnection {
              WHERE ns.nspname = {} AND c.relname = 'orchestrate_batches'",
             quote_literal(schema)
         );
+        // The guard's own triggers are not counted here: `guard_whole` checks they are ours.
         // Also any deferrable constraint trigger of the database's own (not a foreign key's):
         // one fired by SET CONSTRAINTS ALL IMMEDIATE can defer again, and what it queues runs
         // at COMMIT, after the decision was read back.
         format!(
-            "SELECT (SELECT count(*) FROM pg_catalog.pg_trigger t {} AND NOT t.tgisinternal) \
+            "SELECT (SELECT count(*) FROM pg_catalog.pg_trigger t {} AND NOT t.tgisinternal \
+                AND t.tgname NOT IN ('orchestrate_guard', 'orchestrate_guard_truncate')) \
              + (SELECT count(*) FROM pg_catalog.pg_rewrite r {}) \
              + (SELECT count(*) FROM pg_catalog.pg_class x {} AND x.relrowsecurity) \
              + (SELECT count(*) FROM pg_catalog.pg_trigger d WHERE d.tgdeferrable AND NOT d.tgisinternal) AS n",
@@ -134,6 +140,57 @@ impl Db for PgConnection {
             "cannot set the lock timeout",
             &format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1)),
         )
+    }
+
+    fn guard_whole(s: &mut Session<Self>) -> Result<bool, DriverError> {
+        let schema = s.schema_name();
+        let whole = s.count(
+            "cannot read orchestrate's guard on orchestrate_batches",
+            "SELECT count(*) AS n FROM pg_catalog.pg_trigger t \
+             JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid \
+             JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
+             JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+             JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+             JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+             WHERE ns.nspname = ? AND c.relname = 'orchestrate_batches' \
+             AND ((t.tgname = 'orchestrate_guard' AND t.tgtype = 27) \
+                  OR (t.tgname = 'orchestrate_guard_truncate' AND t.tgtype = 34)) \
+             AND t.tgenabled = 'A' AND t.tgqual IS NULL AND t.tgnargs = 0 AND t.tgconstraint = 0 \
+             AND pg_catalog.cardinality(t.tgattr::pg_catalog.int2[]) = 0 \
+             AND pn.nspname = ? AND p.proname = 'orchestrate_batches_guard' AND p.pronargs = 0 \
+             AND l.lanname = 'plpgsql' AND p.prosrc = ? AND p.proconfig IS NULL AND NOT p.prosecdef",
+            &[Arg::Text(&schema), Arg::Text(&schema), Arg::Text(schema::GUARD_BODY)],
+        )?;
+        Ok(whole == schema::GUARD_TRIGGERS.len() as i64)
+    }
+
+    /// Under an advisory lock of its own, so that two first runs do not install it at once;
+    /// DROP TRIGGER waits (up to `lock_timeout`) for any batch holding a row of the table.
+    fn ensure_guard(s: &mut Session<Self>) -> Result<(), DriverError> {
+        if Self::guard_whole(s)? {
+            return Ok(());
+        }
+        let table = s.table(schema::BATCHES);
+        let function = s.table(schema::GUARD_FUNCTION);
+        let what = "cannot install orchestrate's guard on orchestrate_batches";
+        s.durable(|s| {
+            s.execute_plain(
+                what,
+                &format!("SELECT pg_catalog.pg_advisory_xact_lock({GUARD_LOCK_KEY})"),
+            )?;
+            if Self::guard_whole(s)? {
+                return Ok(());
+            }
+            for statement in schema::GUARD_DDL_PG {
+                let sql = statement
+                    .replace("{t}", &table)
+                    .replace("{f}", &function)
+                    .replace("{body}", schema::GUARD_BODY);
+                s.execute_plain(what, &sql)?;
+            }
+            tracing::info!(bind = %s.endpoint().bind, "installed orchestrate's guard on {table}");
+            Ok(())
+        })
     }
 
     /// The batch's row in an `orchestrate_batches` of another schema than the one this
