@@ -19,6 +19,7 @@ mod hang;
 mod mysql;
 mod protocol_gaps;
 mod recover;
+mod rollout;
 mod scale;
 mod seed;
 mod statements;

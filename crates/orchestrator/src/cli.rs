@@ -248,6 +248,17 @@ pub struct MigrateArgs {
     /// it marked for `orchestrate resolve`.
     #[arg(long)]
     pub allow_non_atomic: bool,
+    /// Run the selected binds as a rollout: a sequence of atomic batches ("waves") of at most
+    /// N binds each, in name order, each started only once the previous one committed. The
+    /// first wave that fails is rolled back everywhere and stops the rollout (exit 1); earlier
+    /// waves stay committed, later ones untouched; running the same command again resumes.
+    /// Overrides `[rollout] wave_size`; 0 runs every selected bind in one batch.
+    #[arg(long, value_name = "N")]
+    pub wave_size: Option<usize>,
+    /// A bind that goes first, in a wave of its own with the other canaries (repeatable;
+    /// overrides `[rollout] canary`). Makes the command a rollout.
+    #[arg(long = "canary", value_name = "NAME")]
+    pub canary: Vec<String>,
 }
 
 /// Runs one command and returns its exit code ([`exit`]).

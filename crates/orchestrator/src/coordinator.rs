@@ -79,6 +79,10 @@ pub struct BatchReport {
     pub binds: Vec<(String, BindOutcome)>,
     /// Milliseconds each bind spent in its phases (connect, run, prepare, commit).
     pub timings: BTreeMap<String, u64>,
+    /// Milliseconds each atomic bind that committed held its batch transaction, and with it
+    /// every lock its migrations took: from the start of its batch (its first lock) to the end
+    /// of its COMMIT (PREPARED). What a bind's application waits for at worst.
+    pub lock_holds: BTreeMap<String, u64>,
     /// Further failures of the first phase beyond the one in the verdict.
     pub other_errors: Vec<String>,
     pub verdict: Verdict,
@@ -182,8 +186,8 @@ enum Held {
 }
 
 /// One participant after the first phase: its index, its result (`None`: skipped because
-/// another bind had failed), and the milliseconds it took.
-type PhaseOne = (usize, Option<Result<Held, Box<Failed>>>, u64);
+/// another bind had failed), the milliseconds it took, and when it began (its first lock).
+type PhaseOne = (usize, Option<Result<Held, Box<Failed>>>, u64, Instant);
 
 /// A participant's first phase that failed, with what may need undoing.
 struct Failed {
@@ -284,6 +288,8 @@ struct Prepared {
     /// SQLite participants: the versions applied before the batch (for the decision record).
     before: BTreeMap<usize, Vec<String>>,
     timings: BTreeMap<String, u64>,
+    /// When each participant's batch began (its first lock).
+    locked_at: BTreeMap<usize, Instant>,
 }
 
 impl<'a> Batch<'a> {
@@ -328,6 +334,7 @@ impl<'a> Batch<'a> {
                 .map(|w| (w.endpoint.bind.clone(), BindOutcome::RolledBack))
                 .collect(),
             timings: BTreeMap::new(),
+            lock_holds: BTreeMap::new(),
             other_errors: Vec::new(),
             verdict: Verdict::Committed,
         }
@@ -383,10 +390,13 @@ impl<'a> Batch<'a> {
         if let Some(error) = failure {
             return self.fail_before_decision(decider_conn, report, prepared, running, error);
         }
-        report.timings.insert(
-            self.decider_name().to_string(),
-            started.elapsed().as_millis() as u64,
-        );
+        let decider_ms = started.elapsed().as_millis() as u64;
+        report
+            .timings
+            .insert(self.decider_name().to_string(), decider_ms);
+        report
+            .lock_holds
+            .insert(self.decider_name().to_string(), decider_ms);
         crash_point!("after-decision");
         self.progress.line(&format!(
             "  {}: {} migration(s) {}, decision committed",
@@ -394,7 +404,7 @@ impl<'a> Batch<'a> {
             self.works[self.decider].plan.steps.len(),
             direction_past(self.direction)
         ));
-        self.commit_everyone(report, prepared.held, running, decider_conn, &record)
+        self.commit_everyone(report, prepared, running, decider_conn, &record)
     }
 
     /// Phase 0: the batch's row, committed before anything else (from here on the batch is
@@ -427,7 +437,7 @@ impl<'a> Batch<'a> {
                 .par_iter()
                 .map(|&i| {
                     if failed_flag.load(Ordering::SeqCst) || signals::interrupted() {
-                        return (i, None, 0);
+                        return (i, None, 0, Instant::now());
                     }
                     let started = Instant::now();
                     let share = Share {
@@ -443,7 +453,12 @@ impl<'a> Batch<'a> {
                         Err(_) => failed_flag.store(true, Ordering::SeqCst),
                     }
                     self.progress.tick();
-                    (i, Some(result), started.elapsed().as_millis() as u64)
+                    (
+                        i,
+                        Some(result),
+                        started.elapsed().as_millis() as u64,
+                        started,
+                    )
                 })
                 .collect()
         });
@@ -453,8 +468,10 @@ impl<'a> Batch<'a> {
             errors: Vec::new(),
             before: BTreeMap::new(),
             timings: BTreeMap::new(),
+            locked_at: BTreeMap::new(),
         };
-        for (i, result, ms) in results {
+        for (i, result, ms, started) in results {
+            prepared.locked_at.insert(i, started);
             prepared
                 .timings
                 .insert(self.works[i].endpoint.bind.clone(), ms);
@@ -593,11 +610,14 @@ impl<'a> Batch<'a> {
     fn commit_everyone(
         &self,
         mut report: BatchReport,
-        held: Vec<(usize, Held)>,
+        prepared: Prepared,
         running: Vec<nonatomic::Running>,
         mut decider_conn: Box<dyn BatchTransaction>,
         record: &DecisionRecord,
     ) -> BatchReport {
+        let Prepared {
+            held, locked_at, ..
+        } = prepared;
         self.progress.phase("commit", held.len());
         let first_commit = AtomicBool::new(true);
         let committed: Vec<(usize, BindOutcome, Option<String>, u64)> = self.pool.install(|| {
@@ -618,10 +638,15 @@ impl<'a> Batch<'a> {
         let mut attention = Vec::new();
         let mut outcomes: BTreeMap<usize, BindOutcome> = BTreeMap::new();
         for (i, outcome, problem, ms) in committed {
-            *report
-                .timings
-                .entry(self.works[i].endpoint.bind.clone())
-                .or_default() += ms;
+            let bind = &self.works[i].endpoint.bind;
+            *report.timings.entry(bind.clone()).or_default() += ms;
+            if let (BindOutcome::Committed, Some(at)) = (&outcome, locked_at.get(&i)) {
+                // Measured here, after every commit: at most the commit phase later than
+                // the bind's own COMMIT PREPARED, never earlier.
+                report
+                    .lock_holds
+                    .insert(bind.clone(), at.elapsed().as_millis() as u64);
+            }
             outcomes.insert(i, outcome);
             attention.extend(problem);
         }

@@ -8,6 +8,7 @@
 //! - [`inspect`]: what `status` and `check` read of each bind, concurrently;
 //! - [`manage`]: `init`, `new` and `stamp`, which run no migration;
 //! - [`recover`]: finishing batches a crash left behind (presumed abort, SQLite redo);
+//! - [`rollout`]: a selection cut into waves, each an atomic batch, and the rollout's record;
 //! - [`signals`]: Ctrl-C and SIGTERM, honoured between steps;
 //! - [`cli`]: the command line (arguments, dispatch); [`commands`]: each command's logic and
 //!   output, through one [`commands::Output`]; exit codes in [`exit`].
@@ -23,6 +24,7 @@ pub mod inspect;
 pub mod manage;
 pub mod nonatomic;
 pub mod recover;
+pub mod rollout;
 pub mod settings;
 pub mod signals;
 pub mod work;

@@ -46,6 +46,18 @@ struct RawSettings {
     decider: Option<String>,
     lock_timeout_ms: Option<u64>,
     parallelism: Option<usize>,
+    rollout: Option<RawRollout>,
+}
+
+/// `[rollout]`: run a large selection as a sequence of atomic batches (waves).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    wave_size: Option<usize>,
+    #[serde(default)]
+    canary: Vec<String>,
+    #[serde(default)]
+    together: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -108,12 +120,26 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// How many binds are read or worked on at once.
     pub parallelism: usize,
+    /// How a selection is cut into waves (`[rollout]`); by default one batch.
+    pub rollout: RolloutSettings,
     /// Where each value set by a layer came from (`binds.users.url` -> `config/default.toml`,
     /// or `environment variable ORCHESTRATE__BINDS__USERS__URL`); a key not here took its
     /// default. Keys are lowercase and dotted.
     pub origins: BTreeMap<String, String>,
     /// The layers read, in order (later ones win).
     pub layers: Vec<String>,
+}
+
+/// `[rollout]`: an `upgrade`/`downgrade` of more binds than `wave_size` runs as a sequence of
+/// atomic batches, each started only once the previous one committed (see `crate::rollout`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RolloutSettings {
+    /// The most binds in one wave (canary and `together` binds aside); `None`: one batch.
+    pub wave_size: Option<usize>,
+    /// Binds that run first, as a wave of their own.
+    pub canary: Vec<String>,
+    /// Binds that always run in the same wave (the first after the canaries).
+    pub together: Vec<String>,
 }
 
 /// Where the configuration comes from. Its `Debug` leaves out the environment's values, which
@@ -585,9 +611,32 @@ impl Settings {
                 "`parallelism` must be at least 1".into(),
             ));
         }
+        let rollout = raw.rollout.unwrap_or_default();
+        if rollout.wave_size == Some(0) {
+            return Err(SettingsError::Invalid(
+                "`[rollout] wave_size = 0`: give the most binds one wave may hold (at least 1), or leave it out to run every selected bind in one batch".into(),
+            ));
+        }
+        for (key, names) in [("canary", &rollout.canary), ("together", &rollout.together)] {
+            if let Some(name) = names.iter().find(|n| !binds.iter().any(|b| &b.name == *n)) {
+                return Err(SettingsError::Invalid(format!(
+                    "`[rollout] {key}` names `{name}`, which is no configured bind"
+                )));
+            }
+        }
+        if let Some(name) = rollout.canary.iter().find(|n| rollout.together.contains(n)) {
+            return Err(SettingsError::Invalid(format!(
+                "`[rollout]`: `{name}` is both a canary and in `together`; a bind runs in one wave"
+            )));
+        }
         Ok(Settings {
             root: root.to_path_buf(),
             parallelism,
+            rollout: RolloutSettings {
+                wave_size: rollout.wave_size,
+                canary: rollout.canary,
+                together: rollout.together,
+            },
             binds,
             templates,
             origins: BTreeMap::new(),

@@ -39,7 +39,12 @@ pub fn migrate(
         Err(refusal) => return o.refuse(refusal),
     };
     print_down_sql_notes(&checked.plans, o);
-    let works = checked.works;
+    let Checked {
+        works,
+        waves,
+        rollout,
+        ..
+    } = checked;
     if works.is_empty() {
         if args.json {
             o.json(&json!({"result": "nothing to do", "binds": []}));
@@ -49,16 +54,65 @@ pub fn migrate(
         return exit::OK;
     }
     if args.sql {
-        print_sql(settings, &works, &mut *o.out);
+        for (k, wave) in waves.iter().enumerate() {
+            if rollout.is_some() {
+                let _ = writeln!(
+                    o.out,
+                    "-- wave {} of {}: {} bind(s), a batch of its own, run once wave {} committed",
+                    k + 1,
+                    waves.len(),
+                    wave.len(),
+                    k.max(1)
+                );
+            }
+            print_sql(settings, &wave_works(&works, wave), &mut *o.out);
+        }
         return exit::OK;
+    }
+    if let Some(wave_settings) = rollout {
+        let rollout = super::rollout::Rollout {
+            settings,
+            direction,
+            args,
+            waves: &wave_settings,
+        };
+        return rollout.run(&works, &waves, o);
     }
     if !args.json {
         print_guarantees(settings, &works, o);
     }
-    let migrations: BTreeMap<String, usize> = works
+    let migrations = migration_counts(&works);
+    let report = run_one(settings, direction, args, works, o);
+    if args.json {
+        print_json_outcome(&report, &migrations, o)
+    } else {
+        let summary = summarise(&report, args);
+        print_outcome(report, summary, o)
+    }
+}
+
+/// How many migrations each bind runs.
+pub(crate) fn migration_counts(works: &[BindWork]) -> BTreeMap<String, usize> {
+    works
         .iter()
         .map(|w| (w.endpoint.bind.clone(), w.plan.steps.len()))
-        .collect();
+        .collect()
+}
+
+/// Whether a batch's text output is a summary rather than a line per bind.
+pub(crate) fn summarise(report: &BatchReport, args: &MigrateArgs) -> bool {
+    report.binds.len() > SUMMARY_ABOVE && !args.verbose
+}
+
+/// Runs one batch with the progress the output wants (bars on a terminal, lines otherwise,
+/// none for JSON).
+pub(crate) fn run_one(
+    settings: &Settings,
+    direction: Direction,
+    args: &MigrateArgs,
+    works: Vec<BindWork>,
+    o: &mut Output,
+) -> BatchReport {
     let options = RunOptions {
         preferred_decider: settings.decider.clone(),
         lock_timeout: settings.lock_timeout,
@@ -73,18 +127,13 @@ pub fn migrate(
             run_batch(works, direction, &options, progress)
         }
     };
-    let report = if args.json {
+    if args.json {
         run(&Quiet)
     } else if std::io::stderr().is_terminal() {
         run(&Bars::default())
     } else {
         let lines = Lines(std::sync::Mutex::new(&mut *o.out));
         run(&lines)
-    };
-    if args.json {
-        print_json_outcome(&report, &migrations, o)
-    } else {
-        print_outcome(report, summarise, o)
     }
 }
 
@@ -97,6 +146,47 @@ const SUMMARY_ABOVE: usize = 20;
 pub(crate) struct Checked<'s> {
     pub plans: Vec<(&'s BindSettings, Plan)>,
     pub works: Vec<BindWork>,
+    /// The batches to run, in order, as indices into `works`: one, or a rollout's waves.
+    pub waves: Vec<Vec<usize>>,
+    /// The command's wave settings when it is a rollout (waves or canaries asked for).
+    pub rollout: Option<WaveSettings>,
+}
+
+/// The wave settings of a command: `--wave-size` and `--canary` over `[rollout]`.
+#[derive(Clone, Debug)]
+pub(crate) struct WaveSettings {
+    pub size: Option<usize>,
+    pub canary: Vec<String>,
+    pub together: Vec<String>,
+}
+
+impl WaveSettings {
+    fn of(settings: &Settings, args: &MigrateArgs) -> Result<Option<WaveSettings>, Refusal> {
+        if let Some(name) = args.canary.iter().find(|n| settings.bind(n).is_none()) {
+            return Err(Refusal::argument(format!(
+                "--canary {name}: no bind is named `{name}`"
+            )));
+        }
+        let size = match args.wave_size {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => settings.rollout.wave_size,
+        };
+        let canary = if args.canary.is_empty() {
+            settings.rollout.canary.clone()
+        } else {
+            args.canary.clone()
+        };
+        let explicit_single = args.wave_size == Some(0) && args.canary.is_empty();
+        if explicit_single || (size.is_none() && canary.is_empty()) {
+            return Ok(None);
+        }
+        Ok(Some(WaveSettings {
+            size,
+            canary,
+            together: settings.rollout.together.clone(),
+        }))
+    }
 }
 
 /// The one validation of a batch, shared by `upgrade`, `downgrade`, their `--sql`, and
@@ -108,6 +198,7 @@ pub(crate) fn check_batch<'s>(
     args: &MigrateArgs,
     allow: Allow,
 ) -> Result<Checked<'s>, Refusal> {
+    let wave_settings = WaveSettings::of(settings, args)?;
     let (plans, servers) = validate(settings, direction, args, allow)?;
     let works: Vec<BindWork> = plans
         .iter()
@@ -117,19 +208,55 @@ pub(crate) fn check_batch<'s>(
             plan: p.clone(),
         })
         .collect();
-    if !works.is_empty() {
-        let refusals = consent_refusals(&works, direction, args);
-        if !refusals.is_empty() {
-            return Err(Refusal::invalid(refusals));
+    let waves = match &wave_settings {
+        _ if works.is_empty() => Vec::new(),
+        None => vec![(0..works.len()).collect()],
+        Some(w) => {
+            let names: Vec<&str> = works.iter().map(|w| w.endpoint.bind.as_str()).collect();
+            crate::rollout::plan_waves(&names, w.size, &w.canary, &w.together)
         }
-        let unwritable = sqlite_paths_refused(&works);
-        if !unwritable.is_empty() {
-            return Err(Refusal::invalid(unwritable));
+    };
+    // Each wave is a batch of its own: what a batch needs (consent for binds that are not
+    // atomic in it, prepared transactions, a durable decider) is checked wave by wave, all
+    // before anything runs.
+    let mut refusals: Vec<String> = Vec::new();
+    let add = |refusals: &mut Vec<String>, found: Vec<String>| {
+        for r in found {
+            if !refusals.contains(&r) {
+                refusals.push(r);
+            }
         }
-        check_prepared_capacity(settings, &works, &servers).map_err(Refusal::invalid)?;
-        check_durable_decider(settings, &works).map_err(|e| Refusal::invalid(vec![e]))?;
+    };
+    for wave in &waves {
+        let found = consent_refusals(&wave_works(&works, wave), direction, args);
+        add(&mut refusals, found);
     }
-    Ok(Checked { plans, works })
+    add(&mut refusals, sqlite_paths_refused(&works));
+    if refusals.is_empty() {
+        for wave in &waves {
+            let ws = wave_works(&works, wave);
+            if let Err(found) = check_prepared_capacity(settings, &ws, &servers) {
+                add(&mut refusals, found);
+            }
+            if let Err(e) = check_durable_decider(settings, &ws) {
+                add(&mut refusals, vec![e]);
+            }
+        }
+    }
+    if !refusals.is_empty() {
+        return Err(Refusal::invalid(refusals));
+    }
+    Ok(Checked {
+        plans,
+        works,
+        waves,
+        rollout: wave_settings,
+    })
+}
+
+/// The works of one wave.
+pub(crate) fn wave_works(works: &[BindWork], wave: &[usize]) -> Vec<BindWork> {
+    wave.iter().map(|&i| works[i].clone()).collect()
 }
 
 /// A SQLite bind whose file does not exist yet is created by its batch, with its folders: the
@@ -526,7 +653,7 @@ fn consent_refusals(works: &[BindWork], direction: Direction, args: &MigrateArgs
 }
 
 /// What each bind promises, when the batch mixes guarantees, and a warning per non-atomic bind.
-fn print_guarantees(settings: &Settings, works: &[BindWork], o: &mut Output) {
+pub(crate) fn print_guarantees(settings: &Settings, works: &[BindWork], o: &mut Output) {
     if works.iter().any(|w| w.endpoint.backend == Backend::Mysql) {
         let decider = choose_decider(works, settings.decider.as_deref());
         for (i, w) in works.iter().enumerate() {
@@ -554,7 +681,7 @@ fn print_guarantees(settings: &Settings, works: &[BindWork], o: &mut Output) {
 }
 
 /// The exit code, the result word and the error text of a batch's verdict.
-fn verdict(report: &BatchReport) -> (i32, &'static str, Option<String>) {
+pub(crate) fn verdict(report: &BatchReport) -> (i32, &'static str, Option<String>) {
     match &report.verdict {
         Verdict::Committed => (exit::OK, "committed", None),
         Verdict::RolledBack { error } => (exit::FAILED, "rolled back", Some(error_chain(error))),
@@ -575,7 +702,17 @@ fn print_json_outcome(
     migrations: &BTreeMap<String, usize>,
     o: &mut Output,
 ) -> i32 {
-    let (code, result, error_text) = verdict(report);
+    let (code, _, _) = verdict(report);
+    o.json(&batch_json(report, migrations));
+    code
+}
+
+/// A batch and every bind's outcome as one JSON object.
+pub(crate) fn batch_json(
+    report: &BatchReport,
+    migrations: &BTreeMap<String, usize>,
+) -> serde_json::Value {
+    let (_, result, error_text) = verdict(report);
     let binds: Vec<_> = report
         .binds
         .iter()
@@ -598,25 +735,26 @@ fn print_json_outcome(
                 "detail": detail,
                 "migrations": migrations.get(bind),
                 "elapsed_ms": report.timings.get(bind),
+                "lock_hold_ms": report.lock_holds.get(bind),
             })
         })
         .collect();
-    o.json(&json!({
+    json!({
         "batch_id": report.batch_id,
         "decider": report.decider,
         "direction": report.direction.to_string(),
         "result": result,
         "error": error_text,
         "other_errors": report.other_errors,
+        "max_lock_hold_ms": report.lock_holds.values().max(),
         "binds": binds,
-    }));
-    code
+    })
 }
 
 /// Text: a line per bind (or, for a large batch, a count of the binds that committed, the
 /// slowest, and a line per bind that did not), then the batch's verdict (errors on the error
 /// stream).
-fn print_outcome(report: BatchReport, summarise: bool, o: &mut Output) -> i32 {
+pub(crate) fn print_outcome(report: BatchReport, summarise: bool, o: &mut Output) -> i32 {
     let (code, _, error_text) = verdict(&report);
     if summarise {
         let committed = report

@@ -7,6 +7,7 @@ pub mod migrate;
 pub mod output;
 mod progress;
 pub mod recover;
+pub mod rollout;
 pub mod status;
 
 use orchestrate_driver::{BindConnection, BindState, DriverError};

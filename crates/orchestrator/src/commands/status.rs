@@ -191,7 +191,27 @@ pub fn status(
         Err(e) => return o.refuse(Refusal::argument(e)),
     };
     let reports = inspect(settings, &binds);
-    print_reports(&reports, json, verbose, o);
+    // The project's last rollout, when it has not committed: where it stopped.
+    let rollout = match crate::rollout::RolloutRecord::load(&settings.root) {
+        Ok(r) => r.filter(|r| r.state != crate::rollout::RolloutState::Committed),
+        Err(e) => {
+            o.note(e);
+            None
+        }
+    };
+    if json {
+        match &rollout {
+            Some(r) => o.json(&json!({ "binds": reports, "rollout": r })),
+            None => print_reports(&reports, json, verbose, o),
+        }
+    } else {
+        print_reports(&reports, json, verbose, o);
+        if let Some(r) = &rollout {
+            for line in r.describe() {
+                let _ = writeln!(o.out, "{line}");
+            }
+        }
+    }
     verdict(&reports, false, false)
 }
 
@@ -206,6 +226,8 @@ fn upgrade_refusal(settings: &Settings, allow_non_atomic: bool) -> Option<Refusa
         json: false,
         verbose: false,
         allow_non_atomic,
+        wave_size: None,
+        canary: Vec::new(),
     };
     check_batch(settings, Direction::Up, &upgrade, Allow::default()).err()
 }
