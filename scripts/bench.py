@@ -4,9 +4,18 @@
 For each size (M databases, N migrations each) it measures, in one run:
   atomic      orchestrate upgrade --all-binds (one atomic batch over all M binds)
   one-by-one  the same tool applying the binds one at a time (M separate runs)
-  floor       the same migration SQL sent by psql: one transaction per database ended by
-              PREPARE TRANSACTION, then COMMIT PREPARED, with the same parallelism
+  psql floor  the same migration SQL sent by psql: one transaction per database ended by
+              PREPARE TRANSACTION, then COMMIT PREPARED, with the same parallelism (one psql
+              process, hence one connection, per step: not a floor, kept for comparison)
+  libpq floor the same SQL from one libpq client (crates/orchestrator/examples/libpq_floor.rs):
+              per database one connection, BEGIN + SQL + PREPARE TRANSACTION in one round
+              trip, COMMIT PREPARED on the same connection (reconnecting only beyond the
+              server's connection budget), same parallelism, no bookkeeping at all
+  rollout     orchestrate upgrade --all-binds --wave-size W (waves of W binds, one after the
+              other): its time, and the longest any bind held its locks, next to the single
+              batch's (both from --json's max_lock_hold_ms)
   status      orchestrate status --json over all M binds, after the upgrade
+  no-op       orchestrate upgrade --all-binds --json again, with nothing left to do
   peak RSS    the largest resident set of the atomic upgrade and of status (ru_maxrss)
 
 Usage:
@@ -19,6 +28,7 @@ max_prepared_transactions covers M. Prints a Markdown table.
 import argparse
 import concurrent.futures as cf
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -34,8 +44,9 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-def timed_child(cmd, cwd, env=None):
-    """Runs a command; returns (seconds, peak RSS in MiB of that process).
+def timed_child(cmd, cwd, env=None, output=False):
+    """Runs a command; returns (seconds, peak RSS in MiB of that process), and its stdout when
+    `output`.
 
     The peak comes from GNU time, which forks the command from its own small process: a
     child forked from this Python process would report Python's resident set as its own
@@ -50,7 +61,16 @@ def timed_child(cmd, cwd, env=None):
             err.seek(0)
             sys.exit(f"bench: {' '.join(cmd)} failed ({proc.returncode}):\n{out.read().decode()}\n{err.read().decode()}")
         kib = int(rss.read().strip().splitlines()[-1])
+        if output:
+            out.seek(0)
+            return seconds, kib / 1024.0, out.read().decode()
     return seconds, kib / 1024.0
+
+
+def rollout_waves(project):
+    """The waves of the project's last rollout, from its record."""
+    with open(os.path.join(project, ".orchestrate", "rollout.json")) as f:
+        return json.load(f)["waves"]
 
 
 def psql(url, sql):
@@ -72,10 +92,24 @@ def main():
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/orchestrate"))
     ap.add_argument("--pg-url", help="an admin URL of a server to use instead of a throwaway cluster")
+    ap.add_argument("--wave-size", type=int, default=50, help="the rollout's wave size (W)")
+    ap.add_argument("--keep", type=int, default=150,
+                    help="connections the libpq floor keeps open for COMMIT PREPARED (under max_connections)")
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
     if not os.path.exists(binary):
         sys.exit(f"bench: {binary} not found; run `cargo build --release` (or pass --binary)")
+    # The libpq floor, built with the binary's profile.
+    profile = os.path.basename(os.path.dirname(binary))
+    floor = os.path.join(os.path.dirname(binary), "examples", "libpq_floor")
+    build = ["cargo", "build", "--locked", "-p", "orchestrate", "--example", "libpq_floor"]
+    if profile == "release":
+        build.append("--release")
+    print(f"bench: {' '.join(build)}", file=sys.stderr)
+    subprocess.run(build, cwd=ROOT, check=True)
+    if not os.path.exists(floor):
+        sys.exit(f"bench: {floor} not found after building it")
+    args.floor = floor
     if not os.path.exists(TIME):
         if os.geteuid() != 0:
             sys.exit("bench: GNU time (/usr/bin/time) is needed to measure peak memory; install the `time` package")
@@ -102,12 +136,23 @@ def main():
             shutil.rmtree(cluster, ignore_errors=True)
 
     print()
-    print("| binds x migrations | atomic upgrade | one bind at a time | psql floor (PREPARE + COMMIT PREPARED) | atomic / floor | status (all binds) | status floor (connections alone) | peak RSS upgrade | peak RSS status |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| binds x migrations | atomic upgrade | one bind at a time | libpq floor | atomic / libpq floor | psql (PREPARE + COMMIT PREPARED) | status (all binds) | status floor (connections alone) | status / floor | no-op upgrade | no-op / floor | peak RSS upgrade | peak RSS status |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['m']} x {r['n']} | {r['atomic']:.2f} s | {r['serial']:.2f} s | {r['floor']:.2f} s | "
-            f"{r['atomic'] / r['floor']:.2f}x | {r['status']:.3f} s | {r['status_floor']:.3f} s | {r['rss_up']:.1f} MiB | {r['rss_status']:.1f} MiB |"
+            f"| {r['m']} x {r['n']} | {r['atomic']:.2f} s | {r['serial']:.2f} s | {r['libpq']:.2f} s | "
+            f"{r['atomic'] / r['libpq']:.2f}x | {r['floor']:.2f} s | {r['status']:.3f} s | {r['status_floor']:.3f} s | "
+            f"{r['status'] / r['status_floor']:.2f}x | {r['noop']:.3f} s | {r['noop'] / r['status_floor']:.2f}x | "
+            f"{r['rss_up']:.1f} MiB | {r['rss_status']:.1f} MiB |"
+        )
+    print()
+    print(f"| binds x migrations | one batch | its longest lock hold | rollout, waves of {args.wave_size} | its longest lock hold | longest wave | longest hold / longest wave | rollout / one batch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['m']} x {r['n']} | {r['atomic']:.2f} s | {r['hold_atomic'] / 1000:.2f} s | {r['rollout']:.2f} s | "
+            f"{r['hold_rollout'] / 1000:.2f} s | {r['wave'] / 1000:.2f} s | {r['hold_rollout'] / max(r['wave'], 1):.2f}x | "
+            f"{r['rollout'] / r['atomic']:.2f}x |"
         )
 
 
@@ -132,6 +177,16 @@ def bench_size(m, n, args, binary, admin, base):
         with open(os.path.join(d, "down.sql"), "w") as f:
             f.write(f"DROP TABLE t{v};\n")
     floor_sql = "BEGIN;\n" + "".join(migration_sql(v) for v in range(1, n + 1))
+    sql_file = os.path.join(project, "floor.sql")
+    with open(sql_file, "w") as f:
+        f.write("".join(migration_sql(v) for v in range(1, n + 1)))
+    urls_file = os.path.join(project, "urls.txt")
+    with open(urls_file, "w") as f:
+        f.write("\n".join(urls) + "\n")
+
+    def libpq_once():
+        out = run([args.floor, str(args.parallelism), str(args.keep), sql_file, urls_file]).stdout
+        return float(out.strip())
 
     def reset():
         list(pool.map(lambda u: psql(u, "DROP SCHEMA public CASCADE; CREATE SCHEMA public;"), urls))
@@ -164,17 +219,21 @@ def bench_size(m, n, args, binary, admin, base):
                 if line.startswith("tps"):
                     connect_rate = float(line.split("=")[1].split()[0])
 
-    results = {"atomic": [], "serial": [], "floor": [], "status": []}
+    results = {"atomic": [], "serial": [], "floor": [], "libpq": [], "status": [], "noop": [], "rollout": [],
+               "hold_atomic": [], "hold_rollout": [], "wave": []}
     rss_up = rss_status = 0.0
     for r in range(args.repeat):
         print(f"bench: {m}x{n} run {r + 1}/{args.repeat}", file=sys.stderr)
         reset()
-        t, rss = timed_child([binary, "upgrade", "--all-binds", "--json"], project)
+        t, rss, out = timed_child([binary, "upgrade", "--all-binds", "--json"], project, output=True)
         results["atomic"].append(t)
+        results["hold_atomic"].append(json.loads(out)["max_lock_hold_ms"])
         rss_up = max(rss_up, rss)
         t, rss = timed_child([binary, "status", "--json"], project)
         results["status"].append(t)
         rss_status = max(rss_status, rss)
+        t, _ = timed_child([binary, "upgrade", "--all-binds", "--json"], project)
+        results["noop"].append(t)
         reset()
         start = time.perf_counter()
         for i in range(m):
@@ -182,6 +241,15 @@ def bench_size(m, n, args, binary, admin, base):
         results["serial"].append(time.perf_counter() - start)
         reset()
         results["floor"].append(floor_once())
+        reset()
+        results["libpq"].append(libpq_once())
+        reset()
+        t, _, out = timed_child([binary, "upgrade", "--all-binds", "--wave-size", str(args.wave_size), "--json"],
+                                project, output=True)
+        rollout = json.loads(out)
+        results["rollout"].append(t)
+        results["hold_rollout"].append(rollout["max_lock_hold_ms"])
+        results["wave"].append(max(w["elapsed_ms"] for w in rollout_waves(project)))
     list(pool.map(lambda name: psql(admin, f"DROP DATABASE {name} WITH (FORCE)"), names))
     shutil.rmtree(project, ignore_errors=True)
 
