@@ -22,5 +22,6 @@ mod recover;
 mod rollout;
 mod scale;
 mod seed;
+mod segments;
 mod statements;
 mod support;

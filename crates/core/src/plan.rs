@@ -78,6 +78,9 @@ pub struct Step {
     /// The migration says it changes only data (`data_only = true` in metadata.toml): on
     /// MySQL it can run inside an XA transaction.
     pub data_only: bool,
+    /// False for a migration with `run_in_transaction = false` (PostgreSQL, planned with
+    /// [`Allow::non_transactional`]): it runs outside any transaction, as a segment of its own.
+    pub in_transaction: bool,
 }
 
 impl Step {
@@ -98,6 +101,7 @@ impl Step {
             down_source: None,
             undo_sql: None,
             data_only: false,
+            in_transaction: true,
         }
     }
 }
@@ -119,6 +123,9 @@ pub struct Allow {
     pub edited: bool,
     /// Go on although an applied migration's folder is gone.
     pub missing: bool,
+    /// Plan a migration with `run_in_transaction = false` as a step outside any transaction
+    /// instead of refusing it (`--allow-non-atomic` on a PostgreSQL bind).
+    pub non_transactional: bool,
 }
 
 /// Something wrong between a chain and what its database has applied.
@@ -222,7 +229,7 @@ pub enum PlanError {
     NotApplied { bind: String, target: String },
     #[error("bind `{bind}`: migration {name} cannot be reverted: it has no down.sql and none was stored when it was applied")]
     NoDownSql { bind: String, name: String },
-    #[error("bind `{bind}`: migration {name} {reason}, so it cannot be part of an atomic batch; nothing was run. Run it by other means (and `orchestrate stamp` the bind), or change the migration")]
+    #[error("bind `{bind}`: migration {name} {reason}, so it cannot be part of an atomic batch; nothing was run. On a PostgreSQL bind, `upgrade --allow-non-atomic` runs it outside any transaction, as a segment of its own between atomic batches; otherwise run it by other means (and `orchestrate stamp` the bind), or change the migration")]
     NonTransactional {
         bind: String,
         name: String,
@@ -338,7 +345,10 @@ pub fn plan_upgrade(
     let chosen = upgrade_chosen(chain, applied, target)?;
     let mut steps = Vec::with_capacity(chosen.len());
     for file in chosen {
-        if let Some(reason) = file.transaction_blocker() {
+        if let Some(reason) = file
+            .transaction_blocker()
+            .filter(|_| !allow.non_transactional)
+        {
             return Err(PlanError::NonTransactional {
                 bind,
                 name: file.name.clone(),
@@ -354,6 +364,7 @@ pub fn plan_upgrade(
             down_source: None,
             undo_sql: file.down_sql.clone(),
             data_only: file.data_only,
+            in_transaction: file.run_in_transaction,
         });
     }
     Ok(Plan {
@@ -547,6 +558,7 @@ fn downgrade_step(chain: &Chain, record: &Applied, name: String) -> Result<Step,
         down_source: Some(source),
         undo_sql: file.map(|f| f.up_sql.clone()),
         data_only: file.is_some_and(|f| f.data_only),
+        in_transaction: true,
     })
 }
 

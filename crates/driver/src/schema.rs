@@ -8,8 +8,8 @@
 //! - `orchestrate_batches(batch_id, state, begun_at, decided_at, settled_at, record)`: on a
 //!   decider, its batches and their decisions (see [`BATCHES_DDL`]).
 //! - `orchestrate_in_progress(kind, batch_id, version, decider, direction, name,
-//!   statements_done, statements_total, started_at)`: MySQL binds only, what is under way and
-//!   not settled. A `batch` row (version `-`) says a batch touched this bind and its outcome is
+//!   statements_done, statements_total, started_at)`: MySQL binds, and PostgreSQL binds that
+//!   ran a migration outside any transaction: what is under way and not settled. A `batch` row (version `-`) says a batch touched this bind and its outcome is
 //!   not settled here yet; a `migration` row says a migration (or its undo) started and did not
 //!   finish: how many of its statements committed is in `statements_done`.
 //!
@@ -30,6 +30,14 @@ pub const IN_PROGRESS_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS {t} (\
        decider VARCHAR(64) NOT NULL, direction VARCHAR(16) NOT NULL, name TEXT NOT NULL, \
        statements_done BIGINT NOT NULL, statements_total BIGINT NOT NULL, \
        started_at VARCHAR(40) NOT NULL, PRIMARY KEY (kind, batch_id, version)) ENGINE=InnoDB";
+
+/// PostgreSQL: the same marks, for migrations that run outside any transaction
+/// (`run_in_transaction = false`, run by `upgrade --allow-non-atomic` as a segment of their own).
+pub const IN_PROGRESS_DDL_PG: &str = "CREATE TABLE IF NOT EXISTS {t} (\
+       kind VARCHAR(16) NOT NULL, batch_id VARCHAR(64) NOT NULL, version VARCHAR(50) NOT NULL, \
+       decider VARCHAR(64) NOT NULL, direction VARCHAR(16) NOT NULL, name TEXT NOT NULL, \
+       statements_done BIGINT NOT NULL, statements_total BIGINT NOT NULL, \
+       started_at VARCHAR(40) NOT NULL, PRIMARY KEY (kind, batch_id, version))";
 
 pub const HISTORY_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS {t} (\
        id BIGINT AUTO_INCREMENT PRIMARY KEY, batch_id TEXT NOT NULL, version TEXT NOT NULL, \

@@ -289,16 +289,45 @@ fn word_hazard(body: &str) -> Option<(String, Hazard)> {
     None
 }
 
-/// Both files of a migration: `up.sql`, then `down.sql`.
+/// SQL of a PostgreSQL migration that runs outside any transaction (`run_in_transaction =
+/// false`): each statement alone, as it will run. What only a transaction block refuses
+/// (`CREATE INDEX CONCURRENTLY`, `VACUUM`) is what such a migration is for; everything else
+/// (transaction control, session settings, orchestrate's own tables, ...) is refused as
+/// anywhere else.
+pub fn check_sql_outside(backend: Backend, sql: &str) -> Option<Found> {
+    let mut cursor = 0;
+    for statement in orchestrate_core::split_statements(sql) {
+        let at = sql[cursor..]
+            .find(statement.trim())
+            .map_or(cursor, |i| cursor + i);
+        cursor = at;
+        let line = sql[..at].matches('\n').count();
+        if let Some(found) = check_sql(backend, &statement) {
+            if found.hazard != Hazard::OutsideTransaction {
+                return Some(Found {
+                    line: found.line + line,
+                    ..found
+                });
+            }
+        }
+    }
+    touches_bookkeeping(dialect(backend), sql)
+}
+
+/// Both files of a migration: `up.sql`, then `down.sql` (each statement alone for a
+/// PostgreSQL migration that runs outside any transaction, see [`check_sql_outside`]).
 pub fn check_migration(backend: Backend, file: &MigrationFile) -> Result<(), Refusal> {
-    if let Some(found) = check_sql(backend, &file.up_sql) {
+    let check = |sql: &str| {
+        if backend == Backend::Postgres && !file.run_in_transaction {
+            check_sql_outside(backend, sql)
+        } else {
+            check_sql(backend, sql)
+        }
+    };
+    if let Some(found) = check(&file.up_sql) {
         return Err(Refusal::new("up.sql", found));
     }
-    if let Some(found) = file
-        .down_sql
-        .as_deref()
-        .and_then(|sql| check_sql(backend, sql))
-    {
+    if let Some(found) = file.down_sql.as_deref().and_then(check) {
         return Err(Refusal::new("down.sql", found));
     }
     Ok(())
@@ -1013,6 +1042,26 @@ mod tests {
             "RELEASE SAVEPOINT t",
             4,
         );
+    }
+
+    /// A PostgreSQL migration that runs outside a transaction may hold what only a
+    /// transaction block refuses, statement by statement; nothing else.
+    #[test]
+    fn outside_a_transaction_only_the_concurrent_forms_are_allowed() {
+        let outside =
+            |sql: &str| check_sql_outside(Backend::Postgres, sql).map(|f| (f.statement, f.line));
+        assert_eq!(
+            outside("CREATE INDEX CONCURRENTLY i ON t (a);\nDROP INDEX CONCURRENTLY IF EXISTS j;"),
+            None
+        );
+        assert_eq!(
+            outside("CREATE INDEX CONCURRENTLY i ON t (a);\n\nCOMMIT;").map(|f| f.1),
+            Some(3)
+        );
+        assert!(outside("CREATE INDEX CONCURRENTLY i ON t (a);\nDISCARD ALL;").is_some());
+        assert!(outside("CREATE INDEX CONCURRENTLY i ON orchestrate_batches (state);").is_some());
+        // In a transaction the same statement is refused.
+        assert!(check_sql(Backend::Postgres, "CREATE INDEX CONCURRENTLY i ON t (a);").is_some());
     }
 
     /// Found by a sixth adversarial review: a migration's trigger turned the decider's

@@ -316,6 +316,7 @@ fn dispatch(command: Command, settings: &Settings, o: &mut Output) -> i32 {
                 out_of_order: args.allow_out_of_order,
                 edited: args.allow_edited,
                 missing: args.allow_missing,
+                non_transactional: false,
             };
             commands::migrate::migrate(settings, Direction::Up, &args.common, allow, o)
         }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use orchestrate_core::{current, Chain, Direction, MigrationFile, Step, Target, Version};
-use orchestrate_driver::{read_chain, BindConnection, BindState, Bookkeeping, DriverError, Mysql};
+use orchestrate_driver::{
+    read_chain, Backend, BindConnection, BindState, Bookkeeping, DriverError, Mark, Mysql, Postgres,
+};
 
 use crate::coordinator::new_batch_id;
 use crate::exit;
@@ -284,15 +286,79 @@ pub fn resolve(
     version: &str,
     applied: bool,
 ) -> Result<String, Failure> {
-    if bind.endpoint.backend.is_atomic() {
-        return Err(invalid(format!(
-            "bind `{}` is {}: its batches are atomic and never leave a migration half done; `resolve` is for MySQL binds. Run `orchestrate recover` for batches in doubt",
-            bind.name, bind.endpoint.backend
-        )));
-    }
     let unreachable = |e: DriverError| invalid(e.to_string());
-    let mut conn = Mysql::connect(&bind.endpoint, settings.lock_timeout).map_err(unreachable)?;
-    conn.begin_nonatomic().map_err(unreachable)?;
+    match bind.endpoint.backend {
+        Backend::Mysql => {
+            let mut conn =
+                Mysql::connect(&bind.endpoint, settings.lock_timeout).map_err(unreachable)?;
+            conn.begin_nonatomic().map_err(unreachable)?;
+            resolve_marked(&mut conn, bind, version, applied, false)
+        }
+        Backend::Postgres => {
+            let mut conn =
+                Postgres::connect(&bind.endpoint, settings.lock_timeout).map_err(unreachable)?;
+            conn.begin_outside().map_err(unreachable)?;
+            let done = resolve_marked(&mut conn, bind, version, applied, true);
+            conn.end_outside();
+            done
+        }
+        Backend::Sqlite => Err(invalid(format!(
+            "bind `{}` is sqlite: its batches are atomic and never leave a migration half done; `resolve` is for MySQL binds and for PostgreSQL migrations run outside a transaction. Run `orchestrate recover` for batches in doubt",
+            bind.name
+        ))),
+    }
+}
+
+/// A bind whose interrupted migrations are marked in `orchestrate_in_progress`: MySQL, and
+/// PostgreSQL migrations run outside a transaction. Its migration lock is held.
+trait Marked: Bookkeeping {
+    fn marks(&mut self) -> Result<Vec<Mark>, DriverError>;
+    fn clear_mark(&mut self, mark: &Mark) -> Result<(), DriverError>;
+    fn finish_marked_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        label: &str,
+        step: &Step,
+        mark: &Mark,
+        at: &str,
+    ) -> Result<(), DriverError>;
+}
+
+macro_rules! marked {
+    ($t:ty) => {
+        impl Marked for $t {
+            fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
+                <$t>::marks(self)
+            }
+            fn clear_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
+                <$t>::clear_mark(self, mark)
+            }
+            fn finish_marked_step(
+                &mut self,
+                batch_id: &str,
+                direction: Direction,
+                label: &str,
+                step: &Step,
+                mark: &Mark,
+                at: &str,
+            ) -> Result<(), DriverError> {
+                <$t>::finish_marked_step(self, batch_id, direction, label, step, mark, at)
+            }
+        }
+    };
+}
+marked!(Mysql);
+marked!(Postgres);
+
+fn resolve_marked(
+    conn: &mut dyn Marked,
+    bind: &BindSettings,
+    version: &str,
+    applied: bool,
+    outside: bool,
+) -> Result<String, Failure> {
+    let unreachable = |e: DriverError| invalid(e.to_string());
     let marks = conn.marks().map_err(unreachable)?;
     let interrupted: Vec<_> = marks.iter().filter(|m| !m.is_batch()).collect();
     let Some(mark) = interrupted
@@ -343,6 +409,14 @@ pub fn resolve(
         None => conn.clear_mark(mark),
     };
     done.map_err(unreachable)?;
+    if outside {
+        return Ok(format!(
+            "bind `{}`: {} is recorded as {}. Run the same `orchestrate upgrade --allow-non-atomic` again to go on from there, then `orchestrate status`",
+            bind.name,
+            mark.name,
+            if applied { "applied" } else { "not applied" },
+        ));
+    }
     Ok(format!(
         "bind `{}`: {} is recorded as {}. Now run `orchestrate recover` to settle the rest of batch {} (kept if it was decided; otherwise its migrations on this bind recorded as applied are reverted, newest first), then `orchestrate status`",
         bind.name,

@@ -245,6 +245,15 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
     {
         recover_nonatomic(settings, bind, dry_run, wait, &mut report);
     }
+    // PostgreSQL migrations that ran outside a transaction and did not finish: only a person
+    // can tell how far they got.
+    for bind in settings
+        .binds
+        .iter()
+        .filter(|b| b.endpoint.backend == Backend::Postgres)
+    {
+        report_outside_marks(settings, bind, &mut report);
+    }
     // 2. Decided batches not yet settled: every participant must have it. SQLite
     // participants that lost their transaction are brought forward; then the decision is
     // marked settled, so that later runs do not read it again.
@@ -651,6 +660,7 @@ fn redo_work(
                 .then_some(orchestrate_core::DownSqlSource::Stored),
             undo_sql: None,
             data_only: false,
+            in_transaction: true,
         })
         .collect();
     BindWork {
@@ -733,6 +743,48 @@ fn recover_nonatomic(
             continue;
         }
         r.settle_batch_mark(m);
+    }
+}
+
+/// The marks a PostgreSQL migration run outside a transaction left (see
+/// `commands::segments`): what committed of it is unknown, so each is left to `orchestrate
+/// resolve`, or said to be running when a run holds the bind's migration lock.
+fn report_outside_marks(
+    settings: &Settings,
+    bind: &crate::settings::BindSettings,
+    report: &mut RecoverReport,
+) {
+    let mut conn =
+        match orchestrate_driver::Postgres::connect(&bind.endpoint, settings.lock_timeout) {
+            Ok(c) => c,
+            Err(e) => return report.errors.push(e.to_string()),
+        };
+    let marks = match conn.marks() {
+        Ok(m) => m,
+        Err(e) => return report.errors.push(e.to_string()),
+    };
+    if marks.is_empty() {
+        return;
+    }
+    let running = match conn.lock_free() {
+        Ok(free) => !free,
+        Err(e) => return report.errors.push(e.to_string()),
+    };
+    for m in marks {
+        report.actions.push(Action {
+            bind: bind.name.clone(),
+            batch_id: m.batch_id.clone(),
+            action: if running {
+                ActionKind::LeftAlone
+            } else {
+                ActionKind::Attention
+            },
+            detail: if running {
+                format!("{} is running outside a transaction now (a run holds this bind's migration lock); run recover again once it has finished or died", m.name)
+            } else {
+                m.describe().replace("<bind>", &bind.name)
+            },
+        });
     }
 }
 

@@ -31,6 +31,12 @@ pub(crate) fn crash_point_mid_migration() {
     crash_point!("mysql-mid-migration");
 }
 
+/// Where a test can crash a PostgreSQL migration that runs outside a transaction, between
+/// two of its statements.
+pub(crate) fn crash_point_outside() {
+    crash_point!("outside-mid-migration");
+}
+
 /// Why a batch failed before its decision.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {

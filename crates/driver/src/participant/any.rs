@@ -129,11 +129,13 @@ impl BindConnection {
         }
     }
 
-    /// What is under way and not settled on this bind (MySQL marks; nothing elsewhere).
+    /// What is under way and not settled on this bind (MySQL marks, and PostgreSQL marks of
+    /// migrations run outside a transaction; nothing on SQLite).
     pub fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
         match self {
             BindConnection::Mysql(c) => c.marks(),
-            _ => Ok(Vec::new()),
+            BindConnection::Postgres(c) => c.marks(),
+            BindConnection::Sqlite(_) => Ok(Vec::new()),
         }
     }
 

@@ -59,6 +59,7 @@ macro_rules! bound {
 
 mod any;
 mod decision;
+mod marks;
 mod mysql;
 mod postgres;
 mod session;

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use diesel::MysqlConnection;
@@ -171,8 +171,15 @@ impl Mark {
             Some(MarkDirection::UndoUp) => "undoing (reverting) the applied",
             _ => "undoing (re-applying) the reverted",
         };
+        // A PostgreSQL migration run outside a transaction (no decider): nothing else of its
+        // segment waits for it; the same upgrade goes on once it is resolved.
+        let then = if self.decider.is_empty() {
+            "then run the same `orchestrate upgrade --allow-non-atomic` again"
+        } else {
+            "then `orchestrate recover` settles the rest of the batch"
+        };
         format!(
-            "interrupted while {what} migration {} (batch {}, started {}): {}. Look at the database and bring migration {} either fully in or fully out by hand, then run `orchestrate resolve --bind <bind> {} --applied` if it is now fully in the database, or `--reverted` if none of it is; then `orchestrate recover` settles the rest of the batch",
+            "interrupted while {what} migration {} (batch {}, started {}): {}. Look at the database and bring migration {} either fully in or fully out by hand, then run `orchestrate resolve --bind <bind> {} --applied` if it is now fully in the database, or `--reverted` if none of it is; {then}",
             self.name,
             self.batch_id,
             self.started_at,
@@ -308,7 +315,7 @@ impl Db for MysqlConnection {
         if !tables.iter().any(|t| t == IN_PROGRESS) {
             return Ok(Vec::new());
         }
-        load_marks(s)
+        s.load_marks()
     }
 
     /// InnoDB's durability is the server's (`innodb_flush_log_at_trx_commit`, checked by
@@ -320,15 +327,6 @@ impl Db for MysqlConnection {
     fn decision_held(s: &mut Session<Self>, batch_id: &str) -> Result<bool, DriverError> {
         s.probe_row(batch_id)
     }
-}
-
-fn load_marks(s: &mut Session<MysqlConnection>) -> Result<Vec<Mark>, DriverError> {
-    s.rows(
-        "cannot read orchestrate_in_progress",
-        "SELECT kind, batch_id, version, decider, direction, name, statements_done, \
-         statements_total, started_at FROM {orchestrate_in_progress} ORDER BY started_at, kind",
-        &[],
-    )
 }
 
 /// A connection to a MySQL or MariaDB bind.
@@ -460,72 +458,22 @@ impl Mysql {
         if !self.s.table_exists(IN_PROGRESS)? {
             return Ok(Vec::new());
         }
-        load_marks(&mut self.s)
+        self.s.load_marks()
     }
 
     /// Writes a mark (committed at once).
     pub fn put_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
-        self.s
-            .exec(
-                "cannot write to orchestrate_in_progress",
-                "INSERT INTO {orchestrate_in_progress} (kind, batch_id, version, decider, direction, name, \
-                 statements_done, statements_total, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                &[
-                    Arg::Text(&mark.kind),
-                    Arg::Text(&mark.batch_id),
-                    Arg::Text(&mark.version),
-                    Arg::Text(&mark.decider),
-                    Arg::Text(&mark.direction),
-                    Arg::Text(&mark.name),
-                    Arg::Int(mark.statements_done),
-                    Arg::Int(mark.statements_total),
-                    Arg::Text(&mark.started_at),
-                ],
-            )
-            .map(|_| ())
+        self.s.put_mark(mark)
     }
 
     /// Records how many statements of a marked migration have committed.
     pub fn set_mark_progress(&mut self, mark: &Mark, done: i64) -> Result<(), DriverError> {
-        self.s
-            .exec(
-                "cannot write to orchestrate_in_progress",
-                "UPDATE {orchestrate_in_progress} SET statements_done = ? WHERE kind = ? AND batch_id = ? AND version = ?",
-                &[
-                    Arg::Int(done),
-                    Arg::Text(&mark.kind),
-                    Arg::Text(&mark.batch_id),
-                    Arg::Text(&mark.version),
-                ],
-            )
-            .map(|_| ())
+        self.s.set_mark_progress(mark, done)
     }
 
-    /// Removes a mark (committed at once, or with the open transaction). A mark that is not
-    /// there is an error: someone else settled it, and what was about to be recorded with its
-    /// removal must not be.
+    /// Removes a mark (see [`Session::clear_mark`]).
     pub fn clear_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
-        let deleted = self.s.exec(
-            "cannot write to orchestrate_in_progress",
-            "DELETE FROM {orchestrate_in_progress} WHERE kind = ? AND batch_id = ? AND version = ?",
-            &[
-                Arg::Text(&mark.kind),
-                Arg::Text(&mark.batch_id),
-                Arg::Text(&mark.version),
-            ],
-        )?;
-        if deleted == 1 {
-            return Ok(());
-        }
-        Err(self.s.other(format!(
-            "the mark of {} (batch {}) is gone: another run settled it meanwhile",
-            if mark.is_batch() {
-                "the batch"
-            } else {
-                &mark.name
-            },
-            mark.batch_id
-        )))
+        self.s.clear_mark(mark)
     }
 
     /// Removes every batch mark (`batch`, `xa-batch`) of `batch_id`.
@@ -556,8 +504,8 @@ impl Mysql {
         self.autocommit()
     }
 
-    /// Records a finished step in the version tables and clears its mark, in one
-    /// transaction: either the step is recorded and unmarked, or still marked.
+    /// Records a finished step and clears its mark, in one transaction (see
+    /// [`Session::finish_marked_step`]).
     pub fn finish_marked_step(
         &mut self,
         batch_id: &str,
@@ -567,17 +515,8 @@ impl Mysql {
         mark: &Mark,
         at: &str,
     ) -> Result<(), DriverError> {
-        let begun = AnsiTransactionManager::begin_transaction(&mut self.s.conn);
-        begun.map_err(|e| self.s.query_err("cannot begin a transaction", e))?;
-        let done = self
-            .s
-            .record_step(batch_id, direction, label, step, at)
-            .and_then(|()| self.clear_mark(mark))
-            .and_then(|()| self.s.commit());
-        if done.is_err() {
-            self.s.rollback();
-        }
-        done
+        self.s
+            .finish_marked_step(batch_id, direction, label, step, mark, at)
     }
 
     /// The steps `batch_id` applied or reverted on this bind and that no undo has reverted

@@ -16,7 +16,7 @@ use orchestrate_core::{Direction, Step};
 use super::session::quote_ident;
 use super::{
     wrong_backend, Arg, Atomic, BatchRow, BatchTransaction, CanDecide, Count, Db, Decider,
-    DecisionState, Name, PreparedXact, Resolve, Row, ServerIdentity, Session, TwoPhase,
+    DecisionState, Mark, Name, PreparedXact, Resolve, Row, ServerIdentity, Session, TwoPhase,
 };
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::{message_of, DriverError, ErrorClass, PrepareRefusal};
@@ -133,6 +133,13 @@ impl Db for PgConnection {
 
     fn decision_held(s: &mut Session<Self>, batch_id: &str) -> Result<bool, DriverError> {
         s.probe_row(batch_id)
+    }
+
+    fn marks(s: &mut Session<Self>, tables: &[String]) -> Result<Vec<Mark>, DriverError> {
+        if !tables.iter().any(|t| t == schema::IN_PROGRESS) {
+            return Ok(Vec::new());
+        }
+        s.load_marks()
     }
 
     fn limit_abort_wait(s: &mut Session<Self>, wait: Duration) -> Result<(), DriverError> {
@@ -376,6 +383,118 @@ impl Postgres {
                 Err(e) => return Err(self.s.query_err("cannot take the migration lock", e)),
             }
         }
+    }
+
+    /// Takes this database's migration lock for the session (not a transaction: what runs
+    /// next commits statement by statement), waiting up to `lock_timeout`, and makes
+    /// `orchestrate_in_progress`. For a migration with `run_in_transaction = false`: the
+    /// bookkeeping connection holds the lock; the migration's statements run on another.
+    pub fn begin_outside(&mut self) -> Result<(), DriverError> {
+        let started = Instant::now();
+        loop {
+            let got: Result<Flag, _> =
+                diesel::sql_query("SELECT pg_catalog.pg_try_advisory_lock($1) AS ok")
+                    .bind::<BigInt, _>(LOCK_KEY)
+                    .get_result(&mut self.s.conn);
+            match got {
+                Ok(Flag { ok: true }) => break,
+                Ok(Flag { ok: false }) if started.elapsed() < self.s.lock_timeout() => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(Flag { ok: false }) => return Err(self.s.busy(started)),
+                Err(e) => return Err(self.s.query_err("cannot take the migration lock", e)),
+            }
+        }
+        self.s.create_tables(
+            "cannot create orchestrate's tables",
+            &[
+                (schema::DIESEL_TABLE_DDL, DIESEL_TABLE),
+                (schema::HISTORY_DDL_PG, HISTORY),
+                (schema::IN_PROGRESS_DDL_PG, schema::IN_PROGRESS),
+            ],
+        )
+    }
+
+    /// Releases the session's migration lock (the end of the session releases it too).
+    pub fn end_outside(&mut self) {
+        let _ = self.s.execute_plain(
+            "cannot release the migration lock",
+            &format!("SELECT pg_catalog.pg_advisory_unlock({LOCK_KEY})"),
+        );
+    }
+
+    /// Whether no other session holds this database's migration lock (a batch, or a
+    /// migration running outside a transaction), found without waiting and without taking it
+    /// for longer than the probe.
+    pub fn lock_free(&mut self) -> Result<bool, DriverError> {
+        let got: Flag = diesel::sql_query("SELECT pg_catalog.pg_try_advisory_lock($1) AS ok")
+            .bind::<BigInt, _>(LOCK_KEY)
+            .get_result(&mut self.s.conn)
+            .map_err(|e| self.s.query_err("cannot probe the migration lock", e))?;
+        if got.ok {
+            self.end_outside();
+        }
+        Ok(got.ok)
+    }
+
+    /// What is under way and not settled on this bind: marks of migrations that ran outside
+    /// a transaction and did not finish.
+    pub fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
+        if !self.s.table_exists(schema::IN_PROGRESS)? {
+            return Ok(Vec::new());
+        }
+        self.s.load_marks()
+    }
+
+    /// Writes a mark (committed at once).
+    pub fn put_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
+        self.s.put_mark(mark)
+    }
+
+    /// Records how many statements of a marked migration have committed.
+    pub fn set_mark_progress(&mut self, mark: &Mark, done: i64) -> Result<(), DriverError> {
+        self.s.set_mark_progress(mark, done)
+    }
+
+    /// Removes a mark.
+    pub fn clear_mark(&mut self, mark: &Mark) -> Result<(), DriverError> {
+        self.s.clear_mark(mark)
+    }
+
+    /// Records a finished step and clears its mark, in one transaction.
+    pub fn finish_marked_step(
+        &mut self,
+        batch_id: &str,
+        direction: Direction,
+        label: &str,
+        step: &Step,
+        mark: &Mark,
+        at: &str,
+    ) -> Result<(), DriverError> {
+        self.s
+            .finish_marked_step(batch_id, direction, label, step, mark, at)
+    }
+
+    /// Runs one statement of a migration outside any transaction, alone (a statement such as
+    /// `CREATE INDEX CONCURRENTLY` refuses to run inside a transaction block, which a string
+    /// of several statements is).
+    pub fn run_statement(&mut self, name: &str, sql: &str) -> Result<(), DriverError> {
+        let done = self.s.conn.batch_execute(sql);
+        done.map_err(|source| self.s.migration_err(name, source))
+    }
+
+    /// Indexes left invalid (`pg_index.indisvalid = false`), as `schema.name`: what a failed
+    /// or interrupted `CREATE INDEX CONCURRENTLY` leaves behind.
+    pub fn invalid_indexes(&mut self) -> Result<Vec<String>, DriverError> {
+        let rows: Vec<Name> = self.s.rows(
+            "cannot read pg_index",
+            "SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS s \
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT i.indisvalid AND n.nspname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+            &[],
+        )?;
+        Ok(rows.into_iter().filter_map(|n| n.s).collect())
     }
 
     /// `SET ROLE NONE`, then `sql`, each alone: COMMIT/ROLLBACK PREPARED run as the login role

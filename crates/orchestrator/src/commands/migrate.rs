@@ -53,6 +53,13 @@ pub fn migrate(
         }
         return exit::OK;
     }
+    if super::segments::has_segments(&works) {
+        if args.sql {
+            print_segments_sql(settings, &works, &mut *o.out);
+            return exit::OK;
+        }
+        return super::segments::run(settings, direction, args, &works, o);
+    }
     if args.sql {
         for (k, wave) in waves.iter().enumerate() {
             if rollout.is_some() {
@@ -208,6 +215,11 @@ pub(crate) fn check_batch<'s>(
             plan: p.clone(),
         })
         .collect();
+    if wave_settings.is_some() && super::segments::has_segments(&works) {
+        return Err(Refusal::invalid(vec![
+            "a rollout (--wave-size, --canary, [rollout]) cannot yet hold a migration that runs outside a transaction (`run_in_transaction = false`); run the segments first without waves (`upgrade --allow-non-atomic` on the binds concerned), then the rollout".into(),
+        ]));
+    }
     let waves = match &wave_settings {
         _ if works.is_empty() => Vec::new(),
         None => vec![(0..works.len()).collect()],
@@ -252,6 +264,41 @@ pub(crate) fn check_batch<'s>(
         waves,
         rollout: wave_settings,
     })
+}
+
+/// `--sql` of a batch cut into segments: each atomic segment's script, and each migration
+/// outside a transaction as it runs.
+fn print_segments_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
+    use super::segments::Segment;
+    let all = super::segments::segments(works);
+    let total = all.len();
+    for (k, segment) in all.iter().enumerate() {
+        match segment {
+            Segment::Atomic(part) => {
+                let _ = writeln!(
+                    out,
+                    "-- segment {} of {total}: an atomic batch over {} bind(s)",
+                    k + 1,
+                    part.len()
+                );
+                print_sql(settings, part, out);
+            }
+            Segment::Outside(part) => {
+                let _ = writeln!(
+                    out,
+                    "-- segment {} of {total}: outside any transaction, one bind at a time, each statement alone, under a mark in orchestrate_in_progress and the bind's session advisory lock (pg_advisory_lock); recorded with the mark cleared in one transaction",
+                    k + 1
+                );
+                for w in part {
+                    let step = &w.plan.steps[0];
+                    let _ = writeln!(out, "-- bind {}: {}", w.endpoint.bind, step.name);
+                    for statement in orchestrate_core::split_statements(&step.sql) {
+                        let _ = writeln!(out, "{};", statement.trim().trim_end_matches(';'));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The works of one wave.
@@ -343,7 +390,14 @@ fn validate<'s>(
     if !errors.is_empty() {
         return Err(Refusal::invalid(errors));
     }
-    let planned = plan_binds(settings, &chains, &targets, direction, allow);
+    let planned = plan_binds(
+        settings,
+        &chains,
+        &targets,
+        direction,
+        allow,
+        args.allow_non_atomic,
+    );
     if !planned.errors.is_empty() {
         return Err(Refusal::invalid(planned.errors));
     }
@@ -489,6 +543,7 @@ fn plan_binds<'s>(
     targets: &BTreeMap<String, Target>,
     direction: Direction,
     allow: Allow,
+    non_atomic: bool,
 ) -> Planned<'s> {
     let mut planned = Planned {
         plans: Vec::new(),
@@ -541,6 +596,12 @@ fn plan_binds<'s>(
             }
         }
         let target = &targets[&b.name];
+        // A PostgreSQL migration with `run_in_transaction = false` runs as a segment of its
+        // own with --allow-non-atomic (see `segments`); elsewhere it is refused.
+        let allow = Allow {
+            non_transactional: non_atomic && b.endpoint.backend == Backend::Postgres,
+            ..allow
+        };
         let plan = match direction {
             Direction::Up => plan_upgrade(chain, &state.applied, target, allow),
             Direction::Down => plan_downgrade(chain, &state.applied, target),

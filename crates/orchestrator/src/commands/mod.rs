@@ -8,6 +8,7 @@ pub mod output;
 mod progress;
 pub mod recover;
 pub mod rollout;
+pub mod segments;
 pub mod status;
 
 use orchestrate_driver::{BindConnection, BindState, DriverError};
