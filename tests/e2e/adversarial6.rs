@@ -738,3 +738,128 @@ fn review10_the_guard_is_put_back_and_refuses_hand_edits() {
     );
     p.assert_consistent();
 }
+
+/// Found by an eleventh adversarial review: a decider migration made a schema named after the
+/// login role (first in the default search_path) holding copies of orchestrate's tables, with
+/// its own batch's row saying `abort`. A new session (recover) resolved that schema first and
+/// rolled the other bind back although the real row says `commit`. Rows of one batch that
+/// disagree across schemas decide nothing: recover leaves the batch in doubt until a person
+/// drops the copy, then finishes it.
+#[test]
+fn review11_a_decision_copied_into_another_schema_decides_nothing() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE ta (x int);\nCREATE SCHEMA postgres;\n\
+         DO $$ DECLARE bid text; BEGIN\n\
+           EXECUTE format('SELECT batch_id FROM public.%I WHERE state = %L', 'orchestrate' || '_batches', 'begun') INTO bid;\n\
+           EXECUTE format('CREATE TABLE postgres.%I (version varchar(50) PRIMARY KEY NOT NULL, run_on timestamp NOT NULL DEFAULT now())', '__diesel' || '_schema_migrations');\n\
+           EXECUTE format('CREATE TABLE postgres.%I (batch_id varchar(64) PRIMARY KEY NOT NULL, state varchar(16) NOT NULL, begun_at varchar(40) NOT NULL, decided_at varchar(40), settled_at varchar(40), record text)', 'orchestrate' || '_batches');\n\
+           EXECUTE format('INSERT INTO postgres.%I VALUES (%L, %L, %L, %L, NULL, NULL)', 'orchestrate' || '_batches', bid, 'abort', 'x', 'x');\n\
+         END $$;",
+        Some("DROP TABLE ta;"),
+    );
+    p.create_table("b_pg", "1_b", "tb");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    let recover = p.run(&["recover"]);
+    recover.expect(3);
+    assert!(
+        recover.stderr.contains("and another in schema public")
+            || recover.stdout.contains("and another in schema public"),
+        "{recover:?}"
+    );
+    assert_eq!(p.db("b_pg").state().prepared.len(), 1, "{recover:?}");
+    // A person drops the copy; recover then follows the real decision.
+    p.db("a_pg").execute("DROP SCHEMA postgres CASCADE");
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("a_pg", state(&["ta"], &["1"])),
+        ("b_pg", state(&["tb"], &["1"])),
+    ]);
+}
+
+/// Found by an eleventh adversarial review: a decider migration marked its own `begun` batch
+/// settled, so that after a crash `recover` never brought the SQLite participant forward. The
+/// guard refuses `settled_at` on anything but a decided commit: the migration fails, and the
+/// batch is rolled back everywhere.
+#[test]
+fn review11_a_decider_migration_cannot_mark_its_own_batch_settled() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_sqlite("c_sq");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE ta (x int);\n\
+         DO $$ BEGIN EXECUTE format('UPDATE %I SET settled_at = %L WHERE state = %L', 'orchestrate' || '_batches', '2000-01-01', 'begun'); END $$;",
+        Some("DROP TABLE ta;"),
+    );
+    p.create_table("c_sq", "1_c", "tc");
+    let run = p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("only a decided commit is marked settled"),
+        "{run:?}"
+    );
+    p.assert_states(&[("a_pg", state(&[], &[])), ("c_sq", state(&[], &[]))]);
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[("a_pg", state(&[], &[])), ("c_sq", state(&[], &[]))]);
+}
+
+/// Found by an eleventh adversarial review: a role that may write orchestrate_batches but
+/// does not own it could not record `abort` for a batch left `begun` once the guard was
+/// missing (as on a table an earlier version made): installing the guard needs the owner.
+/// Writing `abort` runs no migration and does not need the guard.
+#[test]
+fn review11_recover_records_an_abort_without_owning_the_table() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_a", "ta");
+    p.create_table("b_pg", "1_b", "tb");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "before-decision");
+    let app = format!("app_{}", std::process::id());
+    for bind in ["a_pg", "b_pg"] {
+        let db = p.db(bind);
+        db.execute(&format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{app}') THEN CREATE ROLE {app} LOGIN; END IF; END $$;"
+        ));
+        db.execute(&format!(
+            "GRANT ALL ON ALL TABLES IN SCHEMA public TO {app}; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {app}; GRANT CREATE, USAGE ON SCHEMA public TO {app}"
+        ));
+    }
+    p.db("a_pg").execute(
+        "DROP TRIGGER orchestrate_guard ON orchestrate_batches; DROP TRIGGER orchestrate_guard_truncate ON orchestrate_batches; DROP FUNCTION orchestrate_batches_guard()",
+    );
+    // b_pg's prepared transaction belongs to the login role that made it: the superuser ends
+    // it; the abort itself is written by `app`.
+    let app_url = p
+        .db("a_pg")
+        .url()
+        .replacen("postgres@", &format!("{app}@"), 1);
+    let run = p.run_with(&["recover"], &[("ORCHESTRATE__BINDS__A_PG__URL", &app_url)]);
+    run.expect(0);
+    assert_eq!(
+        p.db("a_pg")
+            .count("SELECT count(*) AS n FROM orchestrate_batches WHERE state = 'abort'"),
+        1,
+        "{run:?}"
+    );
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+    // Installing the guard as `app` is refused, with what to do.
+    p.create_table("a_pg", "2_a", "ta2");
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("ORCHESTRATE__BINDS__A_PG__URL", &app_url)],
+    );
+    run.expect(1);
+    assert!(
+        run.stderr
+            .contains("run orchestrate once as the role that owns orchestrate_batches"),
+        "{run:?}"
+    );
+}

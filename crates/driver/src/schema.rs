@@ -88,7 +88,9 @@ pub const LEGACY_DECISIONS: &str = "orchestrate_decisions";
 /// table's schema and two triggers calling it, enabled `ALWAYS` (so `session_replication_role`
 /// does not silence them). Once a batch is decided its row never changes again but for
 /// `settled_at`: a change of state, record or batch id, a DELETE or a TRUNCATE raises, whatever
-/// runs it. That includes code a migration leaves to run inside the decider's COMMIT, after the
+/// runs it, and `settled_at` is set only on a `commit` row, once (a migration that set it on
+/// its own `begun` row would hide the decision from `recover`). That includes code a migration
+/// leaves to run inside the decider's COMMIT, after the
 /// decision was read back (a deferred foreign-key check calling a PL/pgSQL operator, for one):
 /// the COMMIT then fails, and nothing is decided. The decider checks the guard is whole before
 /// it decides (see `Db::guard_sql`), and installs it when it is missing or changed.
@@ -103,6 +105,10 @@ BEGIN
   END IF;
   IF TG_OP = 'DELETE' THEN
     RAISE EXCEPTION 'batch % (%): a row of orchestrate_batches cannot be deleted', OLD.batch_id, OLD.state;
+  END IF;
+  IF NEW.settled_at IS DISTINCT FROM OLD.settled_at
+     AND NOT (OLD.state = 'commit' AND NEW.state = 'commit' AND OLD.settled_at IS NULL) THEN
+    RAISE EXCEPTION 'batch % (%): only a decided commit is marked settled in orchestrate_batches, once', OLD.batch_id, OLD.state;
   END IF;
   IF NEW.batch_id IS DISTINCT FROM OLD.batch_id
      OR (OLD.state <> 'begun'

@@ -91,10 +91,12 @@ impl<C: Db> Session<C> {
         at: &str,
     ) -> Result<(), DriverError> {
         let text = serde_json::to_string(record).expect("decision records serialise");
-        self.refuse_hooks()?;
+        self.refuse_hooks(true)?;
+        // `settled_at` is written too: a decider migration could have set it on the `begun`
+        // row, and a settled decision is one `recover` never looks at again.
         let updated = self.exec(
             "cannot write the decision",
-            "UPDATE {orchestrate_batches} SET state = 'commit', decided_at = ?, record = ? \
+            "UPDATE {orchestrate_batches} SET state = 'commit', decided_at = ?, record = ?, settled_at = NULL \
              WHERE batch_id = ? AND state = 'begun'",
             &[Arg::Text(at), Arg::Text(&text), Arg::Text(&record.batch_id)],
         )?;
@@ -112,8 +114,16 @@ impl<C: Db> Session<C> {
                 .next()
                 .map(|r| self.state_of(r))
                 .transpose()?;
+            let unsettled = self.count(
+                "cannot read back the decision",
+                "SELECT count(*) AS n FROM {orchestrate_batches} WHERE batch_id = ? AND settled_at IS NULL",
+                &[Arg::Text(&record.batch_id)],
+            )? == 1;
             let state = match stored {
-                Some(DecisionState::Commit(stored)) if *stored == *record => return Ok(()),
+                Some(DecisionState::Commit(stored)) if *stored == *record && unsettled => {
+                    return Ok(())
+                }
+                Some(DecisionState::Commit(_)) if !unsettled => "commit, already marked settled",
                 Some(DecisionState::Commit(_)) => "commit, with another decision record",
                 Some(DecisionState::Abort) => "abort",
                 Some(DecisionState::Begun) => "begun",
@@ -134,13 +144,17 @@ impl<C: Db> Session<C> {
     /// one, under any spelling of its name; so may anyone) could rewrite a decision as it is
     /// written, or at COMMIT after it was read back: a decision is written only when there is
     /// none.
-    fn refuse_hooks(&mut self) -> Result<(), DriverError> {
+    ///
+    /// `require_guard`: the guard must be whole too (a commit decision, written in the
+    /// transaction the decider's migrations ran in). An abort is written in a transaction of
+    /// its own that runs no migration, so it does not need the guard.
+    fn refuse_hooks(&mut self, require_guard: bool) -> Result<(), DriverError> {
         let hooks = self.count(
             "cannot read the triggers on orchestrate_batches",
             &C::hooks_sql(&self.schema_name()),
             &[],
         )?;
-        if hooks == 0 && !C::guard_whole(self)? {
+        if hooks == 0 && require_guard && !C::guard_whole(self)? {
             return Err(DriverError::Other {
                 bind: self.bind(),
                 detail: format!(
@@ -167,8 +181,12 @@ impl<C: Db> Session<C> {
         at: &str,
         wait: Duration,
     ) -> Result<bool, DriverError> {
-        C::ensure_guard(self)?;
-        self.refuse_hooks()?;
+        // Best effort: a role that may write the table but does not own it cannot install the
+        // guard, and writing `abort` does not need it.
+        if let Err(e) = C::ensure_guard(self) {
+            tracing::warn!(bind = %self.bind(), error = %e, "orchestrate's guard on orchestrate_batches could not be installed; writing the abort decision without it");
+        }
+        self.refuse_hooks(false)?;
         let started = Instant::now();
         let deadline = started + wait;
         C::set_write_wait(self, wait);
@@ -227,7 +245,22 @@ impl<C: Db> Session<C> {
                 &[Arg::Text(batch_id)],
             )?;
             if let Some(row) = rows.into_iter().next() {
-                return self.state_of(row).map(Some);
+                let here = self.state_of(row)?;
+                // A row of the same batch in another schema that says otherwise (a migration
+                // can make one, and a schema early in the search path): which one decides
+                // cannot be told, so nothing is decided from either.
+                for (schema, other) in C::batch_rows_elsewhere(self, batch_id)? {
+                    let other = self.state_of(other)?;
+                    if other != here {
+                        return Err(self.other(format!(
+                            "batch {batch_id} has a row in orchestrate_batches of schema {} ({}) and another in schema {schema} ({}): a migration may have made one of them, and which one decides cannot be told, so nothing was changed for it. Find which is orchestrate's (the schema its version tables were in when the batch ran), drop the other, and run again",
+                            self.schema_name(),
+                            state_word(&here),
+                            state_word(&other)
+                        )));
+                    }
+                }
+                return Ok(Some(here));
             }
         }
         if tables.iter().any(|t| t == schema::LEGACY_DECISIONS) {
@@ -242,7 +275,17 @@ impl<C: Db> Session<C> {
         }
         C::decision_elsewhere(self, batch_id)
     }
+}
 
+fn state_word(state: &DecisionState) -> &'static str {
+    match state {
+        DecisionState::Begun => "begun",
+        DecisionState::Commit(_) => "commit",
+        DecisionState::Abort => "abort",
+    }
+}
+
+impl<C: Db> Session<C> {
     /// The state column of a batch's row in `orchestrate_batches`, if there is one.
     fn batch_row_state(&mut self, batch_id: &str) -> Result<Option<String>, DriverError> {
         let rows: Vec<BatchRow> = self.rows(

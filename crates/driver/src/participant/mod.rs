@@ -176,6 +176,15 @@ pub(crate) trait Db:
         Ok(Vec::new())
     }
 
+    /// The rows of `batch_id` in the `orchestrate_batches` of other schemas than this
+    /// session's (PostgreSQL), with their schema.
+    fn batch_rows_elsewhere(
+        _: &mut Session<Self>,
+        _batch_id: &str,
+    ) -> Result<Vec<(String, BatchRow)>, DriverError> {
+        Ok(Vec::new())
+    }
+
     /// A batch's decision found outside the tables this session resolved (PostgreSQL: another
     /// schema).
     fn decision_elsewhere(

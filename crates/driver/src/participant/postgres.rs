@@ -179,7 +179,7 @@ impl Db for PgConnection {
         }
         let table = s.table(schema::BATCHES);
         let function = s.table(schema::GUARD_FUNCTION);
-        let what = "cannot install orchestrate's guard on orchestrate_batches";
+        let what = "cannot install orchestrate's guard on orchestrate_batches (it needs the table's owner: run orchestrate once as the role that owns orchestrate_batches, or make this role its owner with ALTER TABLE orchestrate_batches OWNER TO ...)";
         s.durable(|s| {
             s.execute_plain(
                 what,
@@ -213,6 +213,23 @@ impl Db for PgConnection {
             &[Arg::Text(&here)],
         )?;
         Ok(schemas.into_iter().filter_map(|n| n.s).collect())
+    }
+
+    fn batch_rows_elsewhere(
+        s: &mut Session<Self>,
+        batch_id: &str,
+    ) -> Result<Vec<(String, BatchRow)>, DriverError> {
+        let mut found = Vec::new();
+        for schema in Self::other_batch_schemas(s)? {
+            let qualifier = format!("{}.", quote_ident::<Self>(&schema));
+            let rows: Vec<BatchRow> = s.rows(
+                "cannot read orchestrate_batches",
+                &format!("SELECT batch_id, state, record FROM {qualifier}\"orchestrate_batches\" WHERE batch_id = ?"),
+                &[Arg::Text(batch_id)],
+            )?;
+            found.extend(rows.into_iter().map(|r| (schema.clone(), r)));
+        }
+        Ok(found)
     }
 
     fn decision_elsewhere(
