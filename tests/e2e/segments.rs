@@ -197,3 +197,54 @@ fn an_interrupted_migration_outside_a_transaction_waits_for_resolve() {
     p.run(&["status"]).expect(0);
     p.assert_consistent();
 }
+
+/// A real history: crates.io's 285 migrations, 7 of them outside a transaction (concurrent
+/// index builds and drops), on three fresh PostgreSQL databases of one template: one command
+/// brings every bind to the head, in segments, with no mark left and every index valid.
+#[test]
+fn crates_io_history_reaches_its_head_on_every_bind_in_one_command() {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/data/crates-io/migrations")
+        .canonicalize()
+        .unwrap();
+    let versions = std::fs::read_dir(&folder)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count() as i64;
+    assert_eq!(versions, 285);
+    let mut p = Project::new();
+    for bind in ["c1", "c2", "c3"] {
+        p.add_pg(bind);
+        let own = p.path().join("migrations").join(bind);
+        std::fs::remove_dir(&own).unwrap();
+        std::os::unix::fs::symlink(&folder, &own).unwrap();
+    }
+    let run = p.run(&["upgrade", "--all-binds", "--allow-non-atomic"]);
+    run.expect(0);
+    assert!(
+        run.stdout
+            .contains("every segment (14) finished on every bind"),
+        "{run:?}"
+    );
+    for bind in ["c1", "c2", "c3"] {
+        let db = p.db(bind);
+        assert_eq!(
+            db.count("SELECT count(*) AS n FROM __diesel_schema_migrations"),
+            versions,
+            "{bind}"
+        );
+        assert_eq!(
+            db.count("SELECT count(*) AS n FROM orchestrate_in_progress"),
+            0
+        );
+        assert_eq!(
+            db.count("SELECT count(*) AS n FROM pg_index WHERE NOT indisvalid"),
+            0,
+            "{bind}"
+        );
+        assert!(db.state().prepared.is_empty());
+    }
+    p.run(&["status"]).expect(0);
+    p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
+        .expect(0);
+}

@@ -49,4 +49,6 @@ pub use record::{
 };
 pub use script::{nonatomic_script, script, session_script, xa_script, Ending};
 pub use source::{read_chain, SourceError};
-pub use statements::{check_migration, check_migrations, check_plan, check_sql};
+pub use statements::{
+    check_migration, check_migrations, check_plan, check_sql, check_upgrade, down_sql_refusal,
+};

@@ -333,7 +333,34 @@ pub fn check_migration(backend: Backend, file: &MigrationFile) -> Result<(), Ref
     Ok(())
 }
 
-/// Every migration of `files` whose statements would be refused, as errors naming `bind`.
+/// What an upgrade refuses of a migration: its `up.sql`; on MySQL also its `down.sql`,
+/// which undoes it if the batch fails. On PostgreSQL and SQLite the `down.sql` runs only in a
+/// downgrade, which checks it then; an upgrade reports it ([`down_sql_refusal`]).
+pub fn check_upgrade(backend: Backend, file: &MigrationFile) -> Result<(), Refusal> {
+    if backend == Backend::Mysql {
+        return check_migration(backend, file);
+    }
+    let up_only = MigrationFile {
+        down_sql: None,
+        ..file.clone()
+    };
+    check_migration(backend, &up_only)
+}
+
+/// A `down.sql` that a downgrade of this migration would refuse (PostgreSQL and SQLite: an
+/// upgrade goes on, and says so).
+pub fn down_sql_refusal(backend: Backend, file: &MigrationFile) -> Option<Refusal> {
+    if backend == Backend::Mysql {
+        return None;
+    }
+    let down_only = MigrationFile {
+        up_sql: String::new(),
+        ..file.clone()
+    };
+    check_migration(backend, &down_only).err()
+}
+
+/// Every migration of `files` an upgrade would refuse, as errors naming `bind`.
 pub fn check_migrations<'f>(
     backend: Backend,
     bind: &str,
@@ -342,7 +369,7 @@ pub fn check_migrations<'f>(
     files
         .into_iter()
         .filter_map(|file| {
-            check_migration(backend, file)
+            check_upgrade(backend, file)
                 .err()
                 .map(|refusal| PlanError::Refused {
                     bind: bind.to_string(),
@@ -353,8 +380,8 @@ pub fn check_migrations<'f>(
         .collect()
 }
 
-/// What a plan would run, checked: an upgrade's migrations, `up.sql` and the `down.sql`
-/// stored with them to revert them later (on MySQL also the undo if the batch fails); a
+/// What a plan would run, checked: an upgrade's migrations, `up.sql` (on MySQL also the
+/// `down.sql` that undoes it if the batch fails, see [`check_upgrade`]); a
 /// downgrade's down SQL (the file or the stored copy) and, on MySQL, the `up.sql` that undoes
 /// it if the batch fails. Applied migrations the batch does not touch are not checked.
 pub fn check_plan(backend: Backend, chain: &Chain, plan: &Plan) -> Result<(), PlanError> {
@@ -367,7 +394,7 @@ pub fn check_plan(backend: Backend, chain: &Chain, plan: &Plan) -> Result<(), Pl
         match step.down_source {
             None => {
                 if let Some(file) = chain.find(&step.version) {
-                    check_migration(backend, file).map_err(|r| refuse(&step.name, r))?;
+                    check_upgrade(backend, file).map_err(|r| refuse(&step.name, r))?;
                 } else if let Some(found) = check_sql(backend, &step.sql) {
                     return Err(refuse(&step.name, Refusal::new("up.sql", found)));
                 }
@@ -1202,11 +1229,24 @@ mod tests {
         );
         let r = check_migration(Backend::Postgres, &bad_down).unwrap_err();
         assert_eq!((r.file.as_str(), r.line), ("down.sql", 2));
-        let errors = check_migrations(Backend::Postgres, "app", [&ok, &bad_down]);
+        // An upgrade refuses only the up.sql on PostgreSQL (the down.sql is reported, and
+        // refused by the downgrade that would run it); on MySQL the down.sql undoes a failed
+        // batch, so it is refused with the upgrade.
+        assert!(check_migrations(Backend::Postgres, "app", [&ok, &bad_down]).is_empty());
+        assert_eq!(
+            down_sql_refusal(Backend::Postgres, &bad_down).map(|r| (r.file, r.line)),
+            Some(("down.sql".to_string(), 2))
+        );
+        assert_eq!(down_sql_refusal(Backend::Postgres, &ok), None);
+        let bad_down_mysql = file(
+            "CREATE TABLE t (id int);",
+            Some("DROP TABLE t;\nLOCK TABLES u WRITE;"),
+        );
+        let errors = check_migrations(Backend::Mysql, "app", [&ok, &bad_down_mysql]);
         assert_eq!(errors.len(), 1);
         let text = errors[0].to_string();
         assert!(
-            text.starts_with("bind `app`: migration 1_x, down.sql line 2: CREATE INDEX CONCURRENTLY cannot run inside a transaction block"),
+            text.starts_with("bind `app`: migration 1_x, down.sql line 2: LOCK TABLES"),
             "{text}"
         );
     }

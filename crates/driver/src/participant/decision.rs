@@ -409,13 +409,18 @@ impl<C: Db> Session<C> {
         )?;
         let updated = self.exec(
             "cannot settle the batch in orchestrate_batches",
-            "UPDATE {orchestrate_batches} SET settled_at = ? WHERE batch_id = ? AND state = 'commit'",
+            "UPDATE {orchestrate_batches} SET settled_at = ? WHERE batch_id = ? AND state = 'commit' AND settled_at IS NULL",
             &[Arg::Text(at), Arg::Text(&record.batch_id)],
         )?;
         if updated > 0 {
             return Ok(());
         }
         if let Some(state) = self.batch_row_state(&record.batch_id)? {
+            if state == "commit" {
+                // Settled already (by its coordinator, or another recover): the first
+                // settlement stands.
+                return Ok(());
+            }
             return Err(self.other(format!(
                 "batch {} is `{state}` in orchestrate_batches here, not `commit`: its decision is not what this run committed",
                 record.batch_id

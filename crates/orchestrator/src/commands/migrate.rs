@@ -658,7 +658,32 @@ fn lost_batches(
 
 /// Where a step's down SQL comes from, when it is not the folder's down.sql as applied.
 fn print_down_sql_notes(plans: &[(&BindSettings, Plan)], o: &mut Output) {
+    // An upgrade whose migrations' down.sql a downgrade would refuse goes on, and says so:
+    // once per migration folder (a template's binds share theirs).
+    let mut said: std::collections::BTreeSet<(std::path::PathBuf, String)> = Default::default();
+    let mut chains: BTreeMap<std::path::PathBuf, Option<Chain>> = BTreeMap::new();
     for (b, p) in plans {
+        if p.direction == Direction::Up {
+            let chain = chains
+                .entry(b.migrations.clone())
+                .or_insert_with(|| read_chain(&b.name, &b.migrations).ok());
+            for step in &p.steps {
+                if !said.insert((b.migrations.clone(), step.name.clone())) {
+                    continue;
+                }
+                let refusal = chain
+                    .as_ref()
+                    .and_then(|c| c.find(&step.version))
+                    .and_then(|f| orchestrate_driver::down_sql_refusal(b.endpoint.backend, f));
+                if let Some(r) = refusal {
+                    o.note(format!(
+                        "note: {}: {}: a downgrade of it would be refused ({r}); the upgrade goes on",
+                        b.migrations.display(),
+                        step.name
+                    ));
+                }
+            }
+        }
         for step in &p.steps {
             match step.down_source {
                 Some(DownSqlSource::Stored) => o.line(format!("note: {}: {} has no down.sql on disk; using the copy stored when it was applied", b.name, step.name)),

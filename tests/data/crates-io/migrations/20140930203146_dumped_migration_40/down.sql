@@ -1,0 +1,1 @@
+DROP INDEX index_dependencies_crate_id;

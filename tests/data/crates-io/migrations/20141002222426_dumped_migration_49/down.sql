@@ -1,0 +1,1 @@
+ALTER TABLE crate_downloads DROP CONSTRAINT fk_crate_downloads_crate_id;

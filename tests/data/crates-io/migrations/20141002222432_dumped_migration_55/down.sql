@@ -1,0 +1,1 @@
+ALTER TABLE versions DROP CONSTRAINT fk_versions_crate_id;

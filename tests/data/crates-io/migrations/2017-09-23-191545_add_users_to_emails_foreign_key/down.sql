@@ -1,0 +1,1 @@
+ALTER TABLE emails DROP CONSTRAINT fk_emails_user_id;

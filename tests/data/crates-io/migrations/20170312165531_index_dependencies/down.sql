@@ -1,0 +1,1 @@
+DROP INDEX dependencies_crate_id_version_id_idx;

@@ -1,0 +1,1 @@
+CREATE INDEX ON dependencies (crate_id, version_id);

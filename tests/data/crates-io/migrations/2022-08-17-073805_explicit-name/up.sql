@@ -1,0 +1,2 @@
+ALTER TABLE dependencies
+    ADD COLUMN explicit_name VARCHAR NULL;

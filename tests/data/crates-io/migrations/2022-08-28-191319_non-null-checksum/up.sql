@@ -1,0 +1,2 @@
+alter table versions
+    alter column checksum set not null;
