@@ -252,9 +252,48 @@ fn a_rollout_is_checked_before_its_first_wave() {
             .contains("--canary nope: no bind is named `nope`"),
         "{run:?}"
     );
+    p.add_sqlite("b").create_table("b", "1_b", "tb");
+    let run = p.run(&[
+        "upgrade",
+        "--bind",
+        "a",
+        "--wave-size",
+        "1",
+        "--canary",
+        "b",
+    ]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("`b` is not among the selected binds"),
+        "{run:?}"
+    );
     p.config("[rollout]\nwave_size = 0");
     let run = p.run(&["upgrade", "--all-binds"]);
     run.expect(2);
     assert!(run.stderr.contains("wave_size = 0"), "{run:?}");
-    p.assert_states(&[("a", state(&[], &[]))]);
+    p.assert_states(&[("a", state(&[], &[])), ("b", state(&[], &[]))]);
+}
+
+/// Found by a twelfth adversarial review: a rollout whose last wave committed before its run
+/// died stayed "in progress" for ever. The same command, with nothing left to do, closes it.
+#[test]
+fn a_rollout_finished_by_recover_is_closed_by_the_same_command() {
+    let mut p = Project::new();
+    for i in 1..=2 {
+        let bind = format!("p{i}");
+        p.add_pg(&bind).create_table(&bind, "1_a", &format!("t{i}"));
+    }
+    let args = ["upgrade", "--all-binds", "--wave-size", "2"];
+    p.run_stopped_at(&args, "after-decision");
+    p.run(&["recover"]).expect(0);
+    assert_eq!(record(&p)["state"], "running");
+    let run = p.run(&args);
+    run.expect(0);
+    assert!(
+        run.stdout
+            .contains("every bind of it is at its target; its record is closed"),
+        "{run:?}"
+    );
+    assert_eq!(record(&p)["state"], "committed");
+    assert!(!p.run(&["status"]).stdout.contains("rollout"));
 }

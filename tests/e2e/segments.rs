@@ -248,3 +248,122 @@ fn crates_io_history_reaches_its_head_on_every_bind_in_one_command() {
     p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
         .expect(0);
 }
+
+/// Found by a twelfth adversarial review: the down.sql of a migration outside a transaction
+/// runs during an upgrade (it undoes the migration where it succeeded when another bind fails
+/// it), so the upgrade checks it: here it names orchestrate's own table, and nothing runs.
+#[test]
+fn review12_the_down_sql_of_a_migration_outside_a_transaction_is_checked_by_the_upgrade() {
+    let mut p = project("CREATE INDEX CONCURRENTLY t_a ON t (a);");
+    for bind in ["pa", "pb"] {
+        p.migration(
+            bind,
+            "2_idx",
+            "CREATE INDEX CONCURRENTLY t_a ON t (a);",
+            Some("DROP INDEX CONCURRENTLY IF EXISTS t_a;\nDELETE FROM __diesel_schema_migrations WHERE version = '1';"),
+        );
+    }
+    let run = p.run(&["upgrade", "--all-binds", "--allow-non-atomic"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains(
+            "migration 2_idx, down.sql line 2: a statement naming __diesel_schema_migrations"
+        ),
+        "{run:?}"
+    );
+    for bind in ["pa", "pb"] {
+        assert_eq!(p.db(bind).state(), state(&[], &[]), "{bind}");
+    }
+}
+
+/// Found by a twelfth adversarial review: an undo whose first statement fails leaves the
+/// migration applied; its mark stays, so `status` and `recover` say so (exit 3) instead of
+/// "nothing to recover".
+#[test]
+fn review12_an_undo_that_fails_leaves_its_mark() {
+    let mut p = project("CREATE INDEX CONCURRENTLY t_a ON t (a);");
+    p.migration(
+        "pa",
+        "2_idx",
+        "CREATE INDEX CONCURRENTLY t_a ON t (a);",
+        Some("DROP INDEX CONCURRENTLY t_wrong_name;"),
+    );
+    p.migration(
+        "pb",
+        "2_idx",
+        "CREATE INDEX CONCURRENTLY t_a ON t (nope);",
+        Some("DROP INDEX CONCURRENTLY IF EXISTS t_a;"),
+    );
+    let run = p.run(&["upgrade", "--all-binds", "--allow-non-atomic"]);
+    run.expect(3);
+    assert!(
+        run.stdout.contains("pa: 2_idx could not be undone"),
+        "{run:?}"
+    );
+    assert_eq!(marks(&p, "pa"), 1);
+    assert_eq!(p.db("pa").state(), state(&["t"], &["1", "2"]));
+    assert_eq!(p.db("pb").state(), state(&["t"], &["1"]));
+    p.run(&["status"]).expect(3);
+    p.run(&["recover"]).expect(3);
+}
+
+/// Found by a twelfth adversarial review: when the run dies while the server still runs a
+/// statement of a migration outside a transaction, that statement holds the bind's
+/// migration lock on its own session: `resolve` and a new `upgrade` wait for it instead of
+/// settling or running it a second time; once it ended, `resolve` records what happened.
+#[test]
+fn review12_a_statement_still_running_after_its_run_died_is_not_run_twice() {
+    let mut p = project("CREATE INDEX CONCURRENTLY t_a ON t (a);");
+    for bind in ["pa", "pb"] {
+        p.migration(
+            bind,
+            "2_idx",
+            "INSERT INTO t SELECT -1 FROM pg_sleep(4);",
+            Some("DELETE FROM t WHERE a = -1;"),
+        );
+    }
+    let args = ["upgrade", "--all-binds", "--allow-non-atomic", "1"];
+    p.run(&args).expect(0);
+    let mut child = crate::crash::spawn(&p, &["upgrade", "--all-binds", "--allow-non-atomic"], "");
+    crate::crash::wait_until("pa runs the sleeping insert", || {
+        p.db("pa").count(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'INSERT INTO t SELECT -1%' AND state = 'active'",
+        ) == 1
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Shorter waits than the statement's four seconds.
+    let short = [("ORCHESTRATE__LOCK_TIMEOUT_MS", "1000")];
+    let resolve = p.run_with(&["resolve", "--bind", "pa", "2", "--reverted"], &short);
+    assert_ne!(resolve.code, 0, "{resolve:?}");
+    assert!(resolve.stderr.contains("still running"), "{resolve:?}");
+    let again = p.run_with(&["upgrade", "--all-binds", "--allow-non-atomic"], &short);
+    again.expect(1);
+    assert!(
+        again.stderr.contains("running outside a transaction now"),
+        "{again:?}"
+    );
+    crate::crash::wait_until("the sleeping insert ended", || {
+        p.db("pa").count(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'INSERT INTO t SELECT -1%' AND state = 'active'",
+        ) == 0
+    });
+    assert_eq!(
+        p.db("pa").count("SELECT count(*) AS n FROM t WHERE a = -1"),
+        1
+    );
+    p.run(&["status"]).expect(3);
+    p.run(&["resolve", "--bind", "pa", "2", "--applied"])
+        .expect(0);
+    p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
+        .expect(0);
+    assert_eq!(
+        p.db("pa").count("SELECT count(*) AS n FROM t WHERE a = -1"),
+        1
+    );
+    assert_eq!(
+        p.db("pb").count("SELECT count(*) AS n FROM t WHERE a = -1"),
+        1
+    );
+    p.assert_consistent();
+}

@@ -303,7 +303,11 @@ pub fn check_sql_outside(backend: Backend, sql: &str) -> Option<Found> {
         cursor = at;
         let line = sql[..at].matches('\n').count();
         if let Some(found) = check_sql(backend, &statement) {
-            if found.hazard != Hazard::OutsideTransaction {
+            // Only what a migration outside a transaction is for: building, dropping or
+            // rebuilding without locking writes, VACUUM. Not ALTER SYSTEM, databases or
+            // tablespaces, which reach past this bind.
+            let meant = found.statement.contains("CONCURRENTLY") || found.statement == "VACUUM";
+            if found.hazard != Hazard::OutsideTransaction || !meant {
                 return Some(Found {
                     line: found.line + line,
                     ..found
@@ -337,7 +341,9 @@ pub fn check_migration(backend: Backend, file: &MigrationFile) -> Result<(), Ref
 /// which undoes it if the batch fails. On PostgreSQL and SQLite the `down.sql` runs only in a
 /// downgrade, which checks it then; an upgrade reports it ([`down_sql_refusal`]).
 pub fn check_upgrade(backend: Backend, file: &MigrationFile) -> Result<(), Refusal> {
-    if backend == Backend::Mysql {
+    // MySQL: the down.sql undoes a failed batch. A PostgreSQL migration outside a transaction:
+    // its down.sql undoes it where it succeeded when another bind fails it.
+    if backend == Backend::Mysql || !file.run_in_transaction {
         return check_migration(backend, file);
     }
     let up_only = MigrationFile {
@@ -350,7 +356,7 @@ pub fn check_upgrade(backend: Backend, file: &MigrationFile) -> Result<(), Refus
 /// A `down.sql` that a downgrade of this migration would refuse (PostgreSQL and SQLite: an
 /// upgrade goes on, and says so).
 pub fn down_sql_refusal(backend: Backend, file: &MigrationFile) -> Option<Refusal> {
-    if backend == Backend::Mysql {
+    if backend == Backend::Mysql || !file.run_in_transaction {
         return None;
     }
     let down_only = MigrationFile {
@@ -1087,6 +1093,15 @@ mod tests {
         );
         assert!(outside("CREATE INDEX CONCURRENTLY i ON t (a);\nDISCARD ALL;").is_some());
         assert!(outside("CREATE INDEX CONCURRENTLY i ON orchestrate_batches (state);").is_some());
+        // Found by a twelfth review: what reaches past the bind stays refused.
+        for sql in [
+            "ALTER SYSTEM SET search_path = nowhere;",
+            "DROP DATABASE other;",
+            "CREATE TABLESPACE ts LOCATION '/tmp';",
+        ] {
+            assert!(outside(sql).is_some(), "{sql}");
+        }
+        assert_eq!(outside("VACUUM ANALYZE t;"), None);
         // In a transaction the same statement is refused.
         assert!(check_sql(Backend::Postgres, "CREATE INDEX CONCURRENTLY i ON t (a);").is_some());
     }

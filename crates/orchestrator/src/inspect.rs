@@ -154,11 +154,18 @@ fn inspect_one(
     let applied = match state {
         Ok(Some(s)) => {
             found.lock().unwrap().extend(s.unsettled.iter().cloned());
-            report.unsettled.extend(
-                s.marks
-                    .iter()
-                    .map(|m| m.describe().replace("<bind>", &bind.name)),
-            );
+            // A PostgreSQL migration outside a transaction whose run is alive is not
+            // interrupted: say it runs.
+            let running =
+                s.marks.iter().any(|m| m.decider.is_empty()) && outside_running(settings, bind);
+            report.unsettled.extend(s.marks.iter().map(|m| {
+                let text = m.describe().replace("<bind>", &bind.name);
+                if running && m.decider.is_empty() {
+                    format!("running now, outside a transaction (a run holds this bind's migration lock); if it stays, it was: {text}")
+                } else {
+                    text
+                }
+            }));
             Some(s.applied)
         }
         Ok(None) => Some(Vec::new()),
@@ -334,6 +341,16 @@ pub fn batch_running(settings: &Settings, decider: &str, batch_id: &str) -> bool
             )
         })
         .unwrap_or(false)
+}
+
+/// Whether a PostgreSQL bind's migration outside a transaction is running now: a run holds
+/// the bind's migration lock, or a session of a dead run still runs its statement. Anything
+/// unknown reads as not running (then the mark is reported as interrupted).
+pub fn outside_running(settings: &Settings, bind: &crate::settings::BindSettings) -> bool {
+    bind.endpoint.backend == Backend::Postgres
+        && orchestrate_driver::Postgres::connect(&bind.endpoint, settings.lock_timeout)
+            .and_then(|mut c| c.lock_free())
+            .is_ok_and(|free| !free)
 }
 
 /// The SQLite binds among `binds` that lost their part of a decided batch (their open

@@ -245,15 +245,6 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
     {
         recover_nonatomic(settings, bind, dry_run, wait, &mut report);
     }
-    // PostgreSQL migrations that ran outside a transaction and did not finish: only a person
-    // can tell how far they got.
-    for bind in settings
-        .binds
-        .iter()
-        .filter(|b| b.endpoint.backend == Backend::Postgres)
-    {
-        report_outside_marks(settings, bind, &mut report);
-    }
     // 2. Decided batches not yet settled: every participant must have it. SQLite
     // participants that lost their transaction are brought forward; then the decision is
     // marked settled, so that later runs do not read it again.
@@ -298,6 +289,16 @@ impl PreparedStep<'_> {
         for xact in prepared {
             let action = self.end(&mut *conn, &xact);
             self.report.actions.push(action);
+        }
+        // PostgreSQL migrations that ran outside a transaction and did not finish: only a
+        // person can tell how far they got. Read on the same connection (no extra one per
+        // bind when there is nothing).
+        if self.bind.endpoint.backend == Backend::Postgres {
+            match conn.marks() {
+                Ok(marks) if marks.is_empty() => {}
+                Ok(marks) => report_outside_marks(self.settings, self.bind, marks, self.report),
+                Err(e) => self.report.errors.push(e.to_string()),
+            }
         }
     }
 
@@ -752,6 +753,7 @@ fn recover_nonatomic(
 fn report_outside_marks(
     settings: &Settings,
     bind: &crate::settings::BindSettings,
+    marks: Vec<orchestrate_driver::Mark>,
     report: &mut RecoverReport,
 ) {
     let mut conn =
@@ -759,13 +761,6 @@ fn report_outside_marks(
             Ok(c) => c,
             Err(e) => return report.errors.push(e.to_string()),
         };
-    let marks = match conn.marks() {
-        Ok(m) => m,
-        Err(e) => return report.errors.push(e.to_string()),
-    };
-    if marks.is_empty() {
-        return;
-    }
     let running = match conn.lock_free() {
         Ok(free) => !free,
         Err(e) => return report.errors.push(e.to_string()),

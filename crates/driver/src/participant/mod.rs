@@ -487,6 +487,9 @@ pub trait Resolve: Bookkeeping {
 
     /// Rolls back the prepared transaction `gid` (outside any transaction).
     fn rollback_prepared(&mut self, gid: &str) -> Result<(), DriverError>;
+
+    /// What is marked under way and not settled on this bind (`orchestrate_in_progress`).
+    fn marks(&mut self) -> Result<Vec<Mark>, DriverError>;
 }
 
 /// What a decider's `orchestrate_batches` says of one batch.

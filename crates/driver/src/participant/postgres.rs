@@ -28,6 +28,11 @@ use crate::schema::{self, DIESEL_TABLE, HISTORY};
 /// never left behind by a crash; a prepared batch keeps it until it is resolved.
 pub const LOCK_KEY: i64 = 0x6f72_6368_6573_7472; // "orchestr"
 
+/// The key of the session advisory lock a migration running outside a transaction holds on
+/// its own session, for as long as that session lives: if the run that started it dies, the
+/// server may still be running its statement, and this lock says so.
+pub const OUTSIDE_KEY: i64 = 0x6f72_6368_6f75_7473; // "orchouts"
+
 /// The key of the transaction-scoped advisory lock under which the guard on
 /// `orchestrate_batches` is installed.
 const GUARD_LOCK_KEY: i64 = 0x6f72_6368_6775_6172; // "orchguar"
@@ -422,6 +427,18 @@ impl Postgres {
                 Err(e) => return Err(self.s.query_err("cannot take the migration lock", e)),
             }
         }
+        // A statement of an earlier migration outside a transaction may still be running on
+        // a session its dead run left: wait for it as for the lock.
+        while !self.outside_free()? {
+            if started.elapsed() >= self.s.lock_timeout() {
+                self.end_outside();
+                return Err(self.s.other(format!(
+                    "a migration statement started outside a transaction by an earlier run is still running on this database (waited {} ms); let it finish (see pg_stat_activity), then run again",
+                    started.elapsed().as_millis()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.s.create_tables(
             "cannot create orchestrate's tables",
             &[
@@ -441,17 +458,44 @@ impl Postgres {
     }
 
     /// Whether no other session holds this database's migration lock (a batch, or a
-    /// migration running outside a transaction), found without waiting and without taking it
-    /// for longer than the probe.
+    /// migration running outside a transaction) nor runs a migration statement outside a
+    /// transaction, found without waiting and without holding either lock past the probe.
     pub fn lock_free(&mut self) -> Result<bool, DriverError> {
+        Ok(self.probe(LOCK_KEY)? && self.outside_free()?)
+    }
+
+    /// Whether no session runs a migration statement outside a transaction here.
+    fn outside_free(&mut self) -> Result<bool, DriverError> {
+        self.probe(OUTSIDE_KEY)
+    }
+
+    fn probe(&mut self, key: i64) -> Result<bool, DriverError> {
         let got: Flag = diesel::sql_query("SELECT pg_catalog.pg_try_advisory_lock($1) AS ok")
-            .bind::<BigInt, _>(LOCK_KEY)
+            .bind::<BigInt, _>(key)
             .get_result(&mut self.s.conn)
             .map_err(|e| self.s.query_err("cannot probe the migration lock", e))?;
         if got.ok {
-            self.end_outside();
+            let _ = self.s.execute_plain(
+                "cannot release the migration lock",
+                &format!("SELECT pg_catalog.pg_advisory_unlock({key})"),
+            );
         }
         Ok(got.ok)
+    }
+
+    /// On the session that runs a migration's statements outside a transaction: holds
+    /// [`OUTSIDE_KEY`] for as long as the session lives (it is never given back: the session
+    /// ends with the migration).
+    pub fn hold_outside(&mut self) -> Result<(), DriverError> {
+        let got: Flag = diesel::sql_query("SELECT pg_catalog.pg_try_advisory_lock($1) AS ok")
+            .bind::<BigInt, _>(OUTSIDE_KEY)
+            .get_result(&mut self.s.conn)
+            .map_err(|e| self.s.query_err("cannot take the migration lock", e))?;
+        if got.ok {
+            Ok(())
+        } else {
+            Err(self.s.other("a migration statement started outside a transaction by an earlier run is still running on this database; let it finish, then run again"))
+        }
     }
 
     /// What is under way and not settled on this bind: marks of migrations that ran outside
@@ -641,6 +685,10 @@ impl TwoPhase for Postgres {
 }
 
 impl Resolve for Postgres {
+    fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
+        Postgres::marks(self)
+    }
+
     fn prepared(&mut self) -> Result<Vec<PreparedXact>, DriverError> {
         diesel::sql_query(
             "SELECT gid, CAST(prepared AS TEXT) AS prepared_at, \

@@ -164,6 +164,10 @@ impl Mysql {
 }
 
 impl Resolve for Mysql {
+    fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
+        Mysql::marks(self)
+    }
+
     /// This bind's prepared XA transactions, as transaction ids with the decider from the
     /// bind's batch marks. XA RECOVER lists the whole server: only this bind's are kept.
     fn prepared(&mut self) -> Result<Vec<PreparedXact>, DriverError> {

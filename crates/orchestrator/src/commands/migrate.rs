@@ -46,6 +46,15 @@ pub fn migrate(
         ..
     } = checked;
     if works.is_empty() {
+        if let Some(wave_settings) = &rollout {
+            let rollout = super::rollout::Rollout {
+                settings,
+                direction,
+                args,
+                waves: wave_settings,
+            };
+            rollout.close_if_done(o);
+        }
         if args.json {
             o.json(&json!({"result": "nothing to do", "binds": []}));
         } else {
@@ -172,6 +181,15 @@ impl WaveSettings {
         if let Some(name) = args.canary.iter().find(|n| settings.bind(n).is_none()) {
             return Err(Refusal::argument(format!(
                 "--canary {name}: no bind is named `{name}`"
+            )));
+        }
+        if let Some(name) = args
+            .canary
+            .iter()
+            .find(|n| !args.all_binds && !args.binds.contains(n))
+        {
+            return Err(Refusal::argument(format!(
+                "--canary {name}: `{name}` is not among the selected binds (--bind ...); a canary goes first among them"
             )));
         }
         let size = match args.wave_size {
@@ -583,6 +601,14 @@ fn plan_binds<'s>(
                 let busy = format!(
                     "bind `{}`: another orchestrate run is in the middle of batch {} here (decider `{}`); nothing was changed. Run again once it has finished",
                     b.name, m.batch_id, m.decider
+                );
+                if !planned.busy.contains(&busy) {
+                    planned.busy.push(busy);
+                }
+            } else if m.decider.is_empty() && crate::inspect::outside_running(settings, b) {
+                let busy = format!(
+                    "bind `{}`: migration {} is running outside a transaction now (another run, or a statement a dead run left, holds this bind's migration lock); nothing was changed. Run again once it has finished",
+                    b.name, m.name
                 );
                 if !planned.busy.contains(&busy) {
                     planned.busy.push(busy);

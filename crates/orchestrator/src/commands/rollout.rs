@@ -29,13 +29,20 @@ pub(crate) struct Rollout<'a> {
 }
 
 impl Rollout<'_> {
-    /// What makes two runs the same rollout: direction, selection, targets, wave settings.
-    fn key(&self) -> String {
+    /// What makes two runs the same rollout: direction, selection, targets, wave settings,
+    /// and the databases the configuration names (another environment is another rollout);
+    /// those only as a hash, so that the record names no server.
+    pub fn key(&self) -> String {
+        use std::hash::{Hash, Hasher};
         let a = self.args;
         let mut binds = a.binds.clone();
         binds.sort();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for b in &self.settings.binds {
+            (&b.name, b.endpoint.database_identity()).hash(&mut hasher);
+        }
         format!(
-            "{} all={} binds={:?} target={:?} targets={:?} size={:?} canary={:?} together={:?}",
+            "{} all={} binds={:?} target={:?} targets={:?} size={:?} canary={:?} together={:?} databases={:016x}",
             self.direction,
             a.all_binds,
             binds,
@@ -43,8 +50,32 @@ impl Rollout<'_> {
             a.targets,
             self.waves.size,
             self.waves.canary,
-            self.waves.together
+            self.waves.together,
+            hasher.finish()
         )
+    }
+
+    /// With nothing left to do: the same rollout's unfinished record is closed (every bind
+    /// of it is at its target, whoever brought it there).
+    pub fn close_if_done(&self, o: &mut Output) {
+        let Ok(Some(mut record)) = RolloutRecord::load(&self.settings.root) else {
+            return;
+        };
+        if record.key != self.key() || record.state == RolloutState::Committed {
+            return;
+        }
+        for w in &mut record.waves {
+            w.state = WaveState::Committed;
+            w.error = None;
+        }
+        record.state = RolloutState::Committed;
+        self.save(&mut record, o);
+        if !self.args.json {
+            o.line(format!(
+                "rollout {}: every bind of it is at its target; its record is closed",
+                record.id
+            ));
+        }
     }
 
     /// The command as the user typed it, to be typed again to resume.
@@ -68,11 +99,24 @@ impl Rollout<'_> {
         &self,
         works: &[BindWork],
         waves: &[Vec<usize>],
+        o: &mut Output,
     ) -> Result<(RolloutRecord, usize), String> {
         let root = &self.settings.root;
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let key = self.key();
         let mut record = match RolloutRecord::load(root)? {
+            Some(r) if r.key != key && r.state != RolloutState::Committed => {
+                // One record per project: another command's (or environment's) unfinished
+                // rollout is replaced, and said so. Its databases keep what it did.
+                o.note(format!(
+                    "note: the record of rollout {} (`{}`, {} of {} wave(s) committed, not finished) is replaced by this one; the binds keep what it committed",
+                    r.id,
+                    r.command,
+                    r.committed().count(),
+                    r.waves.len()
+                ));
+                self.new_record(now)
+            }
             Some(mut r) if r.key == key && r.state != RolloutState::Committed => {
                 // A wave the last run left running or in doubt was settled since (by
                 // `recover`): committed when none of its binds has anything left to do, else
@@ -90,15 +134,7 @@ impl Rollout<'_> {
                 r.state = RolloutState::Running;
                 r
             }
-            _ => RolloutRecord {
-                id: format!("rollout-{}", new_batch_id()),
-                key,
-                command: self.command(),
-                started_at: now.clone(),
-                updated_at: now,
-                state: RolloutState::Running,
-                waves: Vec::new(),
-            },
+            _ => self.new_record(now),
         };
         let resumed = record.waves.len();
         for wave in waves {
@@ -119,9 +155,21 @@ impl Rollout<'_> {
         Ok((record, resumed))
     }
 
+    fn new_record(&self, now: String) -> RolloutRecord {
+        RolloutRecord {
+            id: format!("rollout-{}", new_batch_id()),
+            key: self.key(),
+            command: self.command(),
+            started_at: now.clone(),
+            updated_at: now,
+            state: RolloutState::Running,
+            waves: Vec::new(),
+        }
+    }
+
     /// Runs every wave in turn; stops at the first that does not commit.
     pub fn run(&self, works: &[BindWork], waves: &[Vec<usize>], o: &mut Output) -> i32 {
-        let (mut record, resumed) = match self.start(works, waves) {
+        let (mut record, resumed) = match self.start(works, waves, o) {
             Ok(started) => started,
             Err(e) => return o.refuse(Refusal::invalid(vec![e])),
         };
@@ -144,10 +192,17 @@ impl Rollout<'_> {
                         .size
                         .map(|n| format!(" of at most {n}"))
                         .unwrap_or_default(),
-                    if self.waves.canary.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", canaries first ({})", shown(&self.waves.canary))
+                    {
+                        let canaries: Vec<String> = works
+                            .iter()
+                            .map(|w| w.endpoint.bind.clone())
+                            .filter(|b| self.waves.canary.contains(b))
+                            .collect();
+                        if canaries.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", canaries first ({})", shown(&canaries))
+                        }
                     }
                 ));
             }

@@ -310,8 +310,16 @@ fn run_outside(
     book.check_plan_still_valid(Direction::Up, std::slice::from_ref(step))
         .map_err(plain)?;
     let mut migration = Postgres::connect(&w.endpoint, timeout).map_err(plain)?;
+    migration.hold_outside().map_err(plain)?;
     let mut mark = migration_mark(batch_id, "", MarkDirection::Up, step, &step.sql, at);
-    run_marked(&mut book, &mut migration, &mut mark, &step.name, &step.sql)?;
+    run_marked(
+        &mut book,
+        &mut migration,
+        &mut mark,
+        &step.name,
+        &step.sql,
+        true,
+    )?;
     book.finish_marked_step(batch_id, Direction::Up, "up", step, &mark, at)
         .map_err(|e| OutsideFailure {
             error: format!("{} ran, but could not be recorded: {e}", step.name),
@@ -321,15 +329,18 @@ fn run_outside(
     Ok(())
 }
 
-/// `sql` statement by statement on `migration`, under `mark` on `book`. A failure of the
-/// first statement clears the mark (nothing committed, but for what a failed
-/// `CREATE INDEX CONCURRENTLY` leaves, which is said); a later one leaves it.
+/// `sql` statement by statement on `migration`, under `mark` on `book`. With
+/// `clear_on_first_failure` (applying), a failure of the first statement clears the mark
+/// (nothing committed, but for what a failed `CREATE INDEX CONCURRENTLY` leaves, which is
+/// said); otherwise (undoing: the migration stays applied) and for a later statement the mark
+/// stays, for `resolve`.
 fn run_marked(
     book: &mut Postgres,
     migration: &mut Postgres,
     mark: &mut Mark,
     name: &str,
     sql: &str,
+    clear_on_first_failure: bool,
 ) -> Result<(), OutsideFailure> {
     book.put_mark(mark).map_err(|e| OutsideFailure {
         error: e.to_string(),
@@ -339,7 +350,7 @@ fn run_marked(
     for (i, statement) in statements.iter().enumerate() {
         if let Err(e) = migration.run_statement(name, statement) {
             let hint = invalid_index_hint(book);
-            if i == 0 && book.clear_mark(mark).is_ok() {
+            if i == 0 && clear_on_first_failure && book.clear_mark(mark).is_ok() {
                 return Err(OutsideFailure {
                     error: format!("{e}; nothing of it was applied{hint}"),
                     left_marked: false,
@@ -402,7 +413,15 @@ fn undo_outside(
         });
     };
     let mut migration = Postgres::connect(&w.endpoint, timeout).map_err(plain)?;
-    run_marked(&mut book, &mut migration, &mut mark, &step.name, down)?;
+    migration.hold_outside().map_err(plain)?;
+    run_marked(
+        &mut book,
+        &mut migration,
+        &mut mark,
+        &step.name,
+        down,
+        false,
+    )?;
     book.finish_marked_step(batch_id, Direction::Down, "undo", step, &mark, at)
         .map_err(|e| OutsideFailure {
             error: format!("{} was undone, but could not be recorded: {e}", step.name),

@@ -267,7 +267,7 @@ pub fn check(
         let summary = match code {
             exit::OK => "check passed".to_string(),
             exit::ATTENTION => {
-                "check failed: a batch is in doubt or unsettled; run `orchestrate recover` (and `orchestrate resolve` for an interrupted MySQL migration)".to_string()
+                "check failed: a batch is in doubt or unsettled; run `orchestrate recover` (and `orchestrate resolve` for an interrupted MySQL migration or PostgreSQL migration outside a transaction)".to_string()
             }
             _ if refused => {
                 "check failed: `orchestrate upgrade --all-binds` would refuse this batch, for the reasons on stderr".to_string()
