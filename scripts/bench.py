@@ -11,6 +11,12 @@ For each size (M databases, N migrations each) it measures, in one run:
               per database one connection, BEGIN + SQL + PREPARE TRANSACTION in one round
               trip, COMMIT PREPARED on the same connection (reconnecting only beyond the
               server's connection budget), same parallelism, no bookkeeping at all
+  peer        Flask-Migrate's multidb upgrade with two-phase commit on (USE_TWOPHASE = True in
+              its env.py), the tool these users would otherwise pick: a Python virtual
+              environment with flask-migrate and psycopg2-binary is made on first use (under
+              ~/.cache/orchestrate-bench); same migration SQL. It keeps one connection per
+              database open for the whole run, so it is measured only where M fits the
+              server's max_connections
   rollout     orchestrate upgrade --all-binds --wave-size W (waves of W binds, one after the
               other): its time, and the longest any bind held its locks, next to the single
               batch's (both from --json's max_lock_hold_ms)
@@ -65,6 +71,62 @@ def timed_child(cmd, cwd, env=None, output=False):
             out.seek(0)
             return seconds, kib / 1024.0, out.read().decode()
     return seconds, kib / 1024.0
+
+
+FLASK_APP = """import json, os
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from flask_migrate import Migrate
+urls = json.load(open(os.environ["BENCH_URLS"]))
+app = Flask(__name__)
+# The first database is the default engine, the others are binds: each is migrated once.
+app.config["SQLALCHEMY_DATABASE_URI"] = urls[0]
+app.config["SQLALCHEMY_BINDS"] = {f"b{i}": u for i, u in enumerate(urls) if i > 0}
+db = SQLAlchemy(app)
+migrate = Migrate(app, db)
+"""
+
+
+def flask_peer(project, urls, n):
+    """Sets up Flask-Migrate's multidb project over `urls` with `n` migrations (the same SQL);
+    returns a function timing one `flask db upgrade`, or a string saying why it cannot run."""
+    venv = os.path.join(os.path.expanduser("~"), ".cache", "orchestrate-bench", "flask")
+    flask = os.path.join(venv, "bin", "flask")
+    if not os.path.exists(flask):
+        try:
+            run([sys.executable, "-m", "venv", venv])
+            run([os.path.join(venv, "bin", "pip"), "install", "-q", "flask-migrate", "psycopg2-binary"])
+        except subprocess.CalledProcessError as e:
+            return f"not installable here ({(e.stderr or '').strip().splitlines()[-1:]})"
+    d = os.path.join(project, "flask")
+    os.makedirs(d)
+    with open(os.path.join(d, "app.py"), "w") as f:
+        f.write(FLASK_APP)
+    with open(os.path.join(d, "urls.json"), "w") as f:
+        json.dump([u.replace("postgres://", "postgresql+psycopg2://", 1) for u in urls], f)
+    env = dict(os.environ, BENCH_URLS=os.path.join(d, "urls.json"))
+    run([flask, "--app", "app", "db", "init", "--multidb"], cwd=d, env=env)
+    env_py = os.path.join(d, "migrations", "env.py")
+    with open(env_py) as f:
+        text = f.read()
+    with open(env_py, "w") as f:
+        f.write(text.replace("USE_TWOPHASE = False", "USE_TWOPHASE = True"))
+    for v in range(1, n + 1):
+        prev = "None" if v == 1 else repr(f"r{v - 1}")
+        with open(os.path.join(d, "migrations", "versions", f"r{v}.py"), "w") as f:
+            f.write(
+                f"from alembic import op\nrevision = 'r{v}'\ndown_revision = {prev}\n"
+                f"branch_labels = None\ndepends_on = None\nSQL = {migration_sql(v)!r}\n"
+                f"def upgrade(engine_name):\n    op.execute(SQL)\n"
+                f"def downgrade(engine_name):\n    op.execute('DROP TABLE t{v}')\n"
+            )
+
+    def once():
+        start = time.perf_counter()
+        run([flask, "--app", "app", "db", "upgrade"], cwd=d, env=env)
+        return time.perf_counter() - start
+
+    return once
 
 
 def rollout_waves(project):
@@ -135,6 +197,15 @@ def main():
             subprocess.run([os.path.join(ROOT, "scripts/pg-cluster.sh"), "stop", cluster])
             shutil.rmtree(cluster, ignore_errors=True)
 
+    print()
+    print()
+    print("| binds x migrations | atomic upgrade | Flask-Migrate multidb, two-phase | atomic / Flask-Migrate |")
+    print("|---|---|---|---|")
+    for r in rows:
+        if isinstance(r["peer"], float):
+            print(f"| {r['m']} x {r['n']} | {r['atomic']:.2f} s | {r['peer']:.2f} s | {r['atomic'] / r['peer']:.2f}x |")
+        else:
+            print(f"| {r['m']} x {r['n']} | {r['atomic']:.2f} s | {r['peer']} | |")
     print()
     print("| binds x migrations | atomic upgrade | one bind at a time | libpq floor | atomic / libpq floor | psql (PREPARE + COMMIT PREPARED) | status (all binds) | status floor (connections alone) | status / floor | no-op upgrade | no-op / floor | peak RSS upgrade | peak RSS status |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -219,7 +290,10 @@ def bench_size(m, n, args, binary, admin, base):
                 if line.startswith("tps"):
                     connect_rate = float(line.split("=")[1].split()[0])
 
-    results = {"atomic": [], "serial": [], "floor": [], "libpq": [], "status": [], "noop": [], "rollout": [],
+    # The peer holds a connection per database for its whole run.
+    peer = flask_peer(project, urls, n) if m <= 150 else (
+        f"not measured: it keeps {m} connections open at once, over this server's max_connections (200)")
+    results = {"flask": [], "atomic": [], "serial": [], "floor": [], "libpq": [], "status": [], "noop": [], "rollout": [],
                "hold_atomic": [], "hold_rollout": [], "wave": []}
     rss_up = rss_status = 0.0
     for r in range(args.repeat):
@@ -243,6 +317,9 @@ def bench_size(m, n, args, binary, admin, base):
         results["floor"].append(floor_once())
         reset()
         results["libpq"].append(libpq_once())
+        if callable(peer):
+            reset()
+            results["flask"].append(peer())
         reset()
         t, _, out = timed_child([binary, "upgrade", "--all-binds", "--wave-size", str(args.wave_size), "--json"],
                                 project, output=True)
@@ -257,7 +334,8 @@ def bench_size(m, n, args, binary, admin, base):
         xs = sorted(xs)
         return xs[len(xs) // 2]
 
-    row = {k: median(v) for k, v in results.items()}
+    row = {k: median(v) for k, v in results.items() if v}
+    row["peer"] = row.get("flask") or peer
     row.update(m=m, n=n, rss_up=rss_up, rss_status=rss_status,
                status_floor=(m / connect_rate) if connect_rate else float("nan"))
     print(f"bench: {row}", file=sys.stderr)
