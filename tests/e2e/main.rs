@@ -15,6 +15,7 @@ mod cli;
 mod config;
 mod crash;
 mod drift;
+mod environments;
 mod hang;
 mod mysql;
 mod protocol_gaps;

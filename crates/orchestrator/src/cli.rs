@@ -119,6 +119,51 @@ pub enum Command {
     },
     /// Start a project: config/default.toml with one SQLite bind, and migrations/main/.
     Init,
+    /// Compare two environments (`config/<FROM>.toml`, `config/<TO>.toml`), or an environment
+    /// and `folders` (the migration folders, every migration applied): per bind, what one has
+    /// applied that the other has not, migrations applied in both with a different up.sql,
+    /// binds configured in one only, batches in doubt and drift on either side.
+    ///
+    /// Exits 0 when they agree, 1 when they differ, 2 when a bind cannot be read.
+    Diff {
+        /// An environment name, or `folders`.
+        from: String,
+        /// An environment name, or `folders`.
+        to: String,
+        /// Print JSON: {"from","to","agree","binds":[{"bind","only_in","applied_only_in_from",
+        /// "applied_only_in_to","checksum_differs","in_doubt_from","in_doubt_to","drift_from",
+        /// "drift_to","errors"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring every bind of environment TO to exactly the revision its counterpart has in
+    /// environment FROM, as one atomic batch: production receives what staging ran, never
+    /// more.
+    ///
+    /// Refused, with nothing touched (exit 2), when FROM has drift, a batch in doubt or a bind
+    /// that cannot be read, when a bind is configured on one side only, when a migration
+    /// applied on both sides has a different up.sql, or when TO has applied something FROM has
+    /// not (a promotion never downgrades). Then as `upgrade` (exit codes, --sql, --json).
+    Promote {
+        /// The environment that was tested (staging).
+        #[arg(long, value_name = "ENV")]
+        from: String,
+        /// The environment to bring to it (production).
+        #[arg(long, value_name = "ENV")]
+        to: String,
+        /// Print what would run, as `upgrade --sql`, and touch nothing.
+        #[arg(long)]
+        sql: bool,
+        /// Print the result as JSON, as `upgrade --json`.
+        #[arg(long)]
+        json: bool,
+        /// A line per bind in a large batch.
+        #[arg(long, short)]
+        verbose: bool,
+        /// As `upgrade --allow-non-atomic`.
+        #[arg(long)]
+        allow_non_atomic: bool,
+    },
     /// Finish batches a crash or a lost connection left behind.
     ///
     /// Commits every prepared transaction of this tool whose batch was decided to commit.
@@ -209,7 +254,7 @@ pub struct UpgradeArgs {
     pub allow_missing: bool,
 }
 
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 #[command(group(clap::ArgGroup::new("selection").required(true).args(["all_binds", "binds"])))]
 pub struct MigrateArgs {
     /// Every configured bind.
@@ -271,6 +316,7 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         | Command::Recover { json, .. } => *json,
         Command::Upgrade(args) => args.common.json,
         Command::Downgrade(args) => args.json,
+        Command::Diff { json, .. } | Command::Promote { json, .. } => *json,
         _ => false,
     };
     let mut o = Output { out, err, json };
@@ -284,6 +330,8 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
             | Command::Config { .. }
             | Command::Upgrade(_)
             | Command::Downgrade(_)
+            | Command::Diff { .. }
+            | Command::Promote { .. }
     ) {
         crate::signals::writing();
     }
@@ -296,6 +344,35 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         extra_file: cli.config.clone(),
         environment: None,
     };
+    match cli.command {
+        // Each side loads its own environment.
+        Command::Diff { from, to, json } => {
+            return commands::environments::diff(&sources, &from, &to, json, &mut o)
+        }
+        Command::Promote {
+            from,
+            to,
+            sql,
+            json,
+            verbose,
+            allow_non_atomic,
+        } => {
+            let args = MigrateArgs {
+                all_binds: false,
+                binds: Vec::new(),
+                target: None,
+                targets: Vec::new(),
+                sql,
+                json,
+                verbose,
+                allow_non_atomic,
+                wave_size: None,
+                canary: Vec::new(),
+            };
+            return commands::environments::promote(&sources, &from, &to, &args, &mut o);
+        }
+        _ => {}
+    }
     let settings = match Settings::load(&sources) {
         Ok(s) => s,
         Err(e) => return o.refuse(Refusal::argument(e.to_string())),
@@ -331,7 +408,9 @@ fn dispatch(command: Command, settings: &Settings, o: &mut Output) -> i32 {
             allow_non_atomic,
             verbose,
         } => commands::status::check(settings, json, no_pending, allow_non_atomic, verbose, o),
-        Command::Init => unreachable!("handled before the settings are loaded"),
+        Command::Init | Command::Diff { .. } | Command::Promote { .. } => {
+            unreachable!("handled before the settings are loaded")
+        }
         Command::New { bind, description } => {
             // A template's binds share one folder: `new --bind TEMPLATE` adds to it.
             let folder = match (settings.bind(&bind), settings.template(&bind)) {

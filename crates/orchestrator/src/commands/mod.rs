@@ -2,6 +2,7 @@
 //! `cli` only parses the arguments and dispatches here.
 
 pub mod config;
+pub mod environments;
 pub mod history;
 pub mod migrate;
 pub mod output;

@@ -1,0 +1,175 @@
+//! Environments side by side: `diff` and `promote` (staging, then production).
+
+use std::fs;
+
+use crate::support::{state, PgDb, Project};
+
+/// A project whose binds `app` and `audit` have a database per environment: the defaults
+/// (dev), `config/staging.toml` and `config/production.toml`. Returns the databases of staging
+/// and production, kept alive with the project.
+fn environments() -> (Project, Vec<PgDb>) {
+    let mut p = Project::new();
+    p.add_pg("app").add_pg("audit");
+    for v in ["1_a", "2_b", "3_c"] {
+        p.create_table("app", v, &format!("app_{}", &v[2..]));
+    }
+    for v in ["1_x", "2_y"] {
+        p.create_table("audit", v, &format!("audit_{}", &v[2..]));
+    }
+    let mut dbs = Vec::new();
+    for env in ["staging", "production"] {
+        let mut text = String::new();
+        for bind in ["app", "audit"] {
+            let db = PgDb::new();
+            text.push_str(&format!("[binds.{bind}]\nurl = \"{}\"\n", db.url));
+            dbs.push(db);
+        }
+        fs::write(p.path().join(format!("config/{env}.toml")), text).unwrap();
+    }
+    (p, dbs)
+}
+
+fn versions(db: &PgDb) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut c = db.conn();
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_tables WHERE tablename = '__diesel_schema_migrations'",
+    )
+    .get_result::<N>(&mut c)
+    .map(|r| r.n)
+    .ok()
+    .filter(|n| *n > 0)
+    .map(|_| {
+        diesel::sql_query("SELECT count(*) AS n FROM __diesel_schema_migrations")
+            .get_result::<N>(&mut c)
+            .unwrap()
+            .n
+    })
+    .unwrap_or(0)
+}
+
+/// Staging runs a part of the history; `diff` says what production lacks; `promote` brings
+/// production to exactly staging's revisions (not to the folders' head), atomically; then the
+/// two agree, and the folders are still ahead of both.
+#[test]
+fn promote_brings_production_to_exactly_what_staging_ran() {
+    let (p, dbs) = environments();
+    let (staging_app, staging_audit, prod_app, prod_audit) = (&dbs[0], &dbs[1], &dbs[2], &dbs[3]);
+    p.run(&[
+        "--env",
+        "staging",
+        "upgrade",
+        "--all-binds",
+        "--target",
+        "app=2",
+        "--target",
+        "audit=1",
+    ])
+    .expect(0);
+    assert_eq!((versions(staging_app), versions(staging_audit)), (2, 1));
+
+    let diff = p.run(&["diff", "staging", "production"]);
+    diff.expect(1);
+    assert!(
+        diff.stdout
+            .contains("app:\n  applied in staging, not in production: 1, 2")
+            && diff
+                .stdout
+                .contains("audit:\n  applied in staging, not in production: 1")
+            && diff
+                .stdout
+                .contains("staging and production differ on 2 of 2 bind(s)"),
+        "{diff:?}"
+    );
+    let json = p.run(&["diff", "staging", "production", "--json"]);
+    json.expect(1);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(value["agree"], false);
+    assert_eq!(
+        value["binds"][0]["applied_only_in_from"],
+        serde_json::json!(["1", "2"])
+    );
+    p.run(&["diff", "staging", "staging"]).expect(0);
+
+    let sql = p.run(&[
+        "promote",
+        "--from",
+        "staging",
+        "--to",
+        "production",
+        "--sql",
+    ]);
+    sql.expect(0);
+    assert!(sql.stdout.contains("CREATE TABLE app_b"), "{sql:?}");
+    assert!(!sql.stdout.contains("CREATE TABLE app_c"), "{sql:?}");
+    assert_eq!((versions(prod_app), versions(prod_audit)), (0, 0));
+
+    let run = p.run(&["promote", "--from", "staging", "--to", "production"]);
+    run.expect(0);
+    assert!(run.stdout.contains("committed on every bind"), "{run:?}");
+    assert_eq!((versions(prod_app), versions(prod_audit)), (2, 1));
+    p.run(&["diff", "staging", "production"]).expect(0);
+    let folders = p.run(&["diff", "production", "folders"]);
+    folders.expect(1);
+    assert!(
+        folders
+            .stdout
+            .contains("applied in folders, not in production: 3"),
+        "{folders:?}"
+    );
+    // The dev databases (the defaults) were never touched.
+    assert_eq!(p.db("app").state(), state(&[], &[]));
+}
+
+/// What a promotion refuses, touching nothing: production ahead of staging (it never
+/// downgrades), drift in staging (an applied migration edited), an unknown environment.
+#[test]
+fn promote_refuses_what_it_cannot_promote_exactly() {
+    let (p, dbs) = environments();
+    let (prod_app, prod_audit) = (&dbs[2], &dbs[3]);
+    p.run(&[
+        "--env",
+        "staging",
+        "upgrade",
+        "--all-binds",
+        "--target",
+        "app=1",
+        "--target",
+        "audit=1",
+    ])
+    .expect(0);
+    p.run(&["--env", "production", "upgrade", "--bind", "audit"])
+        .expect(0);
+    let run = p.run(&["promote", "--from", "staging", "--to", "production"]);
+    run.expect(2);
+    assert!(
+        run.stderr
+            .contains("bind `audit`: production has applied 2 which staging has not; a promotion never downgrades"),
+        "{run:?}"
+    );
+    assert_eq!((versions(prod_app), versions(prod_audit)), (0, 2));
+
+    let up = p.path().join("migrations/app/1_a/up.sql");
+    let original = fs::read_to_string(&up).unwrap();
+    fs::write(&up, format!("{original}\n-- edited after it ran")).unwrap();
+    let run = p.run(&["promote", "--from", "staging", "--to", "production"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("bind `app` has drift in staging"),
+        "{run:?}"
+    );
+    fs::write(&up, original).unwrap();
+    assert_eq!((versions(prod_app), versions(prod_audit)), (0, 2));
+
+    let run = p.run(&["diff", "staging", "nowhere"]);
+    run.expect(2);
+    assert!(
+        run.stderr.contains("config/nowhere.toml does not exist"),
+        "{run:?}"
+    );
+}
