@@ -18,7 +18,11 @@ fn environments() -> (Project, Vec<PgDb>) {
     }
     let mut dbs = Vec::new();
     for env in ["staging", "production"] {
-        let mut text = String::new();
+        let mut text = if env == "production" {
+            "protected = true\n".to_string()
+        } else {
+            String::new()
+        };
         for bind in ["app", "audit"] {
             let db = PgDb::new();
             text.push_str(&format!("[binds.{bind}]\nurl = \"{}\"\n", db.url));
@@ -172,4 +176,50 @@ fn promote_refuses_what_it_cannot_promote_exactly() {
         run.stderr.contains("config/nowhere.toml does not exist"),
         "{run:?}"
     );
+}
+
+/// A protected environment (`protected = true` in config/production.toml): what reverts
+/// migrations or rewrites the record of what is applied, and the `--allow-*` flags, need
+/// `--yes`; without a terminal to ask on, they are refused with nothing changed. `--sql`
+/// only prints; an unprotected environment needs nothing.
+#[test]
+fn a_protected_environment_asks_for_yes() {
+    let (p, dbs) = environments();
+    let prod_app = &dbs[2];
+    let prod = |args: &[&str]| {
+        let mut all = vec!["--env", "production"];
+        all.extend_from_slice(args);
+        p.run(&all)
+    };
+    prod(&["upgrade", "--bind", "app"]).expect(0);
+    assert_eq!(versions(prod_app), 3);
+    for args in [
+        &["downgrade", "--bind", "app"][..],
+        &["downgrade", "--bind", "app", "base"],
+        &["stamp", "--bind", "app", "1"],
+        &["resolve", "--bind", "app", "3", "--applied"],
+        &["upgrade", "--all-binds", "--allow-out-of-order"],
+    ] {
+        let run = prod(args);
+        run.expect(2);
+        assert!(
+            run.stderr.contains("environment `production` is protected")
+                && run.stderr.contains("needs --yes"),
+            "{args:?}: {run:?}"
+        );
+        assert_eq!(versions(prod_app), 3, "{args:?}");
+    }
+    prod(&["downgrade", "--bind", "app", "--sql"]).expect(0);
+    assert_eq!(versions(prod_app), 3);
+    prod(&["--yes", "downgrade", "--bind", "app"]).expect(0);
+    assert_eq!(versions(prod_app), 2);
+    let config = prod(&["config", "--json"]);
+    config.expect(0);
+    let value: serde_json::Value = serde_json::from_str(&config.stdout).unwrap();
+    assert_eq!(value["protected"]["value"], true);
+    // Staging is not protected.
+    p.run(&["--env", "staging", "upgrade", "--bind", "app"])
+        .expect(0);
+    p.run(&["--env", "staging", "downgrade", "--bind", "app"])
+        .expect(0);
 }

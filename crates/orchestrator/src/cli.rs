@@ -40,6 +40,10 @@ pub struct Cli {
     /// The environment whose config/<ENV>.toml is layered over config/default.toml.
     #[arg(long, global = true, env = "ORCHESTRATE_ENV", value_name = "ENV")]
     pub env: Option<String>,
+    /// In a protected environment (`protected = true` in its config/<ENV>.toml): go on with a
+    /// downgrade, stamp, resolve or `--allow-*` flag without asking.
+    #[arg(long, global = true)]
+    pub yes: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -377,7 +381,61 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         Ok(s) => s,
         Err(e) => return o.refuse(Refusal::argument(e.to_string())),
     };
+    if settings.protected && !cli.yes {
+        if let Some(what) = protected_action(&cli.command) {
+            let env = cli.env.as_deref().unwrap_or("default");
+            if !confirmed(env, &what, &mut o) {
+                return o.refuse(Refusal::argument(format!(
+                    "environment `{env}` is protected (`protected = true`): {what} needs --yes (or, on a terminal, typing the environment's name); nothing was changed"
+                )));
+            }
+        }
+    }
     dispatch(cli.command, &settings, &mut o)
+}
+
+/// What a command would do in a protected environment that needs consent, if anything:
+/// reverting migrations, rewriting the record of what is applied, or going past a safety
+/// check. `--sql` only prints.
+fn protected_action(command: &Command) -> Option<String> {
+    match command {
+        Command::Downgrade(args) if !args.sql => Some(match args.target.as_deref() {
+            Some("base") => "`downgrade` to base (reverting every migration)".to_string(),
+            Some(t) => format!("`downgrade` to {t}"),
+            None => "`downgrade` (one step)".to_string(),
+        }),
+        Command::Stamp { .. } => Some("`stamp` (recording a revision without running it)".into()),
+        Command::Resolve { .. } => {
+            Some("`resolve` (recording what an interrupted migration did)".into())
+        }
+        Command::Upgrade(args) if !args.common.sql => {
+            let flags: Vec<&str> = [
+                (args.allow_out_of_order, "--allow-out-of-order"),
+                (args.allow_edited, "--allow-edited"),
+                (args.allow_missing, "--allow-missing"),
+                (args.common.allow_non_atomic, "--allow-non-atomic"),
+            ]
+            .into_iter()
+            .filter_map(|(on, flag)| on.then_some(flag))
+            .collect();
+            (!flags.is_empty()).then(|| format!("`upgrade {}`", flags.join(" ")))
+        }
+        _ => None,
+    }
+}
+
+/// On a terminal (and not for JSON): asks for the environment's name to be typed. Anywhere
+/// else: not confirmed.
+fn confirmed(env: &str, what: &str, o: &mut Output) -> bool {
+    use std::io::IsTerminal;
+    if o.json || !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
+        return false;
+    }
+    o.note(format!(
+        "environment `{env}` is protected: {what}. Type `{env}` to go on, anything else to stop:"
+    ));
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).is_ok() && line.trim() == env
 }
 
 fn dispatch(command: Command, settings: &Settings, o: &mut Output) -> i32 {

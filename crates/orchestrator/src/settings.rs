@@ -47,6 +47,9 @@ struct RawSettings {
     lock_timeout_ms: Option<u64>,
     parallelism: Option<usize>,
     rollout: Option<RawRollout>,
+    /// This environment is protected: downgrades, stamps, resolves and `--allow-*` need
+    /// `--yes` (or a confirmation typed on a terminal).
+    protected: Option<bool>,
 }
 
 /// `[rollout]`: run a large selection as a sequence of atomic batches (waves).
@@ -122,6 +125,8 @@ pub struct Settings {
     pub parallelism: usize,
     /// How a selection is cut into waves (`[rollout]`); by default one batch.
     pub rollout: RolloutSettings,
+    /// `protected = true`: what can lose or rewrite history here needs `--yes`.
+    pub protected: bool,
     /// Where each value set by a layer came from (`binds.users.url` -> `config/default.toml`,
     /// or `environment variable ORCHESTRATE__BINDS__USERS__URL`); a key not here took its
     /// default. Keys are lowercase and dotted.
@@ -632,6 +637,7 @@ impl Settings {
         Ok(Settings {
             root: root.to_path_buf(),
             parallelism,
+            protected: raw.protected.unwrap_or(false),
             rollout: RolloutSettings {
                 wave_size: rollout.wave_size,
                 canary: rollout.canary,

@@ -65,6 +65,12 @@ pub fn config(settings: &Settings, json: bool, o: &mut Output) -> i32 {
         "decider": entry(json!(settings.decider), settings.origin("decider")),
         "lock_timeout_ms": entry(json!(settings.lock_timeout.as_millis() as u64), settings.origin("lock_timeout_ms")),
         "parallelism": entry(json!(settings.parallelism), settings.origin("parallelism")),
+        "protected": entry(json!(settings.protected), settings.origin("protected")),
+        "rollout": {
+            "wave_size": entry(json!(settings.rollout.wave_size), settings.origin("rollout.wave_size")),
+            "canary": entry(json!(settings.rollout.canary), settings.origin("rollout.canary")),
+            "together": entry(json!(settings.rollout.together), settings.origin("rollout.together")),
+        },
         "binds": binds,
         "templates": templates,
     });
@@ -83,12 +89,23 @@ pub fn config(settings: &Settings, json: bool, o: &mut Output) -> i32 {
         "layers, later ones win: {}",
         settings.layers.join(", ")
     ));
-    for key in ["decider", "lock_timeout_ms", "parallelism"] {
+    for key in ["decider", "lock_timeout_ms", "parallelism", "protected"] {
         let e = &report[key];
         o.line(format_args!(
             "{key:<16} {:<40} from {}",
             text(&e["value"]),
             text(&e["from"])
+        ));
+    }
+    if settings.rollout != Default::default() {
+        o.line(format_args!(
+            "rollout          wave_size {}, canary [{}], together [{}]",
+            settings
+                .rollout
+                .wave_size
+                .map_or("none (one batch)".to_string(), |n| n.to_string()),
+            settings.rollout.canary.join(", "),
+            settings.rollout.together.join(", ")
         ));
     }
     for t in &templates {
