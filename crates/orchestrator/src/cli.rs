@@ -373,7 +373,7 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
                 wave_size: None,
                 canary: Vec::new(),
             };
-            return commands::environments::promote(&sources, &from, &to, &args, &mut o);
+            return commands::environments::promote(&sources, &from, &to, &args, cli.yes, &mut o);
         }
         _ => {}
     }

@@ -265,7 +265,14 @@ pub fn diff(sources: &Sources, from: &str, to: &str, json: bool, o: &mut Output)
 /// `--json`). Refused, with nothing touched (exit 2), when SOURCE has drift, a batch in doubt
 /// or cannot be read, when a bind is configured on one side only, or when TARGET has applied
 /// something SOURCE has not (a promotion never downgrades).
-pub fn promote(sources: &Sources, from: &str, to: &str, args: &MigrateArgs, o: &mut Output) -> i32 {
+pub fn promote(
+    sources: &Sources,
+    from: &str,
+    to: &str,
+    args: &MigrateArgs,
+    yes: bool,
+    o: &mut Output,
+) -> i32 {
     if from == FOLDERS || to == FOLDERS {
         return o.refuse(Refusal::argument(format!(
             "promote goes from one environment to another; `{FOLDERS}` is not one (to bring an environment to the folders' head, run `orchestrate --env NAME upgrade --all-binds`)"
@@ -278,6 +285,11 @@ pub fn promote(sources: &Sources, from: &str, to: &str, args: &MigrateArgs, o: &
     let (Some(target_settings), source, target) = (target.0, source.1, target.1) else {
         unreachable!("an environment has settings");
     };
+    if target_settings.protected && args.allow_non_atomic && !yes && !args.sql {
+        return o.refuse(Refusal::argument(format!(
+            "environment `{to}` is protected (`protected = true`): `promote --allow-non-atomic` needs --yes; nothing was changed"
+        )));
+    }
     let mut refusals = Vec::new();
     let mut targets = Vec::new();
     for d in compare(from, to, &source, &target) {
