@@ -209,6 +209,20 @@ fn a_protected_environment_asks_for_yes() {
         );
         assert_eq!(versions(prod_app), 3, "{args:?}");
     }
+    let run = p.run(&[
+        "promote",
+        "--from",
+        "staging",
+        "--to",
+        "production",
+        "--allow-non-atomic",
+    ]);
+    run.expect(2);
+    assert!(
+        run.stderr
+            .contains("`promote --allow-non-atomic` needs --yes"),
+        "{run:?}"
+    );
     prod(&["downgrade", "--bind", "app", "--sql"]).expect(0);
     assert_eq!(versions(prod_app), 3);
     prod(&["--yes", "downgrade", "--bind", "app"]).expect(0);
