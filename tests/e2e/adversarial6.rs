@@ -863,3 +863,33 @@ fn review11_recover_records_an_abort_without_owning_the_table() {
         "{run:?}"
     );
 }
+
+/// Found by a thirteenth adversarial review: `recover` brought a SQLite participant forward
+/// from a `commit` row although another schema's row of the same batch said `abort` (the check
+/// that such rows decide nothing was only on the prepared-transaction path). Now neither path
+/// acts: recover exits 3 and changes nothing until a person drops the copy.
+#[test]
+fn review13_a_copied_decision_redoes_no_sqlite_participant() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("c_pg").add_sqlite("s_sq");
+    p.create_table("a_pg", "1_a", "ta");
+    p.create_table("c_pg", "1_c", "tc");
+    p.create_table("s_sq", "1_s", "ts");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    p.db("a_pg").execute(
+        "CREATE SCHEMA x; CREATE TABLE x.orchestrate_batches (LIKE public.orchestrate_batches INCLUDING ALL); \
+         INSERT INTO x.orchestrate_batches (batch_id, state, begun_at) SELECT batch_id, 'abort', begun_at FROM public.orchestrate_batches",
+    );
+    let recover = p.run(&["recover"]);
+    recover.expect(3);
+    assert_eq!(p.db("s_sq").state(), state(&[], &[]), "{recover:?}");
+    assert_eq!(p.db("c_pg").state().prepared.len(), 1, "{recover:?}");
+    p.db("a_pg").execute("DROP SCHEMA x CASCADE");
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("a_pg", state(&["ta"], &["1"])),
+        ("c_pg", state(&["tc"], &["1"])),
+        ("s_sq", state(&["ts"], &["1"])),
+    ]);
+}

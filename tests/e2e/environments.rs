@@ -237,3 +237,119 @@ fn a_protected_environment_asks_for_yes() {
     p.run(&["--env", "staging", "downgrade", "--bind", "app"])
         .expect(0);
 }
+
+/// Found by a thirteenth adversarial review: what `promote` would run is checked against what
+/// staging ran: a migration in production's folder that staging never ran, an up.sql that
+/// differs from staging's, a migration staging only stamped, and a bind that is one database
+/// in both environments (a variable applied to both) are refused, touching nothing. A bind
+/// with drift on one side is a difference; a protected environment stays protected whatever a
+/// later layer says.
+#[test]
+fn review13_promote_runs_only_what_staging_ran() {
+    let (p, dbs) = environments();
+    let (prod_app, prod_audit) = (&dbs[2], &dbs[3]);
+    p.run(&[
+        "--env",
+        "staging",
+        "upgrade",
+        "--all-binds",
+        "--target",
+        "app=2",
+        "--target",
+        "audit=1",
+    ])
+    .expect(0);
+    // Production reads its own folder for app: one more migration, and 2_b changed.
+    let prod_folder = p.path().join("migrations/app_prod");
+    fs::create_dir_all(&prod_folder).unwrap();
+    for v in ["1_a", "2_b"] {
+        fs::create_dir_all(prod_folder.join(v)).unwrap();
+        for f in ["up.sql", "down.sql"] {
+            fs::copy(
+                p.path().join("migrations/app").join(v).join(f),
+                prod_folder.join(v).join(f),
+            )
+            .unwrap();
+        }
+    }
+    fs::write(
+        prod_folder.join("2_b/up.sql"),
+        "CREATE TABLE app_b_other (id INT PRIMARY KEY);",
+    )
+    .unwrap();
+    fs::create_dir_all(prod_folder.join("0_extra")).unwrap();
+    fs::write(
+        prod_folder.join("0_extra/up.sql"),
+        "CREATE TABLE app_extra (id INT);",
+    )
+    .unwrap();
+    fs::write(
+        prod_folder.join("0_extra/down.sql"),
+        "DROP TABLE app_extra;",
+    )
+    .unwrap();
+    let production = p.path().join("config/production.toml");
+    let text = fs::read_to_string(&production).unwrap().replacen(
+        "[binds.app]\n",
+        "[binds.app]\nmigrations = \"migrations/app_prod\"\n",
+        1,
+    );
+    fs::write(&production, &text).unwrap();
+    let run = p.run(&["promote", "--from", "staging", "--to", "production"]);
+    run.expect(2);
+    assert!(
+        run.stderr
+            .contains("bind `app`: 2's up.sql in production's folder is not the one staging ran")
+            && run.stderr.contains("bind `app`: production's folder has 0 before staging's newest, which staging never ran"),
+        "{run:?}"
+    );
+    assert_eq!((versions(prod_app), versions(prod_audit)), (0, 0));
+    // The same folder again, but staging only stamped 2 on audit.
+    fs::write(
+        &production,
+        text.replacen("migrations = \"migrations/app_prod\"\n", "", 1),
+    )
+    .unwrap();
+    p.run(&["--env", "staging", "--yes", "stamp", "--bind", "audit", "2"])
+        .expect(0);
+    let run = p.run(&["promote", "--from", "staging", "--to", "production"]);
+    run.expect(2);
+    assert!(
+        run.stderr
+            .contains("bind `audit`: 2 recorded in staging by `stamp`"),
+        "{run:?}"
+    );
+    p.run(&["--env", "staging", "--yes", "stamp", "--bind", "audit", "1"])
+        .expect(0);
+    // A variable that points production's app at staging's database applies to both sides.
+    let staging_app = dbs[0].url.clone();
+    let run = p.run_with(
+        &["promote", "--from", "staging", "--to", "production"],
+        &[("ORCHESTRATE__BINDS__APP__URL", &staging_app)],
+    );
+    run.expect(2);
+    assert!(
+        run.stderr
+            .contains("bind `app` is the same database in staging and production"),
+        "{run:?}"
+    );
+    assert_eq!((versions(prod_app), versions(prod_audit)), (0, 0));
+    // Protected stays protected.
+    let run = p.run_with(
+        &["--env", "production", "stamp", "--bind", "app", "1"],
+        &[("ORCHESTRATE__PROTECTED", "false")],
+    );
+    run.expect(2);
+    assert!(run.stderr.contains("is protected"), "{run:?}");
+    // Drift (an applied migration edited since) is a difference.
+    p.run(&["--env", "production", "upgrade", "--bind", "audit"])
+        .expect(0);
+    let up = p.path().join("migrations/audit/1_x/up.sql");
+    let original = fs::read_to_string(&up).unwrap();
+    fs::write(&up, format!("{original}\n-- edited")).unwrap();
+    let diff = p.run(&["diff", "production", "production"]);
+    fs::write(&up, original).unwrap();
+    diff.expect(1);
+    assert!(diff.stdout.contains("drift in production"), "{diff:?}");
+    p.assert_consistent();
+}

@@ -381,7 +381,9 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         Ok(s) => s,
         Err(e) => return o.refuse(Refusal::argument(e.to_string())),
     };
-    if settings.protected && !cli.yes {
+    // Sticky: a configuration file that says `protected = true` cannot be overridden by a
+    // later layer (`--config`, ORCHESTRATE__PROTECTED).
+    if (settings.protected || files_protect(&sources)) && !cli.yes {
         if let Some(what) = protected_action(&cli.command) {
             let env = cli.env.as_deref().unwrap_or("default");
             if !confirmed(env, &what, &mut o) {
@@ -392,6 +394,21 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         }
     }
     dispatch(cli.command, &settings, &mut o)
+}
+
+/// Whether `config/default.toml` or `config/<env>.toml` says `protected = true`.
+fn files_protect(sources: &Sources) -> bool {
+    let mut files = vec![sources.config_dir.join("default.toml")];
+    if let Some(env) = &sources.env_name {
+        files.push(sources.config_dir.join(format!("{env}.toml")));
+    }
+    files.iter().filter(|f| f.is_file()).any(|f| {
+        config::Config::builder()
+            .add_source(config::File::from(f.as_path()).format(config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.get_bool("protected"))
+            .unwrap_or(false)
+    })
 }
 
 /// What a command would do in a protected environment that needs consent, if anything:

@@ -372,6 +372,35 @@ fn settle_decided(
         Err(e) => return report.errors.push(e.to_string()),
     };
     for record in records {
+        // The record was read from any schema's orchestrate_batches: act on it only when the
+        // decider's decision, read with every check (rows of the batch in other schemas that
+        // disagree decide nothing), is this very commit.
+        let confirmed = BindConnection::connect(&decider.endpoint, false, timeout)
+            .and_then(|mut c| c.decision_state(&record.batch_id));
+        match confirmed {
+            Ok(Some(DecisionState::Commit(r))) if *r == record => {}
+            Ok(other) => {
+                report.actions.push(Action {
+                    bind: decider.name.clone(),
+                    batch_id: record.batch_id.clone(),
+                    action: ActionKind::Attention,
+                    detail: format!(
+                        "a `commit` row of this batch was found, but its decision reads {}; nothing was changed for it",
+                        match other {
+                            Some(DecisionState::Commit(_)) => "`commit` with another record",
+                            Some(DecisionState::Abort) => "`abort`",
+                            Some(DecisionState::Begun) => "`begun`",
+                            None => "nothing",
+                        }
+                    ),
+                });
+                continue;
+            }
+            Err(e) => {
+                report.errors.push(e.to_string());
+                continue;
+            }
+        }
         let mut finished = true;
         for participant in &record.participants {
             let (action, done) =

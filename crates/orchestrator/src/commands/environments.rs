@@ -31,6 +31,12 @@ struct Side {
     drift: Vec<String>,
     /// Why it could not be read.
     error: Option<String>,
+    /// Versions recorded by `stamp` (never run here): their newest record is a stamp.
+    stamped: Vec<String>,
+    /// Which database this is (to refuse comparing a database with itself).
+    identity: String,
+    /// The checksum of each migration's up.sql in this side's folder.
+    folder: BTreeMap<String, String>,
 }
 
 /// Every bind of an environment (or of the folders), read.
@@ -55,8 +61,23 @@ fn read_side(
             .binds
             .par_iter()
             .map(|b| {
-                let mut side = Side::default();
+                let mut side = Side {
+                    identity: b.endpoint.database_identity(),
+                    ..Side::default()
+                };
                 let chain = read_chain(&b.name, &b.migrations);
+                match &chain {
+                    Ok(c) => {
+                        for m in &c.migrations {
+                            side.folder
+                                .insert(m.version.to_string(), m.checksum.clone());
+                        }
+                    }
+                    Err(e) if name != FOLDERS => {
+                        side.error = Some(format!("its migrations folder: {e}"));
+                    }
+                    Err(_) => {}
+                }
                 if name == FOLDERS {
                     match chain {
                         Ok(c) => {
@@ -88,6 +109,31 @@ fn read_side(
                                 .iter()
                                 .map(|p| p.to_string())
                                 .collect();
+                        }
+                        // The newest history record of each version: a stamp means it was
+                        // recorded, not run, here.
+                        let history = orchestrate_driver::BindConnection::connect(
+                            &b.endpoint,
+                            false,
+                            settings.lock_timeout,
+                        )
+                        .and_then(|mut c| c.history_events());
+                        match history {
+                            Ok(events) => {
+                                let mut newest: BTreeMap<String, String> = BTreeMap::new();
+                                for e in events {
+                                    if matches!(e.direction.as_str(), "up" | "stamp") {
+                                        newest.insert(e.version, e.direction);
+                                    }
+                                }
+                                side.stamped = newest
+                                    .into_iter()
+                                    .filter(|(v, d)| d == "stamp" && side.applied.contains_key(v))
+                                    .map(|(v, _)| v)
+                                    .collect();
+                            }
+                            Err(orchestrate_driver::DriverError::NoSuchFile { .. }) => {}
+                            Err(e) => side.error = Some(e.to_string()),
                         }
                     }
                     Err(e) => side.error = Some(e.to_string()),
@@ -125,6 +171,8 @@ impl BindDiff {
             && self.checksum_differs.is_empty()
             && self.in_doubt_from.is_empty()
             && self.in_doubt_to.is_empty()
+            && self.drift_from.is_empty()
+            && self.drift_to.is_empty()
             && self.errors.is_empty()
     }
 }
@@ -208,7 +256,7 @@ pub fn diff(sources: &Sources, from: &str, to: &str, json: bool, o: &mut Output)
         return code;
     }
     for d in &diffs {
-        if d.agrees() && d.drift_from.is_empty() && d.drift_to.is_empty() {
+        if d.agrees() {
             continue;
         }
         o.line(format!("{}:", d.bind));
@@ -321,6 +369,54 @@ pub fn promote(
             refusals.push(format!(
                 "bind `{name}`: {to} has applied {} which {from} has not; a promotion never downgrades (downgrade {to} explicitly if that is what you mean)",
                 d.applied_only_in_to.join(", ")
+            ));
+        }
+        let (s, t) = (&source[name], &target[name]);
+        if s.identity == t.identity {
+            refusals.push(format!(
+                "bind `{name}` is the same database in {from} and {to} (an ORCHESTRATE__BINDS__... variable or --config applies to both environments): a promotion would compare it with itself"
+            ));
+            continue;
+        }
+        if !s.stamped.is_empty() {
+            refusals.push(format!(
+                "bind `{name}`: {} recorded in {from} by `stamp`, never run there: {from} did not test it",
+                s.stamped.join(", ")
+            ));
+        }
+        // What the target will run is exactly what the source applied and the target has
+        // not, with the same up.sql (the target reads its own folder).
+        for v in s.applied.keys().filter(|v| !t.applied.contains_key(*v)) {
+            match (&s.applied[v], t.folder.get(v)) {
+                (_, None) => refusals.push(format!(
+                    "bind `{name}`: {v}, applied in {from}, has no folder in {to}'s migrations"
+                )),
+                (None, _) => refusals.push(format!(
+                    "bind `{name}`: {v} was applied in {from} without a recorded checksum (by another tool?), so what {from} ran cannot be compared; stamp or re-apply it there first"
+                )),
+                (Some(ran), Some(here)) if ran != here => refusals.push(format!(
+                    "bind `{name}`: {v}'s up.sql in {to}'s folder is not the one {from} ran"
+                )),
+                _ => {}
+            }
+        }
+        let newest_source = s.applied.keys().map(|v| Version::from_stored(v)).max();
+        let extra: Vec<&String> = t
+            .folder
+            .keys()
+            .filter(|v| {
+                !s.applied.contains_key(*v)
+                    && !t.applied.contains_key(*v)
+                    && newest_source
+                        .as_ref()
+                        .is_some_and(|n| Version::from_stored(v) <= *n)
+            })
+            .collect();
+        if !extra.is_empty() {
+            refusals.push(format!(
+                "bind `{name}`: {to}'s folder has {} before {from}'s newest, which {from} never ran: promoting would run {}",
+                extra.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+                if extra.len() == 1 { "it" } else { "them" }
             ));
         }
         // The newest applied, in the chain's own order (versions of several shapes).
