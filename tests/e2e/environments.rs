@@ -92,6 +92,11 @@ fn promote_brings_production_to_exactly_what_staging_ran() {
     );
     let json = p.run(&["diff", "staging", "production", "--json"]);
     json.expect(1);
+    crate::cli::assert_matches_schema("diff.schema.json", &json);
+    crate::cli::assert_matches_schema(
+        "diff.schema.json",
+        &p.run(&["diff", "staging", "nowhere", "--json"]),
+    );
     let value: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
     assert_eq!(value["agree"], false);
     assert_eq!(
