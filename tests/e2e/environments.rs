@@ -162,6 +162,7 @@ fn promote_refuses_what_it_cannot_promote_exactly() {
         "{run:?}"
     );
     assert_eq!((versions(prod_app), versions(prod_audit)), (0, 2));
+    assert_eq!((versions(&dbs[0]), versions(&dbs[1])), (1, 1));
 
     let up = p.path().join("migrations/app/1_a/up.sql");
     let original = fs::read_to_string(&up).unwrap();

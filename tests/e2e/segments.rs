@@ -303,6 +303,8 @@ fn review12_an_undo_that_fails_leaves_its_mark() {
     assert_eq!(marks(&p, "pa"), 1);
     assert_eq!(p.db("pa").state(), state(&["t"], &["1", "2"]));
     assert_eq!(p.db("pb").state(), state(&["t"], &["1"]));
+    assert_eq!(p.db("sa").state(), state(&["s"], &["1"]));
+    assert_eq!(marks(&p, "pb"), 0);
     p.run(&["status"]).expect(3);
     p.run(&["recover"]).expect(3);
 }

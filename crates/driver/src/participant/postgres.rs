@@ -242,18 +242,10 @@ impl Db for PgConnection {
         batch_id: &str,
     ) -> Result<Option<DecisionState>, DriverError> {
         let here = s.schema_name();
-        for schema in Self::other_batch_schemas(s)? {
-            let qualifier = format!("{}.", quote_ident::<Self>(&schema));
-            let rows: Vec<BatchRow> = s.rows(
-                "cannot read orchestrate_batches",
-                &format!("SELECT batch_id, state, record FROM {qualifier}\"orchestrate_batches\" WHERE batch_id = ?"),
-                &[Arg::Text(batch_id)],
-            )?;
-            if let Some(row) = rows.into_iter().next() {
-                tracing::warn!(bind = %s.endpoint().bind, batch = %batch_id, schema = %schema, "the batch's decision is in schema {schema}, not in {here} where this session's search_path points now");
-                s.set_schema(&schema);
-                return s.state_of(row).map(Some);
-            }
+        if let Some((schema, row)) = Self::batch_rows_elsewhere(s, batch_id)?.into_iter().next() {
+            tracing::warn!(bind = %s.endpoint().bind, batch = %batch_id, schema = %schema, "the batch's decision is in schema {schema}, not in {here} where this session's search_path points now");
+            s.set_schema(&schema);
+            return s.state_of(row).map(Some);
         }
         Ok(None)
     }
@@ -413,19 +405,11 @@ impl Postgres {
     /// bookkeeping connection holds the lock; the migration's statements run on another.
     pub fn begin_outside(&mut self) -> Result<(), DriverError> {
         let started = Instant::now();
-        loop {
-            let got: Result<Flag, _> =
-                diesel::sql_query("SELECT pg_catalog.pg_try_advisory_lock($1) AS ok")
-                    .bind::<BigInt, _>(LOCK_KEY)
-                    .get_result(&mut self.s.conn);
-            match got {
-                Ok(Flag { ok: true }) => break,
-                Ok(Flag { ok: false }) if started.elapsed() < self.s.lock_timeout() => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Ok(Flag { ok: false }) => return Err(self.s.busy(started)),
-                Err(e) => return Err(self.s.query_err("cannot take the migration lock", e)),
+        while !self.try_session_lock(LOCK_KEY)? {
+            if started.elapsed() >= self.s.lock_timeout() {
+                return Err(self.s.busy(started));
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
         // A statement of an earlier migration outside a transaction may still be running on
         // a session its dead run left: wait for it as for the lock.
@@ -469,29 +453,32 @@ impl Postgres {
         self.probe(OUTSIDE_KEY)
     }
 
-    fn probe(&mut self, key: i64) -> Result<bool, DriverError> {
-        let got: Flag = diesel::sql_query("SELECT pg_catalog.pg_try_advisory_lock($1) AS ok")
+    /// `pg_try_advisory_lock(key)`: takes the session lock `key` if no other session holds it.
+    fn try_session_lock(&mut self, key: i64) -> Result<bool, DriverError> {
+        diesel::sql_query("SELECT pg_catalog.pg_try_advisory_lock($1) AS ok")
             .bind::<BigInt, _>(key)
-            .get_result(&mut self.s.conn)
-            .map_err(|e| self.s.query_err("cannot probe the migration lock", e))?;
-        if got.ok {
+            .get_result::<Flag>(&mut self.s.conn)
+            .map(|f| f.ok)
+            .map_err(|e| self.s.query_err("cannot take the migration lock", e))
+    }
+
+    /// Whether no other session holds the session lock `key` (taken and given back at once).
+    fn probe(&mut self, key: i64) -> Result<bool, DriverError> {
+        let free = self.try_session_lock(key)?;
+        if free {
             let _ = self.s.execute_plain(
                 "cannot release the migration lock",
                 &format!("SELECT pg_catalog.pg_advisory_unlock({key})"),
             );
         }
-        Ok(got.ok)
+        Ok(free)
     }
 
     /// On the session that runs a migration's statements outside a transaction: holds
     /// [`OUTSIDE_KEY`] for as long as the session lives (it is never given back: the session
     /// ends with the migration).
     pub fn hold_outside(&mut self) -> Result<(), DriverError> {
-        let got: Flag = diesel::sql_query("SELECT pg_catalog.pg_try_advisory_lock($1) AS ok")
-            .bind::<BigInt, _>(OUTSIDE_KEY)
-            .get_result(&mut self.s.conn)
-            .map_err(|e| self.s.query_err("cannot take the migration lock", e))?;
-        if got.ok {
+        if self.try_session_lock(OUTSIDE_KEY)? {
             Ok(())
         } else {
             Err(self.s.other("a migration statement started outside a transaction by an earlier run is still running on this database; let it finish, then run again"))

@@ -292,10 +292,6 @@ fn run_outside(
     at: &str,
     timeout: Duration,
 ) -> Result<(), OutsideFailure> {
-    let plain = |e: DriverError| OutsideFailure {
-        error: e.to_string(),
-        left_marked: false,
-    };
     let mut book = Postgres::connect(&w.endpoint, timeout).map_err(plain)?;
     book.begin_outside().map_err(plain)?;
     if let Some(m) = book.marks().map_err(plain)?.first() {
@@ -309,20 +305,43 @@ fn run_outside(
     }
     book.check_plan_still_valid(Direction::Up, std::slice::from_ref(step))
         .map_err(plain)?;
+    let mark = migration_mark(batch_id, "", MarkDirection::Up, step, &step.sql, at);
+    run_and_record(&mut book, w, step, mark, &step.sql, true, at, timeout)
+}
+
+/// A driver error before anything of the step ran.
+fn plain(e: DriverError) -> OutsideFailure {
+    OutsideFailure {
+        error: e.to_string(),
+        left_marked: false,
+    }
+}
+
+/// On `book`, which holds the bind's migration lock: `sql` on a session of its own that holds
+/// [`Postgres::hold_outside`] while it runs, under `mark`; then the step recorded (applied, or
+/// undone when not `applying`) with the mark cleared, and the lock given back.
+#[allow(clippy::too_many_arguments)]
+fn run_and_record(
+    book: &mut Postgres,
+    w: &BindWork,
+    step: &Step,
+    mut mark: Mark,
+    sql: &str,
+    applying: bool,
+    at: &str,
+    timeout: Duration,
+) -> Result<(), OutsideFailure> {
     let mut migration = Postgres::connect(&w.endpoint, timeout).map_err(plain)?;
     migration.hold_outside().map_err(plain)?;
-    let mut mark = migration_mark(batch_id, "", MarkDirection::Up, step, &step.sql, at);
-    run_marked(
-        &mut book,
-        &mut migration,
-        &mut mark,
-        &step.name,
-        &step.sql,
-        true,
-    )?;
-    book.finish_marked_step(batch_id, Direction::Up, "up", step, &mark, at)
+    run_marked(book, &mut migration, &mut mark, &step.name, sql, applying)?;
+    let (direction, label, done) = if applying {
+        (Direction::Up, "up", "ran")
+    } else {
+        (Direction::Down, "undo", "was undone")
+    };
+    book.finish_marked_step(&mark.batch_id, direction, label, step, &mark, at)
         .map_err(|e| OutsideFailure {
-            error: format!("{} ran, but could not be recorded: {e}", step.name),
+            error: format!("{} {done}, but could not be recorded: {e}", step.name),
             left_marked: true,
         })?;
     book.end_outside();
@@ -388,13 +407,9 @@ fn undo_outside(
     at: &str,
     timeout: Duration,
 ) -> Result<(), OutsideFailure> {
-    let plain = |e: DriverError| OutsideFailure {
-        error: e.to_string(),
-        left_marked: false,
-    };
     let mut book = Postgres::connect(&w.endpoint, timeout).map_err(plain)?;
     book.begin_outside().map_err(plain)?;
-    let mut mark = migration_mark(
+    let mark = migration_mark(
         batch_id,
         "",
         MarkDirection::UndoUp,
@@ -412,21 +427,5 @@ fn undo_outside(
             left_marked: true,
         });
     };
-    let mut migration = Postgres::connect(&w.endpoint, timeout).map_err(plain)?;
-    migration.hold_outside().map_err(plain)?;
-    run_marked(
-        &mut book,
-        &mut migration,
-        &mut mark,
-        &step.name,
-        down,
-        false,
-    )?;
-    book.finish_marked_step(batch_id, Direction::Down, "undo", step, &mark, at)
-        .map_err(|e| OutsideFailure {
-            error: format!("{} was undone, but could not be recorded: {e}", step.name),
-            left_marked: true,
-        })?;
-    book.end_outside();
-    Ok(())
+    run_and_record(&mut book, w, step, mark, down, false, at, timeout)
 }
