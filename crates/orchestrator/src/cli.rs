@@ -28,7 +28,7 @@ then environment variables such as ORCHESTRATE__BINDS__USERS__URL.",
     after_help = "Exit codes: 0 done; 1 failed and every bind is as it was (or another run is \
 in the middle of a batch there); 2 invalid input, configuration or migration files, or an \
 unreachable database, nothing touched; 3 needs attention (a batch in doubt: run `orchestrate \
-recover`; an interrupted MySQL migration: `orchestrate resolve` first)."
+recover`; an interrupted MySQL migration, or PostgreSQL migration run outside a transaction: `orchestrate resolve` first)."
 )]
 pub struct Cli {
     /// A TOML file read after config/default.toml and config/$ORCHESTRATE_ENV.toml.
@@ -84,7 +84,7 @@ pub enum Command {
     /// migrations, unreachable, locked) or when `upgrade --all-binds` would refuse its batch,
     /// with the same error lines; 1 with --no-pending while migrations are pending, or while
     /// another run is in the middle of a batch; 3 while a batch is in doubt (recover, and
-    /// `resolve` first for an interrupted MySQL migration).
+    /// `resolve` first for an interrupted MySQL migration, or PostgreSQL migration run outside a transaction).
     Check {
         /// Print JSON, as `status --json`.
         #[arg(long)]
@@ -194,15 +194,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Settle a MySQL migration that was interrupted part-way (a crash, or a failure after
-    /// some of its statements committed), after looking at the database yourself.
+    /// Settle a MySQL migration, or a PostgreSQL migration run outside a transaction
+    /// (`run_in_transaction = false`), that was interrupted part-way (a crash, or a failure
+    /// after some of its statements committed), after looking at the database yourself.
     ///
     /// The flag says where the migration itself stands now, whatever was running when it was
     /// interrupted (applying it, reverting it, or undoing it): `--applied` if it is fully in
     /// the database (finish it by hand first if needed), `--reverted` if none of it is (undo
     /// what committed by hand first). `status` prints the exact command. Then run
     /// `orchestrate recover`: a batch that was not decided is reverted on this bind, newest
-    /// first, including this migration if it is recorded as applied.
+    /// first, including this migration if it is recorded as applied. (PostgreSQL: run the same
+    /// `upgrade --allow-non-atomic` again instead; it goes on from there.)
     #[command(group(clap::ArgGroup::new("where").required(true).args(["applied", "reverted"])))]
     Resolve {
         /// The MySQL bind.
