@@ -59,6 +59,16 @@ if [ $# -eq 0 ]; then
   cargo test -p orchestrate --locked --test e2e -- cli:: seed::
 fi
 
+# Without MySQL (`--no-default-features`): the MySQL client library is not in the build at
+# all, and a mysql:// bind is refused when it is read, with a message that says how to get it.
+if [ $# -eq 0 ]; then
+  if cargo tree -p orchestrate --locked --no-default-features -e normal 2>/dev/null | grep -q mysqlclient; then
+    say "a build without the mysql feature still depends on the MySQL client library"
+    exit 1
+  fi
+  cargo test -p orchestrate-driver --locked --no-default-features --lib -- without_mysql
+fi
+
 # Installable like a Rust CLI: `cargo install --features bundled` builds libpq and the MySQL
 # client library from source into the binary, which must then link neither from the system,
 # and passes the seed scenarios. Only with the whole suite (a release build: several minutes);
@@ -80,6 +90,17 @@ if [ $# -eq 0 ]; then
     say "the bundled binary links no system libpq or MySQL client library"
     ORCHESTRATE_TEST_BIN="$install_root/bin/orchestrate" \
       cargo test -p orchestrate --locked --test e2e -- seed::
+    # The Dockerfile's runtime stage, without Docker (none runs here): the same binary in a
+    # debootstrap of its Debian release with its packages, running the main job (see the
+    # script for what it cannot check). Root only; in CI it must run.
+    if [ "$(id -u)" = 0 ]; then
+      scripts/image-check.sh "$install_root/bin/orchestrate"
+    elif [ "${CI:-}" = true ]; then
+      say "the image check needs root (debootstrap, chroot)"
+      exit 1
+    else
+      say "SKIPPED: the image check (needs root)"
+    fi
     rm -rf "$install_root"
   fi
 fi

@@ -893,3 +893,152 @@ fn review13_a_copied_decision_redoes_no_sqlite_participant() {
         ("s_sq", state(&["ts"], &["1"])),
     ]);
 }
+
+/// The SQL that rewrites a decided batch's row behind the guard's back: what a superuser's
+/// migration can run inside the decider's COMMIT (review 11) or anyone with the table's owner
+/// can run after a crash. `to` is the state written.
+fn rewrite_decision(to: &str) -> String {
+    format!(
+        "ALTER TABLE orchestrate_batches DISABLE TRIGGER orchestrate_guard;\n\
+         UPDATE orchestrate_batches SET state = '{to}' WHERE state = 'commit';\n\
+         ALTER TABLE orchestrate_batches ENABLE ALWAYS TRIGGER orchestrate_guard;"
+    )
+}
+
+/// Found by an eleventh adversarial review (left open then): a superuser's decider migration
+/// defines an operator class whose PL/pgSQL runs inside the decider's COMMIT, after the
+/// decision was read back, and there rewrites `commit` as `abort` with DDL the row guard does
+/// not see (it disables the guard first). A crash, then `recover`, rolled the other bind back:
+/// a split batch. Now the participants' ids name the decider's transaction, `recover` asks the
+/// decider's server whether it committed, and a row that disagrees decides nothing: the batch
+/// stays in doubt (exit 3), the other bind prepared, until a person commits it.
+#[test]
+fn review11_ddl_at_the_deciders_commit_cannot_split_the_batch() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    // The table's name is built at run time: the statement check refuses it written out.
+    let rewrite = "EXECUTE format('ALTER TABLE %I DISABLE TRIGGER %I', 'orchestrate' || '_batches', 'orchestrate' || '_guard');\n\
+                   EXECUTE format('UPDATE %I SET state = %L WHERE state = %L', 'orchestrate' || '_batches', 'abort', 'commit');\n\
+                   EXECUTE format('ALTER TABLE %I ENABLE ALWAYS TRIGGER %I', 'orchestrate' || '_batches', 'orchestrate' || '_guard');";
+    p.migration(
+        "a_pg",
+        "1_a",
+        &format!(
+            "CREATE TABLE st (x int);\n\
+             CREATE FUNCTION myeq(int, int) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $f$\n\
+             BEGIN\n\
+               IF (SELECT count(*) FROM st) = 0 THEN\n\
+                 INSERT INTO st VALUES (1);\n\
+                 SET CONSTRAINTS ALL DEFERRED;\n\
+                 INSERT INTO ch VALUES (1);\n\
+               ELSE\n\
+                 {rewrite}\n\
+               END IF;\n\
+               RETURN $1 = $2;\n\
+             END $f$;\n\
+             CREATE FUNCTION mycmp(int, int) RETURNS int LANGUAGE sql IMMUTABLE AS $f$ SELECT btint4cmp($1, $2) $f$;\n\
+             CREATE OPERATOR === (LEFTARG = int, RIGHTARG = int, FUNCTION = myeq, COMMUTATOR = ===);\n\
+             CREATE OPERATOR CLASS myops FOR TYPE int USING btree AS OPERATOR 3 ===, FUNCTION 1 mycmp(int, int);\n\
+             CREATE TABLE pk (id int);\n\
+             CREATE UNIQUE INDEX pk_u ON pk (id myops);\n\
+             CREATE TABLE ch (id int REFERENCES pk (id) DEFERRABLE INITIALLY DEFERRED);\n\
+             INSERT INTO pk VALUES (1);\n\
+             INSERT INTO ch VALUES (1);"
+        ),
+        Some("DROP TABLE ch; DROP TABLE pk; DROP TABLE st;"),
+    );
+    p.create_table("b_pg", "1_b", "tb");
+    let run = p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    // The decider committed (its migration is there), yet its row was rewritten.
+    assert_eq!(
+        p.db("a_pg").state().versions,
+        vec!["1".to_string()],
+        "{run:?}"
+    );
+    assert_eq!(
+        p.db("a_pg")
+            .count("SELECT count(*) AS n FROM orchestrate_batches WHERE state = 'abort'"),
+        1,
+        "the rewrite did not happen: this test no longer reproduces the attack"
+    );
+    let prepared = p.db("b_pg").state().prepared;
+    assert_eq!(prepared.len(), 1);
+    for _ in 0..2 {
+        let recover = p.run(&["recover"]);
+        recover.expect(3);
+        assert!(
+            recover
+                .stdout
+                .contains("committed, so its migrations are committed"),
+            "{recover:?}"
+        );
+        assert_eq!(p.db("b_pg").state().prepared, prepared, "{recover:?}");
+    }
+    // A person reads the message, sees the decider's migration applied, and puts the row
+    // back (README: correcting a record by hand); recover then commits the other bind.
+    p.db("a_pg").execute(&restore_decision("abort"));
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("a_pg", state(&["ch", "pk", "st"], &["1"])),
+        ("b_pg", state(&["tb"], &["1"])),
+    ]);
+}
+
+/// After a crash past the decision, a decider row rewritten by hand (`abort`, or back to
+/// `begun`, which `recover` would otherwise abort) decides nothing while the decider's
+/// transaction is known to have committed; with the row put right, `recover` commits.
+#[test]
+fn a_rewritten_decision_row_is_checked_against_the_deciders_transaction() {
+    for to in ["abort", "begun"] {
+        let mut p = Project::new();
+        p.config("decider = \"a_pg\"");
+        p.add_pg("a_pg").add_pg("b_pg").add_sqlite("c_sq");
+        p.create_table("a_pg", "1_a", "ta");
+        p.create_table("b_pg", "1_b", "tb");
+        p.create_table("c_sq", "1_c", "tc");
+        p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+        let gid = p.db("b_pg").state().prepared;
+        assert_eq!(gid.len(), 1);
+        assert!(
+            gid[0].rsplit(':').next().unwrap().parse::<u64>().is_ok(),
+            "a PostgreSQL participant's id names the decider's transaction: {gid:?}"
+        );
+        p.db("a_pg").execute(&rewrite_decision(to));
+        let dry = p.run(&["recover", "--dry-run"]);
+        dry.expect(3);
+        let recover = p.run(&["recover"]);
+        recover.expect(3);
+        assert!(
+            recover
+                .stdout
+                .contains(&format!("says `{to}`: something rewrote the decision")),
+            "{to}: {recover:?}"
+        );
+        assert_eq!(p.db("b_pg").state().prepared, gid, "{to}: {recover:?}");
+        assert_eq!(
+            p.db("a_pg").count(&format!(
+                "SELECT count(*) AS n FROM orchestrate_batches WHERE state = '{to}'"
+            )),
+            1,
+            "{to}: recover changed the row"
+        );
+        // Put right: the row says commit again.
+        p.db("a_pg").execute(&restore_decision(to));
+        p.run(&["recover"]).expect(0);
+        p.assert_states(&[
+            ("a_pg", state(&["ta"], &["1"])),
+            ("b_pg", state(&["tb"], &["1"])),
+            ("c_sq", state(&["tc"], &["1"])),
+        ]);
+    }
+}
+
+/// Puts a rewritten row back to `commit` (its record was left as it was).
+fn restore_decision(from: &str) -> String {
+    format!(
+        "ALTER TABLE orchestrate_batches DISABLE TRIGGER orchestrate_guard;\n\
+         UPDATE orchestrate_batches SET state = 'commit' WHERE state = '{from}' AND record IS NOT NULL;\n\
+         ALTER TABLE orchestrate_batches ENABLE ALWAYS TRIGGER orchestrate_guard;"
+    )
+}

@@ -317,14 +317,15 @@ impl Db {
         )
     }
 
-    /// One text value from a query (MySQL), such as `SELECT CAST(count(*) AS CHAR) AS name ...`.
+    /// One text value from a query, such as `SELECT CAST(count(*) AS CHAR) AS name ...`.
     pub fn query_text(&self, sql: &str) -> String {
-        let Db::My(db) = self else {
-            panic!("MySQL only")
+        let found = match self {
+            Db::Pg(db) => diesel::sql_query(sql).get_result::<Name>(&mut db.conn()),
+            Db::Sqlite(path) => diesel::sql_query(sql).get_result::<Name>(&mut sqlite(path)),
+            Db::My(db) => diesel::sql_query(sql).get_result::<Name>(&mut db.conn()),
         };
-        diesel::sql_query(sql)
-            .get_result::<Name>(&mut db.conn())
-            .unwrap()
+        found
+            .unwrap_or_else(|e| panic!("cannot run {sql}: {e}"))
             .name
     }
 

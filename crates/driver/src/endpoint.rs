@@ -135,6 +135,17 @@ impl Endpoint {
     }
 
     fn mysql(bind: &str, url: &str) -> Result<Endpoint, String> {
+        #[cfg(not(feature = "mysql"))]
+        {
+            let _ = (bind, url);
+            Err(crate::participant::mysql_not_built())
+        }
+        #[cfg(feature = "mysql")]
+        Self::mysql_url(bind, url)
+    }
+
+    #[cfg(feature = "mysql")]
+    fn mysql_url(bind: &str, url: &str) -> Result<Endpoint, String> {
         let parsed = url::Url::parse(url).map_err(|e| format!("not a valid MySQL URL: {e}"))?;
         register_url_secrets(&parsed);
         refuse_fragment(&parsed)?;
@@ -302,6 +313,7 @@ impl Endpoint {
     /// A MySQL bind reached over TCP: its host and port (3306 by default). `None` for other
     /// backends and for a Unix socket (`localhost` or `?unix_socket=`, as the client library
     /// reads them).
+    #[cfg(feature = "mysql")]
     pub(crate) fn mysql_tcp_address(&self) -> Option<(String, u16)> {
         if self.backend != Backend::Mysql {
             return None;
@@ -654,6 +666,21 @@ fn canonical_file(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A build without the `mysql` feature refuses a MySQL bind when its URL is read, before
+    /// anything connects, and says how to get one that has it (run by scripts/test.sh with
+    /// `--no-default-features`).
+    #[cfg(not(feature = "mysql"))]
+    #[test]
+    fn without_mysql_a_mysql_url_is_refused() {
+        let err = Endpoint::parse("shop", "mysql://app:zq9@127.0.0.1:3306/shop").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("built without MySQL"), "{text}");
+        assert!(text.contains("--features mysql"), "{text}");
+        assert!(!text.contains("zq9"), "{text}");
+        assert!(Endpoint::parse("a", "postgres://h/app").is_ok());
+        assert!(Endpoint::parse("b", "sqlite://var/b.sqlite3").is_ok());
+    }
 
     #[test]
     fn parses_and_redacts() {

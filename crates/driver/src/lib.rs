@@ -41,7 +41,7 @@ pub use error::{DriverError, ErrorClass, PrepareRefusal};
 pub use participant::{
     Atomic, BatchStep, BatchTransaction, BindConnection, BindState, Bookkeeping, Decider,
     DecisionState, HistoryEvent, Mark, MarkDirection, MarkKind, Mysql, Postgres, PreparedXact,
-    Resolve, ServerIdentity, Sqlite, TwoPhase, Xa, LOCK_KEY, MYSQL_LOCK_NAME,
+    Resolve, ServerIdentity, Sqlite, TwoPhase, Xa, XactStatus, LOCK_KEY,
 };
 pub use record::{
     gid_for, quote_literal, DecisionRecord, NotATransactionId, Participant, RedoStep,

@@ -75,6 +75,7 @@ pub const BATCHES_DDL: &str = "CREATE TABLE IF NOT EXISTS {t} (\
        begun_at VARCHAR(40) NOT NULL, decided_at VARCHAR(40), settled_at VARCHAR(40), \
        record TEXT)";
 
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
 pub const BATCHES_DDL_MYSQL: &str = "CREATE TABLE IF NOT EXISTS {t} (\
        batch_id VARCHAR(64) PRIMARY KEY NOT NULL, state VARCHAR(16) NOT NULL, \
        begun_at VARCHAR(40) NOT NULL, decided_at VARCHAR(40), settled_at VARCHAR(40), \
@@ -129,3 +130,9 @@ pub const GUARD_DDL_PG: [&str; 7] = [
     "ALTER TABLE {t} ENABLE ALWAYS TRIGGER orchestrate_guard",
     "ALTER TABLE {t} ENABLE ALWAYS TRIGGER orchestrate_guard_truncate",
 ];
+
+/// The name of the session-level lock a MySQL batch holds on its bind from start to end, as an
+/// SQL expression: named locks are server-wide, so the name carries the database (hashed, to
+/// stay within MySQL's 64 characters). A crashed coordinator's session ends, and the server
+/// releases the lock with it, so a free lock proves no coordinator is still working on the bind.
+pub(crate) const MYSQL_LOCK_NAME: &str = "CONCAT('orchestrate:', SHA1(DATABASE()))";

@@ -4,9 +4,11 @@
 use orchestrate_core::{Direction, Plan};
 
 use crate::endpoint::Backend;
-use crate::participant::{XaId, LOCK_KEY, MYSQL_LOCK_NAME};
+use crate::participant::LOCK_KEY;
 use crate::record::quote_literal;
+use crate::record::XaId;
 use crate::schema;
+use crate::schema::MYSQL_LOCK_NAME;
 
 /// How a bind ends its part of a batch.
 pub enum Ending<'a> {

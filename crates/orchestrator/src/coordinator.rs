@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use orchestrate_core::Direction;
 use orchestrate_driver::{
-    gid_for, Atomic, Backend, BatchTransaction, BindConnection, Decider, DecisionRecord,
-    DriverError, Endpoint, Mysql, Participant, Postgres, RedoStep, Resolve, Sqlite, TwoPhase,
+    Atomic, Backend, BatchTransaction, BindConnection, Decider, DecisionRecord, DriverError,
+    Endpoint, Mysql, Participant, Postgres, RedoStep, Resolve, Sqlite, TransactionId, TwoPhase,
 };
 use rayon::prelude::*;
 
@@ -212,6 +212,7 @@ fn decision_record(
     decider: &str,
     direction: Direction,
     before: &BTreeMap<usize, Vec<String>>,
+    decider_xid: Option<u64>,
 ) -> DecisionRecord {
     DecisionRecord {
         batch_id: batch_id.into(),
@@ -227,7 +228,7 @@ fn decision_record(
                     backend: w.endpoint.backend,
                     gid: (!is_decider
                         && (w.endpoint.backend == Backend::Postgres || is_xa(works, i)))
-                    .then(|| gid_for(batch_id, decider, &w.endpoint.bind)),
+                    .then(|| participant_gid(batch_id, decider, w, decider_xid)),
                     redo: (!is_decider && w.endpoint.backend == Backend::Sqlite).then(|| {
                         w.plan
                             .steps
@@ -261,6 +262,22 @@ pub fn run_batch(
         Some(decider) => Batch::new(&works, decider, direction, options, progress).run(),
         // MySQL binds alone: the first one records the decision.
         None => Batch::new(&works, 0, direction, options, progress).run_nonatomic_only(),
+    }
+}
+
+/// The transaction id a participant prepares as. A PostgreSQL participant's names the
+/// decider's batch transaction too, so that `recover` can ask the decider's server whether the
+/// decision committed, whatever its row says; an XA id has no room for it.
+fn participant_gid(
+    batch_id: &str,
+    decider: &str,
+    work: &BindWork,
+    decider_xid: Option<u64>,
+) -> String {
+    let id = TransactionId::new(batch_id, decider, &work.endpoint.bind);
+    match work.endpoint.backend {
+        Backend::Postgres => id.with_decider_xid(decider_xid).to_string(),
+        _ => id.to_string(),
     }
 }
 
@@ -355,7 +372,8 @@ impl<'a> Batch<'a> {
             Ok(conn) => conn,
             Err(error) => return self.abort(self.report(), Vec::new(), Vec::new(), error.into()),
         };
-        let mut prepared = self.prepare_participants();
+        let decider_xid = decider_conn.transaction_xid();
+        let mut prepared = self.prepare_participants(decider_xid);
         let mut report = self.report();
         report.timings = std::mem::take(&mut prepared.timings);
         if prepared.errors.is_empty() && signals::interrupted() {
@@ -372,6 +390,7 @@ impl<'a> Batch<'a> {
             self.decider_name(),
             self.direction,
             &prepared.before,
+            decider_xid,
         );
         crash_point!("before-decision");
         let (running, decided) = self.decide(&mut *decider_conn, &record);
@@ -426,7 +445,7 @@ impl<'a> Batch<'a> {
 
     /// Phase 1: every other atomic participant, in parallel, up to PREPARE (or up to holding
     /// its transaction open). Once one fails, those not yet started do not start.
-    fn prepare_participants(&self) -> Prepared {
+    fn prepare_participants(&self, decider_xid: Option<u64>) -> Prepared {
         let participants: Vec<usize> = (0..self.works.len())
             .filter(|i| *i != self.decider && is_atomic(self.works, *i))
             .collect();
@@ -446,6 +465,7 @@ impl<'a> Batch<'a> {
                         decider: self.decider_name(),
                         direction: self.direction,
                         at: &self.at,
+                        decider_xid,
                     };
                     let result = phase_one(&share, self.options.lock_timeout);
                     match &result {
@@ -935,6 +955,7 @@ impl<'a> Batch<'a> {
             self.decider_name(),
             self.direction,
             &BTreeMap::new(),
+            None,
         );
         let decider_conn = &mut running
             .iter_mut()
@@ -1094,6 +1115,8 @@ struct Share<'a> {
     decider: &'a str,
     direction: Direction,
     at: &'a str,
+    /// The decider's batch transaction, named in PostgreSQL participants' ids.
+    decider_xid: Option<u64>,
 }
 
 /// A failure before anything could be prepared.
@@ -1107,7 +1130,7 @@ fn early(error: BatchError) -> Box<Failed> {
 
 impl Share<'_> {
     fn gid(&self) -> String {
-        gid_for(self.batch_id, self.decider, &self.work.endpoint.bind)
+        participant_gid(self.batch_id, self.decider, self.work, self.decider_xid)
     }
 
     /// Runs the bind's steps in the transaction `opened` began; on any failure it is rolled

@@ -24,7 +24,7 @@ use std::time::Duration;
 use orchestrate_core::{Direction, Step, Version};
 use orchestrate_driver::{
     Atomic, Backend, BatchTransaction, BindConnection, Bookkeeping, DecisionRecord, DecisionState,
-    DriverError, MarkDirection, Mysql, Resolve, Sqlite, TransactionId,
+    DriverError, MarkDirection, Mysql, Resolve, Sqlite, TransactionId, XactStatus,
 };
 
 use crate::settings::Settings;
@@ -148,6 +148,7 @@ fn decision_of(
     dry_run: bool,
     wait: Duration,
     holds_decider_lock: bool,
+    decider_xid: Option<u64>,
 ) -> Decision {
     let Some(bind) = settings.bind(decider) else {
         return Decision::Unknown(format!(
@@ -171,6 +172,11 @@ fn decision_of(
             }
             Some(state) => state,
         };
+        if let Some(xid) = decider_xid {
+            if let Some(why) = disagreement(&mut conn, &state, xid, batch_id, &place)? {
+                return Ok(Decision::Unknown(why));
+            }
+        }
         Ok(match state {
             DecisionState::Commit(_) => Decision::Commit,
             DecisionState::Abort => Decision::Abort,
@@ -216,6 +222,50 @@ fn decision_of(
     }
 }
 
+/// The decider's COMMIT is the decision: where the participants name the decider's batch
+/// transaction (PostgreSQL deciders), its server is asked whether it committed, and a row that
+/// says otherwise decides nothing. A migration on the decider that rewrote its own decision
+/// row as it committed (something only a superuser's migration can do, see README), or a
+/// decider restored from a dump into another server, would otherwise have `recover` roll
+/// back the participants of a batch whose decider committed. `None`: they agree (or the
+/// server cannot tell: the status of a transaction that old is gone).
+fn disagreement(
+    conn: &mut BindConnection,
+    state: &DecisionState,
+    xid: u64,
+    batch_id: &str,
+    place: &str,
+) -> Result<Option<String>, DriverError> {
+    let Some(status) = conn.transaction_status(xid)? else {
+        return Ok(None);
+    };
+    let Some(row) = disagrees(state, status) else {
+        return Ok(None);
+    };
+    Ok(Some(if status == XactStatus::Committed {
+        format!(
+            "the decider's batch transaction (txid {xid}) committed, so its migrations are committed, but batch {batch_id}'s row in {place} says `{row}`: something rewrote the decision (a migration run as a superuser can), or the decider's database is not the one the batch ran on. Nothing was changed for it. If the decider's migrations of this batch are applied there, the batch committed: put its row back to `commit` by hand (with orchestrate's guard on the table disabled for that transaction, as the README says) and run recover again"
+        )
+    } else {
+        format!(
+            "batch {batch_id}'s row in {place} says `commit`, but the decider's batch transaction (txid {xid}) is {status} there: the decider's database is not the one the batch ran on (restored from a dump?), or the row was written by something else. Nothing was changed for it; find out by hand whether the batch committed on the decider"
+        )
+    }))
+}
+
+/// The row's state when it disagrees with the decider's transaction: `commit` only with a
+/// committed transaction; `abort` and `begun` only with one that did not commit (aborted, or
+/// still in progress: its coordinator holds the row, and [`decision_of`] waits for it).
+fn disagrees(state: &DecisionState, status: XactStatus) -> Option<&'static str> {
+    match (state, status) {
+        (DecisionState::Commit(_), XactStatus::Committed) => None,
+        (DecisionState::Commit(_), _) => Some("commit"),
+        (DecisionState::Abort, XactStatus::Committed) => Some("abort"),
+        (DecisionState::Begun, XactStatus::Committed) => Some("begun"),
+        (DecisionState::Abort | DecisionState::Begun, _) => None,
+    }
+}
+
 /// Finds and finishes what earlier batches left behind. With `dry_run` it only reports.
 pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverReport {
     let mut report = RecoverReport::default();
@@ -254,8 +304,15 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
     // 4. Batches still `begun` that no coordinator holds: whatever they prepared or marked
     // was settled above by the same decision, so `abort` is recorded for them and no batch
     // stays undecided. A batch whose coordinator still holds its row is running: not ours.
+    // Not those whose decision step 1 could not read: their participants are still prepared.
     for bind in &settings.binds {
-        abort_abandoned(bind, dry_run, settings.lock_timeout, &mut report);
+        abort_abandoned(
+            bind,
+            dry_run,
+            settings.lock_timeout,
+            &decisions,
+            &mut report,
+        );
     }
     // A bind that cannot be reached is met by several steps: say it once.
     let mut seen = std::collections::BTreeSet::new();
@@ -318,7 +375,15 @@ impl PreparedStep<'_> {
             .decisions
             .entry((gid.batch_id.clone(), gid.decider.clone()))
             .or_insert_with(|| {
-                decision_of(settings, &gid.decider, &gid.batch_id, dry_run, wait, false)
+                decision_of(
+                    settings,
+                    &gid.decider,
+                    &gid.batch_id,
+                    dry_run,
+                    wait,
+                    false,
+                    gid.decider_xid,
+                )
             });
         let (verb, result) = match decision {
             Decision::Unknown(why) => {
@@ -377,6 +442,38 @@ fn settle_decided(
         // disagree decide nothing), is this very commit.
         let confirmed = BindConnection::connect(&decider.endpoint, false, timeout)
             .and_then(|mut c| c.decision_state(&record.batch_id));
+        // The participants' ids name the decider's transaction (PostgreSQL deciders): a
+        // `commit` row whose transaction did not commit there decides nothing.
+        let decider_xid = record
+            .participants
+            .iter()
+            .filter_map(|p| p.gid.as_deref().and_then(TransactionId::parse))
+            .find_map(|id| id.decider_xid);
+        if let (Ok(Some(state)), Some(xid)) = (&confirmed, decider_xid) {
+            let place = format!(
+                "orchestrate_batches of the decider `{}` ({})",
+                decider.name,
+                decider.endpoint.redacted()
+            );
+            let checked = BindConnection::connect(&decider.endpoint, false, timeout)
+                .and_then(|mut c| disagreement(&mut c, state, xid, &record.batch_id, &place));
+            match checked {
+                Ok(None) => {}
+                Ok(Some(why)) => {
+                    report.actions.push(Action {
+                        bind: decider.name.clone(),
+                        batch_id: record.batch_id.clone(),
+                        action: ActionKind::Attention,
+                        detail: why,
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    continue;
+                }
+            }
+        }
         match confirmed {
             Ok(Some(DecisionState::Commit(r))) if *r == record => {}
             Ok(other) => {
@@ -433,6 +530,7 @@ fn abort_abandoned(
     bind: &crate::settings::BindSettings,
     dry_run: bool,
     timeout: Duration,
+    decisions: &BTreeMap<(String, String), Decision>,
     report: &mut RecoverReport,
 ) {
     let Ok(mut conn) = BindConnection::connect(&bind.endpoint, false, timeout) else {
@@ -443,6 +541,12 @@ fn abort_abandoned(
         Err(e) => return report.errors.push(e.to_string()),
     };
     for batch_id in begun {
+        if matches!(
+            decisions.get(&(batch_id.clone(), bind.name.clone())),
+            Some(Decision::Unknown(_))
+        ) {
+            continue;
+        }
         let action = |action: ActionKind, detail: &str| Action {
             bind: bind.endpoint.bind.clone(),
             batch_id: batch_id.clone(),
@@ -973,6 +1077,7 @@ impl<'a> MarksRecovery<'a> {
                 self.dry_run,
                 self.wait,
                 m.decider == self.bind.name,
+                None,
             )
         };
         let steps = match self.conn.batch_steps(&m.batch_id) {
@@ -1094,5 +1199,31 @@ impl<'a> MarksRecovery<'a> {
             Err(why) => why.replace("<bind>", &bind),
         };
         self.push(m, ActionKind::Attention, detail);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orchestrate_driver::DecisionRecord;
+
+    #[test]
+    fn a_row_acts_only_when_the_deciders_transaction_agrees() {
+        let commit = DecisionState::Commit(Box::new(DecisionRecord {
+            batch_id: "b".into(),
+            direction: "up".into(),
+            decider: "d".into(),
+            participants: Vec::new(),
+        }));
+        use XactStatus::*;
+        assert_eq!(disagrees(&commit, Committed), None);
+        assert_eq!(disagrees(&commit, Aborted), Some("commit"));
+        assert_eq!(disagrees(&commit, InProgress), Some("commit"));
+        assert_eq!(disagrees(&DecisionState::Abort, Committed), Some("abort"));
+        assert_eq!(disagrees(&DecisionState::Abort, Aborted), None);
+        assert_eq!(disagrees(&DecisionState::Abort, InProgress), None);
+        assert_eq!(disagrees(&DecisionState::Begun, Committed), Some("begun"));
+        assert_eq!(disagrees(&DecisionState::Begun, Aborted), None);
+        assert_eq!(disagrees(&DecisionState::Begun, InProgress), None);
     }
 }

@@ -9,7 +9,7 @@ use orchestrate_core::{Direction, Step};
 
 use super::{
     BatchTransaction, BindState, Bookkeeping, Decider, DecisionState, HistoryEvent, Mark, Mysql,
-    Postgres, PreparedXact, Resolve, Sqlite,
+    Postgres, PreparedXact, Resolve, Sqlite, XactStatus,
 };
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::DriverError;
@@ -118,6 +118,16 @@ impl BindConnection {
         match self {
             BindConnection::Postgres(c) => c.foreign_lock_holders(),
             _ => Ok(Vec::new()),
+        }
+    }
+
+    /// What the server knows of the decider's batch transaction `xid` (named in its
+    /// participants' transaction ids, see [`crate::TransactionId`]): `None` where it cannot
+    /// tell (not PostgreSQL; a transaction so old its status was discarded).
+    pub fn transaction_status(&mut self, xid: u64) -> Result<Option<XactStatus>, DriverError> {
+        match self {
+            BindConnection::Postgres(c) => c.transaction_status(xid),
+            _ => Ok(None),
         }
     }
 

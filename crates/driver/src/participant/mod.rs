@@ -29,6 +29,7 @@
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
+#[cfg(feature = "mysql")]
 use diesel::mysql::Mysql as MysqlBackend;
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -60,19 +61,25 @@ macro_rules! bound {
 mod any;
 mod decision;
 mod marks;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(not(feature = "mysql"))]
+#[path = "without_mysql.rs"]
 mod mysql;
 mod postgres;
 mod session;
 mod sqlite;
+#[cfg(feature = "mysql")]
 mod xa;
 
 pub use any::BindConnection;
-pub use mysql::{BatchStep, Mark, MarkDirection, MarkKind, Mysql, MYSQL_LOCK_NAME};
+pub use marks::{BatchStep, Mark, MarkDirection, MarkKind};
+#[cfg(not(feature = "mysql"))]
+pub(crate) use mysql::not_built as mysql_not_built;
+pub use mysql::{Mysql, Xa};
 pub use postgres::{Postgres, LOCK_KEY};
 pub(crate) use session::Session;
 pub use sqlite::Sqlite;
-pub use xa::Xa;
-pub(crate) use xa::XaId;
 
 /// A value bound to a bookkeeping statement (written with `?` placeholders).
 #[derive(Clone, Copy, Debug)]
@@ -83,10 +90,12 @@ pub(crate) enum Arg<'a> {
 }
 
 /// A row read by any backend.
+#[cfg(feature = "mysql")]
 pub(crate) trait Row:
     QueryableByName<Pg> + QueryableByName<SqliteBackend> + QueryableByName<MysqlBackend> + 'static
 {
 }
+#[cfg(feature = "mysql")]
 impl<T> Row for T where
     T: QueryableByName<Pg>
         + QueryableByName<SqliteBackend>
@@ -94,6 +103,14 @@ impl<T> Row for T where
         + 'static
 {
 }
+/// A row read by any backend.
+#[cfg(not(feature = "mysql"))]
+pub(crate) trait Row:
+    QueryableByName<Pg> + QueryableByName<SqliteBackend> + 'static
+{
+}
+#[cfg(not(feature = "mysql"))]
+impl<T> Row for T where T: QueryableByName<Pg> + QueryableByName<SqliteBackend> + 'static {}
 
 /// A backend, as the shared bookkeeping needs to know it: implemented by each diesel
 /// connection type in its backend's file. The functions taking a [`Session`] are the points
@@ -465,6 +482,32 @@ pub trait BatchTransaction: Atomic + Decider {
 
     /// Commits the batch transaction.
     fn commit(&mut self) -> Result<(), DriverError>;
+
+    /// The id of the open batch transaction, where the server can later say whether it
+    /// committed (PostgreSQL's `txid_current()`): the decider's COMMIT is the decision, so
+    /// its participants carry this id (see [`crate::TransactionId`]).
+    fn transaction_xid(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// What a PostgreSQL server says of a transaction (`txid_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XactStatus {
+    Committed,
+    Aborted,
+    InProgress,
+}
+
+impl std::fmt::Display for XactStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            XactStatus::Committed => "committed",
+            XactStatus::Aborted => "aborted",
+            XactStatus::InProgress => "in progress",
+        })
+    }
 }
 
 /// Two-phase commit: the batch's transaction is prepared, then ended after the decision by
@@ -589,6 +632,7 @@ pub(crate) struct HistoryRow {
     #[diesel(sql_type = Text)]
     pub(crate) name: String,
     #[diesel(sql_type = Text)]
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) direction: String,
     #[diesel(sql_type = Nullable<Text>)]
     pub(crate) checksum: Option<String>,

@@ -17,6 +17,7 @@ use super::session::quote_ident;
 use super::{
     wrong_backend, Arg, Atomic, BatchRow, BatchTransaction, CanDecide, Count, Db, Decider,
     DecisionState, Mark, Name, PreparedXact, Resolve, Row, ServerIdentity, Session, TwoPhase,
+    XactStatus,
 };
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::{message_of, DriverError, ErrorClass, PrepareRefusal};
@@ -340,6 +341,30 @@ impl Postgres {
         .map_err(|e| self.s.query_err("cannot read which server this is", e))
     }
 
+    /// What this server knows of transaction `xid` (epoch and id, as `txid_current()` gives
+    /// them): `None` once its status has been discarded. An id this server has not reached yet
+    /// is an error (the database is not the one the batch ran on).
+    pub fn transaction_status(&mut self, xid: u64) -> Result<Option<XactStatus>, DriverError> {
+        let xid = i64::try_from(xid).map_err(|_| {
+            self.s
+                .other(format!("transaction id {xid} is out of range"))
+        })?;
+        let rows: Vec<Name> = self.s.rows(
+            "cannot read the decider's transaction status (txid_status)",
+            "SELECT pg_catalog.txid_status(?) AS s",
+            &[Arg::Int(xid)],
+        )?;
+        match rows.into_iter().next().and_then(|r| r.s).as_deref() {
+            None => Ok(None),
+            Some("committed") => Ok(Some(XactStatus::Committed)),
+            Some("aborted") => Ok(Some(XactStatus::Aborted)),
+            Some("in progress") => Ok(Some(XactStatus::InProgress)),
+            Some(other) => Err(self.s.other(format!(
+                "txid_status answered `{other}`, which this version does not know"
+            ))),
+        }
+    }
+
     /// The server's `max_prepared_transactions`.
     pub fn max_prepared_transactions(&mut self) -> Result<i64, DriverError> {
         let found: Count = diesel::sql_query(
@@ -633,6 +658,10 @@ impl BatchTransaction for Postgres {
 
     fn commit(&mut self) -> Result<(), DriverError> {
         self.s.commit()
+    }
+
+    fn transaction_xid(&self) -> Option<u64> {
+        self.xact.and_then(|x| u64::try_from(x).ok())
     }
 }
 

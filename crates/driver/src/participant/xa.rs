@@ -12,51 +12,7 @@ use orchestrate_core::{Direction, Step};
 
 use super::{Atomic, HasSession, Mark, Mysql, PreparedXact, Resolve, Session, TwoPhase};
 use crate::error::DriverError;
-use crate::record::{gid_for, quote_literal, TransactionId, GID_PREFIX};
-
-/// The XA id of a bind's part of a batch on MySQL: `'orchestrate:<batch>','<bind>'` (XA allows
-/// 64 bytes for each part, too few for the transaction id's four parts). The decider is found
-/// in the bind's batch mark, written before `XA START`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct XaId {
-    pub(crate) batch_id: String,
-    pub(crate) bind: String,
-}
-
-impl XaId {
-    pub(crate) fn new(batch_id: &str, bind: &str) -> XaId {
-        XaId {
-            batch_id: batch_id.into(),
-            bind: bind.into(),
-        }
-    }
-
-    /// This tool's XA id in a row of `XA RECOVER`: the global id (`orchestrate:<batch>`) and
-    /// the branch qualifier (the bind); `None` for anyone else's.
-    fn recovered(gtrid: &[u8], bqual: &[u8]) -> Option<XaId> {
-        let gtrid = std::str::from_utf8(gtrid).ok()?;
-        let bqual = std::str::from_utf8(bqual).ok()?;
-        Some(XaId::new(gtrid.strip_prefix(GID_PREFIX)?, bqual))
-    }
-}
-
-impl From<&TransactionId> for XaId {
-    fn from(id: &TransactionId) -> XaId {
-        XaId::new(&id.batch_id, &id.bind)
-    }
-}
-
-/// As SQL: the two quoted parts, `'orchestrate:<batch>','<bind>'`.
-impl std::fmt::Display for XaId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{},{}",
-            quote_literal(&format!("{GID_PREFIX}{}", self.batch_id)),
-            quote_literal(&self.bind)
-        )
-    }
-}
+use crate::record::{gid_for, TransactionId, XaId};
 
 /// Whether a server keeps prepared XA transactions after their session ends: MariaDB from
 /// 10.5.2, MySQL from 5.7.7.
@@ -174,7 +130,7 @@ impl Resolve for Mysql {
         let marks: Vec<Mark> = self
             .marks()?
             .into_iter()
-            .filter(|m| m.kind() == super::mysql::MarkKind::XaBatch)
+            .filter(|m| m.kind() == super::MarkKind::XaBatch)
             .collect();
         if marks.is_empty() {
             // Every XA participant writes its `xa-batch` mark before XA START and it stays

@@ -1052,7 +1052,14 @@ fn print_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Write) {
     }
     for i in order {
         let w = &works[i];
-        let gid = gid_for(batch_id, &decider, &w.endpoint.bind);
+        let mut gid = gid_for(batch_id, &decider, &w.endpoint.bind);
+        // A PostgreSQL participant's id also names the decider's transaction, known only
+        // once the batch runs (see coordinator::participant_gid).
+        if w.endpoint.backend == Backend::Postgres
+            && decider_index.is_some_and(|d| works[d].endpoint.backend == Backend::Postgres)
+        {
+            gid.push_str(":<decider-txid>");
+        }
         let _ = writeln!(
             out,
             "\n-- bind {} ({}, {}): {} migration(s) {}; {}",
