@@ -103,9 +103,113 @@ pub fn read_chain(bind: &str, dir: &Path) -> Result<Chain, SourceError> {
     })
 }
 
+/// A bind's migrations compiled into the application with diesel's `embed_migrations!`: the
+/// same folders, read at build time, as text. Read once into what [`read_chain`] reads from a
+/// folder, so a chain from either gives the same plan, checksums and stored down SQL.
+///
+/// diesel keeps an embedded migration's SQL to itself and runs it on a connection; it is read
+/// here by running each migration (`up`, then `down`) on a connection that only records the
+/// SQL it is given. `metadata.toml`'s `run_in_transaction` comes through diesel; this tool's own
+/// key `data_only` does not survive `embed_migrations!`, so embedded migrations are never
+/// `data_only`.
+#[derive(Clone, Debug)]
+pub struct Embedded {
+    label: String,
+    sources: std::sync::Arc<Vec<MigrationSource>>,
+}
+
+impl Embedded {
+    /// Reads `migrations` (from `embed_migrations!`); `label` names them in messages (such as
+    /// the folder they were embedded from).
+    pub fn new(label: &str, migrations: &diesel_migrations::EmbeddedMigrations) -> Embedded {
+        use diesel::sqlite::Sqlite;
+        let list = diesel::migration::MigrationSource::<Sqlite>::migrations(migrations)
+            .expect("embedded migrations are in memory");
+        let mut sources = Vec::new();
+        for m in list {
+            let folder = m.name().to_string();
+            let mut up = Recorder::default();
+            let up_sql = m.run(&mut up).ok().map(|()| up.sql);
+            let mut down = Recorder::default();
+            let down_sql = m.revert(&mut down).ok().map(|()| down.sql);
+            let run_in_transaction =
+                diesel::migration::MigrationMetadata::run_in_transaction(m.metadata());
+            sources.push(MigrationSource {
+                location: format!("{label} (embedded)/{folder}"),
+                folder,
+                up_sql,
+                down_sql,
+                run_in_transaction,
+                data_only: false,
+            });
+        }
+        Embedded {
+            label: label.into(),
+            sources: std::sync::Arc::new(sources),
+        }
+    }
+
+    /// What the migrations are called in messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The validated chain, as [`read_chain`] gives it for a folder.
+    pub fn chain(&self, bind: &str) -> Result<Chain, SourceError> {
+        Chain::new(bind, self.sources.as_ref().clone()).map_err(|source| SourceError::Chain {
+            bind: bind.into(),
+            source,
+        })
+    }
+}
+
+/// A connection that runs nothing and keeps the SQL it is given: how an embedded migration's
+/// text is read (see [`Embedded`]).
+#[derive(Default)]
+struct Recorder {
+    sql: String,
+}
+
+impl diesel::connection::SimpleConnection for Recorder {
+    fn batch_execute(&mut self, query: &str) -> diesel::QueryResult<()> {
+        self.sql.push_str(query);
+        Ok(())
+    }
+}
+
+impl diesel::connection::BoxableConnection<diesel::sqlite::Sqlite> for Recorder {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const EMBEDDED: diesel_migrations::EmbeddedMigrations =
+        diesel_migrations::embed_migrations!("tests/fixtures/embedded");
+
+    /// The same folders, read from disk or compiled in, are the same chain: versions, names,
+    /// SQL, checksums, stored down SQL (none where there is no down.sql) and
+    /// `run_in_transaction`.
+    #[test]
+    fn embedded_migrations_read_as_the_folder_does() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/embedded");
+        let from_folder = read_chain("app", &dir).unwrap();
+        let embedded = Embedded::new("tests/fixtures/embedded", &EMBEDDED);
+        let from_binary = embedded.chain("app").unwrap();
+        assert_eq!(from_binary, from_folder);
+        assert_eq!(from_binary.migrations.len(), 3);
+        assert_eq!(from_binary.migrations[1].down_sql, None);
+        assert!(!from_binary.migrations[2].run_in_transaction);
+        assert!(from_binary.migrations[0].run_in_transaction);
+        assert_eq!(embedded.label(), "tests/fixtures/embedded");
+    }
 
     fn write(dir: &Path, folder: &str, file: &str, text: &str) {
         fs::create_dir_all(dir.join(folder)).unwrap();

@@ -34,13 +34,13 @@ pub struct Cli {
     /// A TOML file read after config/default.toml and config/$ORCHESTRATE_ENV.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The folder holding default.toml and <env>.toml.
+    /// The folder holding `default.toml` and `<env>.toml`.
     #[arg(long, global = true, value_name = "DIR", default_value = "config")]
     pub config_dir: PathBuf,
-    /// The environment whose config/<ENV>.toml is layered over config/default.toml.
+    /// The environment whose `config/<ENV>.toml` is layered over `config/default.toml`.
     #[arg(long, global = true, env = "ORCHESTRATE_ENV", value_name = "ENV")]
     pub env: Option<String>,
-    /// In a protected environment (`protected = true` in its config/<ENV>.toml): go on with a
+    /// In a protected environment (`protected = true` in its `config/<ENV>.toml`): go on with a
     /// downgrade, stamp, resolve or `--allow-*` flag without asking.
     #[arg(long, global = true)]
     pub yes: bool,

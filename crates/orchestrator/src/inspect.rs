@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use orchestrate_core::{current, pending, problems};
 use orchestrate_driver::{
-    read_chain, Backend, BindConnection, DecisionRecord, DecisionState, DriverError, TransactionId,
+    Backend, BindConnection, DecisionRecord, DecisionState, DriverError, TransactionId,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -255,7 +255,7 @@ fn compare_with_chain(
     let now = current(applied);
     report.current = now.map(|a| a.version.to_string());
     report.current_name = now.and_then(|a| a.name.clone());
-    match read_chain(&bind.name, &bind.migrations) {
+    match bind.chain() {
         Ok(chain) => {
             report.head = chain.head().map(|m| m.version.to_string());
             report.head_name = chain.head().map(|m| m.name.clone());

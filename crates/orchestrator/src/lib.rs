@@ -11,16 +11,23 @@
 //! - [`rollout`]: a selection cut into waves, each an atomic batch, and the rollout's record;
 //! - [`signals`]: Ctrl-C and SIGTERM, honoured between steps;
 //! - [`cli`]: the command line (arguments, dispatch); [`commands`]: each command's logic and
-//!   output, through one [`commands::Output`]; exit codes in [`exit`].
+//!   output, through one [`commands::Output`]; exit codes in [`exit`];
+//! - [`library`]: the same, for Rust applications: an [`Orchestrator`] built in code, with
+//!   migrations compiled in ([`Migrations::embedded`]), returning typed reports and errors.
 //!
 //! What a single database does (version tables, locks, prepare, commit) is
 //! `orchestrate-driver`'s; what a chain and a plan are is `orchestrate-core`'s.
+
+// The coordinator's and commands' module docs walk through the protocol for maintainers,
+// linking to private items: `cargo doc --document-private-items` renders those links.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod cli;
 pub mod commands;
 pub mod coordinator;
 pub mod exit;
 pub mod inspect;
+pub mod library;
 pub mod manage;
 pub mod nonatomic;
 pub mod recover;
@@ -28,6 +35,8 @@ pub mod rollout;
 pub mod settings;
 pub mod signals;
 pub mod work;
+
+pub use library::{Builder, Error, Event, Migrations, Orchestrator, RefusalKind};
 
 /// The worker threads of this process, `n` of them, made once and never ended.
 ///

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use orchestrate_core::{current, Chain, Direction, MigrationFile, Step, Target, Version};
 use orchestrate_driver::{
-    read_chain, Backend, BindConnection, BindState, Bookkeeping, DriverError, Mark, Mysql, Postgres,
+    Backend, BindConnection, BindState, Bookkeeping, DriverError, Mark, Mysql, Postgres,
 };
 
 use crate::coordinator::new_batch_id;
@@ -148,7 +148,7 @@ pub fn new_migration(dir: &Path, description: &str) -> Result<String, Failure> {
 /// `orchestrate stamp --bind NAME REV`: records the bind as being at REV (`base`: nothing
 /// applied) without running any migration, in one transaction under the migration lock.
 pub fn stamp(settings: &Settings, bind: &BindSettings, revision: &str) -> Result<String, Failure> {
-    let chain = read_chain(&bind.name, &bind.migrations).map_err(|e| invalid(e.to_string()))?;
+    let chain = bind.chain().map_err(|e| invalid(e.to_string()))?;
     let keep_up_to = stamp_target(&chain, revision)?;
     let want: Vec<&MigrationFile> = chain
         .migrations
@@ -379,7 +379,8 @@ fn resolve_marked(
             }
         )));
     };
-    let file = read_chain(&bind.name, &bind.migrations)
+    let file = bind
+        .chain()
         .ok()
         .and_then(|c| c.find(&Version::from_stored(&mark.version)).cloned());
     let step = Step::record_only(

@@ -984,7 +984,7 @@ impl<'a> MarksRecovery<'a> {
             dry_run,
             wait,
             conn,
-            chain: orchestrate_driver::read_chain(&bind.name, &bind.migrations).ok(),
+            chain: bind.chain().ok(),
             at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             report,
         })

@@ -105,7 +105,21 @@ pub struct TemplateSettings {
 pub struct BindSettings {
     pub name: String,
     pub endpoint: Endpoint,
+    /// The migrations folder; for embedded migrations, a name for them in messages.
     pub migrations: PathBuf,
+    /// Migrations compiled into the application (the library's
+    /// [`crate::Migrations::embedded`]), read instead of the folder.
+    pub embedded: Option<orchestrate_driver::Embedded>,
+}
+
+impl BindSettings {
+    /// The bind's chain: its embedded migrations, or its folder.
+    pub fn chain(&self) -> Result<orchestrate_core::Chain, orchestrate_driver::SourceError> {
+        match &self.embedded {
+            Some(embedded) => embedded.chain(&self.name),
+            None => orchestrate_driver::read_chain(&self.name, &self.migrations),
+        }
+    }
 }
 
 /// The validated configuration.
@@ -288,6 +302,7 @@ fn expand_template(
                 endpoint: Endpoint::parse_in(&name, &t.url.replace("{name}", db), root)?,
                 name,
                 migrations: migrations.clone(),
+                embedded: None,
             })
         })
         .collect()
@@ -567,6 +582,7 @@ impl Settings {
                 name,
                 endpoint,
                 migrations,
+                embedded: None,
             });
         }
         if binds.is_empty() {

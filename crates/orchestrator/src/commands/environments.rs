@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use orchestrate_core::{problems, Allow, Direction, Version};
-use orchestrate_driver::read_chain;
 use serde_json::json;
 
 use super::output::{Output, Refusal};
@@ -65,7 +64,7 @@ fn read_side(
                     identity: b.endpoint.database_identity(),
                     ..Side::default()
                 };
-                let chain = read_chain(&b.name, &b.migrations);
+                let chain = b.chain();
                 match &chain {
                     Ok(c) => {
                         for m in &c.migrations {

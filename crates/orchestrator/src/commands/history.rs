@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use orchestrate_driver::{read_chain, BindConnection, BindState, DriverError, HistoryEvent};
+use orchestrate_driver::{BindConnection, BindState, DriverError, HistoryEvent};
 use serde_json::json;
 
 use super::output::{Output, Refusal};
@@ -17,7 +17,7 @@ pub fn history(settings: &Settings, name: &str, json: bool, o: &mut Output) -> i
         Ok(b) => b[0],
         Err(e) => return o.refuse(Refusal::argument(e)),
     };
-    let chain = match read_chain(&bind.name, &bind.migrations) {
+    let chain = match bind.chain() {
         Ok(c) => c,
         Err(e) => return o.refuse(Refusal::argument(e.to_string())),
     };

@@ -9,8 +9,8 @@ use orchestrate_core::{
     plan_downgrade, plan_upgrade, Allow, Chain, Direction, DownSqlSource, Plan, Target,
 };
 use orchestrate_driver::{
-    gid_for, nonatomic_script, read_chain, script, session_script, xa_script, Backend,
-    BindConnection, BindState, DecisionRecord, DriverError, Ending, ServerIdentity,
+    gid_for, nonatomic_script, script, session_script, xa_script, Backend, BindConnection,
+    BindState, DecisionRecord, DriverError, Ending, ServerIdentity,
 };
 use serde_json::json;
 
@@ -400,7 +400,7 @@ fn validate<'s>(
     let (targets, mut errors) = parse_targets(settings, &binds, args, direction);
     let mut chains: Vec<(&BindSettings, Chain)> = Vec::new();
     for b in &binds {
-        match read_chain(&b.name, &b.migrations) {
+        match b.chain() {
             Ok(c) => chains.push((b, c)),
             Err(e) => errors.push(e.to_string()),
         }
@@ -692,7 +692,7 @@ fn print_down_sql_notes(plans: &[(&BindSettings, Plan)], o: &mut Output) {
         if p.direction == Direction::Up {
             let chain = chains
                 .entry(b.migrations.clone())
-                .or_insert_with(|| read_chain(&b.name, &b.migrations).ok());
+                .or_insert_with(|| b.chain().ok());
             for step in &p.steps {
                 if !said.insert((b.migrations.clone(), step.name.clone())) {
                     continue;

@@ -1,0 +1,580 @@
+//! Use as a library: an application migrates all its databases, atomically, when it starts,
+//! from migrations compiled into its binary.
+//!
+//! An [`Orchestrator`] is built from binds given in code ([`Builder::bind`]) or from a
+//! configuration folder as the command line reads it ([`Builder::config_dir`]), and runs
+//! [`status`](Orchestrator::status), [`upgrade`](Orchestrator::upgrade) (to head or to
+//! targets), [`downgrade`](Orchestrator::downgrade) and [`recover`](Orchestrator::recover),
+//! with the same checks and the same protocol as the `orchestrate` command. It returns typed
+//! reports and typed [`Error`]s; it never prints and never exits. Progress goes to a callback
+//! ([`Builder::on_progress`]) and to `tracing`.
+//!
+//! A bind's migrations come from a folder in diesel's layout or from diesel's
+//! `embed_migrations!` ([`Migrations::embedded`]): the same checksums, drift checks and stored
+//! down SQL either way.
+//!
+//! Everything here blocks, like diesel. From an async runtime, call it inside
+//! `tokio::task::spawn_blocking` (or your runtime's equivalent) before serving requests.
+//!
+//! ```
+//! use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+//! use orchestrate::{Migrations, Orchestrator};
+//!
+//! const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+//! const BILLING: EmbeddedMigrations = embed_migrations!("../../migrations/billing");
+//!
+//! # fn main() -> Result<(), orchestrate::Error> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let orchestrator = Orchestrator::builder()
+//!     .root(dir.path())
+//!     .bind("users", "sqlite://var/users.sqlite3", Migrations::embedded(&USERS))
+//!     .bind("billing", "sqlite://var/billing.sqlite3", Migrations::embedded(&BILLING))
+//!     .build()?;
+//! // Both binds reach their head in one atomic batch, or neither changes.
+//! let report = orchestrator.upgrade()?.expect("there was something to do");
+//! assert_eq!(report.binds.len(), 2);
+//! // Nothing left to do the second time.
+//! assert!(orchestrator.upgrade()?.is_none());
+//! let status = orchestrator.status()?;
+//! assert!(status.iter().all(|b| b.pending.is_empty() && b.current == b.head));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Connections: the library opens its own connections from each bind's URL (at most
+//! `parallelism` binds at once, each with one connection, and one more for the decider), so a
+//! server's `max_connections` must leave room for `parallelism + 1` of them besides the
+//! application's own pool. PostgreSQL binds need `max_prepared_transactions` of at least the
+//! number of PostgreSQL binds of a batch on that server (checked before anything runs). Giving
+//! an application's existing connection pool instead of a URL is not supported yet.
+
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use orchestrate_core::{Allow, Direction};
+use orchestrate_driver::{Embedded, Endpoint};
+
+use crate::cli::MigrateArgs;
+use crate::commands::migrate::check_batch;
+use crate::commands::Refusal;
+use crate::coordinator::{run_batch, BatchReport, Progress, RunOptions, Verdict};
+use crate::inspect::BindReport;
+use crate::recover::RecoverReport;
+use crate::settings::{BindSettings, RolloutSettings, Settings, Sources};
+
+/// Where a bind's migrations come from.
+#[derive(Clone, Debug)]
+pub enum Migrations {
+    /// A folder in diesel's layout (`<version>_<name>/up.sql`, `down.sql`, `metadata.toml`);
+    /// a relative path is read against the builder's [`root`](Builder::root).
+    Folder(PathBuf),
+    /// Migrations compiled into the binary by diesel's `embed_migrations!`, read once.
+    Embedded(Embedded),
+}
+
+impl Migrations {
+    /// A migrations folder.
+    pub fn folder(path: impl Into<PathBuf>) -> Migrations {
+        Migrations::Folder(path.into())
+    }
+
+    /// Migrations from `embed_migrations!("migrations/users")`. Their text is read now; the
+    /// chain is checked (versions, empty `up.sql`) when the orchestrator is built.
+    /// `metadata.toml`'s `data_only` key does not survive `embed_migrations!`: an embedded
+    /// migration is never `data_only`.
+    pub fn embedded(migrations: &diesel_migrations::EmbeddedMigrations) -> Migrations {
+        Migrations::Embedded(Embedded::new("embedded", migrations))
+    }
+}
+
+/// An event of a running batch, for [`Builder::on_progress`].
+#[derive(Clone, Copy, Debug)]
+pub enum Event<'a> {
+    /// A line the command line would print (a bind prepared, committed, a failure).
+    Line(&'a str),
+    /// A phase over `total` binds begins (`prepare`, `commit`).
+    Phase {
+        /// The phase's name.
+        name: &'a str,
+        /// How many binds it covers.
+        total: usize,
+    },
+    /// One bind of the current phase is done.
+    Tick,
+}
+
+/// What the caller does with a progress event.
+type Callback = Arc<dyn Fn(Event<'_>) + Send + Sync>;
+
+/// Why a batch was refused, as the command line's exit code says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The configuration, the migrations or the databases do not allow the batch (the command
+    /// line's exit 2): an invalid chain, drift, an unreachable database, too few prepared
+    /// transactions, a statement that would escape the batch. Nothing was changed.
+    Invalid,
+    /// Another run holds a bind (exit 1). Nothing was changed; try again later.
+    Busy,
+    /// A batch is in doubt or a migration was interrupted (exit 3): run
+    /// [`Orchestrator::recover`] (or `orchestrate resolve` for an interrupted migration run
+    /// outside a transaction) first. Nothing was changed.
+    Attention,
+}
+
+/// What went wrong. Every variant says whether anything changed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The builder's binds or the configuration folder are not valid (nothing ran).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The batch was refused before anything ran; `errors` are the command line's messages.
+    #[error("refused ({kind:?}), nothing was changed: {}", errors.join("; "))]
+    Refused {
+        /// Why, as an exit code would say.
+        kind: RefusalKind,
+        /// Every reason, as the command line prints them.
+        errors: Vec<String>,
+    },
+    /// The batch ran and failed before its decision: every bind was rolled back (or its
+    /// non-atomic migrations undone), as the report says.
+    #[error("the batch failed and was rolled back: {message}")]
+    RolledBack {
+        /// The first failure.
+        message: String,
+        /// Every bind's outcome.
+        report: Box<BatchReport>,
+    },
+    /// The batch needs a person or [`Orchestrator::recover`]: whether it committed is not
+    /// known everywhere, or a bind could not finish. Nothing more is done until then.
+    #[error("the batch needs attention: {message}")]
+    NeedsAttention {
+        /// What happened.
+        message: String,
+        /// Every bind's outcome.
+        report: Box<BatchReport>,
+    },
+    /// `recover` left something it could not settle (a batch in doubt without evidence, a
+    /// bind it could not reach, an interrupted migration for `orchestrate resolve`).
+    #[error("recover left something for a person: {}", describe_recover(report))]
+    RecoverIncomplete {
+        /// What recover did and found.
+        report: Box<RecoverReport>,
+    },
+    /// What the command line can do and the library cannot yet (rollouts in waves, batches
+    /// with migrations outside a transaction).
+    #[error("not supported by the library yet: {0}")]
+    Unsupported(String),
+}
+
+fn describe_recover(report: &RecoverReport) -> String {
+    report
+        .errors
+        .iter()
+        .cloned()
+        .chain(
+            report
+                .actions
+                .iter()
+                .filter(|a| a.action.needs_attention())
+                .map(|a| format!("{} (batch {}): {}", a.bind, a.batch_id, a.detail)),
+        )
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    fn from_refusal(refusal: Refusal) -> Error {
+        let kind = match refusal.code {
+            crate::exit::FAILED => RefusalKind::Busy,
+            crate::exit::ATTENTION => RefusalKind::Attention,
+            _ => RefusalKind::Invalid,
+        };
+        Error::Refused {
+            kind,
+            errors: refusal.errors,
+        }
+    }
+}
+
+struct Bind {
+    name: String,
+    url: String,
+    migrations: Migrations,
+}
+
+/// Builds an [`Orchestrator`]; see the [module](self) documentation for an example.
+#[derive(Default)]
+pub struct Builder {
+    binds: Vec<Bind>,
+    config_dir: Option<PathBuf>,
+    environment: Option<String>,
+    overrides: Vec<(String, Migrations)>,
+    root: Option<PathBuf>,
+    decider: Option<String>,
+    lock_timeout: Option<Duration>,
+    parallelism: Option<usize>,
+    allow_non_atomic: bool,
+    progress: Option<Callback>,
+}
+
+impl Builder {
+    /// A bind: its name (`[a-z0-9_]+`), its URL (`postgres://`, `sqlite://PATH`, or
+    /// `mysql://` in builds with MySQL) and where its migrations come from.
+    pub fn bind(mut self, name: &str, url: &str, migrations: Migrations) -> Builder {
+        self.binds.push(Bind {
+            name: name.into(),
+            url: url.into(),
+            migrations,
+        });
+        self
+    }
+
+    /// Reads the binds and settings from a configuration folder as the command line does
+    /// (`default.toml`, then `<environment>.toml`, then `ORCHESTRATE__...` variables); binds
+    /// given with [`bind`](Builder::bind) are added to them. The project root is the folder's
+    /// parent.
+    pub fn config_dir(mut self, dir: impl Into<PathBuf>) -> Builder {
+        self.config_dir = Some(dir.into());
+        self
+    }
+
+    /// With [`config_dir`](Builder::config_dir): the environment whose file is layered over
+    /// `default.toml` (otherwise `ORCHESTRATE_ENV`, if set).
+    pub fn environment(mut self, name: &str) -> Builder {
+        self.environment = Some(name.into());
+        self
+    }
+
+    /// With [`config_dir`](Builder::config_dir): `bind`'s migrations come from `migrations`
+    /// instead of its configured folder (such as its embedded copy).
+    pub fn migrations(mut self, bind: &str, migrations: Migrations) -> Builder {
+        self.overrides.push((bind.into(), migrations));
+        self
+    }
+
+    /// The folder relative SQLite paths and migration folders are read against (default:
+    /// the working directory, or the configuration folder's parent).
+    pub fn root(mut self, root: impl Into<PathBuf>) -> Builder {
+        self.root = Some(root.into());
+        self
+    }
+
+    /// The bind whose own transaction decides every batch it takes part in (default: as the
+    /// command line chooses, see the README).
+    pub fn decider(mut self, bind: &str) -> Builder {
+        self.decider = Some(bind.into());
+        self
+    }
+
+    /// How long to wait for a lock another run holds (default 10 s).
+    pub fn lock_timeout(mut self, timeout: Duration) -> Builder {
+        self.lock_timeout = Some(timeout);
+        self
+    }
+
+    /// How many binds are worked on at once (default 8; each is a connection).
+    pub fn parallelism(mut self, n: usize) -> Builder {
+        self.parallelism = Some(n);
+        self
+    }
+
+    /// Accept MySQL binds although their DDL cannot be atomic (the command line's
+    /// `--allow-non-atomic`; see the README).
+    pub fn allow_non_atomic(mut self, allow: bool) -> Builder {
+        self.allow_non_atomic = allow;
+        self
+    }
+
+    /// Calls `callback` with each progress event of a batch (from several threads).
+    pub fn on_progress(mut self, callback: impl Fn(Event<'_>) + Send + Sync + 'static) -> Builder {
+        self.progress = Some(Arc::new(callback));
+        self
+    }
+
+    /// Checks the binds (names, URLs, migration chains) and builds the orchestrator. Connects
+    /// to nothing.
+    pub fn build(self) -> Result<Orchestrator, Error> {
+        let config = |e: &dyn std::fmt::Display| Error::Config(e.to_string());
+        let absolute = |p: &Path| std::path::absolute(p).map_err(|e| config(&e));
+        let mut settings = match &self.config_dir {
+            Some(dir) => Settings::load(&Sources {
+                config_dir: dir.clone(),
+                env_name: self
+                    .environment
+                    .clone()
+                    .or_else(|| std::env::var("ORCHESTRATE_ENV").ok()),
+                extra_file: None,
+                environment: None,
+            })
+            .map_err(|e| config(&e))?,
+            None => Settings {
+                binds: Vec::new(),
+                templates: Vec::new(),
+                root: match &self.root {
+                    Some(root) => absolute(root)?,
+                    None => std::env::current_dir().map_err(|e| config(&e))?,
+                },
+                decider: None,
+                lock_timeout: Duration::from_secs(10),
+                parallelism: 8,
+                rollout: RolloutSettings::default(),
+                protected: false,
+                origins: Default::default(),
+                layers: vec!["the library's builder".into()],
+            },
+        };
+        if let (Some(root), Some(_)) = (&self.root, &self.config_dir) {
+            settings.root = absolute(root)?;
+        }
+        let root = settings.root.clone();
+        for bind in self.binds {
+            orchestrate_core::validate_bind_name(&bind.name).map_err(Error::Config)?;
+            if settings.bind(&bind.name).is_some() {
+                return Err(Error::Config(format!(
+                    "bind `{}` is given twice",
+                    bind.name
+                )));
+            }
+            let endpoint =
+                Endpoint::parse_in(&bind.name, &bind.url, &root).map_err(|e| config(&e))?;
+            let mut b = BindSettings {
+                name: bind.name,
+                endpoint,
+                migrations: PathBuf::new(),
+                embedded: None,
+            };
+            set_migrations(&mut b, bind.migrations, &root);
+            settings.binds.push(b);
+        }
+        for (name, migrations) in self.overrides {
+            let Some(b) = settings.binds.iter_mut().find(|b| b.name == name) else {
+                return Err(Error::Config(format!(
+                    "migrations given for bind `{name}`, which is not configured"
+                )));
+            };
+            set_migrations(b, migrations, &root);
+        }
+        if settings.binds.is_empty() {
+            return Err(Error::Config("no binds: add one with `bind`".into()));
+        }
+        settings.binds.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(decider) = self.decider {
+            if settings.bind(&decider).is_none() {
+                return Err(Error::Config(format!(
+                    "the decider `{decider}` is not a bind"
+                )));
+            }
+            settings.decider = Some(decider);
+        }
+        if let Some(timeout) = self.lock_timeout {
+            if timeout.is_zero() {
+                return Err(Error::Config(
+                    "a lock timeout of 0 would let PostgreSQL wait forever on a prepared transaction's lock".into(),
+                ));
+            }
+            settings.lock_timeout = timeout;
+        }
+        if let Some(n) = self.parallelism {
+            if !(1..=256).contains(&n) {
+                return Err(Error::Config(format!(
+                    "parallelism {n} is out of range: give 1 to 256"
+                )));
+            }
+            settings.parallelism = n;
+        }
+        let problems: Vec<String> = settings
+            .binds
+            .iter()
+            .filter_map(|b| b.chain().err().map(|e| e.to_string()))
+            .collect();
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
+        Ok(Orchestrator {
+            settings,
+            allow_non_atomic: self.allow_non_atomic,
+            progress: self.progress,
+        })
+    }
+}
+
+fn set_migrations(bind: &mut BindSettings, migrations: Migrations, root: &Path) {
+    match migrations {
+        Migrations::Folder(path) => {
+            bind.migrations = root.join(path);
+            bind.embedded = None;
+        }
+        Migrations::Embedded(embedded) => {
+            bind.migrations = PathBuf::from(format!("<embedded migrations of {}>", bind.name));
+            bind.embedded = Some(embedded);
+        }
+    }
+}
+
+/// Several databases, migrated together: every batch commits on every bind or on none.
+pub struct Orchestrator {
+    settings: Settings,
+    allow_non_atomic: bool,
+    progress: Option<Callback>,
+}
+
+impl std::fmt::Debug for Orchestrator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Orchestrator")
+            .field(
+                "binds",
+                &self
+                    .settings
+                    .binds
+                    .iter()
+                    .map(|b| (&b.name, b.endpoint.redacted()))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Orchestrator {
+    /// A builder.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The binds' names, in order.
+    pub fn binds(&self) -> Vec<&str> {
+        self.settings
+            .binds
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect()
+    }
+
+    /// Every bind as `orchestrate status` reads it: current and head revisions, pending
+    /// migrations, drift, batches in doubt. Reads only; a bind that cannot be read says why in
+    /// its report's `errors`.
+    pub fn status(&self) -> Result<Vec<BindReport>, Error> {
+        let binds: Vec<&BindSettings> = self.settings.binds.iter().collect();
+        Ok(crate::inspect::inspect(&self.settings, &binds))
+    }
+
+    /// Every bind to its head, in one atomic batch. `Ok(None)`: nothing to do.
+    pub fn upgrade(&self) -> Result<Option<BatchReport>, Error> {
+        self.migrate(Direction::Up, Some("head".into()), Vec::new(), Vec::new())
+    }
+
+    /// Each named bind to its target (`head`, a version, `+N`), in one atomic batch; the
+    /// other binds are left alone.
+    pub fn upgrade_to(&self, targets: &[(&str, &str)]) -> Result<Option<BatchReport>, Error> {
+        let (binds, targets) = bind_targets(targets);
+        self.migrate(Direction::Up, None, binds, targets)
+    }
+
+    /// Reverts `binds` to `target` (`-1` is one step, `-N`, a version, or `base`), in one
+    /// atomic batch, with each migration's stored down SQL checked against its source.
+    pub fn downgrade(&self, binds: &[&str], target: &str) -> Result<Option<BatchReport>, Error> {
+        let binds = binds.iter().map(|b| b.to_string()).collect();
+        self.migrate(Direction::Down, Some(target.into()), binds, Vec::new())
+    }
+
+    /// Finishes what a crash left behind (see `orchestrate recover`), waiting up to 10 s for a
+    /// coordinator that still holds a batch. `Err(RecoverIncomplete)` when something is left
+    /// for a person.
+    pub fn recover(&self) -> Result<RecoverReport, Error> {
+        let report = crate::recover::recover(&self.settings, false, Duration::from_secs(10));
+        if report.needs_attention() {
+            return Err(Error::RecoverIncomplete {
+                report: Box::new(report),
+            });
+        }
+        Ok(report)
+    }
+
+    fn migrate(
+        &self,
+        direction: Direction,
+        target: Option<String>,
+        binds: Vec<String>,
+        targets: Vec<String>,
+    ) -> Result<Option<BatchReport>, Error> {
+        let args = MigrateArgs {
+            all_binds: binds.is_empty(),
+            binds,
+            target,
+            targets,
+            sql: false,
+            json: true,
+            verbose: false,
+            allow_non_atomic: self.allow_non_atomic,
+            wave_size: None,
+            canary: Vec::new(),
+        };
+        let checked = check_batch(&self.settings, direction, &args, Allow::default())
+            .map_err(Error::from_refusal)?;
+        if checked.works.is_empty() {
+            return Ok(None);
+        }
+        if crate::commands::segments::has_segments(&checked.works) {
+            return Err(Error::Unsupported("a batch with a migration that runs outside a transaction (`run_in_transaction = false`); run it with `orchestrate upgrade --allow-non-atomic`".into()));
+        }
+        if checked.waves.len() > 1 {
+            return Err(Error::Unsupported(
+                "a rollout in waves (`[rollout]` in the configuration); run it with `orchestrate upgrade`".into(),
+            ));
+        }
+        let options = RunOptions {
+            preferred_decider: self.settings.decider.clone(),
+            lock_timeout: self.settings.lock_timeout,
+            parallelism: self.settings.parallelism,
+        };
+        let progress = Events(self.progress.clone());
+        let report = run_batch(checked.works, direction, &options, &progress);
+        match &report.verdict {
+            Verdict::Committed => Ok(Some(report)),
+            Verdict::RolledBack { error } => Err(Error::RolledBack {
+                message: error.to_string(),
+                report: Box::new(report),
+            }),
+            Verdict::NeedsAttention { error, detail } => Err(Error::NeedsAttention {
+                message: match error {
+                    Some(e) => format!("{e}; {detail}"),
+                    None => detail.clone(),
+                },
+                report: Box::new(report),
+            }),
+        }
+    }
+}
+
+fn bind_targets(targets: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
+    (
+        targets.iter().map(|(b, _)| b.to_string()).collect(),
+        targets.iter().map(|(b, t)| format!("{b}={t}")).collect(),
+    )
+}
+
+/// Progress to the caller's callback, and to `tracing`.
+struct Events(Option<Callback>);
+
+impl Progress for Events {
+    fn line(&self, text: &str) {
+        tracing::info!("{text}");
+        if let Some(f) = &self.0 {
+            f(Event::Line(text));
+        }
+    }
+
+    fn phase(&self, name: &str, total: usize) {
+        if let Some(f) = &self.0 {
+            f(Event::Phase { name, total });
+        }
+    }
+
+    fn tick(&self) {
+        if let Some(f) = &self.0 {
+            f(Event::Tick);
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The library (`orchestrate::Orchestrator`): embedded and folder migrations, typed errors, and
+//! the example application (crates/orchestrator/examples/app) migrating its three databases
+//! at start, failing whole, and recovering a start it was killed in.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+use orchestrate::{Error, Migrations, Orchestrator, RefusalKind};
+
+use crate::support::{state, Project};
+
+const USERS: EmbeddedMigrations = embed_migrations!("examples/app/migrations/users");
+const BILLING: EmbeddedMigrations = embed_migrations!("examples/app/migrations/billing");
+const EVENTS: EmbeddedMigrations = embed_migrations!("examples/app/migrations/events");
+const EVENTS_FAILING: EmbeddedMigrations =
+    embed_migrations!("../../tests/fixtures/library/events_failing");
+
+fn app_migrations(bind: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/app/migrations")
+        .join(bind)
+}
+
+/// The example's three binds in a test project: two SQLite, one PostgreSQL.
+fn project() -> Project {
+    let mut p = Project::new();
+    p.add_sqlite("users").add_sqlite("billing").add_pg("events");
+    p
+}
+
+fn embedded(p: &Project) -> orchestrate::Builder {
+    Orchestrator::builder()
+        .config_dir(p.path().join("config"))
+        .migrations("users", Migrations::embedded(&USERS))
+        .migrations("billing", Migrations::embedded(&BILLING))
+        .migrations("events", Migrations::embedded(&EVENTS))
+}
+
+fn at_head(p: &Project) {
+    p.assert_states(&[
+        (
+            "users",
+            state(&["users"], &["20240101000000", "20240201000000"]),
+        ),
+        ("billing", state(&["invoices"], &["20240101000000"])),
+        (
+            "events",
+            state(&["events"], &["20240101000000", "20240201000000"]),
+        ),
+    ]);
+}
+
+fn untouched(p: &Project) {
+    p.assert_states(&[
+        ("users", state(&[], &[])),
+        ("billing", state(&[], &[])),
+        ("events", state(&[], &[])),
+    ]);
+}
+
+/// Embedded migrations and the same folders are one chain: applied from the folders, the
+/// embedded copy finds nothing to do, no drift, and downgrades with the stored down SQL
+/// (which must match the embedded down.sql); and the other way round.
+#[test]
+fn embedded_and_folder_migrations_give_the_same_plan_and_checksums() {
+    let p = project();
+    let folders = Orchestrator::builder()
+        .config_dir(p.path().join("config"))
+        .migrations("users", Migrations::folder(app_migrations("users")))
+        .migrations("billing", Migrations::folder(app_migrations("billing")))
+        .migrations("events", Migrations::folder(app_migrations("events")))
+        .build()
+        .unwrap();
+    let report = folders.upgrade().unwrap().expect("something to do");
+    assert_eq!(report.binds.len(), 3);
+    at_head(&p);
+    let from_binary = embedded(&p).build().unwrap();
+    assert!(from_binary.upgrade().unwrap().is_none());
+    for bind in from_binary.status().unwrap() {
+        assert!(bind.problems.is_empty(), "{bind:?}");
+        assert!(bind.errors.is_empty(), "{bind:?}");
+        assert_eq!(bind.current, bind.head, "{bind:?}");
+    }
+    // One step down through the embedded copy, and up again through the folders.
+    from_binary
+        .downgrade(&["events", "users"], "-1")
+        .unwrap()
+        .expect("something to do");
+    p.assert_states(&[
+        ("users", state(&["users"], &["20240101000000"])),
+        ("billing", state(&["invoices"], &["20240101000000"])),
+        ("events", state(&["events"], &["20240101000000"])),
+    ]);
+    folders.upgrade().unwrap().expect("something to do");
+    at_head(&p);
+}
+
+/// A failing embedded migration on any of the three binds leaves all three as they were.
+#[test]
+fn a_failing_embedded_migration_leaves_every_bind_as_it_was() {
+    let p = project();
+    let o = embedded(&p)
+        .migrations("events", Migrations::embedded(&EVENTS_FAILING))
+        .build()
+        .unwrap();
+    match o.upgrade() {
+        Err(Error::RolledBack { message, report }) => {
+            assert!(message.contains("no_such_table"), "{message}");
+            assert_eq!(report.binds.len(), 3);
+        }
+        other => panic!("expected a rolled-back batch, got {other:?}"),
+    }
+    untouched(&p);
+    // Fixed (the application ships the right migrations): all three reach their head.
+    embedded(&p).build().unwrap().upgrade().unwrap().unwrap();
+    at_head(&p);
+}
+
+/// Each refusal comes back as a typed error, and nothing is changed.
+#[test]
+fn refusals_are_typed_errors() {
+    let p = project();
+    // Building: a bad URL, an unknown bind, an unknown decider, an invalid chain.
+    let config_error = |b: orchestrate::Builder| match b.build() {
+        Err(Error::Config(m)) => m,
+        other => panic!("expected a configuration error, got {other:?}"),
+    };
+    let m = config_error(Orchestrator::builder().bind(
+        "a",
+        "sqlite://file:x?mode=memory",
+        Migrations::embedded(&USERS),
+    ));
+    assert!(m.contains("in-memory"), "{m}");
+    let m = config_error(embedded(&p).migrations("nope", Migrations::embedded(&USERS)));
+    assert!(m.contains("`nope`, which is not configured"), "{m}");
+    let m = config_error(embedded(&p).decider("nope"));
+    assert!(m.contains("decider `nope`"), "{m}");
+    let m = config_error(embedded(&p).migrations("users", Migrations::folder("/nonexistent")));
+    assert!(m.contains("does not exist"), "{m}");
+    assert!(matches!(
+        Orchestrator::builder().build(),
+        Err(Error::Config(_))
+    ));
+    untouched(&p);
+
+    // Drift: an applied migration edited since it ran is refused (exit 2 on the command line).
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("users");
+    copy_dir(&app_migrations("users"), &copy);
+    let folders = || {
+        embedded(&p)
+            .migrations("users", Migrations::folder(&copy))
+            .build()
+            .unwrap()
+    };
+    folders().upgrade().unwrap().unwrap();
+    std::fs::write(
+        copy.join("2024-01-01-000000_create_users/up.sql"),
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);",
+    )
+    .unwrap();
+    std::fs::create_dir_all(copy.join("2024-03-01-000000_more")).unwrap();
+    std::fs::write(
+        copy.join("2024-03-01-000000_more/up.sql"),
+        "CREATE TABLE more (id INTEGER);",
+    )
+    .unwrap();
+    match folders().upgrade() {
+        Err(Error::Refused { kind, errors }) => {
+            assert_eq!(kind, RefusalKind::Invalid);
+            assert!(errors.iter().any(|e| e.contains("changed")), "{errors:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    at_head(&p);
+
+    // A batch in doubt (a command-line run killed after PREPARE): refused until recovered.
+    let mut q = project();
+    q.migration(
+        "users",
+        "1_u",
+        "CREATE TABLE u (id INT);",
+        Some("DROP TABLE u;"),
+    );
+    q.migration(
+        "events",
+        "1_e",
+        "CREATE TABLE e (id INT);",
+        Some("DROP TABLE e;"),
+    );
+    q.config("decider = \"users\"");
+    q.run_stopped_at(&["upgrade", "--all-binds"], "before-decision");
+    assert_eq!(q.db("events").state().prepared.len(), 1);
+    let cli_config = || {
+        Orchestrator::builder()
+            .config_dir(q.path().join("config"))
+            .build()
+            .unwrap()
+    };
+    match cli_config().upgrade() {
+        Err(Error::Refused { kind, errors }) => {
+            assert_eq!(kind, RefusalKind::Attention, "{errors:?}");
+        }
+        other => panic!("expected a refusal for the batch in doubt, got {other:?}"),
+    }
+    // recover through the library rolls it back (it was not decided), then the upgrade runs.
+    let report = cli_config().recover().unwrap();
+    assert!(!report.actions.is_empty());
+    q.assert_states(&[
+        ("users", state(&[], &[])),
+        ("billing", state(&[], &[])),
+        ("events", state(&[], &[])),
+    ]);
+    cli_config().upgrade().unwrap().unwrap();
+    q.assert_states(&[
+        ("users", state(&["u"], &["1"])),
+        ("billing", state(&[], &[])),
+        ("events", state(&["e"], &["1"])),
+    ]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The example application, built as its users build it (with the crash points of this test
+/// build), in `target/<profile>/examples/app`.
+fn example_app() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap();
+    let app = profile_dir.join("examples/app");
+    let mut build = Command::new(env!("CARGO"));
+    build.args(["build", "--quiet", "-p", "orchestrate", "--example", "app"]);
+    if cfg!(feature = "failpoints") {
+        build.args(["--features", "failpoints"]);
+    }
+    // Up to date when the suite was built whole; a filtered run builds it here.
+    let status = build.status().expect("run cargo");
+    assert!(status.success(), "cargo build --example app failed");
+    assert!(app.exists(), "{} was not built", app.display());
+    app
+}
+
+fn run_app(app: &Path, p: &Project, failpoint: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new(app);
+    cmd.env("APP_EVENTS_URL", p.db("events").url())
+        .env("APP_DATA_DIR", p.path().join("var"))
+        .env_remove("FAILPOINTS");
+    if let Some(f) = failpoint {
+        cmd.env("FAILPOINTS", format!("{f}=return"));
+    }
+    let out = cmd.output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    (
+        out.status
+            .code()
+            .unwrap_or(-out.status.signal().unwrap_or(0)),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The example migrates its three databases at start from its embedded migrations, then
+/// works; started again, it has nothing to migrate. Killed after its decision, its next
+/// start recovers through the library (commits PostgreSQL's prepared part, redoes the SQLite
+/// participant's) and goes on.
+#[test]
+fn the_example_migrates_at_start_and_recovers_a_start_it_was_killed_in() {
+    let app = example_app();
+    let p = project();
+    let (code, out, err) = run_app(&app, &p, None);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("1 user(s), 1 invoice(s), 1 event(s)"), "{out}");
+    assert!(err.contains("migrated 3 database(s)"), "{err}");
+    let (code, out, err) = run_app(&app, &p, None);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("every database is up to date"), "{err}");
+    assert!(out.contains("2 user(s)"), "{out}");
+
+    if !cfg!(feature = "failpoints") {
+        return;
+    }
+    let q = project();
+    let (code, _, err) = run_app(&app, &q, Some("after-decision"));
+    assert_eq!(code, -9, "{err}");
+    assert_eq!(q.db("events").state().prepared.len(), 1, "{err}");
+    let (code, out, err) = run_app(&app, &q, None);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("recover: committed"), "{err}");
+    assert!(out.contains("1 user(s), 1 invoice(s), 1 event(s)"), "{out}");
+    assert!(q.db("events").state().prepared.is_empty());
+
+    // Killed before its decision: the next start rolls the batch back, then migrates.
+    let r = project();
+    let (code, _, err) = run_app(&app, &r, Some("before-decision"));
+    assert_eq!(code, -9, "{err}");
+    let (code, out, err) = run_app(&app, &r, None);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("recover: rolled back"), "{err}");
+    assert!(err.contains("migrated 3 database(s)"), "{err}");
+}
