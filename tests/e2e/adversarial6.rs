@@ -1005,6 +1005,13 @@ fn a_rewritten_decision_row_is_checked_against_the_deciders_transaction() {
             "a PostgreSQL participant's id names the decider's transaction: {gid:?}"
         );
         p.db("a_pg").execute(&rewrite_decision(to));
+        // status says what recover will do: nothing, and why.
+        let status = p.run(&["status"]);
+        status.expect(3);
+        assert!(
+            status.stdout.contains("something rewrote the decision"),
+            "{to}: {status:?}"
+        );
         let dry = p.run(&["recover", "--dry-run"]);
         dry.expect(3);
         let recover = p.run(&["recover"]);
@@ -1041,4 +1048,127 @@ fn restore_decision(from: &str) -> String {
          UPDATE orchestrate_batches SET state = 'commit' WHERE state = '{from}' AND record IS NOT NULL;\n\
          ALTER TABLE orchestrate_batches ENABLE ALWAYS TRIGGER orchestrate_guard;"
     )
+}
+
+/// Found by a fourteenth adversarial review: an XA participant's id names no decider
+/// transaction, and its bind sorted first, so `recover` decided the batch from the rewritten
+/// row alone and the PostgreSQL participant reused that decision: both rolled back while the
+/// decider had committed. The decider transaction named by any participant is now checked
+/// for every participant of the batch.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn review14_an_xa_participant_does_not_bypass_the_deciders_transaction() {
+    let mut p = Project::new();
+    p.add_mysql("a_shop").add_pg("b_pg").add_pg("z_dec");
+    p.config("decider = \"z_dec\"");
+    p.create_table("a_shop", "1_a", "a");
+    p.run(&["upgrade", "--bind", "a_shop", "--allow-non-atomic"])
+        .expect(0);
+    p.migration(
+        "a_shop",
+        "2_rows",
+        "INSERT INTO a VALUES (1);",
+        Some("DELETE FROM a;"),
+    )
+    .metadata("a_shop", "2_rows", "data_only = true\n");
+    p.create_table("b_pg", "1_b", "b");
+    p.create_table("z_dec", "1_z", "z");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    let before = p.states();
+    assert_eq!(p.db("b_pg").state().prepared.len(), 1);
+    let xa = || {
+        crate::support::xa_transactions(&crate::support::mysql_admin_url())
+            .into_iter()
+            .filter(|x| x.ends_with(",a_shop"))
+            .count()
+    };
+    assert_eq!(xa(), 1, "{before:?}");
+    p.db("z_dec").execute(&rewrite_decision("abort"));
+    p.run(&["recover", "--dry-run"]).expect(3);
+    let recover = p.run(&["recover"]);
+    recover.expect(3);
+    assert_eq!(p.states(), before, "{recover:?}");
+    assert_eq!(xa(), 1, "{recover:?}");
+    p.db("z_dec").execute(&restore_decision("abort"));
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("a_shop", state(&["a"], &["1", "2"])),
+        ("b_pg", state(&["b"], &["1"])),
+        ("z_dec", state(&["z"], &["1"])),
+    ]);
+}
+
+/// Found by a fourteenth adversarial review: a non-atomic MySQL participant's batch mark
+/// names no decider transaction, so `recover` undid its migrations by the rewritten row while
+/// leaving the PostgreSQL participant prepared. The mark is now settled by the same check.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn review14_a_non_atomic_participant_is_not_undone_by_a_rewritten_row() {
+    let mut p = Project::new();
+    p.add_pg("b_pg").add_mysql("m_shop").add_pg("z_dec");
+    p.config("decider = \"z_dec\"");
+    p.create_table("b_pg", "1_b", "b");
+    p.create_table("m_shop", "1_m", "m");
+    p.create_table("z_dec", "1_z", "z");
+    p.run_stopped_at(
+        &["upgrade", "--all-binds", "--allow-non-atomic"],
+        "after-decision",
+    );
+    let before = p.states();
+    assert_eq!(before[1].1, state(&["m"], &["1"]), "{before:?}");
+    assert!(!p.db("m_shop").marks().is_empty());
+    p.db("z_dec").execute(&rewrite_decision("abort"));
+    let recover = p.run(&["recover"]);
+    recover.expect(3);
+    assert_eq!(p.states(), before, "{recover:?}");
+    assert!(!p.db("m_shop").marks().is_empty(), "{recover:?}");
+    p.db("z_dec").execute(&restore_decision("abort"));
+    p.run(&["recover"]).expect(0);
+    p.assert_states(&[
+        ("b_pg", state(&["b"], &["1"])),
+        ("m_shop", state(&["m"], &["1"])),
+        ("z_dec", state(&["z"], &["1"])),
+    ]);
+}
+
+/// Found by a fourteenth adversarial review: a coordinator that commits between `recover`'s
+/// read of the row (`begun`) and of the decider transaction's status (committed) looked like
+/// a rewritten decision (exit 3). The row is read again before anything is concluded.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
+fn review14_a_batch_committing_while_recover_reads_it_is_not_a_rewrite() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_a", "ta");
+    p.create_table("b_pg", "1_b", "tb");
+    let child = crate::crash::spawn(
+        &p,
+        &["upgrade", "--all-binds"],
+        "before-decision=sleep(3000)",
+    );
+    crate::crash::wait_until("b_pg is prepared", || {
+        !p.db("b_pg").state().prepared.is_empty()
+    });
+    let recover = p.run_with(
+        &["recover"],
+        &[("FAILPOINTS", "recover-between-row-and-status=sleep(6000)")],
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    recover.expect(0);
+    assert!(!recover.stdout.contains("rewrote"), "{recover:?}");
+    p.assert_states(&[
+        ("a_pg", state(&["ta"], &["1"])),
+        ("b_pg", state(&["tb"], &["1"])),
+    ]);
 }

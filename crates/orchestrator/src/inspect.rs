@@ -287,8 +287,8 @@ fn describe(
     p: orchestrate_driver::PreparedXact,
     decisions: &Mutex<HashMap<(String, String), String>>,
 ) -> InDoubt {
-    let (batch_id, decider) = TransactionId::parse(&p.gid)
-        .map(|t| (t.batch_id, t.decider))
+    let (batch_id, decider, xid) = TransactionId::parse(&p.gid)
+        .map(|t| (t.batch_id, t.decider, t.decider_xid))
         .unwrap_or_default();
     let key = (batch_id.clone(), decider.clone());
     let known = decisions.lock().unwrap().get(&key).cloned();
@@ -296,15 +296,30 @@ fn describe(
         let found = match settings.bind(&decider) {
             None => format!("unknown: the decider `{decider}` is not configured"),
             Some(d) => match BindConnection::connect(&d.endpoint, false, READ_LOCK_TIMEOUT)
-                .and_then(|mut c| c.decision_state(&batch_id))
-            {
-                Ok(Some(DecisionState::Commit(_))) => "commit".into(),
-                Ok(Some(DecisionState::Abort)) => "abort".into(),
-                Ok(Some(DecisionState::Begun)) if batch_is_running(settings, &p.gid) => {
-                    "running".into()
-                }
-                Ok(Some(DecisionState::Begun)) => "none".into(),
-                Ok(None) => format!("unknown: no row for the batch in the decider `{decider}`'s orchestrate_batches"),
+                .and_then(|mut c| {
+                    let state = c.decision_state(&batch_id)?;
+                    // What recover will say of a row that disagrees with the decider's
+                    // transaction (see recover::disagreement): nothing is decided from it.
+                    if let (Some(s), Some(xid)) = (&state, xid) {
+                        let place = format!("the decider `{decider}`'s orchestrate_batches");
+                        if let Some(why) =
+                            crate::recover::disagreement(&mut c, s, xid, &batch_id, &place)?
+                        {
+                            return Ok(Err(why));
+                        }
+                    }
+                    Ok(Ok(state))
+                }) {
+                Ok(Err(why)) => format!("unknown: {why}"),
+                Ok(Ok(state)) => match state {
+                    Some(DecisionState::Commit(_)) => "commit".into(),
+                    Some(DecisionState::Abort) => "abort".into(),
+                    Some(DecisionState::Begun) if batch_is_running(settings, &p.gid) => {
+                        "running".into()
+                    }
+                    Some(DecisionState::Begun) => "none".into(),
+                    None => format!("unknown: no row for the batch in the decider `{decider}`'s orchestrate_batches"),
+                },
                 Err(e) => format!("unknown: {e}"),
             },
         };

@@ -164,17 +164,30 @@ fn decision_of(
     );
     let look = || -> Result<Decision, DriverError> {
         let mut conn = BindConnection::connect(&bind.endpoint, false, settings.lock_timeout)?;
-        let state = match conn.decision_state(batch_id)? {
-            None => {
-                return Ok(Decision::Unknown(format!(
-                    "there is no row for batch {batch_id} in {place}, so whether it was decided cannot be known; nothing was changed for it. If the decider's database was restored or replaced, find out by hand whether the batch committed there"
-                )))
-            }
-            Some(state) => state,
+        let missing = || {
+            Decision::Unknown(format!(
+                "there is no row for batch {batch_id} in {place}, so whether it was decided cannot be known; nothing was changed for it. If the decider's database was restored or replaced, find out by hand whether the batch committed there"
+            ))
         };
+        let Some(mut state) = conn.decision_state(batch_id)? else {
+            return Ok(missing());
+        };
+        // Where a test holds recover between reading the row and reading the transaction's
+        // status, while a coordinator commits.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("recover-between-row-and-status");
         if let Some(xid) = decider_xid {
-            if let Some(why) = disagreement(&mut conn, &state, xid, batch_id, &place)? {
-                return Ok(Decision::Unknown(why));
+            if disagreement(&mut conn, &state, xid, batch_id, &place)?.is_some() {
+                // Its coordinator may have committed between the two reads: read the row
+                // again, after the transaction's status; a row that still disagrees decides
+                // nothing.
+                let Some(again) = conn.decision_state(batch_id)? else {
+                    return Ok(missing());
+                };
+                state = again;
+                if let Some(why) = disagreement(&mut conn, &state, xid, batch_id, &place)? {
+                    return Ok(Decision::Unknown(why));
+                }
             }
         }
         Ok(match state {
@@ -229,7 +242,7 @@ fn decision_of(
 /// decider restored from a dump into another server, would otherwise have `recover` roll
 /// back the participants of a batch whose decider committed. `None`: they agree (or the
 /// server cannot tell: the status of a transaction that old is gone).
-fn disagreement(
+pub(crate) fn disagreement(
     conn: &mut BindConnection,
     state: &DecisionState,
     xid: u64,
@@ -272,20 +285,40 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
     // 1. Prepared transactions on PostgreSQL binds (and MySQL ones: data-only migrations
     // prepare through XA), each ended by its batch's decision, read once per batch.
     let mut decisions: BTreeMap<(String, String), Decision> = BTreeMap::new();
-    for bind in settings
+    // Read first on every bind: a batch's decider transaction, named in its PostgreSQL
+    // participants' ids, is checked for every participant of the batch, whichever bind (an
+    // XA participant, a MySQL bind's marks) is settled first.
+    let found: Vec<(&crate::settings::BindSettings, Result<Found, DriverError>)> = settings
         .binds
         .iter()
         .filter(|b| b.endpoint.backend != Backend::Sqlite)
-    {
+        .map(|b| (b, read_found(settings, b)))
+        .collect();
+    let xids: Xids = found
+        .iter()
+        .filter_map(|(_, f)| f.as_ref().ok())
+        .flat_map(|f| f.prepared.iter())
+        .filter_map(|x| TransactionId::parse(&x.gid))
+        .filter_map(|id| Some(((id.batch_id, id.decider), id.decider_xid?)))
+        .collect();
+    for (bind, found) in found {
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => {
+                report.errors.push(e.to_string());
+                continue;
+            }
+        };
         let mut step = PreparedStep {
             settings,
             bind,
             dry_run,
             wait,
+            xids: &xids,
             decisions: &mut decisions,
             report: &mut report,
         };
-        step.run();
+        step.run(found);
     }
     // 3 (run first: it needs the same decisions before step 2 changes nothing of theirs).
     for bind in settings
@@ -293,7 +326,7 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
         .iter()
         .filter(|b| !b.endpoint.backend.is_atomic())
     {
-        recover_nonatomic(settings, bind, dry_run, wait, &mut report);
+        recover_nonatomic(settings, bind, dry_run, wait, &xids, &mut report);
     }
     // 2. Decided batches not yet settled: every participant must have it. SQLite
     // participants that lost their transaction are brought forward; then the decision is
@@ -326,36 +359,58 @@ struct PreparedStep<'a> {
     bind: &'a crate::settings::BindSettings,
     dry_run: bool,
     wait: Duration,
+    xids: &'a Xids,
     decisions: &'a mut BTreeMap<(String, String), Decision>,
     report: &'a mut RecoverReport,
 }
 
+/// The decider transaction of each batch (by batch and decider) that some PostgreSQL
+/// participant's prepared transaction names.
+type Xids = BTreeMap<(String, String), u64>;
+
+/// What step 1 reads on a PostgreSQL or MySQL bind before acting on any: its prepared
+/// transactions, and (PostgreSQL) the marks of migrations run outside a transaction.
+struct Found {
+    prepared: Vec<orchestrate_driver::PreparedXact>,
+    marks: Result<Vec<orchestrate_driver::Mark>, DriverError>,
+}
+
+fn read_found(
+    settings: &Settings,
+    bind: &crate::settings::BindSettings,
+) -> Result<Found, DriverError> {
+    let mut conn = BindConnection::connect(&bind.endpoint, false, settings.lock_timeout)?;
+    let prepared = conn.prepared()?;
+    let marks = if bind.endpoint.backend == Backend::Postgres {
+        conn.marks()
+    } else {
+        Ok(Vec::new())
+    };
+    Ok(Found { prepared, marks })
+}
+
 impl PreparedStep<'_> {
-    fn run(&mut self) {
-        let timeout = self.settings.lock_timeout;
-        let connected = BindConnection::connect(&self.bind.endpoint, false, timeout)
-            .and_then(BindConnection::into_resolver);
-        let mut conn = match connected {
-            Ok(c) => c,
-            Err(e) => return self.report.errors.push(e.to_string()),
-        };
-        let prepared = match conn.prepared() {
-            Ok(p) => p,
-            Err(e) => return self.report.errors.push(e.to_string()),
-        };
-        for xact in prepared {
-            let action = self.end(&mut *conn, &xact);
-            self.report.actions.push(action);
-        }
-        // PostgreSQL migrations that ran outside a transaction and did not finish: only a
-        // person can tell how far they got. Read on the same connection (no extra one per
-        // bind when there is nothing).
-        if self.bind.endpoint.backend == Backend::Postgres {
-            match conn.marks() {
-                Ok(marks) if marks.is_empty() => {}
-                Ok(marks) => report_outside_marks(self.settings, self.bind, marks, self.report),
+    fn run(&mut self, found: Found) {
+        if !found.prepared.is_empty() {
+            let timeout = self.settings.lock_timeout;
+            let connected = BindConnection::connect(&self.bind.endpoint, false, timeout)
+                .and_then(BindConnection::into_resolver);
+            match connected {
+                Ok(mut conn) => {
+                    for xact in &found.prepared {
+                        let action = self.end(&mut *conn, xact);
+                        self.report.actions.push(action);
+                    }
+                }
                 Err(e) => self.report.errors.push(e.to_string()),
             }
+        }
+        // PostgreSQL migrations that ran outside a transaction and did not finish: only a
+        // person can tell how far they got.
+        match found.marks {
+            Ok(marks) if marks.is_empty() => {}
+            Ok(marks) => report_outside_marks(self.settings, self.bind, marks, self.report),
+            Err(e) => self.report.errors.push(e.to_string()),
         }
     }
 
@@ -371,6 +426,11 @@ impl PreparedStep<'_> {
             return action("", ActionKind::Attention, format!("prepared transaction {} has an id this version does not understand; end it by hand", xact.gid));
         };
         let (settings, dry_run, wait) = (self.settings, self.dry_run, self.wait);
+        let xid = self
+            .xids
+            .get(&(gid.batch_id.clone(), gid.decider.clone()))
+            .copied()
+            .or(gid.decider_xid);
         let decision = self
             .decisions
             .entry((gid.batch_id.clone(), gid.decider.clone()))
@@ -382,7 +442,7 @@ impl PreparedStep<'_> {
                     dry_run,
                     wait,
                     false,
-                    gid.decider_xid,
+                    xid,
                 )
             });
         let (verb, result) = match decision {
@@ -845,9 +905,10 @@ fn recover_nonatomic(
     bind: &crate::settings::BindSettings,
     dry_run: bool,
     wait: Duration,
+    xids: &Xids,
     report: &mut RecoverReport,
 ) {
-    let Some(mut r) = MarksRecovery::open(settings, bind, dry_run, wait, report) else {
+    let Some(mut r) = MarksRecovery::open(settings, bind, dry_run, wait, xids, report) else {
         return;
     };
     let marks = match r.conn.marks() {
@@ -922,6 +983,7 @@ struct MarksRecovery<'a> {
     bind: &'a crate::settings::BindSettings,
     dry_run: bool,
     wait: Duration,
+    xids: &'a Xids,
     conn: Mysql,
     chain: Option<orchestrate_core::Chain>,
     at: String,
@@ -937,6 +999,7 @@ impl<'a> MarksRecovery<'a> {
         bind: &'a crate::settings::BindSettings,
         dry_run: bool,
         wait: Duration,
+        xids: &'a Xids,
         report: &'a mut RecoverReport,
     ) -> Option<MarksRecovery<'a>> {
         let busy = |report: &mut RecoverReport, batch_id: String| {
@@ -983,6 +1046,7 @@ impl<'a> MarksRecovery<'a> {
             bind,
             dry_run,
             wait,
+            xids,
             conn,
             chain: bind.chain().ok(),
             at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
@@ -1077,7 +1141,9 @@ impl<'a> MarksRecovery<'a> {
                 self.dry_run,
                 self.wait,
                 m.decider == self.bind.name,
-                None,
+                self.xids
+                    .get(&(m.batch_id.clone(), m.decider.clone()))
+                    .copied(),
             )
         };
         let steps = match self.conn.batch_steps(&m.batch_id) {
