@@ -39,19 +39,24 @@ pub use crate::work::{BatchError, BindWork};
 /// Where a bind ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BindOutcome {
+    /// The bind committed the batch.
     Committed,
+    /// The bind's part was rolled back (or never began): it is as it was.
     RolledBack,
     /// A non-atomic (MySQL) bind whose migrations of this batch committed and were then
     /// reverted with their undo SQL, newest first.
     Undone {
+        /// How many migrations were reverted.
         count: usize,
     },
     /// Prepared and not resolved: `orchestrate recover` will end it.
     LeftPrepared {
+        /// The prepared transaction's id.
         gid: String,
     },
     /// What happened is not known or needs a person.
     Attention {
+        /// What is known, and what to do.
         detail: String,
     },
 }
@@ -62,18 +67,26 @@ pub enum Verdict {
     /// Every bind committed.
     Committed,
     /// The batch failed before the decision and every bind is as it was.
-    RolledBack { error: BatchError },
+    RolledBack {
+        /// The first failure.
+        error: BatchError,
+    },
     /// Something needs a person or `orchestrate recover`.
     NeedsAttention {
+        /// The failure, when one caused it.
         error: Option<BatchError>,
+        /// What is known, and what to do.
         detail: String,
     },
 }
 
 #[derive(Debug)]
 pub struct BatchReport {
+    /// The batch's id, as recorded in every bind's history (`20261124T221000Z-0a1b2c3d`).
     pub batch_id: String,
+    /// The bind whose own transaction decided the batch.
     pub decider: String,
+    /// Up (upgrade) or down (downgrade).
     pub direction: Direction,
     /// Every bind of the batch, in the order of the works given.
     pub binds: Vec<(String, BindOutcome)>,

@@ -19,9 +19,13 @@ use crate::settings::{BindSettings, Settings};
 /// A prepared transaction of this tool, and what is known of its batch.
 #[derive(Clone, Debug, Serialize)]
 pub struct InDoubt {
+    /// The prepared transaction's id (`orchestrate:<batch>:<decider>:<bind>[:<txid>]`).
     pub gid: String,
+    /// Its batch.
     pub batch_id: String,
+    /// The bind whose decision ends it.
     pub decider: String,
+    /// When it was prepared, as the server says.
     pub prepared_at: String,
     /// How long it has been prepared, as PostgreSQL counts it (`HH:MM:SS`).
     pub age: String,
@@ -35,11 +39,17 @@ pub struct InDoubt {
 /// One bind as `status` and `check` show it.
 #[derive(Clone, Debug, Serialize)]
 pub struct BindReport {
+    /// The bind's name.
     pub bind: String,
+    /// `postgres`, `sqlite` or `mysql`.
     pub backend: String,
+    /// Its URL, password redacted.
     pub url: String,
+    /// The newest version applied (`None`: nothing, or unreadable: see `errors`).
     pub current: Option<String>,
+    /// The newest version of its chain (`None`: an empty or invalid chain).
     pub head: Option<String>,
+    /// The versions an upgrade to head would apply, in order.
     pub pending: Vec<String>,
     /// The folder names of `current`, `head` and `pending` (`2026-11-24-223000_create_users`):
     /// the version with what the migration does. `current_name` comes from the folder, or

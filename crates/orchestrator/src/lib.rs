@@ -1,6 +1,14 @@
 //! # orchestrate
 //!
-//! Atomic migrations across several databases ("binds"). This crate owns:
+//! Atomic migrations across several databases ("binds"): every batch commits on every bind or
+//! on none, whatever happens. This crate is the `orchestrate` command and the library behind
+//! it. An application uses it through [`Orchestrator`] (see [`library`] for an example):
+//! binds built in code or read from a configuration folder, migrations from folders or
+//! compiled in with diesel's `embed_migrations!` ([`Migrations::embedded`]), typed reports
+//! ([`BatchReport`], [`BindReport`], [`RecoverReport`]) and typed errors ([`Error`]).
+//!
+//! For maintainers, the modules behind it (public for the binary and the tests, hidden from
+//! these docs; `cargo doc --document-private-items` shows them):
 //!
 //! - [`settings`]: the layered configuration (TOML files, then environment variables);
 //! - [`coordinator`]: one batch across binds, committed everywhere or nowhere, with the
@@ -12,8 +20,7 @@
 //! - [`signals`]: Ctrl-C and SIGTERM, honoured between steps;
 //! - [`cli`]: the command line (arguments, dispatch); [`commands`]: each command's logic and
 //!   output, through one [`commands::Output`]; exit codes in [`exit`];
-//! - [`library`]: the same, for Rust applications: an [`Orchestrator`] built in code, with
-//!   migrations compiled in ([`Migrations::embedded`]), returning typed reports and errors.
+//! - [`library`]: the library API, over the same checks and protocol.
 //!
 //! What a single database does (version tables, locks, prepare, commit) is
 //! `orchestrate-driver`'s; what a chain and a plan are is `orchestrate-core`'s.
@@ -21,22 +28,40 @@
 // The coordinator's and commands' module docs walk through the protocol for maintainers,
 // linking to private items: `cargo doc --document-private-items` renders those links.
 #![allow(rustdoc::private_intra_doc_links)]
+// The library's surface: [`Orchestrator`] and what it returns. The modules are public for the
+// `orchestrate` binary and the tests, and hidden from the documentation.
+#![deny(missing_docs)]
 
+#[doc(hidden)]
 pub mod cli;
+#[doc(hidden)]
 pub mod commands;
+#[doc(hidden)]
 pub mod coordinator;
+#[doc(hidden)]
 pub mod exit;
+#[doc(hidden)]
 pub mod inspect;
 pub mod library;
+#[doc(hidden)]
 pub mod manage;
+#[doc(hidden)]
 pub mod nonatomic;
+#[doc(hidden)]
 pub mod recover;
+#[doc(hidden)]
 pub mod rollout;
+#[doc(hidden)]
 pub mod settings;
+#[doc(hidden)]
 pub mod signals;
+#[doc(hidden)]
 pub mod work;
 
+pub use coordinator::{BatchError, BatchReport, BindOutcome, Verdict};
+pub use inspect::{BindReport, InDoubt};
 pub use library::{Builder, Error, Event, Migrations, Orchestrator, RefusalKind};
+pub use recover::{Action, ActionKind, RecoverReport};
 
 /// The worker threads of this process, `n` of them, made once and never ended.
 ///

@@ -33,9 +33,13 @@ use crate::work::{run_steps, BindWork};
 /// What recover did, or would do, for one batch on one bind.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Action {
+    /// The bind acted on.
     pub bind: String,
+    /// The batch (empty for a prepared transaction that is not this tool's).
     pub batch_id: String,
+    /// What was done.
     pub action: ActionKind,
+    /// Why, and what it touched, in words.
     pub detail: String,
 }
 
@@ -46,6 +50,7 @@ pub enum ActionKind {
     /// A prepared transaction committed.
     #[serde(rename = "committed")]
     Committed,
+    /// A prepared transaction rolled back.
     #[serde(rename = "rolled back")]
     RolledBack,
     /// A SQLite bind brought forward from the decision record.
@@ -63,18 +68,25 @@ pub enum ActionKind {
     /// A `begun` batch no coordinator holds, recorded as aborted.
     #[serde(rename = "aborted")]
     Aborted,
+    /// `--dry-run`: would be committed.
     #[serde(rename = "would commit")]
     WouldCommit,
+    /// `--dry-run`: would be rolled back.
     #[serde(rename = "would roll back")]
     WouldRollBack,
+    /// `--dry-run`: would be redone.
     #[serde(rename = "would redo")]
     WouldRedo,
+    /// `--dry-run`: would be recorded.
     #[serde(rename = "would record")]
     WouldRecord,
+    /// `--dry-run`: would be settled.
     #[serde(rename = "would settle")]
     WouldSettle,
+    /// `--dry-run`: would be undone.
     #[serde(rename = "would undo")]
     WouldUndo,
+    /// `--dry-run`: would be aborted.
     #[serde(rename = "would abort")]
     WouldAbort,
     /// Nothing done: a coordinator still holds the batch, or the evidence is missing.
@@ -110,6 +122,7 @@ impl std::fmt::Display for ActionKind {
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RecoverReport {
+    /// What recover did, or left alone and why, per batch and bind.
     pub actions: Vec<Action>,
     /// Binds that could not be examined.
     pub errors: Vec<String>,

@@ -40,8 +40,10 @@ pub(crate) fn crash_point_outside() {
 /// Why a batch failed before its decision.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchError {
+    /// A bind's database refused or failed (its message names the bind and the migration).
     #[error(transparent)]
     Bind(#[from] DriverError),
+    /// SIGINT, SIGTERM or SIGHUP (command line only) before the decision.
     #[error("interrupted by a signal before the decision")]
     Interrupted,
 }
