@@ -236,6 +236,29 @@ impl Builder {
     /// (`default.toml`, then `<environment>.toml`, then `ORCHESTRATE__...` variables); binds
     /// given with [`bind`](Builder::bind) are added to them. The project root is the folder's
     /// parent.
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let project = tempfile::tempdir().unwrap();
+    /// std::fs::create_dir(project.path().join("config")).unwrap();
+    /// std::fs::write(
+    ///     project.path().join("config/default.toml"),
+    ///     "[binds.users]\nurl = \"sqlite://var/users.sqlite3\"\n",
+    /// )
+    /// .unwrap();
+    /// let orchestrator = Orchestrator::builder()
+    ///     .config_dir(project.path().join("config"))
+    ///     // The configured folder (migrations/users) is not shipped: use the embedded copy.
+    ///     .migrations("users", Migrations::embedded(&USERS))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(orchestrator.binds(), ["users"]);
+    /// assert!(orchestrator.upgrade().unwrap().is_some());
+    /// ```
     pub fn config_dir(mut self, dir: impl Into<PathBuf>) -> Builder {
         self.config_dir = Some(dir.into());
         self
@@ -474,6 +497,29 @@ impl Orchestrator {
 
     /// Reverts `binds` to `target` (`-1` is one step, `-N`, a version, or `base`), in one
     /// atomic batch, with each migration's stored down SQL checked against its source.
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .build()
+    ///     .unwrap();
+    /// o.upgrade().unwrap();
+    /// let head = o.status().unwrap()[0].current.clone();
+    /// o.downgrade(&["users"], "-1").unwrap().expect("one migration reverted");
+    /// let now = o.status().unwrap().remove(0);
+    /// assert_ne!(now.current, head);
+    /// assert_eq!(now.pending.len(), 1);
+    /// // A person or the next start brings it back.
+    /// o.upgrade_to(&[("users", "head")]).unwrap();
+    /// assert_eq!(o.status().unwrap()[0].current, head);
+    /// ```
     pub fn downgrade(&self, binds: &[&str], target: &str) -> Result<Option<BatchReport>, Error> {
         let binds = binds.iter().map(|b| b.to_string()).collect();
         self.migrate(Direction::Down, Some(target.into()), binds, Vec::new())
@@ -482,6 +528,34 @@ impl Orchestrator {
     /// Finishes what a crash left behind (see `orchestrate recover`), waiting up to 10 s for a
     /// coordinator that still holds a batch. `Err(RecoverIncomplete)` when something is left
     /// for a person.
+    ///
+    /// ```
+    /// use orchestrate::{Error, Migrations, Orchestrator};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::folder("migrations/users"))
+    ///     .build();
+    /// // No such folder under the root: nothing is built, nothing runs.
+    /// assert!(matches!(o, Err(Error::Config(_))));
+    ///
+    /// std::fs::create_dir_all(dir.path().join("migrations/users/2024-01-01-000000_a")).unwrap();
+    /// std::fs::write(
+    ///     dir.path().join("migrations/users/2024-01-01-000000_a/up.sql"),
+    ///     "CREATE TABLE a (id INTEGER);",
+    /// )
+    /// .unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::folder("migrations/users"))
+    ///     .build()
+    ///     .unwrap();
+    /// // At start: finish whatever an earlier start left (here nothing), then migrate.
+    /// let recovered = o.recover().unwrap();
+    /// assert!(recovered.actions.is_empty());
+    /// assert!(o.upgrade().unwrap().is_some());
+    /// ```
     pub fn recover(&self) -> Result<RecoverReport, Error> {
         let report = crate::recover::recover(&self.settings, false, Duration::from_secs(10));
         if report.needs_attention() {
