@@ -24,11 +24,17 @@ pub struct MigrationSource {
 /// A validated migration of a chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MigrationFile {
+    /// The version parsed from the folder name, the part before the first `_`.
     pub version: Version,
     /// The full folder name, such as `2024-01-01-000000_create_users`.
     pub name: String,
+    /// The contents of `up.sql`, which contains some SQL besides whitespace and comments.
     pub up_sql: String,
+    /// The contents of `down.sql`; `None` when the file is absent or has only whitespace and
+    /// comments, so the migration cannot be reverted.
     pub down_sql: Option<String>,
+    /// See [`MigrationSource::run_in_transaction`]: `false` when `metadata.toml` says
+    /// `run_in_transaction = false`.
     pub run_in_transaction: bool,
     /// See [`MigrationSource::data_only`].
     pub data_only: bool,
@@ -39,31 +45,52 @@ pub struct MigrationFile {
 /// One bind's migrations, ordered by version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
+    /// The name of the bind these migrations belong to.
     pub bind: String,
+    /// The migrations, in ascending version order, no two with numerically equal versions.
     pub migrations: Vec<MigrationFile>,
 }
 
 /// Why a set of migration folders is not a valid chain.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
+    /// A folder's name has no `_` between the version and the description.
     #[error("migration folder `{location}`: the name must be `<version>_<description>`, such as `2024-01-01-000000_create_users`")]
-    NoSeparator { location: String },
+    NoSeparator {
+        /// Where the folder is.
+        location: String,
+    },
+    /// The part of a folder's name before the first `_` is not a valid [`Version`].
     #[error("migration folder `{location}`: {source}")]
     BadVersion {
+        /// Where the folder is.
         location: String,
+        /// Why the text is not a version.
         #[source]
         source: VersionError,
     },
+    /// A folder has no `up.sql` file.
     #[error("migration folder `{location}` has no up.sql; every migration needs one (down.sql is optional)")]
-    MissingUp { location: String },
+    MissingUp {
+        /// Where the folder is.
+        location: String,
+    },
+    /// A folder's `up.sql` has nothing but whitespace and comments.
     #[error(
         "migration `{location}/up.sql` is empty; write the migration's SQL or remove the folder"
     )]
-    EmptyUp { location: String },
+    EmptyUp {
+        /// Where the folder is.
+        location: String,
+    },
+    /// Two folders have numerically equal versions (such as `01` and `1`).
     #[error("migration folders `{first}` and `{second}` have the same version {version}; give one of them a new version (diesel would silently ignore one of them)")]
     DuplicateVersion {
+        /// The second folder's version, dashes removed.
         version: String,
+        /// The name of the folder that sorts first.
         first: String,
+        /// The name of the folder that sorts second.
         second: String,
     },
     /// More than one folder is wrong: every one is reported, not only the first.
@@ -148,10 +175,13 @@ impl Chain {
         })
     }
 
+    /// The migration with the highest version, or `None` when the chain is empty.
     pub fn head(&self) -> Option<&MigrationFile> {
         self.migrations.last()
     }
 
+    /// The migration whose version is exactly `version` (same text, so `01` does not find
+    /// `1`), if any.
     pub fn find(&self, version: &Version) -> Option<&MigrationFile> {
         self.migrations.iter().find(|m| &m.version == version)
     }

@@ -18,8 +18,11 @@ use std::fmt;
 /// Which SQL a migration is written in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
+    /// PostgreSQL: nested comments, `E'...'` strings, dollar quotes.
     Postgres,
+    /// SQLite: `"..."`, `` `...` `` and `[...]` quoted identifiers.
     Sqlite,
+    /// MySQL and MariaDB: backslash escapes in strings, `#` and `/*! */` comments.
     Mysql,
 }
 
@@ -136,6 +139,7 @@ pub struct Found {
     pub line: usize,
     /// The statement's name as a user knows it, such as `COMMIT AND CHAIN`.
     pub statement: String,
+    /// What the statement would do to the batch.
     pub hazard: Hazard,
 }
 
@@ -144,12 +148,16 @@ pub struct Found {
 pub struct Refusal {
     /// `up.sql`, `down.sql`, or `the down.sql stored when it was applied`.
     pub file: String,
+    /// The line the statement starts on in that file, from 1.
     pub line: usize,
+    /// The statement's name as a user knows it, such as `COMMIT AND CHAIN`.
     pub statement: String,
+    /// What the statement would do to the batch.
     pub hazard: Hazard,
 }
 
 impl Refusal {
+    /// The statement `found` in `file` (named as [`Refusal::file`] describes).
     pub fn new(file: &str, found: Found) -> Refusal {
         Refusal {
             file: file.to_string(),

@@ -19,6 +19,8 @@
 //! It deliberately does no I/O: no files, no databases, no clocks, no diesel, no serde. Reading
 //! folders is the driver's job; running plans is the driver's and the orchestrator's.
 
+#![deny(missing_docs)]
+
 mod chain;
 mod escapes;
 mod plan;

@@ -10,6 +10,7 @@ use crate::version::Version;
 /// when another tool such as diesel_cli applied it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
+    /// The version as the database stores it, kept verbatim (see [`Version::from_stored`]).
     pub version: Version,
     /// The folder name recorded at apply time.
     pub name: Option<String>,
@@ -31,9 +32,12 @@ impl Applied {
     }
 }
 
+/// Which way a plan moves a bind; shown as `up` or `down`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// An upgrade: pending migrations' `up.sql`, oldest first.
     Up,
+    /// A downgrade: applied migrations' down SQL, newest first.
     Down,
 }
 
@@ -61,7 +65,10 @@ pub enum DownSqlSource {
 /// One migration to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
+    /// The migration's version.
     pub version: Version,
+    /// The migration's full folder name; for a downgrade of a migration whose folder is gone,
+    /// the name recorded at apply time, or the version when none was recorded.
     pub name: String,
     /// The SQL to run: `up.sql` for an upgrade, the down SQL for a downgrade.
     pub sql: String,
@@ -109,8 +116,12 @@ impl Step {
 /// What must run on one bind to reach its target. An empty plan means the bind is there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// The bind the plan is for.
     pub bind: String,
+    /// Whether the plan upgrades or downgrades the bind.
     pub direction: Direction,
+    /// The migrations to run, in the order they run: oldest first for an upgrade, newest
+    /// first for a downgrade.
     pub steps: Vec<Step>,
 }
 
@@ -132,13 +143,24 @@ pub struct Allow {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
     /// An applied migration's `up.sql` changed since it ran.
-    ChecksumMismatch { version: Version, name: String },
+    ChecksumMismatch {
+        /// The applied migration's version.
+        version: Version,
+        /// The migration's folder name.
+        name: String,
+    },
     /// An applied migration has no folder any more.
-    MissingFolder { version: Version },
+    MissingFolder {
+        /// The applied migration's version, as the database stores it.
+        version: Version,
+    },
     /// A pending migration is older than the newest applied one.
     OutOfOrder {
+        /// The pending migration's version.
         version: Version,
+        /// The pending migration's folder name.
         name: String,
+        /// The version of the newest applied migration.
         newest_applied: Version,
     },
 }
@@ -186,64 +208,118 @@ impl fmt::Display for Problem {
 /// Why no plan can be made for a bind. Each names the bind.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// A revision target names no migration: none of the chain's (upgrade), or none of the
+    /// applied ones nor any of the chain's (downgrade).
     #[error("bind `{bind}`: target `{target}` matches no {what} migration")]
     TargetNotFound {
+        /// The bind being planned.
         bind: String,
+        /// The revision as the user wrote it.
         target: String,
+        /// Which migrations were searched, for the message: `of its` or `applied`.
         what: &'static str,
     },
+    /// A revision target is a prefix of more than one migration's version or name.
     #[error("bind `{bind}`: target `{target}` is ambiguous; it matches {}", candidates.join(", "))]
     AmbiguousTarget {
+        /// The bind being planned.
         bind: String,
+        /// The revision as the user wrote it.
         target: String,
+        /// The folder names of the migrations it matches.
         candidates: Vec<String>,
     },
+    /// The target only makes sense the other way: `base` or `-N` for an upgrade, `head` or
+    /// `+N` for a downgrade.
     #[error("bind `{bind}`: `{target}` is not a target for {direction}; {hint}")]
     WrongDirection {
+        /// The bind being planned.
         bind: String,
+        /// The target as shown on the command line.
         target: String,
+        /// The command that was asked for: `upgrade` or `downgrade`.
         direction: &'static str,
+        /// Which command to use instead.
         hint: &'static str,
     },
+    /// `+N` asks for more migrations than are pending.
     #[error("bind `{bind}`: `+{requested}` asks for more migrations than are pending ({pending})")]
     BeyondHead {
+        /// The bind being planned.
         bind: String,
+        /// The N of `+N`.
         requested: usize,
+        /// How many migrations are pending.
         pending: usize,
     },
+    /// `-N` asks to revert more migrations than are applied.
     #[error(
         "bind `{bind}`: `-{requested}` goes below base; only {applied} migration(s) are applied"
     )]
     BelowBase {
+        /// The bind being planned.
         bind: String,
+        /// The N of `-N`.
         requested: usize,
+        /// How many migrations are applied.
         applied: usize,
     },
+    /// An upgrade's revision target is older than the newest applied migration and nothing
+    /// pending is at or below it.
     #[error("bind `{bind}`: target {target} is already applied and the bind is further on, at {current}; use `orchestrate downgrade` to go back")]
     TargetBehind {
+        /// The bind being planned.
         bind: String,
+        /// The version the target resolved to.
         target: String,
+        /// The version of the newest applied migration.
         current: String,
     },
+    /// A downgrade's revision target names a migration of the chain that is not applied.
     #[error("bind `{bind}`: target {target} is not applied, so a downgrade cannot keep it; see `orchestrate history --bind {bind}`")]
-    NotApplied { bind: String, target: String },
+    NotApplied {
+        /// The bind being planned.
+        bind: String,
+        /// The revision as the user wrote it.
+        target: String,
+    },
+    /// A migration to revert has no `down.sql` in its folder and none stored at apply time.
     #[error("bind `{bind}`: migration {name} cannot be reverted: it has no down.sql and none was stored when it was applied")]
-    NoDownSql { bind: String, name: String },
+    NoDownSql {
+        /// The bind being planned.
+        bind: String,
+        /// The migration's folder name (or recorded name, or version).
+        name: String,
+    },
+    /// A migration cannot run inside the batch's transaction, and the user did not allow it
+    /// to run outside one.
     #[error("bind `{bind}`: migration {name} {reason}, so it cannot be part of an atomic batch; nothing was run. On a PostgreSQL bind, `upgrade --allow-non-atomic` runs it outside any transaction, as a segment of its own between atomic batches; otherwise run it by other means (and `orchestrate stamp` the bind), or change the migration")]
     NonTransactional {
+        /// The bind being planned.
         bind: String,
+        /// The migration's folder name.
         name: String,
+        /// Why, worded to follow the migration's name, such as ``sets `run_in_transaction =
+        /// false` in metadata.toml``.
         reason: String,
     },
+    /// The statement check refused SQL the plan would run (the driver's `check_plan`): it
+    /// would end or escape the batch's transaction.
     #[error("bind `{bind}`: migration {name}, {refusal}")]
     Refused {
+        /// The bind being planned.
         bind: String,
+        /// The migration's folder name.
         name: String,
+        /// Which file, which statement, and why.
         refusal: Refusal,
     },
+    /// The chain and the database disagree in ways the user did not allow (see [`Allow`]).
     #[error("bind `{bind}`: {}", problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
     Drift {
+        /// The bind being planned.
         bind: String,
+        /// Every problem not allowed, each reported.
         problems: Vec<Problem>,
     },
 }

@@ -11,17 +11,26 @@ use std::str::FromStr;
 ///   everything after it (as `flask db downgrade REV`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// `head`: every pending migration, up to the newest of the chain (an upgrade).
     Head,
+    /// `base`: revert every applied migration (a downgrade).
     Base,
+    /// `+N`: apply the next N pending migrations (an upgrade); N is above 0.
     Forward(usize),
+    /// `-N`: revert the N newest applied migrations (a downgrade); N is above 0.
     Back(usize),
+    /// A version, a full folder name, or a unique prefix of either, as written.
     Revision(String),
 }
 
+/// Why a command-line text is not a [`Target`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
+    /// The text is empty or only whitespace.
     #[error("the target is empty; use `head`, `base`, `+N`, `-N` or a revision")]
     Empty,
+    /// The text starts with `+` or `-` but the rest is not a whole number above 0; holds the
+    /// text as given.
     #[error(
         "`{0}` is not a valid relative target; write `+N` or `-N` with N a whole number above 0"
     )]

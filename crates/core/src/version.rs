@@ -10,10 +10,13 @@ pub struct Version(String);
 /// Why a text is not a version.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum VersionError {
+    /// Nothing is left once dashes are removed.
     #[error("the version is empty")]
     Empty,
+    /// Something other than digits and dashes; holds the text as given.
     #[error("the version `{0}` is not made of digits (dashes are allowed and removed)")]
     NotDigits(String),
+    /// More than 50 digits once dashes are removed; holds the text as given.
     #[error(
         "the version `{0}` is longer than 50 digits, which diesel's version table cannot store"
     )]
@@ -42,6 +45,8 @@ impl Version {
         Version(text.to_string())
     }
 
+    /// The version's text: digits without dashes for a parsed version, verbatim for a stored
+    /// one.
     pub fn as_str(&self) -> &str {
         &self.0
     }

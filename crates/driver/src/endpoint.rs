@@ -13,8 +13,11 @@ use crate::error::DriverError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
+    /// PostgreSQL, from a `postgres://` or `postgresql://` URL.
     Postgres,
+    /// SQLite, from a `sqlite://PATH` URL.
     Sqlite,
+    /// MySQL or MariaDB, from a `mysql://` URL.
     Mysql,
 }
 
@@ -28,6 +31,8 @@ pub struct Capabilities {
 }
 
 impl Backend {
+    /// What this backend can do: PostgreSQL has transactional DDL and two-phase commit,
+    /// SQLite only transactional DDL, MySQL and MariaDB neither.
     pub fn capabilities(self) -> Capabilities {
         match self {
             Backend::Postgres => Capabilities {
@@ -67,7 +72,9 @@ impl fmt::Display for Backend {
 /// never printed) and a redacted form for messages.
 #[derive(Clone)]
 pub struct Endpoint {
+    /// The name of the bind this database belongs to.
     pub bind: String,
+    /// Which kind of database the URL names.
     pub backend: Backend,
     url: String,
     redacted: String,
@@ -373,6 +380,8 @@ impl Endpoint {
         url.into()
     }
 
+    /// For a SQLite bind, the database file's path (joined to the project root when the URL
+    /// gave a relative one); `None` for the other backends.
     pub fn sqlite_path(&self) -> Option<&PathBuf> {
         self.sqlite_path.as_ref()
     }

@@ -24,6 +24,7 @@
 //! It deliberately knows nothing of other binds: deciding, ordering and recovering across
 //! binds is the orchestrator's job. No function here prints.
 
+#![deny(missing_docs)]
 // Some public items' docs point maintainers at the private helpers they rest on:
 // `cargo doc --document-private-items` renders those links.
 #![allow(rustdoc::private_intra_doc_links)]

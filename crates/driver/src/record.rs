@@ -27,8 +27,11 @@ pub fn gid_for(batch_id: &str, decider: &str, bind: &str) -> String {
 /// no row the decider's own migrations could rewrite can contradict.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TransactionId {
+    /// The batch the transaction belongs to.
     pub batch_id: String,
+    /// The bind whose `orchestrate_batches` decides the batch.
     pub decider: String,
+    /// The bind whose transaction this is.
     pub bind: String,
     /// The decider's batch transaction (PostgreSQL's `txid_current()`, with its epoch), when
     /// the decider is a PostgreSQL bind; ids written before this existed have none.
@@ -36,6 +39,8 @@ pub struct TransactionId {
 }
 
 impl TransactionId {
+    /// The id of `bind`'s transaction in batch `batch_id` decided by `decider`, naming no
+    /// decider's transaction (see [`TransactionId::with_decider_xid`]).
     pub fn new(batch_id: &str, decider: &str, bind: &str) -> TransactionId {
         TransactionId {
             batch_id: batch_id.into(),
@@ -152,17 +157,24 @@ pub fn quote_literal(text: &str) -> String {
 /// A step to re-run on a SQLite bind that lost its open transaction after the decision.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RedoStep {
+    /// The migration's version.
     pub version: String,
+    /// The migration's folder name.
     pub name: String,
+    /// The SQL the step ran: `up.sql` for an upgrade, the down SQL for a downgrade.
     pub sql: String,
+    /// For an upgrade: the checksum of `up.sql`, recorded with the migration.
     pub checksum: Option<String>,
+    /// For an upgrade: the `down.sql` recorded with the migration.
     pub down_sql: Option<String>,
 }
 
 /// One bind of a batch as the decision record knows it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Participant {
+    /// The bind's name.
     pub bind: String,
+    /// The bind's backend, which says which of the fields below it has.
     pub backend: Backend,
     /// The prepared transaction's id (PostgreSQL binds other than the decider).
     pub gid: Option<String>,
@@ -182,13 +194,19 @@ pub struct Participant {
 /// is the decision.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DecisionRecord {
+    /// The batch decided.
     pub batch_id: String,
+    /// Which way the batch moves its binds: `up` or `down`.
     pub direction: String,
+    /// The bind that holds this record, whose batch transaction's COMMIT is the decision.
     pub decider: String,
+    /// The batch's binds, the decider among them, each with what `recover` needs to finish
+    /// it there.
     pub participants: Vec<Participant>,
 }
 
 impl DecisionRecord {
+    /// The batch's [`Direction`]: `down` is a downgrade, anything else an upgrade.
     pub fn direction(&self) -> Direction {
         if self.direction == "down" {
             Direction::Down

@@ -13,11 +13,17 @@ use crate::schema::MYSQL_LOCK_NAME;
 /// How a bind ends its part of a batch.
 pub enum Ending<'a> {
     /// PostgreSQL participant: prepared, then committed after the decision.
-    Prepare { gid: &'a str },
+    Prepare {
+        /// The id to prepare the transaction under (see [`crate::TransactionId`]).
+        gid: &'a str,
+    },
     /// SQLite participant: the transaction stays open until the decision, then commits.
     HoldOpen,
     /// The decider: writes the decision record and commits; that COMMIT is the decision.
-    Decide { batch_id: &'a str },
+    Decide {
+        /// The batch whose decision record the decider writes.
+        batch_id: &'a str,
+    },
 }
 
 /// The script of a MySQL bind's part of a batch whose migrations are all data-only: an XA

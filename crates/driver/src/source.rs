@@ -7,24 +7,41 @@ use orchestrate_core::{Chain, ChainError, MigrationSource};
 /// Why a bind's migrations folder cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// The bind's migrations folder does not exist (or is not a folder).
     #[error("bind `{bind}`: the migrations folder {} does not exist; create it or set `migrations` for this bind in the config", path.display())]
-    DirMissing { bind: String, path: PathBuf },
+    DirMissing {
+        /// The bind whose migrations were being read.
+        bind: String,
+        /// The migrations folder.
+        path: PathBuf,
+    },
+    /// A folder or file could not be read.
     #[error("bind `{bind}`: cannot read {}: {source}", path.display())]
     Io {
+        /// The bind whose migrations were being read.
         bind: String,
+        /// The folder or file that could not be read.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: io::Error,
     },
+    /// A migration's `metadata.toml` is not valid TOML or has a key this tool does not know.
     #[error("bind `{bind}`: {}: {message}", path.display())]
     BadMetadata {
+        /// The bind whose migrations were being read.
         bind: String,
+        /// The `metadata.toml` file.
         path: PathBuf,
+        /// The TOML parser's message.
         message: String,
     },
+    /// The migrations were read but do not form a valid chain.
     #[error("bind `{bind}`: {source}")]
     Chain {
+        /// The bind whose migrations were being read.
         bind: String,
+        /// Why the migrations are not a valid chain.
         #[source]
         source: ChainError,
     },

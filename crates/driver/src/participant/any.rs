@@ -17,8 +17,11 @@ use crate::record::DecisionRecord;
 
 /// One open connection to one bind, of whichever backend its URL names.
 pub enum BindConnection {
+    /// A PostgreSQL bind's connection.
     Postgres(Postgres),
+    /// A SQLite bind's connection.
     Sqlite(Sqlite),
+    /// A MySQL or MariaDB bind's connection.
     Mysql(Mysql),
 }
 
@@ -53,10 +56,12 @@ impl BindConnection {
         })
     }
 
+    /// The bind's database this connection was opened to.
     pub fn endpoint(&self) -> &Endpoint {
         each!(self, c => c.endpoint())
     }
 
+    /// The bind's backend, which is also which variant this is.
     pub fn backend(&self) -> Backend {
         self.endpoint().backend
     }

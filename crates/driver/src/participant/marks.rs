@@ -21,6 +21,7 @@ pub struct Mark {
     /// finish.
     #[diesel(sql_type = Text)]
     pub kind: String,
+    /// The batch the work belongs to.
     #[diesel(sql_type = Text)]
     pub batch_id: String,
     /// The migration's version (`-` for a batch mark).
@@ -32,12 +33,19 @@ pub struct Mark {
     /// `up`, `down`, `undo-up` (reverting an applied migration) or `undo-down`.
     #[diesel(sql_type = Text)]
     pub direction: String,
+    /// The migration's folder name (empty for a batch mark).
     #[diesel(sql_type = Text)]
     pub name: String,
+    /// How many of the migration's statements are known to have committed, counted as they
+    /// commit (0 for a batch mark).
     #[diesel(sql_type = BigInt)]
     pub statements_done: i64,
+    /// How many statements the migration's SQL has (0 for a batch mark, and for an undo
+    /// with no SQL).
     #[diesel(sql_type = BigInt)]
     pub statements_total: i64,
+    /// When the work started, as text from the caller (the orchestrator writes an RFC 3339
+    /// UTC time); marks are listed in this order.
     #[diesel(sql_type = Text)]
     pub started_at: String,
 }
@@ -197,10 +205,15 @@ impl Mark {
 /// A history row of one batch on one bind, newest first (for undoing a batch on MySQL).
 #[derive(Clone, Debug)]
 pub struct BatchStep {
+    /// The migration's version, as recorded.
     pub version: String,
+    /// The migration's folder name, as recorded.
     pub name: String,
+    /// What the batch did to it: `up` (applied) or `down` (reverted).
     pub direction: String,
+    /// The down SQL recorded with the step, if any.
     pub down_sql: Option<String>,
+    /// The checksum of `up.sql` recorded with the step, if any.
     pub checksum: Option<String>,
 }
 

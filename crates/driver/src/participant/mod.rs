@@ -242,6 +242,7 @@ pub(crate) trait CanDecide: HasSession {}
 
 /// What every participant does with diesel's version table and `orchestrate_history`.
 pub trait Bookkeeping {
+    /// The bind's database this participant is connected to.
     fn endpoint(&self) -> &Endpoint;
 
     /// Reads what the database has applied (not its prepared transactions). Creates nothing.
@@ -495,8 +496,11 @@ pub trait BatchTransaction: Atomic + Decider {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum XactStatus {
+    /// The transaction committed.
     Committed,
+    /// The transaction rolled back, or never finished because its server crashed.
     Aborted,
+    /// The transaction has not ended yet: it is still running, or is prepared.
     InProgress,
 }
 
@@ -551,6 +555,8 @@ pub enum DecisionState {
 pub struct BindState {
     /// Whether the database (SQLite: the file) exists. A missing one has applied nothing.
     pub exists: bool,
+    /// The migrations diesel's version table lists, with what `orchestrate_history` recorded
+    /// about each.
     pub applied: Vec<Applied>,
     /// This tool's prepared transactions on this database: batches in doubt.
     pub in_doubt: Vec<PreparedXact>,
@@ -571,6 +577,7 @@ pub struct ServerIdentity {
     /// When the server started, and its port: `2026-11-26 06:00:01.123+00, port 5432`.
     #[diesel(sql_type = Text)]
     pub server: String,
+    /// The database's name on that server (`current_database()`).
     #[diesel(sql_type = Text)]
     pub database: String,
     /// The server's `max_prepared_transactions`.
@@ -581,8 +588,12 @@ pub struct ServerIdentity {
 /// A prepared transaction of this tool, found in `pg_prepared_xacts` (or by `XA RECOVER`).
 #[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
 pub struct PreparedXact {
+    /// The transaction's id, a [`crate::TransactionId`] as text (on MySQL, rebuilt from the XA
+    /// id and the decider named in the bind's `xa-batch` mark).
     #[diesel(sql_type = Text)]
     pub gid: String,
+    /// When it was prepared: PostgreSQL's timestamp text; on MySQL, when the bind's
+    /// `xa-batch` mark was written.
     #[diesel(sql_type = Text)]
     pub prepared_at: String,
     /// How long it has been prepared (`HH:MM:SS`, PostgreSQL's interval text).
@@ -611,10 +622,13 @@ pub(crate) struct VersionRow {
 /// One row of `orchestrate_history`: a step a batch took on this bind, in the order taken.
 #[derive(Clone, Debug, PartialEq, Eq, QueryableByName, serde::Serialize)]
 pub struct HistoryEvent {
+    /// The batch that took the step; `orchestrate stamp` records under `stamp-<batch id>`.
     #[diesel(sql_type = Text)]
     pub batch_id: String,
+    /// The migration's version (`-` for a `heuristic` row).
     #[diesel(sql_type = Text)]
     pub version: String,
+    /// The migration's folder name (for a `heuristic` row, what happened to the batch here).
     #[diesel(sql_type = Text)]
     pub name: String,
     /// `up`, `down`, `undo` (a MySQL step taken back), `stamp`, `unstamp`, `heuristic`.

@@ -47,7 +47,7 @@ impl HasSession for Mysql {
 
 impl CanDecide for Mysql {}
 
-#[allow(missing_docs, clippy::missing_errors_doc)]
+#[allow(clippy::missing_errors_doc)]
 impl Mysql {
     /// Refuses: this build has no MySQL client.
     pub fn connect(endpoint: &Endpoint, _lock_timeout: Duration) -> Result<Mysql, DriverError> {
@@ -57,50 +57,72 @@ impl Mysql {
         })
     }
 
+    /// With MySQL: takes the bind's session lock and creates the version tables and
+    /// `orchestrate_in_progress`. Unreachable in this build: no `Mysql` exists.
     pub fn begin_nonatomic(&mut self) -> Result<(), DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: [`Mysql::begin_nonatomic`], then opens a bookkeeping transaction. Unreachable in
+    /// this build: no `Mysql` exists.
     pub fn begin_batch(&mut self) -> Result<(), DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: commits the open bookkeeping transaction. Unreachable in this build: no `Mysql`
+    /// exists.
     pub fn commit(&mut self) -> Result<(), DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: rolls back the open bookkeeping transaction, if any. Unreachable in this build:
+    /// no `Mysql` exists.
     pub fn rollback(&mut self) {
         match self.never {}
     }
 
+    /// With MySQL: whether no session holds the bind's migration lock. Unreachable in this build:
+    /// no `Mysql` exists.
     pub fn session_lock_free(&mut self) -> Result<bool, DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: refuses a server whose InnoDB does not flush its log at every commit.
+    /// Unreachable in this build: no `Mysql` exists.
     pub fn check_durable_commits(&mut self) -> Result<(), DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: the marks of work under way and not settled on the bind. Unreachable in this
+    /// build: no `Mysql` exists.
     pub fn marks(&mut self) -> Result<Vec<Mark>, DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: writes a mark, committed at once. Unreachable in this build: no `Mysql` exists.
     pub fn put_mark(&mut self, _mark: &Mark) -> Result<(), DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: records how many statements of a marked migration have committed. Unreachable in
+    /// this build: no `Mysql` exists.
     pub fn set_mark_progress(&mut self, _mark: &Mark, _done: i64) -> Result<(), DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: removes a mark. Unreachable in this build: no `Mysql` exists.
     pub fn clear_mark(&mut self, _mark: &Mark) -> Result<(), DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: runs one statement of a migration outside any transaction. Unreachable in this
+    /// build: no `Mysql` exists.
     pub fn run_statement(&mut self, _name: &str, _sql: &str) -> Result<(), DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: records a finished step and clears its mark in one transaction. Unreachable in
+    /// this build: no `Mysql` exists.
     pub fn finish_marked_step(
         &mut self,
         _batch_id: &str,
@@ -113,10 +135,14 @@ impl Mysql {
         match self.never {}
     }
 
+    /// With MySQL: the steps a batch took on the bind that no undo has reverted, newest first.
+    /// Unreachable in this build: no `Mysql` exists.
     pub fn batch_steps(&mut self, _batch_id: &str) -> Result<Vec<BatchStep>, DriverError> {
         match self.never {}
     }
 
+    /// With MySQL: `XA START` for the bind's part of a batch. Unreachable in this build: no `Mysql`
+    /// exists.
     pub fn start_xa(&mut self, _batch_id: &str) -> Result<Xa<'_>, DriverError> {
         match self.never {}
     }
