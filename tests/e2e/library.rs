@@ -287,6 +287,24 @@ fn the_example_migrates_at_start_and_recovers_a_start_it_was_killed_in() {
     assert!(err.contains("every database is up to date"), "{err}");
     assert!(out.contains("2 user(s)"), "{out}");
 
+    // Two instances starting at once on fresh databases: one migrates, the other finds
+    // nothing to do; both go on with their work.
+    let two = project();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let mut cmd = Command::new(&app);
+            cmd.env("APP_EVENTS_URL", two.db("events").url())
+                .env("APP_DATA_DIR", two.path().join("var"))
+                .env_remove("FAILPOINTS");
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for child in runs {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
+    at_head(&two);
+
     if !cfg!(feature = "failpoints") {
         return;
     }
@@ -308,4 +326,98 @@ fn the_example_migrates_at_start_and_recovers_a_start_it_was_killed_in() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("recover: rolled back"), "{err}");
     assert!(err.contains("migrated 3 database(s)"), "{err}");
+}
+
+/// An empty selection is an error, never "every bind"; a protected environment's downgrade
+/// needs the application's explicit consent (the command line's `--yes`).
+#[test]
+fn empty_selections_and_protected_environments_are_refused() {
+    let mut p = project();
+    let o = embedded(&p).build().unwrap();
+    o.upgrade().unwrap().unwrap();
+    for result in [o.downgrade(&[], "-1"), o.upgrade_to(&[])] {
+        assert!(matches!(result, Err(Error::Config(_))), "{result:?}");
+    }
+    at_head(&p);
+    p.config("protected = true");
+    match embedded(&p).build().unwrap().downgrade(&["users"], "-1") {
+        Err(Error::Refused { kind, errors }) => {
+            assert_eq!(kind, RefusalKind::Invalid);
+            assert!(errors[0].contains("protected"), "{errors:?}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    at_head(&p);
+    embedded(&p)
+        .allow_protected(true)
+        .build()
+        .unwrap()
+        .downgrade(&["users"], "-1")
+        .unwrap()
+        .unwrap();
+    p.assert_states(&[
+        ("users", state(&["users"], &["20240101000000"])),
+        ("billing", state(&["invoices"], &["20240101000000"])),
+        (
+            "events",
+            state(&["events"], &["20240101000000", "20240201000000"]),
+        ),
+    ]);
+}
+
+/// Several instances of an application starting at once (here four threads of one process):
+/// one migrates, the others find nothing left to do; none reports a failure.
+#[test]
+fn applications_starting_at_once_do_not_fail() {
+    let p = project();
+    let o = std::sync::Arc::new(embedded(&p).build().unwrap());
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let o = o.clone();
+            std::thread::spawn(move || o.upgrade().map(|r| r.is_some()))
+        })
+        .collect();
+    let results: Vec<_> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| matches!(r, Ok(true))).count(),
+        1,
+        "{results:?}"
+    );
+    at_head(&p);
+}
+
+/// A down.sql that differs from the copy stored when its migration was applied is used, and
+/// the application hears of it (the command line prints the same note).
+#[test]
+fn a_changed_down_sql_is_reported_to_the_application() {
+    let p = project();
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("events");
+    copy_dir(&app_migrations("events"), &copy);
+    let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = notes.clone();
+    let o = embedded(&p)
+        .migrations("events", Migrations::folder(&copy))
+        .on_progress(move |e| {
+            if let orchestrate::Event::Line(line) = e {
+                seen.lock().unwrap().push(line.to_string());
+            }
+        })
+        .build()
+        .unwrap();
+    o.upgrade().unwrap().unwrap();
+    std::fs::write(
+        copy.join("2024-02-01-000000_index_events/down.sql"),
+        "DROP INDEX IF EXISTS events_by_kind;",
+    )
+    .unwrap();
+    o.downgrade(&["events"], "-1").unwrap().unwrap();
+    let notes = notes.lock().unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("down.sql differs from the copy stored")),
+        "{notes:?}"
+    );
 }

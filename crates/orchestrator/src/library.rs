@@ -83,8 +83,12 @@ impl Migrations {
 
     /// Migrations from `embed_migrations!("migrations/users")`. Their text is read now; the
     /// chain is checked (versions, empty `up.sql`) when the orchestrator is built.
-    /// `metadata.toml`'s `data_only` key does not survive `embed_migrations!`: an embedded
-    /// migration is never `data_only`.
+    ///
+    /// Two differences from the same folder, both from what diesel keeps: `metadata.toml`'s
+    /// `data_only` key does not survive `embed_migrations!` (an embedded migration is never
+    /// `data_only`), and a `metadata.toml` that does not set `run_in_transaction` reads as
+    /// `run_in_transaction = false` (diesel's reading; a folder reads it as `true`), so such a
+    /// migration is refused where the folder's would run: write the key out.
     pub fn embedded(migrations: &diesel_migrations::EmbeddedMigrations) -> Migrations {
         Migrations::Embedded(Embedded::new("embedded", migrations))
     }
@@ -217,6 +221,7 @@ pub struct Builder {
     lock_timeout: Option<Duration>,
     parallelism: Option<usize>,
     allow_non_atomic: bool,
+    allow_protected: bool,
     progress: Option<Callback>,
 }
 
@@ -311,7 +316,17 @@ impl Builder {
         self
     }
 
-    /// Calls `callback` with each progress event of a batch (from several threads).
+    /// In an environment whose configuration says `protected = true`, allow
+    /// [`downgrade`](Orchestrator::downgrade) (the command line's `--yes`). Without it a
+    /// downgrade there is refused.
+    pub fn allow_protected(mut self, allow: bool) -> Builder {
+        self.allow_protected = allow;
+        self
+    }
+
+    /// Calls `callback` with each progress event of a batch (from several threads), and with
+    /// the notes the command line prints before a batch (a down.sql that differs from the
+    /// copy stored when the migration was applied, and which one is used).
     pub fn on_progress(mut self, callback: impl Fn(Event<'_>) + Send + Sync + 'static) -> Builder {
         self.progress = Some(Arc::new(callback));
         self
@@ -419,6 +434,7 @@ impl Builder {
         Ok(Orchestrator {
             settings,
             allow_non_atomic: self.allow_non_atomic,
+            allow_protected: self.allow_protected,
             progress: self.progress,
         })
     }
@@ -441,6 +457,7 @@ fn set_migrations(bind: &mut BindSettings, migrations: Migrations, root: &Path) 
 pub struct Orchestrator {
     settings: Settings,
     allow_non_atomic: bool,
+    allow_protected: bool,
     progress: Option<Callback>,
 }
 
@@ -489,14 +506,22 @@ impl Orchestrator {
     }
 
     /// Each named bind to its target (`head`, a version, `+N`), in one atomic batch; the
-    /// other binds are left alone.
+    /// other binds are left alone. An empty list is an error, not "every bind".
     pub fn upgrade_to(&self, targets: &[(&str, &str)]) -> Result<Option<BatchReport>, Error> {
+        if targets.is_empty() {
+            return Err(Error::Config(
+                "upgrade_to was given no bind; use upgrade() for every bind".into(),
+            ));
+        }
         let (binds, targets) = bind_targets(targets);
         self.migrate(Direction::Up, None, binds, targets)
     }
 
     /// Reverts `binds` to `target` (`-1` is one step, `-N`, a version, or `base`), in one
-    /// atomic batch, with each migration's stored down SQL checked against its source.
+    /// atomic batch. As on the command line, a migration whose down.sql is gone is reverted
+    /// with the copy stored when it was applied, and a down.sql that differs from that copy is
+    /// used with a note (to [`Builder::on_progress`] and `tracing`). An empty `binds` is an
+    /// error; in a `protected` environment it needs [`Builder::allow_protected`].
     ///
     /// ```
     /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
@@ -521,6 +546,17 @@ impl Orchestrator {
     /// assert_eq!(o.status().unwrap()[0].current, head);
     /// ```
     pub fn downgrade(&self, binds: &[&str], target: &str) -> Result<Option<BatchReport>, Error> {
+        if binds.is_empty() {
+            return Err(Error::Config(
+                "downgrade was given no bind: name every bind to revert".into(),
+            ));
+        }
+        if self.settings.protected && !self.allow_protected {
+            return Err(Error::Refused {
+                kind: RefusalKind::Invalid,
+                errors: vec!["this environment is protected (`protected = true`): a downgrade here needs Builder::allow_protected(true), as the command line needs --yes".into()],
+            });
+        }
         let binds = binds.iter().map(|b| b.to_string()).collect();
         self.migrate(Direction::Down, Some(target.into()), binds, Vec::new())
     }
@@ -585,8 +621,40 @@ impl Orchestrator {
             wave_size: None,
             canary: Vec::new(),
         };
-        let checked = check_batch(&self.settings, direction, &args, Allow::default())
+        // Another run (another instance of the application starting at the same time) may
+        // apply the same migrations between this plan and the batch: the batch then fails
+        // with nothing applied, and is planned again, a few times at most.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.migrate_once(direction, &args) {
+                Err(Error::RolledBack { report, .. })
+                    if attempts < 4 && moved_elsewhere(&report) =>
+                {
+                    tracing::info!(batch = %report.batch_id, "the databases changed while the batch was planned; planning again");
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn migrate_once(
+        &self,
+        direction: Direction,
+        args: &MigrateArgs,
+    ) -> Result<Option<BatchReport>, Error> {
+        let checked = check_batch(&self.settings, direction, args, Allow::default())
             .map_err(Error::from_refusal)?;
+        let progress = Events(self.progress.clone());
+        for note in crate::commands::migrate::down_sql_notes(&checked.plans) {
+            let (crate::commands::migrate::Note::Aside(text)
+            | crate::commands::migrate::Note::Result(text)) = note;
+            tracing::warn!("{text}");
+            if let Some(f) = &self.progress {
+                f(Event::Line(&text));
+            }
+        }
         if checked.works.is_empty() {
             return Ok(None);
         }
@@ -603,7 +671,6 @@ impl Orchestrator {
             lock_timeout: self.settings.lock_timeout,
             parallelism: self.settings.parallelism,
         };
-        let progress = Events(self.progress.clone());
         let report = run_batch(checked.works, direction, &options, &progress);
         match &report.verdict {
             Verdict::Committed => Ok(Some(report)),
@@ -620,6 +687,20 @@ impl Orchestrator {
             }),
         }
     }
+}
+
+/// Whether a batch failed only because another run changed a bind between its plan and its
+/// batch (`DriverError::Moved`): nothing was applied, and planning again is right.
+/// (Other binds' errors may be the same; if not, the next plan meets them again.)
+fn moved_elsewhere(report: &BatchReport) -> bool {
+    matches!(
+        &report.verdict,
+        Verdict::RolledBack {
+            error: crate::coordinator::BatchError::Bind(
+                orchestrate_driver::DriverError::Moved { .. }
+            )
+        }
+    )
 }
 
 fn bind_targets(targets: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {

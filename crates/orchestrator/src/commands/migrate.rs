@@ -684,8 +684,25 @@ fn lost_batches(
 
 /// Where a step's down SQL comes from, when it is not the folder's down.sql as applied.
 fn print_down_sql_notes(plans: &[(&BindSettings, Plan)], o: &mut Output) {
-    // An upgrade whose migrations' down.sql a downgrade would refuse goes on, and says so:
-    // once per migration folder (a template's binds share theirs).
+    for note in down_sql_notes(plans) {
+        match note {
+            Note::Aside(text) => o.note(text),
+            Note::Result(text) => o.line(text),
+        }
+    }
+}
+
+/// A note about a batch's down SQL: said beside the result (stderr), or as part of it.
+pub(crate) enum Note {
+    Aside(String),
+    Result(String),
+}
+
+/// What a batch says of its down SQL before it runs: an upgrade whose migrations' down.sql a
+/// downgrade would refuse (once per migration folder: a template's binds share theirs), and a
+/// downgrade that uses the stored copy or a file that differs from it.
+pub(crate) fn down_sql_notes(plans: &[(&BindSettings, Plan)]) -> Vec<Note> {
+    let mut notes = Vec::new();
     let mut said: std::collections::BTreeSet<(std::path::PathBuf, String)> = Default::default();
     let mut chains: BTreeMap<std::path::PathBuf, Option<Chain>> = BTreeMap::new();
     for (b, p) in plans {
@@ -702,22 +719,23 @@ fn print_down_sql_notes(plans: &[(&BindSettings, Plan)], o: &mut Output) {
                     .and_then(|c| c.find(&step.version))
                     .and_then(|f| orchestrate_driver::down_sql_refusal(b.endpoint.backend, f));
                 if let Some(r) = refusal {
-                    o.note(format!(
+                    notes.push(Note::Aside(format!(
                         "note: {}: {}: a downgrade of it would be refused ({r}); the upgrade goes on",
                         b.migrations.display(),
                         step.name
-                    ));
+                    )));
                 }
             }
         }
         for step in &p.steps {
             match step.down_source {
-                Some(DownSqlSource::Stored) => o.line(format!("note: {}: {} has no down.sql on disk; using the copy stored when it was applied", b.name, step.name)),
-                Some(DownSqlSource::FileDiffersFromStored) => o.line(format!("note: {}: {}/down.sql differs from the copy stored when it was applied; using the file", b.name, step.name)),
+                Some(DownSqlSource::Stored) => notes.push(Note::Result(format!("note: {}: {} has no down.sql on disk; using the copy stored when it was applied", b.name, step.name))),
+                Some(DownSqlSource::FileDiffersFromStored) => notes.push(Note::Result(format!("note: {}: {}/down.sql differs from the copy stored when it was applied; using the file", b.name, step.name))),
                 _ => {}
             }
         }
     }
+    notes
 }
 
 /// Non-atomic (MySQL) binds: each migration needs undo SQL and no compound body, and the
