@@ -1087,6 +1087,25 @@ fn review14_an_xa_participant_does_not_bypass_the_deciders_transaction() {
     };
     assert_eq!(xa(), 1, "{before:?}");
     p.db("z_dec").execute(&rewrite_decision("abort"));
+    // status tells both participants what recover will do: nothing (review 15: the XA one
+    // was told `abort`).
+    let status = p.run(&["status", "--json"]);
+    status.expect(3);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let decisions: Vec<&str> = json["binds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["in_doubt"].as_array().unwrap())
+        .map(|d| d["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions.len(), 2, "{json}");
+    assert!(
+        decisions
+            .iter()
+            .all(|d| d.starts_with("unknown:") && d.contains("rewrote the decision")),
+        "{decisions:?}"
+    );
     p.run(&["recover", "--dry-run"]).expect(3);
     let recover = p.run(&["recover"]);
     recover.expect(3);

@@ -79,7 +79,7 @@ const READ_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reads every bind, concurrently.
 pub fn inspect(settings: &Settings, binds: &[&BindSettings]) -> Vec<BindReport> {
-    let decisions: Mutex<HashMap<(String, String), String>> = Mutex::new(HashMap::new());
+    let decisions: Mutex<HashMap<DecisionKey, String>> = Mutex::new(HashMap::new());
     let found: Mutex<Vec<DecisionRecord>> = Mutex::new(Vec::new());
     let pool = crate::workers(settings.parallelism);
     let mut reports: Vec<BindReport> = pool.install(|| {
@@ -88,6 +88,7 @@ pub fn inspect(settings: &Settings, binds: &[&BindSettings]) -> Vec<BindReport> 
             .map(|b| inspect_one(settings, b, &decisions, &found))
             .collect()
     });
+    with_batch_transactions(settings, &mut reports, &decisions);
     let mut found = found.into_inner().unwrap();
     let (elsewhere, unreadable) = decisions_elsewhere(settings, binds);
     found.extend(elsewhere);
@@ -147,7 +148,7 @@ pub fn decisions_elsewhere(
 fn inspect_one(
     settings: &Settings,
     bind: &BindSettings,
-    decisions: &Mutex<HashMap<(String, String), String>>,
+    decisions: &Mutex<HashMap<DecisionKey, String>>,
     found: &Mutex<Vec<DecisionRecord>>,
 ) -> BindReport {
     let started = Instant::now();
@@ -233,7 +234,7 @@ fn empty_report(bind: &BindSettings) -> BindReport {
 fn read_prepared(
     settings: &Settings,
     conn: &mut BindConnection,
-    decisions: &Mutex<HashMap<(String, String), String>>,
+    decisions: &Mutex<HashMap<DecisionKey, String>>,
     report: &mut BindReport,
 ) {
     match conn.prepared() {
@@ -292,50 +293,19 @@ fn compare_with_chain(
     }
 }
 
+/// A batch's decision as `status` tells it, by batch, decider and the decider transaction
+/// the participant names (XA participants name none).
+type DecisionKey = (String, String, Option<u64>);
+
 fn describe(
     settings: &Settings,
     p: orchestrate_driver::PreparedXact,
-    decisions: &Mutex<HashMap<(String, String), String>>,
+    decisions: &Mutex<HashMap<DecisionKey, String>>,
 ) -> InDoubt {
     let (batch_id, decider, xid) = TransactionId::parse(&p.gid)
         .map(|t| (t.batch_id, t.decider, t.decider_xid))
         .unwrap_or_default();
-    let key = (batch_id.clone(), decider.clone());
-    let known = decisions.lock().unwrap().get(&key).cloned();
-    let decision = known.unwrap_or_else(|| {
-        let found = match settings.bind(&decider) {
-            None => format!("unknown: the decider `{decider}` is not configured"),
-            Some(d) => match BindConnection::connect(&d.endpoint, false, READ_LOCK_TIMEOUT)
-                .and_then(|mut c| {
-                    let state = c.decision_state(&batch_id)?;
-                    // What recover will say of a row that disagrees with the decider's
-                    // transaction (see recover::disagreement): nothing is decided from it.
-                    if let (Some(s), Some(xid)) = (&state, xid) {
-                        let place = format!("the decider `{decider}`'s orchestrate_batches");
-                        if let Some(why) =
-                            crate::recover::disagreement(&mut c, s, xid, &batch_id, &place)?
-                        {
-                            return Ok(Err(why));
-                        }
-                    }
-                    Ok(Ok(state))
-                }) {
-                Ok(Err(why)) => format!("unknown: {why}"),
-                Ok(Ok(state)) => match state {
-                    Some(DecisionState::Commit(_)) => "commit".into(),
-                    Some(DecisionState::Abort) => "abort".into(),
-                    Some(DecisionState::Begun) if batch_is_running(settings, &p.gid) => {
-                        "running".into()
-                    }
-                    Some(DecisionState::Begun) => "none".into(),
-                    None => format!("unknown: no row for the batch in the decider `{decider}`'s orchestrate_batches"),
-                },
-                Err(e) => format!("unknown: {e}"),
-            },
-        };
-        decisions.lock().unwrap().insert(key, found.clone());
-        found
-    });
+    let decision = decision_text(settings, &p.gid, &batch_id, &decider, xid, decisions);
     InDoubt {
         gid: p.gid,
         batch_id,
@@ -343,6 +313,84 @@ fn describe(
         prepared_at: p.prepared_at,
         age: p.age,
         decision,
+    }
+}
+
+/// What is known of a batch's decision (see [`InDoubt::decision`]), read once per key.
+fn decision_text(
+    settings: &Settings,
+    gid: &str,
+    batch_id: &str,
+    decider: &str,
+    xid: Option<u64>,
+    decisions: &Mutex<HashMap<DecisionKey, String>>,
+) -> String {
+    let key = (batch_id.to_string(), decider.to_string(), xid);
+    if let Some(known) = decisions.lock().unwrap().get(&key) {
+        return known.clone();
+    }
+    let found = match settings.bind(decider) {
+        None => format!("unknown: the decider `{decider}` is not configured"),
+        Some(d) => match BindConnection::connect(&d.endpoint, false, READ_LOCK_TIMEOUT).and_then(
+            |mut c| {
+                let state = c.decision_state(batch_id)?;
+                // What recover will say of a row that disagrees with the decider's
+                // transaction (see recover::disagreement): nothing is decided from it.
+                if let (Some(s), Some(xid)) = (&state, xid) {
+                    let place = format!("the decider `{decider}`'s orchestrate_batches");
+                    if let Some(why) =
+                        crate::recover::disagreement(&mut c, s, xid, batch_id, &place)?
+                    {
+                        return Ok(Err(why));
+                    }
+                }
+                Ok(Ok(state))
+            },
+        ) {
+            Ok(Err(why)) => format!("unknown: {why}"),
+            Ok(Ok(state)) => match state {
+                Some(DecisionState::Commit(_)) => "commit".into(),
+                Some(DecisionState::Abort) => "abort".into(),
+                Some(DecisionState::Begun) if batch_is_running(settings, gid) => "running".into(),
+                Some(DecisionState::Begun) => "none".into(),
+                None => format!(
+                    "unknown: no row for the batch in the decider `{decider}`'s orchestrate_batches"
+                ),
+            },
+            Err(e) => format!("unknown: {e}"),
+        },
+    };
+    decisions.lock().unwrap().insert(key, found.clone());
+    found
+}
+
+/// A participant whose id names no decider transaction (an XA participant) is told its
+/// batch's decision with the transaction another participant of the batch names, as
+/// `recover` acts on it.
+fn with_batch_transactions(
+    settings: &Settings,
+    reports: &mut [BindReport],
+    decisions: &Mutex<HashMap<DecisionKey, String>>,
+) {
+    let xids: HashMap<(String, String), u64> = reports
+        .iter()
+        .flat_map(|r| r.in_doubt.iter())
+        .filter_map(|d| TransactionId::parse(&d.gid))
+        .filter_map(|id| Some(((id.batch_id, id.decider), id.decider_xid?)))
+        .collect();
+    for d in reports.iter_mut().flat_map(|r| r.in_doubt.iter_mut()) {
+        let own = TransactionId::parse(&d.gid).and_then(|id| id.decider_xid);
+        let batch = xids.get(&(d.batch_id.clone(), d.decider.clone()));
+        if let (None, Some(&xid)) = (own, batch) {
+            d.decision = decision_text(
+                settings,
+                &d.gid,
+                &d.batch_id,
+                &d.decider,
+                Some(xid),
+                decisions,
+            );
+        }
     }
 }
 
