@@ -119,6 +119,10 @@ fn a_failing_embedded_migration_leaves_every_bind_as_it_was() {
 
 /// Each refusal comes back as a typed error, and nothing is changed.
 #[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features orchestrate/failpoints (scripts/test.sh sets it)"
+)]
 fn refusals_are_typed_errors() {
     let p = project();
     // Building: a bad URL, an unknown bind, an unknown decider, an invalid chain.
@@ -295,13 +299,20 @@ fn the_example_migrates_at_start_and_recovers_a_start_it_was_killed_in() {
             let mut cmd = Command::new(&app);
             cmd.env("APP_EVENTS_URL", two.db("events").url())
                 .env("APP_DATA_DIR", two.path().join("var"))
-                .env_remove("FAILPOINTS");
+                .env_remove("FAILPOINTS")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
             cmd.spawn().unwrap()
         })
         .collect();
     for child in runs {
         let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     at_head(&two);
 

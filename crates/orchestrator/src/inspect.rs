@@ -372,12 +372,12 @@ fn with_batch_transactions(
     reports: &mut [BindReport],
     decisions: &Mutex<HashMap<DecisionKey, String>>,
 ) {
-    let xids: HashMap<(String, String), u64> = reports
-        .iter()
-        .flat_map(|r| r.in_doubt.iter())
-        .filter_map(|d| TransactionId::parse(&d.gid))
-        .filter_map(|id| Some(((id.batch_id, id.decider), id.decider_xid?)))
-        .collect();
+    let xids = crate::recover::decider_transactions(
+        reports
+            .iter()
+            .flat_map(|r| r.in_doubt.iter())
+            .map(|d| d.gid.as_str()),
+    );
     for d in reports.iter_mut().flat_map(|r| r.in_doubt.iter_mut()) {
         let own = TransactionId::parse(&d.gid).and_then(|id| id.decider_xid);
         let batch = xids.get(&(d.batch_id.clone(), d.decider.clone()));

@@ -650,10 +650,7 @@ impl Orchestrator {
         for note in crate::commands::migrate::down_sql_notes(&checked.plans) {
             let (crate::commands::migrate::Note::Aside(text)
             | crate::commands::migrate::Note::Result(text)) = note;
-            tracing::warn!("{text}");
-            if let Some(f) = &self.progress {
-                f(Event::Line(&text));
-            }
+            progress.line(&text);
         }
         if checked.works.is_empty() {
             return Ok(None);

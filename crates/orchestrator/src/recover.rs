@@ -168,10 +168,7 @@ fn decision_of(
             "its decider `{decider}` is not a configured bind, so whether the batch was decided cannot be read; configure it and run recover again"
         ));
     };
-    let place = format!(
-        "orchestrate_batches of the decider `{decider}` ({})",
-        bind.endpoint.redacted()
-    );
+    let place = decisions_place(bind);
     let running = format!(
         "its coordinator still holds batch {batch_id} on the decider `{decider}` (it is running, or its session is still ending); left alone. Run recover again once it has finished, or with a longer --wait"
     );
@@ -307,13 +304,13 @@ pub fn recover(settings: &Settings, dry_run: bool, wait: Duration) -> RecoverRep
         .filter(|b| b.endpoint.backend != Backend::Sqlite)
         .map(|b| (b, read_found(settings, b)))
         .collect();
-    let xids: Xids = found
-        .iter()
-        .filter_map(|(_, f)| f.as_ref().ok())
-        .flat_map(|f| f.prepared.iter())
-        .filter_map(|x| TransactionId::parse(&x.gid))
-        .filter_map(|id| Some(((id.batch_id, id.decider), id.decider_xid?)))
-        .collect();
+    let xids = decider_transactions(
+        found
+            .iter()
+            .filter_map(|(_, f)| f.as_ref().ok())
+            .flat_map(|f| f.prepared.iter())
+            .map(|x| x.gid.as_str()),
+    );
     for (bind, found) in found {
         let found = match found {
             Ok(found) => found,
@@ -379,7 +376,24 @@ struct PreparedStep<'a> {
 
 /// The decider transaction of each batch (by batch and decider) that some PostgreSQL
 /// participant's prepared transaction names.
-type Xids = BTreeMap<(String, String), u64>;
+pub(crate) type Xids = BTreeMap<(String, String), u64>;
+
+/// The decider transactions the prepared transactions `gids` name, by batch and decider: what
+/// every participant of a batch is checked against, whichever names it.
+pub(crate) fn decider_transactions<'a>(gids: impl Iterator<Item = &'a str>) -> Xids {
+    gids.filter_map(TransactionId::parse)
+        .filter_map(|id| Some(((id.batch_id, id.decider), id.decider_xid?)))
+        .collect()
+}
+
+/// Where a decider keeps its decisions, as messages name it.
+fn decisions_place(decider: &crate::settings::BindSettings) -> String {
+    format!(
+        "orchestrate_batches of the decider `{}` ({})",
+        decider.name,
+        decider.endpoint.redacted()
+    )
+}
 
 /// What step 1 reads on a PostgreSQL or MySQL bind before acting on any: its prepared
 /// transactions, and (PostgreSQL) the marks of migrations run outside a transaction.
@@ -523,11 +537,7 @@ fn settle_decided(
             .filter_map(|p| p.gid.as_deref().and_then(TransactionId::parse))
             .find_map(|id| id.decider_xid);
         if let (Ok(Some(state)), Some(xid)) = (&confirmed, decider_xid) {
-            let place = format!(
-                "orchestrate_batches of the decider `{}` ({})",
-                decider.name,
-                decider.endpoint.redacted()
-            );
+            let place = decisions_place(decider);
             let checked = BindConnection::connect(&decider.endpoint, false, timeout)
                 .and_then(|mut c| disagreement(&mut c, state, xid, &record.batch_id, &place));
             match checked {

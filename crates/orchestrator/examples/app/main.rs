@@ -120,9 +120,15 @@ fn stop(e: Error) -> ExitCode {
 }
 
 fn work(data_dir: &str, events_url: &str) -> Result<String, Box<dyn std::error::Error>> {
-    let mut users = SqliteConnection::establish(&format!("{data_dir}/users.sqlite3"))?;
+    // Another instance may be writing too: wait for SQLite's write lock rather than fail.
+    let sqlite = |file: &str| -> Result<SqliteConnection, Box<dyn std::error::Error>> {
+        let mut c = SqliteConnection::establish(&format!("{data_dir}/{file}"))?;
+        c.batch_execute("PRAGMA busy_timeout = 5000")?;
+        Ok(c)
+    };
+    let mut users = sqlite("users.sqlite3")?;
     users.batch_execute("INSERT INTO users (name, email) VALUES ('ada', 'ada@example.com')")?;
-    let mut billing = SqliteConnection::establish(&format!("{data_dir}/billing.sqlite3"))?;
+    let mut billing = sqlite("billing.sqlite3")?;
     billing.batch_execute("INSERT INTO invoices (user_id, cents) VALUES (1, 1200)")?;
     let mut events = PgConnection::establish(events_url)?;
     events.batch_execute("INSERT INTO events (kind) VALUES ('started')")?;
