@@ -1120,6 +1120,42 @@ fn review14_an_xa_participant_does_not_bypass_the_deciders_transaction() {
     recover.expect(3);
     assert_eq!(p.states(), before, "{recover:?}");
     assert_eq!(xa(), 1, "{recover:?}");
+    // Review 16: status of the XA bind alone reads the other binds for the txid.
+    let alone = p.run(&["status", "--bind", "a_shop"]);
+    alone.expect(3);
+    assert!(
+        alone.stdout.contains("something rewrote the decision"),
+        "{alone:?}"
+    );
+    // Review 16: a forged prepared transaction naming another transaction of the decider
+    // makes the ids disagree: nothing is decided from either (it used to win, and recover
+    // rolled every participant back).
+    let real = p.db("b_pg").state().prepared.remove(0);
+    let batch = real.split(':').nth(1).unwrap().to_string();
+    let forged = format!("orchestrate:{batch}:z_dec:zz:3");
+    p.db("z_dec").execute(&format!(
+        "BEGIN; CREATE TABLE forged (i int); PREPARE TRANSACTION '{forged}';"
+    ));
+    let recover = p.run(&["recover"]);
+    recover.expect(3);
+    assert!(
+        recover.stdout.contains("name different transactions"),
+        "{recover:?}"
+    );
+    assert_eq!(
+        p.db("b_pg").state().prepared,
+        vec![real.clone()],
+        "{recover:?}"
+    );
+    assert_eq!(xa(), 1, "{recover:?}");
+    let status = p.run(&["status"]);
+    status.expect(3);
+    assert!(
+        status.stdout.contains("name different transactions"),
+        "{status:?}"
+    );
+    p.db("z_dec")
+        .execute(&format!("ROLLBACK PREPARED '{forged}'"));
     p.db("z_dec").execute(&restore_decision("abort"));
     p.run(&["recover"]).expect(0);
     p.assert_states(&[

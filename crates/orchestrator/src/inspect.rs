@@ -302,10 +302,15 @@ fn describe(
     p: orchestrate_driver::PreparedXact,
     decisions: &Mutex<HashMap<DecisionKey, String>>,
 ) -> InDoubt {
-    let (batch_id, decider, xid) = TransactionId::parse(&p.gid)
+    let parsed = TransactionId::parse(&p.gid);
+    let (batch_id, decider, xid) = parsed
+        .clone()
         .map(|t| (t.batch_id, t.decider, t.decider_xid))
         .unwrap_or_default();
-    let decision = decision_text(settings, &p.gid, &batch_id, &decider, xid, decisions);
+    let decision = match parsed {
+        Some(_) => decision_text(settings, &p.gid, &batch_id, &decider, xid, decisions),
+        None => "unknown: an id this version does not understand; end it by hand".into(),
+    };
     InDoubt {
         gid: p.gid,
         batch_id,
@@ -364,32 +369,67 @@ fn decision_text(
     found
 }
 
-/// A participant whose id names no decider transaction (an XA participant) is told its
-/// batch's decision with the transaction another participant of the batch names, as
-/// `recover` acts on it.
+/// Every participant is told its batch's decision with the decider transaction the batch's
+/// participants name, as `recover` acts on it: an XA participant (whose id names none) gets
+/// the one another participant names, read on the binds not selected too when needed; ids
+/// that name different transactions decide nothing.
 fn with_batch_transactions(
     settings: &Settings,
     reports: &mut [BindReport],
     decisions: &Mutex<HashMap<DecisionKey, String>>,
 ) {
-    let xids = crate::recover::decider_transactions(
-        reports
-            .iter()
-            .flat_map(|r| r.in_doubt.iter())
-            .map(|d| d.gid.as_str()),
-    );
+    let mut gids: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r.in_doubt.iter())
+        .map(|d| d.gid.clone())
+        .collect();
+    // Only a PostgreSQL decider's transaction is named in its participants' ids.
+    let pg_decider = |decider: &str| {
+        settings
+            .bind(decider)
+            .is_some_and(|b| b.endpoint.backend == Backend::Postgres)
+    };
+    let unnamed = reports.iter().flat_map(|r| r.in_doubt.iter()).any(|d| {
+        TransactionId::parse(&d.gid)
+            .is_some_and(|id| id.decider_xid.is_none() && pg_decider(&id.decider))
+    });
+    let mut unread: Vec<String> = Vec::new();
+    if unnamed {
+        for other in settings.binds.iter().filter(|b| {
+            b.endpoint.backend != Backend::Sqlite && !reports.iter().any(|r| r.bind == b.name)
+        }) {
+            match BindConnection::connect(&other.endpoint, false, READ_LOCK_TIMEOUT)
+                .and_then(|mut c| c.prepared())
+            {
+                Ok(list) => gids.extend(list.into_iter().map(|p| p.gid)),
+                Err(e) => unread.push(format!("{}: {e}", other.name)),
+            }
+        }
+    }
+    let xids = crate::recover::decider_transactions(gids.iter().map(String::as_str));
     for d in reports.iter_mut().flat_map(|r| r.in_doubt.iter_mut()) {
-        let own = TransactionId::parse(&d.gid).and_then(|id| id.decider_xid);
-        let batch = xids.get(&(d.batch_id.clone(), d.decider.clone()));
-        if let (None, Some(&xid)) = (own, batch) {
-            d.decision = decision_text(
-                settings,
-                &d.gid,
-                &d.batch_id,
-                &d.decider,
-                Some(xid),
-                decisions,
-            );
+        let Some(id) = TransactionId::parse(&d.gid) else {
+            continue;
+        };
+        match crate::recover::batch_xid(&xids, &d.batch_id, &d.decider, id.decider_xid) {
+            Err(why) => d.decision = format!("unknown: {why}"),
+            Ok(None) if !unread.is_empty() && pg_decider(&d.decider) => {
+                d.decision = format!(
+                    "unknown: binds that may name its decider's transaction could not be read ({})",
+                    unread.join("; ")
+                )
+            }
+            Ok(Some(xid)) if id.decider_xid.is_none() => {
+                d.decision = decision_text(
+                    settings,
+                    &d.gid,
+                    &d.batch_id,
+                    &d.decider,
+                    Some(xid),
+                    decisions,
+                )
+            }
+            Ok(_) => {}
         }
     }
 }

@@ -374,16 +374,46 @@ struct PreparedStep<'a> {
     report: &'a mut RecoverReport,
 }
 
-/// The decider transaction of each batch (by batch and decider) that some PostgreSQL
-/// participant's prepared transaction names.
-pub(crate) type Xids = BTreeMap<(String, String), u64>;
+/// The decider transactions (by batch and decider) that PostgreSQL participants' prepared
+/// transactions name: one per batch, unless an id was forged or is another tool's.
+pub(crate) type Xids = BTreeMap<(String, String), std::collections::BTreeSet<u64>>;
 
 /// The decider transactions the prepared transactions `gids` name, by batch and decider: what
 /// every participant of a batch is checked against, whichever names it.
 pub(crate) fn decider_transactions<'a>(gids: impl Iterator<Item = &'a str>) -> Xids {
-    gids.filter_map(TransactionId::parse)
-        .filter_map(|id| Some(((id.batch_id, id.decider), id.decider_xid?)))
-        .collect()
+    let mut xids = Xids::new();
+    for id in gids.filter_map(TransactionId::parse) {
+        if let Some(xid) = id.decider_xid {
+            xids.entry((id.batch_id, id.decider))
+                .or_default()
+                .insert(xid);
+        }
+    }
+    xids
+}
+
+/// The one decider transaction a participant of `batch_id` is checked against: the one its
+/// own id (`own`) and every other participant's name. Ids that name different transactions
+/// decide nothing (one of them was forged, or is another tool's).
+pub(crate) fn batch_xid(
+    xids: &Xids,
+    batch_id: &str,
+    decider: &str,
+    own: Option<u64>,
+) -> Result<Option<u64>, String> {
+    let mut named = xids
+        .get(&(batch_id.to_string(), decider.to_string()))
+        .cloned()
+        .unwrap_or_default();
+    named.extend(own);
+    if named.len() > 1 {
+        let list: Vec<String> = named.iter().map(u64::to_string).collect();
+        return Err(format!(
+            "the prepared transactions of batch {batch_id} name different transactions of its decider `{decider}` (txids {}): one of them is not this batch's (forged, or another tool's), so nothing was decided for it; find which and end it by hand",
+            list.join(", ")
+        ));
+    }
+    Ok(named.into_iter().next())
 }
 
 /// Where a decider keeps its decisions, as messages name it.
@@ -453,11 +483,13 @@ impl PreparedStep<'_> {
             return action("", ActionKind::Attention, format!("prepared transaction {} has an id this version does not understand; end it by hand", xact.gid));
         };
         let (settings, dry_run, wait) = (self.settings, self.dry_run, self.wait);
-        let xid = self
-            .xids
-            .get(&(gid.batch_id.clone(), gid.decider.clone()))
-            .copied()
-            .or(gid.decider_xid);
+        let xid = match batch_xid(self.xids, &gid.batch_id, &gid.decider, gid.decider_xid) {
+            Ok(xid) => xid,
+            Err(why) => {
+                let detail = format!("prepared transaction {}: {why}", xact.gid);
+                return action(&gid.batch_id, ActionKind::LeftAlone, detail);
+            }
+        };
         let decision = self
             .decisions
             .entry((gid.batch_id.clone(), gid.decider.clone()))
@@ -1155,19 +1187,20 @@ impl<'a> MarksRecovery<'a> {
                     .into(),
             )
         } else {
-            // Recovering the decider itself: this recover holds (or found free) its lock, so
-            // no coordinator holds it.
-            decision_of(
-                self.settings,
-                &m.decider,
-                &m.batch_id,
-                self.dry_run,
-                self.wait,
-                m.decider == self.bind.name,
-                self.xids
-                    .get(&(m.batch_id.clone(), m.decider.clone()))
-                    .copied(),
-            )
+            match batch_xid(self.xids, &m.batch_id, &m.decider, None) {
+                Err(why) => Decision::Unknown(why),
+                // Recovering the decider itself: this recover holds (or found free) its lock,
+                // so no coordinator holds it.
+                Ok(xid) => decision_of(
+                    self.settings,
+                    &m.decider,
+                    &m.batch_id,
+                    self.dry_run,
+                    self.wait,
+                    m.decider == self.bind.name,
+                    xid,
+                ),
+            }
         };
         let steps = match self.conn.batch_steps(&m.batch_id) {
             Ok(s) => s,
