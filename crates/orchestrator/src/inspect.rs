@@ -237,18 +237,15 @@ fn read_prepared(
     decisions: &Mutex<HashMap<DecisionKey, String>>,
     report: &mut BindReport,
 ) {
-    match conn.prepared() {
-        Ok(list) => {
-            for p in list {
+    match conn.prepared_and_foreign() {
+        Ok((ours, foreign)) => {
+            for p in ours {
                 report.in_doubt.push(describe(settings, p, decisions));
             }
+            report.unsettled.extend(foreign.into_iter().map(|gid| format!(
+                "prepared transaction `{gid}` is not this tool's but holds this database's migration lock (a migration ran PREPARE TRANSACTION itself?), so every batch here waits on it; look at it and end it by hand (COMMIT PREPARED or ROLLBACK PREPARED '{gid}')"
+            )));
         }
-        Err(e) => report.errors.push(e.to_string()),
-    }
-    match conn.foreign_lock_holders() {
-        Ok(list) => report.unsettled.extend(list.into_iter().map(|gid| format!(
-            "prepared transaction `{gid}` is not this tool's but holds this database's migration lock (a migration ran PREPARE TRANSACTION itself?), so every batch here waits on it; look at it and end it by hand (COMMIT PREPARED or ROLLBACK PREPARED '{gid}')"
-        ))),
         Err(e) => {
             report.chain_error = Some(e.to_string());
             report.errors.push(e.to_string());

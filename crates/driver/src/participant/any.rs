@@ -126,6 +126,18 @@ impl BindConnection {
         }
     }
 
+    /// [`BindConnection::prepared`] and [`BindConnection::foreign_lock_holders`] at once (one
+    /// statement on PostgreSQL).
+    pub fn prepared_and_foreign(
+        &mut self,
+    ) -> Result<(Vec<PreparedXact>, Vec<String>), DriverError> {
+        match self {
+            BindConnection::Postgres(c) => c.prepared_and_foreign(),
+            BindConnection::Mysql(c) => Ok((c.prepared()?, Vec::new())),
+            BindConnection::Sqlite(_) => Ok((Vec::new(), Vec::new())),
+        }
+    }
+
     /// What the server knows of the decider's batch transaction `xid` (named in its
     /// participants' transaction ids, see [`crate::TransactionId`]): `None` where it cannot
     /// tell (not PostgreSQL; a transaction so old its status was discarded).

@@ -129,6 +129,15 @@ pub(crate) trait Db:
     /// A query listing the tables (column `s`) in `schema`, where this tool keeps its own.
     fn tables_sql(schema: &str) -> String;
 
+    /// One statement reading at once what [`Db::tables_sql`], the history's `up` and `stamp`
+    /// rows and diesel's versions give (as [`ReadRow`]s: `t` a table, `h` a history row,
+    /// `v` a version), for a backend where that saves work; it fails, as a missing table
+    /// ([`crate::ErrorClass::Missing`]), unless diesel's table and the history both exist.
+    /// `None`: they are read one by one.
+    fn read_all_sql(_schema: &str) -> Option<String> {
+        None
+    }
+
     /// A query counting (column `n`) what could change a row of `orchestrate_batches` in
     /// `schema` behind the writer's back: triggers, and on PostgreSQL rules, row security and
     /// any deferrable constraint trigger in the database.
@@ -652,6 +661,25 @@ pub(crate) struct HistoryRow {
     pub(crate) checksum: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     pub(crate) down_sql: Option<String>,
+}
+
+/// A row of [`Db::read_all_sql`]: its kind, then text columns whose meaning the kind gives.
+#[derive(QueryableByName)]
+pub(crate) struct ReadRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) k: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) a: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) b: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) c: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) d: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) e: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) n: i64,
 }
 
 #[derive(QueryableByName)]

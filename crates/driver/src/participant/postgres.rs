@@ -90,6 +90,20 @@ impl Db for PgConnection {
         )
     }
 
+    /// The catalog, the history and the versions in one statement: on a backend that has
+    /// just started, every statement costs the server far more than the round trip.
+    fn read_all_sql(schema: &str) -> Option<String> {
+        Some(format!(
+            "SELECT 't' AS k, CAST(c.relname AS TEXT) AS a, NULL AS b, NULL AS c, NULL AS d, NULL AS e, 0::bigint AS n \
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
+             WHERE ns.nspname = {} AND c.relkind IN ('r', 'p') AND (c.relname LIKE 'orchestrate%' OR c.relname = '__diesel_schema_migrations') \
+             UNION ALL SELECT 'h', version, name, direction, checksum, down_sql, id FROM {{orchestrate_history}} \
+             WHERE direction IN ('up', 'stamp') \
+             UNION ALL SELECT 'v', CAST(version AS TEXT), NULL, NULL, NULL, NULL, 0 FROM {{__diesel_schema_migrations}}",
+            quote_literal(schema)
+        ))
+    }
+
     fn hooks_sql(schema: &str) -> String {
         let of = format!(
             "JOIN pg_catalog.pg_class c ON c.oid = {{}} JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
@@ -310,6 +324,55 @@ impl Postgres {
         .load(&mut self.s.conn);
         rows.map(|r| r.into_iter().filter_map(|n| n.s).collect())
             .map_err(|e| self.s.query_err("cannot read pg_locks", e))
+    }
+
+    /// This tool's prepared transactions here ([`Resolve::prepared`]) and the foreign ones that
+    /// hold its migration lock ([`Postgres::foreign_lock_holders`]), in one statement: what
+    /// `status` reads of every bind before its version tables.
+    pub fn prepared_and_foreign(
+        &mut self,
+    ) -> Result<(Vec<PreparedXact>, Vec<String>), DriverError> {
+        #[derive(QueryableByName)]
+        struct Found {
+            #[diesel(sql_type = Text)]
+            gid: String,
+            #[diesel(sql_type = Text)]
+            prepared_at: String,
+            #[diesel(sql_type = Text)]
+            age: String,
+            #[diesel(sql_type = Bool)]
+            ours: bool,
+            #[diesel(sql_type = Bool)]
+            holds_lock: bool,
+        }
+        let rows: Vec<Found> = diesel::sql_query(
+            "SELECT p.gid, CAST(p.prepared AS TEXT) AS prepared_at, \
+             CAST(date_trunc('second', now() - p.prepared) AS TEXT) AS age, starts_with(p.gid, $1) AS ours, \
+             EXISTS (SELECT 1 FROM pg_catalog.pg_locks t \
+               JOIN pg_catalog.pg_locks l ON l.virtualtransaction = t.virtualtransaction AND l.pid IS NULL \
+               WHERE t.locktype = 'transactionid' AND t.transactionid = p.transaction \
+               AND l.locktype = 'advisory' AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) \
+               AND l.objsubid = 1 AND ((l.classid::bigint << 32) | l.objid::bigint) = $2) AS holds_lock \
+             FROM pg_catalog.pg_prepared_xacts p WHERE p.database = pg_catalog.current_database() ORDER BY p.prepared",
+        )
+        .bind::<Text, _>(GID_PREFIX)
+        .bind::<BigInt, _>(LOCK_KEY)
+        .load(&mut self.s.conn)
+        .map_err(|e| self.s.query_err("cannot read pg_prepared_xacts", e))?;
+        let mut ours = Vec::new();
+        let mut foreign = Vec::new();
+        for r in rows {
+            if r.ours {
+                ours.push(PreparedXact {
+                    gid: r.gid,
+                    prepared_at: r.prepared_at,
+                    age: r.age,
+                });
+            } else if r.holds_lock {
+                foreign.push(r.gid);
+            }
+        }
+        Ok((ours, foreign))
     }
 
     /// The databases of this server whose name matches `pattern` (SQL `LIKE`), in name order;
@@ -611,8 +674,14 @@ impl Atomic for Postgres {
         at: &str,
     ) -> Result<(), DriverError> {
         let xact = self.xact;
-        self.s
-            .run_step(batch_id, direction, step, at, |s| left_transaction(s, xact))
+        self.s.run_step(
+            batch_id,
+            direction,
+            step,
+            at,
+            |s| left_transaction(s, xact),
+            xact,
+        )
     }
 
     fn rollback(&mut self) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use orchestrate_core::{Applied, Direction, Step, Version};
 
-use super::{Arg, Count, Db, HistoryRow, Name, Row, VersionRow};
+use super::{Arg, Count, Db, HistoryRow, Name, ReadRow, Row, VersionRow};
 use crate::endpoint::Endpoint;
 use crate::error::DriverError;
 use crate::participant::BindState;
@@ -275,6 +275,14 @@ impl<C: Db> Session<C> {
             exists: true,
             ..BindState::default()
         };
+        if let Some(sql) = C::read_all_sql(&self.schema_name()) {
+            match self.rows::<ReadRow>("cannot read the version tables", &sql, &[]) {
+                Ok(rows) => return self.read_applied_from(state, rows),
+                // A table is missing (a bind not yet migrated): read what is there.
+                Err(e) if e.is_missing() => {}
+                Err(e) => return Err(e),
+            }
+        }
         let tables = self.existing_tables()?;
         let has = |t: &str| tables.iter().any(|x| x == t);
         state.marks = C::marks(self, &tables)?;
@@ -292,6 +300,46 @@ impl<C: Db> Session<C> {
         Ok(state)
     }
 
+    /// [`Session::read_applied`] from the rows of [`Db::read_all_sql`], reading the marks and
+    /// decisions when their tables exist.
+    fn read_applied_from(
+        &mut self,
+        mut state: BindState,
+        mut rows: Vec<ReadRow>,
+    ) -> Result<BindState, DriverError> {
+        // The newest history row of a version wins, as in `recorded_steps`.
+        rows.sort_by_key(|r| r.n);
+        let mut tables = Vec::new();
+        let mut versions = Vec::new();
+        let mut recorded = HashMap::new();
+        for r in rows {
+            match (r.k.as_str(), r.a) {
+                ("t", Some(table)) => tables.push(table),
+                ("v", Some(version)) => versions.push(version),
+                ("h", Some(version)) => {
+                    recorded.insert(
+                        version.clone(),
+                        HistoryRow {
+                            version,
+                            name: r.b.unwrap_or_default(),
+                            direction: r.c.unwrap_or_default(),
+                            checksum: r.d,
+                            down_sql: r.e,
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        let has = |t: &str| tables.iter().any(|x| x == t);
+        state.marks = C::marks(self, &tables)?;
+        if has(BATCHES) || has(schema::LEGACY_DECISIONS) {
+            state.unsettled = self.unsettled_decisions()?;
+        }
+        state.applied = with_recorded(versions, recorded);
+        Ok(state)
+    }
+
     /// The newest `up` or `stamp` history row of each version: name, checksum, down SQL.
     fn recorded_steps(&mut self) -> Result<HashMap<String, HistoryRow>, DriverError> {
         let rows: Vec<HistoryRow> = self.rows(
@@ -306,23 +354,9 @@ impl<C: Db> Session<C> {
     /// diesel's versions, with what the history recorded of each, in version order.
     fn applied_with(
         &mut self,
-        mut recorded: HashMap<String, HistoryRow>,
+        recorded: HashMap<String, HistoryRow>,
     ) -> Result<Vec<Applied>, DriverError> {
-        let mut applied: Vec<Applied> = self
-            .applied_versions()?
-            .into_iter()
-            .map(|v| {
-                let row = recorded.remove(&v);
-                Applied {
-                    version: Version::from_stored(&v),
-                    name: row.as_ref().map(|r| r.name.clone()),
-                    checksum: row.as_ref().and_then(|r| r.checksum.clone()),
-                    down_sql: row.and_then(|r| r.down_sql),
-                }
-            })
-            .collect();
-        applied.sort_by(|a, b| a.version.cmp(&b.version));
-        Ok(applied)
+        Ok(with_recorded(self.applied_versions()?, recorded))
     }
 
     /// The versions in diesel's table.
@@ -471,6 +505,8 @@ impl<C: Db> Session<C> {
     /// whether the batch's transaction ended under the migration (then
     /// [`DriverError::LeftTransaction`] is the answer, even when the migration failed
     /// afterwards: what it ran before may be committed, which "rolled back" would hide).
+    /// `in_batch`, the batch transaction's id where the backend has one (PostgreSQL), lets
+    /// both bookkeeping rows go in one statement ([`Session::record_step_in`]).
     pub(crate) fn run_step(
         &mut self,
         batch_id: &str,
@@ -478,6 +514,7 @@ impl<C: Db> Session<C> {
         step: &Step,
         at: &str,
         left: impl Fn(&mut Self) -> Result<bool, DriverError>,
+        in_batch: Option<i64>,
     ) -> Result<(), DriverError> {
         let left_transaction = |bind: String| DriverError::LeftTransaction {
             bind,
@@ -496,11 +533,88 @@ impl<C: Db> Session<C> {
             };
             return Err(self.migration_err_in(&step.name, file, &step.sql, source));
         }
+        // Whether the batch's transaction is still the one open is asked first, on its own:
+        // after a failed write, a transaction a migration opened in its place (or its own
+        // aborted one) could not be asked.
         if left(self)? {
             return Err(left_transaction(self.bind()));
         }
-        self.record_step(batch_id, direction, &direction.to_string(), step, at)
+        let recorded = match in_batch {
+            // Both bookkeeping rows in one statement, still written only in that transaction.
+            Some(xact) => self.record_step_in(xact, batch_id, direction, step, at)?,
+            None => {
+                self.record_step(batch_id, direction, &direction.to_string(), step, at)?;
+                true
+            }
+        };
+        if !recorded {
+            return Err(left_transaction(self.bind()));
+        }
+        Ok(())
     }
+
+    /// Records a step run in the batch transaction whose id is `xact` (PostgreSQL's
+    /// `txid_current()`), in one statement that writes nothing unless the transaction open
+    /// now is still that one. Returns whether it wrote (false: a migration ended the batch's
+    /// transaction). The rows are the same [`Session::record_step`] writes.
+    pub(crate) fn record_step_in(
+        &mut self,
+        xact: i64,
+        batch_id: &str,
+        direction: Direction,
+        step: &Step,
+        at: &str,
+    ) -> Result<bool, DriverError> {
+        let version_sql = match direction {
+            Direction::Up => {
+                "v AS (INSERT INTO {__diesel_schema_migrations} (version) SELECT ? FROM t WHERE t.ok RETURNING 1)"
+            }
+            Direction::Down => {
+                "v AS (DELETE FROM {__diesel_schema_migrations} WHERE version = ? AND (SELECT ok FROM t) RETURNING 1)"
+            }
+        };
+        let sql = format!(
+            "WITH t AS (SELECT pg_catalog.txid_current() = ? AS ok), {version_sql}, \
+             h AS (INSERT INTO {{orchestrate_history}} (batch_id, version, name, direction, checksum, down_sql, at) \
+             SELECT ?, ?, ?, ?, ?, ?, ? FROM t WHERE t.ok RETURNING 1) \
+             SELECT count(*) AS n FROM h"
+        );
+        let label = direction.to_string();
+        let written = self.count(
+            "cannot record the migration in __diesel_schema_migrations and orchestrate_history",
+            &sql,
+            &[
+                Arg::Int(xact),
+                Arg::Text(step.version.as_str()),
+                Arg::Text(batch_id),
+                Arg::Text(step.version.as_str()),
+                Arg::Text(&step.name),
+                Arg::Text(&label),
+                Arg::MaybeText(step.checksum.as_deref()),
+                Arg::MaybeText(step.down_sql.as_deref()),
+                Arg::Text(at),
+            ],
+        )?;
+        Ok(written == 1)
+    }
+}
+
+/// diesel's `versions`, with what the history `recorded` of each, in version order.
+fn with_recorded(versions: Vec<String>, mut recorded: HashMap<String, HistoryRow>) -> Vec<Applied> {
+    let mut applied: Vec<Applied> = versions
+        .into_iter()
+        .map(|v| {
+            let row = recorded.remove(&v);
+            Applied {
+                version: Version::from_stored(&v),
+                name: row.as_ref().map(|r| r.name.clone()),
+                checksum: row.as_ref().and_then(|r| r.checksum.clone()),
+                down_sql: row.and_then(|r| r.down_sql),
+            }
+        })
+        .collect();
+    applied.sort_by(|a, b| a.version.cmp(&b.version));
+    applied
 }
 
 /// The line and column (from 1) of the character at `position` (1-based, in characters, as

@@ -215,7 +215,7 @@ impl Atomic for Sqlite {
         at: &str,
     ) -> Result<(), DriverError> {
         self.s
-            .run_step(batch_id, direction, step, at, left_transaction)
+            .run_step(batch_id, direction, step, at, left_transaction, None)
     }
 
     fn rollback(&mut self) {
