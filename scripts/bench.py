@@ -156,7 +156,7 @@ def main():
     ap.add_argument("--pg-url", help="an admin URL of a server to use instead of a throwaway cluster")
     ap.add_argument("--wave-size", type=int, default=50, help="the rollout's wave size (W)")
     ap.add_argument("--keep", type=int, default=150,
-                    help="connections the libpq floor keeps open for COMMIT PREPARED (under max_connections)")
+                    help="connections the libpq floor, and orchestrate (keep_connections), keep open for COMMIT PREPARED (under max_connections)")
     args = ap.parse_args()
     binary = os.path.abspath(args.binary)
     if not os.path.exists(binary):
@@ -238,7 +238,8 @@ def bench_size(m, n, args, binary, admin, base):
     project = tempfile.mkdtemp(prefix="orchestrate-bench.")
     os.makedirs(os.path.join(project, "config"))
     with open(os.path.join(project, "config/default.toml"), "w") as f:
-        f.write(f"parallelism = {args.parallelism}\nlock_timeout_ms = 60000\n")
+        # The same connection budget as the libpq floor: sessions kept open for COMMIT PREPARED.
+        f.write(f"parallelism = {args.parallelism}\nlock_timeout_ms = 60000\nkeep_connections = {args.keep}\n")
         f.write(f'[templates.db]\nurl = "{base}/{{name}}"\nmigrations = "migrations/db"\nnames = [{", ".join(repr(x).replace(chr(39), chr(34)) for x in names)}]\n')
     for v in range(1, n + 1):
         d = os.path.join(project, "migrations/db", f"{v}_m{v}")

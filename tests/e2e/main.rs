@@ -17,6 +17,7 @@ mod crash;
 mod drift;
 mod environments;
 mod hang;
+mod kept;
 mod library;
 mod mysql;
 mod protocol_gaps;

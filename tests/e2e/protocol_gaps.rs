@@ -876,10 +876,12 @@ fn a_mysql_only_batch_that_loses_its_decider_while_deciding_is_left_to_recover()
 }
 
 /// A batch of `a_pg` (decider) and `b_pg` whose decider's migration sleeps 3 s and then fails:
-/// it runs in the background and is returned once `b_pg` has prepared.
-fn batch_failing_after_b_pg_prepared() -> (Project, std::process::Child) {
+/// it runs in the background and is returned once `b_pg` has prepared. `config`: more
+/// configuration lines.
+fn batch_failing_after_b_pg_prepared(config: &str) -> (Project, std::process::Child) {
     let mut p = Project::new();
     p.config("decider = \"a_pg\"");
+    p.config(config);
     p.add_pg("a_pg").add_pg("b_pg");
     p.migration(
         "a_pg",
@@ -912,7 +914,8 @@ fn finished(child: std::process::Child) -> (Option<i32>, String) {
 #[test]
 fn a_failed_batch_with_a_participant_left_prepared_says_so() {
     use diesel::Connection;
-    let (p, child) = batch_failing_after_b_pg_prepared();
+    // b_pg's session is not kept: it must connect again to roll back, and cannot.
+    let (p, child) = batch_failing_after_b_pg_prepared("keep_connections = 0");
     let b_name = p.db("b_pg").pg_name();
     let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
     admin
@@ -928,6 +931,28 @@ fn a_failed_batch_with_a_participant_left_prepared_says_so() {
     assert_eq!(p.db("b_pg").state().prepared.len(), 1, "{text}");
     p.run(&["recover"]).expect(0);
     p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+}
+
+/// The same failure with b_pg's session kept (the default): it is rolled back on that
+/// session, although no new connection to its database is allowed.
+#[test]
+fn a_failed_batch_rolls_back_a_kept_participant_without_connecting_again() {
+    use diesel::Connection;
+    let (p, child) = batch_failing_after_b_pg_prepared("");
+    let b_name = p.db("b_pg").pg_name();
+    let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
+    admin
+        .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS false"))
+        .unwrap();
+    let (code, text) = finished(child);
+    admin
+        .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS true"))
+        .unwrap();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("every bind is as it was"), "{text}");
+    assert!(p.db("b_pg").state().prepared.is_empty(), "{text}");
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+    p.run(&["recover"]).expect(0);
 }
 
 /// A failure before the decision (a deferred constraint on the decider) after a non-atomic
@@ -977,7 +1002,8 @@ fn a_failed_batch_whose_mysql_undo_fails_says_so() {
 /// says so and exits 3, never "every bind is as it was".
 #[test]
 fn a_failed_batch_with_a_participant_committed_by_hand_says_so() {
-    let (p, child) = batch_failing_after_b_pg_prepared();
+    // b_pg keeps its session: ROLLBACK PREPARED fails there, and a fresh one looks.
+    let (p, child) = batch_failing_after_b_pg_prepared("");
     let gid = p.db("b_pg").state().prepared[0].clone();
     p.db("b_pg").execute(&format!("COMMIT PREPARED '{gid}'"));
     let (code, text) = finished(child);

@@ -20,7 +20,7 @@
 //! reads the decision later. Batches of MySQL binds only: [`Batch::run_nonatomic_only`].
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use orchestrate_core::Direction;
@@ -123,6 +123,9 @@ pub struct RunOptions {
     pub lock_timeout: Duration,
     /// How many binds work at once in the first and last phases.
     pub parallelism: usize,
+    /// How many PostgreSQL participants keep their session from PREPARE to COMMIT PREPARED
+    /// (the others close it once prepared and connect again to commit).
+    pub keep_connections: usize,
 }
 
 /// A new batch id: UTC time and 32 random bits, `20261124T221000Z-0a1b2c3d`.
@@ -191,6 +194,10 @@ enum Held {
     },
     /// A PostgreSQL bind's prepared transaction; its connection is released.
     Prepared { gid: String },
+    /// A PostgreSQL bind's prepared transaction, and the session that prepared it, kept to
+    /// end it (under [`RunOptions::keep_connections`]). Should that session fail, a fresh
+    /// one ends it, as for [`Held::Prepared`]: a prepared transaction belongs to no session.
+    PreparedKept { conn: Box<Postgres>, gid: String },
     /// A PostgreSQL bind whose connection was lost while PREPARE was under way.
     ReplyLost { gid: String },
     /// A MySQL bind's prepared XA transaction, ended later on the same session: another
@@ -463,6 +470,7 @@ impl<'a> Batch<'a> {
             .filter(|i| *i != self.decider && is_atomic(self.works, *i))
             .collect();
         let failed_flag = AtomicBool::new(false);
+        let keep = AtomicUsize::new(self.options.keep_connections);
         self.progress.phase("prepare", participants.len());
         let results: Vec<PhaseOne> = self.pool.install(|| {
             participants
@@ -479,6 +487,7 @@ impl<'a> Batch<'a> {
                         direction: self.direction,
                         at: &self.at,
                         decider_xid,
+                        keep: &keep,
                     };
                     let result = phase_one(&share, self.options.lock_timeout);
                     match &result {
@@ -593,7 +602,9 @@ impl<'a> Batch<'a> {
                 }
             } else {
                 match held.iter().find(|(j, _)| *j == i) {
-                    Some((_, Held::Prepared { gid })) | Some((_, Held::PreparedHere { gid, .. })) => {
+                    Some((_, Held::Prepared { gid }))
+                    | Some((_, Held::PreparedKept { gid, .. }))
+                    | Some((_, Held::PreparedHere { gid, .. })) => {
                         BindOutcome::LeftPrepared { gid: gid.clone() }
                     }
                     _ if nonatomic.contains(&i) => BindOutcome::Attention {
@@ -740,6 +751,15 @@ impl<'a> Batch<'a> {
                     }
                 }
             }
+            Held::PreparedKept { mut conn, gid } => match conn.commit_prepared(&gid) {
+                Ok(()) => (BindOutcome::Committed, None),
+                Err(e) => {
+                    drop(conn);
+                    let outcome = resolve_prepared(endpoint, &gid, &self.id, true, timeout);
+                    let problem = problem(&outcome, &e);
+                    (outcome, problem)
+                }
+            },
             Held::PreparedHere { mut conn, gid } => match conn.commit_prepared(&gid) {
                 Ok(()) => (BindOutcome::Committed, None),
                 Err(e) => {
@@ -824,6 +844,13 @@ impl<'a> Batch<'a> {
                 detail: format!("the reply to PREPARE TRANSACTION {gid} was lost, so whether it is prepared is unknown; the batch is recorded as aborted, so `orchestrate recover` rolls it back if it is there"),
             },
             Held::Prepared { gid } => resolve_prepared(endpoint, &gid, &self.id, false, timeout),
+            Held::PreparedKept { mut conn, gid } => match conn.rollback_prepared(&gid) {
+                Ok(()) => BindOutcome::RolledBack,
+                Err(_) => {
+                    drop(conn);
+                    resolve_prepared(endpoint, &gid, &self.id, false, timeout)
+                }
+            },
             Held::PreparedHere { mut conn, gid } => match conn.rollback_prepared(&gid) {
                 Ok(()) => BindOutcome::RolledBack,
                 Err(_) => {
@@ -1130,6 +1157,8 @@ struct Share<'a> {
     at: &'a str,
     /// The decider's batch transaction, named in PostgreSQL participants' ids.
     decider_xid: Option<u64>,
+    /// Sessions still allowed to stay open after PREPARE (counted down).
+    keep: &'a AtomicUsize,
 }
 
 /// A failure before anything could be prepared.
@@ -1191,6 +1220,16 @@ fn phase_one(share: &Share, lock_timeout: Duration) -> Result<Held, Box<Failed>>
             share.run(&mut conn, opened)?;
             let gid = share.gid();
             prepare(&mut conn, &gid)?;
+            let kept = share
+                .keep
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if kept {
+                return Ok(Held::PreparedKept {
+                    conn: Box::new(conn),
+                    gid,
+                });
+            }
             // The prepared transaction needs no connection: release it now.
             drop(conn);
             Ok(Held::Prepared { gid })

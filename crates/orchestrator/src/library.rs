@@ -42,9 +42,10 @@
 //! ```
 //!
 //! Connections: the library opens its own connections from each bind's URL (at most
-//! `parallelism` binds at once, each with one connection, and one more for the decider), so a
-//! server's `max_connections` must leave room for `parallelism + 1` of them besides the
-//! application's own pool. PostgreSQL binds need `max_prepared_transactions` of at least the
+//! `parallelism` binds at once, each with one connection, one more for the decider, and up to
+//! `keep_connections`, default 32, prepared PostgreSQL participants that keep theirs until
+//! COMMIT PREPARED), so a server's `max_connections` must leave room for
+//! `parallelism + keep_connections + 1` of them besides the application's own pool. PostgreSQL binds need `max_prepared_transactions` of at least the
 //! number of PostgreSQL binds of a batch on that server (checked before anything runs). Giving
 //! an application's existing connection pool instead of a URL is not supported yet.
 
@@ -220,6 +221,7 @@ pub struct Builder {
     decider: Option<String>,
     lock_timeout: Option<Duration>,
     parallelism: Option<usize>,
+    keep_connections: Option<usize>,
     allow_non_atomic: bool,
     allow_protected: bool,
     progress: Option<Callback>,
@@ -309,6 +311,14 @@ impl Builder {
         self
     }
 
+    /// How many prepared PostgreSQL participants keep their session until COMMIT PREPARED
+    /// (default 32; each saves a connection at commit, and holds one meanwhile). 0 closes
+    /// each session once its transaction is prepared.
+    pub fn keep_connections(mut self, n: usize) -> Builder {
+        self.keep_connections = Some(n);
+        self
+    }
+
     /// Accept MySQL binds although their DDL cannot be atomic (the command line's
     /// `--allow-non-atomic`; see the README).
     pub fn allow_non_atomic(mut self, allow: bool) -> Builder {
@@ -358,6 +368,7 @@ impl Builder {
                 decider: None,
                 lock_timeout: Duration::from_secs(10),
                 parallelism: 8,
+                keep_connections: crate::settings::DEFAULT_KEEP_CONNECTIONS,
                 rollout: RolloutSettings::default(),
                 protected: false,
                 origins: Default::default(),
@@ -422,6 +433,9 @@ impl Builder {
                 )));
             }
             settings.parallelism = n;
+        }
+        if let Some(n) = self.keep_connections {
+            settings.keep_connections = n;
         }
         let problems: Vec<String> = settings
             .binds
@@ -667,6 +681,7 @@ impl Orchestrator {
             preferred_decider: self.settings.decider.clone(),
             lock_timeout: self.settings.lock_timeout,
             parallelism: self.settings.parallelism,
+            keep_connections: self.settings.keep_connections,
         };
         let report = run_batch(checked.works, direction, &options, &progress);
         match &report.verdict {

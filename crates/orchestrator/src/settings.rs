@@ -46,6 +46,7 @@ struct RawSettings {
     decider: Option<String>,
     lock_timeout_ms: Option<u64>,
     parallelism: Option<usize>,
+    keep_connections: Option<usize>,
     rollout: Option<RawRollout>,
     /// This environment is protected: downgrades, stamps, resolves and `--allow-*` need
     /// `--yes` (or a confirmation typed on a terminal).
@@ -137,6 +138,9 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// How many binds are read or worked on at once.
     pub parallelism: usize,
+    /// How many PostgreSQL sessions a batch keeps open from PREPARE to COMMIT PREPARED
+    /// (each saves a connection at commit); the others are closed once prepared.
+    pub keep_connections: usize,
     /// How a selection is cut into waves (`[rollout]`); by default one batch.
     pub rollout: RolloutSettings,
     /// `protected = true`: what can lose or rewrite history here needs `--yes`.
@@ -412,6 +416,11 @@ const MAX_LOCK_TIMEOUT_MS: u64 = 2_147_483_647;
 
 /// The most binds worked on at once: each is a thread and a database connection.
 const MAX_PARALLELISM: usize = 256;
+/// The largest `keep_connections`: more than any server's connection budget.
+const MAX_KEEP_CONNECTIONS: usize = 10_000;
+/// `keep_connections` by default: with `parallelism` 8 and the decider, 41 connections at
+/// most, under PostgreSQL's default `max_connections = 100`.
+pub const DEFAULT_KEEP_CONNECTIONS: usize = 32;
 
 impl Settings {
     pub fn load(sources: &Sources) -> Result<Settings, SettingsError> {
@@ -556,6 +565,11 @@ impl Settings {
                 "`parallelism = {n}` is out of range: give 1 to {MAX_PARALLELISM} (each unit is a thread and a database connection); 8 is the default"
             )));
         }
+        if let Some(n) = raw.keep_connections.filter(|n| *n > MAX_KEEP_CONNECTIONS) {
+            return Err(SettingsError::Invalid(format!(
+                "`keep_connections = {n}` is out of range: give 0 to {MAX_KEEP_CONNECTIONS} (PostgreSQL sessions a batch keeps open from PREPARE to COMMIT PREPARED; 0 closes each once prepared); {DEFAULT_KEEP_CONNECTIONS} is the default"
+            )));
+        }
         let mut binds = Vec::with_capacity(raw.binds.len());
         let mut templates = Vec::with_capacity(raw.templates.len());
         for (template, t) in &raw.templates {
@@ -653,6 +667,7 @@ impl Settings {
         Ok(Settings {
             root: root.to_path_buf(),
             parallelism,
+            keep_connections: raw.keep_connections.unwrap_or(DEFAULT_KEEP_CONNECTIONS),
             protected: raw.protected.unwrap_or(false),
             rollout: RolloutSettings {
                 wave_size: rollout.wave_size,
@@ -860,6 +875,8 @@ mod tests {
         fs::create_dir_all(tmp.path().join("var")).unwrap();
         let cases = [
             ("lock_timeout_ms = 0\n[binds.a]\nurl = \"sqlite://a\"\n", "lock_timeout_ms = 0"),
+            ("keep_connections = 10001\n[binds.a]\nurl = \"sqlite://a\"\n", "give 0 to 10000"),
+            ("keep_connections = -1\n[binds.a]\nurl = \"sqlite://a\"\n", "keep_connections"),
             (
                 "lock_timeout_ms = 2147483648\n[binds.a]\nurl = \"sqlite://a\"\n",
                 "give 1 to 2147483647",

@@ -65,6 +65,7 @@ pub fn config(settings: &Settings, json: bool, o: &mut Output) -> i32 {
         "decider": entry(json!(settings.decider), settings.origin("decider")),
         "lock_timeout_ms": entry(json!(settings.lock_timeout.as_millis() as u64), settings.origin("lock_timeout_ms")),
         "parallelism": entry(json!(settings.parallelism), settings.origin("parallelism")),
+        "keep_connections": entry(json!(settings.keep_connections), settings.origin("keep_connections")),
         "protected": entry(json!(settings.protected), settings.origin("protected")),
         "rollout": {
             "wave_size": entry(json!(settings.rollout.wave_size), settings.origin("rollout.wave_size")),
@@ -89,7 +90,13 @@ pub fn config(settings: &Settings, json: bool, o: &mut Output) -> i32 {
         "layers, later ones win: {}",
         settings.layers.join(", ")
     ));
-    for key in ["decider", "lock_timeout_ms", "parallelism", "protected"] {
+    for key in [
+        "decider",
+        "lock_timeout_ms",
+        "parallelism",
+        "keep_connections",
+        "protected",
+    ] {
         let e = &report[key];
         o.line(format_args!(
             "{key:<16} {:<40} from {}",

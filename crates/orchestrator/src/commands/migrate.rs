@@ -133,6 +133,7 @@ pub(crate) fn run_one(
         preferred_decider: settings.decider.clone(),
         lock_timeout: settings.lock_timeout,
         parallelism: settings.parallelism,
+        keep_connections: settings.keep_connections,
     };
     // A large batch prints a summary instead of a line per bind, unless --verbose.
     let summarise = works.len() > SUMMARY_ABOVE && !args.verbose;
