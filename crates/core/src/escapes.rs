@@ -264,10 +264,11 @@ pub const BOOKKEEPING_TABLES: [&str; 8] = [
 /// or not), a string, or a routine's or `DO` block's body (strings and dollar-quoted text are
 /// read as text, so `EXECUTE 'DELETE FROM orchestrate_batches'` is found too).
 pub fn touches_bookkeeping(dialect: Dialect, sql: &str) -> Option<Found> {
+    let escapes = escapes_named_in(sql);
     readings(dialect).find_map(|reading| {
         lex_as(dialect, sql, reading).into_iter().find_map(|t| {
             let raw = sql.get(t.at..t.end)?;
-            let table = names_bookkeeping_in(raw, sql)?;
+            let table = names_bookkeeping_with(raw, &escapes)?;
             Some(Found {
                 line: line_at(sql, t.at),
                 statement: format!("a statement naming {table}"),
@@ -281,14 +282,12 @@ pub fn touches_bookkeeping(dialect: Dialect, sql: &str) -> Option<Found> {
 /// as written and with its backslash escapes decoded both ways PostgreSQL reads them
 /// (`U&"orchestrate\005fbatches"`, `E'orchestrate\x5fbatches'`, `\137`).
 pub fn names_bookkeeping(text: &str) -> Option<&'static str> {
-    names_bookkeeping_in(text, text)
+    names_bookkeeping_with(text, &escapes_named_in(text))
 }
 
-/// [`names_bookkeeping`], with the escape characters `UESCAPE` names anywhere in `context`
-/// (the statement or file around `text`) tried too.
-fn names_bookkeeping_in(text: &str, context: &str) -> Option<&'static str> {
-    // Escapes are decoded before case is folded (`\U` and `\u` differ); `U&` text may name
-    // its own escape character (`UESCAPE '!'`).
+/// The escape characters of `U&` text: the backslash, and every one `UESCAPE` names anywhere
+/// in `context` (the statement or file around the text).
+fn escapes_named_in(context: &str) -> Vec<char> {
     let mut escapes = vec!['\\'];
     let lower_all = context.to_ascii_lowercase();
     for (i, _) in lower_all.match_indices("uescape") {
@@ -300,6 +299,22 @@ fn names_bookkeeping_in(text: &str, context: &str) -> Option<&'static str> {
             escapes.push(c);
         }
     }
+    escapes
+}
+
+/// [`names_bookkeeping`], with each of `escapes` tried as `U&` text's escape character.
+fn names_bookkeeping_with(text: &str, escapes: &[char]) -> Option<&'static str> {
+    // Decoding escapes only ever shortens text: what is shorter than every name names none.
+    let shortest = BOOKKEEPING_TABLES
+        .iter()
+        .map(|t| t.len())
+        .min()
+        .unwrap_or(0);
+    if text.len() < shortest {
+        return None;
+    }
+    // Escapes are decoded before case is folded (`\U` and `\u` differ); `U&` text may name
+    // its own escape character (`UESCAPE '!'`).
     let mut readings = vec![text.to_string(), decode_escapes(text, '\\', false)];
     readings.extend(escapes.iter().map(|e| decode_escapes(text, *e, true)));
     readings

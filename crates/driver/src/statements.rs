@@ -26,6 +26,9 @@ use pg_query::protobuf::{
 };
 use pg_query::NodeEnum;
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use crate::Backend;
 
 fn dialect(backend: Backend) -> Dialect {
@@ -37,7 +40,26 @@ fn dialect(backend: Backend) -> Dialect {
 }
 
 /// The first statement of `sql` that cannot be part of a batch on `backend`, if any.
+///
+/// Remembered for the process: the binds of a template share one chain, and every one of them
+/// would otherwise have the same files parsed again.
 pub fn check_sql(backend: Backend, sql: &str) -> Option<Found> {
+    type Checked = Mutex<HashMap<(u8, String), Option<Found>>>;
+    static CHECKED: OnceLock<Checked> = OnceLock::new();
+    let key = (backend as u8, sql.to_string());
+    let checked = CHECKED.get_or_init(Default::default);
+    if let Some(found) = checked.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return found.clone();
+    }
+    let found = check_sql_uncached(backend, sql);
+    checked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, found.clone());
+    found
+}
+
+fn check_sql_uncached(backend: Backend, sql: &str) -> Option<Found> {
     let statements = if backend == Backend::Postgres {
         match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
             Ok(parsed) => check_parsed(sql, &parsed, 0),
