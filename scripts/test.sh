@@ -5,7 +5,8 @@
 # - a throwaway PostgreSQL cluster with prepared transactions enabled is started in a temporary
 #   folder and stopped afterwards, unless ORCHESTRATE_TEST_PG_URL names a server already;
 # - likewise a throwaway MariaDB server (scripts/mariadb-server.sh), unless
-#   ORCHESTRATE_TEST_MYSQL_URL names one (an admin URL: the tests create databases).
+#   ORCHESTRATE_TEST_MYSQL_URL names one (an admin URL: the tests create databases);
+# - Debian's chromium and chromium-driver, for the browser test of `orchestrate serve`.
 # With CI=true nothing is skipped: a database that cannot be had fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,21 @@ if [ -z "${ORCHESTRATE_TEST_MYSQL_URL:-}" ]; then
   fi
   export ORCHESTRATE_TEST_MYSQL_URL
   say "MariaDB for tests: $ORCHESTRATE_TEST_MYSQL_URL"
+fi
+
+# The browser test (tests/e2e/browser.rs) drives Debian's headless Chromium through
+# ChromeDriver; both are installed when missing (root only). Without them that test fails.
+if [ -z "${ORCHESTRATE_TEST_CHROMIUM:-}" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing chromium and chromium-driver (the browser test)"
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null); then
+      say "could not install chromium; the browser test will fail"
+      [ "${CI:-}" = true ] && exit 1
+    fi
+  else
+    say "chromium and chromium-driver are missing and cannot be installed without root; the browser test will fail"
+    [ "${CI:-}" = true ] && exit 1
+  fi
 fi
 
 # The failpoints feature compiles the crash points the crash tests use (inert without FAILPOINTS).

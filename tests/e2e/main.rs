@@ -11,6 +11,8 @@ mod adversarial3;
 mod adversarial5;
 mod adversarial6;
 mod arbitration;
+#[cfg(feature = "serve")]
+mod browser;
 mod cli;
 mod config;
 mod crash;
@@ -26,5 +28,7 @@ mod rollout;
 mod scale;
 mod seed;
 mod segments;
+#[cfg(feature = "serve")]
+mod serve;
 mod statements;
 mod support;

@@ -48,6 +48,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `orchestrate serve`'s options.
+#[cfg(feature = "serve")]
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The environments shown, in order: neighbours are compared, and each can be promoted
+    /// to the next. Default: every config/<ENV>.toml but default.toml, in name order.
+    #[arg(value_name = "ENV")]
+    pub environments: Vec<String>,
+    /// The address and port to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8470", value_name = "ADDRESS:PORT")]
+    pub listen: String,
+    /// The file every action is appended to as a JSON line (who, what, when, from where,
+    /// outcome); relative to the project root.
+    #[arg(long, default_value = ".orchestrate/audit.log", value_name = "FILE")]
+    pub audit_log: PathBuf,
+    /// Seconds between two reads of every bind of every environment.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    pub refresh: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Show each bind: backend, current revision, head, pending migrations, problems, batches
@@ -123,6 +143,22 @@ pub enum Command {
     },
     /// Start a project: config/default.toml with one SQLite bind, and migrations/main/.
     Init,
+    /// Serve a web page, and the same as a JSON API, that shows every environment side by
+    /// side (each bind's revision, pending migrations, drift, batches in doubt, and the diff
+    /// between neighbouring environments) and a bind's history, and runs actions: upgrade an
+    /// environment, promote one environment to the next, downgrade a bind one step, recover.
+    ///
+    /// Read-only unless ORCHESTRATE_SERVE_TOKEN holds an access token (16 characters or
+    /// more): then signing in with it (browser) or `Authorization: Bearer <token>` (API)
+    /// allows actions, one at a time per environment. A protected environment needs its name
+    /// typed to confirm. Every action is appended to the audit log. Runs until Ctrl-C (which,
+    /// as on the command line, stops a running batch at its next safe point).
+    ///
+    /// API: GET /api/overview, /api/env/ENV/status, /api/env/ENV/bind/BIND/history,
+    /// /api/env/ENV/action; POST /api/env/ENV/upgrade | recover | downgrade {"bind"} |
+    /// promote {"from"} (a protected environment also needs {"confirm": "ENV"}).
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
     /// Compare two environments (`config/<FROM>.toml`, `config/<TO>.toml`), or an environment
     /// and `folders` (the migration folders, every migration applied): per bind, what one has
     /// applied that the other has not, migrations applied in both with a different up.sql,
@@ -350,6 +386,17 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         extra_file: cli.config.clone(),
         environment: None,
     };
+    #[cfg(feature = "serve")]
+    if let Command::Serve(args) = &cli.command {
+        let mut base = vec![
+            "--config-dir".to_string(),
+            cli.config_dir.display().to_string(),
+        ];
+        if let Some(file) = &cli.config {
+            base.extend(["--config".to_string(), file.display().to_string()]);
+        }
+        return crate::serve::serve(&sources, base, args, &mut o);
+    }
     match cli.command {
         // Each side loads its own environment.
         Command::Diff { from, to, json } => {
@@ -399,7 +446,7 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
 }
 
 /// Whether `config/default.toml` or `config/<env>.toml` says `protected = true`.
-fn files_protect(sources: &Sources) -> bool {
+pub(crate) fn files_protect(sources: &Sources) -> bool {
     let mut files = vec![sources.config_dir.join("default.toml")];
     if let Some(env) = &sources.env_name {
         files.push(sources.config_dir.join(format!("{env}.toml")));
@@ -488,6 +535,8 @@ fn dispatch(command: Command, settings: &Settings, o: &mut Output) -> i32 {
         Command::Init | Command::Diff { .. } | Command::Promote { .. } => {
             unreachable!("handled before the settings are loaded")
         }
+        #[cfg(feature = "serve")]
+        Command::Serve(_) => unreachable!("handled before the settings are loaded"),
         Command::New { bind, description } => {
             // A template's binds share one folder: `new --bind TEMPLATE` adds to it.
             let folder = match (settings.bind(&bind), settings.template(&bind)) {

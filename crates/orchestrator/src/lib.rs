@@ -51,6 +51,9 @@ pub mod nonatomic;
 pub mod recover;
 #[doc(hidden)]
 pub mod rollout;
+#[cfg(feature = "serve")]
+#[doc(hidden)]
+pub mod serve;
 #[doc(hidden)]
 pub mod settings;
 #[doc(hidden)]

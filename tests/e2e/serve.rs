@@ -1,0 +1,453 @@
+//! `orchestrate serve`: the page and its JSON API, over real PostgreSQL and SQLite databases
+//! in two environments (staging, and a protected production). Every test looks at the
+//! databases after what the server did or refused, and at every response for passwords.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{PgDb, Project};
+
+const TOKEN: &str = "a-test-token-0123456789abcdef";
+const PASSWORD: &str = "s3cret-pw-5150";
+
+/// `url` with a password in it (the test cluster trusts local connections, so it is never
+/// checked, but it is in every URL the server reads).
+fn with_password(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let (user, host) = rest.split_once('@').unwrap();
+    format!("{scheme}://{user}:{PASSWORD}@{host}")
+}
+
+/// Binds `app` (PostgreSQL, two migrations, the second slow) and `cache` (SQLite, one
+/// migration) in staging and in a protected production. Returns the PostgreSQL databases
+/// (staging, production), kept alive with the project.
+pub(crate) fn environments() -> (Project, Vec<PgDb>) {
+    let mut p = Project::new();
+    p.add_pg("app").add_sqlite("cache");
+    p.create_table("app", "1_a", "app_a");
+    p.migration(
+        "app",
+        "2_b",
+        "CREATE TABLE app_b (id INT); SELECT pg_sleep(1.5);",
+        Some("DROP TABLE app_b;"),
+    );
+    p.create_table("cache", "1_c", "cache_c");
+    let mut dbs = Vec::new();
+    for env in ["staging", "production"] {
+        let db = PgDb::new();
+        let mut text = if env == "production" {
+            "protected = true\n".to_string()
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "[binds.app]\nurl = \"{}\"\n[binds.cache]\nurl = \"sqlite://var/{env}_cache.sqlite3\"\n",
+            with_password(&db.url)
+        ));
+        fs::write(p.path().join(format!("config/{env}.toml")), text).unwrap();
+        dbs.push(db);
+    }
+    (p, dbs)
+}
+
+/// Versions applied on `db` (0 before its first migration).
+fn versions(db: &PgDb) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query("SELECT count(*) AS n FROM __diesel_schema_migrations")
+        .get_result::<N>(&mut db.conn())
+        .map(|r| r.n)
+        .unwrap_or(0)
+}
+
+/// A running `orchestrate serve`, stopped when dropped.
+pub(crate) struct Server {
+    child: Child,
+    pub(crate) base: String,
+    agent: ureq::Agent,
+    /// Every body received, to look for passwords.
+    seen: std::cell::RefCell<Vec<String>>,
+}
+
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) cookie: Option<String>,
+}
+
+impl Server {
+    pub(crate) fn start(p: &Project, token: Option<&str>) -> Server {
+        Server::start_with(p, token, &["staging", "production"])
+    }
+
+    pub(crate) fn start_with(p: &Project, token: Option<&str>, envs: &[&str]) -> Server {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--refresh", "1"];
+        args.extend(envs);
+        let mut cmd = p.command(&args);
+        match token {
+            Some(t) => cmd.env("ORCHESTRATE_SERVE_TOKEN", t),
+            None => cmd.env_remove("ORCHESTRATE_SERVE_TOKEN"),
+        };
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let base = first
+            .split("listening on ")
+            .nth(1)
+            .and_then(|r| r.split('/').take(3).collect::<Vec<_>>().join("/").into())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Server {
+            child,
+            base,
+            agent,
+            seen: Default::default(),
+        }
+    }
+
+    fn reply(&self, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+        let mut r = r.expect("the server answers");
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string);
+        let status = r.status().as_u16();
+        let body = r.body_mut().read_to_string().unwrap();
+        self.seen.borrow_mut().push(body.clone());
+        Reply {
+            status,
+            body,
+            cookie,
+        }
+    }
+
+    pub(crate) fn get(&self, path: &str, cookie: Option<&str>) -> Reply {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(c) = cookie {
+            req = req.header("Cookie", c);
+        }
+        self.reply(req.call())
+    }
+
+    pub(crate) fn post_json(&self, path: &str, token: Option<&str>, body: &str) -> Reply {
+        let mut req = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json")
+            .header("X-Orchestrate-User", "ci-pipeline");
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        self.reply(req.send(body))
+    }
+
+    pub(crate) fn post_form(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        if let Some(c) = cookie {
+            req = req.header("Cookie", c);
+        }
+        self.reply(req.send_form(form.iter().copied()))
+    }
+
+    /// Waits until no action runs on `env`; returns its last state.
+    pub(crate) fn wait_idle(&self, env: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.get(&format!("/api/env/{env}/action"), None);
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            if v["running"] == false {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "the action never ended: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// No response so far carried the password of the URLs.
+    pub(crate) fn assert_no_password(&self) {
+        for body in self.seen.borrow().iter() {
+            assert!(
+                !body.contains(PASSWORD),
+                "a response shows the password:\n{body}"
+            );
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn audit_lines(p: &Project) -> Vec<serde_json::Value> {
+    fs::read_to_string(p.path().join(".orchestrate/audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_page_shows_every_environment_and_refuses_actions_without_the_token() {
+    let (p, dbs) = environments();
+    let server = Server::start(&p, Some(TOKEN));
+    let page = server.get("/", None);
+    assert_eq!(page.status, 200);
+    for text in [
+        "staging",
+        "production",
+        "app",
+        "cache",
+        "protected",
+        "2 pending",
+    ] {
+        assert!(page.body.contains(text), "{text} missing:\n{}", page.body);
+    }
+    assert!(page.body.contains("staging → production"), "{}", page.body);
+    let api: serde_json::Value =
+        serde_json::from_str(&server.get("/api/overview", None).body).unwrap();
+    assert_eq!(api["environments"].as_array().unwrap().len(), 2);
+    for env in api["environments"].as_array().unwrap() {
+        let binds = env["status"]["binds"].as_array().unwrap();
+        assert_eq!(binds.len(), 2, "{env}");
+        assert!(binds
+            .iter()
+            .all(|b| b["pending"].as_array().unwrap().len() == 2 || b["bind"] == "cache"));
+    }
+    assert_eq!(api["environments"][1]["protected"], true);
+
+    // The API without the token, or with another: refused, nothing runs.
+    assert_eq!(
+        server
+            .post_json("/api/env/staging/upgrade", None, "{}")
+            .status,
+        401
+    );
+    assert_eq!(
+        server
+            .post_json(
+                "/api/env/staging/upgrade",
+                Some("not-the-token-at-all"),
+                "{}"
+            )
+            .status,
+        401
+    );
+    // The form without a session, with a wrong token, then signed in but without the
+    // session's CSRF token: refused.
+    assert_eq!(
+        server
+            .post_form("/env/staging/run/upgrade", None, &[])
+            .status,
+        401
+    );
+    let wrong = server.post_form("/login", None, &[("who", "mallory"), ("token", "wrong")]);
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.cookie.is_none());
+    let signed = server.post_form("/login", None, &[("who", "alice"), ("token", TOKEN)]);
+    assert_eq!(signed.status, 303, "{}", signed.body);
+    let cookie = signed.cookie.expect("a session cookie");
+    let forged = server.post_form(
+        "/env/staging/run/upgrade",
+        Some(&cookie),
+        &[("csrf", "0123456789abcdef0123456789abcdef")],
+    );
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(versions(&dbs[0]), 0);
+    assert_eq!(versions(&dbs[1]), 0);
+    // Signed in, the page offers the actions.
+    let page = server.get("/", Some(&cookie));
+    assert!(page.body.contains("upgrade staging"), "{}", page.body);
+    assert!(
+        page.body.contains("promote staging to production"),
+        "{}",
+        page.body
+    );
+
+    let audit = audit_lines(&p);
+    let refusals: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|a| a["outcome"].as_str().unwrap_or("").starts_with("refused"))
+        .collect();
+    assert!(refusals.len() >= 4, "{audit:?}");
+    assert!(audit.iter().all(|a| a["at"].is_string()), "{audit:?}");
+    assert!(!fs::read_to_string(p.path().join(".orchestrate/audit.log"))
+        .unwrap()
+        .contains(TOKEN));
+    server.assert_no_password();
+}
+
+#[test]
+fn a_server_without_a_token_is_read_only() {
+    let (p, dbs) = environments();
+    let server = Server::start(&p, None);
+    assert_eq!(server.get("/", None).status, 200);
+    let r = server.post_json("/api/env/staging/upgrade", Some(TOKEN), "{}");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("read-only"), "{}", r.body);
+    assert_eq!(
+        server
+            .post_form("/login", None, &[("who", "a"), ("token", TOKEN)])
+            .status,
+        401
+    );
+    assert_eq!(versions(&dbs[0]), 0);
+    server.assert_no_password();
+}
+
+#[test]
+fn an_api_upgrade_runs_alone_and_production_is_promoted_with_confirmation() {
+    let (p, dbs) = environments();
+    let server = Server::start(&p, Some(TOKEN));
+    let started = server.post_json("/api/env/staging/upgrade", Some(TOKEN), "{}");
+    assert_eq!(started.status, 202, "{}", started.body);
+    // Its second migration sleeps: a second action on staging is refused meanwhile.
+    let second = server.post_json("/api/env/staging/recover", Some(TOKEN), "{}");
+    assert_eq!(second.status, 409, "{}", second.body);
+    assert!(
+        second.body.contains("one action at a time"),
+        "{}",
+        second.body
+    );
+    let done = server.wait_idle("staging");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    assert_eq!(done["outcome"], "done", "{done}");
+    assert!(
+        done["log"]
+            .as_str()
+            .unwrap()
+            .contains("committed on every bind"),
+        "{done}"
+    );
+    assert_eq!(versions(&dbs[0]), 2);
+    assert_eq!(versions(&dbs[1]), 0);
+
+    // Production is protected: promote needs its name.
+    let r = server.post_json(
+        "/api/env/production/promote",
+        Some(TOKEN),
+        r#"{"from":"staging"}"#,
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(versions(&dbs[1]), 0);
+    let r = server.post_json(
+        "/api/env/production/promote",
+        Some(TOKEN),
+        r#"{"from":"staging","confirm":"production"}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let done = server.wait_idle("production");
+    assert_eq!(done["exit_code"], 0, "{done}");
+    assert_eq!(versions(&dbs[1]), 2);
+    // One step down on staging's app.
+    let r = server.post_json(
+        "/api/env/staging/downgrade",
+        Some(TOKEN),
+        r#"{"bind":"app"}"#,
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(server.wait_idle("staging")["exit_code"], 0);
+    assert_eq!(versions(&dbs[0]), 1);
+    // The overview shows it once read again; the diff says how they differ.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let api: serde_json::Value =
+            serde_json::from_str(&server.get("/api/overview", None).body).unwrap();
+        if api["diffs"][0]["agree"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{api}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let audit = audit_lines(&p);
+    let ended: Vec<&serde_json::Value> = audit.iter().filter(|a| a["outcome"] == "done").collect();
+    assert_eq!(ended.len(), 3, "{audit:?}");
+    assert!(ended.iter().all(|a| a["who"] == "ci-pipeline"), "{audit:?}");
+    assert!(audit.iter().any(|a| a["outcome"]
+        .as_str()
+        .unwrap_or("")
+        .contains("one action at a time")));
+    // The history page of the bind shows its batches.
+    let history = server.get("/env/staging/bind/app", None);
+    assert_eq!(history.status, 200);
+    for text in ["1_a", "2_b", ">down<", ">up<"] {
+        assert!(history.body.contains(text), "{text}: {}", history.body);
+    }
+    let api: serde_json::Value =
+        serde_json::from_str(&server.get("/api/env/staging/bind/app/history", None).body).unwrap();
+    assert_eq!(api["steps"].as_array().unwrap().len(), 3, "{api}");
+    server.assert_no_password();
+    let _ = p;
+}
+
+/// A template of 30 SQLite databases and one more bind: the environment is a grid, one cell
+/// per bind, each naming its bind and revision, and the counts by state.
+#[test]
+fn an_environment_of_many_binds_is_a_grid() {
+    let mut p = Project::new();
+    p.add_sqlite("main");
+    p.create_table("main", "1_m", "m");
+    p.create_table("tenant", "1_t", "t");
+    let names: Vec<String> = (0..30).map(|i| format!("\"t{i:02}\"")).collect();
+    fs::write(
+        p.path().join("config/fleet.toml"),
+        format!(
+            "[templates.tenant]\nurl = \"sqlite://var/tenant_{{name}}.sqlite3\"\nnames = [{}]\n",
+            names.join(", ")
+        ),
+    )
+    .unwrap();
+    p.run(&["--env", "fleet", "upgrade", "--bind", "tenant_t07"])
+        .expect(0);
+    let server = Server::start_with(&p, None, &["fleet"]);
+    let page = server.get("/", None);
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.body.matches("class=\"cell ").count(),
+        31,
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("31 binds: 30 pending; 1 up to date;"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("tenant_t07: up to date, at 1_t"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("tenant_t08: pending, at (none)"),
+        "{}",
+        page.body
+    );
+}
