@@ -377,8 +377,12 @@ fn a_step_that_ends_its_transaction_is_caught_by_the_transaction_id() {
         "CREATE TABLE a (id INT); PREPARE TRANSACTION 'sneaky_probe'; BEGIN;",
         "CREATE TABLE a (id INT); COMMIT;",
         // Left the transaction, then failed: still reported as leaving it, not as a failure
-        // that rolled back.
+        // that rolled back (review 18: in a new transaction begun after the COMMIT, the
+        // transaction id cannot be asked once the error aborted it).
         "CREATE TABLE a (id INT); COMMIT; SELECT 1/0;",
+        "CREATE TABLE a (id INT); COMMIT; BEGIN; SELECT 1/0;",
+        "CREATE TABLE a (id INT); COMMIT AND CHAIN; SELECT 1/0;",
+        "ROLLBACK; CREATE TABLE a (id INT); BEGIN; INSERT INTO nope VALUES (1);",
     ] {
         let db = PgDb::new();
         let endpoint = Endpoint::parse("hostile", &db.url).unwrap();
@@ -399,6 +403,36 @@ fn a_step_that_ends_its_transaction_is_caught_by_the_transaction_id() {
                 .unwrap();
         }
     }
+    // A plain failure inside the batch's transaction is a failure, not a departure: the
+    // transaction is usable again after it (rolled back to the batch's savepoint), and the
+    // bind is rolled back whole.
+    let db = PgDb::new();
+    let endpoint = Endpoint::parse("plain", &db.url).unwrap();
+    let mut conn = Postgres::connect(&endpoint, Duration::from_secs(5)).unwrap();
+    conn.begin_batch().unwrap();
+    conn.run_step(
+        "b",
+        Direction::Up,
+        &step("CREATE TABLE ok1 (id INT);"),
+        "now",
+    )
+    .unwrap();
+    let error = conn
+        .run_step(
+            "b",
+            Direction::Up,
+            &step("CREATE TABLE a (id INT); SELECT 1/0;"),
+            "now",
+        )
+        .unwrap_err();
+    assert!(matches!(error, DriverError::Migration { .. }), "{error}");
+    conn.rollback();
+    let left: S = diesel::sql_query(
+        "SELECT count(*)::text AS s FROM pg_tables WHERE tablename IN ('a', 'ok1', '__diesel_schema_migrations')",
+    )
+    .get_result(&mut db.conn())
+    .unwrap();
+    assert_eq!(left.s, "0");
     // SQLite: a new transaction after the migration's COMMIT or ROLLBACK is not the batch's.
     for sql in [
         "CREATE TABLE a (id INT); COMMIT;",

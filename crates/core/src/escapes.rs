@@ -248,7 +248,7 @@ pub fn calls_function(dialect: Dialect, sql: &str, prefix: &str) -> Option<Found
 
 /// The tables orchestrate keeps its own records in, on every backend, and the names of its
 /// guard on `orchestrate_batches`: no migration may name them.
-pub const BOOKKEEPING_TABLES: [&str; 8] = [
+pub const BOOKKEEPING_TABLES: [&str; 14] = [
     "__diesel_schema_migrations",
     "orchestrate_batches",
     "orchestrate_history",
@@ -258,6 +258,14 @@ pub const BOOKKEEPING_TABLES: [&str; 8] = [
     "orchestrate_batches_guard",
     "orchestrate_guard",
     "orchestrate_guard_truncate",
+    // What PostgreSQL names after the tables: the history's id sequence (review 18: run
+    // backwards, it would make an older history row look newest) and the primary keys.
+    "orchestrate_history_id_seq",
+    "__diesel_schema_migrations_pkey",
+    "orchestrate_batches_pkey",
+    "orchestrate_history_pkey",
+    "orchestrate_decisions_pkey",
+    "orchestrate_in_progress_pkey",
 ];
 
 /// The first mention, outside comments, of one of orchestrate's own tables: in a name (quoted
@@ -1076,7 +1084,7 @@ fn postgres_set(w: &Words) -> Option<(String, Hazard)> {
                 .find(|x| !matches!(x.as_str(), "=" | "TO"))
                 .map_or("", String::as_str);
             match value {
-                "UTF8" | "UNICODE" | "SQL_ASCII" | "LATIN1" | "DEFAULT" => None,
+                "UTF8" | "UNICODE" | "SQL_ASCII" | "'UTF8'" | "'UNICODE'" | "'SQL_ASCII'" => None,
                 _ => named(
                     "SET client_encoding of an encoding this check cannot read",
                     StringSyntax,

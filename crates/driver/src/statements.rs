@@ -303,6 +303,17 @@ fn word_hazard(body: &str) -> Option<(String, Hazard)> {
             "standard_conforming_strings",
             Hazard::StringSyntax,
         ),
+        // A body that changes the client encoding (SET, SET LOCAL, set_config) would make the
+        // server read this bind's later migrations in an encoding this check does not (SJIS
+        // can hide a quote's backslash): any mention of it in a body is refused.
+        (
+            "client_encoding",
+            "client_encoding in a body",
+            Hazard::StringSyntax,
+        ),
+        ("set names '", "SET NAMES", Hazard::StringSyntax),
+        ("set session names '", "SET NAMES", Hazard::StringSyntax),
+        ("set local names '", "SET NAMES", Hazard::StringSyntax),
     ] {
         if found(needle) {
             return Some((statement.into(), hazard));
@@ -735,13 +746,13 @@ fn safe_encoding(v: &pg_query::protobuf::VariableSetStmt) -> bool {
         },
         _ => None,
     });
-    match value.as_deref() {
-        None => VariableSetKind::try_from(v.kind).ok() != Some(VariableSetKind::VarSetValue),
-        Some(e) => matches!(
-            e,
-            "UTF8" | "UTF-8" | "UNICODE" | "SQL_ASCII" | "LATIN1" | "DEFAULT"
-        ),
-    }
+    // Only what the check reads the files as (UTF-8; SQL_ASCII passes the bytes as they are):
+    // another encoding re-encodes every later migration's text (LATIN1 turns `café` into
+    // `cafÃ©`), and DEFAULT or RESET brings back whatever the server, database or role says.
+    matches!(
+        value.as_deref(),
+        Some("UTF8" | "UTF-8" | "UNICODE" | "SQL_ASCII")
+    )
 }
 
 /// `ALTER TABLE ... DETACH PARTITION ... CONCURRENTLY`.
@@ -1366,6 +1377,47 @@ mod review4 {
             "SET client_encoding = 'SJIS';",
             "SET NAMES 'BIG5';",
             "SELECT set_config('client_encoding', 'GBK', false);",
+        ]);
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+    }
+
+    /// Review 18: the client encoding changed from a body (where the top-level check does not
+    /// look), or to an encoding that re-encodes later migrations' text, or back to a default
+    /// the server decides. The encodings the check reads as the server does still pass.
+    #[test]
+    fn review18_client_encoding_in_bodies_and_defaults() {
+        let passed = passing(&[
+            "DO $$ BEGIN PERFORM set_config('client_encoding', 'SJIS', false); END $$;",
+            "DO $$ DECLARE x int; BEGIN SET client_encoding = 'SJIS'; END $$;",
+            "DO $$ BEGIN SET LOCAL client_encoding TO 'BIG5'; END $$;",
+            "DO $$ BEGIN SET NAMES 'GBK'; END $$;",
+            "CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'SET client_encoding = ''SJIS'''; END $$;",
+            "SET client_encoding = 'LATIN1';",
+            "SET client_encoding TO DEFAULT;",
+            "RESET client_encoding;",
+            "SET NAMES DEFAULT;",
+        ]);
+        assert!(passed.is_empty(), "these pass the check: {passed:?}");
+        for fine in [
+            "SET client_encoding = 'UTF8';",
+            "SET NAMES 'UTF8';",
+            "SET client_encoding TO 'SQL_ASCII';",
+        ] {
+            assert_eq!(
+                check_sql(Backend::Postgres, fine),
+                None,
+                "{fine} is refused"
+            );
+        }
+    }
+
+    /// Review 18: the objects PostgreSQL names after the bookkeeping tables are bookkeeping too.
+    #[test]
+    fn review18_bookkeeping_sequences_and_keys() {
+        let passed = passing(&[
+            "ALTER SEQUENCE orchestrate_history_id_seq INCREMENT BY -1 MINVALUE -1000000 RESTART WITH -1;",
+            "ALTER INDEX orchestrate_batches_pkey RENAME TO x;",
+            "SELECT setval('orchestrate_history_id_seq', 1);",
         ]);
         assert!(passed.is_empty(), "these pass the check: {passed:?}");
     }

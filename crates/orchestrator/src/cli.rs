@@ -53,7 +53,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The environments shown, in order: neighbours are compared, and each can be promoted
-    /// to the next. Default: every config/<ENV>.toml but default.toml, in name order.
+    /// to the next. Default: every `config/<ENV>.toml` but `default.toml`, in name order.
     #[arg(value_name = "ENV")]
     pub environments: Vec<String>,
     /// The address and port to listen on (port 0: any free port, printed at start).

@@ -460,6 +460,10 @@ impl Postgres {
                 (schema::DIESEL_TABLE_DDL, DIESEL_TABLE),
                 (schema::HISTORY_DDL_PG, HISTORY),
             ],
+        )?;
+        self.s.execute_plain(
+            "cannot take the batch's savepoint",
+            &format!("SAVEPOINT {}", guard_name()),
         )
     }
 
@@ -643,6 +647,50 @@ impl Postgres {
     }
 }
 
+/// The savepoint a PostgreSQL batch transaction holds from its start (after its lock and
+/// version tables, see `lock_and_tables`). After a migration failed, the transaction open can
+/// be asked nothing, whether it is the batch's (aborted by the failure) or one the migration
+/// began after ending the batch's (`COMMIT; BEGIN; ...` then an error): rolling back to this
+/// savepoint tells them apart. Its name is drawn at random once per process, so a migration
+/// cannot take it again.
+fn guard_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        format!("orchestrate_batch_guard_{random:016x}")
+    })
+}
+
+/// After a migration failed: whether it had ended the batch's transaction first. The guard
+/// savepoint is there only in the batch's transaction; rolling back to it also makes that
+/// transaction usable again (it is rolled back whole next). A lost connection is not an
+/// answer (`Err`).
+fn left_after_failure(s: &mut Session<PgConnection>) -> Result<bool, DriverError> {
+    match s
+        .conn
+        .batch_execute(&format!("ROLLBACK TO SAVEPOINT {}", guard_name()))
+    {
+        Ok(()) => Ok(false),
+        Err(e) => {
+            let gone = message_of(&e).is_some_and(|m| {
+                (m.contains("savepoint") && m.contains("does not exist"))
+                    || m.contains("can only be used in transaction blocks")
+            });
+            if gone {
+                Ok(true)
+            } else {
+                Err(s.query_err(
+                    "cannot tell whether the batch's transaction is still open",
+                    e,
+                ))
+            }
+        }
+    }
+}
+
 fn transaction_id(s: &mut Session<PgConnection>) -> Result<i64, DriverError> {
     s.count(
         "cannot read the transaction id",
@@ -679,7 +727,13 @@ impl Atomic for Postgres {
             direction,
             step,
             at,
-            |s| left_transaction(s, xact),
+            |s, failed| {
+                if failed {
+                    left_after_failure(s)
+                } else {
+                    left_transaction(s, xact)
+                }
+            },
             xact,
         )
     }

@@ -502,7 +502,8 @@ impl<C: Db> Session<C> {
     }
 
     /// Runs one migration's SQL in the open batch transaction and records it. `left` says
-    /// whether the batch's transaction ended under the migration (then
+    /// (its flag: after the migration failed) whether the batch's transaction ended under the
+    /// migration (then
     /// [`DriverError::LeftTransaction`] is the answer, even when the migration failed
     /// afterwards: what it ran before may be committed, which "rolled back" would hide).
     /// `in_batch`, the batch transaction's id where the backend has one (PostgreSQL), lets
@@ -513,7 +514,7 @@ impl<C: Db> Session<C> {
         direction: Direction,
         step: &Step,
         at: &str,
-        left: impl Fn(&mut Self) -> Result<bool, DriverError>,
+        left: impl Fn(&mut Self, bool) -> Result<bool, DriverError>,
         in_batch: Option<i64>,
     ) -> Result<(), DriverError> {
         let left_transaction = |bind: String| DriverError::LeftTransaction {
@@ -521,7 +522,7 @@ impl<C: Db> Session<C> {
             name: step.name.clone(),
         };
         if let Err(source) = self.conn.batch_execute(&step.sql) {
-            if matches!(left(self), Ok(true)) {
+            if matches!(left(self, true), Ok(true)) {
                 return Err(left_transaction(self.bind()));
             }
             let file = match (direction, step.down_source) {
@@ -536,7 +537,7 @@ impl<C: Db> Session<C> {
         // Whether the batch's transaction is still the one open is asked first, on its own:
         // after a failed write, a transaction a migration opened in its place (or its own
         // aborted one) could not be asked.
-        if left(self)? {
+        if left(self, false)? {
             return Err(left_transaction(self.bind()));
         }
         let recorded = match in_batch {

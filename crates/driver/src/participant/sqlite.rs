@@ -214,8 +214,14 @@ impl Atomic for Sqlite {
         step: &Step,
         at: &str,
     ) -> Result<(), DriverError> {
-        self.s
-            .run_step(batch_id, direction, step, at, left_transaction, None)
+        self.s.run_step(
+            batch_id,
+            direction,
+            step,
+            at,
+            |s, _| left_transaction(s),
+            None,
+        )
     }
 
     fn rollback(&mut self) {

@@ -186,7 +186,7 @@ impl Atomic for Xa<'_> {
         at: &str,
     ) -> Result<(), DriverError> {
         self.session()
-            .run_step(batch_id, direction, step, at, |_| Ok(false), None)
+            .run_step(batch_id, direction, step, at, |_, _| Ok(false), None)
     }
 
     /// An XA transaction must be ended before it can be rolled back; either may fail when the
