@@ -158,6 +158,23 @@ impl Browser {
         self.call("POST", &format!("/element/{e}/click"), json!({}));
     }
 
+    /// Waits (a click may return before the page it leads to has loaded) until the page's
+    /// source says `done`; returns that source.
+    fn wait_for(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let source = self.source();
+            if done(&source) {
+                return source;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{source}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
         self.call(
@@ -221,17 +238,22 @@ fn the_page_in_a_browser_upgrades_staging_and_refuses_what_it_must() {
     browser.type_into("input[name=who]", "alice");
     browser.type_into("input[name=token]", TOKEN);
     browser.click("button[type=submit]");
+    browser.wait_for("the overview after signing in", |s| {
+        s.contains("signed in as")
+    });
     browser.go(&format!("{}/", server.base));
     let page = browser.source();
     assert!(page.contains("signed in as"), "{page}");
 
     // Upgrade staging with the page's buttons.
     browser.click("a[href='/env/staging/confirm/upgrade'] button");
+    browser.wait_for("the confirmation", |s| s.contains("id=\"confirm\""));
     browser.click("#confirm");
+    browser.wait_for("the action's page", |s| s.contains("id=\"outcome\""));
     // A second action while it runs: refused.
     browser.go(&format!("{}/env/staging/confirm/recover", server.base));
     browser.click("#confirm");
-    let refused = browser.source();
+    let refused = browser.wait_for("the refusal", |s| s.contains("Refused"));
     assert!(refused.contains("one action at a time"), "{refused}");
     // The outcome appears on the action's page.
     browser.go(&format!("{}/env/staging/action", server.base));

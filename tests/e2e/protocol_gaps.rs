@@ -1020,3 +1020,43 @@ fn a_failed_batch_with_a_participant_committed_by_hand_says_so() {
     p.run(&["recover"]).expect(0);
     p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
 }
+
+/// Review 18: a downgrade planned while another run's upgrade held the bind's lock (its new
+/// migration not yet visible) took the lock after that upgrade committed and reverted the
+/// migration below the new one, leaving a hole. Under the lock the applied versions must be
+/// the ones the plan was made from; the downgrade now stops, nothing changed.
+#[test]
+fn a_plan_made_before_another_run_committed_is_not_run() {
+    let mut p = Project::new();
+    p.add_pg("app");
+    p.create_table("app", "1_a", "a");
+    p.create_table("app", "2_b", "b");
+    p.migration(
+        "app",
+        "3_c",
+        "CREATE TABLE c (id INT); SELECT pg_sleep(3);",
+        Some("DROP TABLE c;"),
+    );
+    p.run(&["upgrade", "--bind", "app", "2"]).expect(0);
+    let upgrade = crate::crash::spawn(&p, &["upgrade", "--all-binds"], "");
+    // The upgrade holds the bind's lock while its migration sleeps.
+    crate::crash::wait_until("the upgrade holds the lock", || {
+        p.db("app").count(
+            "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND d.datname = current_database() AND l.granted",
+        ) > 0
+    });
+    let down = p.run(&["downgrade", "--bind", "app"]);
+    assert_ne!(down.code, 0, "{down:?}");
+    assert!(
+        down.stdout.contains("changed since the plan was made")
+            || down.stderr.contains("changed since the plan was made"),
+        "{down:?}"
+    );
+    let (code, text) = finished(upgrade);
+    assert_eq!(code, Some(0), "{text}");
+    p.assert_states(&[("app", state(&["a", "b", "c"], &["1", "2", "3"]))]);
+    // Run again, the downgrade plans from what is there: one step is 3_c.
+    p.run(&["downgrade", "--bind", "app"]).expect(0);
+    p.assert_states(&[("app", state(&["a", "b"], &["1", "2"]))]);
+}

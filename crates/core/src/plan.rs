@@ -123,6 +123,11 @@ pub struct Plan {
     /// The migrations to run, in the order they run: oldest first for an upgrade, newest
     /// first for a downgrade.
     pub steps: Vec<Step>,
+    /// The versions applied when the plan was made, in version order (`None`: a plan not
+    /// made from a database's state, such as `recover`'s redo of a batch's recorded steps). A
+    /// plan is for that state only: a relative target (`-1`, `+2`) or `head` read from
+    /// another state means other steps.
+    pub from: Option<Vec<Version>>,
 }
 
 /// Drift the user accepts for one upgrade.
@@ -447,6 +452,7 @@ pub fn plan_upgrade(
         bind,
         direction: Direction::Up,
         steps,
+        from: Some(applied.iter().map(|a| a.version.clone()).collect()),
     })
 }
 
@@ -601,6 +607,7 @@ pub fn plan_downgrade(
         bind,
         direction: Direction::Down,
         steps,
+        from: Some(applied.iter().map(|a| a.version.clone()).collect()),
     })
 }
 

@@ -200,8 +200,16 @@ pub fn run(
         // never finds the row of a live batch unheld.
         conn.begin_decision(batch_id, at).map_err(bare)?;
     }
-    conn.check_plan_still_valid(direction, &work.plan.steps)
+    let applied = conn
+        .check_plan_still_valid(direction, &work.plan.steps)
         .map_err(bare)?;
+    crate::work::still_planned_from(&work.plan, &applied).map_err(|e| match e {
+        BatchError::Bind(d) => bare(d),
+        other => bare(DriverError::Other {
+            bind: work.endpoint.bind.clone(),
+            detail: other.to_string(),
+        }),
+    })?;
     let batch_mark = batch_mark(batch_id, decider, direction, at);
     conn.put_mark(&batch_mark).map_err(bare)?;
     let mut running = Running {

@@ -918,6 +918,7 @@ fn redo_work(
             bind: bind.name.clone(),
             direction,
             steps,
+            from: None,
         },
     }
 }

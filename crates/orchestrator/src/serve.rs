@@ -142,6 +142,24 @@ struct Overview {
 struct Session {
     who: String,
     csrf: String,
+    opened: Instant,
+}
+
+/// How long a browser session lasts, and how many are kept (the oldest goes first).
+const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+const MAX_SESSIONS: usize = 256;
+/// The longest name accepted for the audit log.
+const MAX_WHO: usize = 64;
+
+/// A name for the audit log: 1 to 64 printable characters, or why not.
+fn valid_who(who: &str) -> Result<&str, String> {
+    let who = who.trim();
+    if who.is_empty() || who.chars().count() > MAX_WHO || who.chars().any(char::is_control) {
+        return Err(format!(
+            "a name for the audit log is 1 to {MAX_WHO} printable characters"
+        ));
+    }
+    Ok(who)
 }
 
 struct App {
@@ -154,6 +172,12 @@ struct App {
     runs: Mutex<HashMap<String, Run>>,
     overview: RwLock<Overview>,
     audit_log: PathBuf,
+    /// Seconds between reads (the overview reloads itself as often).
+    refresh_seconds: u64,
+    /// The `Host` headers answered, when listening on a loopback address (a page of another
+    /// site that resolves its name to 127.0.0.1 sends its own name: DNS rebinding); `None`
+    /// when listening elsewhere, behind a proxy that sets its own.
+    hosts: Option<Vec<String>>,
 }
 
 /// A writer that appends to an action's log.
@@ -247,7 +271,21 @@ impl App {
     }
 
     fn audit(&self, entry: Value) {
-        let line = redact_text(&entry.to_string());
+        // Each value is redacted before it is written as JSON: redacting the line would let
+        // a value's quotes be taken for a secret's end and break the JSON.
+        let redacted: serde_json::Map<String, Value> = entry
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => Value::String(redact_text(s)),
+                    other => other.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let line = Value::Object(redacted).to_string();
         if let Some(dir) = self.audit_log.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
@@ -275,19 +313,27 @@ impl App {
         who: &str,
         peer: &str,
     ) -> Result<(), (StatusCode, String)> {
-        if !self.environments.iter().any(|e| e == env) {
+        let Some(at) = self.environments.iter().position(|e| e == env) else {
             return Err((
                 StatusCode::NOT_FOUND,
                 format!("no environment `{env}` is served"),
             ));
-        }
+        };
+        // The environments an action needs to itself: a promotion reads its source while it
+        // writes its target, so neither may change meanwhile.
+        let mut envs = vec![env.to_string()];
         if let Action::Promote { from } = &action {
-            if !self.environments.iter().any(|e| e == from) || from == env {
+            let previous = at.checked_sub(1).map(|i| self.environments[i].as_str());
+            if previous != Some(from.as_str()) {
                 return Err((
                     StatusCode::BAD_REQUEST,
-                    format!("cannot promote `{from}` to `{env}`: give another served environment"),
+                    match previous {
+                        Some(p) => format!("`{env}` is promoted from the environment before it, `{p}`, not from `{from}`"),
+                        None => format!("`{env}` is the first environment served: nothing comes before it to promote"),
+                    },
                 ));
             }
+            envs.push(from.clone());
         }
         if crate::signals::interrupted() {
             return Err((
@@ -299,27 +345,31 @@ impl App {
         let log = Arc::new(Mutex::new(String::new()));
         {
             let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(run) = runs.get(env).filter(|r| r.code.is_none()) {
-                return Err((
-                    StatusCode::CONFLICT,
-                    format!(
-                        "refused: {} is running on `{env}` (started by {} at {}); one action at a time per environment",
-                        run.what,
-                        run.who,
-                        now_text(run.started)
-                    ),
-                ));
+            for e in &envs {
+                if let Some(run) = runs.get(e).filter(|r| r.code.is_none()) {
+                    return Err((
+                        StatusCode::CONFLICT,
+                        format!(
+                            "refused: {} is running on `{e}` (started by {} at {}); one action at a time per environment",
+                            run.what,
+                            run.who,
+                            now_text(run.started)
+                        ),
+                    ));
+                }
             }
-            runs.insert(
-                env.to_string(),
-                Run {
-                    what: what.clone(),
-                    who: who.to_string(),
-                    started: SystemTime::now(),
-                    log: log.clone(),
-                    code: None,
-                },
-            );
+            for e in &envs {
+                runs.insert(
+                    e.clone(),
+                    Run {
+                        what: what.clone(),
+                        who: who.to_string(),
+                        started: SystemTime::now(),
+                        log: log.clone(),
+                        code: None,
+                    },
+                );
+            }
         }
         self.audit(json!({
             "at": now_text(SystemTime::now()), "who": who, "from": peer,
@@ -347,20 +397,20 @@ impl App {
                     exit::INVALID
                 }
             };
-            if let Some(run) = app
-                .runs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(&env)
-            {
-                run.code = Some(code);
-            }
             app.audit(json!({
                 "at": now_text(SystemTime::now()), "who": who, "from": peer,
                 "environment": env, "action": action.name(), "what": action.describe(&env),
                 "outcome": outcome_word(code), "exit_code": code,
             }));
+            // Read again before the action counts as ended: whoever waits for the end then
+            // reads the overview as the action left it.
             app.refresh();
+            let mut runs = app.runs.lock().unwrap_or_else(|e| e.into_inner());
+            for e in &envs {
+                if let Some(run) = runs.get_mut(e) {
+                    run.code = Some(code);
+                }
+            }
         });
         Ok(())
     }
@@ -384,7 +434,8 @@ impl App {
 
     fn session(&self, headers: &HeaderMap) -> Option<(String, String, String)> {
         let id = cookie(headers, SESSION_COOKIE)?;
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.retain(|_, s| s.opened.elapsed() < SESSION_LIFETIME);
         sessions
             .get(&id)
             .map(|s| (id.clone(), s.who.clone(), s.csrf.clone()))
@@ -446,16 +497,6 @@ pub fn serve(base_sources: &Sources, base: Vec<String>, args: &ServeArgs, o: &mu
     } else {
         base_sources.project_root().join(&args.audit_log)
     };
-    let app = Arc::new(App {
-        base,
-        sources: base_sources.clone(),
-        environments,
-        token,
-        sessions: Mutex::new(HashMap::new()),
-        runs: Mutex::new(HashMap::new()),
-        overview: RwLock::new(Overview::default()),
-        audit_log,
-    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -479,6 +520,26 @@ pub fn serve(base_sources: &Sources, base: Vec<String>, args: &ServeArgs, o: &mu
         }
     };
     let bound = listener.local_addr().map_or(listen, |a| a);
+    let hosts = bound.ip().is_loopback().then(|| {
+        let port = bound.port();
+        vec![
+            format!("127.0.0.1:{port}"),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+        ]
+    });
+    let app = Arc::new(App {
+        base,
+        sources: base_sources.clone(),
+        environments,
+        token,
+        sessions: Mutex::new(HashMap::new()),
+        runs: Mutex::new(HashMap::new()),
+        overview: RwLock::new(Overview::default()),
+        audit_log,
+        refresh_seconds: args.refresh.max(1),
+        hosts,
+    });
     let _ = writeln!(
         o.out,
         "orchestrate serve: listening on http://{bound}/ ({}), environments: {}",
@@ -510,6 +571,8 @@ pub fn serve(base_sources: &Sources, base: Vec<String>, args: &ServeArgs, o: &mu
         .route("/api/env/{env}/bind/{bind}/history", get(api_history))
         .route("/api/env/{env}/action", get(api_action))
         .route("/api/env/{env}/{action}", post(api_start))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(app.clone());
     let stopping = app.clone();
     let served = runtime.block_on(async move {
@@ -542,6 +605,43 @@ pub fn serve(base_sources: &Sources, base: Vec<String>, args: &ServeArgs, o: &mu
             exit::ATTENTION
         }
     }
+}
+
+/// Before every request: the `Host` it names, when listening on a loopback address. After:
+/// headers that keep the pages out of other sites' frames and scripts.
+async fn guard(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(hosts) = &app.hosts {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        if !hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("this server answers for {} only", hosts.join(", ")),
+            )
+                .into_response();
+        }
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    ] {
+        headers.insert(name, axum::http::HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// The environments of `config/*.toml` other than `default.toml`, in name order.
@@ -651,7 +751,7 @@ async fn overview_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Marku
         h1 { "Environments" }
         div.meta {
             @if let Some(at) = overview.read_at {
-                "read at " (now_text(at)) " in " (overview.took.as_millis()) " ms; the page reloads every 15 s"
+                "read at " (now_text(at)) " in " (overview.took.as_millis()) " ms; the page reloads every " (app.refresh_seconds) " s"
             }
             @if app.token.is_none() { " · read-only (no access token configured)" }
         }
@@ -723,7 +823,7 @@ async fn overview_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Marku
     page(
         "overview",
         session.as_ref().map(|s| s.1.as_str()),
-        Some(15),
+        Some(app.refresh_seconds.min(u32::MAX as u64) as u32),
         body,
     )
 }
@@ -889,12 +989,21 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let who = form.get("who").map(|w| w.trim()).unwrap_or("");
     let token = form.get("token").map(String::as_str).unwrap_or("");
-    if who.is_empty() || !app.check_token(token) {
+    let who = match valid_who(form.get("who").map(String::as_str).unwrap_or("")) {
+        Ok(w) => w,
+        Err(e) => {
+            app.audit(json!({
+                "at": now_text(SystemTime::now()), "from": peer.to_string(),
+                "action": "sign in", "outcome": format!("refused: {e}"),
+            }));
+            return (StatusCode::BAD_REQUEST, e).into_response();
+        }
+    };
+    if !app.check_token(token) {
         app.audit(json!({
             "at": now_text(SystemTime::now()), "who": who, "from": peer.to_string(),
-            "action": "sign in", "outcome": "refused: wrong token or no name",
+            "action": "sign in", "outcome": "refused: wrong token",
         }));
         return (
             StatusCode::UNAUTHORIZED,
@@ -908,16 +1017,27 @@ async fn login(
             .into_response();
     }
     let id = random_hex();
-    app.sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
+    {
+        let mut sessions = app.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        while sessions.len() >= MAX_SESSIONS {
+            let oldest = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.opened)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => sessions.remove(&k),
+                None => break,
+            };
+        }
+        sessions.insert(
             id.clone(),
             Session {
                 who: who.to_string(),
                 csrf: random_hex(),
+                opened: Instant::now(),
             },
         );
+    }
     (
         [(
             header::SET_COOKIE,
@@ -1020,6 +1140,10 @@ async fn start_from_form(
             .into_response();
     }
     let Some((_, who, csrf)) = app.session(&headers) else {
+        app.audit(json!({
+            "at": now_text(SystemTime::now()), "from": peer.to_string(),
+            "environment": env, "action": name, "outcome": "refused: not signed in",
+        }));
         return (StatusCode::UNAUTHORIZED, "sign in first").into_response();
     };
     let given = form.get("csrf").map(String::as_str).unwrap_or("");
@@ -1066,7 +1190,13 @@ fn start_checked(
     };
     let action = match action_from(name, params) {
         Ok(a) => a,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+        Err(e) => {
+            app.audit(json!({
+                "at": now_text(SystemTime::now()), "who": who, "from": peer,
+                "environment": env, "action": name, "outcome": format!("refused: {e}"),
+            }));
+            return refuse(StatusCode::BAD_REQUEST, e);
+        }
     };
     let protected = app.protected(env);
     if protected && params.get("confirm").map(String::as_str) != Some(env) {
@@ -1216,12 +1346,21 @@ async fn api_start(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let who = headers
-        .get("x-orchestrate-user")
-        .and_then(|v| v.to_str().ok())
-        .filter(|w| !w.trim().is_empty())
-        .unwrap_or("api")
-        .to_string();
+    let who = match headers.get("x-orchestrate-user").map(|v| {
+        v.to_str()
+            .map_err(|_| "not text".to_string())
+            .and_then(valid_who)
+    }) {
+        None => "api".to_string(),
+        Some(Ok(w)) => w.to_string(),
+        Some(Err(e)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": format!("X-Orchestrate-User: {e}") })),
+            )
+                .into_response()
+        }
+    };
     if !app.check_token(bearer) {
         app.audit(json!({
             "at": now_text(SystemTime::now()), "who": who, "from": peer.to_string(),

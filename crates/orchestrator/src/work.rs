@@ -3,7 +3,7 @@
 //! points of the `failpoints` feature: what the coordinator, the non-atomic binds and recover
 //! share, so that none of them imports another.
 
-use orchestrate_core::{Direction, Plan};
+use orchestrate_core::{Direction, Plan, Version};
 use orchestrate_driver::{Atomic, DriverError, Endpoint};
 
 use crate::signals;
@@ -73,9 +73,45 @@ pub(crate) fn run_steps<P: Atomic + ?Sized>(
     at: &str,
 ) -> Result<Vec<String>, BatchError> {
     let before = conn.check_plan_still_valid(direction, &work.plan.steps)?;
+    still_planned_from(&work.plan, &before)?;
     for step in &work.plan.steps {
         check_signal()?;
         conn.run_step(batch_id, direction, step, at)?;
     }
     Ok(before)
+}
+
+/// Under the bind's lock: the versions applied now are the ones the plan was made from.
+/// Another run may have changed them between the plan and the lock; a plan for `-1` or
+/// `head` from the old state would then revert or apply the wrong migrations (checking only
+/// the planned steps would not see a newer one applied meanwhile).
+pub(crate) fn still_planned_from(plan: &Plan, applied_now: &[String]) -> Result<(), BatchError> {
+    let Some(from) = &plan.from else {
+        return Ok(());
+    };
+    let mut now: Vec<Version> = applied_now
+        .iter()
+        .map(|v| Version::from_stored(v))
+        .collect();
+    now.sort();
+    let mut then = from.clone();
+    then.sort();
+    if now == then {
+        return Ok(());
+    }
+    let names = |v: &[Version]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.iter().map(Version::as_str).collect::<Vec<_>>().join(", ")
+        }
+    };
+    Err(BatchError::Bind(DriverError::Moved {
+        bind: plan.bind.clone(),
+        detail: format!(
+            "its applied migrations changed since the plan was made (another run?): planned from [{}], now [{}]",
+            names(&then),
+            names(&now)
+        ),
+    }))
 }

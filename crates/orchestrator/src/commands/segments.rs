@@ -58,6 +58,7 @@ pub(crate) fn segments(works: &[BindWork]) -> Vec<Segment> {
                 (k > 0).then(|| {
                     let mut part = w.clone();
                     part.plan.steps = w.plan.steps.drain(..k).collect();
+                    advance(w, &part);
                     part
                 })
             })
@@ -71,6 +72,7 @@ pub(crate) fn segments(works: &[BindWork]) -> Vec<Segment> {
             .map(|w| {
                 let mut part = w.clone();
                 part.plan.steps = vec![w.plan.steps.remove(0)];
+                advance(w, &part);
                 part
             })
             .collect();
@@ -80,6 +82,21 @@ pub(crate) fn segments(works: &[BindWork]) -> Vec<Segment> {
         out.push(Segment::Outside(outside));
     }
     out
+}
+
+/// What the rest of `w`'s plan starts from once `part` has run: its versions applied (or,
+/// going down, reverted). Each segment is checked, under the bind's lock, against this.
+fn advance(w: &mut BindWork, part: &BindWork) {
+    if let Some(from) = w.plan.from.as_mut() {
+        let versions = part.plan.steps.iter().map(|s| s.version.clone());
+        match part.plan.direction {
+            Direction::Up => from.extend(versions),
+            Direction::Down => {
+                let gone: Vec<_> = versions.collect();
+                from.retain(|v| !gone.contains(v));
+            }
+        }
+    }
 }
 
 /// Why a migration outside a transaction did not finish on one bind.
