@@ -42,10 +42,11 @@
 //! ```
 //!
 //! Connections: the library opens its own connections from each bind's URL (at most
-//! `parallelism` binds at once, each with one connection, one more for the decider, and up to
-//! `keep_connections`, default 32, prepared PostgreSQL participants that keep theirs until
-//! COMMIT PREPARED), so a server's `max_connections` must leave room for
-//! `parallelism + keep_connections + 1` of them besides the application's own pool. PostgreSQL binds need `max_prepared_transactions` of at least the
+//! `parallelism` binds at once, each with one connection, and one more for the decider; a
+//! batch of at most `keep_connections`, default 32, PostgreSQL binds that also fits in half
+//! of a server's connections keeps its participants' sessions until COMMIT PREPARED), so a
+//! server's `max_connections` must leave room for `parallelism + 1` of them besides the
+//! application's own pool. PostgreSQL binds need `max_prepared_transactions` of at least the
 //! number of PostgreSQL binds of a batch on that server (checked before anything runs). Giving
 //! an application's existing connection pool instead of a URL is not supported yet.
 
@@ -311,8 +312,9 @@ impl Builder {
         self
     }
 
-    /// How many prepared PostgreSQL participants keep their session until COMMIT PREPARED
-    /// (default 32; each saves a connection at commit, and holds one meanwhile). 0 closes
+    /// The widest batch (in PostgreSQL binds per server) whose prepared participants keep
+    /// their session until COMMIT PREPARED (default 32; each saves a connection at commit,
+    /// and holds one meanwhile; kept only within half the server's connections). 0 closes
     /// each session once its transaction is prepared.
     pub fn keep_connections(mut self, n: usize) -> Builder {
         self.keep_connections = Some(n);
@@ -681,7 +683,11 @@ impl Orchestrator {
             preferred_decider: self.settings.decider.clone(),
             lock_timeout: self.settings.lock_timeout,
             parallelism: self.settings.parallelism,
-            keep_connections: self.settings.keep_connections,
+            keep_connections: crate::work::keep_connections_for(
+                &checked.works,
+                self.settings.keep_connections,
+                self.settings.parallelism,
+            ),
         };
         let report = run_batch(checked.works, direction, &options, &progress);
         match &report.verdict {

@@ -914,6 +914,7 @@ fn redo_work(
         .collect();
     BindWork {
         endpoint: bind.endpoint.clone(),
+        server: None,
         plan: orchestrate_core::Plan {
             bind: bind.name.clone(),
             direction,

@@ -138,8 +138,8 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// How many binds are read or worked on at once.
     pub parallelism: usize,
-    /// How many PostgreSQL sessions a batch keeps open from PREPARE to COMMIT PREPARED
-    /// (each saves a connection at commit); the others are closed once prepared.
+    /// The widest batch (PostgreSQL binds per server) whose participants keep their session
+    /// from PREPARE to COMMIT PREPARED (see `work::keep_connections_for`).
     pub keep_connections: usize,
     /// How a selection is cut into waves (`[rollout]`); by default one batch.
     pub rollout: RolloutSettings,
@@ -567,7 +567,7 @@ impl Settings {
         }
         if let Some(n) = raw.keep_connections.filter(|n| *n > MAX_KEEP_CONNECTIONS) {
             return Err(SettingsError::Invalid(format!(
-                "`keep_connections = {n}` is out of range: give 0 to {MAX_KEEP_CONNECTIONS} (PostgreSQL sessions a batch keeps open from PREPARE to COMMIT PREPARED; 0 closes each once prepared); {DEFAULT_KEEP_CONNECTIONS} is the default"
+                "`keep_connections = {n}` is out of range: give 0 to {MAX_KEEP_CONNECTIONS} (the widest batch, in PostgreSQL binds per server, whose participants keep their session for COMMIT PREPARED; 0 keeps none); {DEFAULT_KEEP_CONNECTIONS} is the default"
             )));
         }
         let mut binds = Vec::with_capacity(raw.binds.len());

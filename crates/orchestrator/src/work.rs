@@ -62,6 +62,44 @@ pub(crate) fn check_signal() -> Result<(), BatchError> {
 pub struct BindWork {
     pub endpoint: Endpoint,
     pub plan: Plan,
+    /// PostgreSQL: the server (as it identified itself) and the connections it accepts
+    /// (`ServerIdentity::max_connections`), when its state was read: what decides whether
+    /// prepared participants may keep their sessions (see `keep_connections_for`).
+    pub server: Option<(String, i64)>,
+}
+
+/// How many PostgreSQL participants of `works` may keep their session from PREPARE to COMMIT
+/// PREPARED: `keep` when, on every server, the batch's participants are no more than `keep`
+/// and, with `parallelism` working and the decider, take at most half the connections the
+/// server accepts; otherwise none (a batch may span more binds than a server accepts
+/// connections, and the application keeps its own). A server whose limit was not read keeps
+/// none.
+pub fn keep_connections_for(works: &[BindWork], keep: usize, parallelism: usize) -> usize {
+    let mut by_server: std::collections::BTreeMap<String, (usize, Option<i64>)> =
+        Default::default();
+    for w in works
+        .iter()
+        .filter(|w| w.endpoint.backend == orchestrate_driver::Backend::Postgres)
+    {
+        let (key, room) = match &w.server {
+            Some((server, room)) => (server.clone(), Some(*room)),
+            None => (w.endpoint.server().unwrap_or_default(), None),
+        };
+        let entry = by_server.entry(key).or_insert((0, room));
+        entry.0 += 1;
+        entry.1 = match (entry.1, room) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        };
+    }
+    let fits = by_server.values().all(|(n, room)| {
+        room.is_some_and(|room| *n <= keep && 2 * (*n + parallelism + 1) as i64 <= room)
+    });
+    if fits {
+        keep
+    } else {
+        0
+    }
 }
 
 /// Runs a bind's steps in its open batch transaction.

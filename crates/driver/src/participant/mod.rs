@@ -592,6 +592,10 @@ pub struct ServerIdentity {
     /// The server's `max_prepared_transactions`.
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub max_prepared: i64,
+    /// The connections the server accepts from roles that are not superusers:
+    /// `max_connections` less `superuser_reserved_connections`.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub max_connections: i64,
 }
 
 /// A prepared transaction of this tool, found in `pg_prepared_xacts` (or by `XA RECOVER`).

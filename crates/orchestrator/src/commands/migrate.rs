@@ -133,7 +133,11 @@ pub(crate) fn run_one(
         preferred_decider: settings.decider.clone(),
         lock_timeout: settings.lock_timeout,
         parallelism: settings.parallelism,
-        keep_connections: settings.keep_connections,
+        keep_connections: crate::work::keep_connections_for(
+            &works,
+            settings.keep_connections,
+            settings.parallelism,
+        ),
     };
     // A large batch prints a summary instead of a line per bind, unless --verbose.
     let summarise = works.len() > SUMMARY_ABOVE && !args.verbose;
@@ -232,6 +236,9 @@ pub(crate) fn check_batch<'s>(
         .map(|(b, p)| BindWork {
             endpoint: b.endpoint.clone(),
             plan: p.clone(),
+            server: servers
+                .get(&b.name)
+                .map(|id| (id.server.clone(), id.max_connections)),
         })
         .collect();
     if wave_settings.is_some() && super::segments::has_segments(&works) {
