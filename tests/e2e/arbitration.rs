@@ -58,7 +58,7 @@ fn live_pg_batch(failpoints: &str) -> (Project, std::process::Child) {
 }
 
 /// Waits for a spawned `upgrade` and checks it committed on every bind.
-fn committed(child: std::process::Child) {
+pub(crate) fn committed(child: std::process::Child) {
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(

@@ -313,5 +313,12 @@ fn the_page_in_a_browser_upgrades_staging_and_refuses_what_it_must() {
     };
     assert_eq!(count(&dbs[0]), 2);
     assert_eq!(count(&dbs[1]), 0);
+    assert_eq!(
+        (
+            crate::serve::cache_versions(&p, "staging"),
+            crate::serve::cache_versions(&p, "production")
+        ),
+        (1, 0)
+    );
     server.assert_no_password();
 }

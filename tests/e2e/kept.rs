@@ -2,6 +2,7 @@
 //! COMMIT PREPARED (`keep_connections`), and what happens when that session dies before the
 //! commit. Each test ends by looking at every database of the batch.
 
+use crate::arbitration::committed;
 use crate::crash::{spawn, wait_until};
 use crate::support::{state, Project};
 
@@ -13,19 +14,6 @@ fn kept_sessions(p: &Project, bind: &str) -> i64 {
         "SELECT count(*) AS n FROM pg_catalog.pg_stat_activity WHERE datname = '{name}' \
          AND pid <> pg_catalog.pg_backend_pid() AND query LIKE '%pg_prepared_xacts WHERE gid = %'"
     ))
-}
-
-/// Waits for a spawned `upgrade` and checks it committed on every bind.
-fn committed(child: std::process::Child) {
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("committed on every bind"), "{stdout}");
 }
 
 #[test]

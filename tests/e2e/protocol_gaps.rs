@@ -908,23 +908,32 @@ fn finished(child: std::process::Child) -> (Option<i32>, String) {
     (out.status.code(), text)
 }
 
-/// A failure before the decision (the decider's migration fails) while a prepared participant
-/// cannot be reached to roll it back: the run says so and exits 3, never "every bind is as it
-/// was"; `recover` rolls it back once it can.
-#[test]
-fn a_failed_batch_with_a_participant_left_prepared_says_so() {
+/// Waits for `child` while b_pg's database accepts no new connection.
+fn finished_without_new_connections(
+    p: &Project,
+    child: std::process::Child,
+) -> (Option<i32>, String) {
     use diesel::Connection;
-    // b_pg's session is not kept: it must connect again to roll back, and cannot.
-    let (p, child) = batch_failing_after_b_pg_prepared("keep_connections = 0");
     let b_name = p.db("b_pg").pg_name();
     let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
     admin
         .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS false"))
         .unwrap();
-    let (code, text) = finished(child);
+    let finished = finished(child);
     admin
         .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS true"))
         .unwrap();
+    finished
+}
+
+/// A failure before the decision (the decider's migration fails) while a prepared participant
+/// cannot be reached to roll it back: the run says so and exits 3, never "every bind is as it
+/// was"; `recover` rolls it back once it can.
+#[test]
+fn a_failed_batch_with_a_participant_left_prepared_says_so() {
+    // b_pg's session is not kept: it must connect again to roll back, and cannot.
+    let (p, child) = batch_failing_after_b_pg_prepared("keep_connections = 0");
+    let (code, text) = finished_without_new_connections(&p, child);
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("could not be rolled back for sure"), "{text}");
     assert!(!text.contains("every bind is as it was"), "{text}");
@@ -937,17 +946,8 @@ fn a_failed_batch_with_a_participant_left_prepared_says_so() {
 /// session, although no new connection to its database is allowed.
 #[test]
 fn a_failed_batch_rolls_back_a_kept_participant_without_connecting_again() {
-    use diesel::Connection;
     let (p, child) = batch_failing_after_b_pg_prepared("");
-    let b_name = p.db("b_pg").pg_name();
-    let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
-    admin
-        .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS false"))
-        .unwrap();
-    let (code, text) = finished(child);
-    admin
-        .batch_execute(&format!("ALTER DATABASE {b_name} ALLOW_CONNECTIONS true"))
-        .unwrap();
+    let (code, text) = finished_without_new_connections(&p, child);
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("every bind is as it was"), "{text}");
     assert!(p.db("b_pg").state().prepared.is_empty(), "{text}");

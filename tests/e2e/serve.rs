@@ -66,6 +66,25 @@ fn versions(db: &PgDb) -> i64 {
         .unwrap_or(0)
 }
 
+/// Versions applied on `env`'s SQLite bind `cache` (0 while its file does not exist).
+pub(crate) fn cache_versions(p: &Project, env: &str) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let path = p.path().join(format!("var/{env}_cache.sqlite3"));
+    if !path.exists() {
+        return 0;
+    }
+    let mut c = diesel::SqliteConnection::establish(path.to_str().unwrap()).unwrap();
+    diesel::sql_query("SELECT count(*) AS n FROM __diesel_schema_migrations")
+        .get_result::<N>(&mut c)
+        .map(|r| r.n)
+        .unwrap_or(0)
+}
+
 /// A running `orchestrate serve`, stopped when dropped.
 pub(crate) struct Server {
     child: Child,
@@ -306,6 +325,13 @@ fn the_page_shows_every_environment_and_refuses_actions_without_the_token() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(versions(&dbs[0]), 0);
     assert_eq!(versions(&dbs[1]), 0);
+    assert_eq!(
+        (
+            cache_versions(&p, "staging"),
+            cache_versions(&p, "production")
+        ),
+        (0, 0)
+    );
     // Signed in, the page offers the actions.
     let page = server.get("/", Some(&cookie));
     assert!(page.body.contains("upgrade staging"), "{}", page.body);
@@ -343,6 +369,7 @@ fn a_server_without_a_token_is_read_only() {
         401
     );
     assert_eq!(versions(&dbs[0]), 0);
+    assert_eq!(cache_versions(&p, "staging"), 0);
     server.assert_no_password();
 }
 
@@ -386,6 +413,13 @@ fn an_api_upgrade_runs_alone_and_production_is_promoted_with_confirmation() {
     );
     assert_eq!(versions(&dbs[0]), 2);
     assert_eq!(versions(&dbs[1]), 0);
+    assert_eq!(
+        (
+            cache_versions(&p, "staging"),
+            cache_versions(&p, "production")
+        ),
+        (1, 0)
+    );
 
     // Production is protected: promote needs its name.
     let r = server.post_json(
@@ -404,6 +438,7 @@ fn an_api_upgrade_runs_alone_and_production_is_promoted_with_confirmation() {
     let done = server.wait_idle("production");
     assert_eq!(done["exit_code"], 0, "{done}");
     assert_eq!(versions(&dbs[1]), 2);
+    assert_eq!(cache_versions(&p, "production"), 1);
     // One step down on staging's app.
     let r = server.post_json(
         "/api/env/staging/downgrade",
@@ -413,6 +448,7 @@ fn an_api_upgrade_runs_alone_and_production_is_promoted_with_confirmation() {
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(server.wait_idle("staging")["exit_code"], 0);
     assert_eq!(versions(&dbs[0]), 1);
+    assert_eq!(cache_versions(&p, "staging"), 1);
     // Once the action has ended, the overview is already read again: the diff says they
     // differ now.
     let api: serde_json::Value =

@@ -914,6 +914,26 @@ fn diff_box(d: &Value) -> Markup {
     }
 }
 
+/// A command's `--json` output, run off the async threads (a read connects to every bind).
+async fn read_json(app: &Arc<App>, args: Vec<String>) -> Value {
+    let reader = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        reader.command_json(&args)
+    })
+    .await
+    .unwrap_or_else(|e| json!({ "error": { "message": e.to_string() } }))
+}
+
+/// The API's answer for an environment that is not served.
+fn not_served(env: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": format!("no environment `{env}` is served") })),
+    )
+        .into_response()
+}
+
 async fn history_page(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -926,13 +946,18 @@ async fn history_page(
         )
             .into_response();
     }
-    let reader = app.clone();
-    let (e2, b2) = (env.clone(), bind.clone());
-    let history = tokio::task::spawn_blocking(move || {
-        reader.command_json(&["--env", &e2, "history", "--bind", &b2, "--json"])
-    })
-    .await
-    .unwrap_or_else(|e| json!({ "error": { "message": e.to_string() } }));
+    let history = read_json(
+        &app,
+        vec![
+            "--env".into(),
+            env.clone(),
+            "history".into(),
+            "--bind".into(),
+            bind.clone(),
+            "--json".into(),
+        ],
+    )
+    .await;
     let session = app.session(&headers);
     let body = html! {
         h1 { "Bind " (bind) " in " (env) }
@@ -1288,18 +1313,13 @@ async fn api_overview(State(app): State<Arc<App>>) -> Json<Value> {
 
 async fn api_status(State(app): State<Arc<App>>, Path(env): Path<String>) -> Response {
     if !app.environments.contains(&env) {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no environment `{env}` is served") })),
-        )
-            .into_response();
+        return not_served(&env);
     }
-    let reader = app.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        reader.command_json(&["--env", &env, "status", "--json"])
-    })
-    .await
-    .unwrap_or_else(|e| json!({ "error": { "message": e.to_string() } }));
+    let status = read_json(
+        &app,
+        vec!["--env".into(), env, "status".into(), "--json".into()],
+    )
+    .await;
     Json(status).into_response()
 }
 
@@ -1308,18 +1328,10 @@ async fn api_history(
     Path((env, bind)): Path<(String, String)>,
 ) -> Response {
     if !app.environments.contains(&env) {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no environment `{env}` is served") })),
-        )
-            .into_response();
+        return not_served(&env);
     }
-    let reader = app.clone();
-    let history = tokio::task::spawn_blocking(move || {
-        reader.command_json(&["--env", &env, "history", "--bind", &bind, "--json"])
-    })
-    .await
-    .unwrap_or_else(|e| json!({ "error": { "message": e.to_string() } }));
+    let args = ["--env", &env, "history", "--bind", &bind, "--json"];
+    let history = read_json(&app, args.iter().map(|a| a.to_string()).collect()).await;
     Json(history).into_response()
 }
 

@@ -89,6 +89,21 @@ pub(crate) enum Arg<'a> {
     Int(i64),
 }
 
+/// The savepoint a batch transaction holds (SQLite between steps, PostgreSQL from its
+/// start) to tell, after a migration ran, the batch's transaction from one the migration
+/// began after ending it. Its name is drawn at random once per process, so that a migration
+/// cannot take it again (`COMMIT; BEGIN; SAVEPOINT <name>;`) and pass unseen.
+pub(crate) fn guard_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        format!("orchestrate_batch_guard_{random:016x}")
+    })
+}
+
 /// A row read by any backend.
 #[cfg(feature = "mysql")]
 pub(crate) trait Row:

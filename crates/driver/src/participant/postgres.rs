@@ -465,7 +465,7 @@ impl Postgres {
         )?;
         self.s.execute_plain(
             "cannot take the batch's savepoint",
-            &format!("SAVEPOINT {}", guard_name()),
+            &format!("SAVEPOINT {}", super::guard_name()),
         )
     }
 
@@ -649,22 +649,11 @@ impl Postgres {
     }
 }
 
-/// The savepoint a PostgreSQL batch transaction holds from its start (after its lock and
-/// version tables, see `lock_and_tables`). After a migration failed, the transaction open can
-/// be asked nothing, whether it is the batch's (aborted by the failure) or one the migration
-/// began after ending the batch's (`COMMIT; BEGIN; ...` then an error): rolling back to this
-/// savepoint tells them apart. Its name is drawn at random once per process, so a migration
-/// cannot take it again.
-fn guard_name() -> &'static str {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        format!("orchestrate_batch_guard_{random:016x}")
-    })
-}
+// The batch's guard savepoint (`super::guard_name`): held from the batch transaction's
+// start (after its lock and version tables, see `lock_and_tables`). After a migration failed,
+// the transaction open can be asked nothing, whether it is the batch's (aborted by the
+// failure) or one the migration began after ending the batch's (`COMMIT; BEGIN; ...` then an
+// error): rolling back to this savepoint tells them apart.
 
 /// After a migration failed: whether it had ended the batch's transaction first. The guard
 /// savepoint is there only in the batch's transaction; rolling back to it also makes that
@@ -673,7 +662,7 @@ fn guard_name() -> &'static str {
 fn left_after_failure(s: &mut Session<PgConnection>) -> Result<bool, DriverError> {
     match s
         .conn
-        .batch_execute(&format!("ROLLBACK TO SAVEPOINT {}", guard_name()))
+        .batch_execute(&format!("ROLLBACK TO SAVEPOINT {}", super::guard_name()))
     {
         Ok(()) => Ok(false),
         Err(e) => {

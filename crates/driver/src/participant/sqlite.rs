@@ -16,22 +16,10 @@ use crate::endpoint::{Backend, Endpoint};
 use crate::error::{message_of, DriverError, ErrorClass};
 use crate::schema::{self, DIESEL_TABLE, HISTORY};
 
-/// The savepoint a SQLite batch transaction holds between steps (see `begin_batch`). Its name
-/// is drawn at random once per process, so that a migration cannot take it again after
-/// ending the batch's transaction (`COMMIT; BEGIN; SAVEPOINT <name>;`) and pass unseen.
-fn guard_name() -> &'static str {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        format!("orchestrate_batch_guard_{random:016x}")
-    })
-}
-
+// The guard savepoint a SQLite batch transaction holds between steps (see `begin_batch`):
+// `super::guard_name`.
 fn guard() -> String {
-    format!("SAVEPOINT {}", guard_name())
+    format!("SAVEPOINT {}", super::guard_name())
 }
 
 impl Db for SqliteConnection {
@@ -193,7 +181,10 @@ impl Sqlite {
 /// when it did, even if the migration began another transaction (`COMMIT; BEGIN;`), which is
 /// then rolled back (it is not the batch's). The guard is released and taken again.
 fn left_transaction(s: &mut Session<SqliteConnection>) -> Result<bool, DriverError> {
-    match s.conn.batch_execute(&format!("RELEASE {}", guard_name())) {
+    match s
+        .conn
+        .batch_execute(&format!("RELEASE {}", super::guard_name()))
+    {
         Ok(()) => {
             s.execute_plain("cannot check the transaction", &guard())?;
             Ok(false)
