@@ -106,8 +106,16 @@ impl Server {
     }
 
     pub(crate) fn start_with(p: &Project, token: Option<&str>, envs: &[&str]) -> Server {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--refresh", "1"];
-        args.extend(envs);
+        Server::start_args(p, token, envs)
+    }
+
+    /// A server of `args` (environments and options) besides its address and refresh.
+    pub(crate) fn start_args(p: &Project, token: Option<&str>, args: &[&str]) -> Server {
+        let args = [
+            &["serve", "--listen", "127.0.0.1:0", "--refresh", "1"],
+            args,
+        ]
+        .concat();
         let mut cmd = p.command(&args);
         match token {
             Some(t) => cmd.env("ORCHESTRATE_SERVE_TOKEN", t),
@@ -518,4 +526,122 @@ fn an_environment_of_many_binds_is_a_grid() {
         "{}",
         page.body
     );
+}
+
+/// The sessions on the databases named `names`, from the server's side: (database, pid,
+/// when the session started).
+fn sessions_on(names: &[&str]) -> Vec<(String, i32, String)> {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct S {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        started: String,
+    }
+    let list = names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
+    diesel::sql_query(format!(
+        "SELECT CAST(datname AS TEXT) AS datname, pid, CAST(backend_start AS TEXT) AS started \
+         FROM pg_stat_activity WHERE datname IN ({list}) ORDER BY pid"
+    ))
+    .load::<S>(&mut admin)
+    .unwrap()
+    .into_iter()
+    .map(|s| (s.datname, s.pid, s.started))
+    .collect()
+}
+
+#[test]
+fn reads_keep_one_connection_per_bind_within_the_budget_per_server() {
+    // Four PostgreSQL binds on one server, a budget of three: three binds keep a session
+    // between refreshes, the fourth is read with a new one each time.
+    let mut p = Project::new();
+    let dbs: Vec<PgDb> = (0..4).map(|_| PgDb::new()).collect();
+    let mut text = String::new();
+    for (i, db) in dbs.iter().enumerate() {
+        p.create_table(&format!("t{i}"), "1_a", &format!("a{i}"));
+        text.push_str(&format!(
+            "[binds.t{i}]\nurl = \"{}\"\n",
+            with_password(&db.url)
+        ));
+    }
+    p.config("");
+    fs::write(p.path().join("config/dev.toml"), text).unwrap();
+    let names: Vec<&str> = dbs.iter().map(|d| d.name.as_str()).collect();
+    let server = Server::start_args(&p, None, &["dev", "--pool-per-server", "3"]);
+    let overview = |server: &Server| -> serde_json::Value {
+        serde_json::from_str(&server.get("/api/overview", None).body).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = overview(&server);
+        let r = &v["read_connections"];
+        if r["open"] == 3 && r["reused"].as_u64().unwrap_or(0) >= 6 {
+            assert_eq!(r["pooled_binds"], 3, "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reads never reused a connection: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Across several refreshes (one a second), the same three sessions stay, one per
+    // database; a session opened for one read lives milliseconds, not seconds.
+    let before = sessions_on(&names);
+    std::thread::sleep(Duration::from_millis(3500));
+    let after = sessions_on(&names);
+    let kept: Vec<&(String, i32, String)> = before.iter().filter(|s| after.contains(s)).collect();
+    assert_eq!(kept.len(), 3, "before {before:?}, after {after:?}");
+    let mut databases: Vec<&str> = kept.iter().map(|s| s.0.as_str()).collect();
+    databases.dedup();
+    assert_eq!(databases.len(), 3, "{kept:?}");
+    let before_stats = overview(&server)["read_connections"].clone();
+    assert!(
+        before_stats["opened"].as_u64().unwrap() >= 4,
+        "the fourth bind is read with its own connection: {before_stats}"
+    );
+    // A kept session sees what another process commits: the next refresh shows t0 and t3
+    // up to date (one kept, one not), and nothing waited on the kept sessions.
+    p.run(&["--env", "dev", "upgrade", "--bind", "t0", "--bind", "t3"])
+        .expect(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = overview(&server);
+        let binds = v["environments"][0]["status"]["binds"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let pending = |name: &str| {
+            binds
+                .iter()
+                .find(|b| b["bind"] == name)
+                .map(|b| b["pending"].as_array().unwrap().len())
+        };
+        if pending("t0") == Some(0) && pending("t3") == Some(0) {
+            assert_eq!(pending("t1"), Some(1), "{v}");
+            assert_eq!(pending("t2"), Some(1), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the upgrade never showed: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (i, db) in dbs.iter().enumerate() {
+        assert_eq!(versions(db), i64::from(i == 0 || i == 3), "t{i}");
+    }
+    let page = server.get("/", None);
+    assert!(
+        page.body
+            .contains("3 binds keep a read connection (3 open)"),
+        "{}",
+        page.body
+    );
+    server.assert_no_password();
 }

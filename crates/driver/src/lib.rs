@@ -16,6 +16,8 @@
 //!   do is a trait it implements ([`Bookkeeping`], [`Decider`], [`Atomic`],
 //!   [`BatchTransaction`], [`TwoPhase`], [`Resolve`]); [`BindConnection`] is a connection to a
 //!   bind of any backend. Each backend classifies its own errors ([`ErrorClass`]).
+//! - [`ReadPools`]: connections kept between reads of binds (r2d2, one per bind within a
+//!   budget per server), for a long-running process such as `orchestrate serve`.
 //! - [`Capabilities`]: what a backend can do, as data the coordinator reads.
 //! - [`check_plan`] / [`check_migration`]: the statement check, which refuses at plan time a
 //!   migration that would end or escape the batch's transaction (PostgreSQL SQL read by
@@ -32,6 +34,7 @@
 mod endpoint;
 mod error;
 mod participant;
+mod pool;
 mod record;
 mod schema;
 mod script;
@@ -48,6 +51,7 @@ pub use participant::{
     DecisionState, HistoryEvent, Mark, MarkDirection, MarkKind, Mysql, Postgres, PreparedXact,
     Resolve, ServerIdentity, Sqlite, TwoPhase, Xa, XactStatus, LOCK_KEY,
 };
+pub use pool::{PoolStats, ReadManager, ReadPools, Reader};
 pub use record::{
     gid_for, quote_literal, DecisionRecord, NotATransactionId, Participant, RedoStep,
     TransactionId, GID_PREFIX,

@@ -66,6 +66,12 @@ pub struct ServeArgs {
     /// Seconds between two reads of every bind of every environment.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     pub refresh: u64,
+    /// Reads keep one connection per PostgreSQL or MySQL bind between refreshes, for at most
+    /// this many binds per server (and never more than a quarter of the connections the
+    /// server accepts); the binds past it are read with a new connection each time. 0: keep
+    /// none. Actions always use connections of their own.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub pool_per_server: usize,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,12 +4,13 @@
 //! locked is reported as such.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use orchestrate_core::{current, pending, problems};
 use orchestrate_driver::{
-    Backend, BindConnection, DecisionRecord, DecisionState, DriverError, TransactionId,
+    Backend, BindConnection, DecisionRecord, DecisionState, DriverError, PoolStats, ReadPools,
+    Reader, TransactionId,
 };
 use rayon::prelude::*;
 use serde::Serialize;
@@ -76,6 +77,39 @@ pub struct BindReport {
 
 /// Reads locks for at most this long, so `status` never hangs behind an in-doubt batch.
 const READ_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The lock timeout of a read of a bind's state (`status`, `diff`).
+pub(crate) fn read_timeout(settings: &Settings) -> Duration {
+    settings.lock_timeout.min(READ_LOCK_TIMEOUT)
+}
+
+/// Connections kept between reads, once a long-running process asked for them.
+static READ_POOLS: OnceLock<ReadPools> = OnceLock::new();
+
+/// From now on, in this process, the reads of `status` and `diff` keep a connection per
+/// PostgreSQL or MySQL bind between runs, at most `per_server` per server (see
+/// [`ReadPools`]). For a long-running process (`orchestrate serve`); a command reads with
+/// new connections. The first call sets the budget.
+pub fn keep_read_connections(per_server: usize) {
+    READ_POOLS.get_or_init(|| ReadPools::new(per_server));
+}
+
+/// What the kept read connections have done, when they are on.
+pub fn read_pool_stats() -> Option<PoolStats> {
+    READ_POOLS.get().map(ReadPools::stats)
+}
+
+/// A connection to read a bind with: kept between reads when [`keep_read_connections`] was
+/// called, otherwise a new one. Never creates a SQLite file.
+pub(crate) fn reader(
+    endpoint: &orchestrate_driver::Endpoint,
+    lock_timeout: Duration,
+) -> Result<Reader, DriverError> {
+    match READ_POOLS.get() {
+        Some(pools) => pools.connect(endpoint, lock_timeout),
+        None => BindConnection::connect(endpoint, false, lock_timeout).map(Reader::Fresh),
+    }
+}
 
 /// Reads every bind, concurrently.
 pub fn inspect(settings: &Settings, binds: &[&BindSettings]) -> Vec<BindReport> {
@@ -153,8 +187,8 @@ fn inspect_one(
 ) -> BindReport {
     let started = Instant::now();
     let mut report = empty_report(bind);
-    let timeout = settings.lock_timeout.min(READ_LOCK_TIMEOUT);
-    let state = match BindConnection::connect(&bind.endpoint, false, timeout) {
+    let timeout = read_timeout(settings);
+    let state = match reader(&bind.endpoint, timeout) {
         Ok(mut conn) => {
             read_prepared(settings, &mut conn, decisions, &mut report);
             conn.read_applied().map(Some)

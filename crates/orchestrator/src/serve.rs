@@ -551,6 +551,7 @@ pub fn serve(base_sources: &Sources, base: Vec<String>, args: &ServeArgs, o: &mu
         app.environments.join(", ")
     );
     let _ = o.out.flush();
+    crate::inspect::keep_read_connections(args.pool_per_server);
     app.refresh();
     let refresher = app.clone();
     let every = Duration::from_secs(args.refresh.max(1));
@@ -752,6 +753,9 @@ async fn overview_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Marku
         div.meta {
             @if let Some(at) = overview.read_at {
                 "read at " (now_text(at)) " in " (overview.took.as_millis()) " ms; the page reloads every " (app.refresh_seconds) " s"
+                @if let Some(p) = crate::inspect::read_pool_stats() {
+                    "; " (p.pooled_binds) " binds keep a read connection (" (p.open) " open), " (p.reused) " reads reused one, " (p.opened) " opened their own"
+                }
             }
             @if app.token.is_none() { " · read-only (no access token configured)" }
         }
@@ -1306,6 +1310,8 @@ async fn api_overview(State(app): State<Arc<App>>) -> Json<Value> {
         .collect();
     Json(json!({
         "read_at": overview.read_at.map(now_text),
+        "took_ms": overview.took.as_millis() as u64,
+        "read_connections": crate::inspect::read_pool_stats(),
         "environments": envs,
         "diffs": overview.diffs,
     }))

@@ -8,8 +8,8 @@ use std::time::Duration;
 use orchestrate_core::{Direction, Step};
 
 use super::{
-    BatchTransaction, BindState, Bookkeeping, Decider, DecisionState, HistoryEvent, Mark, Mysql,
-    Postgres, PreparedXact, Resolve, Sqlite, XactStatus,
+    BatchTransaction, BindState, Bookkeeping, Decider, DecisionState, HasSession, HistoryEvent,
+    Mark, Mysql, Postgres, PreparedXact, Resolve, Sqlite, XactStatus,
 };
 use crate::endpoint::{Backend, Endpoint};
 use crate::error::DriverError;
@@ -282,5 +282,32 @@ impl BindConnection {
         at: &str,
     ) -> Result<(), DriverError> {
         each!(self, c => c.settle_decision(record, at))
+    }
+
+    /// Whether the connection still answers (one `SELECT 1`): what a pool asks before it lends
+    /// a kept connection.
+    pub fn ping(&mut self) -> Result<(), DriverError> {
+        each!(self, c => c.session().execute_plain("the connection no longer answers", "SELECT 1"))
+    }
+
+    /// Whether no transaction is open on this connection: only such a connection may be kept
+    /// for later reads (one left in a transaction would hold its locks and snapshot).
+    pub fn is_idle(&mut self) -> bool {
+        each!(self, c => !c.session().in_transaction())
+    }
+
+    /// How many connections the bind's server accepts from roles that are not superusers
+    /// (PostgreSQL: `max_connections` less `superuser_reserved_connections`; MySQL:
+    /// `max_connections`). `None` for SQLite, which has no server.
+    pub fn server_connections(&mut self) -> Result<Option<i64>, DriverError> {
+        let sql = match self {
+            BindConnection::Postgres(_) => {
+                "SELECT CAST(pg_catalog.current_setting('max_connections') AS BIGINT) \
+                 - CAST(pg_catalog.current_setting('superuser_reserved_connections') AS BIGINT) AS n"
+            }
+            BindConnection::Mysql(_) => "SELECT CAST(@@max_connections AS SIGNED) AS n",
+            BindConnection::Sqlite(_) => return Ok(None),
+        };
+        each!(self, c => c.session().count("cannot read how many connections the server accepts", sql, &[]).map(Some))
     }
 }

@@ -11,7 +11,6 @@ use orchestrate_core::{problems, Allow, Direction, Version};
 use serde_json::json;
 
 use super::output::{Output, Refusal};
-use super::read_state;
 use crate::cli::MigrateArgs;
 use crate::exit;
 use crate::settings::{Settings, Sources};
@@ -89,7 +88,22 @@ fn read_side(
                     }
                     return (b.name.clone(), side);
                 }
-                match read_state(b, &settings) {
+                // One connection (kept between reads by `serve`) reads the state and the
+                // history; a SQLite file not created yet has neither.
+                let timeout = crate::inspect::read_timeout(&settings);
+                let mut conn = match crate::inspect::reader(&b.endpoint, timeout) {
+                    Ok(c) => Some(c),
+                    Err(orchestrate_driver::DriverError::NoSuchFile { .. }) => None,
+                    Err(e) => {
+                        side.error = Some(e.to_string());
+                        return (b.name.clone(), side);
+                    }
+                };
+                let state = match &mut conn {
+                    Some(c) => c.read_state(),
+                    None => Ok(orchestrate_driver::BindState::default()),
+                };
+                match state {
                     Ok(state) => {
                         for a in &state.applied {
                             side.applied
@@ -111,12 +125,10 @@ fn read_side(
                         }
                         // The newest history record of each version: a stamp means it was
                         // recorded, not run, here.
-                        let history = orchestrate_driver::BindConnection::connect(
-                            &b.endpoint,
-                            false,
-                            settings.lock_timeout,
-                        )
-                        .and_then(|mut c| c.history_events());
+                        let history = match &mut conn {
+                            Some(c) => c.history_events(),
+                            None => Ok(Vec::new()),
+                        };
                         match history {
                             Ok(events) => {
                                 let mut newest: BTreeMap<String, String> = BTreeMap::new();
