@@ -21,6 +21,11 @@ For each size (M databases, N migrations each) it measures, in one run:
               other): its time, and the longest any bind held its locks, next to the single
               batch's (both from --json's max_lock_hold_ms)
   status      orchestrate status --json over all M binds, after the upgrade
+  serve       orchestrate serve's refresh of the overview (status of every bind, in one
+              long-running process), first with its kept read connections (--pool-per-server
+              M, capped by the server at a quarter of its connections), then with none
+              (--pool-per-server 0): the median of three refreshes after the first, in the first
+              round only
   no-op       orchestrate upgrade --all-binds --json again, with nothing left to do
   peak RSS    the largest resident set of the atomic upgrade and of status (ru_maxrss)
 
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIME = "/usr/bin/time"
@@ -135,6 +141,34 @@ def rollout_waves(project):
         return json.load(f)["waves"]
 
 
+def serve_refresh(binary, project, per_server):
+    """`orchestrate serve bench` over every bind with --pool-per-server per_server: the median
+    of three refreshes after the first (seconds), and its read_connections."""
+    open(os.path.join(project, "config/bench.toml"), "w").close()
+    proc = subprocess.Popen([binary, "serve", "bench", "--listen", "127.0.0.1:0", "--refresh", "1",
+                             "--pool-per-server", str(per_server)],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    took, seen, stats = [], None, None
+    try:
+        first = proc.stdout.readline()
+        base = "http://" + first.split("listening on http://")[1].split("/")[0]
+        deadline = time.time() + 900
+        while len(took) < 4:
+            if time.time() > deadline:
+                sys.exit(f"bench: serve never refreshed four times: {took}")
+            v = json.load(urllib.request.urlopen(base + "/api/overview"))
+            if v["read_at"] != seen:
+                seen = v["read_at"]
+                took.append(v["took_ms"] / 1000.0)
+                stats = v["read_connections"]
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait()
+        os.remove(os.path.join(project, "config/bench.toml"))
+    return sorted(took[1:])[1], stats
+
+
 def psql(url, sql):
     return run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
 
@@ -217,6 +251,14 @@ def main():
             f"{r['rss_up']:.1f} MiB | {r['rss_status']:.1f} MiB |"
         )
     print()
+    print("| binds x migrations | status (new process) | serve refresh, kept connections | binds that kept one | serve refresh, none kept | status floor (connections alone) | kept refresh / status floor |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['m']} x {r['n']} | {r['status']:.3f} s | {r['serve_kept']:.3f} s | {r['serve_stats']['pooled_binds']} | "
+            f"{r['serve_fresh']:.3f} s | {r['status_floor']:.3f} s | {r['serve_kept'] / r['status_floor']:.2f}x |"
+        )
+    print()
     print(f"| binds x migrations | one batch | its longest lock hold | rollout, waves of {args.wave_size} | its longest lock hold | longest wave | longest hold / longest wave | rollout / one batch |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -295,7 +337,8 @@ def bench_size(m, n, args, binary, admin, base):
     peer = flask_peer(project, urls, n) if m <= 150 else (
         f"not measured: it keeps {m} connections open at once, over this server's max_connections (200)")
     results = {"flask": [], "atomic": [], "serial": [], "floor": [], "libpq": [], "status": [], "noop": [], "rollout": [],
-               "hold_atomic": [], "hold_rollout": [], "wave": []}
+               "hold_atomic": [], "hold_rollout": [], "wave": [], "serve_kept": [], "serve_fresh": []}
+    serve_stats = None
     rss_up = rss_status = 0.0
     for r in range(args.repeat):
         print(f"bench: {m}x{n} run {r + 1}/{args.repeat}", file=sys.stderr)
@@ -309,6 +352,11 @@ def bench_size(m, n, args, binary, admin, base):
         rss_status = max(rss_status, rss)
         t, _ = timed_child([binary, "upgrade", "--all-binds", "--json"], project)
         results["noop"].append(t)
+        if r == 0:
+            kept, stats = serve_refresh(binary, project, m)
+            results["serve_kept"].append(kept)
+            results["serve_fresh"].append(serve_refresh(binary, project, 0)[0])
+            serve_stats = stats
         reset()
         start = time.perf_counter()
         for i in range(m):
@@ -337,7 +385,7 @@ def bench_size(m, n, args, binary, admin, base):
 
     row = {k: median(v) for k, v in results.items() if v}
     row["peer"] = row.get("flask") or peer
-    row.update(m=m, n=n, rss_up=rss_up, rss_status=rss_status,
+    row.update(m=m, n=n, rss_up=rss_up, rss_status=rss_status, serve_stats=serve_stats,
                status_floor=(m / connect_rate) if connect_rate else float("nan"))
     print(f"bench: {row}", file=sys.stderr)
     return row
