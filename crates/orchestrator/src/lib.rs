@@ -47,6 +47,8 @@ pub mod library;
 pub mod manage;
 #[doc(hidden)]
 pub mod nonatomic;
+#[cfg(test)]
+mod public_api;
 #[doc(hidden)]
 pub mod recover;
 #[doc(hidden)]
