@@ -79,6 +79,23 @@ pub enum Migrations {
 
 impl Migrations {
     /// A migrations folder.
+    ///
+    /// ```
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let folder = dir.path().join("migrations/users/2024-01-01-000000_create_users");
+    /// std::fs::create_dir_all(&folder).unwrap();
+    /// std::fs::write(folder.join("up.sql"), "CREATE TABLE users (id INTEGER PRIMARY KEY);").unwrap();
+    /// std::fs::write(folder.join("down.sql"), "DROP TABLE users;").unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::folder("migrations/users"))
+    ///     .build()
+    ///     .unwrap();
+    /// // Versions are the folder name's digits.
+    /// assert_eq!(o.status().unwrap()[0].pending, ["20240101000000"]);
+    /// ```
     pub fn folder(path: impl Into<PathBuf>) -> Migrations {
         Migrations::Folder(path.into())
     }
@@ -91,6 +108,22 @@ impl Migrations {
     /// `data_only`), and a `metadata.toml` that does not set `run_in_transaction` reads as
     /// `run_in_transaction = false` (diesel's reading; a folder reads it as `true`), so such a
     /// migration is refused where the folder's would run: write the key out.
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// // The path is read at compile time, relative to the crate's Cargo.toml.
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(o.status().unwrap()[0].pending.len(), 2);
+    /// ```
     pub fn embedded(migrations: &diesel_migrations::EmbeddedMigrations) -> Migrations {
         Migrations::Embedded(Embedded::new("embedded", migrations))
     }
@@ -131,6 +164,24 @@ pub enum RefusalKind {
 }
 
 /// What went wrong. Every variant says whether anything changed.
+///
+/// ```
+/// use orchestrate::{Error, RefusalKind};
+///
+/// // What an application starting up does with each.
+/// fn advice(e: &Error) -> &'static str {
+///     match e {
+///         Error::Config(_) => "fix the binds or the configuration; nothing ran",
+///         Error::Refused { kind: RefusalKind::Busy, .. } => "another instance migrates: retry",
+///         Error::Refused { kind: RefusalKind::Attention, .. } => "call recover() first",
+///         Error::Refused { .. } => "fix what `errors` says; nothing changed",
+///         Error::RolledBack { .. } => "nothing changed: fix the failing migration",
+///         Error::NeedsAttention { .. } | Error::RecoverIncomplete { .. } => "page a person",
+///         Error::Unsupported(_) => "use the orchestrate command",
+///     }
+/// }
+/// assert_eq!(advice(&Error::Unsupported("waves".into())), "use the orchestrate command");
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The builder's binds or the configuration folder are not valid (nothing ran).
@@ -231,6 +282,26 @@ pub struct Builder {
 impl Builder {
     /// A bind: its name (`[a-z0-9_]+`), its URL (`postgres://`, `sqlite://PATH`, or
     /// `mysql://` in builds with MySQL) and where its migrations come from.
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Error, Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(o.binds(), ["users"]);
+    /// // A URL of no known backend is refused when building, before anything connects.
+    /// let bad = Orchestrator::builder()
+    ///     .bind("users", "oracle://db/users", Migrations::embedded(&USERS))
+    ///     .build();
+    /// assert!(matches!(bad, Err(Error::Config(_))));
+    /// ```
     pub fn bind(mut self, name: &str, url: &str, migrations: Migrations) -> Builder {
         self.binds.push(Bind {
             name: name.into(),
@@ -274,6 +345,28 @@ impl Builder {
 
     /// With [`config_dir`](Builder::config_dir): the environment whose file is layered over
     /// `default.toml` (otherwise `ORCHESTRATE_ENV`, if set).
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let project = tempfile::tempdir().unwrap();
+    /// let config = project.path().join("config");
+    /// std::fs::create_dir(&config).unwrap();
+    /// std::fs::write(config.join("default.toml"), "[binds.users]\nurl = \"sqlite://var/dev.sqlite3\"\n").unwrap();
+    /// std::fs::write(config.join("staging.toml"), "[binds.users]\nurl = \"sqlite://var/staging.sqlite3\"\n").unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .config_dir(&config)
+    ///     .environment("staging")
+    ///     .migrations("users", Migrations::embedded(&USERS))
+    ///     .build()
+    ///     .unwrap();
+    /// o.upgrade().unwrap();
+    /// assert!(project.path().join("var/staging.sqlite3").exists());
+    /// assert!(!project.path().join("var/dev.sqlite3").exists());
+    /// ```
     pub fn environment(mut self, name: &str) -> Builder {
         self.environment = Some(name.into());
         self
@@ -281,6 +374,30 @@ impl Builder {
 
     /// With [`config_dir`](Builder::config_dir): `bind`'s migrations come from `migrations`
     /// instead of its configured folder (such as its embedded copy).
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let project = tempfile::tempdir().unwrap();
+    /// let config = project.path().join("config");
+    /// std::fs::create_dir(&config).unwrap();
+    /// // The configured folder is not shipped with the binary...
+    /// std::fs::write(
+    ///     config.join("default.toml"),
+    ///     "[binds.users]\nurl = \"sqlite://var/users.sqlite3\"\nmigrations = \"migrations/users\"\n",
+    /// )
+    /// .unwrap();
+    /// // ...so the compiled-in copy stands in for it.
+    /// let o = Orchestrator::builder()
+    ///     .config_dir(&config)
+    ///     .migrations("users", Migrations::embedded(&USERS))
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(o.status().unwrap()[0].pending.len(), 2);
+    /// ```
     pub fn migrations(mut self, bind: &str, migrations: Migrations) -> Builder {
         self.overrides.push((bind.into(), migrations));
         self
@@ -288,6 +405,23 @@ impl Builder {
 
     /// The folder relative SQLite paths and migration folders are read against (default:
     /// the working directory, or the configuration folder's parent).
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://data/users.sqlite3", Migrations::embedded(&USERS))
+    ///     .build()
+    ///     .unwrap();
+    /// o.upgrade().unwrap();
+    /// // The relative SQLite path was read against the root.
+    /// assert!(dir.path().join("data/users.sqlite3").exists());
+    /// ```
     pub fn root(mut self, root: impl Into<PathBuf>) -> Builder {
         self.root = Some(root.into());
         self
@@ -295,18 +429,73 @@ impl Builder {
 
     /// The bind whose own transaction decides every batch it takes part in (default: as the
     /// command line chooses, see the README).
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    /// const BILLING: EmbeddedMigrations = embed_migrations!("../../migrations/billing");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .bind("billing", "sqlite://billing.sqlite3", Migrations::embedded(&BILLING))
+    ///     .decider("billing")
+    ///     .build()
+    ///     .unwrap();
+    /// let report = o.upgrade().unwrap().unwrap();
+    /// assert_eq!(report.decider, "billing");
+    /// ```
     pub fn decider(mut self, bind: &str) -> Builder {
         self.decider = Some(bind.into());
         self
     }
 
     /// How long to wait for a lock another run holds (default 10 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     // Give up quickly when another instance holds the database.
+    ///     .lock_timeout(Duration::from_secs(2))
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(o.upgrade().unwrap().is_some());
+    /// ```
     pub fn lock_timeout(mut self, timeout: Duration) -> Builder {
         self.lock_timeout = Some(timeout);
         self
     }
 
     /// How many binds are worked on at once (default 8; each is a connection).
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let mut builder = Orchestrator::builder().root(dir.path()).parallelism(2);
+    /// for tenant in ["a", "b", "c"] {
+    ///     let url = format!("sqlite://tenant_{tenant}.sqlite3");
+    ///     builder = builder.bind(&format!("tenant_{tenant}"), &url, Migrations::embedded(&USERS));
+    /// }
+    /// let o = builder.build().unwrap();
+    /// // Three binds, at most two worked on at once, still one atomic batch.
+    /// assert_eq!(o.upgrade().unwrap().unwrap().binds.len(), 3);
+    /// ```
     pub fn parallelism(mut self, n: usize) -> Builder {
         self.parallelism = Some(n);
         self
@@ -316,6 +505,23 @@ impl Builder {
     /// their session until COMMIT PREPARED (default 32; each saves a connection at commit,
     /// and holds one meanwhile; kept only within half the server's connections). 0 closes
     /// each session once its transaction is prepared.
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     // Close every PostgreSQL participant's session once it is prepared (none here).
+    ///     .keep_connections(0)
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(o.upgrade().unwrap().is_some());
+    /// ```
     pub fn keep_connections(mut self, n: usize) -> Builder {
         self.keep_connections = Some(n);
         self
@@ -323,6 +529,23 @@ impl Builder {
 
     /// Accept MySQL binds although their DDL cannot be atomic (the command line's
     /// `--allow-non-atomic`; see the README).
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// // Only MySQL binds need it; SQLite and PostgreSQL batches are atomic either way.
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .allow_non_atomic(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(o.upgrade().unwrap().is_some());
+    /// ```
     pub fn allow_non_atomic(mut self, allow: bool) -> Builder {
         self.allow_non_atomic = allow;
         self
@@ -331,6 +554,33 @@ impl Builder {
     /// In an environment whose configuration says `protected = true`, allow
     /// [`downgrade`](Orchestrator::downgrade) (the command line's `--yes`). Without it a
     /// downgrade there is refused.
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Error, Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let project = tempfile::tempdir().unwrap();
+    /// let config = project.path().join("config");
+    /// std::fs::create_dir(&config).unwrap();
+    /// std::fs::write(
+    ///     config.join("default.toml"),
+    ///     "protected = true\n[binds.users]\nurl = \"sqlite://var/users.sqlite3\"\n",
+    /// )
+    /// .unwrap();
+    /// let build = |allow| {
+    ///     Orchestrator::builder()
+    ///         .config_dir(&config)
+    ///         .migrations("users", Migrations::embedded(&USERS))
+    ///         .allow_protected(allow)
+    ///         .build()
+    ///         .unwrap()
+    /// };
+    /// build(false).upgrade().unwrap();
+    /// assert!(matches!(build(false).downgrade(&["users"], "-1"), Err(Error::Refused { .. })));
+    /// assert!(build(true).downgrade(&["users"], "-1").unwrap().is_some());
+    /// ```
     pub fn allow_protected(mut self, allow: bool) -> Builder {
         self.allow_protected = allow;
         self
@@ -339,6 +589,31 @@ impl Builder {
     /// Calls `callback` with each progress event of a batch (from several threads), and with
     /// the notes the command line prints before a batch (a down.sql that differs from the
     /// copy stored when the migration was applied, and which one is used).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Event, Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let phases = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = phases.clone();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .on_progress(move |event| {
+    ///         if let Event::Phase { name, .. } = event {
+    ///             seen.lock().unwrap().push(name.to_string());
+    ///         }
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// o.upgrade().unwrap();
+    /// assert!(!phases.lock().unwrap().is_empty());
+    /// ```
     pub fn on_progress(mut self, callback: impl Fn(Event<'_>) + Send + Sync + 'static) -> Builder {
         self.progress = Some(Arc::new(callback));
         self
@@ -346,6 +621,19 @@ impl Builder {
 
     /// Checks the binds (names, URLs, migration chains) and builds the orchestrator. Connects
     /// to nothing.
+    ///
+    /// ```
+    /// use orchestrate::{Error, Migrations, Orchestrator};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// // An empty chain folder, or none at all, is refused before anything connects.
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::folder("no/such/folder"))
+    ///     .build();
+    /// let Err(Error::Config(why)) = o else { panic!("built") };
+    /// assert!(why.contains("no/such/folder"), "{why}");
+    /// ```
     pub fn build(self) -> Result<Orchestrator, Error> {
         let config = |e: &dyn std::fmt::Display| Error::Config(e.to_string());
         let absolute = |p: &Path| std::path::absolute(p).map_err(|e| config(&e));
@@ -495,11 +783,36 @@ impl std::fmt::Debug for Orchestrator {
 
 impl Orchestrator {
     /// A builder.
+    ///
+    /// ```
+    /// use orchestrate::Orchestrator;
+    ///
+    /// // An orchestrator of no bind is refused: there would be nothing to migrate.
+    /// assert!(Orchestrator::builder().build().is_err());
+    /// ```
     pub fn builder() -> Builder {
         Builder::default()
     }
 
-    /// The binds' names, in order.
+    /// The binds' names, in name order.
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    /// const AUDIT: EmbeddedMigrations = embed_migrations!("../../migrations/audit");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .bind("audit", "sqlite://audit.sqlite3", Migrations::embedded(&AUDIT))
+    ///     .build()
+    ///     .unwrap();
+    /// // In name order, as the command line reads them.
+    /// assert_eq!(o.binds(), ["audit", "users"]);
+    /// ```
     pub fn binds(&self) -> Vec<&str> {
         self.settings
             .binds
@@ -511,18 +824,83 @@ impl Orchestrator {
     /// Every bind as `orchestrate status` reads it: current and head revisions, pending
     /// migrations, drift, batches in doubt. Reads only; a bind that cannot be read says why in
     /// its report's `errors`.
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .build()
+    ///     .unwrap();
+    /// let before = o.status().unwrap().remove(0);
+    /// assert_eq!(before.current, None);
+    /// assert_eq!(before.pending.len(), 2);
+    /// // Reading created nothing.
+    /// assert!(!dir.path().join("users.sqlite3").exists());
+    /// o.upgrade().unwrap();
+    /// let after = o.status().unwrap().remove(0);
+    /// assert_eq!(after.current, after.head);
+    /// assert!(after.errors.is_empty() && after.in_doubt.is_empty());
+    /// ```
     pub fn status(&self) -> Result<Vec<BindReport>, Error> {
         let binds: Vec<&BindSettings> = self.settings.binds.iter().collect();
         Ok(crate::inspect::inspect(&self.settings, &binds))
     }
 
     /// Every bind to its head, in one atomic batch. `Ok(None)`: nothing to do.
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator, Verdict};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    /// const AUDIT: EmbeddedMigrations = embed_migrations!("../../migrations/audit");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .bind("audit", "sqlite://audit.sqlite3", Migrations::embedded(&AUDIT))
+    ///     .build()
+    ///     .unwrap();
+    /// let report = o.upgrade().unwrap().expect("two binds to migrate");
+    /// assert!(matches!(report.verdict, Verdict::Committed));
+    /// assert!(o.upgrade().unwrap().is_none());
+    /// ```
     pub fn upgrade(&self) -> Result<Option<BatchReport>, Error> {
         self.migrate(Direction::Up, Some("head".into()), Vec::new(), Vec::new())
     }
 
     /// Each named bind to its target (`head`, a version, `+N`), in one atomic batch; the
     /// other binds are left alone. An empty list is an error, not "every bind".
+    ///
+    /// ```
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Migrations, Orchestrator};
+    ///
+    /// const USERS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    /// const AUDIT: EmbeddedMigrations = embed_migrations!("../../migrations/audit");
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let o = Orchestrator::builder()
+    ///     .root(dir.path())
+    ///     .bind("users", "sqlite://users.sqlite3", Migrations::embedded(&USERS))
+    ///     .bind("audit", "sqlite://audit.sqlite3", Migrations::embedded(&AUDIT))
+    ///     .build()
+    ///     .unwrap();
+    /// // One step on users; audit is left alone.
+    /// o.upgrade_to(&[("users", "+1")]).unwrap();
+    /// let status = o.status().unwrap();
+    /// let bind = |name: &str| status.iter().find(|b| b.bind == name).unwrap();
+    /// assert_eq!(bind("users").pending.len(), 1);
+    /// assert_eq!(bind("audit").current, None);
+    /// assert!(o.upgrade_to(&[]).is_err());
+    /// ```
     pub fn upgrade_to(&self, targets: &[(&str, &str)]) -> Result<Option<BatchReport>, Error> {
         if targets.is_empty() {
             return Err(Error::Config(
