@@ -560,16 +560,23 @@ fn sessions_on(names: &[&str]) -> Vec<(String, i32, String)> {
 
 #[test]
 fn reads_keep_one_connection_per_bind_within_the_budget_per_server() {
-    // Four PostgreSQL binds on one server, a budget of three: three binds keep a session
-    // between refreshes, the fourth is read with a new one each time.
+    // Four PostgreSQL binds on one server (reached as 127.0.0.1 and as localhost), a budget
+    // of three: three binds keep a session between refreshes, the fourth is read with a new
+    // one each time.
     let mut p = Project::new();
     let dbs: Vec<PgDb> = (0..4).map(|_| PgDb::new()).collect();
     let mut text = String::new();
     for (i, db) in dbs.iter().enumerate() {
         p.create_table(&format!("t{i}"), "1_a", &format!("a{i}"));
+        // Two names for one server: the budget counts the server, not its names.
+        let url = if i % 2 == 1 {
+            db.url.replace("127.0.0.1", "localhost")
+        } else {
+            db.url.clone()
+        };
         text.push_str(&format!(
             "[binds.t{i}]\nurl = \"{}\"\n",
-            with_password(&db.url)
+            with_password(&url)
         ));
     }
     p.config("");
@@ -642,6 +649,127 @@ fn reads_keep_one_connection_per_bind_within_the_budget_per_server() {
             .contains("3 binds keep a read connection (3 open)"),
         "{}",
         page.body
+    );
+    server.assert_no_password();
+}
+
+/// Sends `signal` to every session on database `name`.
+fn signal_sessions(name: &str, signal: &str) -> Vec<i32> {
+    let pids: Vec<i32> = sessions_on(&[name]).into_iter().map(|s| s.1).collect();
+    for pid in &pids {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+    }
+    pids
+}
+
+/// Resumes stopped sessions even when the test fails.
+struct Resume(String);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal_sessions(&self.0, "-CONT");
+    }
+}
+
+#[test]
+fn a_kept_session_reads_as_a_new_one_would_and_a_stuck_read_is_shown() {
+    let mut p = Project::new();
+    let dbs: Vec<PgDb> = (0..2).map(|_| PgDb::new()).collect();
+    let mut text = String::new();
+    for (i, db) in dbs.iter().enumerate() {
+        p.create_table(&format!("s{i}"), "1_a", &format!("a{i}"));
+        text.push_str(&format!(
+            "[binds.s{i}]\nurl = \"{}\"\n",
+            with_password(&db.url)
+        ));
+    }
+    p.config("");
+    fs::write(p.path().join("config/dev.toml"), text).unwrap();
+    p.run(&["--env", "dev", "upgrade", "--bind", "s0"])
+        .expect(0);
+    let server = Server::start_args(&p, None, &["dev"]);
+    let overview = |server: &Server| -> serde_json::Value {
+        serde_json::from_str(&server.get("/api/overview", None).body).unwrap()
+    };
+    let pending = |v: &serde_json::Value, name: &str| {
+        v["environments"][0]["status"]["binds"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["bind"] == name).cloned())
+            .map(|b| b["pending"].as_array().unwrap().len())
+    };
+    let wait = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = overview(&server);
+            if ok(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait(
+        "both binds keep a session",
+        &|v| {
+            v["read_connections"]["open"] == 2
+                && v["read_connections"]["reused"].as_u64() >= Some(4)
+        },
+        60,
+    );
+    // s0's database now gives new sessions another search path (where nothing is applied);
+    // s1 gets a schema named after the role, first in the default search path, where the
+    // next upgrade puts its tables.
+    let admin = |db: &PgDb, sql: &str| {
+        use diesel::connection::SimpleConnection;
+        db.conn().batch_execute(sql).unwrap();
+    };
+    admin(
+        &dbs[0],
+        &format!(
+            "CREATE SCHEMA app; ALTER DATABASE {} SET search_path = app",
+            dbs[0].name
+        ),
+    );
+    admin(&dbs[1], "CREATE SCHEMA postgres");
+    p.run(&["--env", "dev", "upgrade", "--bind", "s1"])
+        .expect(0);
+    let cli: serde_json::Value =
+        serde_json::from_str(&p.run(&["--env", "dev", "status", "--json"]).stdout).unwrap();
+    let cli_pending = |name: &str| {
+        cli["binds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["bind"] == name)
+            .map(|b| b["pending"].as_array().unwrap().len())
+    };
+    assert_eq!(cli_pending("s0"), Some(1), "{cli}");
+    assert_eq!(cli_pending("s1"), Some(0), "{cli}");
+    // The page says what a new session says, within a few refreshes.
+    wait(
+        "the page agrees with status",
+        &|v| pending(v, "s0") == Some(1) && pending(v, "s1") == Some(0),
+        20,
+    );
+    assert!(overview(&server)["overdue_since"].is_null());
+    // A database that stops answering (its kept session's backend stopped): the page says
+    // its overview is out of date instead of showing old data as current.
+    let _resume = Resume(dbs[1].name.clone());
+    assert!(!signal_sessions(&dbs[1].name, "-STOP").is_empty());
+    wait(
+        "the page says it is out of date",
+        &|v| v["overdue_since"].is_string(),
+        60,
+    );
+    let page = server.get("/", None);
+    assert!(page.body.contains("Out of date: "), "{}", page.body);
+    signal_sessions(&dbs[1].name, "-CONT");
+    wait(
+        "the page is current again",
+        &|v| v["overdue_since"].is_null(),
+        60,
     );
     server.assert_no_password();
 }

@@ -349,6 +349,33 @@ impl Endpoint {
     /// the startup packet), after any the user gave.
     /// The PostgreSQL URL to connect with: `extra` added to its startup `options`, and a
     /// `connect_timeout` unless it has one.
+    /// This endpoint with libpq connection parameters added to its URL where the URL does not
+    /// set them (PostgreSQL only; other backends are returned as they are).
+    pub(crate) fn with_params(&self, params: &[(&str, &str)]) -> Endpoint {
+        let mut e = self.clone();
+        if self.backend != Backend::Postgres {
+            return e;
+        }
+        let Ok(mut url) = url::Url::parse(&self.url) else {
+            return e;
+        };
+        let mut pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        for (k, v) in params {
+            if !pairs.iter().any(|(key, _)| key == k) {
+                pairs.push((k.to_string(), v.to_string()));
+            }
+        }
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+        // As in `connect_url_with_options`: form encoding's `+` is a space libpq would not decode.
+        let query = url.query().unwrap_or_default().replace('+', "%20");
+        url.set_query(Some(&query));
+        e.url = url.into();
+        e
+    }
+
     pub(crate) fn connect_url_with_options(&self, extra: &str) -> String {
         let Ok(mut url) = url::Url::parse(&self.url) else {
             return self.url.clone();

@@ -51,7 +51,7 @@ pub use participant::{
     DecisionState, HistoryEvent, Mark, MarkDirection, MarkKind, Mysql, Postgres, PreparedXact,
     Resolve, ServerIdentity, Sqlite, TwoPhase, Xa, XactStatus, LOCK_KEY,
 };
-pub use pool::{PoolStats, ReadManager, ReadPools, Reader};
+pub use pool::{Kept, PoolStats, ReadManager, ReadPools, Reader};
 pub use record::{
     gid_for, quote_literal, DecisionRecord, NotATransactionId, Participant, RedoStep,
     TransactionId, GID_PREFIX,

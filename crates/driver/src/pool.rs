@@ -10,12 +10,21 @@
 //! being opened in the background) the read opens its own connection, so its errors are the
 //! driver's own and never a pool timeout. Kept connections are only ever used for reads, never
 //! for a batch, and one left in a transaction is dropped, not kept.
+//!
+//! A kept session must read as a new one would: before each read it looks for this tool's
+//! tables again (a schema created since may come first in its search path) and checks that
+//! the database's and role's settings (`ALTER DATABASE/ROLE ... SET`) are those it opened with;
+//! otherwise it is dropped and the read opens a new session. Kept PostgreSQL sessions fail
+//! within seconds when the network stops answering (`tcp_user_timeout`, keepalives). The
+//! budget counts servers as they identify themselves (PostgreSQL: start time and port; MySQL:
+//! host name and port), whatever URLs reach them; a bind not read for a while (removed from
+//! the configuration, a tenant gone) gives its connection and its place in the budget back.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use r2d2::{HandleError, ManageConnection, Pool, PooledConnection};
 use scheduled_thread_pool::ScheduledThreadPool;
@@ -25,6 +34,12 @@ use crate::endpoint::{Backend, Endpoint};
 use crate::error::DriverError;
 use crate::participant::BindConnection;
 
+/// A kept connection, and what its database's and role's settings were when it opened.
+pub struct Kept {
+    conn: BindConnection,
+    defaults: String,
+}
+
 /// Opens and checks the one kept connection of a bind for [`ReadPools`].
 #[derive(Debug)]
 pub struct ReadManager {
@@ -32,20 +47,33 @@ pub struct ReadManager {
     lock_timeout: Duration,
 }
 
+/// libpq parameters of a kept PostgreSQL session: a network that stops answering fails its
+/// next read within seconds (as a new connection's `connect_timeout` would), instead of
+/// leaving the read waiting.
+const KEPT_PARAMS: &[(&str, &str)] = &[
+    ("tcp_user_timeout", "10000"),
+    ("keepalives", "1"),
+    ("keepalives_idle", "30"),
+    ("keepalives_interval", "5"),
+    ("keepalives_count", "2"),
+];
+
 impl ManageConnection for ReadManager {
-    type Connection = BindConnection;
+    type Connection = Kept;
     type Error = DriverError;
 
-    fn connect(&self) -> Result<BindConnection, DriverError> {
-        BindConnection::connect(&self.endpoint, false, self.lock_timeout)
+    fn connect(&self) -> Result<Kept, DriverError> {
+        let mut conn = BindConnection::connect(&self.endpoint, false, self.lock_timeout)?;
+        let defaults = conn.session_defaults()?;
+        Ok(Kept { conn, defaults })
     }
 
-    fn is_valid(&self, conn: &mut BindConnection) -> Result<(), DriverError> {
-        conn.ping()
+    fn is_valid(&self, kept: &mut Kept) -> Result<(), DriverError> {
+        kept.conn.prepare_reuse(&kept.defaults)
     }
 
-    fn has_broken(&self, conn: &mut BindConnection) -> bool {
-        !conn.is_idle()
+    fn has_broken(&self, kept: &mut Kept) -> bool {
+        !kept.conn.is_idle()
     }
 }
 
@@ -74,7 +102,7 @@ impl Deref for Reader {
 
     fn deref(&self) -> &BindConnection {
         match self {
-            Reader::Kept(c) => c,
+            Reader::Kept(c) => &c.conn,
             Reader::Fresh(c) => c,
         }
     }
@@ -83,7 +111,7 @@ impl Deref for Reader {
 impl DerefMut for Reader {
     fn deref_mut(&mut self) -> &mut BindConnection {
         match self {
-            Reader::Kept(c) => c,
+            Reader::Kept(c) => &mut c.conn,
             Reader::Fresh(c) => c,
         }
     }
@@ -102,19 +130,29 @@ pub struct PoolStats {
     pub opened: u64,
 }
 
+/// One bind's place: its pool (`None`: its server's budget was spent), the server it counts
+/// against, and when it was last read.
+struct Slot {
+    pool: Option<Pool<ReadManager>>,
+    server: String,
+    last_used: Instant,
+}
+
 #[derive(Default)]
 struct Inner {
-    /// Per database URL and lock timeout: its pool, or `None` when its server's budget was
-    /// spent.
-    pools: HashMap<(String, Duration), Option<Pool<ReadManager>>>,
-    /// Per server: how many of its binds may keep a connection, and how many do.
+    /// Per database URL and lock timeout.
+    slots: HashMap<(String, Duration), Slot>,
+    /// Per server (as it identifies itself): how many of its binds may keep a connection, and
+    /// how many do.
     servers: HashMap<String, (usize, usize)>,
+    last_prune: Option<Instant>,
 }
 
 /// Connections kept between reads, per bind, within a budget per server (see the module
 /// docs).
 pub struct ReadPools {
     per_server: usize,
+    forget_after: Duration,
     threads: Arc<ScheduledThreadPool>,
     inner: Mutex<Inner>,
     reused: AtomicU64,
@@ -130,18 +168,19 @@ impl std::fmt::Debug for ReadPools {
     }
 }
 
-/// How long a kept connection lives before it is replaced: a session fixes where this tool's
-/// tables are when it opens (the search path then), so a kept one follows a change of the
-/// database's or role's settings within this time.
-const MAX_LIFETIME: Duration = Duration::from_secs(10 * 60);
+/// How long a kept connection lives before it is replaced (a password change or `NOLOGIN`
+/// reaches a kept session only then).
+const MAX_LIFETIME: Duration = Duration::from_secs(5 * 60);
 
 impl ReadPools {
     /// Pools that keep at most `per_server` connections on each server, and never more than a
-    /// quarter of the connections the server accepts (read from it when its first bind is
-    /// read). `0` keeps none: every read opens its own connection.
-    pub fn new(per_server: usize) -> ReadPools {
+    /// quarter of the connections the server accepts (read from it when a bind is first
+    /// read). `0` keeps none: every read opens its own connection. A bind not read for
+    /// `forget_after` loses its kept connection and its place in the budget.
+    pub fn new(per_server: usize, forget_after: Duration) -> ReadPools {
         ReadPools {
             per_server,
+            forget_after,
             threads: Arc::new(
                 ScheduledThreadPool::builder()
                     .num_threads(1)
@@ -163,11 +202,18 @@ impl ReadPools {
         endpoint: &Endpoint,
         lock_timeout: Duration,
     ) -> Result<Reader, DriverError> {
-        let Some(server) = server_of(endpoint) else {
+        if endpoint.backend == Backend::Sqlite {
             return self.fresh(endpoint, lock_timeout).map(Reader::Fresh);
-        };
+        }
+        self.prune();
         let key = (endpoint.connect_url().to_string(), lock_timeout);
-        let known = self.lock().pools.get(&key).cloned();
+        let known = {
+            let mut inner = self.lock();
+            inner.slots.get_mut(&key).map(|slot| {
+                slot.last_used = Instant::now();
+                slot.pool.clone()
+            })
+        };
         match known {
             Some(Some(pool)) => {
                 if let Some(kept) = pool.try_get() {
@@ -179,40 +225,64 @@ impl ReadPools {
             Some(None) => self.fresh(endpoint, lock_timeout).map(Reader::Fresh),
             None => {
                 let mut conn = self.fresh(endpoint, lock_timeout)?;
-                let budget = if self.lock().servers.contains_key(&server) {
-                    None
-                } else {
-                    match conn.server_connections() {
-                        Ok(room) => Some(
-                            self.per_server
-                                .min(usize::try_from(room.unwrap_or(0) / 4).unwrap_or(0)),
-                        ),
-                        // Not known: keep nothing for this bind now, ask again next time.
-                        Err(_) => return Ok(Reader::Fresh(conn)),
-                    }
+                // Not known: keep nothing for this bind now, ask again next time.
+                let Ok(Some((server, room))) = conn.server_connections() else {
+                    return Ok(Reader::Fresh(conn));
                 };
+                let budget = self.per_server.min(usize::try_from(room / 4).unwrap_or(0));
                 let mut guard = self.lock();
                 let inner = &mut *guard;
-                let (allowed, used) = inner
-                    .servers
-                    .entry(server)
-                    .or_insert((budget.unwrap_or(0), 0));
-                if let std::collections::hash_map::Entry::Vacant(slot) = inner.pools.entry(key) {
+                let (allowed, used) = inner.servers.entry(server.clone()).or_insert((budget, 0));
+                if let std::collections::hash_map::Entry::Vacant(slot) = inner.slots.entry(key) {
                     let pool = (*used < *allowed).then(|| self.pool(endpoint, lock_timeout));
                     if pool.is_some() {
                         *used += 1;
                     }
-                    slot.insert(pool);
+                    slot.insert(Slot {
+                        pool,
+                        server,
+                        last_used: Instant::now(),
+                    });
                 }
                 Ok(Reader::Fresh(conn))
             }
         }
     }
 
+    /// Forgets the binds not read for `forget_after`: their pools close, and their places in
+    /// their servers' budgets are free again.
+    fn prune(&self) {
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner
+            .last_prune
+            .is_some_and(|at| now.duration_since(at) < self.forget_after / 4)
+        {
+            return;
+        }
+        inner.last_prune = Some(now);
+        let forget_after = self.forget_after;
+        let servers = &mut inner.servers;
+        inner.slots.retain(|_, slot| {
+            let keep = now.duration_since(slot.last_used) < forget_after;
+            if !keep && slot.pool.is_some() {
+                if let Some((_, used)) = servers.get_mut(&slot.server) {
+                    *used = used.saturating_sub(1);
+                }
+            }
+            keep
+        });
+    }
+
     /// What the pools have done so far.
     pub fn stats(&self) -> PoolStats {
         let inner = self.lock();
-        let pools: Vec<&Pool<ReadManager>> = inner.pools.values().flatten().collect();
+        let pools: Vec<&Pool<ReadManager>> = inner
+            .slots
+            .values()
+            .filter_map(|s| s.pool.as_ref())
+            .collect();
         PoolStats {
             pooled_binds: pools.len(),
             open: pools.iter().map(|p| p.state().connections).sum(),
@@ -247,31 +317,8 @@ impl ReadPools {
             .error_handler(Box::new(ToTracing))
             .thread_pool(self.threads.clone())
             .build_unchecked(ReadManager {
-                endpoint: endpoint.clone(),
+                endpoint: endpoint.with_params(KEPT_PARAMS),
                 lock_timeout,
             })
     }
-}
-
-/// The server a bind's database is on, as its URL names it (`None`: SQLite, no server). Two
-/// URLs naming one server differently count as two servers: the budget is per name.
-fn server_of(endpoint: &Endpoint) -> Option<String> {
-    match endpoint.backend {
-        Backend::Postgres => endpoint.server().map(|s| format!("postgres {s}")),
-        Backend::Mysql => Some(mysql_server(endpoint)),
-        Backend::Sqlite => None,
-    }
-}
-
-#[cfg(feature = "mysql")]
-fn mysql_server(endpoint: &Endpoint) -> String {
-    match endpoint.mysql_tcp_address() {
-        Some((host, port)) => format!("mysql {host}:{port}"),
-        None => "mysql (local socket)".into(),
-    }
-}
-
-#[cfg(not(feature = "mysql"))]
-fn mysql_server(_endpoint: &Endpoint) -> String {
-    "mysql".into()
 }

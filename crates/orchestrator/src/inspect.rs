@@ -88,10 +88,11 @@ static READ_POOLS: OnceLock<ReadPools> = OnceLock::new();
 
 /// From now on, in this process, the reads of `status` and `diff` keep a connection per
 /// PostgreSQL or MySQL bind between runs, at most `per_server` per server (see
-/// [`ReadPools`]). For a long-running process (`orchestrate serve`); a command reads with
-/// new connections. The first call sets the budget.
-pub fn keep_read_connections(per_server: usize) {
-    READ_POOLS.get_or_init(|| ReadPools::new(per_server));
+/// [`ReadPools`]); a bind not read for `forget_after` gives its connection back. For a
+/// long-running process (`orchestrate serve`); a command reads with new connections. The
+/// first call sets the budget.
+pub fn keep_read_connections(per_server: usize, forget_after: Duration) {
+    READ_POOLS.get_or_init(|| ReadPools::new(per_server, forget_after));
 }
 
 /// What the kept read connections have done, when they are on.

@@ -171,6 +171,8 @@ struct App {
     sessions: Mutex<HashMap<String, Session>>,
     runs: Mutex<HashMap<String, Run>>,
     overview: RwLock<Overview>,
+    /// When the read under way began (`None` between reads).
+    reading_since: Mutex<Option<SystemTime>>,
     audit_log: PathBuf,
     /// Seconds between reads (the overview reloads itself as often).
     refresh_seconds: u64,
@@ -240,6 +242,7 @@ impl App {
     /// Reads every environment and compares neighbours.
     fn refresh(&self) {
         let started = Instant::now();
+        *self.reading_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
         let mut overview = Overview::default();
         for env in &self.environments {
             let status = self.command_json(&["--env", env, "status", "--json"]);
@@ -256,6 +259,15 @@ impl App {
         overview.read_at = Some(SystemTime::now());
         overview.took = started.elapsed();
         *self.overview.write().unwrap_or_else(|e| e.into_inner()) = overview;
+        *self.reading_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// When the read under way began, once it has taken longer than two refreshes (and 20 s):
+    /// then what is shown is older than it looks, and a database may not be answering.
+    fn overdue(&self) -> Option<(SystemTime, u64)> {
+        let since = (*self.reading_since.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let waited = since.elapsed().unwrap_or_default().as_secs();
+        (waited > (2 * self.refresh_seconds).max(20)).then_some((since, waited))
     }
 
     /// Whether `env` is protected, as the command line decides it (a file that says so
@@ -536,6 +548,7 @@ pub fn serve(base_sources: &Sources, base: Vec<String>, args: &ServeArgs, o: &mu
         sessions: Mutex::new(HashMap::new()),
         runs: Mutex::new(HashMap::new()),
         overview: RwLock::new(Overview::default()),
+        reading_since: Mutex::new(None),
         audit_log,
         refresh_seconds: args.refresh.max(1),
         hosts,
@@ -551,7 +564,12 @@ pub fn serve(base_sources: &Sources, base: Vec<String>, args: &ServeArgs, o: &mu
         app.environments.join(", ")
     );
     let _ = o.out.flush();
-    crate::inspect::keep_read_connections(args.pool_per_server);
+    // A bind not read for three refreshes (removed from the configuration, a tenant gone)
+    // gives its kept connection back.
+    crate::inspect::keep_read_connections(
+        args.pool_per_server,
+        Duration::from_secs(args.refresh.max(1) * 3).max(Duration::from_secs(60)),
+    );
     app.refresh();
     let refresher = app.clone();
     let every = Duration::from_secs(args.refresh.max(1));
@@ -680,6 +698,7 @@ td, th { text-align: left; padding: .25rem .35rem; border-bottom: 1px solid #eef
 .grid { display: flex; flex-wrap: wrap; gap: 2px; margin: .4rem 0; }
 .cell { width: 12px; height: 12px; border-radius: 2px; display: inline-block; }
 .diff { background: #fff; border: 1px solid #d8dde3; border-radius: 6px; padding: .6rem .8rem; margin-top: 1rem; font-size: .85rem; }
+.overdue { border-color: #c0392b; color: #8a1f12; }
 form.inline { display: inline; }
 button { font-size: .8rem; padding: .2rem .6rem; cursor: pointer; }
 pre { background: #11161c; color: #e6e6e6; padding: .8rem; border-radius: 6px; overflow-x: auto; font-size: .8rem; white-space: pre-wrap; }
@@ -758,6 +777,12 @@ async fn overview_page(State(app): State<Arc<App>>, headers: HeaderMap) -> Marku
                 }
             }
             @if app.token.is_none() { " · read-only (no access token configured)" }
+        }
+        @if let Some((since, waited)) = app.overdue() {
+            div.diff.overdue {
+                strong { "Out of date: " }
+                "a read of every bind began at " (now_text(since)) " and has not ended after " (waited) " s (a database is slow or does not answer). What is shown below is from the last complete read."
+            }
         }
         div.envs {
             @for env in &app.environments {
@@ -1310,6 +1335,7 @@ async fn api_overview(State(app): State<Arc<App>>) -> Json<Value> {
         .collect();
     Json(json!({
         "read_at": overview.read_at.map(now_text),
+        "overdue_since": app.overdue().map(|(since, _)| now_text(since)),
         "took_ms": overview.took.as_millis() as u64,
         "read_connections": crate::inspect::read_pool_stats(),
         "environments": envs,

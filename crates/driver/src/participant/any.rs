@@ -284,10 +284,25 @@ impl BindConnection {
         each!(self, c => c.settle_decision(record, at))
     }
 
-    /// Whether the connection still answers (one `SELECT 1`): what a pool asks before it lends
-    /// a kept connection.
-    pub fn ping(&mut self) -> Result<(), DriverError> {
-        each!(self, c => c.session().execute_plain("the connection no longer answers", "SELECT 1"))
+    /// What a new session of this bind starts with that a kept one would not see change
+    /// (PostgreSQL: [`Postgres::session_defaults`]; nothing elsewhere).
+    pub fn session_defaults(&mut self) -> Result<String, DriverError> {
+        match self {
+            BindConnection::Postgres(c) => c.session_defaults(),
+            _ => Ok(String::new()),
+        }
+    }
+
+    /// Before a kept connection is read with again: it still answers, and on PostgreSQL it
+    /// reads as a new session would ([`Postgres::prepare_reuse`]); an error means: open a new
+    /// one.
+    pub fn prepare_reuse(&mut self, defaults_at_open: &str) -> Result<(), DriverError> {
+        match self {
+            BindConnection::Postgres(c) => c.prepare_reuse(defaults_at_open),
+            _ => {
+                each!(self, c => c.session().execute_plain("the connection no longer answers", "SELECT 1"))
+            }
+        }
     }
 
     /// Whether no transaction is open on this connection: only such a connection may be kept
@@ -296,18 +311,23 @@ impl BindConnection {
         each!(self, c => !c.session().in_transaction())
     }
 
-    /// How many connections the bind's server accepts from roles that are not superusers
-    /// (PostgreSQL: `max_connections` less `superuser_reserved_connections`; MySQL:
-    /// `max_connections`). `None` for SQLite, which has no server.
-    pub fn server_connections(&mut self) -> Result<Option<i64>, DriverError> {
+    /// Which server this is, as the server says (PostgreSQL: its start time and port; MySQL:
+    /// its host name and port), and how many connections it accepts from roles that are not
+    /// superusers (PostgreSQL: `max_connections` less `superuser_reserved_connections`;
+    /// MySQL: `max_connections`). `None` for SQLite, which has no server.
+    pub fn server_connections(&mut self) -> Result<Option<(String, i64)>, DriverError> {
         let sql = match self {
             BindConnection::Postgres(_) => {
-                "SELECT CAST(pg_catalog.current_setting('max_connections') AS BIGINT) \
+                "SELECT CAST(pg_catalog.pg_postmaster_start_time() AS TEXT) || ', port ' || pg_catalog.current_setting('port') AS s, \
+                 CAST(pg_catalog.current_setting('max_connections') AS BIGINT) \
                  - CAST(pg_catalog.current_setting('superuser_reserved_connections') AS BIGINT) AS n"
             }
-            BindConnection::Mysql(_) => "SELECT CAST(@@max_connections AS SIGNED) AS n",
+            BindConnection::Mysql(_) => {
+                "SELECT CONCAT(@@hostname, ':', @@port) AS s, CAST(@@max_connections AS SIGNED) AS n"
+            }
             BindConnection::Sqlite(_) => return Ok(None),
         };
-        each!(self, c => c.session().count("cannot read how many connections the server accepts", sql, &[]).map(Some))
+        let rows: Result<Vec<super::ServerRoom>, _> = each!(self, c => c.session().rows("cannot read which server this is and how many connections it accepts", sql, &[]));
+        Ok(rows?.into_iter().next().map(|r| (r.s, r.n)))
     }
 }

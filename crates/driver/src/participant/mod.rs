@@ -629,6 +629,15 @@ pub struct PreparedXact {
     pub age: String,
 }
 
+/// A server's identity and how many connections it accepts.
+#[derive(QueryableByName)]
+pub(crate) struct ServerRoom {
+    #[diesel(sql_type = Text)]
+    pub(crate) s: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) n: i64,
+}
+
 #[derive(QueryableByName)]
 pub(crate) struct Count {
     #[diesel(sql_type = BigInt)]

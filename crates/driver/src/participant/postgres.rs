@@ -47,6 +47,24 @@ const SCHEMA_SQL: &str = "SELECT coalesce((SELECT s.nspname FROM unnest(pg_catal
      WHERE ns.nspname = s.nspname AND c.relname = '__diesel_schema_migrations' AND c.relkind IN ('r', 'p')) \
      ORDER BY s.n LIMIT 1), pg_catalog.current_schema()) AS s";
 
+/// [`SCHEMA_SQL`] and the settings this database and role give a new session, in one read.
+const REUSE_SQL: &str = "SELECT (SELECT s FROM (SELECT coalesce((SELECT s.nspname FROM unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS s(nspname, n) \
+     WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
+     WHERE ns.nspname = s.nspname AND c.relname = '__diesel_schema_migrations' AND c.relkind IN ('r', 'p')) \
+     ORDER BY s.n LIMIT 1), pg_catalog.current_schema()) AS s) AS found) AS s, \
+     coalesce((SELECT string_agg(CAST(d.setdatabase AS TEXT) || ':' || CAST(d.setrole AS TEXT) || ':' || pg_catalog.array_to_string(d.setconfig, ','), ';' ORDER BY d.setdatabase, d.setrole) \
+     FROM pg_catalog.pg_db_role_setting d \
+     WHERE d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())) \
+     AND d.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))), '') AS f";
+
+#[derive(QueryableByName)]
+struct SchemaAndDefaults {
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    s: Option<String>,
+    #[diesel(sql_type = Text)]
+    f: String,
+}
+
 #[derive(QueryableByName)]
 struct Flag {
     #[diesel(sql_type = Bool)]
@@ -305,6 +323,42 @@ impl Postgres {
             "the search_path of this database and role names no schema that exists, so there is nowhere to keep the version tables; set search_path (for example to public)",
         )?;
         Ok(Postgres { s, xact: None })
+    }
+
+    /// What a session of this database and role starts with besides the server's own
+    /// configuration: every `ALTER DATABASE ... SET` and `ALTER ROLE ... SET` that applies
+    /// (`pg_db_role_setting`), as one text. A kept session whose text changed since it opened
+    /// would read with settings (a search path) a new session no longer gets.
+    pub fn session_defaults(&mut self) -> Result<String, DriverError> {
+        let row: SchemaAndDefaults = diesel::sql_query(REUSE_SQL)
+            .get_result(&mut self.s.conn)
+            .map_err(|e| {
+                self.s
+                    .query_err("cannot read the database's and role's settings", e)
+            })?;
+        Ok(row.f)
+    }
+
+    /// Before a kept session reads again: it still answers, the database's and role's
+    /// settings are still `defaults_at_open` (otherwise an error: open a new session), and
+    /// this tool's tables are looked for again as a new session would (a schema created
+    /// since, such as one named after the role, may now come first in the search path).
+    pub fn prepare_reuse(&mut self, defaults_at_open: &str) -> Result<(), DriverError> {
+        let row: SchemaAndDefaults = diesel::sql_query(REUSE_SQL)
+            .get_result(&mut self.s.conn)
+            .map_err(|e| self.s.query_err("the kept session no longer answers", e))?;
+        if row.f != defaults_at_open {
+            return Err(self.s.other(
+                "the database's or role's settings changed since this session opened; a new session reads with the new ones",
+            ));
+        }
+        let Some(schema) = row.s else {
+            return Err(self
+                .s
+                .other("the search_path of this database and role names no schema that exists"));
+        };
+        self.s.set_schema(&schema);
+        Ok(())
     }
 
     /// Prepared transactions that are not this tool's but hold its migration lock here (a

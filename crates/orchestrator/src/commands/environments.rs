@@ -37,10 +37,12 @@ struct Side {
     folder: BTreeMap<String, String>,
 }
 
-/// Every bind of an environment (or of the folders), read.
+/// Every bind of an environment (or of the folders), read; `kept`: through the connections
+/// `serve` keeps between reads, when it keeps them (for `diff`, which only shows).
 fn read_side(
     sources: &Sources,
     name: &str,
+    kept: bool,
 ) -> Result<(Option<Settings>, BTreeMap<String, Side>), String> {
     let settings = Settings::load(&Sources {
         env_name: if name == FOLDERS {
@@ -91,7 +93,13 @@ fn read_side(
                 // One connection (kept between reads by `serve`) reads the state and the
                 // history; a SQLite file not created yet has neither.
                 let timeout = crate::inspect::read_timeout(&settings);
-                let mut conn = match crate::inspect::reader(&b.endpoint, timeout) {
+                let connected = if kept {
+                    crate::inspect::reader(&b.endpoint, timeout)
+                } else {
+                    orchestrate_driver::BindConnection::connect(&b.endpoint, false, timeout)
+                        .map(orchestrate_driver::Reader::Fresh)
+                };
+                let mut conn = match connected {
                     Ok(c) => Some(c),
                     Err(orchestrate_driver::DriverError::NoSuchFile { .. }) => None,
                     Err(e) => {
@@ -248,7 +256,7 @@ fn compare(
 /// `orchestrate diff FROM TO`: exit 0 when they agree, 1 when they differ, 2 when a side
 /// cannot be read.
 pub fn diff(sources: &Sources, from: &str, to: &str, json: bool, o: &mut Output) -> i32 {
-    let (a, b) = match (read_side(sources, from), read_side(sources, to)) {
+    let (a, b) = match (read_side(sources, from, true), read_side(sources, to, true)) {
         (Ok(a), Ok(b)) => (a.1, b.1),
         (Err(e), _) | (_, Err(e)) => return o.refuse(Refusal::argument(e)),
     };
@@ -337,7 +345,11 @@ pub fn promote(
             "promote goes from one environment to another; `{FOLDERS}` is not one (to bring an environment to the folders' head, run `orchestrate --env NAME upgrade --all-binds`)"
         )));
     }
-    let (source, target) = match (read_side(sources, from), read_side(sources, to)) {
+    // What promote acts on is read with new sessions only, never kept ones (`serve`).
+    let (source, target) = match (
+        read_side(sources, from, false),
+        read_side(sources, to, false),
+    ) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return o.refuse(Refusal::argument(e)),
     };
