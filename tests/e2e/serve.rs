@@ -558,34 +558,44 @@ fn sessions_on(names: &[&str]) -> Vec<(String, i32, String)> {
     .collect()
 }
 
+/// An environment `dev` of `n` PostgreSQL binds `<prefix>0..`, each with one migration
+/// creating `a<i>`; `url` gives bind i's URL from its database's.
+fn pg_dev(prefix: &str, n: usize, url: impl Fn(usize, &PgDb) -> String) -> (Project, Vec<PgDb>) {
+    let mut p = Project::new();
+    let dbs: Vec<PgDb> = (0..n).map(|_| PgDb::new()).collect();
+    let mut text = String::new();
+    for (i, db) in dbs.iter().enumerate() {
+        p.create_table(&format!("{prefix}{i}"), "1_a", &format!("a{i}"));
+        text.push_str(&format!(
+            "[binds.{prefix}{i}]\nurl = \"{}\"\n",
+            with_password(&url(i, db))
+        ));
+    }
+    p.config("");
+    fs::write(p.path().join("config/dev.toml"), text).unwrap();
+    (p, dbs)
+}
+
+/// The server's `/api/overview`.
+fn overview(server: &Server) -> serde_json::Value {
+    serde_json::from_str(&server.get("/api/overview", None).body).unwrap()
+}
+
 #[test]
 fn reads_keep_one_connection_per_bind_within_the_budget_per_server() {
     // Four PostgreSQL binds on one server (reached as 127.0.0.1 and as localhost), a budget
     // of three: three binds keep a session between refreshes, the fourth is read with a new
     // one each time.
-    let mut p = Project::new();
-    let dbs: Vec<PgDb> = (0..4).map(|_| PgDb::new()).collect();
-    let mut text = String::new();
-    for (i, db) in dbs.iter().enumerate() {
-        p.create_table(&format!("t{i}"), "1_a", &format!("a{i}"));
-        // Two names for one server: the budget counts the server, not its names.
-        let url = if i % 2 == 1 {
+    // Two names for one server: the budget counts the server, not its names.
+    let (p, dbs) = pg_dev("t", 4, |i, db| {
+        if i % 2 == 1 {
             db.url.replace("127.0.0.1", "localhost")
         } else {
             db.url.clone()
-        };
-        text.push_str(&format!(
-            "[binds.t{i}]\nurl = \"{}\"\n",
-            with_password(&url)
-        ));
-    }
-    p.config("");
-    fs::write(p.path().join("config/dev.toml"), text).unwrap();
+        }
+    });
     let names: Vec<&str> = dbs.iter().map(|d| d.name.as_str()).collect();
     let server = Server::start_args(&p, None, &["dev", "--pool-per-server", "3"]);
-    let overview = |server: &Server| -> serde_json::Value {
-        serde_json::from_str(&server.get("/api/overview", None).body).unwrap()
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let v = overview(&server);
@@ -675,24 +685,10 @@ impl Drop for Resume {
 
 #[test]
 fn a_kept_session_reads_as_a_new_one_would_and_a_stuck_read_is_shown() {
-    let mut p = Project::new();
-    let dbs: Vec<PgDb> = (0..2).map(|_| PgDb::new()).collect();
-    let mut text = String::new();
-    for (i, db) in dbs.iter().enumerate() {
-        p.create_table(&format!("s{i}"), "1_a", &format!("a{i}"));
-        text.push_str(&format!(
-            "[binds.s{i}]\nurl = \"{}\"\n",
-            with_password(&db.url)
-        ));
-    }
-    p.config("");
-    fs::write(p.path().join("config/dev.toml"), text).unwrap();
+    let (p, dbs) = pg_dev("s", 2, |_, db| db.url.clone());
     p.run(&["--env", "dev", "upgrade", "--bind", "s0"])
         .expect(0);
     let server = Server::start_args(&p, None, &["dev"]);
-    let overview = |server: &Server| -> serde_json::Value {
-        serde_json::from_str(&server.get("/api/overview", None).body).unwrap()
-    };
     let pending = |v: &serde_json::Value, name: &str| {
         v["environments"][0]["status"]["binds"]
             .as_array()

@@ -202,10 +202,12 @@ impl ReadPools {
         endpoint: &Endpoint,
         lock_timeout: Duration,
     ) -> Result<Reader, DriverError> {
+        // Every read prunes, SQLite ones too: binds no longer read give their sessions back
+        // even when the page reads no PostgreSQL or MySQL bind any more.
+        self.prune();
         if endpoint.backend == Backend::Sqlite {
             return self.fresh(endpoint, lock_timeout).map(Reader::Fresh);
         }
-        self.prune();
         let key = (endpoint.connect_url().to_string(), lock_timeout);
         let known = {
             let mut inner = self.lock();
