@@ -170,7 +170,7 @@ run() {
   local name=$1 want=$2 rc=0
   shift 2
   in_image /bin/sh -c 'cd /project && exec "$@"' sh "$@" >"$OUT" 2>&1 || rc=$?
-  sed 's/^/    | /' "$OUT" | head -n 40 >&2
+  head -n 40 "$OUT" | sed 's/^/    | /' >&2  # head first: a longer output never SIGPIPEs sed under pipefail
   if [ "$rc" = "$want" ]; then pass "$name (exit $rc)"; else fail "$name: exit $rc, expected $want"; fi
   return 0
 }
@@ -258,7 +258,7 @@ else
   rc=0
   in_image ORCHESTRATE__BINDS__USERS__URL="$url" /bin/sh -c 'cd /project && exec orchestrate status --bind users' \
     >"$OUT" 2>&1 || rc=$?
-  sed 's/^/    | /' "$OUT" | head -n 20 >&2
+  head -n 20 "$OUT" | sed 's/^/    | /' >&2
   if [ "$rc" = 0 ]; then
     pass "orchestrate status on PostgreSQL 127.0.0.1:5432/$db with sslmode=require (exit 0)"
   elif grep -qiE 'does not support SSL|no pg_hba.conf entry|password authentication|authentication failed' "$OUT"; then

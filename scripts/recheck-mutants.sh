@@ -64,7 +64,7 @@ for d in "${diffs[@]}"; do
   elif grep -q "could not compile" "$work/last.log"; then
     echo "unviable     $where: $what (does not build)"
   else
-    failing=$(grep -E '^\s+FAIL ' "$work/last.log" | head -3 | awk '{print $NF}' | paste -sd, -)
+    failing=$(grep -m3 -E '^\s+FAIL ' "$work/last.log" | awk '{print $NF}' | paste -sd, - || true)
     echo "caught       $where: $what (by ${failing:-a build or test failure; see below})"
     [ -n "$failing" ] || tail -5 "$work/last.log"
   fi

@@ -78,7 +78,8 @@ fi
 # Without MySQL (`--no-default-features`): the MySQL client library is not in the build at
 # all, and a mysql:// bind is refused when it is read, with a message that says how to get it.
 if [ $# -eq 0 ]; then
-  if cargo tree -p orchestrate --locked --no-default-features -e normal 2>/dev/null | grep -q mysqlclient; then
+  # grep reads all of it (no -q): under pipefail an early exit would SIGPIPE cargo and hide a match.
+  if cargo tree -p orchestrate --locked --no-default-features -e normal 2>/dev/null | grep mysqlclient >/dev/null; then
     say "a build without the mysql feature still depends on the MySQL client library"
     exit 1
   fi
