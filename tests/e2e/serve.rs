@@ -769,3 +769,242 @@ fn a_kept_session_reads_as_a_new_one_would_and_a_stuck_read_is_shown() {
     );
     server.assert_no_password();
 }
+
+#[test]
+fn kept_reads_take_a_quarter_of_any_connection_limit_and_lose_a_revoked_right_at_once() {
+    // Binds t0..t3 read as a role limited to 8 connections: two of them keep a session (a
+    // quarter of 8), though the server would allow 16. t4's database
+    // is limited to 3 connections: a quarter is none, so t4 keeps no session.
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let role = format!("orch_lim_{:08x}", rand::random::<u32>());
+    let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 8"))
+        .unwrap();
+    let as_role = |url: &str| url.replacen("://postgres@", &format!("://{role}@"), 1);
+    let (p, dbs) = pg_dev("t", 5, |i, db| {
+        if i < 4 {
+            as_role(&db.url)
+        } else {
+            db.url.clone()
+        }
+    });
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} CONNECTION LIMIT 3",
+            dbs[4].name
+        ))
+        .unwrap();
+    let names: Vec<&str> = dbs.iter().map(|d| d.name.as_str()).collect();
+    let server = Server::start_args(&p, None, &["dev"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = overview(&server);
+        let r = &v["read_connections"];
+        if r["open"] == 2 && r["reused"].as_u64().unwrap_or(0) >= 6 {
+            assert_eq!(r["pooled_binds"], 2, "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reads never reused a connection: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = sessions_on(&names);
+    std::thread::sleep(Duration::from_millis(3500));
+    let after = sessions_on(&names);
+    let kept: Vec<&(String, i32, String)> = before.iter().filter(|s| after.contains(s)).collect();
+    assert_eq!(kept.len(), 2, "before {before:?}, after {after:?}");
+    assert!(
+        kept.iter().all(|s| s.0 != dbs[4].name),
+        "no session kept on the database limited to 3: {kept:?}"
+    );
+    // The role loses CONNECT on its databases: a new session is refused, so the page shows
+    // every one of its binds unreadable at its next refreshes (a kept session would go on
+    // reading for minutes).
+    for db in &dbs[..4] {
+        admin
+            .batch_execute(&format!(
+                "REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
+                db.name
+            ))
+            .unwrap();
+    }
+    let errors = |v: &serde_json::Value, name: &str| -> Vec<String> {
+        v["environments"][0]["status"]["binds"]
+            .as_array()
+            .and_then(|b| b.iter().find(|b| b["bind"] == name).cloned())
+            .map(|b| {
+                b["errors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = overview(&server);
+        let refused = ["t0", "t1", "t2", "t3"].iter().all(|name| {
+            errors(&v, name)
+                .iter()
+                .any(|e| e.contains(&format!("bind `{name}`")) && e.contains("permission denied"))
+        });
+        if refused {
+            assert!(errors(&v, "t4").is_empty(), "{v}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page still reads binds whose role lost CONNECT: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.assert_no_password();
+    drop(server);
+    drop(dbs);
+    let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {role}"));
+}
+
+#[test]
+fn the_budget_holds_across_a_server_restart_and_binds_no_longer_read_give_their_sessions_back() {
+    // A budget of 3 on a cluster of the test's own: r0..r2 keep a session. The server
+    // restarts, then r3 and r4 join the configuration: the restarted server is the same
+    // server, so they are read with new connections each time and 3 sessions stay kept.
+    let cluster = crate::support::OwnCluster::start();
+    let mut p = Project::new();
+    let dbs: Vec<PgDb> = (0..5).map(|_| PgDb::on(&cluster.url)).collect();
+    let config = |n: usize| {
+        let mut text = String::new();
+        for (i, db) in dbs.iter().enumerate().take(n) {
+            text.push_str(&format!(
+                "[binds.r{i}]\nurl = \"{}\"\n",
+                with_password(&db.url)
+            ));
+        }
+        text
+    };
+    for i in 0..5 {
+        p.create_table(&format!("r{i}"), "1_a", &format!("a{i}"));
+    }
+    p.config("");
+    let dev = p.path().join("config/dev.toml");
+    fs::write(&dev, config(3)).unwrap();
+    let server = Server::start_args(&p, None, &["dev", "--pool-per-server", "3"]);
+    let wait = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let v = overview(&server);
+            if ok(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait(
+        "three binds keep a session",
+        &|v| v["read_connections"]["open"] == 3,
+        60,
+    );
+    cluster.restart();
+    fs::write(&dev, config(5)).unwrap();
+    let read_cleanly = |v: &serde_json::Value| {
+        let binds = v["environments"][0]["status"]["binds"].as_array();
+        binds.is_some_and(|b| {
+            b.len() == 5
+                && b.iter()
+                    .all(|b| b["errors"].as_array().is_some_and(|e| e.is_empty()))
+        })
+    };
+    let reused = wait(
+        "all five binds are read after the restart",
+        &read_cleanly,
+        60,
+    )["read_connections"]["reused"]
+        .as_u64()
+        .unwrap();
+    let v = wait(
+        "kept sessions are reused again after the restart",
+        &|v| {
+            read_cleanly(v)
+                && v["read_connections"]["open"] == 3
+                && v["read_connections"]["reused"].as_u64() >= Some(reused + 6)
+        },
+        60,
+    );
+    assert_eq!(v["read_connections"]["pooled_binds"], 3, "{v}");
+    // The environment's file stops parsing: nothing is read any more, and within the time a
+    // bind is remembered (a minute here) and a quarter of it, the kept sessions are closed.
+    fs::write(&dev, "this is not [ toml").unwrap();
+    wait(
+        "the kept sessions are given back",
+        &|v| v["read_connections"]["open"] == 0 && v["read_connections"]["pooled_binds"] == 0,
+        150,
+    );
+    server.assert_no_password();
+}
+
+#[test]
+fn a_mysql_account_limit_bounds_the_kept_sessions_too() {
+    // Two MariaDB binds read as an account limited to 4 connections: one keeps a session (a
+    // quarter of 4), the other is read with a new connection each time.
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let user = format!("orch_lim_{:08x}", rand::random::<u32>());
+    let mut admin = diesel::MysqlConnection::establish(&crate::support::mysql_admin_url()).unwrap();
+    let dbs: Vec<crate::support::MyDb> = (0..2).map(|_| crate::support::MyDb::new()).collect();
+    admin
+        .batch_execute(&format!(
+            "CREATE USER '{user}'@'%' IDENTIFIED BY '{PASSWORD}' WITH MAX_USER_CONNECTIONS 4"
+        ))
+        .unwrap();
+    let mut p = Project::new();
+    let mut text = String::new();
+    for (i, db) in dbs.iter().enumerate() {
+        admin
+            .batch_execute(&format!("GRANT ALL ON {}.* TO '{user}'@'%'", db.name))
+            .unwrap();
+        p.create_table(&format!("m{i}"), "1_a", &format!("a{i}"));
+        let host = db.url.split_once('@').unwrap().1;
+        text.push_str(&format!(
+            "[binds.m{i}]\nurl = \"mysql://{user}:{PASSWORD}@{host}\"\n"
+        ));
+    }
+    p.config("");
+    fs::write(p.path().join("config/dev.toml"), text).unwrap();
+    let server = Server::start_args(&p, None, &["dev"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = overview(&server);
+        let r = &v["read_connections"];
+        let errors = v["environments"][0]["status"]["binds"]
+            .as_array()
+            .map(|b| b.iter().map(|b| b["errors"].clone()).collect::<Vec<_>>());
+        if r["reused"].as_u64().unwrap_or(0) >= 4 {
+            assert_eq!(r["open"], 1, "{v}");
+            assert_eq!(r["pooled_binds"], 1, "{v}");
+            assert!(
+                errors
+                    .is_some_and(|e| e.iter().all(|e| e.as_array().is_some_and(|e| e.is_empty()))),
+                "{v}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reads never reused a connection: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Two refreshes later, still one.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(overview(&server)["read_connections"]["pooled_binds"], 1);
+    server.assert_no_password();
+    drop(server);
+    let _ = admin.batch_execute(&format!("DROP USER '{user}'@'%'"));
+}

@@ -345,10 +345,6 @@ impl Endpoint {
         &self.url
     }
 
-    /// The PostgreSQL URL with `extra` added to libpq's `options` (server settings sent in
-    /// the startup packet), after any the user gave.
-    /// The PostgreSQL URL to connect with: `extra` added to its startup `options`, and a
-    /// `connect_timeout` unless it has one.
     /// This endpoint with libpq connection parameters added to its URL where the URL does not
     /// set them (PostgreSQL only; other backends are returned as they are).
     pub(crate) fn with_params(&self, params: &[(&str, &str)]) -> Endpoint {
@@ -376,6 +372,9 @@ impl Endpoint {
         e
     }
 
+    /// The PostgreSQL URL to connect with: `extra` added to libpq's `options` (server
+    /// settings sent in the startup packet) after any the user gave, and a `connect_timeout`
+    /// unless it has one.
     pub(crate) fn connect_url_with_options(&self, extra: &str) -> String {
         let Ok(mut url) = url::Url::parse(&self.url) else {
             return self.url.clone();

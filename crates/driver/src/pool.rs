@@ -2,7 +2,11 @@
 //! (`orchestrate serve` reads every bind every few seconds). One r2d2 pool of one connection
 //! per PostgreSQL or MySQL bind, and at most a budget of them per server, so that hundreds of
 //! tenant databases on one server do not take its connections: the binds past the budget are
-//! read with a new connection each time, as a command does. SQLite files are opened per read
+//! read with a new connection each time, as a command does. The budget is a quarter of every
+//! connection limit a bind's connections count against: the server's, and where one is set,
+//! its role's and its database's `CONNECTION LIMIT` (MySQL: the account's
+//! `max_user_connections`), so that the sessions kept for reading never take the connections
+//! the application or a migration command needs. SQLite files are opened per read
 //! (no server, nothing to save).
 //!
 //! A read never waits on a pool: a kept connection that is idle and still answers is lent;
@@ -16,18 +20,19 @@
 //! the database's and role's settings (`ALTER DATABASE/ROLE ... SET`) are those it opened with;
 //! otherwise it is dropped and the read opens a new session. Kept PostgreSQL sessions fail
 //! within seconds when the network stops answering (`tcp_user_timeout`, keepalives). The
-//! budget counts servers as they identify themselves (PostgreSQL: start time and port; MySQL:
-//! host name and port), whatever URLs reach them; a bind not read for a while (removed from
-//! the configuration, a tenant gone) gives its connection and its place in the budget back.
+//! budget counts servers as they identify themselves (PostgreSQL: system identifier and port;
+//! MySQL: host name and port), whatever URLs reach them and across restarts; a bind not read
+//! for a while (removed from the configuration, a tenant gone) gives its connection and its
+//! place in the budget back, whether or not anything is read any more.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use r2d2::{HandleError, ManageConnection, Pool, PooledConnection};
-use scheduled_thread_pool::ScheduledThreadPool;
+use scheduled_thread_pool::{JobHandle, ScheduledThreadPool};
 use serde::Serialize;
 
 use crate::endpoint::{Backend, Endpoint};
@@ -130,22 +135,51 @@ pub struct PoolStats {
     pub opened: u64,
 }
 
-/// One bind's place: its pool (`None`: its server's budget was spent), the server it counts
+/// One bind's place: its pool (`None`: a budget was spent), the connection limits it counts
 /// against, and when it was last read.
 struct Slot {
     pool: Option<Pool<ReadManager>>,
-    server: String,
+    limits: Vec<String>,
     last_used: Instant,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// Per database URL and lock timeout.
-    slots: HashMap<(String, Duration), Slot>,
-    /// Per server (as it identifies itself): how many of its binds may keep a connection, and
-    /// how many do.
-    servers: HashMap<String, (usize, usize)>,
+    /// Per bind, database URL and lock timeout (two binds on one database have their own).
+    slots: HashMap<(String, String, Duration), Slot>,
+    /// Per connection limit (a server, a role or a database there, as the server names them):
+    /// how many kept connections it allows, and how many there are.
+    limits: HashMap<String, (usize, usize)>,
     last_prune: Option<Instant>,
+}
+
+impl Inner {
+    /// Forgets the binds not read for `forget_after`: their pools close, and their places in
+    /// the budgets are free again. At most every `forget_after / 4`.
+    fn prune(&mut self, forget_after: Duration) {
+        let now = Instant::now();
+        if self
+            .last_prune
+            .is_some_and(|at| now.duration_since(at) < forget_after / 4)
+        {
+            return;
+        }
+        self.last_prune = Some(now);
+        let limits = &mut self.limits;
+        self.slots.retain(|_, slot| {
+            let keep = now.duration_since(slot.last_used) < forget_after;
+            if !keep && slot.pool.is_some() {
+                for name in &slot.limits {
+                    if let Some((_, used)) = limits.get_mut(name) {
+                        *used = used.saturating_sub(1);
+                    }
+                }
+            }
+            keep
+        });
+        // A limit nothing counts against is read again when a bind next needs it.
+        limits.retain(|_, (_, used)| *used > 0);
+    }
 }
 
 /// Connections kept between reads, per bind, within a budget per server (see the module
@@ -154,7 +188,9 @@ pub struct ReadPools {
     per_server: usize,
     forget_after: Duration,
     threads: Arc<ScheduledThreadPool>,
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
+    /// Prunes on a timer too, for when nothing is read at all any more.
+    pruning: JobHandle,
     reused: AtomicU64,
     opened: AtomicU64,
 }
@@ -168,26 +204,49 @@ impl std::fmt::Debug for ReadPools {
     }
 }
 
-/// How long a kept connection lives before it is replaced (a password change or `NOLOGIN`
-/// reaches a kept session only then).
+impl Drop for ReadPools {
+    fn drop(&mut self) {
+        self.pruning.cancel();
+    }
+}
+
+fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
+    inner.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a kept connection lives before it is replaced: what a server checks only when a
+/// session starts, and a kept session cannot see from SQL (a new password, a `pg_hba.conf`
+/// rule), reaches it only then. A change to its role (renamed, `NOLOGIN`, `VALID UNTIL`) or to
+/// the database's `CONNECT` privilege is seen at its next read (see
+/// [`BindConnection::prepare_reuse`]).
 const MAX_LIFETIME: Duration = Duration::from_secs(5 * 60);
 
 impl ReadPools {
     /// Pools that keep at most `per_server` connections on each server, and never more than a
-    /// quarter of the connections the server accepts (read from it when a bind is first
-    /// read). `0` keeps none: every read opens its own connection. A bind not read for
+    /// quarter of any connection limit they count against (the server's, the role's, the
+    /// database's; read when a bind is first read). `0` keeps none: every read opens its own connection. A bind not read for
     /// `forget_after` loses its kept connection and its place in the budget.
     pub fn new(per_server: usize, forget_after: Duration) -> ReadPools {
+        let threads = Arc::new(
+            ScheduledThreadPool::builder()
+                .num_threads(1)
+                .thread_name_pattern("orchestrate-read-pool-{}")
+                .build(),
+        );
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let weak: Weak<Mutex<Inner>> = Arc::downgrade(&inner);
+        let every = (forget_after / 4).max(Duration::from_secs(1));
+        let pruning = threads.execute_at_fixed_rate(every, every, move || {
+            if let Some(inner) = weak.upgrade() {
+                lock(&inner).prune(forget_after);
+            }
+        });
         ReadPools {
             per_server,
             forget_after,
-            threads: Arc::new(
-                ScheduledThreadPool::builder()
-                    .num_threads(1)
-                    .thread_name_pattern("orchestrate-read-pool-{}")
-                    .build(),
-            ),
-            inner: Mutex::new(Inner::default()),
+            threads,
+            inner,
+            pruning,
             reused: AtomicU64::new(0),
             opened: AtomicU64::new(0),
         }
@@ -204,11 +263,15 @@ impl ReadPools {
     ) -> Result<Reader, DriverError> {
         // Every read prunes, SQLite ones too: binds no longer read give their sessions back
         // even when the page reads no PostgreSQL or MySQL bind any more.
-        self.prune();
+        self.lock().prune(self.forget_after);
         if endpoint.backend == Backend::Sqlite {
             return self.fresh(endpoint, lock_timeout).map(Reader::Fresh);
         }
-        let key = (endpoint.connect_url().to_string(), lock_timeout);
+        let key = (
+            endpoint.bind.clone(),
+            endpoint.connect_url().to_string(),
+            lock_timeout,
+        );
         let known = {
             let mut inner = self.lock();
             inner.slots.get_mut(&key).map(|slot| {
@@ -228,53 +291,43 @@ impl ReadPools {
             None => {
                 let mut conn = self.fresh(endpoint, lock_timeout)?;
                 // Not known: keep nothing for this bind now, ask again next time.
-                let Ok(Some((server, room))) = conn.server_connections() else {
+                let Ok(limits) = conn.connection_limits() else {
                     return Ok(Reader::Fresh(conn));
                 };
-                let budget = self.per_server.min(usize::try_from(room / 4).unwrap_or(0));
                 let mut guard = self.lock();
                 let inner = &mut *guard;
-                let (allowed, used) = inner.servers.entry(server.clone()).or_insert((budget, 0));
+                for (i, (name, allows)) in limits.iter().enumerate() {
+                    let quarter = usize::try_from(allows / 4).unwrap_or(0);
+                    // The first is the server's, which `per_server` caps too.
+                    let budget = if i == 0 {
+                        self.per_server.min(quarter)
+                    } else {
+                        quarter
+                    };
+                    inner.limits.entry(name.clone()).or_insert((budget, 0));
+                }
                 if let std::collections::hash_map::Entry::Vacant(slot) = inner.slots.entry(key) {
-                    let pool = (*used < *allowed).then(|| self.pool(endpoint, lock_timeout));
+                    let fits = !limits.is_empty()
+                        && limits
+                            .iter()
+                            .all(|(name, _)| inner.limits.get(name).is_some_and(|(a, u)| u < a));
+                    let pool = fits.then(|| self.pool(endpoint, lock_timeout));
                     if pool.is_some() {
-                        *used += 1;
+                        for (name, _) in &limits {
+                            if let Some((_, used)) = inner.limits.get_mut(name) {
+                                *used += 1;
+                            }
+                        }
                     }
                     slot.insert(Slot {
                         pool,
-                        server,
+                        limits: limits.into_iter().map(|(name, _)| name).collect(),
                         last_used: Instant::now(),
                     });
                 }
                 Ok(Reader::Fresh(conn))
             }
         }
-    }
-
-    /// Forgets the binds not read for `forget_after`: their pools close, and their places in
-    /// their servers' budgets are free again.
-    fn prune(&self) {
-        let now = Instant::now();
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        if inner
-            .last_prune
-            .is_some_and(|at| now.duration_since(at) < self.forget_after / 4)
-        {
-            return;
-        }
-        inner.last_prune = Some(now);
-        let forget_after = self.forget_after;
-        let servers = &mut inner.servers;
-        inner.slots.retain(|_, slot| {
-            let keep = now.duration_since(slot.last_used) < forget_after;
-            if !keep && slot.pool.is_some() {
-                if let Some((_, used)) = servers.get_mut(&slot.server) {
-                    *used = used.saturating_sub(1);
-                }
-            }
-            keep
-        });
     }
 
     /// What the pools have done so far.
@@ -294,7 +347,7 @@ impl ReadPools {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     fn fresh(

@@ -311,23 +311,51 @@ impl BindConnection {
         each!(self, c => !c.session().in_transaction())
     }
 
-    /// Which server this is, as the server says (PostgreSQL: its start time and port; MySQL:
-    /// its host name and port), and how many connections it accepts from roles that are not
-    /// superusers (PostgreSQL: `max_connections` less `superuser_reserved_connections`;
-    /// MySQL: `max_connections`). `None` for SQLite, which has no server.
-    pub fn server_connections(&mut self) -> Result<Option<(String, i64)>, DriverError> {
+    /// The connection limits a new connection of this bind counts against, each as a name and
+    /// how many connections it allows; the server's comes first. The server is named as it
+    /// names itself, whatever URL reached it, and the same after a restart (PostgreSQL: its
+    /// system identifier and port; MySQL: its host name and port); it allows
+    /// `max_connections` (PostgreSQL: less `superuser_reserved_connections`). Then, where they
+    /// are set: PostgreSQL's `CONNECTION LIMIT` of the role (superusers are exempt) and of the
+    /// database (every session there counts), and MySQL's `max_user_connections` of the
+    /// account. Empty for SQLite, which has no server.
+    pub fn connection_limits(&mut self) -> Result<Vec<(String, i64)>, DriverError> {
+        const WHAT: &str = "cannot read which server this is and how many connections it accepts";
         let sql = match self {
-            BindConnection::Postgres(_) => {
-                "SELECT CAST(pg_catalog.pg_postmaster_start_time() AS TEXT) || ', port ' || pg_catalog.current_setting('port') AS s, \
-                 CAST(pg_catalog.current_setting('max_connections') AS BIGINT) \
-                 - CAST(pg_catalog.current_setting('superuser_reserved_connections') AS BIGINT) AS n"
+            BindConnection::Postgres(c) => {
+                // `pg_control_system()` is open to every role by default; where it was revoked
+                // (a query that names it fails even where it is not called), the start time
+                // stands in, and changes with a restart.
+                let system = c.session().count(
+                    WHAT,
+                    "SELECT CAST(CASE WHEN pg_catalog.has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE') THEN 1 ELSE 0 END AS BIGINT) AS n",
+                    &[],
+                )? == 1;
+                let id = if system {
+                    "(SELECT 'system ' || CAST(system_identifier AS TEXT) FROM pg_catalog.pg_control_system())"
+                } else {
+                    "'started ' || CAST(pg_catalog.pg_postmaster_start_time() AS TEXT)"
+                };
+                format!(
+                    "WITH me AS (SELECT 'PostgreSQL ' || {id} || ', port ' || pg_catalog.current_setting('port') AS id) \
+                     SELECT id AS s, CAST(pg_catalog.current_setting('max_connections') AS BIGINT) \
+                     - CAST(pg_catalog.current_setting('superuser_reserved_connections') AS BIGINT) AS n, 0 AS o FROM me \
+                     UNION ALL SELECT me.id || ', role ' || r.rolname, CAST(r.rolconnlimit AS BIGINT), 1 FROM me, pg_catalog.pg_roles r \
+                     WHERE r.rolname = session_user AND r.rolconnlimit >= 0 AND NOT r.rolsuper \
+                     UNION ALL SELECT me.id || ', database ' || d.datname, CAST(d.datconnlimit AS BIGINT), 2 FROM me, pg_catalog.pg_database d \
+                     WHERE d.datname = pg_catalog.current_database() AND d.datconnlimit >= 0 ORDER BY o"
+                )
             }
             BindConnection::Mysql(_) => {
-                "SELECT CONCAT(@@hostname, ':', @@port) AS s, CAST(@@max_connections AS SIGNED) AS n"
+                "SELECT CONCAT('MySQL ', @@hostname, ':', @@port) AS s, CAST(@@max_connections AS SIGNED) AS n, 0 AS o \
+                 UNION ALL SELECT CONCAT('MySQL ', @@hostname, ':', @@port, ', account ', CURRENT_USER()), \
+                 CAST(@@max_user_connections AS SIGNED), 1 FROM DUAL WHERE @@max_user_connections > 0 ORDER BY o"
+                    .to_string()
             }
-            BindConnection::Sqlite(_) => return Ok(None),
+            BindConnection::Sqlite(_) => return Ok(Vec::new()),
         };
-        let rows: Result<Vec<super::ServerRoom>, _> = each!(self, c => c.session().rows("cannot read which server this is and how many connections it accepts", sql, &[]));
-        Ok(rows?.into_iter().next().map(|r| (r.s, r.n)))
+        let rows: Result<Vec<super::ServerRoom>, _> =
+            each!(self, c => c.session().rows(WHAT, &sql, &[]));
+        Ok(rows?.into_iter().map(|r| (r.s, r.n)).collect())
     }
 }

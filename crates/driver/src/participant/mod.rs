@@ -629,7 +629,7 @@ pub struct PreparedXact {
     pub age: String,
 }
 
-/// A server's identity and how many connections it accepts.
+/// A connection limit's name and how many connections it allows.
 #[derive(QueryableByName)]
 pub(crate) struct ServerRoom {
     #[diesel(sql_type = Text)]

@@ -47,7 +47,10 @@ const SCHEMA_SQL: &str = "SELECT coalesce((SELECT s.nspname FROM unnest(pg_catal
      WHERE ns.nspname = s.nspname AND c.relname = '__diesel_schema_migrations' AND c.relkind IN ('r', 'p')) \
      ORDER BY s.n LIMIT 1), pg_catalog.current_schema()) AS s";
 
-/// [`SCHEMA_SQL`] and the settings this database and role give a new session, in one read.
+/// [`SCHEMA_SQL`] and what decides what a new session of this role and database gets, in one
+/// read: the settings they give it (`ALTER DATABASE/ROLE ... SET`), the role's name, `LOGIN`
+/// and `VALID UNTIL`, and whether the role may still connect to the database (`CONNECT`,
+/// `ALLOW_CONNECTIONS`). A session_user renamed since shows its new name here.
 const REUSE_SQL: &str = "SELECT (SELECT s FROM (SELECT coalesce((SELECT s.nspname FROM unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS s(nspname, n) \
      WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
      WHERE ns.nspname = s.nspname AND c.relname = '__diesel_schema_migrations' AND c.relkind IN ('r', 'p')) \
@@ -55,7 +58,11 @@ const REUSE_SQL: &str = "SELECT (SELECT s FROM (SELECT coalesce((SELECT s.nspnam
      coalesce((SELECT string_agg(CAST(d.setdatabase AS TEXT) || ':' || CAST(d.setrole AS TEXT) || ':' || pg_catalog.array_to_string(d.setconfig, ','), ';' ORDER BY d.setdatabase, d.setrole) \
      FROM pg_catalog.pg_db_role_setting d \
      WHERE d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())) \
-     AND d.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))), '') AS f";
+     AND d.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))), '') \
+     || '; ' || coalesce((SELECT r.rolname || ' login ' || CAST(r.rolcanlogin AS TEXT) || ' until ' || coalesce(CAST(r.rolvaliduntil AS TEXT), '-') \
+     FROM pg_catalog.pg_roles r WHERE r.rolname = session_user), 'no role') \
+     || '; connect ' || CAST(pg_catalog.has_database_privilege(session_user, pg_catalog.current_database(), 'CONNECT') AS TEXT) \
+     || ' ' || coalesce((SELECT CAST(datallowconn AS TEXT) FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()), '-') AS f";
 
 #[derive(QueryableByName)]
 struct SchemaAndDefaults {
@@ -327,8 +334,9 @@ impl Postgres {
 
     /// What a session of this database and role starts with besides the server's own
     /// configuration: every `ALTER DATABASE ... SET` and `ALTER ROLE ... SET` that applies
-    /// (`pg_db_role_setting`), as one text. A kept session whose text changed since it opened
-    /// would read with settings (a search path) a new session no longer gets.
+    /// (`pg_db_role_setting`), and whether and as whom the role may still connect (see
+    /// [`REUSE_SQL`]), as one text. A kept session whose text changed since it opened would
+    /// read with settings (a search path) or rights a new session no longer gets.
     pub fn session_defaults(&mut self) -> Result<String, DriverError> {
         let row: SchemaAndDefaults = diesel::sql_query(REUSE_SQL)
             .get_result(&mut self.s.conn)
@@ -349,7 +357,7 @@ impl Postgres {
             .map_err(|e| self.s.query_err("the kept session no longer answers", e))?;
         if row.f != defaults_at_open {
             return Err(self.s.other(
-                "the database's or role's settings changed since this session opened; a new session reads with the new ones",
+                "the database's or role's settings or rights changed since this session opened; a new session reads with the new ones, or is refused",
             ));
         }
         let Some(schema) = row.s else {
