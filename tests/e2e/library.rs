@@ -171,9 +171,14 @@ fn refusals_are_typed_errors() {
     )
     .unwrap();
     match folders().upgrade() {
-        Err(Error::Refused { kind, errors }) => {
+        Err(Error::Refused {
+            kind,
+            errors,
+            reasons,
+        }) => {
             assert_eq!(kind, RefusalKind::Invalid);
             assert!(errors.iter().any(|e| e.contains("changed")), "{errors:?}");
+            assert_eq!(reasons, vec![orchestrate::Reason::Drift], "{errors:?}");
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -203,8 +208,16 @@ fn refusals_are_typed_errors() {
             .unwrap()
     };
     match cli_config().upgrade() {
-        Err(Error::Refused { kind, errors }) => {
+        Err(Error::Refused {
+            kind,
+            errors,
+            reasons,
+        }) => {
             assert_eq!(kind, RefusalKind::Attention, "{errors:?}");
+            assert!(
+                reasons.iter().all(|r| *r == orchestrate::Reason::InDoubt),
+                "{reasons:?} {errors:?}"
+            );
         }
         other => panic!("expected a refusal for the batch in doubt, got {other:?}"),
     }
@@ -352,9 +365,14 @@ fn empty_selections_and_protected_environments_are_refused() {
     at_head(&p);
     p.config("protected = true");
     match embedded(&p).build().unwrap().downgrade(&["users"], "-1") {
-        Err(Error::Refused { kind, errors }) => {
+        Err(Error::Refused {
+            kind,
+            errors,
+            reasons,
+        }) => {
             assert_eq!(kind, RefusalKind::Invalid);
             assert!(errors[0].contains("protected"), "{errors:?}");
+            assert_eq!(reasons, vec![orchestrate::Reason::Protected]);
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -431,4 +449,184 @@ fn a_changed_down_sql_is_reported_to_the_application() {
             .any(|n| n.contains("down.sql differs from the copy stored")),
         "{notes:?}"
     );
+}
+
+/// Every refusal a batch can meet through the library comes back with its [`Reason`], the
+/// command line refuses the same batch with that reason's exit code, and nothing changes.
+#[test]
+fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
+    use orchestrate::Reason;
+    let no_prepared = crate::support::OwnCluster::start_with(&[("PG_MAX_PREPARED", "0")]);
+    struct Case {
+        reason: Reason,
+        project: Project,
+        cli: Vec<&'static str>,
+        call: fn(&Orchestrator) -> Result<Option<orchestrate::BatchReport>, Error>,
+    }
+    let upgrade: fn(&Orchestrator) -> _ = |o| o.upgrade();
+    let mut cases = Vec::new();
+
+    // A target that names no migration.
+    let mut p = Project::new();
+    p.add_sqlite("a").create_table("a", "1_a", "a");
+    cases.push(Case {
+        reason: Reason::Target,
+        project: p,
+        cli: vec!["upgrade", "--all-binds", "--target", "a=nope"],
+        call: |o| o.upgrade_to(&[("a", "nope")]),
+    });
+
+    // A database that cannot be reached.
+    let mut p = Project::new();
+    p.add_sqlite("a").create_table("a", "1_a", "a");
+    p.create_table("gone", "1_g", "g");
+    std::fs::create_dir_all(p.path().join("migrations/gone")).unwrap();
+    p.config("[binds.gone]\nurl = \"postgres://postgres@127.0.0.1:1/gone?connect_timeout=2\"");
+    cases.push(Case {
+        reason: Reason::Unreachable,
+        project: p,
+        cli: vec!["upgrade", "--all-binds"],
+        call: upgrade,
+    });
+
+    // A statement that would escape the batch.
+    let mut p = Project::new();
+    p.add_pg("a").migration(
+        "a",
+        "1_a",
+        "CREATE TABLE a (id INT); COMMIT;",
+        Some("DROP TABLE a;"),
+    );
+    cases.push(Case {
+        reason: Reason::Escapes,
+        project: p,
+        cli: vec!["upgrade", "--all-binds"],
+        call: upgrade,
+    });
+
+    // A migration outside a transaction, without consent.
+    let mut p = Project::new();
+    p.add_pg("a").create_table("a", "1_a", "a");
+    p.metadata("a", "1_a", "run_in_transaction = false\n");
+    cases.push(Case {
+        reason: Reason::NonTransactional,
+        project: p,
+        cli: vec!["upgrade", "--all-binds"],
+        call: upgrade,
+    });
+
+    // MySQL DDL next to a PostgreSQL bind, without consent.
+    let mut p = Project::new();
+    p.add_pg("a").create_table("a", "1_a", "a");
+    p.add_mysql("m").create_table("m", "1_m", "m");
+    cases.push(Case {
+        reason: Reason::NotAtomic,
+        project: p,
+        cli: vec!["upgrade", "--all-binds"],
+        call: upgrade,
+    });
+
+    // One database under two names (TCP and the server's socket), which only the server can
+    // tell.
+    let mut p = Project::new();
+    p.add_pg_at("a", &no_prepared.url)
+        .create_table("a", "1_a", "a");
+    let other = no_prepared.socket_url(&p.db("a").pg_name());
+    p.create_table("b", "1_b", "b");
+    p.config(&format!("[binds.b]\nurl = \"{other}\""));
+    cases.push(Case {
+        reason: Reason::SameDatabase,
+        project: p,
+        cli: vec!["upgrade", "--all-binds"],
+        call: upgrade,
+    });
+
+    // A SQLite file under a folder that is a dangling symbolic link.
+    let mut p = Project::new();
+    p.add_sqlite("a").create_table("a", "1_a", "a");
+    std::os::unix::fs::symlink(p.path().join("nowhere"), p.path().join("dangling")).unwrap();
+    p.create_table("s", "1_s", "s");
+    p.config("[binds.s]\nurl = \"sqlite://dangling/s.sqlite3\"");
+    cases.push(Case {
+        reason: Reason::SqlitePath,
+        project: p,
+        cli: vec!["upgrade", "--all-binds"],
+        call: upgrade,
+    });
+
+    // A server that allows no prepared transactions.
+    let mut p = Project::new();
+    p.add_pg_at("a", &no_prepared.url)
+        .create_table("a", "1_a", "a");
+    p.add_pg_at("b", &no_prepared.url)
+        .create_table("b", "1_b", "b");
+    cases.push(Case {
+        reason: Reason::PreparedTransactions,
+        project: p,
+        cli: vec!["upgrade", "--all-binds"],
+        call: upgrade,
+    });
+
+    // A downgrade of a migration that has no down SQL.
+    let mut p = Project::new();
+    p.add_sqlite("a")
+        .migration("a", "1_a", "CREATE TABLE a (id INT);", None);
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    cases.push(Case {
+        reason: Reason::NoDownSql,
+        project: p,
+        cli: vec!["downgrade", "--bind", "a"],
+        call: |o| o.downgrade(&["a"], "-1"),
+    });
+
+    // Drift: an applied migration's up.sql edited since.
+    let mut p = Project::new();
+    p.add_sqlite("a").create_table("a", "1_a", "a");
+    p.run(&["upgrade", "--all-binds"]).expect(0);
+    p.migration(
+        "a",
+        "1_a",
+        "CREATE TABLE a (id INT, x INT);",
+        Some("DROP TABLE a;"),
+    );
+    p.create_table("a", "2_b", "b");
+    cases.push(Case {
+        reason: Reason::Drift,
+        project: p,
+        cli: vec!["upgrade", "--all-binds"],
+        call: upgrade,
+    });
+
+    for case in cases {
+        let before = case.project.states();
+        let o = Orchestrator::builder()
+            .config_dir(case.project.path().join("config"))
+            .build()
+            .unwrap();
+        match (case.call)(&o) {
+            Err(Error::Refused {
+                kind,
+                errors,
+                reasons,
+            }) => {
+                assert_eq!(reasons.len(), errors.len(), "{errors:?}");
+                assert!(
+                    reasons.contains(&case.reason),
+                    "{:?}: {reasons:?} {errors:?}",
+                    case.reason
+                );
+                let expected_kind = match case.reason.code() {
+                    1 => RefusalKind::Busy,
+                    3 => RefusalKind::Attention,
+                    _ => RefusalKind::Invalid,
+                };
+                assert_eq!(kind, expected_kind, "{:?}", case.reason);
+            }
+            other => panic!("{:?}: expected a refusal, got {other:?}", case.reason),
+        }
+        assert_eq!(case.project.states(), before, "{:?}", case.reason);
+        let run = case.project.run(&case.cli);
+        assert_eq!(run.code, case.reason.code(), "{:?}: {run:?}", case.reason);
+        assert_eq!(case.project.states(), before, "{:?}", case.reason);
+    }
 }

@@ -442,9 +442,13 @@ pub fn run(cli: Cli, out: &mut (dyn Write + Send), err: &mut dyn Write) -> i32 {
         if let Some(what) = protected_action(&cli.command) {
             let env = cli.env.as_deref().unwrap_or("default");
             if !confirmed(env, &what, &mut o) {
-                return o.refuse(Refusal::argument(format!(
-                    "environment `{env}` is protected (`protected = true`): {what} needs --yes (or, on a terminal, typing the environment's name); nothing was changed"
-                )));
+                return o.refuse(Refusal::of(
+                    commands::Reason::Protected,
+                    vec![format!(
+                        "environment `{env}` is protected (`protected = true`): {what} needs --yes (or, on a terminal, typing the environment's name); nothing was changed"
+                    )],
+                    None,
+                ));
             }
         }
     }

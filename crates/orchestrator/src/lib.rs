@@ -65,7 +65,7 @@ pub mod work;
 
 pub use coordinator::{BatchError, BatchReport, BindOutcome, Verdict};
 pub use inspect::{BindReport, InDoubt};
-pub use library::{Builder, Error, Event, Migrations, Orchestrator, RefusalKind};
+pub use library::{Builder, Error, Event, Migrations, Orchestrator, Reason, RefusalKind};
 pub use recover::{Action, ActionKind, RecoverReport};
 
 /// The worker threads of this process, `n` of them, made once and never ended.

@@ -163,10 +163,78 @@ pub enum RefusalKind {
     Attention,
 }
 
+/// What kind of refusal an error is: every reason a batch is refused before anything runs.
+/// [`Error::Refused`] gives one per message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reason {
+    /// A bind name or an argument that the configuration does not have.
+    Argument,
+    /// A target that does not parse, names no migration of the chain, or lies on the wrong
+    /// side of the bind's current revision (or a downgrade of a migration not applied).
+    Target,
+    /// A bind's migrations are not a valid chain (a folder without up.sql, two folders of one
+    /// version, unreadable files).
+    Chain,
+    /// A bind's database could not be reached or read.
+    Unreachable,
+    /// A migration applied with another up.sql than its folder's now, or applied and no
+    /// longer in the folders.
+    Drift,
+    /// A downgrade step has no down SQL (no down.sql, none stored).
+    NoDownSql,
+    /// A statement that would escape the batch (a `COMMIT`, `PREPARE TRANSACTION`, a change
+    /// to the session the bookkeeping depends on, a write to this tool's own tables).
+    Escapes,
+    /// A migration that must run outside a transaction (`run_in_transaction = false`),
+    /// without consent or where that is not possible.
+    NonTransactional,
+    /// Binds that cannot be atomic in this batch (MySQL DDL), without consent.
+    NotAtomic,
+    /// Two binds are one database.
+    SameDatabase,
+    /// A SQLite database this process cannot write beside (its folder, its journal).
+    SqlitePath,
+    /// A PostgreSQL server without room for the batch's prepared transactions
+    /// (`max_prepared_transactions`).
+    PreparedTransactions,
+    /// No bind can record the decision durably.
+    Decider,
+    /// A protected environment, without consent.
+    Protected,
+    /// Another run holds a bind (exit 1): try again later.
+    Busy,
+    /// A batch an earlier run left in doubt, or a decided batch a bind has not finished
+    /// (exit 3): recover first.
+    InDoubt,
+    /// A migration run outside a transaction was interrupted part-way (exit 3): settle it
+    /// with `orchestrate resolve`.
+    Interrupted,
+    /// What the environments do not allow to promote (see the message).
+    Promote,
+    /// A rollout's record or its waves do not allow the batch (see the message).
+    Rollout,
+    /// A refusal of a command the library does not run (`stamp`, `resolve`, `new`, `serve`);
+    /// the message says why.
+    Other,
+}
+
+impl Reason {
+    /// The exit code a refusal for this reason has on the command line.
+    pub fn code(self) -> i32 {
+        match self {
+            Reason::Busy => crate::exit::FAILED,
+            Reason::InDoubt | Reason::Interrupted => crate::exit::ATTENTION,
+            _ => crate::exit::INVALID,
+        }
+    }
+}
+
 /// What went wrong. Every variant says whether anything changed.
 ///
 /// ```
-/// use orchestrate::{Error, RefusalKind};
+/// use orchestrate::{Error, Reason, RefusalKind};
 ///
 /// // What an application starting up does with each.
 /// fn advice(e: &Error) -> &'static str {
@@ -174,6 +242,9 @@ pub enum RefusalKind {
 ///         Error::Config(_) => "fix the binds or the configuration; nothing ran",
 ///         Error::Refused { kind: RefusalKind::Busy, .. } => "another instance migrates: retry",
 ///         Error::Refused { kind: RefusalKind::Attention, .. } => "call recover() first",
+///         Error::Refused { reasons, .. } if reasons.contains(&Reason::Drift) => {
+///             "an applied migration was edited: ship the original, add a new one"
+///         }
 ///         Error::Refused { .. } => "fix what `errors` says; nothing changed",
 ///         Error::RolledBack { .. } => "nothing changed: fix the failing migration",
 ///         Error::NeedsAttention { .. } | Error::RecoverIncomplete { .. } => "page a person",
@@ -181,19 +252,28 @@ pub enum RefusalKind {
 ///     }
 /// }
 /// assert_eq!(advice(&Error::Unsupported("waves".into())), "use the orchestrate command");
+/// let drift = Error::Refused {
+///     kind: RefusalKind::Invalid,
+///     errors: vec!["bind `users`: applied migration 1_a was edited after it ran".into()],
+///     reasons: vec![Reason::Drift],
+/// };
+/// assert!(advice(&drift).starts_with("an applied migration was edited"));
 /// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The builder's binds or the configuration folder are not valid (nothing ran).
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The batch was refused before anything ran; `errors` are the command line's messages.
+    /// The batch was refused before anything ran; `errors` are the command line's messages,
+    /// and `reasons` says what each one is.
     #[error("refused ({kind:?}), nothing was changed: {}", errors.join("; "))]
     Refused {
         /// Why, as an exit code would say.
         kind: RefusalKind,
         /// Every reason, as the command line prints them.
         errors: Vec<String>,
+        /// What each of `errors` is, in the same order.
+        reasons: Vec<Reason>,
     },
     /// The batch ran and failed before its decision: every bind was rolled back (or its
     /// non-atomic migrations undone), as the report says.
@@ -252,6 +332,7 @@ impl Error {
         Error::Refused {
             kind,
             errors: refusal.errors,
+            reasons: refusal.reasons,
         }
     }
 }
@@ -638,16 +719,22 @@ impl Builder {
         let config = |e: &dyn std::fmt::Display| Error::Config(e.to_string());
         let absolute = |p: &Path| std::path::absolute(p).map_err(|e| config(&e));
         let mut settings = match &self.config_dir {
-            Some(dir) => Settings::load(&Sources {
-                config_dir: dir.clone(),
-                env_name: self
-                    .environment
-                    .clone()
-                    .or_else(|| std::env::var("ORCHESTRATE_ENV").ok()),
-                extra_file: None,
-                environment: None,
-            })
-            .map_err(|e| config(&e))?,
+            Some(dir) => {
+                let sources = Sources {
+                    config_dir: dir.clone(),
+                    env_name: self
+                        .environment
+                        .clone()
+                        .or_else(|| std::env::var("ORCHESTRATE_ENV").ok()),
+                    extra_file: None,
+                    environment: None,
+                };
+                let mut settings = Settings::load(&sources).map_err(|e| config(&e))?;
+                // As on the command line: a file that says `protected = true` wins over a
+                // later layer (an environment variable) that says otherwise.
+                settings.protected |= crate::cli::files_protect(&sources);
+                settings
+            }
             None => Settings {
                 binds: Vec::new(),
                 templates: Vec::new(),
@@ -949,6 +1036,7 @@ impl Orchestrator {
             return Err(Error::Refused {
                 kind: RefusalKind::Invalid,
                 errors: vec!["this environment is protected (`protected = true`): a downgrade here needs Builder::allow_protected(true), as the command line needs --yes".into()],
+                reasons: vec![Reason::Protected],
             });
         }
         let binds = binds.iter().map(|b| b.to_string()).collect();

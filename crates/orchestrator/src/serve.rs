@@ -516,11 +516,11 @@ pub fn serve(base_sources: &Sources, base: Vec<String>, args: &ServeArgs, o: &mu
     {
         Ok(r) => r,
         Err(e) => {
-            return o.refuse(Refusal {
-                code: exit::INVALID,
-                errors: vec![format!("cannot start the server's runtime: {e}")],
-                closing: None,
-            })
+            return o.refuse(Refusal::of(
+                crate::commands::output::Reason::Other,
+                vec![format!("cannot start the server's runtime: {e}")],
+                None,
+            ))
         }
     };
     let listener = match runtime.block_on(tokio::net::TcpListener::bind(listen)) {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use orchestrate_core::{problems, Allow, Direction, Version};
 use serde_json::json;
 
-use super::output::{Output, Refusal};
+use super::output::{Output, Reason, Refusal};
 use crate::cli::MigrateArgs;
 use crate::exit;
 use crate::settings::{Settings, Sources};
@@ -453,7 +453,11 @@ pub fn promote(
         }
     }
     if !refusals.is_empty() {
-        return o.refuse(Refusal::invalid(refusals));
+        return o.refuse(Refusal::of(
+            Reason::Promote,
+            refusals,
+            Some("nothing was changed"),
+        ));
     }
     // The binds whose source has applied nothing, and the target too: nothing to do there.
     let selected: Vec<String> = targets

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 
 use orchestrate_core::{
-    plan_downgrade, plan_upgrade, Allow, Chain, Direction, DownSqlSource, Plan, Target,
+    plan_downgrade, plan_upgrade, Allow, Chain, Direction, DownSqlSource, Plan, PlanError, Target,
 };
 use orchestrate_driver::{
     gid_for, nonatomic_script, script, session_script, xa_script, Backend, BindConnection,
@@ -14,7 +14,7 @@ use orchestrate_driver::{
 };
 use serde_json::json;
 
-use super::output::{Output, Refusal};
+use super::output::{Output, Reason, Refusal};
 use super::progress::{Bars, Lines, Quiet, WithoutBindLines};
 use super::status::in_doubt_message;
 use super::{error_chain, read_state, select};
@@ -242,9 +242,10 @@ pub(crate) fn check_batch<'s>(
         })
         .collect();
     if wave_settings.is_some() && super::segments::has_segments(&works) {
-        return Err(Refusal::invalid(vec![
+        return Err(Refusal::invalid(vec![(
+            Reason::Rollout,
             "a rollout (--wave-size, --canary, [rollout]) cannot yet hold a migration that runs outside a transaction (`run_in_transaction = false`); run the segments first without waves (`upgrade --allow-non-atomic` on the binds concerned), then the rollout".into(),
-        ]));
+        )]));
     }
     let waves = match &wave_settings {
         _ if works.is_empty() => Vec::new(),
@@ -257,8 +258,8 @@ pub(crate) fn check_batch<'s>(
     // Each wave is a batch of its own: what a batch needs (consent for binds that are not
     // atomic in it, prepared transactions, a durable decider) is checked wave by wave, all
     // before anything runs.
-    let mut refusals: Vec<String> = Vec::new();
-    let add = |refusals: &mut Vec<String>, found: Vec<String>| {
+    let mut refusals: Vec<(Reason, String)> = Vec::new();
+    let add = |refusals: &mut Vec<(Reason, String)>, found: Vec<(Reason, String)>| {
         for r in found {
             if !refusals.contains(&r) {
                 refusals.push(r);
@@ -269,7 +270,10 @@ pub(crate) fn check_batch<'s>(
         let found = consent_refusals(&wave_works(&works, wave), direction, args);
         add(&mut refusals, found);
     }
-    add(&mut refusals, sqlite_paths_refused(&works));
+    add(
+        &mut refusals,
+        tagged(Reason::SqlitePath, sqlite_paths_refused(&works)),
+    );
     if refusals.is_empty() {
         for wave in &waves {
             let ws = wave_works(&works, wave);
@@ -277,7 +281,7 @@ pub(crate) fn check_batch<'s>(
                 add(&mut refusals, found);
             }
             if let Err(e) = check_durable_decider(settings, &ws) {
-                add(&mut refusals, vec![e]);
+                add(&mut refusals, vec![(Reason::Decider, e)]);
             }
         }
     }
@@ -324,6 +328,28 @@ fn print_segments_sql(settings: &Settings, works: &[BindWork], out: &mut dyn Wri
                 }
             }
         }
+    }
+}
+
+/// Every message with one reason.
+fn tagged(reason: Reason, messages: Vec<String>) -> Vec<(Reason, String)> {
+    messages.into_iter().map(|m| (reason, m)).collect()
+}
+
+/// Why a bind's plan was refused.
+fn plan_reason(e: &PlanError) -> Reason {
+    match e {
+        PlanError::Drift { .. } => Reason::Drift,
+        PlanError::NoDownSql { .. } => Reason::NoDownSql,
+        PlanError::NonTransactional { .. } => Reason::NonTransactional,
+        PlanError::Refused { .. } => Reason::Escapes,
+        PlanError::TargetNotFound { .. }
+        | PlanError::AmbiguousTarget { .. }
+        | PlanError::WrongDirection { .. }
+        | PlanError::BeyondHead { .. }
+        | PlanError::BelowBase { .. }
+        | PlanError::TargetBehind { .. }
+        | PlanError::NotApplied { .. } => Reason::Target,
     }
 }
 
@@ -405,12 +431,13 @@ fn validate<'s>(
     allow: Allow,
 ) -> Result<Validated<'s>, Refusal> {
     let binds = select(settings, &args.binds, args.all_binds).map_err(Refusal::argument)?;
-    let (targets, mut errors) = parse_targets(settings, &binds, args, direction);
+    let (targets, errors) = parse_targets(settings, &binds, args, direction);
+    let mut errors = tagged(Reason::Target, errors);
     let mut chains: Vec<(&BindSettings, Chain)> = Vec::new();
     for b in &binds {
         match b.chain() {
             Ok(c) => chains.push((b, c)),
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push((Reason::Chain, e.to_string())),
         }
     }
     if !errors.is_empty() {
@@ -429,22 +456,23 @@ fn validate<'s>(
     }
     let twice = same_database(&planned.servers);
     if !twice.is_empty() {
-        return Err(Refusal::invalid(twice));
+        return Err(Refusal::invalid(tagged(Reason::SameDatabase, twice)));
     }
     let selected: Vec<&BindSettings> = chains.iter().map(|(b, _)| *b).collect();
     let mut in_doubt = planned.in_doubt;
-    in_doubt.extend(lost_batches(settings, planned.decisions, &selected));
+    in_doubt.extend(tagged(
+        Reason::InDoubt,
+        lost_batches(settings, planned.decisions, &selected),
+    ));
     if !planned.busy.is_empty() && in_doubt.is_empty() {
-        return Err(Refusal {
-            code: exit::FAILED,
-            errors: planned.busy,
-            closing: None,
-        });
+        return Err(Refusal::of(Reason::Busy, planned.busy, None));
     }
     if !in_doubt.is_empty() {
+        let (reasons, errors) = in_doubt.into_iter().unzip();
         return Err(Refusal {
             code: exit::ATTENTION,
-            errors: in_doubt,
+            errors,
+            reasons,
             closing: Some("nothing was changed; an earlier batch must be resolved first"),
         });
     }
@@ -553,9 +581,10 @@ struct Planned<'s> {
     plans: Vec<(&'s BindSettings, Plan)>,
     /// Which server and database each PostgreSQL bind is, as its server said.
     servers: BTreeMap<String, ServerIdentity>,
-    errors: Vec<String>,
-    /// Batches an earlier run left in doubt on these binds (exit 3).
-    in_doubt: Vec<String>,
+    errors: Vec<(Reason, String)>,
+    /// Batches an earlier run left in doubt, and migrations interrupted, on these binds
+    /// (exit 3).
+    in_doubt: Vec<(Reason, String)>,
     /// Binds a running batch holds (exit 1).
     busy: Vec<String>,
     /// Unsettled decisions the selected binds hold.
@@ -591,7 +620,11 @@ fn plan_binds<'s>(
         let state = match state {
             Ok(s) => s,
             Err(e) => {
-                planned.errors.push(e.to_string());
+                let reason = match e {
+                    DriverError::Busy { .. } => Reason::Busy,
+                    _ => Reason::Unreachable,
+                };
+                planned.errors.push((reason, e.to_string()));
                 continue;
             }
         };
@@ -600,7 +633,9 @@ fn plan_binds<'s>(
             planned.servers.insert(b.name.clone(), id.clone());
         }
         let state = set_aside_running(settings, b, state, &mut planned.busy);
-        planned.in_doubt.extend(in_doubt_message(&b.name, &state));
+        planned
+            .in_doubt
+            .extend(tagged(Reason::InDoubt, in_doubt_message(&b.name, &state)));
         for m in &state.marks {
             // A mark of a batch whose coordinator is still working on it: busy, not in doubt.
             if !m.decider.is_empty()
@@ -622,10 +657,20 @@ fn plan_binds<'s>(
                     planned.busy.push(busy);
                 }
             } else {
-                planned.in_doubt.push(format!(
-                    "bind `{}`: {}",
-                    b.name,
-                    m.describe().replace("<bind>", &b.name)
+                // A mark of a batch (it names its decider) is that batch's; one without, a
+                // migration run outside a transaction that stopped part-way.
+                let reason = if m.decider.is_empty() {
+                    Reason::Interrupted
+                } else {
+                    Reason::InDoubt
+                };
+                planned.in_doubt.push((
+                    reason,
+                    format!(
+                        "bind `{}`: {}",
+                        b.name,
+                        m.describe().replace("<bind>", &b.name)
+                    ),
                 ));
             }
         }
@@ -643,7 +688,7 @@ fn plan_binds<'s>(
         .and_then(|p| orchestrate_driver::check_plan(b.endpoint.backend, chain, &p).map(|()| p));
         match plan {
             Ok(p) => planned.plans.push((b, p)),
-            Err(e) => planned.errors.push(e.to_string()),
+            Err(e) => planned.errors.push((plan_reason(&e), e.to_string())),
         }
     }
     planned
@@ -748,7 +793,11 @@ pub(crate) fn down_sql_notes(plans: &[(&BindSettings, Plan)]) -> Vec<Note> {
 
 /// Non-atomic (MySQL) binds: each migration needs undo SQL and no compound body, and the
 /// user must consent with `--allow-non-atomic` (not needed for `--sql`).
-fn consent_refusals(works: &[BindWork], direction: Direction, args: &MigrateArgs) -> Vec<String> {
+fn consent_refusals(
+    works: &[BindWork],
+    direction: Direction,
+    args: &MigrateArgs,
+) -> Vec<(Reason, String)> {
     let nonatomic: Vec<&BindWork> = (0..works.len())
         .filter(|i| !is_atomic(works, *i))
         .map(|i| &works[i])
@@ -757,23 +806,23 @@ fn consent_refusals(works: &[BindWork], direction: Direction, args: &MigrateArgs
     for w in &nonatomic {
         for step in &w.plan.steps {
             if step.undo_sql.is_none() {
-                refusals.push(format!(
+                refusals.push((Reason::NoDownSql, format!(
                     "bind `{}` ({}) is not atomic, so each of its migrations needs SQL to undo it if the batch fails, and {} has none ({}); add it, or migrate this bind on its own",
                     w.endpoint.bind,
                     w.endpoint.backend,
                     step.name,
                     if direction == Direction::Up { "no down.sql" } else { "its folder, with up.sql, is gone" }
-                ));
+                )));
             } else if orchestrate_core::has_compound_body(&step.sql)
                 || step
                     .undo_sql
                     .as_deref()
                     .is_some_and(orchestrate_core::has_compound_body)
             {
-                refusals.push(format!(
+                refusals.push((Reason::NotAtomic, format!(
                     "bind `{}`: {} defines a routine, trigger or event with a BEGIN ... END body; MySQL migrations run statement by statement, and such bodies cannot be split safely. Move it to its own migration tool step",
                     w.endpoint.bind, step.name
-                ));
+                )));
             }
         }
     }
@@ -782,10 +831,10 @@ fn consent_refusals(works: &[BindWork], direction: Direction, args: &MigrateArgs
             .iter()
             .map(|w| format!("`{}` ({})", w.endpoint.bind, w.endpoint.backend))
             .collect();
-        refusals.push(format!(
+        refusals.push((Reason::NotAtomic, format!(
             "bind(s) {} cannot be part of an atomic batch: MySQL and MariaDB commit DDL statement by statement. Pass --allow-non-atomic to run them after every atomic bind has prepared, with their migrations reverted by down SQL if anything fails before the decision (see `--sql` for the exact order); or migrate them separately",
             names.join(", ")
-        ));
+        )));
     }
     refusals
 }
@@ -997,7 +1046,7 @@ fn check_prepared_capacity(
     settings: &Settings,
     works: &[BindWork],
     servers: &BTreeMap<String, ServerIdentity>,
-) -> Result<(), Vec<String>> {
+) -> Result<(), Vec<(Reason, String)>> {
     let decider = choose_decider(works, settings.decider.as_deref());
     // Grouped by the server as it identified itself when its binds were read (a host name
     // and an address for one server are one server), else by the URL's host and port.
@@ -1027,14 +1076,14 @@ fn check_prepared_capacity(
         };
         let shown = binds[0].endpoint.server().unwrap_or_else(|| server.clone());
         match max {
-            Ok(Some(max)) if (names.len() as i64) > max => problems.push(format!(
+            Ok(Some(max)) if (names.len() as i64) > max => problems.push((Reason::PreparedTransactions, format!(
                 "the batch prepares {} transaction(s) on server {shown} (bind(s) {}), but its max_prepared_transactions is {max}; set it to at least {} and restart that server",
                 names.len(),
                 names.join(", "),
                 names.len()
-            )),
+            ))),
             Ok(_) => {}
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push((Reason::Unreachable, e.to_string())),
         }
     }
     if problems.is_empty() {

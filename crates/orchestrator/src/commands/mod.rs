@@ -14,7 +14,7 @@ pub mod status;
 
 use orchestrate_driver::{BindConnection, BindState, DriverError};
 
-pub use output::{Output, Refusal};
+pub use output::{Output, Reason, Refusal};
 
 use crate::settings::{BindSettings, Settings};
 

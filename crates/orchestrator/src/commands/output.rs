@@ -5,6 +5,7 @@ use std::fmt::Display;
 use std::io::Write;
 
 use crate::exit;
+pub use crate::library::Reason;
 
 /// The two streams a command writes to. Tests pass buffers; the binary passes stdout and
 /// stderr. Writing errors (a closed pipe) are ignored: the exit code still tells.
@@ -15,12 +16,14 @@ pub struct Output<'a> {
     pub json: bool,
 }
 
-/// Why a command stops before touching anything: the exit code, the errors, and the closing
-/// line that says what was (not) changed.
+/// Why a command stops before touching anything: the exit code, the errors (each with its
+/// [`Reason`]), and the closing line that says what was (not) changed.
 #[derive(Debug)]
 pub struct Refusal {
     pub code: i32,
     pub errors: Vec<String>,
+    /// One per error, in the same order.
+    pub reasons: Vec<Reason>,
     pub closing: Option<&'static str>,
 }
 
@@ -41,22 +44,30 @@ impl Refusal {
         })
     }
 
-    /// Invalid input (exit 2) with "nothing was changed".
-    pub fn invalid(errors: Vec<String>) -> Refusal {
+    /// Invalid input (exit 2) with "nothing was changed": each error with its reason.
+    pub fn invalid(problems: Vec<(Reason, String)>) -> Refusal {
+        let (reasons, errors) = problems.into_iter().unzip();
         Refusal {
             code: exit::INVALID,
             errors,
+            reasons,
             closing: Some("nothing was changed"),
+        }
+    }
+
+    /// Errors of one reason, with its exit code.
+    pub fn of(reason: Reason, errors: Vec<String>, closing: Option<&'static str>) -> Refusal {
+        Refusal {
+            code: reason.code(),
+            reasons: vec![reason; errors.len()],
+            errors,
+            closing,
         }
     }
 
     /// One invalid argument (exit 2), said alone.
     pub fn argument(error: String) -> Refusal {
-        Refusal {
-            code: exit::INVALID,
-            errors: vec![error],
-            closing: None,
-        }
+        Refusal::of(Reason::Argument, vec![error], None)
     }
 }
 
@@ -109,6 +120,7 @@ impl Output<'_> {
             Err((code, text)) => self.refuse(Refusal {
                 code,
                 errors: vec![text],
+                reasons: vec![Reason::Other],
                 closing: None,
             }),
         }

@@ -171,7 +171,7 @@ impl Rollout<'_> {
     pub fn run(&self, works: &[BindWork], waves: &[Vec<usize>], o: &mut Output) -> i32 {
         let (mut record, resumed) = match self.start(works, waves, o) {
             Ok(started) => started,
-            Err(e) => return o.refuse(Refusal::invalid(vec![e])),
+            Err(e) => return o.refuse(Refusal::invalid(vec![(super::Reason::Rollout, e)])),
         };
         let total = record.waves.len();
         if !self.args.json {
