@@ -630,3 +630,108 @@ fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
         assert_eq!(case.project.states(), before, "{:?}", case.reason);
     }
 }
+
+/// A PostgreSQL bind served by the application's own r2d2 pool: its connections come from
+/// the pool (the bind's URL reaches nothing), what a migration set on its session never
+/// reaches the application's later connections, a failure on another bind leaves it as it
+/// was, and a pool the application holds entirely refuses the batch with nothing changed.
+#[test]
+fn a_bind_can_borrow_the_applications_pool() {
+    use diesel::r2d2::{ConnectionManager, Pool};
+    use diesel::{PgConnection, RunQueryDsl};
+    let p = project();
+    let pool = Pool::builder()
+        .max_size(2)
+        .connection_timeout(std::time::Duration::from_secs(3))
+        .build(ConnectionManager::<PgConnection>::new(p.db("events").url()))
+        .unwrap();
+    // The events chain, and a third migration that changes its session.
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events");
+    copy_dir(&app_migrations("events"), &events);
+    let third = events.join("2024-03-01-000000_session");
+    std::fs::create_dir_all(&third).unwrap();
+    std::fs::write(
+        third.join("up.sql"),
+        "SET work_mem = '7MB'; CREATE TABLE pooled (id INT);",
+    )
+    .unwrap();
+    std::fs::write(third.join("down.sql"), "DROP TABLE pooled;").unwrap();
+    let builder = |events_migrations: Migrations| {
+        Orchestrator::builder()
+            .bind("users", &p.db("users").url(), Migrations::embedded(&USERS))
+            .bind(
+                "billing",
+                &p.db("billing").url(),
+                Migrations::embedded(&BILLING),
+            )
+            .bind(
+                "events",
+                "postgres://nobody@127.0.0.1:1/events?connect_timeout=1",
+                events_migrations,
+            )
+            .pool("events", pool.clone())
+            .build()
+            .unwrap()
+    };
+    // A failing migration on events: every bind as it was.
+    match builder(Migrations::embedded(&EVENTS_FAILING)).upgrade() {
+        Err(Error::RolledBack { .. }) => {}
+        other => panic!("expected a rolled-back batch, got {other:?}"),
+    }
+    untouched(&p);
+    assert_eq!(p.db("events").state().prepared.len(), 0);
+    // The application holds every connection of its pool: refused, nothing changed.
+    {
+        let _held = (pool.get().unwrap(), pool.get().unwrap());
+        match builder(Migrations::folder(&events)).upgrade() {
+            Err(Error::Refused {
+                errors, reasons, ..
+            }) => {
+                assert!(
+                    errors.iter().any(|e| e.contains("application's pool")),
+                    "{errors:?}"
+                );
+                assert!(reasons.contains(&orchestrate::Reason::Unreachable));
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        untouched(&p);
+    }
+    // With its connections free: the batch runs through the pool.
+    let o = builder(Migrations::folder(&events));
+    o.upgrade().unwrap().expect("something to do");
+    // The migration's SET stayed with a connection the pool has since closed.
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        work_mem: String,
+    }
+    let mut both = [pool.get().unwrap(), pool.get().unwrap()];
+    for conn in &mut both {
+        let s: Setting = diesel::sql_query("SHOW work_mem")
+            .get_result(&mut **conn)
+            .unwrap();
+        assert_ne!(s.work_mem, "7MB");
+    }
+    drop(both);
+    p.assert_states(&[
+        (
+            "users",
+            state(&["users"], &["20240101000000", "20240201000000"]),
+        ),
+        ("billing", state(&["invoices"], &["20240101000000"])),
+        (
+            "events",
+            state(
+                &["events", "pooled"],
+                &["20240101000000", "20240201000000", "20240301000000"],
+            ),
+        ),
+    ]);
+    assert!(o.status().unwrap().iter().all(|b| b.errors.is_empty()));
+    // One step down through the pool too, and recover finds nothing.
+    o.downgrade(&["events"], "-1").unwrap().unwrap();
+    assert!(o.recover().unwrap().actions.is_empty());
+    at_head(&p);
+}

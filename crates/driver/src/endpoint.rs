@@ -79,7 +79,13 @@ pub struct Endpoint {
     url: String,
     redacted: String,
     sqlite_path: Option<PathBuf>,
+    /// The application's pool to borrow connections from instead of opening them from `url`
+    /// (PostgreSQL; see [`Endpoint::with_pool`]).
+    pool: Option<PgPool>,
 }
+
+/// An application's pool of PostgreSQL connections, as diesel's r2d2 integration builds it.
+pub type PgPool = diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<diesel::PgConnection>>;
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -87,6 +93,7 @@ impl fmt::Debug for Endpoint {
             .field("bind", &self.bind)
             .field("backend", &self.backend)
             .field("url", &self.redacted)
+            .field("pool", &self.pool.is_some())
             .finish()
     }
 }
@@ -167,6 +174,7 @@ impl Endpoint {
             url: parsed.into(),
             redacted: redact_url(url),
             sqlite_path: None,
+            pool: None,
         })
     }
 
@@ -188,6 +196,7 @@ impl Endpoint {
             url: connect.into(),
             redacted: redact_url(url),
             sqlite_path: None,
+            pool: None,
         })
     }
 
@@ -245,6 +254,7 @@ impl Endpoint {
             url: shown.clone(),
             redacted: format!("sqlite://{shown}"),
             sqlite_path: Some(path),
+            pool: None,
         })
     }
 
@@ -343,6 +353,29 @@ impl Endpoint {
 
     pub(crate) fn connect_url(&self) -> &str {
         &self.url
+    }
+
+    /// This PostgreSQL endpoint with its connections borrowed from `pool` (the application's)
+    /// instead of opened from its URL, which still names the database in messages and
+    /// records. Each borrowed connection is reset as it is lent and closed, not given back,
+    /// when its session ends: the pool opens a new one. `Err` for another backend.
+    pub fn with_pool(mut self, pool: PgPool) -> Result<Endpoint, DriverError> {
+        if self.backend != Backend::Postgres {
+            return Err(DriverError::Other {
+                bind: self.bind.clone(),
+                detail: format!(
+                    "a pool of PostgreSQL connections was given for a {} bind",
+                    self.backend
+                ),
+            });
+        }
+        self.pool = Some(pool);
+        Ok(self)
+    }
+
+    /// The application's pool this endpoint borrows its connections from, if any.
+    pub fn pool(&self) -> Option<&PgPool> {
+        self.pool.as_ref()
     }
 
     /// This endpoint with libpq connection parameters added to its URL where the URL does not

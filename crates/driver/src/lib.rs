@@ -43,7 +43,7 @@ mod statements;
 
 pub use endpoint::{
     is_secret_key, redact_text, redact_url, register_secret, register_secrets_in, Backend,
-    Capabilities, Endpoint,
+    Capabilities, Endpoint, PgPool,
 };
 pub use error::{DriverError, ErrorClass, PrepareRefusal};
 pub use participant::{

@@ -57,7 +57,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrate_core::{Allow, Direction};
-use orchestrate_driver::{Embedded, Endpoint};
+use orchestrate_driver::{Embedded, Endpoint, PgPool};
 
 use crate::cli::MigrateArgs;
 use crate::commands::migrate::check_batch;
@@ -350,6 +350,7 @@ pub struct Builder {
     config_dir: Option<PathBuf>,
     environment: Option<String>,
     overrides: Vec<(String, Migrations)>,
+    pools: Vec<(String, PgPool)>,
     root: Option<PathBuf>,
     decider: Option<String>,
     lock_timeout: Option<Duration>,
@@ -481,6 +482,51 @@ impl Builder {
     /// ```
     pub fn migrations(mut self, bind: &str, migrations: Migrations) -> Builder {
         self.overrides.push((bind.into(), migrations));
+        self
+    }
+
+    /// Connections for PostgreSQL bind `bind` come from the application's own pool (its TLS
+    /// and connection settings) instead of being opened from the bind's URL, which still
+    /// names the database in messages and in what a batch records (and is what the command
+    /// line would connect with).
+    ///
+    /// What the pool must allow: up to 2 of its connections at once per bind it serves,
+    /// within its `connection_timeout` (a batch's session, and a second one to read or to
+    /// finish the batch); a pool whose connections the application holds while it migrates
+    /// makes the batch fail with nothing changed, or, if the decision was already taken,
+    /// leaves it for [`Orchestrator::recover`]. Each borrowed connection starts as a new
+    /// session would (`SET SESSION AUTHORIZATION DEFAULT; RESET ALL`: what the pool's
+    /// customizer set does not apply) and is closed when the library is done with it, never
+    /// given back: a migration may have changed its session, and the pool opens a fresh one
+    /// in its place. `build` refuses a pool for a bind that is not PostgreSQL or not
+    /// configured.
+    ///
+    /// ```
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    /// use orchestrate::{Error, Migrations, Orchestrator};
+    ///
+    /// const EVENTS: EmbeddedMigrations = embed_migrations!("../../migrations/users");
+    ///
+    /// // The application's pool (built lazily here: no server is needed to run this).
+    /// let pool = Pool::builder()
+    ///     .max_size(4)
+    ///     .build_unchecked(ConnectionManager::new("postgres://app@db.internal/events"));
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let builder = |url: &str| {
+    ///     Orchestrator::builder()
+    ///         .root(dir.path())
+    ///         .bind("events", url, Migrations::embedded(&EVENTS))
+    ///         .pool("events", pool.clone())
+    /// };
+    /// // Only a PostgreSQL bind takes a pool.
+    /// let refused = builder("sqlite://events.sqlite3").build();
+    /// assert!(matches!(refused, Err(Error::Config(m)) if m.contains("pool")));
+    /// // A PostgreSQL bind borrows from it for status, upgrade, downgrade and recover.
+    /// assert!(builder("postgres://app@db.internal/events").build().is_ok());
+    /// ```
+    pub fn pool(mut self, bind: &str, pool: PgPool) -> Builder {
+        self.pools.push((bind.into(), pool));
         self
     }
 
@@ -782,6 +828,14 @@ impl Builder {
                 )));
             };
             set_migrations(b, migrations, &root);
+        }
+        for (name, pool) in self.pools {
+            let Some(b) = settings.binds.iter_mut().find(|b| b.name == name) else {
+                return Err(Error::Config(format!(
+                    "a pool given for bind `{name}`, which is not configured"
+                )));
+            };
+            b.endpoint = b.endpoint.clone().with_pool(pool).map_err(|e| config(&e))?;
         }
         if settings.binds.is_empty() {
             return Err(Error::Config("no binds: add one with `bind`".into()));

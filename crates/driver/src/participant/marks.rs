@@ -302,7 +302,7 @@ impl<C: Db> Session<C> {
         mark: &Mark,
         at: &str,
     ) -> Result<(), DriverError> {
-        let begun = AnsiTransactionManager::begin_transaction(&mut self.conn);
+        let begun = AnsiTransactionManager::begin_transaction(&mut *self.conn);
         begun.map_err(|e| self.query_err("cannot begin a transaction", e))?;
         let done = self
             .record_step(batch_id, direction, label, step, at)

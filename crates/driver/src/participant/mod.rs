@@ -131,7 +131,11 @@ impl<T> Row for T where T: QueryableByName<Pg> + QueryableByName<SqliteBackend> 
 /// connection type in its backend's file. The functions taking a [`Session`] are the points
 /// where the shared protocol does what that backend needs.
 pub(crate) trait Db:
-    SimpleConnection + Connection<TransactionManager = AnsiTransactionManager> + 'static
+    SimpleConnection
+    + Connection<TransactionManager = AnsiTransactionManager>
+    + diesel::r2d2::R2D2Connection
+    + Send
+    + 'static
 {
     /// How identifiers are quoted.
     const QUOTE: char;

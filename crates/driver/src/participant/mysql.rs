@@ -179,7 +179,7 @@ impl Mysql {
         }
         let s = Session::open(
             endpoint,
-            conn,
+            super::session::Conn::Own(conn),
             lock_timeout,
             "SELECT CASE WHEN @@autocommit = 1 THEN DATABASE() END AS s",
             "the session has no database selected, or autocommit cannot be turned on; put the database in the URL (mysql://user@host/DATABASE)",
@@ -196,7 +196,7 @@ impl Mysql {
         let got: Result<Count, _> = diesel::sql_query(format!(
             "SELECT CAST(coalesce(GET_LOCK({MYSQL_LOCK_NAME}, {seconds}), 0) AS SIGNED) AS n"
         ))
-        .get_result(&mut self.s.conn);
+        .get_result(&mut *self.s.conn);
         match got {
             Ok(Count { n: 1 }) => {}
             Ok(_) => return Err(self.s.busy(started)),
@@ -234,7 +234,7 @@ impl Mysql {
         let found: Result<Count, _> = diesel::sql_query(format!(
             "SELECT CAST(coalesce(IS_FREE_LOCK({MYSQL_LOCK_NAME}), 0) AS SIGNED) AS n"
         ))
-        .get_result(&mut self.s.conn);
+        .get_result(&mut *self.s.conn);
         found
             .map(|c| c.n == 1)
             .map_err(|e| self.s.query_err("cannot read the migration lock", e))

@@ -13,7 +13,7 @@ use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::PgConnection;
 use orchestrate_core::{Direction, Step};
 
-use super::session::quote_ident;
+use super::session::{quote_ident, Conn};
 use super::{
     wrong_backend, Arg, Atomic, BatchRow, BatchTransaction, CanDecide, Count, Db, Decider,
     DecisionState, Mark, Name, PreparedXact, Resolve, Row, ServerIdentity, Session, TwoPhase,
@@ -313,15 +313,22 @@ impl Postgres {
         if endpoint.backend != Backend::Postgres {
             return Err(wrong_backend(endpoint, Backend::Postgres));
         }
-        let url = endpoint.connect_url_with_options(&format!(
-            "-c lock_timeout={} -c default_transaction_read_only=off",
-            lock_timeout.as_millis()
-        ));
-        let conn = PgConnection::establish(&url).map_err(|source| DriverError::Connect {
-            bind: endpoint.bind.clone(),
-            url: endpoint.redacted().to_string(),
-            source,
-        })?;
+        let conn = match endpoint.pool() {
+            Some(pool) => Postgres::borrow(endpoint, pool, lock_timeout)?,
+            None => {
+                let url = endpoint.connect_url_with_options(&format!(
+                    "-c lock_timeout={} -c default_transaction_read_only=off",
+                    lock_timeout.as_millis()
+                ));
+                Conn::Own(
+                    PgConnection::establish(&url).map_err(|source| DriverError::Connect {
+                        bind: endpoint.bind.clone(),
+                        url: endpoint.redacted().to_string(),
+                        source,
+                    })?,
+                )
+            }
+        };
         let s = Session::open(
             endpoint,
             conn,
@@ -332,6 +339,34 @@ impl Postgres {
         Ok(Postgres { s, xact: None })
     }
 
+    /// A connection lent by the application's pool, made to start as one this tool opens
+    /// would: whatever the pool's customizer or an earlier user set on its session is reset
+    /// (`SET SESSION AUTHORIZATION DEFAULT`, `RESET ALL`: back to the role's, the database's
+    /// and the connection's own settings), then the lock timeout and read-write
+    /// transactions are set for the session. It is closed, not given back, when the session
+    /// ends (see [`Conn::Lent`]).
+    fn borrow(
+        endpoint: &Endpoint,
+        pool: &crate::endpoint::PgPool,
+        lock_timeout: Duration,
+    ) -> Result<Conn<PgConnection>, DriverError> {
+        let mut conn = pool.get().map_err(|e| DriverError::Other {
+            bind: endpoint.bind.clone(),
+            detail: format!(
+                "no connection from the application's pool within its connection_timeout ({e}); a batch needs up to 2 of its connections free at once for each bind the pool serves: raise its max_size, or migrate before the application takes them"
+            ),
+        })?;
+        let setup = format!(
+            "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; SET lock_timeout = {}; SET default_transaction_read_only = off",
+            lock_timeout.as_millis()
+        );
+        conn.batch_execute(&setup).map_err(|e| DriverError::Other {
+            bind: endpoint.bind.clone(),
+            detail: format!("cannot reset the session lent by the application's pool: {e}"),
+        })?;
+        Ok(Conn::Lent(conn))
+    }
+
     /// What a session of this database and role starts with besides the server's own
     /// configuration: every `ALTER DATABASE ... SET` and `ALTER ROLE ... SET` that applies
     /// (`pg_db_role_setting`), and whether and as whom the role may still connect (see
@@ -339,7 +374,7 @@ impl Postgres {
     /// read with settings (a search path) or rights a new session no longer gets.
     pub fn session_defaults(&mut self) -> Result<String, DriverError> {
         let row: SchemaAndDefaults = diesel::sql_query(REUSE_SQL)
-            .get_result(&mut self.s.conn)
+            .get_result(&mut *self.s.conn)
             .map_err(|e| {
                 self.s
                     .query_err("cannot read the database's and role's settings", e)
@@ -353,7 +388,7 @@ impl Postgres {
     /// since, such as one named after the role, may now come first in the search path).
     pub fn prepare_reuse(&mut self, defaults_at_open: &str) -> Result<(), DriverError> {
         let row: SchemaAndDefaults = diesel::sql_query(REUSE_SQL)
-            .get_result(&mut self.s.conn)
+            .get_result(&mut *self.s.conn)
             .map_err(|e| self.s.query_err("the kept session no longer answers", e))?;
         if row.f != defaults_at_open {
             return Err(self.s.other(
@@ -383,7 +418,7 @@ impl Postgres {
         )
         .bind::<Text, _>(GID_PREFIX)
         .bind::<BigInt, _>(LOCK_KEY)
-        .load(&mut self.s.conn);
+        .load(&mut *self.s.conn);
         rows.map(|r| r.into_iter().filter_map(|n| n.s).collect())
             .map_err(|e| self.s.query_err("cannot read pg_locks", e))
     }
@@ -419,7 +454,7 @@ impl Postgres {
         )
         .bind::<Text, _>(GID_PREFIX)
         .bind::<BigInt, _>(LOCK_KEY)
-        .load(&mut self.s.conn)
+        .load(&mut *self.s.conn)
         .map_err(|e| self.s.query_err("cannot read pg_prepared_xacts", e))?;
         let mut ours = Vec::new();
         let mut foreign = Vec::new();
@@ -449,7 +484,7 @@ impl Postgres {
             "SELECT datname FROM pg_database WHERE datname LIKE $1 AND datallowconn AND NOT datistemplate ORDER BY datname",
         )
         .bind::<Text, _>(pattern)
-        .load(&mut self.s.conn)
+        .load(&mut *self.s.conn)
         .map_err(|e| self.s.query_err("cannot list the server's databases", e))?;
         Ok(rows.into_iter().map(|r| r.datname).collect())
     }
@@ -464,7 +499,7 @@ impl Postgres {
              CAST(pg_catalog.current_setting('max_connections') AS BIGINT) \
              - CAST(pg_catalog.current_setting('superuser_reserved_connections') AS BIGINT) AS max_connections",
         )
-        .get_result(&mut self.s.conn)
+        .get_result(&mut *self.s.conn)
         .map_err(|e| self.s.query_err("cannot read which server this is", e))
     }
 
@@ -497,7 +532,7 @@ impl Postgres {
         let found: Count = diesel::sql_query(
             "SELECT CAST(setting AS BIGINT) AS n FROM pg_settings WHERE name = 'max_prepared_transactions'",
         )
-        .get_result(&mut self.s.conn)
+        .get_result(&mut *self.s.conn)
         .map_err(|e| self.s.query_err("cannot read max_prepared_transactions", e))?;
         Ok(found.n)
     }
@@ -536,7 +571,7 @@ impl Postgres {
             let got: Result<Flag, _> =
                 diesel::sql_query("SELECT pg_catalog.pg_try_advisory_xact_lock($1) AS ok")
                     .bind::<BigInt, _>(LOCK_KEY)
-                    .get_result(&mut self.s.conn);
+                    .get_result(&mut *self.s.conn);
             match got {
                 Ok(Flag { ok: true }) => return Ok(()),
                 Ok(Flag { ok: false }) if started.elapsed() < self.s.lock_timeout() => {
@@ -613,7 +648,7 @@ impl Postgres {
     fn try_session_lock(&mut self, key: i64) -> Result<bool, DriverError> {
         diesel::sql_query("SELECT pg_catalog.pg_try_advisory_lock($1) AS ok")
             .bind::<BigInt, _>(key)
-            .get_result::<Flag>(&mut self.s.conn)
+            .get_result::<Flag>(&mut *self.s.conn)
             .map(|f| f.ok)
             .map_err(|e| self.s.query_err("cannot take the migration lock", e))
     }
@@ -864,7 +899,7 @@ impl TwoPhase for Postgres {
             "SELECT count(*) AS n FROM pg_catalog.pg_prepared_xacts WHERE gid = $1 AND database = pg_catalog.current_database()",
         )
         .bind::<Text, _>(gid)
-        .get_result(&mut self.s.conn)
+        .get_result(&mut *self.s.conn)
         .map_err(|e| self.s.query_err("cannot verify the prepared transaction", e))?;
         if found.n != 1 {
             return Err(DriverError::PrepareNotRecorded {
@@ -888,7 +923,7 @@ impl Resolve for Postgres {
              WHERE database = pg_catalog.current_database() AND starts_with(gid, $1) ORDER BY prepared",
         )
         .bind::<Text, _>(GID_PREFIX)
-        .load(&mut self.s.conn)
+        .load(&mut *self.s.conn)
         .map_err(|e| self.s.query_err("cannot read pg_prepared_xacts", e))
     }
 

@@ -4,9 +4,11 @@
 //! comes from [`Db`].
 
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 use orchestrate_core::{Applied, Direction, Step, Version};
 
 use super::{Arg, Count, Db, HistoryRow, Name, ReadRow, Row, VersionRow};
@@ -15,10 +17,51 @@ use crate::error::DriverError;
 use crate::participant::BindState;
 use crate::schema::{self, BATCHES, DIESEL_TABLE, HISTORY, IN_PROGRESS};
 
+/// A session's connection: one this tool opened from the bind's URL, or one lent by the
+/// application's pool ([`crate::Endpoint::with_pool`]).
+pub(crate) enum Conn<C: R2D2Connection + Send + 'static> {
+    Own(C),
+    /// Never given back to the pool as it is: when the session ends it is marked broken, so
+    /// the pool closes it and opens another. A migration may have changed its session (a
+    /// `SET`, a role, a temporary table), and the application must not inherit that.
+    Lent(PooledConnection<ConnectionManager<C>>),
+}
+
+impl<C: R2D2Connection + Send + 'static> Deref for Conn<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        match self {
+            Conn::Own(c) => c,
+            Conn::Lent(c) => c,
+        }
+    }
+}
+
+impl<C: R2D2Connection + Send + 'static> DerefMut for Conn<C> {
+    fn deref_mut(&mut self) -> &mut C {
+        match self {
+            Conn::Own(c) => c,
+            Conn::Lent(c) => c,
+        }
+    }
+}
+
+impl<C: R2D2Connection + Send + 'static> Drop for Conn<C> {
+    fn drop(&mut self) {
+        if let Conn::Lent(c) = self {
+            // diesel's pool manager discards a connection whose transaction manager is in
+            // error (`R2D2Connection::is_broken`).
+            let c: &mut C = c;
+            <C::TransactionManager as TransactionManager<C>>::transaction_manager_status_mut(c)
+                .set_in_error();
+        }
+    }
+}
+
 /// One open connection to one bind, and where this tool's tables are on it.
 pub(crate) struct Session<C: Db> {
     endpoint: Endpoint,
-    pub(crate) conn: C,
+    pub(crate) conn: Conn<C>,
     lock_timeout: Duration,
     /// Where this tool's tables live, quoted, with a trailing dot: the PostgreSQL schema first
     /// in the search path when the connection opened, `main.` on SQLite, the database on MySQL.
@@ -38,7 +81,7 @@ impl<C: Db> Session<C> {
     /// schema or database name; `NULL` or no row: `missing` is the error).
     pub(crate) fn open(
         endpoint: &Endpoint,
-        conn: C,
+        conn: Conn<C>,
         lock_timeout: Duration,
         where_sql: &str,
         missing: &str,
@@ -230,14 +273,14 @@ impl<C: Db> Session<C> {
 
     /// Commits the open transaction.
     pub(crate) fn commit(&mut self) -> Result<(), DriverError> {
-        let done = AnsiTransactionManager::commit_transaction(&mut self.conn);
+        let done = AnsiTransactionManager::commit_transaction(&mut *self.conn);
         done.map_err(|e| self.query_err("COMMIT failed", e))
     }
 
     /// Whether diesel knows of an open transaction on this connection.
     pub(crate) fn in_transaction(&mut self) -> bool {
         matches!(
-            AnsiTransactionManager::transaction_manager_status_mut(&mut self.conn)
+            AnsiTransactionManager::transaction_manager_status_mut(&mut *self.conn)
                 .transaction_depth(),
             Ok(Some(_))
         )
@@ -249,7 +292,7 @@ impl<C: Db> Session<C> {
         if !self.in_transaction() {
             return;
         }
-        if let Err(e) = AnsiTransactionManager::rollback_transaction(&mut self.conn) {
+        if let Err(e) = AnsiTransactionManager::rollback_transaction(&mut *self.conn) {
             tracing::warn!(bind = %self.endpoint.bind, error = %e, "rollback failed; the connection is dropped instead");
         }
     }

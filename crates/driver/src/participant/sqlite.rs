@@ -150,7 +150,7 @@ impl Sqlite {
         }
         let s = Session::open(
             endpoint,
-            conn,
+            super::session::Conn::Own(conn),
             lock_timeout,
             "SELECT 'main' AS s",
             "the SQLite connection has no main database",

@@ -63,7 +63,7 @@ impl Mysql {
         }
         let s = self.session();
         let found: Result<V, _> =
-            diesel::sql_query("SELECT VERSION() AS v").get_result(&mut s.conn);
+            diesel::sql_query("SELECT VERSION() AS v").get_result(&mut *s.conn);
         let version = found
             .map_err(|e| s.query_err("cannot read the server version", e))?
             .v;
@@ -82,7 +82,7 @@ impl Mysql {
     /// This tool's prepared XA transactions on this server (all binds').
     fn xa_recover(&mut self) -> Result<Vec<XaId>, DriverError> {
         let s = self.session();
-        let rows: Result<Vec<XaRow>, _> = diesel::sql_query("XA RECOVER").load(&mut s.conn);
+        let rows: Result<Vec<XaRow>, _> = diesel::sql_query("XA RECOVER").load(&mut *s.conn);
         let rows = rows.map_err(|e| {
             s.query_err(
                 "cannot list prepared XA transactions (XA RECOVER; MySQL 8 needs the XA_RECOVER_ADMIN privilege)",
