@@ -772,22 +772,24 @@ fn a_kept_session_reads_as_a_new_one_would_and_a_stuck_read_is_shown() {
 
 #[test]
 fn kept_reads_take_a_quarter_of_any_connection_limit_and_lose_a_revoked_right_at_once() {
-    // Binds t0..t3 read as a role limited to 8 connections: two of them keep a session (a
-    // quarter of 8), though the server would allow 16. t4's database
-    // is limited to 3 connections: a quarter is none, so t4 keeps no session.
+    // Binds t0..t3 and t5 read as one role, t4 as the test's superuser. t4's database is
+    // limited to 3 connections: a quarter is none, so t4 keeps no session. t5's database
+    // does not let the role read the server's system identifier, so its server cannot be
+    // counted as one: t5 keeps none either. t0..t3 keep one each, until the role is limited
+    // to 8 connections while the page runs: then two of them (a quarter of 8).
     use diesel::connection::SimpleConnection;
     use diesel::Connection;
     let role = format!("orch_lim_{:08x}", rand::random::<u32>());
     let mut admin = diesel::PgConnection::establish(&crate::support::pg_admin_url()).unwrap();
     admin
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN CONNECTION LIMIT 8"))
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN"))
         .unwrap();
     let as_role = |url: &str| url.replacen("://postgres@", &format!("://{role}@"), 1);
-    let (p, dbs) = pg_dev("t", 5, |i, db| {
-        if i < 4 {
-            as_role(&db.url)
-        } else {
+    let (p, dbs) = pg_dev("t", 6, |i, db| {
+        if i == 4 {
             db.url.clone()
+        } else {
+            as_role(&db.url)
         }
     });
     admin
@@ -796,31 +798,66 @@ fn kept_reads_take_a_quarter_of_any_connection_limit_and_lose_a_revoked_right_at
             dbs[4].name
         ))
         .unwrap();
+    dbs[5]
+        .conn()
+        .batch_execute("REVOKE EXECUTE ON FUNCTION pg_catalog.pg_control_system() FROM PUBLIC")
+        .unwrap();
     let names: Vec<&str> = dbs.iter().map(|d| d.name.as_str()).collect();
     let server = Server::start_args(&p, None, &["dev"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = overview(&server);
-        let r = &v["read_connections"];
-        if r["open"] == 2 && r["reused"].as_u64().unwrap_or(0) >= 6 {
-            assert_eq!(r["pooled_binds"], 2, "{v}");
-            break;
+    let wait = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = overview(&server);
+            if ok(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: {v}");
+            std::thread::sleep(Duration::from_millis(200));
         }
-        assert!(
-            Instant::now() < deadline,
-            "the reads never reused a connection: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let before = sessions_on(&names);
-    std::thread::sleep(Duration::from_millis(3500));
-    let after = sessions_on(&names);
-    let kept: Vec<&(String, i32, String)> = before.iter().filter(|s| after.contains(s)).collect();
-    assert_eq!(kept.len(), 2, "before {before:?}, after {after:?}");
+    };
+    let reused = |v: &serde_json::Value| v["read_connections"]["reused"].as_u64().unwrap_or(0);
+    let v = wait("t0..t3 keep a session", &|v| {
+        v["read_connections"]["open"] == 4 && reused(v) >= 8
+    });
+    assert_eq!(v["read_connections"]["pooled_binds"], 4, "{v}");
+    let kept_sessions = || {
+        let before = sessions_on(&names);
+        std::thread::sleep(Duration::from_millis(3500));
+        let after = sessions_on(&names);
+        before
+            .into_iter()
+            .filter(|s| after.contains(s))
+            .collect::<Vec<_>>()
+    };
+    let kept = kept_sessions();
+    assert_eq!(kept.len(), 4, "{kept:?}");
     assert!(
-        kept.iter().all(|s| s.0 != dbs[4].name),
-        "no session kept on the database limited to 3: {kept:?}"
+        kept.iter()
+            .all(|s| s.0 != dbs[4].name && s.0 != dbs[5].name),
+        "no session kept for t4 or t5: {kept:?}"
     );
+    admin
+        .batch_execute(&format!("ALTER ROLE {role} CONNECTION LIMIT 8"))
+        .unwrap();
+    let at = reused(&overview(&server));
+    let v = wait(
+        "the kept sessions come down to a quarter of the role's limit",
+        &|v| {
+            v["read_connections"]["open"] == 2
+                && v["read_connections"]["pooled_binds"] == 2
+                && reused(v) >= at + 4
+        },
+    );
+    assert!(
+        v["environments"][0]["status"]["binds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["errors"].as_array().unwrap().is_empty()),
+        "{v}"
+    );
+    let kept = kept_sessions();
+    assert_eq!(kept.len(), 2, "{kept:?}");
     // The role loses CONNECT on its databases: a new session is refused, so the page shows
     // every one of its binds unreadable at its next refreshes (a kept session would go on
     // reading for minutes).
@@ -1004,6 +1041,37 @@ fn a_mysql_account_limit_bounds_the_kept_sessions_too() {
     // Two refreshes later, still one.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(overview(&server)["read_connections"]["pooled_binds"], 1);
+    // The account loses its privileges on both databases: a session that is not new keeps
+    // them until its next USE, but the page shows both binds refused within a few refreshes,
+    // as `status` would.
+    for db in &dbs {
+        admin
+            .batch_execute(&format!("REVOKE ALL ON {}.* FROM '{user}'@'%'", db.name))
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = overview(&server);
+        let refused = v["environments"][0]["status"]["binds"]
+            .as_array()
+            .is_some_and(|b| {
+                b.len() == 2
+                    && b.iter().all(|b| {
+                        b["errors"].as_array().is_some_and(|e| {
+                            e.iter()
+                                .any(|e| e.as_str().is_some_and(|e| e.contains("denied")))
+                        })
+                    })
+            });
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page still reads with the revoked privileges: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     server.assert_no_password();
     drop(server);
     let _ = admin.batch_execute(&format!("DROP USER '{user}'@'%'"));

@@ -6,7 +6,11 @@
 //! connection limit a bind's connections count against: the server's, and where one is set,
 //! its role's and its database's `CONNECTION LIMIT` (MySQL: the account's
 //! `max_user_connections`), so that the sessions kept for reading never take the connections
-//! the application or a migration command needs. SQLite files are opened per read
+//! the application or a migration command needs. A kept connection is checked against the
+//! limits its place was given for before every read: a limit set or lowered since, a restart
+//! with fewer connections, or a name that now reaches another server gives the place up, and
+//! the bind's next read asks again. A server that cannot be identified across restarts (its
+//! system identifier hidden from the role) keeps no session. SQLite files are opened per read
 //! (no server, nothing to save).
 //!
 //! A read never waits on a pool: a kept connection that is idle and still answers is lent;
@@ -27,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -50,6 +54,31 @@ pub struct Kept {
 pub struct ReadManager {
     endpoint: Endpoint,
     lock_timeout: Duration,
+    /// The connection limits (names and values) the bind's place in the budgets was given
+    /// for. A connection that counts against other ones, or under other values (a limit set
+    /// or lowered, a restart with fewer connections, a name that now reaches another server),
+    /// is not kept, and the place is given up.
+    limits: Vec<(String, i64)>,
+    /// Set when that happened: the next read gives the place up and asks again.
+    stale: Arc<AtomicBool>,
+}
+
+impl ReadManager {
+    /// Whether `conn` still counts against the limits this place was given for.
+    fn check_limits(&self, conn: &mut BindConnection) -> Result<(), DriverError> {
+        let now = conn.connection_limits()?;
+        if now == self.limits {
+            return Ok(());
+        }
+        self.stale.store(true, Ordering::Relaxed);
+        Err(DriverError::Other {
+            bind: self.endpoint.bind.clone(),
+            detail: format!(
+                "the connection limits changed since this bind's place among the kept sessions was given (then {:?}, now {now:?}); it is given up and asked for again",
+                self.limits
+            ),
+        })
+    }
 }
 
 /// libpq parameters of a kept PostgreSQL session: a network that stops answering fails its
@@ -69,12 +98,14 @@ impl ManageConnection for ReadManager {
 
     fn connect(&self) -> Result<Kept, DriverError> {
         let mut conn = BindConnection::connect(&self.endpoint, false, self.lock_timeout)?;
+        self.check_limits(&mut conn)?;
         let defaults = conn.session_defaults()?;
         Ok(Kept { conn, defaults })
     }
 
     fn is_valid(&self, kept: &mut Kept) -> Result<(), DriverError> {
-        kept.conn.prepare_reuse(&kept.defaults)
+        kept.conn.prepare_reuse(&kept.defaults)?;
+        self.check_limits(&mut kept.conn)
     }
 
     fn has_broken(&self, kept: &mut Kept) -> bool {
@@ -141,12 +172,17 @@ struct Slot {
     pool: Option<Pool<ReadManager>>,
     limits: Vec<String>,
     last_used: Instant,
+    /// Its pool's connection met other limits than those it was given (see [`ReadManager`]).
+    stale: Arc<AtomicBool>,
 }
+
+/// A bind's name, its database URL and its lock timeout.
+type SlotKey = (String, String, Duration);
 
 #[derive(Default)]
 struct Inner {
     /// Per bind, database URL and lock timeout (two binds on one database have their own).
-    slots: HashMap<(String, String, Duration), Slot>,
+    slots: HashMap<SlotKey, Slot>,
     /// Per connection limit (a server, a role or a database there, as the server names them):
     /// how many kept connections it allows, and how many there are.
     limits: HashMap<String, (usize, usize)>,
@@ -154,6 +190,19 @@ struct Inner {
 }
 
 impl Inner {
+    /// Gives up a bind's place: its pool closes, and its place in the budgets is free.
+    fn forget(&mut self, key: &SlotKey) {
+        if let Some(slot) = self.slots.remove(key) {
+            if slot.pool.is_some() {
+                for name in &slot.limits {
+                    if let Some((_, used)) = self.limits.get_mut(name) {
+                        *used = used.saturating_sub(1);
+                    }
+                }
+            }
+        }
+    }
+
     /// Forgets the binds not read for `forget_after`: their pools close, and their places in
     /// the budgets are free again. At most every `forget_after / 4`.
     fn prune(&mut self, forget_after: Duration) {
@@ -276,58 +325,83 @@ impl ReadPools {
             let mut inner = self.lock();
             inner.slots.get_mut(&key).map(|slot| {
                 slot.last_used = Instant::now();
-                slot.pool.clone()
+                (slot.pool.clone(), slot.stale.clone())
             })
         };
         match known {
-            Some(Some(pool)) => {
+            Some((Some(pool), stale)) => {
                 if let Some(kept) = pool.try_get() {
                     self.reused.fetch_add(1, Ordering::Relaxed);
                     return Ok(Reader::Kept(kept));
                 }
+                if stale.load(Ordering::Relaxed) {
+                    // Its connection met other limits than its place was given for: the
+                    // place is given up, and this read asks again.
+                    self.lock().forget(&key);
+                    return self.first_read(endpoint, lock_timeout, key);
+                }
                 self.fresh(endpoint, lock_timeout).map(Reader::Fresh)
             }
-            Some(None) => self.fresh(endpoint, lock_timeout).map(Reader::Fresh),
-            None => {
-                let mut conn = self.fresh(endpoint, lock_timeout)?;
-                // Not known: keep nothing for this bind now, ask again next time.
-                let Ok(limits) = conn.connection_limits() else {
-                    return Ok(Reader::Fresh(conn));
-                };
-                let mut guard = self.lock();
-                let inner = &mut *guard;
-                for (i, (name, allows)) in limits.iter().enumerate() {
-                    let quarter = usize::try_from(allows / 4).unwrap_or(0);
-                    // The first is the server's, which `per_server` caps too.
-                    let budget = if i == 0 {
-                        self.per_server.min(quarter)
-                    } else {
-                        quarter
-                    };
-                    inner.limits.entry(name.clone()).or_insert((budget, 0));
-                }
-                if let std::collections::hash_map::Entry::Vacant(slot) = inner.slots.entry(key) {
-                    let fits = !limits.is_empty()
-                        && limits
-                            .iter()
-                            .all(|(name, _)| inner.limits.get(name).is_some_and(|(a, u)| u < a));
-                    let pool = fits.then(|| self.pool(endpoint, lock_timeout));
-                    if pool.is_some() {
-                        for (name, _) in &limits {
-                            if let Some((_, used)) = inner.limits.get_mut(name) {
-                                *used += 1;
-                            }
-                        }
-                    }
-                    slot.insert(Slot {
-                        pool,
-                        limits: limits.into_iter().map(|(name, _)| name).collect(),
-                        last_used: Instant::now(),
-                    });
-                }
-                Ok(Reader::Fresh(conn))
-            }
+            Some((None, _)) => self.fresh(endpoint, lock_timeout).map(Reader::Fresh),
+            None => self.first_read(endpoint, lock_timeout, key),
         }
+    }
+
+    /// A bind's first read (or first since its place was given up): a connection of its own,
+    /// which reads the limits it counts against, and a place among the kept sessions if every
+    /// one of them has room.
+    fn first_read(
+        &self,
+        endpoint: &Endpoint,
+        lock_timeout: Duration,
+        key: SlotKey,
+    ) -> Result<Reader, DriverError> {
+        let mut conn = self.fresh(endpoint, lock_timeout)?;
+        // Unknown: keep nothing for this bind now, ask again next time.
+        let Ok(limits) = conn.connection_limits() else {
+            return Ok(Reader::Fresh(conn));
+        };
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        for (i, (name, allows)) in limits.iter().enumerate() {
+            let quarter = usize::try_from(allows / 4).unwrap_or(0);
+            // The first is the server's, which `per_server` caps too.
+            let budget = if i == 0 {
+                self.per_server.min(quarter)
+            } else {
+                quarter
+            };
+            // The latest reading wins: a lowered limit lowers the budget at once (places
+            // beyond it are given up as their connections meet the new value).
+            inner.limits.entry(name.clone()).or_insert((budget, 0)).0 = budget;
+        }
+        if let std::collections::hash_map::Entry::Vacant(slot) = inner.slots.entry(key) {
+            // A server known only by its start time (where `pg_control_system()` is revoked)
+            // cannot be counted as one across restarts and databases: keep nothing there.
+            let identified = limits
+                .first()
+                .is_some_and(|(name, _)| !name.starts_with("PostgreSQL started "));
+            let fits = identified
+                && limits
+                    .iter()
+                    .all(|(name, _)| inner.limits.get(name).is_some_and(|(a, u)| u < a));
+            let stale = Arc::new(AtomicBool::new(false));
+            let pool = fits.then(|| self.pool(endpoint, lock_timeout, &limits, &stale));
+            if pool.is_some() {
+                for (name, _) in &limits {
+                    if let Some((_, used)) = inner.limits.get_mut(name) {
+                        *used += 1;
+                    }
+                }
+            }
+            slot.insert(Slot {
+                pool,
+                limits: limits.into_iter().map(|(name, _)| name).collect(),
+                last_used: Instant::now(),
+                stale,
+            });
+        }
+        Ok(Reader::Fresh(conn))
     }
 
     /// What the pools have done so far.
@@ -361,7 +435,13 @@ impl ReadPools {
 
     /// A pool of one connection for `endpoint`, opened in the background (the read that asked
     /// has its own): the next read finds it ready.
-    fn pool(&self, endpoint: &Endpoint, lock_timeout: Duration) -> Pool<ReadManager> {
+    fn pool(
+        &self,
+        endpoint: &Endpoint,
+        lock_timeout: Duration,
+        limits: &[(String, i64)],
+        stale: &Arc<AtomicBool>,
+    ) -> Pool<ReadManager> {
         Pool::builder()
             .max_size(1)
             .min_idle(Some(1))
@@ -374,6 +454,8 @@ impl ReadPools {
             .build_unchecked(ReadManager {
                 endpoint: endpoint.with_params(KEPT_PARAMS),
                 lock_timeout,
+                limits: limits.to_vec(),
+                stale: stale.clone(),
             })
     }
 }

@@ -36,6 +36,10 @@ macro_rules! each {
     };
 }
 
+/// The MySQL account a session acts as, its global privileges and its privileges on the
+/// session's database, as one text (see [`BindConnection::session_defaults`]).
+const MYSQL_RIGHTS_SQL: &str = "SELECT CONCAT(CURRENT_USER(), '|', COALESCE((SELECT GROUP_CONCAT(PRIVILEGE_TYPE ORDER BY PRIVILEGE_TYPE SEPARATOR ',') FROM information_schema.USER_PRIVILEGES WHERE GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')), ''), '|', COALESCE((SELECT GROUP_CONCAT(PRIVILEGE_TYPE ORDER BY PRIVILEGE_TYPE SEPARATOR ',') FROM information_schema.SCHEMA_PRIVILEGES WHERE TABLE_SCHEMA = DATABASE() AND GRANTEE = CONCAT('''', SUBSTRING_INDEX(CURRENT_USER(), '@', 1), '''@''', SUBSTRING_INDEX(CURRENT_USER(), '@', -1), '''')), '')) AS s";
+
 impl BindConnection {
     /// Connects. With `create` a SQLite file (and its folder) is created when missing;
     /// without it a missing file is [`DriverError::NoSuchFile`], so that reading the state of
@@ -285,21 +289,40 @@ impl BindConnection {
     }
 
     /// What a new session of this bind starts with that a kept one would not see change
-    /// (PostgreSQL: [`Postgres::session_defaults`]; nothing elsewhere).
+    /// (PostgreSQL: [`Postgres::session_defaults`]; MySQL: the account, and its global
+    /// privileges and those on this database, which a session that is not new keeps until
+    /// its next `USE`; nothing on SQLite).
     pub fn session_defaults(&mut self) -> Result<String, DriverError> {
         match self {
             BindConnection::Postgres(c) => c.session_defaults(),
-            _ => Ok(String::new()),
+            BindConnection::Mysql(_) => {
+                let rows: Result<Vec<super::Name>, _> = each!(self, c => c.session().rows("cannot read the account's privileges", MYSQL_RIGHTS_SQL, &[]));
+                Ok(rows?
+                    .into_iter()
+                    .next()
+                    .and_then(|r| r.s)
+                    .unwrap_or_default())
+            }
+            BindConnection::Sqlite(_) => Ok(String::new()),
         }
     }
 
-    /// Before a kept connection is read with again: it still answers, and on PostgreSQL it
-    /// reads as a new session would ([`Postgres::prepare_reuse`]); an error means: open a new
-    /// one.
+    /// Before a kept connection is read with again: it still answers, and it reads as a new
+    /// session would: the same settings, rights and account ([`Postgres::prepare_reuse`];
+    /// MySQL: [`BindConnection::session_defaults`] unchanged); an error means: open a new one.
     pub fn prepare_reuse(&mut self, defaults_at_open: &str) -> Result<(), DriverError> {
         match self {
             BindConnection::Postgres(c) => c.prepare_reuse(defaults_at_open),
-            _ => {
+            BindConnection::Mysql(_) => {
+                if self.session_defaults()? == defaults_at_open {
+                    return Ok(());
+                }
+                Err(DriverError::Other {
+                    bind: self.endpoint().bind.clone(),
+                    detail: "the account or its privileges changed since this session opened; a new session reads with the new ones, or is refused".into(),
+                })
+            }
+            BindConnection::Sqlite(_) => {
                 each!(self, c => c.session().execute_plain("the connection no longer answers", "SELECT 1"))
             }
         }

@@ -49,8 +49,10 @@ const SCHEMA_SQL: &str = "SELECT coalesce((SELECT s.nspname FROM unnest(pg_catal
 
 /// [`SCHEMA_SQL`] and what decides what a new session of this role and database gets, in one
 /// read: the settings they give it (`ALTER DATABASE/ROLE ... SET`), the role's name, `LOGIN`
-/// and `VALID UNTIL`, and whether the role may still connect to the database (`CONNECT`,
-/// `ALLOW_CONNECTIONS`). A session_user renamed since shows its new name here.
+/// and `VALID UNTIL`, the role it acts as (`options=-c role=...`) and whether it is still a
+/// member of it, and whether the role may still connect to the database (`CONNECT`,
+/// `ALLOW_CONNECTIONS`).
+/// A session_user renamed since shows its new name here.
 const REUSE_SQL: &str = "SELECT (SELECT s FROM (SELECT coalesce((SELECT s.nspname FROM unnest(pg_catalog.current_schemas(false)) WITH ORDINALITY AS s(nspname, n) \
      WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace ns ON ns.oid = c.relnamespace \
      WHERE ns.nspname = s.nspname AND c.relname = '__diesel_schema_migrations' AND c.relkind IN ('r', 'p')) \
@@ -61,6 +63,7 @@ const REUSE_SQL: &str = "SELECT (SELECT s FROM (SELECT coalesce((SELECT s.nspnam
      AND d.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))), '') \
      || '; ' || coalesce((SELECT r.rolname || ' login ' || CAST(r.rolcanlogin AS TEXT) || ' until ' || coalesce(CAST(r.rolvaliduntil AS TEXT), '-') \
      FROM pg_catalog.pg_roles r WHERE r.rolname = session_user), 'no role') \
+     || '; as ' || current_user || ' ' || CAST(pg_catalog.pg_has_role(session_user, current_user, 'MEMBER') AS TEXT) \
      || '; connect ' || CAST(pg_catalog.has_database_privilege(session_user, pg_catalog.current_database(), 'CONNECT') AS TEXT) \
      || ' ' || coalesce((SELECT CAST(datallowconn AS TEXT) FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()), '-') AS f";
 
