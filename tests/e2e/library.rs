@@ -631,20 +631,42 @@ fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
     }
 }
 
-/// A PostgreSQL bind served by the application's own r2d2 pool: its connections come from
-/// the pool (the bind's URL reaches nothing), what a migration set on its session never
-/// reaches the application's later connections, a failure on another bind leaves it as it
-/// was, and a pool the application holds entirely refuses the batch with nothing changed.
-#[test]
-fn a_bind_can_borrow_the_applications_pool() {
-    use diesel::r2d2::{ConnectionManager, Pool};
-    use diesel::{PgConnection, RunQueryDsl};
-    let p = project();
-    let pool = Pool::builder()
+/// What an application's pool does to each new connection: a session setting, and a
+/// temporary table named like a table a migration creates and fills.
+#[derive(Debug)]
+struct AppSession;
+
+impl diesel::r2d2::CustomizeConnection<diesel::PgConnection, diesel::r2d2::Error> for AppSession {
+    fn on_acquire(&self, conn: &mut diesel::PgConnection) -> Result<(), diesel::r2d2::Error> {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute("SET work_mem = '5MB'; CREATE TEMP TABLE pooled (id INT)")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+fn app_pool(
+    url: &str,
+) -> diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<diesel::PgConnection>> {
+    diesel::r2d2::Pool::builder()
         .max_size(2)
         .connection_timeout(std::time::Duration::from_secs(3))
-        .build(ConnectionManager::<PgConnection>::new(p.db("events").url()))
-        .unwrap();
+        .connection_customizer(Box::new(AppSession))
+        .build(diesel::r2d2::ConnectionManager::new(url))
+        .unwrap()
+}
+
+/// A PostgreSQL bind served by the application's own r2d2 pool: its sessions start as the
+/// bind's URL would give them (what the pool's customizer did is undone), what a migration
+/// set on its session never reaches the application's later connections, a failure on
+/// another bind leaves it as it was, a pool the application holds entirely refuses the batch,
+/// and so does a pool whose sessions are not the URL's (another database, another
+/// `search_path`), with nothing changed.
+#[test]
+fn a_bind_can_borrow_the_applications_pool() {
+    use diesel::RunQueryDsl;
+    let p = project();
+    let events_url = p.db("events").url();
+    let pool = app_pool(&events_url);
     // The events chain, and a third migration that changes its session.
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events");
@@ -653,11 +675,11 @@ fn a_bind_can_borrow_the_applications_pool() {
     std::fs::create_dir_all(&third).unwrap();
     std::fs::write(
         third.join("up.sql"),
-        "SET work_mem = '7MB'; CREATE TABLE pooled (id INT);",
+        "SET work_mem = '7MB'; CREATE TABLE pooled (id INT); INSERT INTO pooled VALUES (1);",
     )
     .unwrap();
     std::fs::write(third.join("down.sql"), "DROP TABLE pooled;").unwrap();
-    let builder = |events_migrations: Migrations| {
+    let builder_with = |pool: &diesel::r2d2::Pool<_>, events_migrations: Migrations| {
         Orchestrator::builder()
             .bind("users", &p.db("users").url(), Migrations::embedded(&USERS))
             .bind(
@@ -665,15 +687,36 @@ fn a_bind_can_borrow_the_applications_pool() {
                 &p.db("billing").url(),
                 Migrations::embedded(&BILLING),
             )
-            .bind(
-                "events",
-                "postgres://nobody@127.0.0.1:1/events?connect_timeout=1",
-                events_migrations,
-            )
+            .bind("events", &events_url, events_migrations)
             .pool("events", pool.clone())
             .build()
             .unwrap()
     };
+    let builder = |events_migrations: Migrations| builder_with(&pool, events_migrations);
+    // Pools whose sessions are not the URL's: refused before anything runs.
+    let other = crate::support::PgDb::new();
+    let mut admin = p.db("events").pg();
+    diesel::sql_query("CREATE SCHEMA app")
+        .execute(&mut admin)
+        .unwrap();
+    for (what, url) in [
+        ("another database", other.url.clone()),
+        (
+            "another search_path",
+            format!("{events_url}?options=-csearch_path%3Dapp"),
+        ),
+    ] {
+        match builder_with(&app_pool(&url), Migrations::folder(&events)).upgrade() {
+            Err(Error::Refused { errors, .. }) => assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains("unlike the one the bind's URL")),
+                "{what}: {errors:?}"
+            ),
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        }
+        untouched(&p);
+    }
     // A failing migration on events: every bind as it was.
     match builder(Migrations::embedded(&EVENTS_FAILING)).upgrade() {
         Err(Error::RolledBack { .. }) => {}
@@ -701,6 +744,12 @@ fn a_bind_can_borrow_the_applications_pool() {
     // With its connections free: the batch runs through the pool.
     let o = builder(Migrations::folder(&events));
     o.upgrade().unwrap().expect("something to do");
+    // The migration's row is in its table, not in the pool's temporary one.
+    assert_eq!(
+        p.db("events")
+            .count("SELECT count(*) AS n FROM public.pooled"),
+        1
+    );
     // The migration's SET stayed with a connection the pool has since closed.
     #[derive(diesel::QueryableByName)]
     struct Setting {

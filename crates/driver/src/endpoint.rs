@@ -81,11 +81,21 @@ pub struct Endpoint {
     sqlite_path: Option<PathBuf>,
     /// The application's pool to borrow connections from instead of opening them from `url`
     /// (PostgreSQL; see [`Endpoint::with_pool`]).
-    pool: Option<PgPool>,
+    pool: Option<Lending>,
 }
 
 /// An application's pool of PostgreSQL connections, as diesel's r2d2 integration builds it.
 pub type PgPool = diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<diesel::PgConnection>>;
+
+/// A pool to borrow from, and what a session opened from the endpoint's URL is (server,
+/// database, role and the settings it starts with), read once: every lent session must be
+/// the same, or the command line (which connects with the URL) would not see what a batch
+/// through the pool did.
+#[derive(Clone)]
+pub(crate) struct Lending {
+    pub(crate) pool: PgPool,
+    pub(crate) reference: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -355,10 +365,18 @@ impl Endpoint {
         &self.url
     }
 
+    pub(crate) fn lending(&self) -> Option<&Lending> {
+        self.pool.as_ref()
+    }
+
     /// This PostgreSQL endpoint with its connections borrowed from `pool` (the application's)
     /// instead of opened from its URL, which still names the database in messages and
-    /// records. Each borrowed connection is reset as it is lent and closed, not given back,
-    /// when its session ends: the pool opens a new one. `Err` for another backend.
+    /// records and is what the command line connects with. Each borrowed connection is reset
+    /// as it is lent, checked to be the session the URL gives (the same server, database and
+    /// role, starting with the same settings: otherwise the batch would keep its bookkeeping
+    /// where the command line does not look; the URL is connected to once for that), and
+    /// closed, not given back, when its session ends: the pool opens a new one. `Err` for
+    /// another backend.
     pub fn with_pool(mut self, pool: PgPool) -> Result<Endpoint, DriverError> {
         if self.backend != Backend::Postgres {
             return Err(DriverError::Other {
@@ -369,13 +387,16 @@ impl Endpoint {
                 ),
             });
         }
-        self.pool = Some(pool);
+        self.pool = Some(Lending {
+            pool,
+            reference: Default::default(),
+        });
         Ok(self)
     }
 
     /// The application's pool this endpoint borrows its connections from, if any.
     pub fn pool(&self) -> Option<&PgPool> {
-        self.pool.as_ref()
+        self.pool.as_ref().map(|l| &l.pool)
     }
 
     /// This endpoint with libpq connection parameters added to its URL where the URL does not

@@ -174,6 +174,9 @@ struct Slot {
     last_used: Instant,
     /// Its pool's connection met other limits than those it was given (see [`ReadManager`]).
     stale: Arc<AtomicBool>,
+    /// When its place was asked for: a bind refused one asks again after `forget_after`
+    /// (limits raised, a restart with more connections, other binds gone).
+    asked: Instant,
 }
 
 /// A bind's name, its database URL and its lock timeout.
@@ -325,11 +328,11 @@ impl ReadPools {
             let mut inner = self.lock();
             inner.slots.get_mut(&key).map(|slot| {
                 slot.last_used = Instant::now();
-                (slot.pool.clone(), slot.stale.clone())
+                (slot.pool.clone(), slot.stale.clone(), slot.asked)
             })
         };
         match known {
-            Some((Some(pool), stale)) => {
+            Some((Some(pool), stale, _)) => {
                 if let Some(kept) = pool.try_get() {
                     self.reused.fetch_add(1, Ordering::Relaxed);
                     return Ok(Reader::Kept(kept));
@@ -342,7 +345,11 @@ impl ReadPools {
                 }
                 self.fresh(endpoint, lock_timeout).map(Reader::Fresh)
             }
-            Some((None, _)) => self.fresh(endpoint, lock_timeout).map(Reader::Fresh),
+            Some((None, _, asked)) if asked.elapsed() >= self.forget_after => {
+                self.lock().forget(&key);
+                self.first_read(endpoint, lock_timeout, key)
+            }
+            Some((None, _, _)) => self.fresh(endpoint, lock_timeout).map(Reader::Fresh),
             None => self.first_read(endpoint, lock_timeout, key),
         }
     }
@@ -399,6 +406,7 @@ impl ReadPools {
                 limits: limits.into_iter().map(|(name, _)| name).collect(),
                 last_used: Instant::now(),
                 stale,
+                asked: Instant::now(),
             });
         }
         Ok(Reader::Fresh(conn))

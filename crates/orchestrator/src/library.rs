@@ -47,8 +47,9 @@
 //! of a server's connections keeps its participants' sessions until COMMIT PREPARED), so a
 //! server's `max_connections` must leave room for `parallelism + 1` of them besides the
 //! application's own pool. PostgreSQL binds need `max_prepared_transactions` of at least the
-//! number of PostgreSQL binds of a batch on that server (checked before anything runs). Giving
-//! an application's existing connection pool instead of a URL is not supported yet.
+//! number of PostgreSQL binds of a batch on that server (checked before anything runs). A
+//! PostgreSQL bind can borrow the application's own pool instead ([`Builder::pool`]); MySQL
+//! pools are not taken yet.
 
 #![deny(missing_docs)]
 
@@ -495,11 +496,14 @@ impl Builder {
     /// finish the batch); a pool whose connections the application holds while it migrates
     /// makes the batch fail with nothing changed, or, if the decision was already taken,
     /// leaves it for [`Orchestrator::recover`]. Each borrowed connection starts as a new
-    /// session would (`SET SESSION AUTHORIZATION DEFAULT; RESET ALL`: what the pool's
-    /// customizer set does not apply) and is closed when the library is done with it, never
-    /// given back: a migration may have changed its session, and the pool opens a fresh one
-    /// in its place. `build` refuses a pool for a bind that is not PostgreSQL or not
-    /// configured.
+    /// session would (what the pool's customizer or an earlier user left on it, settings,
+    /// role, temporary tables, locks, is undone) and is closed when the library is done with
+    /// it, never given back: a migration may have changed its session, and the pool opens a
+    /// fresh one in its place. A borrowed session must be the one the bind's URL gives (the
+    /// same server, database and role, and the same startup options, such as a
+    /// `search_path`; the URL is connected to once to read that), or the batch is refused:
+    /// otherwise its bookkeeping would be where the command line does not look. `build`
+    /// refuses a pool for a bind that is not PostgreSQL or not configured.
     ///
     /// ```
     /// use diesel::r2d2::{ConnectionManager, Pool};

@@ -67,6 +67,15 @@ const REUSE_SQL: &str = "SELECT (SELECT s FROM (SELECT coalesce((SELECT s.nspnam
      || '; connect ' || CAST(pg_catalog.has_database_privilege(session_user, pg_catalog.current_database(), 'CONNECT') AS TEXT) \
      || ' ' || coalesce((SELECT CAST(datallowconn AS TEXT) FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()), '-') AS f";
 
+/// What a session is, for comparing one lent by an application's pool with one the bind's URL
+/// gives: the server (start time and port), the database, the role, and the settings the
+/// connection started with (`options` in the URL) but for the name the application gives
+/// itself and the encoding diesel sets anyway.
+const LENT_SQL: &str = "SELECT CAST(pg_catalog.pg_postmaster_start_time() AS TEXT) || ', port ' || pg_catalog.current_setting('port') \
+     || ', database ' || pg_catalog.current_database() || ', role ' || session_user \
+     || ', options: ' || coalesce((SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_catalog.pg_settings \
+     WHERE source = 'client' AND name NOT IN ('application_name', 'client_encoding')), 'none') AS s";
+
 #[derive(QueryableByName)]
 struct SchemaAndDefaults {
     #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
@@ -316,8 +325,8 @@ impl Postgres {
         if endpoint.backend != Backend::Postgres {
             return Err(wrong_backend(endpoint, Backend::Postgres));
         }
-        let conn = match endpoint.pool() {
-            Some(pool) => Postgres::borrow(endpoint, pool, lock_timeout)?,
+        let conn = match endpoint.lending() {
+            Some(lending) => Postgres::borrow(endpoint, lending, lock_timeout)?,
             None => {
                 let url = endpoint.connect_url_with_options(&format!(
                     "-c lock_timeout={} -c default_transaction_read_only=off",
@@ -343,29 +352,85 @@ impl Postgres {
     }
 
     /// A connection lent by the application's pool, made to start as one this tool opens
-    /// would: whatever the pool's customizer or an earlier user set on its session is reset
-    /// (`SET SESSION AUTHORIZATION DEFAULT`, `RESET ALL`: back to the role's, the database's
-    /// and the connection's own settings), then the lock timeout and read-write
-    /// transactions are set for the session. It is closed, not given back, when the session
-    /// ends (see [`Conn::Lent`]).
+    /// would: whatever the pool's customizer or an earlier user left on its session is
+    /// undone (an open transaction, `SET` and `SET ROLE`, cursors, `LISTEN`, advisory locks,
+    /// temporary tables: what `DISCARD ALL` does, but for diesel's prepared statements, which
+    /// it still uses), diesel's own settings are made again, then the lock timeout and
+    /// read-write transactions are set. It must then be the session the bind's URL gives
+    /// ([`LENT_SQL`]): the same server, database and role, starting with the same settings
+    /// (a pool whose URL sets another `search_path` would keep the bookkeeping where the
+    /// command line does not look). It is closed, not given back, when the session ends (see
+    /// [`Conn::Lent`]).
     fn borrow(
         endpoint: &Endpoint,
-        pool: &crate::endpoint::PgPool,
+        lending: &crate::endpoint::Lending,
         lock_timeout: Duration,
     ) -> Result<Conn<PgConnection>, DriverError> {
-        let mut conn = pool.get().map_err(|e| DriverError::Other {
+        let refused = |detail: String| DriverError::Other {
             bind: endpoint.bind.clone(),
-            detail: format!(
-                "no connection from the application's pool within its connection_timeout ({e}); a batch needs up to 2 of its connections free at once for each bind the pool serves: raise its max_size, or migrate before the application takes them"
-            ),
+            detail,
+        };
+        let mut conn = lending.pool.get().map_err(|e| refused(format!(
+            "no connection from the application's pool within its connection_timeout ({e}); a batch needs up to 2 of its connections free at once for each bind the pool serves: raise its max_size, or migrate before the application takes them"
+        )))?;
+        conn.batch_execute(
+            "ROLLBACK; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
+             SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
+             SET TIME ZONE 'UTC'; SET CLIENT_ENCODING TO 'UTF8'",
+        )
+        .map_err(|e| {
+            refused(format!(
+                "cannot reset the session lent by the application's pool: {e}"
+            ))
         })?;
-        let setup = format!(
-            "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; SET lock_timeout = {}; SET default_transaction_read_only = off",
+        let lent: Name = diesel::sql_query(LENT_SQL)
+            .get_result(&mut *conn)
+            .map_err(|e| {
+                refused(format!(
+                    "cannot read the session lent by the application's pool: {e}"
+                ))
+            })?;
+        let lent = lent.s.unwrap_or_default();
+        // Read once, and again when it differs (the server restarted since, say).
+        let cached = lending
+            .reference
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let reference = match cached {
+            Some(r) if r == lent => r,
+            _ => {
+                let mut own = PgConnection::establish(endpoint.connect_url()).map_err(|source| {
+                    refused(format!(
+                        "cannot connect with the bind's URL ({}) to check that the application's pool reaches the same database as the command line would: {}",
+                        endpoint.redacted(),
+                        crate::endpoint::redact_text(&source.to_string())
+                    ))
+                })?;
+                let r: Name = diesel::sql_query(LENT_SQL)
+                    .get_result(&mut own)
+                    .map_err(|e| {
+                        refused(format!("cannot read the session the bind's URL gives: {e}"))
+                    })?;
+                let r = r.s.unwrap_or_default();
+                *lending.reference.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
+                r
+            }
+        };
+        if lent != reference {
+            return Err(refused(format!(
+                "the application's pool lends a session unlike the one the bind's URL ({}) gives: pool {lent}; URL {reference}. A batch through the pool would keep its bookkeeping where the command line does not look: give the pool the URL's database, role and options (or the URL the pool's)",
+                endpoint.redacted()
+            )));
+        }
+        conn.batch_execute(&format!(
+            "SET lock_timeout = {}; SET default_transaction_read_only = off",
             lock_timeout.as_millis()
-        );
-        conn.batch_execute(&setup).map_err(|e| DriverError::Other {
-            bind: endpoint.bind.clone(),
-            detail: format!("cannot reset the session lent by the application's pool: {e}"),
+        ))
+        .map_err(|e| {
+            refused(format!(
+                "cannot set up the session lent by the application's pool: {e}"
+            ))
         })?;
         Ok(Conn::Lent(conn))
     }

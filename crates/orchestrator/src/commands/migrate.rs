@@ -619,12 +619,13 @@ fn plan_binds<'s>(
     for ((b, chain), state) in chains.iter().zip(states) {
         let state = match state {
             Ok(s) => s,
+            // A lock another run holds: busy (exit 1), as a running batch is.
+            Err(e @ DriverError::Busy { .. }) => {
+                planned.busy.push(e.to_string());
+                continue;
+            }
             Err(e) => {
-                let reason = match e {
-                    DriverError::Busy { .. } => Reason::Busy,
-                    _ => Reason::Unreachable,
-                };
-                planned.errors.push((reason, e.to_string()));
+                planned.errors.push((Reason::Unreachable, e.to_string()));
                 continue;
             }
         };
