@@ -7,9 +7,9 @@
 //! its role's and its database's `CONNECTION LIMIT` (MySQL: the account's
 //! `max_user_connections`), so that the sessions kept for reading never take the connections
 //! the application or a migration command needs. A kept connection is checked against the
-//! limits its place was given for before every read: a limit set or lowered since, a restart
-//! with fewer connections, or a name that now reaches another server gives the place up, and
-//! the bind's next read asks again. A server that cannot be identified across restarts (its
+//! limits its place was given for when it opens and every few seconds as it is lent (see
+//! `LIMITS_EVERY`): a limit set or lowered since, a restart with fewer connections, or a name
+//! that now reaches another server gives the place up, and the bind's next read asks again. A server that cannot be identified across restarts (its
 //! system identifier hidden from the role) keeps no session. SQLite files are opened per read
 //! (no server, nothing to save).
 //!
@@ -43,11 +43,17 @@ use crate::endpoint::{Backend, Endpoint};
 use crate::error::DriverError;
 use crate::participant::BindConnection;
 
-/// A kept connection, and what its database's and role's settings were when it opened.
+/// A kept connection, what its database's and role's settings were when it opened, and when
+/// its connection limits were last read.
 pub struct Kept {
     conn: BindConnection,
     defaults: String,
+    limits_read: Instant,
 }
+
+/// How often a kept connection's limits are read again (see [`ReadManager`]): a limit set or
+/// lowered is seen within this and one refresh, without reading the limits before every read.
+const LIMITS_EVERY: Duration = Duration::from_secs(5);
 
 /// Opens and checks the one kept connection of a bind for [`ReadPools`].
 #[derive(Debug)]
@@ -100,12 +106,20 @@ impl ManageConnection for ReadManager {
         let mut conn = BindConnection::connect(&self.endpoint, false, self.lock_timeout)?;
         self.check_limits(&mut conn)?;
         let defaults = conn.session_defaults()?;
-        Ok(Kept { conn, defaults })
+        Ok(Kept {
+            conn,
+            defaults,
+            limits_read: Instant::now(),
+        })
     }
 
     fn is_valid(&self, kept: &mut Kept) -> Result<(), DriverError> {
         kept.conn.prepare_reuse(&kept.defaults)?;
-        self.check_limits(&mut kept.conn)
+        if kept.limits_read.elapsed() >= LIMITS_EVERY {
+            self.check_limits(&mut kept.conn)?;
+            kept.limits_read = Instant::now();
+        }
+        Ok(())
     }
 
     fn has_broken(&self, kept: &mut Kept) -> bool {
