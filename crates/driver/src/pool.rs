@@ -9,9 +9,9 @@
 //! the application or a migration command needs. A kept connection is checked against the
 //! limits its place was given for when it opens and every few seconds as it is lent (see
 //! `LIMITS_EVERY`): a limit set or lowered since, a restart with fewer connections, or a name
-//! that now reaches another server gives the place up, and the bind's next read asks again. A server that cannot be identified across restarts (its
-//! system identifier hidden from the role) keeps no session. SQLite files are opened per read
-//! (no server, nothing to save).
+//! that now reaches another server gives the place up, and the bind's next read asks again.
+//! A server that cannot be identified across restarts (its system identifier hidden from the
+//! role) keeps no session. SQLite files are opened per read (no server, nothing to save).
 //!
 //! A read never waits on a pool: a kept connection that is idle and still answers is lent;
 //! otherwise (the first read of a bind, its connection busy with another read, lost, or still
