@@ -67,9 +67,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     pub refresh: u64,
     /// Reads keep one connection per PostgreSQL or MySQL bind between refreshes, for at most
-    /// this many binds per server (and never more than a quarter of the connections the
-    /// server accepts); the binds past it are read with a new connection each time. 0: keep
-    /// none. Actions always use connections of their own.
+    /// this many binds per server (and never more than a quarter of any connection limit they
+    /// count against: the server's, the role's, the database's); the binds past it are read
+    /// with a new connection each time. 0: keep none. Actions always use connections of
+    /// their own.
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub pool_per_server: usize,
 }
