@@ -463,7 +463,17 @@ fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
         cli: Vec<&'static str>,
         call: fn(&Orchestrator) -> Result<Option<orchestrate::BatchReport>, Error>,
     }
-    let upgrade: fn(&Orchestrator) -> _ = |o| o.upgrade();
+    impl Case {
+        /// `upgrade` through the library, `upgrade --all-binds` on the command line.
+        fn upgrade(reason: Reason, project: Project) -> Case {
+            Case {
+                reason,
+                project,
+                cli: vec!["upgrade", "--all-binds"],
+                call: |o| o.upgrade(),
+            }
+        }
+    }
     let mut cases = Vec::new();
 
     // A target that names no migration.
@@ -482,12 +492,7 @@ fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
     p.create_table("gone", "1_g", "g");
     std::fs::create_dir_all(p.path().join("migrations/gone")).unwrap();
     p.config("[binds.gone]\nurl = \"postgres://postgres@127.0.0.1:1/gone?connect_timeout=2\"");
-    cases.push(Case {
-        reason: Reason::Unreachable,
-        project: p,
-        cli: vec!["upgrade", "--all-binds"],
-        call: upgrade,
-    });
+    cases.push(Case::upgrade(Reason::Unreachable, p));
 
     // A statement that would escape the batch.
     let mut p = Project::new();
@@ -497,34 +502,19 @@ fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
         "CREATE TABLE a (id INT); COMMIT;",
         Some("DROP TABLE a;"),
     );
-    cases.push(Case {
-        reason: Reason::Escapes,
-        project: p,
-        cli: vec!["upgrade", "--all-binds"],
-        call: upgrade,
-    });
+    cases.push(Case::upgrade(Reason::Escapes, p));
 
     // A migration outside a transaction, without consent.
     let mut p = Project::new();
     p.add_pg("a").create_table("a", "1_a", "a");
     p.metadata("a", "1_a", "run_in_transaction = false\n");
-    cases.push(Case {
-        reason: Reason::NonTransactional,
-        project: p,
-        cli: vec!["upgrade", "--all-binds"],
-        call: upgrade,
-    });
+    cases.push(Case::upgrade(Reason::NonTransactional, p));
 
     // MySQL DDL next to a PostgreSQL bind, without consent.
     let mut p = Project::new();
     p.add_pg("a").create_table("a", "1_a", "a");
     p.add_mysql("m").create_table("m", "1_m", "m");
-    cases.push(Case {
-        reason: Reason::NotAtomic,
-        project: p,
-        cli: vec!["upgrade", "--all-binds"],
-        call: upgrade,
-    });
+    cases.push(Case::upgrade(Reason::NotAtomic, p));
 
     // One database under two names (TCP and the server's socket), which only the server can
     // tell.
@@ -534,12 +524,7 @@ fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
     let other = no_prepared.socket_url(&p.db("a").pg_name());
     p.create_table("b", "1_b", "b");
     p.config(&format!("[binds.b]\nurl = \"{other}\""));
-    cases.push(Case {
-        reason: Reason::SameDatabase,
-        project: p,
-        cli: vec!["upgrade", "--all-binds"],
-        call: upgrade,
-    });
+    cases.push(Case::upgrade(Reason::SameDatabase, p));
 
     // A SQLite file under a folder that is a dangling symbolic link.
     let mut p = Project::new();
@@ -547,12 +532,7 @@ fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
     std::os::unix::fs::symlink(p.path().join("nowhere"), p.path().join("dangling")).unwrap();
     p.create_table("s", "1_s", "s");
     p.config("[binds.s]\nurl = \"sqlite://dangling/s.sqlite3\"");
-    cases.push(Case {
-        reason: Reason::SqlitePath,
-        project: p,
-        cli: vec!["upgrade", "--all-binds"],
-        call: upgrade,
-    });
+    cases.push(Case::upgrade(Reason::SqlitePath, p));
 
     // A server that allows no prepared transactions.
     let mut p = Project::new();
@@ -560,12 +540,7 @@ fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
         .create_table("a", "1_a", "a");
     p.add_pg_at("b", &no_prepared.url)
         .create_table("b", "1_b", "b");
-    cases.push(Case {
-        reason: Reason::PreparedTransactions,
-        project: p,
-        cli: vec!["upgrade", "--all-binds"],
-        call: upgrade,
-    });
+    cases.push(Case::upgrade(Reason::PreparedTransactions, p));
 
     // A downgrade of a migration that has no down SQL.
     let mut p = Project::new();
@@ -590,12 +565,7 @@ fn each_refusal_has_its_reason_and_the_command_lines_exit_code() {
         Some("DROP TABLE a;"),
     );
     p.create_table("a", "2_b", "b");
-    cases.push(Case {
-        reason: Reason::Drift,
-        project: p,
-        cli: vec!["upgrade", "--all-binds"],
-        call: upgrade,
-    });
+    cases.push(Case::upgrade(Reason::Drift, p));
 
     for case in cases {
         let before = case.project.states();

@@ -581,6 +581,58 @@ fn overview(server: &Server) -> serde_json::Value {
     serde_json::from_str(&server.get("/api/overview", None).body).unwrap()
 }
 
+/// Reads `/api/overview` until `ok` holds, and returns it; fails with `what` and the last
+/// overview after `secs` seconds.
+fn wait_for(
+    server: &Server,
+    what: &str,
+    secs: u64,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = overview(server);
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The sessions on databases `names` that stay across a few refreshes (3.5 s): the kept
+/// ones; a session opened for one read lives milliseconds.
+fn kept_sessions(names: &[&str]) -> Vec<(String, i32, String)> {
+    let before = sessions_on(names);
+    std::thread::sleep(Duration::from_millis(3500));
+    let after = sessions_on(names);
+    before.into_iter().filter(|s| after.contains(s)).collect()
+}
+
+/// How many migrations the overview shows pending for bind `name` of the first environment.
+fn bind_pending(v: &serde_json::Value, name: &str) -> Option<usize> {
+    v["environments"][0]["status"]["binds"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["bind"] == name))
+        .map(|b| b["pending"].as_array().unwrap().len())
+}
+
+/// The errors the overview shows for bind `name` of the first environment.
+fn bind_errors(v: &serde_json::Value, name: &str) -> Vec<String> {
+    v["environments"][0]["status"]["binds"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["bind"] == name).cloned())
+        .map(|b| {
+            b["errors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[test]
 fn reads_keep_one_connection_per_bind_within_the_budget_per_server() {
     // Four PostgreSQL binds on one server (reached as 127.0.0.1 and as localhost), a budget
@@ -596,27 +648,15 @@ fn reads_keep_one_connection_per_bind_within_the_budget_per_server() {
     });
     let names: Vec<&str> = dbs.iter().map(|d| d.name.as_str()).collect();
     let server = Server::start_args(&p, None, &["dev", "--pool-per-server", "3"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = overview(&server);
+    let v = wait_for(&server, "the reads never reused a connection", 60, |v| {
         let r = &v["read_connections"];
-        if r["open"] == 3 && r["reused"].as_u64().unwrap_or(0) >= 6 {
-            assert_eq!(r["pooled_binds"], 3, "{v}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the reads never reused a connection: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        r["open"] == 3 && r["reused"].as_u64().unwrap_or(0) >= 6
+    });
+    assert_eq!(v["read_connections"]["pooled_binds"], 3, "{v}");
     // Across several refreshes (one a second), the same three sessions stay, one per
     // database; a session opened for one read lives milliseconds, not seconds.
-    let before = sessions_on(&names);
-    std::thread::sleep(Duration::from_millis(3500));
-    let after = sessions_on(&names);
-    let kept: Vec<&(String, i32, String)> = before.iter().filter(|s| after.contains(s)).collect();
-    assert_eq!(kept.len(), 3, "before {before:?}, after {after:?}");
+    let kept = kept_sessions(&names);
+    assert_eq!(kept.len(), 3, "{kept:?}");
     let mut databases: Vec<&str> = kept.iter().map(|s| s.0.as_str()).collect();
     databases.dedup();
     assert_eq!(databases.len(), 3, "{kept:?}");
@@ -629,27 +669,11 @@ fn reads_keep_one_connection_per_bind_within_the_budget_per_server() {
     // up to date (one kept, one not), and nothing waited on the kept sessions.
     p.run(&["--env", "dev", "upgrade", "--bind", "t0", "--bind", "t3"])
         .expect(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = overview(&server);
-        let binds = v["environments"][0]["status"]["binds"]
-            .as_array()
-            .unwrap()
-            .clone();
-        let pending = |name: &str| {
-            binds
-                .iter()
-                .find(|b| b["bind"] == name)
-                .map(|b| b["pending"].as_array().unwrap().len())
-        };
-        if pending("t0") == Some(0) && pending("t3") == Some(0) {
-            assert_eq!(pending("t1"), Some(1), "{v}");
-            assert_eq!(pending("t2"), Some(1), "{v}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "the upgrade never showed: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let v = wait_for(&server, "the upgrade never showed", 30, |v| {
+        bind_pending(v, "t0") == Some(0) && bind_pending(v, "t3") == Some(0)
+    });
+    assert_eq!(bind_pending(&v, "t1"), Some(1), "{v}");
+    assert_eq!(bind_pending(&v, "t2"), Some(1), "{v}");
     for (i, db) in dbs.iter().enumerate() {
         assert_eq!(versions(db), i64::from(i == 0 || i == 3), "t{i}");
     }
@@ -689,22 +713,8 @@ fn a_kept_session_reads_as_a_new_one_would_and_a_stuck_read_is_shown() {
     p.run(&["--env", "dev", "upgrade", "--bind", "s0"])
         .expect(0);
     let server = Server::start_args(&p, None, &["dev"]);
-    let pending = |v: &serde_json::Value, name: &str| {
-        v["environments"][0]["status"]["binds"]
-            .as_array()
-            .and_then(|b| b.iter().find(|b| b["bind"] == name).cloned())
-            .map(|b| b["pending"].as_array().unwrap().len())
-    };
     let wait = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool, secs: u64| {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let v = overview(&server);
-            if ok(&v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{what}: {v}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for(&server, what, secs, ok)
     };
     wait(
         "both binds keep a session",
@@ -746,7 +756,7 @@ fn a_kept_session_reads_as_a_new_one_would_and_a_stuck_read_is_shown() {
     // The page says what a new session says, within a few refreshes.
     wait(
         "the page agrees with status",
-        &|v| pending(v, "s0") == Some(1) && pending(v, "s1") == Some(0),
+        &|v| bind_pending(v, "s0") == Some(1) && bind_pending(v, "s1") == Some(0),
         20,
     );
     assert!(overview(&server)["overdue_since"].is_null());
@@ -804,32 +814,14 @@ fn kept_reads_take_a_quarter_of_any_connection_limit_and_lose_a_revoked_right_at
         .unwrap();
     let names: Vec<&str> = dbs.iter().map(|d| d.name.as_str()).collect();
     let server = Server::start_args(&p, None, &["dev"]);
-    let wait = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let v = overview(&server);
-            if ok(&v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{what}: {v}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
+    let wait =
+        |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| wait_for(&server, what, 60, ok);
     let reused = |v: &serde_json::Value| v["read_connections"]["reused"].as_u64().unwrap_or(0);
     let v = wait("t0..t3 keep a session", &|v| {
         v["read_connections"]["open"] == 4 && reused(v) >= 8
     });
     assert_eq!(v["read_connections"]["pooled_binds"], 4, "{v}");
-    let kept_sessions = || {
-        let before = sessions_on(&names);
-        std::thread::sleep(Duration::from_millis(3500));
-        let after = sessions_on(&names);
-        before
-            .into_iter()
-            .filter(|s| after.contains(s))
-            .collect::<Vec<_>>()
-    };
-    let kept = kept_sessions();
+    let kept = kept_sessions(&names);
     assert_eq!(kept.len(), 4, "{kept:?}");
     assert!(
         kept.iter()
@@ -856,7 +848,7 @@ fn kept_reads_take_a_quarter_of_any_connection_limit_and_lose_a_revoked_right_at
             .all(|b| b["errors"].as_array().unwrap().is_empty()),
         "{v}"
     );
-    let kept = kept_sessions();
+    let kept = kept_sessions(&names);
     assert_eq!(kept.len(), 2, "{kept:?}");
     // The role loses CONNECT on its databases: a new session is refused, so the page shows
     // every one of its binds unreadable at its next refreshes (a kept session would go on
@@ -869,38 +861,19 @@ fn kept_reads_take_a_quarter_of_any_connection_limit_and_lose_a_revoked_right_at
             ))
             .unwrap();
     }
-    let errors = |v: &serde_json::Value, name: &str| -> Vec<String> {
-        v["environments"][0]["status"]["binds"]
-            .as_array()
-            .and_then(|b| b.iter().find(|b| b["bind"] == name).cloned())
-            .map(|b| {
-                b["errors"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|e| e.as_str().unwrap().to_string())
-                    .collect()
+    let v = wait_for(
+        &server,
+        "the page still reads binds whose role lost CONNECT",
+        30,
+        |v| {
+            ["t0", "t1", "t2", "t3"].iter().all(|name| {
+                bind_errors(v, name).iter().any(|e| {
+                    e.contains(&format!("bind `{name}`")) && e.contains("permission denied")
+                })
             })
-            .unwrap_or_default()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = overview(&server);
-        let refused = ["t0", "t1", "t2", "t3"].iter().all(|name| {
-            errors(&v, name)
-                .iter()
-                .any(|e| e.contains(&format!("bind `{name}`")) && e.contains("permission denied"))
-        });
-        if refused {
-            assert!(errors(&v, "t4").is_empty(), "{v}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the page still reads binds whose role lost CONNECT: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        },
+    );
+    assert!(bind_errors(&v, "t4").is_empty(), "{v}");
     server.assert_no_password();
     drop(server);
     drop(dbs);
@@ -933,15 +906,7 @@ fn the_budget_holds_across_a_server_restart_and_binds_no_longer_read_give_their_
     fs::write(&dev, config(3)).unwrap();
     let server = Server::start_args(&p, None, &["dev", "--pool-per-server", "3"]);
     let wait = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool, secs: u64| {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let v = overview(&server);
-            if ok(&v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "{what}: {v}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for(&server, what, secs, ok)
     };
     wait(
         "three binds keep a session",
@@ -1015,28 +980,13 @@ fn a_mysql_account_limit_bounds_the_kept_sessions_too() {
     p.config("");
     fs::write(p.path().join("config/dev.toml"), text).unwrap();
     let server = Server::start_args(&p, None, &["dev"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = overview(&server);
-        let r = &v["read_connections"];
-        let errors = v["environments"][0]["status"]["binds"]
-            .as_array()
-            .map(|b| b.iter().map(|b| b["errors"].clone()).collect::<Vec<_>>());
-        if r["reused"].as_u64().unwrap_or(0) >= 4 {
-            assert_eq!(r["open"], 1, "{v}");
-            assert_eq!(r["pooled_binds"], 1, "{v}");
-            assert!(
-                errors
-                    .is_some_and(|e| e.iter().all(|e| e.as_array().is_some_and(|e| e.is_empty()))),
-                "{v}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the reads never reused a connection: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+    let v = wait_for(&server, "the reads never reused a connection", 60, |v| {
+        v["read_connections"]["reused"].as_u64().unwrap_or(0) >= 4
+    });
+    assert_eq!(v["read_connections"]["open"], 1, "{v}");
+    assert_eq!(v["read_connections"]["pooled_binds"], 1, "{v}");
+    for name in ["m0", "m1"] {
+        assert!(bind_errors(&v, name).is_empty(), "{v}");
     }
     // Two refreshes later, still one.
     std::thread::sleep(Duration::from_millis(2500));
@@ -1049,29 +999,16 @@ fn a_mysql_account_limit_bounds_the_kept_sessions_too() {
             .batch_execute(&format!("REVOKE ALL ON {}.* FROM '{user}'@'%'", db.name))
             .unwrap();
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = overview(&server);
-        let refused = v["environments"][0]["status"]["binds"]
-            .as_array()
-            .is_some_and(|b| {
-                b.len() == 2
-                    && b.iter().all(|b| {
-                        b["errors"].as_array().is_some_and(|e| {
-                            e.iter()
-                                .any(|e| e.as_str().is_some_and(|e| e.contains("denied")))
-                        })
-                    })
-            });
-        if refused {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the page still reads with the revoked privileges: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        &server,
+        "the page still reads with the revoked privileges",
+        30,
+        |v| {
+            ["m0", "m1"]
+                .iter()
+                .all(|name| bind_errors(v, name).iter().any(|e| e.contains("denied")))
+        },
+    );
     server.assert_no_password();
     drop(server);
     let _ = admin.batch_execute(&format!("DROP USER '{user}'@'%'"));

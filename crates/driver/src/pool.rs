@@ -231,20 +231,17 @@ impl Inner {
             return;
         }
         self.last_prune = Some(now);
-        let limits = &mut self.limits;
-        self.slots.retain(|_, slot| {
-            let keep = now.duration_since(slot.last_used) < forget_after;
-            if !keep && slot.pool.is_some() {
-                for name in &slot.limits {
-                    if let Some((_, used)) = limits.get_mut(name) {
-                        *used = used.saturating_sub(1);
-                    }
-                }
-            }
-            keep
-        });
+        let unread: Vec<SlotKey> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| now.duration_since(slot.last_used) >= forget_after)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &unread {
+            self.forget(key);
+        }
         // A limit nothing counts against is read again when a bind next needs it.
-        limits.retain(|_, (_, used)| *used > 0);
+        self.limits.retain(|_, (_, used)| *used > 0);
     }
 }
 
