@@ -617,8 +617,15 @@ impl diesel::r2d2::CustomizeConnection<diesel::PgConnection, diesel::r2d2::Error
 fn app_pool(
     url: &str,
 ) -> diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<diesel::PgConnection>> {
+    app_pool_of(url, 2)
+}
+
+fn app_pool_of(
+    url: &str,
+    size: u32,
+) -> diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<diesel::PgConnection>> {
     diesel::r2d2::Pool::builder()
-        .max_size(2)
+        .max_size(size)
         .connection_timeout(std::time::Duration::from_secs(3))
         .connection_customizer(Box::new(AppSession))
         .build(diesel::r2d2::ConnectionManager::new(url))
@@ -669,14 +676,44 @@ fn a_bind_can_borrow_the_applications_pool() {
     diesel::sql_query("CREATE SCHEMA app")
         .execute(&mut admin)
         .unwrap();
+    // A role the URL's user may become, with its own schema first in its search path: a
+    // batch as that role would keep its bookkeeping where the command line does not look.
+    {
+        use diesel::connection::SimpleConnection;
+        admin
+            .batch_execute(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app_role') THEN CREATE ROLE app_role; END IF; END $$; \
+                 GRANT app_role TO CURRENT_USER; CREATE SCHEMA app_role AUTHORIZATION app_role",
+            )
+            .unwrap();
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        work_mem: String,
+    }
+    let work_mem = |pool: &diesel::r2d2::Pool<_>| -> String {
+        let mut conn = pool.get().unwrap();
+        let s: Setting = diesel::sql_query("SHOW work_mem")
+            .get_result(&mut *conn)
+            .unwrap();
+        s.work_mem
+    };
     for (what, url) in [
         ("another database", other.url.clone()),
         (
             "another search_path",
             format!("{events_url}?options=-csearch_path%3Dapp"),
         ),
+        (
+            "another role",
+            format!("{events_url}?options=-crole%3Dapp_role"),
+        ),
     ] {
-        match builder_with(&app_pool(&url), Migrations::folder(&events)).upgrade() {
+        // One connection: the one the refused batch reset is the one the application would
+        // get next, were it given back.
+        let pool = app_pool_of(&url, 1);
+        match builder_with(&pool, Migrations::folder(&events)).upgrade() {
             Err(Error::Refused { errors, .. }) => assert!(
                 errors
                     .iter()
@@ -686,7 +723,29 @@ fn a_bind_can_borrow_the_applications_pool() {
             other => panic!("{what}: expected a refusal, got {other:?}"),
         }
         untouched(&p);
+        // The application's next connection is a new one its customizer set up, not the
+        // session the refused batch reset.
+        assert_eq!(work_mem(&pool), "5MB", "{what}");
     }
+    // A pool that cannot open a connection at all says why, not that it is too small.
+    let unreachable = diesel::r2d2::Pool::builder()
+        .max_size(1)
+        .connection_timeout(std::time::Duration::from_secs(2))
+        .build_unchecked(diesel::r2d2::ConnectionManager::new(format!(
+            "{}_missing",
+            events_url
+        )));
+    match builder_with(&unreachable, Migrations::folder(&events)).upgrade() {
+        Err(Error::Refused { errors, .. }) => assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("its last attempt to open one failed")
+                    && e.contains("does not exist")),
+            "{errors:?}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    untouched(&p);
     // A failing migration on events: every bind as it was.
     match builder(Migrations::embedded(&EVENTS_FAILING)).upgrade() {
         Err(Error::RolledBack { .. }) => {}
@@ -721,11 +780,6 @@ fn a_bind_can_borrow_the_applications_pool() {
         1
     );
     // The migration's SET stayed with a connection the pool has since closed.
-    #[derive(diesel::QueryableByName)]
-    struct Setting {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        work_mem: String,
-    }
     let mut both = [pool.get().unwrap(), pool.get().unwrap()];
     for conn in &mut both {
         let s: Setting = diesel::sql_query("SHOW work_mem")

@@ -88,13 +88,20 @@ pub struct Endpoint {
 pub type PgPool = diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<diesel::PgConnection>>;
 
 /// A pool to borrow from, and what a session opened from the endpoint's URL is (server,
-/// database, role and the settings it starts with), read once: every lent session must be
-/// the same, or the command line (which connects with the URL) would not see what a batch
-/// through the pool did.
+/// database, role and the settings it starts with), and when that was read: every lent
+/// session must be the same, or the command line (which connects with the URL) would not see
+/// what a batch through the pool did. Read again when older than [`Lending::REFERENCE_FOR`]
+/// (the URL's host may have failed over to another server since) or when a lent session
+/// differs.
 #[derive(Clone)]
 pub(crate) struct Lending {
     pub(crate) pool: PgPool,
-    pub(crate) reference: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    pub(crate) reference: std::sync::Arc<std::sync::Mutex<Option<(String, std::time::Instant)>>>,
+}
+
+impl Lending {
+    /// How long what the URL gives is taken as known: about one batch.
+    pub(crate) const REFERENCE_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 }
 
 impl fmt::Debug for Endpoint {

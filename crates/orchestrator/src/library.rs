@@ -505,6 +505,12 @@ impl Builder {
     /// otherwise its bookkeeping would be where the command line does not look. `build`
     /// refuses a pool for a bind that is not PostgreSQL or not configured.
     ///
+    /// Why only PostgreSQL: a MySQL or MariaDB session cannot be made new again from SQL (no
+    /// `RESET ALL`; a temporary table the pool's customizer created cannot be listed before
+    /// MariaDB 11.2, and would take a migration's writes; the client library's
+    /// `mysql_reset_connection` is not reachable through diesel), and a SQLite connection is
+    /// a file the library opens itself at no cost. Those binds connect with their URL.
+    ///
     /// ```
     /// use diesel::r2d2::{ConnectionManager, Pool};
     /// use diesel_migrations::{embed_migrations, EmbeddedMigrations};

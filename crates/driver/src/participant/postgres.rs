@@ -73,6 +73,7 @@ const REUSE_SQL: &str = "SELECT (SELECT s FROM (SELECT coalesce((SELECT s.nspnam
 /// itself and the encoding diesel sets anyway.
 const LENT_SQL: &str = "SELECT CAST(pg_catalog.pg_postmaster_start_time() AS TEXT) || ', port ' || pg_catalog.current_setting('port') \
      || ', database ' || pg_catalog.current_database() || ', role ' || session_user \
+     || ' as ' || current_user || ' (role setting ' || pg_catalog.current_setting('role') || ')' \
      || ', options: ' || coalesce((SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_catalog.pg_settings \
      WHERE source = 'client' AND name NOT IN ('application_name', 'client_encoding')), 'none') AS s";
 
@@ -370,9 +371,21 @@ impl Postgres {
             bind: endpoint.bind.clone(),
             detail,
         };
-        let mut conn = lending.pool.get().map_err(|e| refused(format!(
-            "no connection from the application's pool within its connection_timeout ({e}); a batch needs up to 2 of its connections free at once for each bind the pool serves: raise its max_size, or migrate before the application takes them"
-        )))?;
+        // Lent from here on: whatever happens next, the pool closes it rather than give the
+        // application a session this reset (or a refused check) left behind.
+        let mut conn = Conn::Lent(lending.pool.get().map_err(|e| {
+            let e = e.to_string();
+            // r2d2 adds the last error it met opening a connection, if any.
+            match e.split_once(": ") {
+                Some((_, cause)) => refused(format!(
+                    "no connection from the application's pool within its connection_timeout, and its last attempt to open one failed: {}; check the pool's URL and its connection customizer",
+                    crate::endpoint::redact_text(cause)
+                )),
+                None => refused(format!(
+                    "no connection from the application's pool within its connection_timeout ({e}); a batch needs up to 2 of its connections free at once for each bind the pool serves: raise its max_size, or migrate before the application takes them"
+                )),
+            }
+        })?);
         conn.batch_execute(
             "ROLLBACK; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *; \
              SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES; \
@@ -391,14 +404,18 @@ impl Postgres {
                 ))
             })?;
         let lent = lent.s.unwrap_or_default();
-        // Read once, and again when it differs (the server restarted since, say).
+        // Read again when it differs (the server restarted since, say) or is a batch old.
         let cached = lending
             .reference
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let reference = match cached {
-            Some(r) if r == lent => r,
+            Some((r, read))
+                if r == lent && read.elapsed() < crate::endpoint::Lending::REFERENCE_FOR =>
+            {
+                r
+            }
             _ => {
                 let mut own = PgConnection::establish(endpoint.connect_url()).map_err(|source| {
                     refused(format!(
@@ -413,7 +430,8 @@ impl Postgres {
                         refused(format!("cannot read the session the bind's URL gives: {e}"))
                     })?;
                 let r = r.s.unwrap_or_default();
-                *lending.reference.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
+                *lending.reference.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((r.clone(), std::time::Instant::now()));
                 r
             }
         };
@@ -432,7 +450,7 @@ impl Postgres {
                 "cannot set up the session lent by the application's pool: {e}"
             ))
         })?;
-        Ok(Conn::Lent(conn))
+        Ok(conn)
     }
 
     /// What a session of this database and role starts with besides the server's own
