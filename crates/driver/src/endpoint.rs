@@ -377,13 +377,12 @@ impl Endpoint {
     }
 
     /// This PostgreSQL endpoint with its connections borrowed from `pool` (the application's)
-    /// instead of opened from its URL, which still names the database in messages and
-    /// records and is what the command line connects with. Each borrowed connection is reset
-    /// as it is lent, checked to be the session the URL gives (the same server, database and
-    /// role, starting with the same settings: otherwise the batch would keep its bookkeeping
-    /// where the command line does not look; the URL is connected to once for that), and
-    /// closed, not given back, when its session ends: the pool opens a new one. `Err` for
-    /// another backend.
+    /// instead of opened from its URL, which still names the database in messages and records and
+    /// is what the command line connects with. Each borrowed connection is reset as it is lent,
+    /// checked to be the session the URL gives (the same server, database and role, starting with
+    /// the same settings: otherwise the batch would keep its bookkeeping where the command line
+    /// does not look; the URL is connected to, at most every 5 s, for that), and closed, not given
+    /// back, when its session ends: the pool opens a new one. `Err` for another backend.
     pub fn with_pool(mut self, pool: PgPool) -> Result<Endpoint, DriverError> {
         if self.backend != Backend::Postgres {
             return Err(DriverError::Other {

@@ -491,19 +491,19 @@ impl Builder {
     /// names the database in messages and in what a batch records (and is what the command
     /// line would connect with).
     ///
-    /// What the pool must allow: up to 2 of its connections at once per bind it serves,
-    /// within its `connection_timeout` (a batch's session, and a second one to read or to
-    /// finish the batch); a pool whose connections the application holds while it migrates
-    /// makes the batch fail with nothing changed, or, if the decision was already taken,
-    /// leaves it for [`Orchestrator::recover`]. Each borrowed connection starts as a new
-    /// session would (what the pool's customizer or an earlier user left on it, settings,
-    /// role, temporary tables, locks, is undone) and is closed when the library is done with
-    /// it, never given back: a migration may have changed its session, and the pool opens a
-    /// fresh one in its place. A borrowed session must be the one the bind's URL gives (the
-    /// same server, database and role, and the same startup options, such as a
-    /// `search_path`; the URL is connected to once to read that), or the batch is refused:
-    /// otherwise its bookkeeping would be where the command line does not look. `build`
-    /// refuses a pool for a bind that is not PostgreSQL or not configured.
+    /// What the pool must allow: up to 2 of its connections at once per bind it serves, within its
+    /// `connection_timeout` (a batch's session, and a second one to read or to finish the batch); a
+    /// pool whose connections the application holds while it migrates makes the batch fail with
+    /// nothing changed, or, if the decision was already taken, leaves it for
+    /// [`Orchestrator::recover`]. Each borrowed connection starts as a new session would (what the
+    /// pool's customizer or an earlier user left on it, settings, role, temporary tables, locks, is
+    /// undone) and is closed when the library is done with it, never given back: a migration may
+    /// have changed its session, and the pool opens a fresh one in its place. A borrowed session
+    /// must be the one the bind's URL gives (the same server, database and role, and the same
+    /// startup options, such as a `search_path`; the URL is connected to, at most every 5 s, to
+    /// read that), or the batch is refused: otherwise its bookkeeping would be where the command
+    /// line does not look. `build` refuses a pool for a bind that is not PostgreSQL or not
+    /// configured.
     ///
     /// Why only PostgreSQL: a MySQL or MariaDB session cannot be made new again from SQL (no
     /// `RESET ALL`; a temporary table the pool's customizer created cannot be listed before
