@@ -334,14 +334,14 @@ impl BindConnection {
         each!(self, c => !c.session().in_transaction())
     }
 
-    /// The connection limits a new connection of this bind counts against, each as a name and
-    /// how many connections it allows; the server's comes first. The server is named as it
-    /// names itself, whatever URL reached it, and the same after a restart (PostgreSQL: its
-    /// system identifier and port; MySQL: its host name and port); it allows
-    /// `max_connections` (PostgreSQL: less `superuser_reserved_connections`). Then, where they
-    /// are set: PostgreSQL's `CONNECTION LIMIT` of the role (superusers are exempt) and of the
-    /// database (every session there counts), and MySQL's `max_user_connections` of the
-    /// account. Empty for SQLite, which has no server.
+    /// The connection limits a new connection of this bind counts against, each as a name and how
+    /// many connections it allows; the server's comes first. The server is named as it names
+    /// itself, whatever URL reached it, and the same after a restart (PostgreSQL: its system
+    /// identifier and port; MySQL: its host name and port); it allows `max_connections`
+    /// (PostgreSQL: less `superuser_reserved_connections` and, from 16, `reserved_connections`).
+    /// Then, where they are set: PostgreSQL's `CONNECTION LIMIT` of the role (superusers are
+    /// exempt) and of the database (every session there counts), and MySQL's `max_user_connections`
+    /// of the account. Empty for SQLite, which has no server.
     pub fn connection_limits(&mut self) -> Result<Vec<(String, i64)>, DriverError> {
         const WHAT: &str = "cannot read which server this is and how many connections it accepts";
         let sql = match self {
@@ -362,7 +362,8 @@ impl BindConnection {
                 format!(
                     "WITH me AS (SELECT 'PostgreSQL ' || {id} || ', port ' || pg_catalog.current_setting('port') AS id) \
                      SELECT id AS s, CAST(pg_catalog.current_setting('max_connections') AS BIGINT) \
-                     - CAST(pg_catalog.current_setting('superuser_reserved_connections') AS BIGINT) AS n, 0 AS o FROM me \
+                     - CAST(pg_catalog.current_setting('superuser_reserved_connections') AS BIGINT) \
+                     - coalesce(CAST(pg_catalog.current_setting('reserved_connections', true) AS BIGINT), 0) AS n, 0 AS o FROM me \
                      UNION ALL SELECT me.id || ', role ' || r.rolname, CAST(r.rolconnlimit AS BIGINT), 1 FROM me, pg_catalog.pg_roles r \
                      WHERE r.rolname = session_user AND r.rolconnlimit >= 0 AND NOT r.rolsuper \
                      UNION ALL SELECT me.id || ', database ' || d.datname, CAST(d.datconnlimit AS BIGINT), 2 FROM me, pg_catalog.pg_database d \

@@ -611,8 +611,8 @@ pub struct ServerIdentity {
     /// The server's `max_prepared_transactions`.
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub max_prepared: i64,
-    /// The connections the server accepts from roles that are not superusers:
-    /// `max_connections` less `superuser_reserved_connections`.
+    /// The connections the server accepts from roles that are not superusers: `max_connections`
+    /// less `superuser_reserved_connections` and (from PostgreSQL 16) `reserved_connections`.
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub max_connections: i64,
 }

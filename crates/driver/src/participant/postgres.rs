@@ -583,7 +583,8 @@ impl Postgres {
              CAST(pg_catalog.current_database() AS TEXT) AS database, \
              CAST(pg_catalog.current_setting('max_prepared_transactions') AS BIGINT) AS max_prepared, \
              CAST(pg_catalog.current_setting('max_connections') AS BIGINT) \
-             - CAST(pg_catalog.current_setting('superuser_reserved_connections') AS BIGINT) AS max_connections",
+             - CAST(pg_catalog.current_setting('superuser_reserved_connections') AS BIGINT) \
+             - coalesce(CAST(pg_catalog.current_setting('reserved_connections', true) AS BIGINT), 0) AS max_connections",
         )
         .get_result(&mut *self.s.conn)
         .map_err(|e| self.s.query_err("cannot read which server this is", e))
