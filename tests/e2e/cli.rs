@@ -731,3 +731,55 @@ fn a_postgres_error_names_the_line_of_up_sql() {
         ("b_lite", crate::support::state(&[], &[])),
     ]);
 }
+
+/// Deploys that start at the same moment (several instances' start-up jobs, two pipelines)
+/// run the same command at once: one applies, the others find nothing left to do, and none
+/// fails.
+#[test]
+fn upgrades_started_at_once_do_not_fail() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_pg("b_pg").add_sqlite("c_lite");
+    for bind in ["a_pg", "b_pg", "c_lite"] {
+        p.create_table(bind, "1_t", &format!("t_{bind}"));
+        p.create_table(bind, "2_u", &format!("u_{bind}"));
+    }
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            p.command(&["upgrade", "--all-binds"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let runs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let shown: Vec<String> = runs
+        .iter()
+        .map(|r| {
+            format!(
+                "{:?}\n{}\n{}",
+                r.status.code(),
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&r.stderr)
+            )
+        })
+        .collect();
+    assert!(
+        runs.iter().all(|r| r.status.code() == Some(0)),
+        "{}",
+        shown.join("\n----\n")
+    );
+    // One applied the batch; the others found nothing left to do (at once, or after
+    // planning again).
+    let applied = runs
+        .iter()
+        .filter(|r| !String::from_utf8_lossy(&r.stdout).contains("Nothing to do"))
+        .count();
+    assert_eq!(applied, 1, "{}", shown.join("\n----\n"));
+    for bind in ["a_pg", "b_pg", "c_lite"] {
+        assert_eq!(p.db(bind).state().versions.len(), 2, "{bind}");
+    }
+}

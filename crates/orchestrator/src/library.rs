@@ -1175,7 +1175,8 @@ impl Orchestrator {
             attempts += 1;
             match self.migrate_once(direction, &args) {
                 Err(Error::RolledBack { report, .. })
-                    if attempts < 4 && moved_elsewhere(&report) =>
+                    if attempts < crate::commands::migrate::REPLANS
+                        && crate::commands::migrate::moved_elsewhere(&report) =>
                 {
                     tracing::info!(batch = %report.batch_id, "the databases changed while the batch was planned; planning again");
                     continue;
@@ -1235,20 +1236,6 @@ impl Orchestrator {
             }),
         }
     }
-}
-
-/// Whether a batch failed only because another run changed a bind between its plan and its
-/// batch (`DriverError::Moved`): nothing was applied, and planning again is right.
-/// (Other binds' errors may be the same; if not, the next plan meets them again.)
-fn moved_elsewhere(report: &BatchReport) -> bool {
-    matches!(
-        &report.verdict,
-        Verdict::RolledBack {
-            error: crate::coordinator::BatchError::Bind(
-                orchestrate_driver::DriverError::Moved { .. }
-            )
-        }
-    )
 }
 
 fn bind_targets(targets: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {

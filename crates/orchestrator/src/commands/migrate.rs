@@ -27,6 +27,9 @@ use crate::exit;
 use crate::settings::{BindSettings, Settings};
 
 /// `orchestrate upgrade` / `downgrade`: validates, then runs one batch (or prints its SQL).
+/// A batch that finds its databases changed since it was planned (another run applied the
+/// same migrations first: deploys started at once) applied nothing, and is planned again, a
+/// few times at most; the other runs then find nothing to do.
 pub fn migrate(
     settings: &Settings,
     direction: Direction,
@@ -34,9 +37,47 @@ pub fn migrate(
     allow: Allow,
     o: &mut Output,
 ) -> i32 {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match migrate_once(settings, direction, args, allow, o, attempts < REPLANS) {
+            Ok(code) => return code,
+            Err(batch) => o.note(format!(
+                "note: batch {batch} applied nothing: another run changed these databases after it was planned (deploys started at once?); planning again"
+            )),
+        }
+    }
+}
+
+/// How many times a batch is planned at most when other runs keep moving its databases.
+pub(crate) const REPLANS: usize = 4;
+
+/// Whether a batch failed only because another run changed a bind between its plan and its
+/// batch (`DriverError::Moved`): nothing was applied, and planning again is right. (Other
+/// binds' errors may be the same; if not, the next plan meets them again.)
+pub(crate) fn moved_elsewhere(report: &BatchReport) -> bool {
+    matches!(
+        &report.verdict,
+        Verdict::RolledBack {
+            error: crate::coordinator::BatchError::Bind(DriverError::Moved { .. })
+        }
+    )
+}
+
+/// One plan and its batch, to its exit code; `Err(batch id)` when `replan` is set and the
+/// batch found its databases moved (nothing applied, nothing printed but the progress
+/// lines).
+fn migrate_once(
+    settings: &Settings,
+    direction: Direction,
+    args: &MigrateArgs,
+    allow: Allow,
+    o: &mut Output,
+    replan: bool,
+) -> Result<i32, String> {
     let checked = match check_batch(settings, direction, args, allow) {
         Ok(checked) => checked,
-        Err(refusal) => return o.refuse(refusal),
+        Err(refusal) => return Ok(o.refuse(refusal)),
     };
     print_down_sql_notes(&checked.plans, o);
     let Checked {
@@ -60,14 +101,14 @@ pub fn migrate(
         } else {
             o.line("Nothing to do: every selected bind is at its target.");
         }
-        return exit::OK;
+        return Ok(exit::OK);
     }
     if super::segments::has_segments(&works) {
         if args.sql {
             print_segments_sql(settings, &works, &mut *o.out);
-            return exit::OK;
+            return Ok(exit::OK);
         }
-        return super::segments::run(settings, direction, args, &works, o);
+        return Ok(super::segments::run(settings, direction, args, &works, o));
     }
     if args.sql {
         for (k, wave) in waves.iter().enumerate() {
@@ -83,7 +124,7 @@ pub fn migrate(
             }
             print_sql(settings, &wave_works(&works, wave), &mut *o.out);
         }
-        return exit::OK;
+        return Ok(exit::OK);
     }
     if let Some(wave_settings) = rollout {
         let rollout = super::rollout::Rollout {
@@ -92,19 +133,22 @@ pub fn migrate(
             args,
             waves: &wave_settings,
         };
-        return rollout.run(&works, &waves, o);
+        return Ok(rollout.run(&works, &waves, o));
     }
     if !args.json {
         print_guarantees(settings, &works, o);
     }
     let migrations = migration_counts(&works);
     let report = run_one(settings, direction, args, works, o);
-    if args.json {
+    if replan && moved_elsewhere(&report) {
+        return Err(report.batch_id);
+    }
+    Ok(if args.json {
         print_json_outcome(&report, &migrations, o)
     } else {
         let summary = summarise(&report, args);
         print_outcome(report, summary, o)
-    }
+    })
 }
 
 /// How many migrations each bind runs.
