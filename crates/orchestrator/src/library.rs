@@ -1169,13 +1169,15 @@ impl Orchestrator {
         };
         // Another run (another instance of the application starting at the same time) may
         // apply the same migrations between this plan and the batch: the batch then fails
-        // with nothing applied, and is planned again, a few times at most.
+        // with nothing applied, and an upgrade to fixed targets is planned again, a few times
+        // at most (not a downgrade: planned again, it would revert other migrations).
         let mut attempts = 0;
         loop {
             attempts += 1;
             match self.migrate_once(direction, &args) {
                 Err(Error::RolledBack { report, .. })
                     if attempts < crate::commands::migrate::REPLANS
+                        && crate::commands::migrate::may_replan(direction, &args)
                         && crate::commands::migrate::moved_elsewhere(&report) =>
                 {
                     tracing::info!(batch = %report.batch_id, "the databases changed while the batch was planned; planning again");

@@ -27,9 +27,11 @@ use crate::exit;
 use crate::settings::{BindSettings, Settings};
 
 /// `orchestrate upgrade` / `downgrade`: validates, then runs one batch (or prints its SQL).
-/// A batch that finds its databases changed since it was planned (another run applied the
-/// same migrations first: deploys started at once) applied nothing, and is planned again, a
-/// few times at most; the other runs then find nothing to do.
+/// An upgrade to fixed targets that finds its databases changed since it was planned
+/// (another run applied the same migrations first: deploys started at once) applied nothing,
+/// and is planned again, a few times at most; the other runs then find nothing to do. Not a
+/// downgrade or a relative target (`+N`): planned again, they would revert or apply other
+/// migrations than the ones the command was given for.
 pub fn migrate(
     settings: &Settings,
     direction: Direction,
@@ -40,7 +42,8 @@ pub fn migrate(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match migrate_once(settings, direction, args, allow, o, attempts < REPLANS) {
+        let replan = attempts < REPLANS && may_replan(direction, args);
+        match migrate_once(settings, direction, args, allow, o, replan) {
             Ok(code) => return code,
             Err(batch) => o.note(format!(
                 "note: batch {batch} applied nothing: another run changed these databases after it was planned (deploys started at once?); planning again"
@@ -51,6 +54,23 @@ pub fn migrate(
 
 /// How many times a batch is planned at most when other runs keep moving its databases.
 pub(crate) const REPLANS: usize = 4;
+
+/// Whether a batch that found its databases moved may be planned again: an upgrade whose
+/// targets are fixed points (`head`, a revision), which another run's work only brings
+/// closer. A downgrade or a relative target would mean other migrations than those planned.
+pub(crate) fn may_replan(direction: Direction, args: &MigrateArgs) -> bool {
+    direction == Direction::Up
+        && args
+            .target
+            .iter()
+            .map(String::as_str)
+            .chain(
+                args.targets
+                    .iter()
+                    .map(|t| t.split_once('=').map_or(t.as_str(), |(_, t)| t)),
+            )
+            .all(|t| matches!(t.parse::<Target>(), Ok(Target::Head | Target::Revision(_))))
+}
 
 /// Whether a batch failed only because another run changed a bind between its plan and its
 /// batch (`DriverError::Moved`): nothing was applied, and planning again is right. (Other
