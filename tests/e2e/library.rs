@@ -8,7 +8,7 @@ use std::process::Command;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations};
 use orchestrate::{Error, Migrations, Orchestrator, RefusalKind};
 
-use crate::support::{state, Project};
+use crate::support::{state, Db, Project};
 
 const USERS: EmbeddedMigrations = embed_migrations!("examples/app/migrations/users");
 const BILLING: EmbeddedMigrations = embed_migrations!("examples/app/migrations/billing");
@@ -630,6 +630,67 @@ fn app_pool_of(
         .connection_customizer(Box::new(AppSession))
         .build(diesel::r2d2::ConnectionManager::new(url))
         .unwrap()
+}
+
+/// A pool whose sessions were opened before an `ALTER DATABASE ... SET search_path`: after
+/// their reset they start with the old search path, the command line's new sessions with the
+/// new one. The library does not run the batch on them (its bookkeeping would be where the
+/// command line does not look, and the command line would apply the migrations again): they
+/// are closed and the pool's new sessions used, so the library and the command line agree.
+#[test]
+fn sessions_a_pool_opened_before_an_alter_database_are_not_used_as_they_were() {
+    let p = project();
+    let Db::Pg(db) = p.db("events") else {
+        unreachable!()
+    };
+    // Six connections open now, before the change: more than the library borrows, and none
+    // opened in advance in place of one it closes (`min_idle` 0), so that it is lent old ones.
+    let pool = diesel::r2d2::Pool::builder()
+        .max_size(6)
+        .min_idle(Some(0))
+        .connection_timeout(std::time::Duration::from_secs(3))
+        .connection_customizer(Box::new(AppSession))
+        .build(diesel::r2d2::ConnectionManager::<diesel::PgConnection>::new(&db.url))
+        .unwrap();
+    drop((0..6).map(|_| pool.get().unwrap()).collect::<Vec<_>>());
+    assert_eq!(pool.state().idle_connections, 6);
+    {
+        use diesel::connection::SimpleConnection;
+        p.db("events")
+            .pg()
+            .batch_execute(&format!(
+                "CREATE SCHEMA app; ALTER DATABASE {} SET search_path = app",
+                db.name
+            ))
+            .unwrap();
+    }
+    embedded(&p)
+        .pool("events", pool.clone())
+        .build()
+        .unwrap()
+        .upgrade()
+        .unwrap()
+        .expect("something to do");
+    // The bind's URL, whose sessions start in `app` (the command line's), finds everything
+    // applied.
+    assert!(embedded(&p).build().unwrap().upgrade().unwrap().is_none());
+    let tables = |schema: &str| {
+        p.db("events").count(&format!(
+            "SELECT count(*) AS n FROM pg_catalog.pg_tables WHERE schemaname = '{schema}' AND tablename IN ('events', '__diesel_schema_migrations')"
+        ))
+    };
+    assert_eq!((tables("app"), tables("public")), (2, 0));
+    // The end-of-test checks read `public`: the tables are moved there.
+    {
+        use diesel::connection::SimpleConnection;
+        p.db("events")
+            .pg()
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RESET search_path; ALTER SCHEMA public RENAME TO public_before; ALTER SCHEMA app RENAME TO public",
+                db.name
+            ))
+            .unwrap();
+    }
 }
 
 /// A PostgreSQL bind served by the application's own r2d2 pool: its sessions start as the

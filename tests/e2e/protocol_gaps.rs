@@ -1060,3 +1060,66 @@ fn a_plan_made_before_another_run_committed_is_not_run() {
     p.run(&["downgrade", "--bind", "app"]).expect(0);
     p.assert_states(&[("app", state(&["a", "b"], &["1", "2"]))]);
 }
+
+/// A participant's history is where its search_path pointed when the batch ran. When an
+/// operator then moves the database's search_path (`ALTER DATABASE ... SET search_path`) to a
+/// schema without the tool's tables, `recover` must still find the committed batch there: not
+/// conclude from an empty schema that someone rolled it back (a false heuristic outcome,
+/// recorded for good).
+#[test]
+fn recover_finds_a_participants_history_after_its_search_path_moved() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_a", "a");
+    p.create_table("b_pg", "1_b", "b");
+    p.run_stopped_at(&["upgrade", "--all-binds"], "after-decision");
+    assert_eq!(p.db("b_pg").state().prepared.len(), 1);
+    let Db::Pg(db) = p.db("b_pg") else {
+        unreachable!()
+    };
+    p.db("b_pg")
+        .pg()
+        .batch_execute(&format!(
+            "CREATE SCHEMA app; ALTER DATABASE {} SET search_path = app",
+            db.name
+        ))
+        .unwrap();
+    let run = p.run(&["recover"]);
+    run.expect(0);
+    assert!(!run.stdout.contains("heuristic"), "{}", run.stdout);
+    let history_tables = |schema: &str| {
+        p.db("b_pg").count(&format!(
+            "SELECT count(*) AS n FROM pg_catalog.pg_tables t WHERE t.schemaname = '{schema}' AND t.tablename = 'orchestrate_history'"
+        ))
+    };
+    // Nothing was written into the new schema.
+    assert_eq!(history_tables("app"), 0, "{}", run.stdout);
+    assert_eq!(
+        p.db("b_pg").count(
+            "SELECT count(*) AS n FROM public.orchestrate_history WHERE direction = 'heuristic'"
+        ),
+        0
+    );
+    assert_eq!(
+        p.db("b_pg").count(
+            "SELECT count(*) AS n FROM pg_catalog.pg_prepared_xacts WHERE database = pg_catalog.current_database()"
+        ),
+        0
+    );
+    assert_eq!(
+        p.db("b_pg")
+            .count("SELECT count(*) AS n FROM public.__diesel_schema_migrations"),
+        1
+    );
+    let again = p.run(&["recover"]);
+    again.expect(0);
+    p.db("b_pg")
+        .pg()
+        .batch_execute(&format!("ALTER DATABASE {} RESET search_path", db.name))
+        .unwrap();
+    p.assert_states(&[
+        ("a_pg", state(&["a"], &["1"])),
+        ("b_pg", state(&["b"], &["1"])),
+    ]);
+}

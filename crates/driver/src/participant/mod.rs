@@ -221,6 +221,17 @@ pub(crate) trait Db:
         Ok(Vec::new())
     }
 
+    /// Whether the `orchestrate_history` of another schema than this session's (PostgreSQL:
+    /// where an earlier default search_path put it) has a row of `batch_id` matching
+    /// `condition`. A batch id is unique, so a row there is this bind's.
+    fn history_elsewhere(
+        _: &mut Session<Self>,
+        _batch_id: &str,
+        _condition: &str,
+    ) -> Result<bool, DriverError> {
+        Ok(false)
+    }
+
     /// The rows of `batch_id` in the `orchestrate_batches` of other schemas than this
     /// session's (PostgreSQL), with their schema.
     fn batch_rows_elsewhere(
@@ -337,8 +348,9 @@ impl<P: HasSession> Bookkeeping for P {
     }
 
     fn has_batch(&mut self, batch_id: &str) -> Result<bool, DriverError> {
-        self.session()
-            .has_history(batch_id, "direction IN ('up', 'down')")
+        const STEPS: &str = "direction IN ('up', 'down')";
+        let s = self.session();
+        Ok(s.has_history(batch_id, STEPS)? || P::Conn::history_elsewhere(s, batch_id, STEPS)?)
     }
 
     fn history_events(&mut self) -> Result<Vec<HistoryEvent>, DriverError> {
@@ -346,8 +358,10 @@ impl<P: HasSession> Bookkeeping for P {
     }
 
     fn has_heuristic(&mut self, batch_id: &str) -> Result<bool, DriverError> {
-        self.session()
-            .has_history(batch_id, "direction = 'heuristic'")
+        const HEURISTIC: &str = "direction = 'heuristic'";
+        let s = self.session();
+        Ok(s.has_history(batch_id, HEURISTIC)?
+            || P::Conn::history_elsewhere(s, batch_id, HEURISTIC)?)
     }
 
     fn record_heuristic(

@@ -68,14 +68,18 @@ const REUSE_SQL: &str = "SELECT (SELECT s FROM (SELECT coalesce((SELECT s.nspnam
      || ' ' || coalesce((SELECT CAST(datallowconn AS TEXT) FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()), '-') AS f";
 
 /// What a session is, for comparing one lent by an application's pool with one the bind's URL
-/// gives: the server (start time and port), the database, the role, and the settings the
-/// connection started with (`options` in the URL) but for the name the application gives
-/// itself and the encoding diesel sets anyway.
+/// gives: the server (start time and port), the database, the session and current role, and
+/// the settings the session starts with besides the server's own configuration (`options` in
+/// the URL; `ALTER DATABASE`, `ALTER ROLE ... SET`: a pooled session opened before such a
+/// change still starts with what was set then) but for the name the application gives itself
+/// and the encoding diesel sets anyway. The effective `search_path` and the schemas it
+/// resolves to, too: where this tool's tables are.
 const LENT_SQL: &str = "SELECT CAST(pg_catalog.pg_postmaster_start_time() AS TEXT) || ', port ' || pg_catalog.current_setting('port') \
      || ', database ' || pg_catalog.current_database() || ', role ' || session_user \
      || ' as ' || current_user || ' (role setting ' || pg_catalog.current_setting('role') || ')' \
-     || ', options: ' || coalesce((SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_catalog.pg_settings \
-     WHERE source = 'client' AND name NOT IN ('application_name', 'client_encoding')), 'none') AS s";
+     || ', search_path ' || pg_catalog.current_setting('search_path') || ' (' || pg_catalog.array_to_string(pg_catalog.current_schemas(false), ',') || ')' \
+     || ', options: ' || coalesce((SELECT string_agg(name || '=' || setting || ' (' || source || ')', ' ' ORDER BY name) FROM pg_catalog.pg_settings \
+     WHERE source IN ('client', 'database', 'user', 'database user') AND name NOT IN ('application_name', 'client_encoding')), 'none') AS s";
 
 #[derive(QueryableByName)]
 struct SchemaAndDefaults {
@@ -273,6 +277,35 @@ impl Db for PgConnection {
         Ok(schemas.into_iter().filter_map(|n| n.s).collect())
     }
 
+    fn history_elsewhere(
+        s: &mut Session<Self>,
+        batch_id: &str,
+        condition: &str,
+    ) -> Result<bool, DriverError> {
+        let here = s.schema_name();
+        let schemas: Vec<Name> = s.rows(
+            "cannot read the catalog",
+            "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relname = 'orchestrate_history' AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
+            &[Arg::Text(&here)],
+        )?;
+        for schema in schemas.into_iter().filter_map(|n| n.s) {
+            let n = s.count(
+                "cannot read orchestrate_history",
+                &format!(
+                    "SELECT count(*) AS n FROM {}.\"orchestrate_history\" WHERE batch_id = ? AND {condition}",
+                    quote_ident::<Self>(&schema)
+                ),
+                &[Arg::Text(batch_id)],
+            )?;
+            if n > 0 {
+                tracing::warn!(bind = %s.endpoint().bind, batch = %batch_id, schema = %schema, "the batch's history is in schema {schema}, not in {here} where this session's search_path points now");
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     fn batch_rows_elsewhere(
         s: &mut Session<Self>,
         batch_id: &str,
@@ -360,13 +393,44 @@ impl Postgres {
     /// read-write transactions are set. It must then be the session the bind's URL gives
     /// ([`LENT_SQL`]): the same server, database and role, starting with the same settings
     /// (a pool whose URL sets another `search_path` would keep the bookkeeping where the
-    /// command line does not look). It is closed, not given back, when the session ends (see
-    /// [`Conn::Lent`]).
+    /// command line does not look). A session that is not is closed and another taken, as many
+    /// times as the pool has connections (those it opened before an `ALTER DATABASE ... SET`
+    /// give way to new ones); then the batch is refused. A lent session is closed, not given
+    /// back, when it ends (see [`Conn::Lent`]).
     fn borrow(
         endpoint: &Endpoint,
         lending: &crate::endpoint::Lending,
         lock_timeout: Duration,
     ) -> Result<Conn<PgConnection>, DriverError> {
+        let tries = lending.pool.max_size().max(1) + 1;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Postgres::lend_once(endpoint, lending, lock_timeout)? {
+                Ok(conn) => return Ok(conn),
+                // Closed as it drops: the pool opens a new session in its place.
+                Err((lent, reference)) if attempt >= tries => {
+                    return Err(DriverError::Other {
+                        bind: endpoint.bind.clone(),
+                        detail: format!(
+                            "the application's pool lends sessions unlike the one the bind's URL ({}) gives ({attempt} tried): pool {lent}; URL {reference}. A batch through the pool would not run as the command line's would, or would keep its bookkeeping where the command line does not look: give the pool the URL's database, role and options (or the URL the pool's); sessions the pool opened before an ALTER DATABASE or ALTER ROLE ... SET start with the old settings until it replaces them",
+                            endpoint.redacted()
+                        ),
+                    });
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// One connection from the pool, reset and compared with what the URL gives: `Ok(Err((lent,
+    /// reference)))` when they differ (the connection is closed as it drops).
+    #[allow(clippy::type_complexity)]
+    fn lend_once(
+        endpoint: &Endpoint,
+        lending: &crate::endpoint::Lending,
+        lock_timeout: Duration,
+    ) -> Result<Result<Conn<PgConnection>, (String, String)>, DriverError> {
         let refused = |detail: String| DriverError::Other {
             bind: endpoint.bind.clone(),
             detail,
@@ -436,10 +500,7 @@ impl Postgres {
             }
         };
         if lent != reference {
-            return Err(refused(format!(
-                "the application's pool lends a session unlike the one the bind's URL ({}) gives: pool {lent}; URL {reference}. A batch through the pool would keep its bookkeeping where the command line does not look: give the pool the URL's database, role and options (or the URL the pool's)",
-                endpoint.redacted()
-            )));
+            return Ok(Err((lent, reference)));
         }
         conn.batch_execute(&format!(
             "SET lock_timeout = {}; SET default_transaction_read_only = off",
@@ -450,7 +511,7 @@ impl Postgres {
                 "cannot set up the session lent by the application's pool: {e}"
             ))
         })?;
-        Ok(conn)
+        Ok(Ok(conn))
     }
 
     /// What a session of this database and role starts with besides the server's own
