@@ -505,6 +505,12 @@ impl Builder {
     /// line does not look. `build` refuses a pool for a bind that is not PostgreSQL or not
     /// configured.
     ///
+    /// What is not seen: a custom setting (a name with a dot, such as `app.tenant`) given in the
+    /// pool URL's `options` is not listed by PostgreSQL anywhere a session can read, and `RESET
+    /// ALL` keeps it; a migration (a column default, a trigger, a policy) reading it with
+    /// `current_setting` sees the pool's value where the command line sees none. Give such settings
+    /// with `SET` in the pool's customizer instead (that is undone), or not at all.
+    ///
     /// Why only PostgreSQL: a MySQL or MariaDB session cannot be made new again from SQL (no
     /// `RESET ALL`; a temporary table the pool's customizer created cannot be listed before
     /// MariaDB 11.2, and would take a migration's writes; the client library's
