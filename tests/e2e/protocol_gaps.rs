@@ -1123,3 +1123,75 @@ fn recover_finds_a_participants_history_after_its_search_path_moved() {
         ("b_pg", state(&["b"], &["1"])),
     ]);
 }
+
+/// Review 25: a batch whose non-atomic MariaDB bind had committed its migration, and had it
+/// undone with its down.sql when another bind found its database moved, did run something:
+/// it is not planned again as if nothing had happened (the application's row written in
+/// between went with the undone table). The run stops, says what was undone, exit 1.
+#[test]
+fn a_moved_batch_that_undid_a_non_atomic_bind_is_not_planned_again() {
+    let mut p = Project::new();
+    p.config("decider = \"a_my\"");
+    p.add_mysql("a_my").add_mysql("b_my");
+    p.migration(
+        "a_my",
+        "1_a",
+        "CREATE TABLE ta (id INT);\nINSERT INTO ta VALUES (1);\nDO SLEEP(3);",
+        Some("DROP TABLE ta;"),
+    );
+    p.create_table("b_my", "1_b", "tb");
+    let first = crate::crash::spawn(&p, &["upgrade", "--all-binds", "--allow-non-atomic"], "");
+    crate::crash::wait_until("a_my's migration ran", || {
+        p.db("a_my").count(
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = 'ta'",
+        ) > 0
+    });
+    p.run(&["upgrade", "--bind", "b_my", "--allow-non-atomic"])
+        .expect(0);
+    let (code, text) = finished(first);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("undone"), "{text}");
+    assert!(!text.contains("planning again"), "{text}");
+    p.assert_states(&[("a_my", state(&[], &[])), ("b_my", state(&["tb"], &["1"]))]);
+    p.run(&["upgrade", "--all-binds", "--allow-non-atomic"])
+        .expect(0);
+    p.assert_states(&[
+        ("a_my", state(&["ta"], &["1"])),
+        ("b_my", state(&["tb"], &["1"])),
+    ]);
+}
+
+/// Review 25: an upgrade to a revision that another run's upgrade went past while it waited
+/// is not planned again into a refusal that advises a downgrade: it stops as a moved batch
+/// (exit 1, nothing applied, run it again).
+#[test]
+fn an_upgrade_to_a_revision_overtaken_by_another_run_is_not_planned_again() {
+    let mut p = Project::new();
+    p.add_pg("app");
+    p.migration(
+        "app",
+        "1_a",
+        "CREATE TABLE a (id INT); SELECT pg_sleep(2);",
+        Some("DROP TABLE a;"),
+    );
+    p.create_table("app", "2_b", "b");
+    let head = crate::crash::spawn(&p, &["upgrade", "--all-binds"], "");
+    crate::crash::wait_until("the upgrade holds the lock", || {
+        p.db("app").count(
+            "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND d.datname = current_database() AND l.granted",
+        ) > 0
+    });
+    let to_one = p.run(&["upgrade", "--all-binds", "1"]);
+    assert_eq!(to_one.code, 1, "{to_one:?}");
+    assert!(
+        to_one
+            .stderr
+            .contains("changed while the batch was being planned"),
+        "{to_one:?}"
+    );
+    assert!(!to_one.stderr.contains("downgrade"), "{to_one:?}");
+    let (code, text) = finished(head);
+    assert_eq!(code, Some(0), "{text}");
+    p.assert_states(&[("app", state(&["a", "b"], &["1", "2"]))]);
+}

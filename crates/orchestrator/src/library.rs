@@ -1175,8 +1175,8 @@ impl Orchestrator {
         };
         // Another run (another instance of the application starting at the same time) may
         // apply the same migrations between this plan and the batch: the batch then fails
-        // with nothing applied, and an upgrade to fixed targets is planned again, a few times
-        // at most (not a downgrade: planned again, it would revert other migrations).
+        // with nothing applied, and an upgrade to head is planned again, a few times at most
+        // (not a downgrade or given targets: planned again, they would run other migrations).
         let mut attempts = 0;
         loop {
             attempts += 1;

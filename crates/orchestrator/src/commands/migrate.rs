@@ -27,11 +27,12 @@ use crate::exit;
 use crate::settings::{BindSettings, Settings};
 
 /// `orchestrate upgrade` / `downgrade`: validates, then runs one batch (or prints its SQL).
-/// An upgrade to fixed targets that finds its databases changed since it was planned
-/// (another run applied the same migrations first: deploys started at once) applied nothing,
-/// and is planned again, a few times at most; the other runs then find nothing to do. Not a
+/// An upgrade to `head` that finds its databases changed since it was planned (another run
+/// applied the same migrations first: deploys started at once) applied nothing, and is
+/// planned again, a few times at most; the other runs then find nothing to do. Not a
 /// downgrade or a relative target (`+N`): planned again, they would revert or apply other
-/// migrations than the ones the command was given for.
+/// migrations than the ones the command was given for; nor a revision another run may have
+/// gone past.
 pub fn migrate(
     settings: &Settings,
     direction: Direction,
@@ -55,9 +56,10 @@ pub fn migrate(
 /// How many times a batch is planned at most when other runs keep moving its databases.
 pub(crate) const REPLANS: usize = 4;
 
-/// Whether a batch that found its databases moved may be planned again: an upgrade whose
-/// targets are fixed points (`head`, a revision), which another run's work only brings
-/// closer. A downgrade or a relative target would mean other migrations than those planned.
+/// Whether a batch that found its databases moved may be planned again: an upgrade to
+/// `head`, which another run's work only brings closer. A downgrade or a relative target
+/// would mean other migrations than those planned, and a revision another run may have gone
+/// past (planned again, that is a refusal: "use downgrade").
 pub(crate) fn may_replan(direction: Direction, args: &MigrateArgs) -> bool {
     direction == Direction::Up
         && args
@@ -69,19 +71,24 @@ pub(crate) fn may_replan(direction: Direction, args: &MigrateArgs) -> bool {
                     .iter()
                     .map(|t| t.split_once('=').map_or(t.as_str(), |(_, t)| t)),
             )
-            .all(|t| matches!(t.parse::<Target>(), Ok(Target::Head | Target::Revision(_))))
+            .all(|t| matches!(t.parse::<Target>(), Ok(Target::Head)))
 }
 
 /// Whether a batch failed only because another run changed a bind between its plan and its
-/// batch (`DriverError::Moved`): nothing was applied, and planning again is right. (Other
-/// binds' errors may be the same; if not, the next plan meets them again.)
+/// batch (`DriverError::Moved`) and every bind is as it was: nothing was applied, and planning
+/// again is right. Not when a non-atomic bind committed its part and had it undone (its
+/// migrations ran, and their down.sql; a person should hear of it). (Other binds' errors may
+/// be the same; if not, the next plan meets them again.)
 pub(crate) fn moved_elsewhere(report: &BatchReport) -> bool {
     matches!(
         &report.verdict,
         Verdict::RolledBack {
             error: crate::coordinator::BatchError::Bind(DriverError::Moved { .. })
         }
-    )
+    ) && report
+        .binds
+        .iter()
+        .all(|(_, outcome)| matches!(outcome, BindOutcome::RolledBack))
 }
 
 /// One plan and its batch, to its exit code; `Err(batch id)` when `replan` is set and the
