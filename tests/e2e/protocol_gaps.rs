@@ -1195,3 +1195,81 @@ fn an_upgrade_to_a_revision_overtaken_by_another_run_is_not_planned_again() {
     assert_eq!(code, Some(0), "{text}");
     p.assert_states(&[("app", state(&["a", "b"], &["1", "2"]))]);
 }
+
+/// Review 25: another project's `orchestrate_history` in the same database, in a schema this
+/// bind's role may not read, is none of this bind's: recover does not stop at it for ever
+/// ("permission denied") when it looks for a participant's history outside its own schema.
+#[test]
+fn another_projects_unreadable_history_does_not_block_recover() {
+    let suffix = format!("{:08x}", rand::random::<u32>());
+    let (app, other) = (format!("r25app_{suffix}"), format!("r25other_{suffix}"));
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.create_table("a_pg", "1_a", "a");
+    p.create_table("b_pg", "1_b", "b");
+    let mut admin =
+        <diesel::PgConnection as diesel::Connection>::establish(&crate::support::pg_admin_url())
+            .unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {app} LOGIN PASSWORD 'pw'; CREATE ROLE {other} NOLOGIN"
+        ))
+        .unwrap();
+    let mut env = Vec::new();
+    for bind in ["a_pg", "b_pg"] {
+        let Db::Pg(db) = p.db(bind) else {
+            unreachable!()
+        };
+        let mut c = p.db(bind).pg();
+        c.batch_execute(&format!(
+            "GRANT ALL ON DATABASE {} TO {app}; GRANT ALL ON SCHEMA public TO {app}",
+            db.name
+        ))
+        .unwrap();
+        env.push((
+            format!("ORCHESTRATE__BINDS__{}__URL", bind.to_uppercase()),
+            db.url.replacen("postgres@", &format!("{app}:pw@"), 1),
+        ));
+    }
+    p.db("b_pg")
+        .pg()
+        .batch_execute(&format!(
+            "CREATE SCHEMA otherproj AUTHORIZATION {other}; \
+             CREATE TABLE otherproj.orchestrate_history (batch_id TEXT, direction TEXT); \
+             ALTER TABLE otherproj.orchestrate_history OWNER TO {other}"
+        ))
+        .unwrap();
+    let env_of = |extra: &[(&str, &str)]| -> Vec<(String, String)> {
+        let mut all = env.clone();
+        all.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        all
+    };
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        let all = env_of(extra);
+        let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        p.run_with(args, &pairs)
+    };
+    let crashed = run(
+        &["upgrade", "--all-binds"],
+        &[("FAILPOINTS", "after-decision=return")],
+    );
+    assert_ne!(crashed.code, 0, "{crashed:?}");
+    let prepared = p.db("b_pg").state().prepared;
+    assert_eq!(prepared.len(), 1, "{crashed:?}");
+    // Rolled back by hand against the decision: a heuristic outcome, recorded once.
+    p.db("b_pg")
+        .pg()
+        .batch_execute(&format!("ROLLBACK PREPARED '{}'", prepared[0]))
+        .unwrap();
+    let first = run(&["recover"], &[]);
+    first.expect(3);
+    assert!(first.stdout.contains("heuristic outcome"), "{first:?}");
+    assert!(!first.stdout.contains("permission denied"), "{first:?}");
+    run(&["recover"], &[]).expect(0);
+    p.assert_states(&[("a_pg", state(&["a"], &["1"])), ("b_pg", state(&[], &[]))]);
+    drop(p);
+    let _ = admin.batch_execute(&format!(
+        "DROP ROLE IF EXISTS {other}; DROP ROLE IF EXISTS {app}"
+    ));
+}

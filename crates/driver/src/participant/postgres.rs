@@ -285,8 +285,13 @@ impl Db for PgConnection {
         let here = s.schema_name();
         let schemas: Vec<Name> = s.rows(
             "cannot read the catalog",
+            // Another project's table in the same database, which this role may not read, is
+            // none of this bind's; one of this role's (or a role it belongs to) that it cannot
+            // read is an error (in doubt), never skipped.
             "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relname = 'orchestrate_history' AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
+             WHERE c.relname = 'orchestrate_history' AND c.relkind IN ('r', 'p') AND n.nspname <> ? \
+             AND ((pg_catalog.has_schema_privilege(n.oid, 'USAGE') AND pg_catalog.has_table_privilege(c.oid, 'SELECT')) \
+             OR pg_catalog.pg_has_role(c.relowner, 'MEMBER')) ORDER BY 1",
             &[Arg::Text(&here)],
         )?;
         for schema in schemas.into_iter().filter_map(|n| n.s) {
@@ -403,10 +408,11 @@ impl Postgres {
         lock_timeout: Duration,
     ) -> Result<Conn<PgConnection>, DriverError> {
         let tries = lending.pool.max_size().max(1) + 1;
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match Postgres::lend_once(endpoint, lending, lock_timeout)? {
+            match Postgres::lend_once(endpoint, lending, lock_timeout, started)? {
                 Ok(conn) => return Ok(conn),
                 // Closed as it drops: the pool opens a new session in its place.
                 Err((lent, reference)) if attempt >= tries => {
@@ -423,13 +429,16 @@ impl Postgres {
         }
     }
 
-    /// One connection from the pool, reset and compared with what the URL gives: `Ok(Err((lent,
-    /// reference)))` when they differ (the connection is closed as it drops).
+    /// One connection from the pool, reset and compared with what the URL gives (read again
+    /// when older than [`crate::endpoint::Lending::REFERENCE_FOR`] or when it differs, but
+    /// not twice since `started`): `Ok(Err((lent, reference)))` when they differ (the
+    /// connection is closed as it drops).
     #[allow(clippy::type_complexity)]
     fn lend_once(
         endpoint: &Endpoint,
         lending: &crate::endpoint::Lending,
         lock_timeout: Duration,
+        started: std::time::Instant,
     ) -> Result<Result<Conn<PgConnection>, (String, String)>, DriverError> {
         let refused = |detail: String| DriverError::Other {
             bind: endpoint.bind.clone(),
@@ -476,7 +485,8 @@ impl Postgres {
             .clone();
         let reference = match cached {
             Some((r, read))
-                if r == lent && read.elapsed() < crate::endpoint::Lending::REFERENCE_FOR =>
+                if (r == lent && read.elapsed() < crate::endpoint::Lending::REFERENCE_FOR)
+                    || read >= started =>
             {
                 r
             }
