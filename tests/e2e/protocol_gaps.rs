@@ -35,6 +35,7 @@ fn a_participant_rolled_back_by_hand_after_a_real_decision_is_a_heuristic_outcom
     let dry = p.run(&["recover", "--dry-run"]);
     dry.expect(3);
     assert_eq!(heuristic_rows(), 0, "{}", dry.stdout);
+    assert!(dry.stdout.contains("Would be recorded"), "{}", dry.stdout);
     let run = p.run(&["recover"]);
     run.expect(3);
     assert!(
@@ -1196,11 +1197,13 @@ fn an_upgrade_to_a_revision_overtaken_by_another_run_is_not_planned_again() {
     p.assert_states(&[("app", state(&["a", "b"], &["1", "2"]))]);
 }
 
-/// Review 25: another project's `orchestrate_history` in the same database, in a schema this
-/// bind's role may not read, is none of this bind's: recover does not stop at it for ever
-/// ("permission denied") when it looks for a participant's history outside its own schema.
+/// Reviews 25 and 26: an `orchestrate_history` in another schema of the bind's database that
+/// the bind's role cannot read may hold the batch's history (written under other credentials
+/// before they rotated) or be another project's: recover cannot tell, so it decides nothing
+/// and records nothing (exit 3), says which schema and what to grant; once the role may read
+/// it, the heuristic outcome is found and recorded.
 #[test]
-fn another_projects_unreadable_history_does_not_block_recover() {
+fn an_unreadable_history_elsewhere_keeps_recover_in_doubt_and_says_what_to_grant() {
     let suffix = format!("{:08x}", rand::random::<u32>());
     let (app, other) = (format!("r25app_{suffix}"), format!("r25other_{suffix}"));
     let mut p = Project::new();
@@ -1262,10 +1265,33 @@ fn another_projects_unreadable_history_does_not_block_recover() {
         .pg()
         .batch_execute(&format!("ROLLBACK PREPARED '{}'", prepared[0]))
         .unwrap();
+    let heuristic_rows = || {
+        p.db("b_pg").count(
+            "SELECT count(*) AS n FROM public.orchestrate_history WHERE direction = 'heuristic'",
+        )
+    };
+    for _ in 0..2 {
+        let blocked = run(&["recover"], &[]);
+        blocked.expect(3);
+        let text = format!("{}{}", blocked.stdout, blocked.stderr);
+        assert!(
+            text.contains("cannot tell whether")
+                && text.contains("GRANT USAGE ON SCHEMA otherproj"),
+            "{blocked:?}"
+        );
+        assert!(!text.contains("heuristic outcome"), "{blocked:?}");
+        assert_eq!(heuristic_rows(), 0);
+    }
+    p.db("b_pg")
+        .pg()
+        .batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA otherproj TO {app}; GRANT SELECT ON otherproj.orchestrate_history TO {app}"
+        ))
+        .unwrap();
     let first = run(&["recover"], &[]);
     first.expect(3);
     assert!(first.stdout.contains("heuristic outcome"), "{first:?}");
-    assert!(!first.stdout.contains("permission denied"), "{first:?}");
+    assert_eq!(heuristic_rows(), 1);
     run(&["recover"], &[]).expect(0);
     p.assert_states(&[("a_pg", state(&["a"], &["1"])), ("b_pg", state(&[], &[]))]);
     drop(p);

@@ -781,8 +781,13 @@ fn check_committed(
             return Ok((None, true));
         }
         let detail = format!(
-            "heuristic outcome: prepared transaction {gid} was rolled back by someone else although batch {} was decided to commit; this bind does not have the batch's migrations (see `orchestrate status`). Recorded; it will not be reported again",
-            record.batch_id
+            "heuristic outcome: prepared transaction {gid} was rolled back by someone else although batch {} was decided to commit; this bind does not have the batch's migrations (see `orchestrate status`). {}",
+            record.batch_id,
+            if dry_run {
+                "Would be recorded, and not reported again"
+            } else {
+                "Recorded; it will not be reported again"
+            }
         );
         if !dry_run {
             conn.record_heuristic(

@@ -285,24 +285,29 @@ impl Db for PgConnection {
         let here = s.schema_name();
         let schemas: Vec<Name> = s.rows(
             "cannot read the catalog",
-            // Another project's table in the same database, which this role may not read, is
-            // none of this bind's; one of this role's (or a role it belongs to) that it cannot
-            // read is an error (in doubt), never skipped.
+            // Every one, readable or not: who owns a table, or what this role may read today,
+            // does not say whether this bind's batches wrote it (credentials rotate, grants
+            // are revoked). One it cannot read leaves the question open: an error, in doubt.
             "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relname = 'orchestrate_history' AND c.relkind IN ('r', 'p') AND n.nspname <> ? \
-             AND ((pg_catalog.has_schema_privilege(n.oid, 'USAGE') AND pg_catalog.has_table_privilege(c.oid, 'SELECT')) \
-             OR pg_catalog.pg_has_role(c.relowner, 'MEMBER')) ORDER BY 1",
+             WHERE c.relname = 'orchestrate_history' AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
             &[Arg::Text(&here)],
         )?;
         for schema in schemas.into_iter().filter_map(|n| n.s) {
-            let n = s.count(
-                "cannot read orchestrate_history",
-                &format!(
-                    "SELECT count(*) AS n FROM {}.\"orchestrate_history\" WHERE batch_id = ? AND {condition}",
-                    quote_ident::<Self>(&schema)
-                ),
-                &[Arg::Text(batch_id)],
-            )?;
+            let n = s
+                .count(
+                    "cannot read orchestrate_history",
+                    &format!(
+                        "SELECT count(*) AS n FROM {}.\"orchestrate_history\" WHERE batch_id = ? AND {condition}",
+                        quote_ident::<Self>(&schema)
+                    ),
+                    &[Arg::Text(batch_id)],
+                )
+                .map_err(|e| DriverError::Other {
+                    bind: s.endpoint().bind.clone(),
+                    detail: format!(
+                        "cannot tell whether batch {batch_id}'s history is in schema {schema} of this database, which holds an orchestrate_history this role cannot read ({e}); nothing is decided on a guess. Let the bind's role read it (GRANT USAGE ON SCHEMA {schema}, GRANT SELECT ON {schema}.orchestrate_history), or, if it is another project's, give each project its own database"
+                    ),
+                })?;
             if n > 0 {
                 tracing::warn!(bind = %s.endpoint().bind, batch = %batch_id, schema = %schema, "the batch's history is in schema {schema}, not in {here} where this session's search_path points now");
                 return Ok(true);
