@@ -1299,3 +1299,35 @@ fn an_unreadable_history_elsewhere_keeps_recover_in_doubt_and_says_what_to_grant
         "DROP ROLE IF EXISTS {other}; DROP ROLE IF EXISTS {app}"
     ));
 }
+
+/// Review 26: an upgrade that found its databases moved because another run *reverted* a
+/// migration (an operator's downgrade) is not planned again into re-applying it: the new plan
+/// holds a migration the first did not, so the run stops (exit 1), nothing applied.
+#[test]
+fn an_upgrade_does_not_replan_over_a_concurrent_downgrade() {
+    let mut p = Project::new();
+    p.add_pg("a_pg").add_pg("b_pg");
+    p.migration(
+        "a_pg",
+        "1_a",
+        "CREATE TABLE a (id INT);",
+        Some("DROP TABLE a; SELECT pg_sleep(2);"),
+    );
+    p.create_table("a_pg", "2_a2", "a2");
+    p.create_table("b_pg", "1_b", "b");
+    p.run(&["upgrade", "--bind", "a_pg", "1"]).expect(0);
+    let down = crate::crash::spawn(&p, &["downgrade", "--bind", "a_pg"], "");
+    crate::crash::wait_until("the downgrade holds the lock", || {
+        p.db("a_pg").count(
+            "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND d.datname = current_database() AND l.granted",
+        ) > 0
+    });
+    let up = p.run(&["upgrade", "--all-binds"]);
+    let (code, text) = finished(down);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(up.code, 1, "{up:?}");
+    assert!(up.stderr.contains("not only forward"), "{up:?}");
+    assert!(up.stderr.contains("a_pg: 1"), "{up:?}");
+    p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+}

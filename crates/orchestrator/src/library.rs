@@ -1178,9 +1178,10 @@ impl Orchestrator {
         // with nothing applied, and an upgrade to head is planned again, a few times at most
         // (not a downgrade or given targets: planned again, they would run other migrations).
         let mut attempts = 0;
+        let mut first_plan = None;
         loop {
             attempts += 1;
-            match self.migrate_once(direction, &args) {
+            match self.migrate_once(direction, &args, &mut first_plan) {
                 Err(Error::RolledBack { report, .. })
                     if attempts < crate::commands::migrate::REPLANS
                         && crate::commands::migrate::may_replan(direction, &args)
@@ -1198,9 +1199,17 @@ impl Orchestrator {
         &self,
         direction: Direction,
         args: &MigrateArgs,
+        first_plan: &mut Option<crate::commands::migrate::PlannedSteps>,
     ) -> Result<Option<BatchReport>, Error> {
         let checked = check_batch(&self.settings, direction, args, Allow::default())
             .map_err(Error::from_refusal)?;
+        if let Some(why) = crate::commands::migrate::beyond_first_plan(&checked.works, first_plan) {
+            return Err(Error::Refused {
+                kind: RefusalKind::Busy,
+                errors: vec![why],
+                reasons: vec![Reason::Busy],
+            });
+        }
         let progress = Events(self.progress.clone());
         for note in crate::commands::migrate::down_sql_notes(&checked.plans) {
             let (crate::commands::migrate::Note::Aside(text)

@@ -41,10 +41,11 @@ pub fn migrate(
     o: &mut Output,
 ) -> i32 {
     let mut attempts = 0;
+    let mut first_plan = None;
     loop {
         attempts += 1;
         let replan = attempts < REPLANS && may_replan(direction, args);
-        match migrate_once(settings, direction, args, allow, o, replan) {
+        match migrate_once(settings, direction, args, allow, o, replan, &mut first_plan) {
             Ok(code) => return code,
             Err(batch) => o.note(format!(
                 "note: batch {batch} applied nothing: another run changed these databases after it was planned (deploys started at once?); planning again"
@@ -55,6 +56,40 @@ pub fn migrate(
 
 /// How many times a batch is planned at most when other runs keep moving its databases.
 pub(crate) const REPLANS: usize = 4;
+
+/// Every migration a batch runs, as (bind, version).
+pub(crate) type PlannedSteps = std::collections::BTreeSet<(String, String)>;
+
+/// The migrations of `works`, and, when a first plan is known (this is a batch planned again
+/// after another run moved its databases), why they may not run: one the first plan did not
+/// hold (another run reverted it meanwhile, a downgrade say, and the command was not given to
+/// undo that).
+pub(crate) fn beyond_first_plan(
+    works: &[BindWork],
+    first: &mut Option<PlannedSteps>,
+) -> Option<String> {
+    let steps: PlannedSteps = works
+        .iter()
+        .flat_map(|w| {
+            w.plan
+                .steps
+                .iter()
+                .map(|s| (w.endpoint.bind.clone(), s.version.to_string()))
+        })
+        .collect();
+    let Some(first) = first else {
+        *first = Some(steps);
+        return None;
+    };
+    let extra: Vec<String> = steps
+        .difference(first)
+        .map(|(bind, version)| format!("{bind}: {version}"))
+        .collect();
+    (!extra.is_empty()).then(|| format!(
+        "another run changed these databases while this batch was planned, and not only forward: planned again, the batch would apply migrations its first plan did not hold ({}), which another run had reverted meanwhile. Nothing was applied; look at what the other run did (`orchestrate history`), then give the command again",
+        extra.join(", ")
+    ))
+}
 
 /// Whether a batch that found its databases moved may be planned again: an upgrade to
 /// `head`, which another run's work only brings closer. A downgrade or a relative target
@@ -89,7 +124,11 @@ pub(crate) fn moved_elsewhere(report: &BatchReport) -> bool {
         .binds
         .iter()
         .all(|(_, outcome)| matches!(outcome, BindOutcome::RolledBack))
+        && report.other_errors.iter().all(|e| e.contains(MOVED_MARK))
 }
+
+/// What [`DriverError::Moved`] says, to tell it among the other binds' errors (kept as text).
+const MOVED_MARK: &str = "the database changed while the batch was being planned";
 
 /// One plan and its batch, to its exit code; `Err(batch id)` when `replan` is set and the
 /// batch found its databases moved (nothing applied, nothing printed but the progress
@@ -101,11 +140,19 @@ fn migrate_once(
     allow: Allow,
     o: &mut Output,
     replan: bool,
+    first_plan: &mut Option<PlannedSteps>,
 ) -> Result<i32, String> {
     let checked = match check_batch(settings, direction, args, allow) {
         Ok(checked) => checked,
         Err(refusal) => return Ok(o.refuse(refusal)),
     };
+    if let Some(why) = beyond_first_plan(&checked.works, first_plan) {
+        return Ok(o.refuse(Refusal::of(
+            Reason::Busy,
+            vec![why],
+            Some("nothing was changed"),
+        )));
+    }
     print_down_sql_notes(&checked.plans, o);
     let Checked {
         works,
