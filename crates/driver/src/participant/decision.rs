@@ -350,14 +350,17 @@ impl<C: Db> Session<C> {
         // PostgreSQL: decisions written under an earlier default search_path count too.
         for schema in C::other_batch_schemas(self)? {
             let qualifier = quote_ident::<C>(&schema);
-            rows.extend(self.rows::<BatchRow>(
-                "cannot read orchestrate_batches",
-                &format!(
-                    "SELECT batch_id, state, record FROM {qualifier}.\"orchestrate_batches\" \
-                     WHERE state = 'commit' AND settled_at IS NULL ORDER BY batch_id"
-                ),
-                &[],
-            )?);
+            let found = self
+                .rows::<BatchRow>(
+                    "cannot read orchestrate_batches",
+                    &format!(
+                        "SELECT batch_id, state, record FROM {qualifier}.\"orchestrate_batches\" \
+                         WHERE state = 'commit' AND settled_at IS NULL ORDER BY batch_id"
+                    ),
+                    &[],
+                )
+                .map_err(|e| self.unreadable_elsewhere(&schema, BATCHES, e))?;
+            rows.extend(found);
         }
         rows.into_iter()
             .map(|row| self.parse_record(&row.batch_id, row.record.as_deref().unwrap_or("")))

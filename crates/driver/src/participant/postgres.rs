@@ -302,12 +302,7 @@ impl Db for PgConnection {
                     ),
                     &[Arg::Text(batch_id)],
                 )
-                .map_err(|e| DriverError::Other {
-                    bind: s.endpoint().bind.clone(),
-                    detail: format!(
-                        "cannot tell whether batch {batch_id}'s history is in schema {schema} of this database, which holds an orchestrate_history this role cannot read ({e}); nothing is decided on a guess. Let the bind's role read it (GRANT USAGE ON SCHEMA {schema}, GRANT SELECT ON {schema}.orchestrate_history), or, if it is another project's, give each project its own database"
-                    ),
-                })?;
+                .map_err(|e| s.unreadable_elsewhere(&schema, "orchestrate_history", e))?;
             if n > 0 {
                 tracing::warn!(bind = %s.endpoint().bind, batch = %batch_id, schema = %schema, "the batch's history is in schema {schema}, not in {here} where this session's search_path points now");
                 return Ok(true);
@@ -323,11 +318,13 @@ impl Db for PgConnection {
         let mut found = Vec::new();
         for schema in Self::other_batch_schemas(s)? {
             let qualifier = format!("{}.", quote_ident::<Self>(&schema));
-            let rows: Vec<BatchRow> = s.rows(
-                "cannot read orchestrate_batches",
-                &format!("SELECT batch_id, state, record FROM {qualifier}\"orchestrate_batches\" WHERE batch_id = ?"),
-                &[Arg::Text(batch_id)],
-            )?;
+            let rows: Vec<BatchRow> = s
+                .rows(
+                    "cannot read orchestrate_batches",
+                    &format!("SELECT batch_id, state, record FROM {qualifier}\"orchestrate_batches\" WHERE batch_id = ?"),
+                    &[Arg::Text(batch_id)],
+                )
+                .map_err(|e| s.unreadable_elsewhere(&schema, "orchestrate_batches", e))?;
             found.extend(rows.into_iter().map(|r| (schema.clone(), r)));
         }
         Ok(found)

@@ -112,6 +112,23 @@ impl<C: Db> Session<C> {
         self.endpoint.bind.clone()
     }
 
+    /// A bookkeeping table of another schema of this database that cannot be read: it may
+    /// hold this bind's records (written under an earlier search_path or other credentials)
+    /// or another project's, and nothing is decided on a guess. Says what to grant.
+    pub(crate) fn unreadable_elsewhere(
+        &self,
+        schema: &str,
+        table: &str,
+        error: DriverError,
+    ) -> DriverError {
+        DriverError::Other {
+            bind: self.bind(),
+            detail: format!(
+                "schema {schema} of this database holds an {table} this bind's role cannot read ({error}); it may hold this bind's records (written under an earlier search_path or other credentials) or another project's, and nothing is decided on a guess. Let the bind's role read it (GRANT USAGE ON SCHEMA {schema}; GRANT SELECT ON {schema}.{table}), or give each project its own database"
+            ),
+        }
+    }
+
     pub(crate) fn query_err(&self, what: &str, source: diesel::result::Error) -> DriverError {
         DriverError::Query {
             bind: self.bind(),
