@@ -511,6 +511,10 @@ impl Builder {
     /// `current_setting` sees the pool's value where the command line sees none. Give such settings
     /// with `SET` in the pool's customizer instead (that is undone), or not at all.
     ///
+    /// Not a pool through a pooler in transaction mode (pgbouncer's `pool_mode = transaction`):
+    /// what it lends is not one server session, so the check above cannot vouch for the session
+    /// a batch's later statements reach. Give such a bind its URL (straight to the server).
+    ///
     /// Why only PostgreSQL: a MySQL or MariaDB session cannot be made new again from SQL (no
     /// `RESET ALL`; a temporary table the pool's customizer created cannot be listed before
     /// MariaDB 11.2, and would take a migration's writes; the client library's
