@@ -1278,7 +1278,7 @@ fn an_unreadable_history_elsewhere_keeps_recover_in_doubt_and_says_what_to_grant
         let text = format!("{}{}", blocked.stdout, blocked.stderr);
         assert!(
             text.contains("nothing is decided on a guess")
-                && text.contains("GRANT USAGE ON SCHEMA otherproj"),
+                && text.contains("GRANT USAGE ON SCHEMA \"otherproj\" TO <role>"),
             "{blocked:?}"
         );
         assert!(!text.contains("heuristic outcome"), "{blocked:?}");
@@ -1333,4 +1333,45 @@ fn an_upgrade_does_not_replan_over_a_concurrent_downgrade() {
     assert!(up.stderr.contains("not only forward"), "{up:?}");
     assert!(up.stderr.contains("a_pg: 1"), "{up:?}");
     p.assert_states(&[("a_pg", state(&[], &[])), ("b_pg", state(&[], &[]))]);
+}
+
+/// Review 27: another schema's bookkeeping table that is only locked (another project
+/// migrating), not forbidden, is a busy database (exit 1, try again), not a missing grant.
+#[test]
+fn a_locked_table_in_another_schema_is_busy_not_a_missing_grant() {
+    let mut p = Project::new();
+    p.config("decider = \"a_pg\"");
+    p.add_pg("a_pg").add_pg("c_pg");
+    p.create_table("a_pg", "1_a", "a");
+    p.create_table("a_pg", "2_b", "b");
+    p.create_table("c_pg", "1_c", "c");
+    // A batch over both: a_pg, the decider, keeps orchestrate_batches.
+    p.run(&["upgrade", "--all-binds", "1"]).expect(0);
+    assert_eq!(
+        p.db("a_pg")
+            .count("SELECT count(*) AS n FROM public.orchestrate_batches"),
+        1
+    );
+    let mut holder = p.db("a_pg").pg();
+    holder
+        .batch_execute(
+            "CREATE SCHEMA other; \
+             CREATE TABLE other.orchestrate_batches (batch_id TEXT, state TEXT, record TEXT, settled_at TEXT)",
+        )
+        .unwrap();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE other.orchestrate_batches IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let run = p.run_with(
+        &["upgrade", "--all-binds"],
+        &[("ORCHESTRATE__LOCK_TIMEOUT_MS", "1000")],
+    );
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(!run.stderr.contains("GRANT"), "{run:?}");
+    assert!(run.stderr.contains("lock"), "{run:?}");
+    p.assert_states(&[
+        ("a_pg", state(&["a"], &["1"])),
+        ("c_pg", state(&["c"], &["1"])),
+    ]);
 }

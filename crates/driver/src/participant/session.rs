@@ -112,19 +112,29 @@ impl<C: Db> Session<C> {
         self.endpoint.bind.clone()
     }
 
-    /// A bookkeeping table of another schema of this database that cannot be read: it may
-    /// hold this bind's records (written under an earlier search_path or other credentials)
-    /// or another project's, and nothing is decided on a guess. Says what to grant.
+    /// A bookkeeping table of another schema of this database that this bind's role may not
+    /// read: it may hold this bind's records (written under an earlier search_path or other
+    /// credentials) or another project's, and nothing is decided on a guess. Says what to
+    /// grant. Any other error (a lock wait, a lost connection) is returned as it is.
     pub(crate) fn unreadable_elsewhere(
         &self,
         schema: &str,
         table: &str,
         error: DriverError,
     ) -> DriverError {
+        let denied = error.class() == Some(crate::error::ErrorClass::Other)
+            && error
+                .database_error()
+                .and_then(crate::error::message_of)
+                .is_some_and(|m| m.contains("permission denied"));
+        if !denied {
+            return error;
+        }
+        let q = quote_ident::<C>(schema);
         DriverError::Other {
             bind: self.bind(),
             detail: format!(
-                "schema {schema} of this database holds an {table} this bind's role cannot read ({error}); it may hold this bind's records (written under an earlier search_path or other credentials) or another project's, and nothing is decided on a guess. Let the bind's role read it (GRANT USAGE ON SCHEMA {schema}; GRANT SELECT ON {schema}.{table}), or give each project its own database"
+                "schema {schema} of this database holds an {table} this bind's role may not read ({error}); it may hold this bind's records (written under an earlier search_path or other credentials) or another project's, and nothing is decided on a guess. Let the role in the bind's URL read it (GRANT USAGE ON SCHEMA {q} TO <role>; GRANT SELECT ON {q}.{table} TO <role>), or give each project its own database"
             ),
         }
     }

@@ -47,6 +47,12 @@ pub fn migrate(
         let replan = attempts < REPLANS && may_replan(direction, args);
         match migrate_once(settings, direction, args, allow, o, replan, &mut first_plan) {
             Ok(code) => return code,
+            Err(batch) if crate::signals::interrupted() => {
+                o.note(format!(
+                    "batch {batch} applied nothing (another run changed these databases after it was planned), and the run was interrupted: not planned again"
+                ));
+                return exit::FAILED;
+            }
             Err(batch) => o.note(format!(
                 "note: batch {batch} applied nothing: another run changed these databases after it was planned (deploys started at once?); planning again"
             )),
@@ -737,8 +743,9 @@ fn plan_binds<'s>(
     for ((b, chain), state) in chains.iter().zip(states) {
         let state = match state {
             Ok(s) => s,
-            // A lock another run holds: busy (exit 1), as a running batch is.
-            Err(e @ DriverError::Busy { .. }) => {
+            // A lock another run holds, or a table another session locks (another project
+            // migrating in the same database): busy (exit 1), as a running batch is.
+            Err(e) if matches!(e, DriverError::Busy { .. }) || e.is_lock_wait() => {
                 planned.busy.push(e.to_string());
                 continue;
             }
