@@ -1194,6 +1194,18 @@ impl Orchestrator {
                     tracing::info!(batch = %report.batch_id, "the databases changed while the batch was planned; planning again");
                     continue;
                 }
+                // Only prepared transactions in the way: perhaps another instance's batch,
+                // decided and committing them now. Looked at again in a moment.
+                Err(Error::Refused { reasons, .. })
+                    if attempts < crate::commands::migrate::REPLANS
+                        && crate::commands::migrate::may_replan(direction, &args)
+                        && !reasons.is_empty()
+                        && reasons.iter().all(|r| *r == Reason::InDoubt) =>
+                {
+                    tracing::info!("a batch of another run is in doubt or finishing its commits; looking again");
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
                 other => return other,
             }
         }

@@ -47,15 +47,11 @@ pub fn migrate(
         let replan = attempts < REPLANS && may_replan(direction, args);
         match migrate_once(settings, direction, args, allow, o, replan, &mut first_plan) {
             Ok(code) => return code,
-            Err(batch) if crate::signals::interrupted() => {
-                o.note(format!(
-                    "batch {batch} applied nothing (another run changed these databases after it was planned), and the run was interrupted: not planned again"
-                ));
+            Err(why) if crate::signals::interrupted() => {
+                o.note(format!("{why}; the run was interrupted: not planned again"));
                 return exit::FAILED;
             }
-            Err(batch) => o.note(format!(
-                "note: batch {batch} applied nothing: another run changed these databases after it was planned (deploys started at once?); planning again"
-            )),
+            Err(why) => o.note(format!("note: {why}")),
         }
     }
 }
@@ -136,9 +132,10 @@ pub(crate) fn moved_elsewhere(report: &BatchReport) -> bool {
 /// What [`DriverError::Moved`] says, to tell it among the other binds' errors (kept as text).
 const MOVED_MARK: &str = "the database changed while the batch was being planned";
 
-/// One plan and its batch, to its exit code; `Err(batch id)` when `replan` is set and the
-/// batch found its databases moved (nothing applied, nothing printed but the progress
-/// lines).
+/// One plan and its batch, to its exit code; `Err(what to note)` when `replan` is set and
+/// the batch found its databases moved (nothing applied, nothing printed but the progress
+/// lines), or the plan met only prepared transactions (another run's commit phase, perhaps:
+/// after a pause, planned again).
 fn migrate_once(
     settings: &Settings,
     direction: Direction,
@@ -150,6 +147,20 @@ fn migrate_once(
 ) -> Result<i32, String> {
     let checked = match check_batch(settings, direction, args, allow) {
         Ok(checked) => checked,
+        // Only prepared transactions stand in the way: perhaps another run's batch, decided and
+        // committing them now (deploys started at once). Looked at again in a moment; a batch
+        // that stays in doubt is said to be, as before.
+        Err(refusal)
+            if replan
+                && !refusal.reasons.is_empty()
+                && refusal.reasons.iter().all(|r| *r == Reason::InDoubt) =>
+        {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            return Err(
+                "a batch of another run is in doubt or finishing its commits on these databases; looking again"
+                    .into(),
+            );
+        }
         Err(refusal) => return Ok(o.refuse(refusal)),
     };
     if let Some(why) = beyond_first_plan(&checked.works, first_plan) {
@@ -221,7 +232,10 @@ fn migrate_once(
     let migrations = migration_counts(&works);
     let report = run_one(settings, direction, args, works, o);
     if replan && moved_elsewhere(&report) {
-        return Err(report.batch_id);
+        return Err(format!(
+            "batch {} applied nothing: another run changed these databases after it was planned (deploys started at once?); planning again",
+            report.batch_id
+        ));
     }
     Ok(if args.json {
         print_json_outcome(&report, &migrations, o)
