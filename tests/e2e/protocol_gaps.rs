@@ -1375,3 +1375,28 @@ fn a_locked_table_in_another_schema_is_busy_not_a_missing_grant() {
         ("c_pg", state(&["c"], &["1"])),
     ]);
 }
+
+/// A run that plans while another run's batch is between its decision and its last commit
+/// (its prepared transactions still there) looks again a moment later instead of calling the
+/// batch in doubt: the other run finishes, and this one finds nothing to do.
+#[test]
+fn an_upgrade_during_another_runs_commit_phase_waits_for_it() {
+    let mut p = Project::new();
+    p.config("decider = \"c_lite\"");
+    p.add_pg("a_pg").add_sqlite("c_lite");
+    p.create_table("a_pg", "1_t", "t");
+    p.create_table("c_lite", "1_u", "u");
+    let first = crate::crash::spawn(&p, &["upgrade", "--all-binds"], "after-decision=sleep(700)");
+    crate::crash::wait_until("the first run's batch is prepared", || {
+        !p.db("a_pg").state().prepared.is_empty()
+    });
+    let second = p.run(&["upgrade", "--all-binds"]);
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(second.stdout.contains("Nothing to do"), "{second:?}");
+    p.assert_states(&[
+        ("a_pg", state(&["t"], &["1"])),
+        ("c_lite", state(&["u"], &["1"])),
+    ]);
+}
