@@ -1041,12 +1041,7 @@ fn a_plan_made_before_another_run_committed_is_not_run() {
     p.run(&["upgrade", "--bind", "app", "2"]).expect(0);
     let upgrade = crate::crash::spawn(&p, &["upgrade", "--all-binds"], "");
     // The upgrade holds the bind's lock while its migration sleeps.
-    crate::crash::wait_until("the upgrade holds the lock", || {
-        p.db("app").count(
-            "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-             WHERE l.locktype = 'advisory' AND d.datname = current_database() AND l.granted",
-        ) > 0
-    });
+    wait_for_migration_lock(&p, "app", "the upgrade holds the lock");
     let down = p.run(&["downgrade", "--bind", "app"]);
     assert_ne!(down.code, 0, "{down:?}");
     assert!(
@@ -1177,12 +1172,7 @@ fn an_upgrade_to_a_revision_overtaken_by_another_run_is_not_planned_again() {
     );
     p.create_table("app", "2_b", "b");
     let head = crate::crash::spawn(&p, &["upgrade", "--all-binds"], "");
-    crate::crash::wait_until("the upgrade holds the lock", || {
-        p.db("app").count(
-            "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-             WHERE l.locktype = 'advisory' AND d.datname = current_database() AND l.granted",
-        ) > 0
-    });
+    wait_for_migration_lock(&p, "app", "the upgrade holds the lock");
     let to_one = p.run(&["upgrade", "--all-binds", "1"]);
     assert_eq!(to_one.code, 1, "{to_one:?}");
     assert!(
@@ -1320,12 +1310,7 @@ fn an_upgrade_does_not_replan_over_a_concurrent_downgrade() {
     p.create_table("b_pg", "1_b", "b");
     p.run(&["upgrade", "--bind", "a_pg", "1"]).expect(0);
     let down = crate::crash::spawn(&p, &["downgrade", "--bind", "a_pg"], "");
-    crate::crash::wait_until("the downgrade holds the lock", || {
-        p.db("a_pg").count(
-            "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
-             WHERE l.locktype = 'advisory' AND d.datname = current_database() AND l.granted",
-        ) > 0
-    });
+    wait_for_migration_lock(&p, "a_pg", "the downgrade holds the lock");
     let up = p.run(&["upgrade", "--all-binds"]);
     let (code, text) = finished(down);
     assert_eq!(code, Some(0), "{text}");
@@ -1399,4 +1384,14 @@ fn an_upgrade_during_another_runs_commit_phase_waits_for_it() {
         ("a_pg", state(&["t"], &["1"])),
         ("c_lite", state(&["u"], &["1"])),
     ]);
+}
+
+/// Waits until a run holds bind `bind`'s migration lock (a PostgreSQL advisory lock).
+fn wait_for_migration_lock(p: &Project, bind: &str, what: &str) {
+    crate::crash::wait_until(what, || {
+        p.db(bind).count(
+            "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND d.datname = current_database() AND l.granted",
+        ) > 0
+    });
 }

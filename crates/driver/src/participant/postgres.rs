@@ -267,14 +267,7 @@ impl Db for PgConnection {
     /// batch began). A batch id is unique, so finding it there is no guess; the rest of this
     /// connection's work on the batch then uses that schema.
     fn other_batch_schemas(s: &mut Session<Self>) -> Result<Vec<String>, DriverError> {
-        let here = s.schema_name();
-        let schemas: Vec<Name> = s.rows(
-            "cannot read the catalog",
-            "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relname = 'orchestrate_batches' AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
-            &[Arg::Text(&here)],
-        )?;
-        Ok(schemas.into_iter().filter_map(|n| n.s).collect())
+        other_schemas_with(s, schema::BATCHES)
     }
 
     fn history_elsewhere(
@@ -283,16 +276,10 @@ impl Db for PgConnection {
         condition: &str,
     ) -> Result<bool, DriverError> {
         let here = s.schema_name();
-        let schemas: Vec<Name> = s.rows(
-            "cannot read the catalog",
-            // Every one, readable or not: who owns a table, or what this role may read today,
-            // does not say whether this bind's batches wrote it (credentials rotate, grants
-            // are revoked). One it cannot read leaves the question open: an error, in doubt.
-            "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relname = 'orchestrate_history' AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
-            &[Arg::Text(&here)],
-        )?;
-        for schema in schemas.into_iter().filter_map(|n| n.s) {
+        // Every one, readable or not: who owns a table, or what this role may read today,
+        // does not say whether this bind's batches wrote it (credentials rotate, grants are
+        // revoked). One it cannot read leaves the question open: an error, in doubt.
+        for schema in other_schemas_with(s, HISTORY)? {
             let n = s
                 .count(
                     "cannot read orchestrate_history",
@@ -342,6 +329,22 @@ impl Db for PgConnection {
         }
         Ok(None)
     }
+}
+
+/// The schemas other than this session's that hold a table named `table` (this tool's
+/// bookkeeping written under an earlier default search_path, or another project's).
+fn other_schemas_with(
+    s: &mut Session<PgConnection>,
+    table: &str,
+) -> Result<Vec<String>, DriverError> {
+    let here = s.schema_name();
+    let schemas: Vec<Name> = s.rows(
+        "cannot read the catalog",
+        "SELECT n.nspname AS s FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relname = ? AND c.relkind IN ('r', 'p') AND n.nspname <> ? ORDER BY 1",
+        &[Arg::Text(table), Arg::Text(&here)],
+    )?;
+    Ok(schemas.into_iter().filter_map(|n| n.s).collect())
 }
 
 /// A connection to a PostgreSQL bind.
